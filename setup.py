@@ -1,0 +1,21 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="vvhost",
+    version="0.1.0",
+    description="Array-backed per-VM volumes (virtual volumes) for KVM hosts run by libvirt and QEMU",
+    packages=find_packages(include=["vvhost", "vvhost.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "click>=8.1",
+        "fastapi>=0.110",
+        "uvicorn>=0.29",
+        "httpx>=0.27",
+        "pydantic>=2.6",
+        "SQLAlchemy>=2.0",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6"],
+    },
+    entry_points={"console_scripts": ["vvhost=vvhost.cli:entry"]},
+)

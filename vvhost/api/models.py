@@ -1,0 +1,74 @@
+"""Request bodies.  Unknown fields are refused; sizes stay strings or ints so the
+service parses them with the same rules as the CLI."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Size = str | int
+Ref = str
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ArrayCreate(Body):
+    name: str = Field(max_length=128)
+    backend: str = Field(default="dir", max_length=32)
+    path: str = Field(max_length=4096)
+
+
+class ContainerCreate(Body):
+    name: str = Field(max_length=128)
+    capacity: Size
+    arrays: list[str] | None = Field(default=None, max_length=64)
+    tenant: str | None = Field(default=None, max_length=128)
+
+
+class VvolCreate(Body):
+    container: Ref = Field(max_length=128)
+    size: Size
+    type: str = Field(default="data", max_length=16)
+    name: str | None = Field(default=None, max_length=128)
+    metadata: dict[str, str] | None = None
+    op_id: str | None = Field(default=None, max_length=64)
+
+
+class Extend(Body):
+    size: Size
+    generation: int | None = None
+
+
+class Snapshot(Body):
+    name: str | None = Field(default=None, max_length=128)
+    op_id: str | None = Field(default=None, max_length=64)
+
+
+class Clone(Body):
+    linked: bool = False
+    container: Ref | None = Field(default=None, max_length=128)
+    name: str | None = Field(default=None, max_length=128)
+    op_id: str | None = Field(default=None, max_length=64)
+
+
+class Revert(Body):
+    to: Ref = Field(max_length=128)
+    generation: int | None = None
+    op_id: str | None = Field(default=None, max_length=64)
+
+
+class Move(Body):
+    container: Ref = Field(max_length=128)
+    op_id: str | None = Field(default=None, max_length=64)
+
+
+class Meta(Body):
+    pairs: list[str] = Field(max_length=256)
+    generation: int | None = None
+
+
+class CopyDiffs(Body):
+    base: Ref = Field(max_length=128)
+    to: Ref = Field(max_length=128)
+    op_id: str | None = Field(default=None, max_length=64)

@@ -1,0 +1,176 @@
+"""The ``dir`` array: one sparse raw file per vvol in a directory.
+
+    ARRAY_PATH/
+      vvols/<vvol-id>.raw         the volume (snapshots are read-only files)
+      vvols/<vvol-id>.raw.part    a copy being written; renamed into place when whole
+
+Snapshots and clones are FICLONE reflinks where the filesystem shares extents
+(XFS with reflink=1, btrfs): instant, no data copied.  Elsewhere (ext4) they are
+sparse copies that keep holes: correct, but proportional to the data.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from .. import fsutil
+from ..errors import BackendError
+from .base import Progress
+
+SUFFIX = ".raw"
+PART = ".part"
+
+
+class DirArray:
+    def __init__(self, name: str, path: str) -> None:
+        self.name = name
+        self.root = path
+        self.vdir = os.path.join(path, "vvols")
+
+    def _ensure(self) -> None:
+        try:
+            os.makedirs(self.vdir, exist_ok=True)
+        except OSError as exc:
+            raise BackendError(array=self.name, detail=f"cannot create {self.vdir}: {exc.strerror}") from exc
+
+    def probe(self) -> dict[str, bool]:
+        self._ensure()
+        return {"reflink": fsutil.supports_reflink(self.vdir), "sparse": True}
+
+    def locate(self, vvol_id: str) -> str:
+        return os.path.join(self.vdir, vvol_id + SUFFIX)
+
+    def exists(self, vvol_id: str) -> bool:
+        return os.path.exists(self.locate(vvol_id))
+
+    def create(self, vvol_id: str, size: int) -> None:
+        self._ensure()
+        path = self.locate(vvol_id)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            if os.path.getsize(path) == size:
+                return  # idempotent retry
+            raise BackendError(array=self.name, detail=f"{path} exists with another size") from None
+        except OSError as exc:
+            raise BackendError(array=self.name, detail=f"cannot create {path}: {exc.strerror}") from exc
+        try:
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def remove(self, vvol_id: str) -> None:
+        for path in (self.locate(vvol_id), self.locate(vvol_id) + PART):
+            try:
+                _unlink(path)
+            except OSError as exc:
+                raise BackendError(array=self.name, detail=f"cannot remove {path}: {exc.strerror}") from exc
+
+    def resize(self, vvol_id: str, size: int) -> None:
+        try:
+            os.truncate(self.locate(vvol_id), size)
+        except OSError as exc:
+            raise BackendError(array=self.name, detail=f"cannot resize {vvol_id}: {exc.strerror}") from exc
+
+    def copy_in(self, source: str, vvol_id: str, progress: Progress | None = None) -> str:
+        how = self.stage(source, vvol_id, progress)
+        self.commit_stage(vvol_id)
+        return how
+
+    def stage(self, source: str, vvol_id: str, progress: Progress | None = None) -> str:
+        """Write a copy of ``source`` next to the volume (``.part``); the volume is untouched."""
+        self._ensure()
+        part = self.locate(vvol_id) + PART
+        try:
+            how = fsutil.clone_or_copy(source, part, progress)
+            os.chmod(part, 0o600)
+        except OSError as exc:
+            _unlink(part)
+            raise BackendError(array=self.name,
+                               detail=f"copy {source} -> {part} failed: {exc.strerror or exc}") from exc
+        return how
+
+    def commit_stage(self, vvol_id: str) -> None:
+        """Atomically put the staged copy in place of the volume."""
+        final = self.locate(vvol_id)
+        try:
+            os.replace(final + PART, final)
+            _fsync_dir(self.vdir)
+        except OSError as exc:
+            raise BackendError(array=self.name, detail=f"cannot replace {final}: {exc.strerror}") from exc
+
+    def discard_stage(self, vvol_id: str) -> None:
+        _unlink(self.locate(vvol_id) + PART)
+
+    def keep(self, vvol_id: str, as_id: str) -> None:
+        """Make ``as_id`` name the volume's current data (a hard link: instant).  Once
+        the volume is replaced by ``commit_stage`` the old data lives on under ``as_id``."""
+        keep = self.locate(as_id)
+        try:
+            os.link(self.locate(vvol_id), keep)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise BackendError(array=self.name, detail=f"cannot keep {vvol_id}: {exc.strerror}") from exc
+
+    def restore(self, vvol_id: str, from_id: str) -> None:
+        """Make the volume name ``from_id``'s data again (atomic, instant)."""
+        tmp = self.locate(vvol_id) + PART
+        _unlink(tmp)
+        try:
+            os.link(self.locate(from_id), tmp)
+            os.replace(tmp, self.locate(vvol_id))
+            _fsync_dir(self.vdir)
+        except OSError as exc:
+            raise BackendError(array=self.name, detail=f"cannot restore {vvol_id}: {exc.strerror}") from exc
+
+    def write_ranges(self, source: str, vvol_id: str, ranges: Sequence[tuple[int, int]],
+                     progress: Progress | None = None) -> int:
+        try:
+            return fsutil.write_ranges(source, self.locate(vvol_id), list(ranges), progress)
+        except OSError as exc:
+            raise BackendError(array=self.name, detail=f"write into {vvol_id}: {exc.strerror}") from exc
+
+    def set_readonly(self, vvol_id: str, readonly: bool) -> None:
+        os.chmod(self.locate(vvol_id), 0o400 if readonly else 0o600)
+
+    def used(self, vvol_id: str) -> int:
+        try:
+            return fsutil.allocated_bytes(self.locate(vvol_id))
+        except FileNotFoundError:
+            return 0
+
+    def list_ids(self) -> list[str]:
+        return self._names(SUFFIX)
+
+    def partials(self) -> list[str]:
+        return self._names(SUFFIX + PART)
+
+    def _names(self, suffix: str) -> list[str]:
+        try:
+            names = os.listdir(self.vdir)
+        except FileNotFoundError:
+            return []
+        return sorted(n[: -len(suffix)] for n in names if n.endswith(suffix))
+
+    def free_bytes(self) -> int:
+        self._ensure()
+        st = os.statvfs(self.vdir)
+        return st.f_bavail * st.f_frsize
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

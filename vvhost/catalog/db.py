@@ -1,0 +1,93 @@
+"""Engine, transactions and schema migrations.
+
+SQLite runs in WAL mode and every transaction starts with ``BEGIN IMMEDIATE``
+so concurrent writers queue on the database lock instead of failing on a
+read-to-write upgrade.  Migrations are numbered; ``schema_version`` holds the
+highest one applied, and each runs in its own transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, select, text
+
+from . import schema
+
+Migration = Callable[[Connection], None]
+
+
+def _v1(conn: Connection) -> None:
+    # Version 1 is the initial schema.  Later migrations must spell out their
+    # own DDL (ALTER TABLE ...) rather than change what this one creates.
+    schema.metadata.create_all(
+        conn,
+        tables=[schema.arrays, schema.containers, schema.container_arrays, schema.vvols,
+                schema.journal],
+    )
+
+
+MIGRATIONS: list[Migration] = [_v1]
+
+
+def sqlite_url(path: str) -> str:
+    return f"sqlite:///{path}"
+
+
+class Database:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = _make_engine(url)
+        self.migrate()
+
+    @contextmanager
+    def tx(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    def version(self) -> int:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(schema.schema_version.c.version)).first()
+        return int(row[0]) if row else 0
+
+    def migrate(self) -> int:
+        schema.schema_version.create(self.engine, checkfirst=True)
+        with self.tx() as conn:
+            if conn.execute(select(schema.schema_version.c.version)).first() is None:
+                conn.execute(schema.schema_version.insert().values(version=0))
+        current = self.version()
+        for number, migration in enumerate(MIGRATIONS, start=1):
+            if number <= current:
+                continue
+            with self.tx() as conn:
+                migration(conn)
+                conn.execute(schema.schema_version.update().values(version=number))
+        return self.version()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _make_engine(url: str) -> Engine:
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # let BEGIN below control transactions
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    return engine

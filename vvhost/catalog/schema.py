@@ -1,0 +1,76 @@
+"""Catalog tables (current schema).  Written in portable SQLAlchemy Core so the
+same queries run on SQLite (embedded) and PostgreSQL (many hosts)."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger, Boolean, Column, Float, ForeignKey, Index, Integer, MetaData, String, Table,
+    Text, UniqueConstraint,
+)
+
+metadata = MetaData()
+
+schema_version = Table(
+    "schema_version", metadata,
+    Column("version", Integer, nullable=False),
+)
+
+arrays = Table(
+    "arrays", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("backend", String(32), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("capabilities", Text, nullable=False),
+    Column("created", Float, nullable=False),
+)
+
+containers = Table(
+    "containers", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("capacity", BigInteger, nullable=False),
+    Column("provisioned", BigInteger, nullable=False),
+    Column("tenant", String(128)),
+    Column("created", Float, nullable=False),
+)
+
+container_arrays = Table(
+    "container_arrays", metadata,
+    Column("container_id", String(64), ForeignKey("containers.id"), primary_key=True),
+    Column("array_id", String(64), ForeignKey("arrays.id"), primary_key=True),
+    Column("position", Integer, nullable=False),
+)
+
+vvols = Table(
+    "vvols", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(128)),
+    Column("type", String(16), nullable=False),
+    Column("container_id", String(64), ForeignKey("containers.id"), nullable=False),
+    Column("array_id", String(64), ForeignKey("arrays.id"), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("parent_id", String(64)),
+    Column("relation", String(16)),
+    Column("readonly", Boolean, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("op_id", String(64)),
+    Column("generation", BigInteger, nullable=False),
+    Column("refs", Integer, nullable=False),
+    Column("created", Float, nullable=False),
+    Column("metadata", Text, nullable=False),
+    Index("ix_vvols_container", "container_id"),
+    Index("ix_vvols_parent", "parent_id"),
+    Index("ix_vvols_name", "name"),
+)
+
+journal = Table(
+    "journal", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("op", String(32), nullable=False),
+    Column("vvol_id", String(64)),
+    Column("step", String(64), nullable=False),
+    Column("args", Text, nullable=False),
+    Column("created", Float, nullable=False),
+    UniqueConstraint("id"),
+)

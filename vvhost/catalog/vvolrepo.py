@@ -1,0 +1,91 @@
+"""Queries for vvols."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+from sqlalchemy import Connection, Row, delete, func, select, update
+
+from ..errors import StaleGeneration
+from ..model import Vvol
+from .schema import vvols
+
+_COLUMN = {"container": "container_id", "array": "array_id", "parent": "parent_id", "op": "op_id"}
+
+
+def _vvol(row: Row[Any]) -> Vvol:
+    return Vvol(id=row.id, name=row.name, type=row.type, container=row.container_id,
+                array=row.array_id, size=row.size, parent=row.parent_id, relation=row.relation,
+                readonly=bool(row.readonly), state=row.state, op=row.op_id,
+                generation=row.generation, refs=row.refs, created=row.created,
+                metadata=json.loads(row.metadata))
+
+
+def _columns(values: dict[str, Any]) -> dict[str, Any]:
+    out = {_COLUMN.get(k, k): v for k, v in values.items()}
+    if "metadata" in out:
+        out["metadata"] = json.dumps(out["metadata"], sort_keys=True)
+    return out
+
+
+def insert(conn: Connection, v: Vvol) -> None:
+    conn.execute(vvols.insert().values(**_columns(asdict(v))))
+
+
+def get(conn: Connection, vvol_id: str) -> Vvol | None:
+    row = conn.execute(select(vvols).where(vvols.c.id == vvol_id)).first()
+    return _vvol(row) if row else None
+
+
+def by_name(conn: Connection, name: str) -> list[Vvol]:
+    return [_vvol(r) for r in conn.execute(select(vvols).where(vvols.c.name == name))]
+
+
+def listing(conn: Connection, container_id: str | None = None) -> list[Vvol]:
+    q = select(vvols).order_by(vvols.c.created, vvols.c.id)
+    if container_id:
+        q = q.where(vvols.c.container_id == container_id)
+    return [_vvol(r) for r in conn.execute(q)]
+
+
+def dependants(conn: Connection, vvol_id: str) -> list[Vvol]:
+    q = select(vvols).where(vvols.c.parent_id == vvol_id).order_by(vvols.c.created, vvols.c.id)
+    return [_vvol(r) for r in conn.execute(q)]
+
+
+def count_dependants(conn: Connection, vvol_id: str) -> int:
+    return int(conn.execute(select(func.count()).select_from(vvols)
+                            .where(vvols.c.parent_id == vvol_id)).scalar_one())
+
+
+def change(conn: Connection, v: Vvol, *, bump: bool = True, **values: Any) -> None:
+    """Update ``v`` if nobody changed it since it was read (optimistic generation)."""
+    cols = _columns(values)
+    if bump:
+        cols["generation"] = v.generation + 1
+    res = conn.execute(update(vvols).where(vvols.c.id == v.id)
+                       .where(vvols.c.generation == v.generation).values(**cols))
+    if res.rowcount != 1:
+        current = get(conn, v.id)
+        raise StaleGeneration(ref=v.id, expected=v.generation,
+                              actual=current.generation if current else "deleted")
+
+
+def force(conn: Connection, vvol_id: str, **values: Any) -> None:
+    """Unconditional update (recovery only)."""
+    conn.execute(update(vvols).where(vvols.c.id == vvol_id).values(**_columns(values)))
+
+
+def add_ref(conn: Connection, vvol_id: str | None, delta: int) -> None:
+    if vvol_id:
+        conn.execute(update(vvols).where(vvols.c.id == vvol_id).values(refs=vvols.c.refs + delta))
+
+
+def remove(conn: Connection, vvol_id: str) -> None:
+    conn.execute(delete(vvols).where(vvols.c.id == vvol_id))
+
+
+def count(conn: Connection) -> int:
+    return int(conn.execute(select(func.count()).select_from(vvols)).scalar_one())

@@ -1,0 +1,46 @@
+"""The ``vvhost`` command line: a client of the control plane API.
+
+Every failure prints one line ``vvhost: error: ...`` on stderr and exits with
+the error's class (see :mod:`vvhost.errors`); usage mistakes exit 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..errors import VvhostError
+from .base import cli
+from .inventory import array, container
+from .serve import audit, quickstart, serve
+from .vvol import vvol
+
+cli.add_command(array)
+cli.add_command(container)
+cli.add_command(vvol)
+cli.add_command(serve)
+cli.add_command(quickstart)
+cli.add_command(audit)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="vvhost", standalone_mode=False)
+    except VvhostError as exc:
+        click.echo(f"vvhost: error: {exc.message}", err=True)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("vvhost: error: aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        click.echo(f"vvhost: error: {exc.format_message()}", err=True)
+        return 2
+    except KeyboardInterrupt:
+        click.echo("vvhost: error: interrupted", err=True)
+        return 130
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""``vvhost array ...`` and ``vvhost container ...``."""
+
+from __future__ import annotations
+
+import click
+
+from . import output
+from .base import Session, json_option, pass_session
+
+
+@click.group()
+def array() -> None:
+    """Storage arrays (backends that hold vvol data)."""
+
+
+@array.command("add")
+@click.argument("name")
+@click.option("--backend", default="dir", show_default=True, help="Array backend.")
+@click.option("--path", required=True, help="Directory for the dir backend.")
+@json_option
+@pass_session
+def array_add(s: Session, name: str, backend: str, path: str, as_json: bool) -> None:
+    """Add an array."""
+    import os
+    output.show(s.client.array_add(name, backend, os.path.abspath(path)), as_json)
+
+
+@array.command("list")
+@json_option
+@pass_session
+def array_list(s: Session, as_json: bool) -> None:
+    """List arrays."""
+    rows = s.client.arrays()
+    if as_json:
+        output.emit_json(rows)
+        return
+    for r in rows:
+        r["reflink"] = r["capabilities"].get("reflink", False)
+    output.table(rows, ["name", "backend", "reflink", "path"])
+
+
+@array.command("show")
+@click.argument("ref")
+@json_option
+@pass_session
+def array_show(s: Session, ref: str, as_json: bool) -> None:
+    """Show an array, its capabilities and free space."""
+    output.show(s.client.array(ref), as_json)
+
+
+@array.command("delete")
+@click.argument("ref")
+@pass_session
+def array_delete(s: Session, ref: str) -> None:
+    """Forget an array (refused while containers use it; its files stay)."""
+    s.client.array_delete(ref)
+
+
+@click.group()
+def container() -> None:
+    """Storage containers: pools with a capacity that vvols are carved from."""
+
+
+@container.command("create")
+@click.argument("name")
+@click.option("--capacity", required=True, help="Capacity, e.g. 100G.")
+@click.option("--array", "arrays", multiple=True, help="Array to span (repeatable; default local).")
+@click.option("--tenant", default=None, help="Owning tenant.")
+@json_option
+@pass_session
+def container_create(s: Session, name: str, capacity: str, arrays: tuple[str, ...],
+                     tenant: str | None, as_json: bool) -> None:
+    """Create a storage container."""
+    output.show(s.client.container_create(name, capacity, list(arrays), tenant), as_json)
+
+
+@container.command("list")
+@json_option
+@pass_session
+def container_list(s: Session, as_json: bool) -> None:
+    """List containers with capacity and provisioned bytes."""
+    rows = s.client.containers()
+    if as_json:
+        output.emit_json(rows)
+    else:
+        output.table(rows, ["name", "capacity", "provisioned", "free", "tenant"])
+
+
+@container.command("show")
+@click.argument("ref")
+@json_option
+@pass_session
+def container_show(s: Session, ref: str, as_json: bool) -> None:
+    """Show a container."""
+    output.show(s.client.container(ref), as_json)
+
+
+@container.command("delete")
+@click.argument("ref")
+@pass_session
+def container_delete(s: Session, ref: str) -> None:
+    """Delete an empty container."""
+    s.client.container_delete(ref)

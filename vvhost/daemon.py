@@ -1,0 +1,79 @@
+"""Start and stop a ``vvhost serve`` child process (quickstart, tests, benchmarks)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+
+from .client import Client
+from .errors import Unreachable
+
+
+class ServerProcess:
+    def __init__(self, state_dir: str, socket_path: str | None = None,
+                 env: Mapping[str, str] | None = None, log_path: str | None = None) -> None:
+        self.state_dir = state_dir
+        self.socket = socket_path or os.path.join(state_dir, "vvhost.sock")
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = log_path or os.path.join(state_dir, "serve.log")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> ServerProcess:
+        os.makedirs(self.state_dir, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "vvhost", "--socket", self.socket, "serve",
+                 "--state-dir", self.state_dir], env=self.env, stdout=log, stderr=log,
+                stdin=subprocess.DEVNULL)
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise Unreachable(address=self.socket, detail=f"vvhost serve exited with "
+                                  f"{self.proc.returncode}: {self.log_tail(1).strip()}")
+            if os.path.exists(self.socket):
+                client = Client.unix(self.socket)
+                try:
+                    client.health()
+                    return
+                except Unreachable:
+                    pass
+                finally:
+                    client.close()
+            if time.monotonic() > deadline:
+                raise Unreachable(address=self.socket,
+                                  detail=f"not ready after {timeout}s: {self.log_tail(1).strip()}")
+            time.sleep(0.05)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as fh:
+                return "".join(fh.readlines()[-lines:])
+        except OSError:
+            return ""
+
+    def client(self) -> Client:
+        return Client.unix(self.socket)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()

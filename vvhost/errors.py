@@ -1,0 +1,142 @@
+"""Error classes shared by the service, the HTTP API, the client and the CLI.
+
+Every error carries its fields and renders a one-line message from a template.
+The ``code`` travels over the wire (JSON ``{"code", "message", "fields"}``),
+``status`` is the HTTP status and ``exit_code`` the CLI exit status class:
+
+    1 internal   2 bad input   3 not found   4 conflict/in use/busy
+    5 capacity   6 backend     7 cannot reach the control plane
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class VvhostError(Exception):
+    code = "internal"
+    status = 500
+    exit_code = 1
+    template = "{detail}"
+
+    def __init__(self, **fields: Any) -> None:
+        self.fields = fields
+        try:
+            message = self.template.format(**fields)
+        except (KeyError, IndexError):
+            message = f"{self.code}: {fields}"
+        super().__init__(message)
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "fields": _jsonable(self.fields)}
+
+
+def _jsonable(fields: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in fields.items():
+        out[key] = value if isinstance(value, (str, int, float, bool, list, type(None))) else str(value)
+    return out
+
+
+class InternalError(VvhostError):
+    pass
+
+
+class InvalidInput(VvhostError):
+    code = "invalid-input"
+    status = 400
+    exit_code = 2
+
+
+class NotFound(VvhostError):
+    code = "not-found"
+    status = 404
+    exit_code = 3
+    template = "{kind} {ref!r} not found"
+
+
+class AlreadyExists(VvhostError):
+    code = "already-exists"
+    status = 409
+    exit_code = 4
+    template = "{kind} {ref!r} already exists"
+
+
+class InUse(VvhostError):
+    code = "in-use"
+    status = 409
+    exit_code = 4
+    template = "{kind} {ref!r} is in use: {reason}"
+
+
+class HasDependants(VvhostError):
+    code = "has-dependants"
+    status = 409
+    exit_code = 4
+    template = "{kind} {ref!r} still has {what}: {names}; delete those first"
+
+
+class Busy(VvhostError):
+    code = "busy"
+    status = 409
+    exit_code = 4
+    template = "vvol {ref!r} is {state} (operation {op}); try again when it is ready"
+
+
+class StaleGeneration(VvhostError):
+    code = "stale-generation"
+    status = 409
+    exit_code = 4
+    template = "vvol {ref!r} changed: expected generation {expected}, it is at {actual}"
+
+
+class ReadOnly(VvhostError):
+    code = "read-only"
+    status = 409
+    exit_code = 4
+    template = "vvol {ref!r} is a read-only snapshot: cannot {action}"
+
+
+class CapacityExceeded(VvhostError):
+    code = "capacity-exceeded"
+    status = 507
+    exit_code = 5
+    template = (
+        "container {container!r} has {free} bytes free of {capacity}; {needed} bytes are needed"
+    )
+
+
+class BackendError(VvhostError):
+    code = "backend-error"
+    status = 502
+    exit_code = 6
+    template = "array {array!r}: {detail}"
+
+
+class Unreachable(VvhostError):
+    code = "unreachable"
+    status = 503
+    exit_code = 7
+    template = "cannot reach the control plane at {address}: {detail}"
+
+
+ERRORS_BY_CODE: dict[str, type[VvhostError]] = {
+    cls.code: cls
+    for cls in (
+        InternalError, InvalidInput, NotFound, AlreadyExists, InUse, HasDependants, Busy,
+        StaleGeneration, ReadOnly, CapacityExceeded, BackendError, Unreachable,
+    )
+}
+
+
+def from_wire(payload: dict[str, Any], status: int) -> VvhostError:
+    """Rebuild the error a server sent, keeping its message verbatim."""
+    cls = ERRORS_BY_CODE.get(str(payload.get("code")), InternalError)
+    err = cls.__new__(cls)
+    err.fields = dict(payload.get("fields") or {})
+    Exception.__init__(err, str(payload.get("message") or f"HTTP {status}"))
+    return err

@@ -1,0 +1,94 @@
+"""The control plane's data model.
+
+    array  1──n  container_arrays  n──1  container  1──n  vvol
+                                                           │ parent (snapshot | clone)
+                                                           └── vvol ...
+
+A vvol's ``refs`` counts the vvols whose ``parent`` is it (its snapshots and
+linked clones); a vvol with ``refs > 0`` cannot be deleted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+VVOL_TYPES = ("data", "config", "swap", "memory", "other")
+
+# vvol states: only READY vvols take part in new operations.
+READY = "ready"
+CREATING = "creating"
+DELETING = "deleting"
+REVERTING = "reverting"
+EXTENDING = "extending"
+MOVING = "moving"
+WRITING = "writing"
+
+SNAPSHOT = "snapshot"
+CLONE = "clone"
+
+
+@dataclass(frozen=True)
+class Array:
+    id: str
+    name: str
+    backend: str
+    path: str
+    capabilities: dict[str, bool]
+    created: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Container:
+    id: str
+    name: str
+    capacity: int
+    provisioned: int
+    tenant: str | None
+    arrays: list[str]
+    created: float
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self.provisioned
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["free"] = self.free
+        return out
+
+
+@dataclass(frozen=True)
+class Vvol:
+    id: str
+    name: str | None
+    type: str
+    container: str
+    array: str
+    size: int
+    parent: str | None
+    relation: str | None
+    readonly: bool
+    state: str
+    op: str | None
+    generation: int
+    refs: int
+    created: float
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_snapshot(self) -> bool:
+        return self.relation == SNAPSHOT
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    id: str
+    op: str
+    vvol: str | None
+    step: str
+    args: dict[str, Any]
+    created: float

@@ -1,0 +1,51 @@
+"""The control plane's operations, independent of any transport."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..catalog import repo
+from ..errors import NotFound
+from .context import Config, Context
+from .cow import CowOps
+from .data import DataOps
+from .inventory import ArrayOps, ContainerOps
+from .recovery import audit, recover
+from .vvols import VvolOps
+
+
+class Service:
+    def __init__(self, config: Config) -> None:
+        self.ctx = Context(config)
+        self.arrays = ArrayOps(self.ctx)
+        self.containers = ContainerOps(self.ctx, self.arrays)
+        self.vvols = VvolOps(self.ctx, self.containers)
+        self.cow = CowOps(self.ctx, self.vvols)
+        self.data = DataOps(self.ctx, self.vvols)
+        self.recovered: list[dict[str, str]] = []
+
+    def start(self) -> None:
+        """Create the default array, look at array capabilities again, recover."""
+        self.arrays.ensure_default()
+        self.arrays.reprobe()
+        self.recovered = recover(self.ctx)
+
+    def audit(self) -> dict[str, Any]:
+        return audit(self.ctx)
+
+    def operation(self, op_id: str) -> dict[str, Any]:
+        op_id = self.ctx.new_op(op_id)
+        with self.ctx.db.tx() as conn:
+            entry = next((e for e in repo.journal_list(conn) if e.id == op_id), None)
+        progress = self.ctx.progress.get(op_id)
+        if entry is None and progress is None:
+            raise NotFound(kind="operation", ref=op_id)
+        done, total = progress or (0, 0)
+        return {"id": op_id, "op": entry.op if entry else None, "step": entry.step if entry else None,
+                "done": done, "total": total}
+
+    def close(self) -> None:
+        self.ctx.db.close()
+
+
+__all__ = ["Config", "Service"]

@@ -1,0 +1,151 @@
+"""What every service operation shares: catalog, locks, array backends, the
+journal with its fault points, and the progress of running copies."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection
+
+from ..arrays import ArrayBackend, open_backend
+from ..catalog import repo, vvolrepo
+from ..catalog.db import Database, sqlite_url
+from ..errors import Busy, InvalidInput, NotFound, StaleGeneration
+from ..locks import LockTable
+from ..model import READY, JournalEntry, Vvol
+
+FAULT_ENV = "VVHOST_FAULT_AT"
+FAULT_MARK = "fault-reached"
+
+
+@dataclass(frozen=True)
+class Config:
+    state_dir: str
+    db_url: str | None = None
+    # "op:step": pause forever when that journal step is reached (crash tests kill -9 then).
+    fault_at: str | None = None
+
+    @classmethod
+    def from_env(cls, state_dir: str, db_url: str | None = None) -> Config:
+        return cls(state_dir=state_dir, db_url=db_url, fault_at=os.environ.get(FAULT_ENV) or None)
+
+
+class Progress:
+    """done/total bytes of the copies running under each operation id."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._ops: dict[str, tuple[int, int]] = {}
+
+    def callback(self, op_id: str) -> Any:
+        def report(done: int, total: int) -> None:
+            with self._guard:
+                self._ops[op_id] = (done, total)
+        return report
+
+    def get(self, op_id: str) -> tuple[int, int] | None:
+        with self._guard:
+            return self._ops.get(op_id)
+
+    def drop(self, op_id: str) -> None:
+        with self._guard:
+            self._ops.pop(op_id, None)
+
+
+class Context:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        os.makedirs(config.state_dir, exist_ok=True)
+        self.db = Database(config.db_url or sqlite_url(os.path.join(config.state_dir, "catalog.db")))
+        self.locks = LockTable()
+        self.progress = Progress()
+        self._backends: dict[str, ArrayBackend] = {}
+        self._guard = threading.Lock()
+
+    # -- arrays -----------------------------------------------------------------------
+    def backend(self, array_id: str) -> ArrayBackend:
+        with self._guard:
+            if array_id not in self._backends:
+                with self.db.tx() as conn:
+                    array = repo.get_array(conn, array_id)
+                if array is None:
+                    raise NotFound(kind="array", ref=array_id)
+                self._backends[array_id] = open_backend(array)
+            return self._backends[array_id]
+
+    def forget_backend(self, array_id: str) -> None:
+        with self._guard:
+            self._backends.pop(array_id, None)
+
+    def path(self, v: Vvol) -> str:
+        return self.backend(v.array).locate(v.id)
+
+    # -- lookups ----------------------------------------------------------------------
+    def vvol(self, conn: Connection, ref: str) -> Vvol:
+        v = vvolrepo.get(conn, ref)
+        if v is not None:
+            return v
+        found = vvolrepo.by_name(conn, ref)
+        if not found:
+            raise NotFound(kind="vvol", ref=ref)
+        if len(found) > 1:
+            raise InvalidInput(detail=f"name {ref!r} matches {len(found)} vvols; use the id")
+        return found[0]
+
+    @staticmethod
+    def ready(v: Vvol) -> Vvol:
+        if v.state != READY:
+            raise Busy(ref=v.name or v.id, state=v.state, op=v.op)
+        return v
+
+    @staticmethod
+    def expect(v: Vvol, generation: int | None) -> None:
+        """Optimistic concurrency: refuse when the caller saw another generation."""
+        if generation is not None and generation != v.generation:
+            raise StaleGeneration(ref=v.name or v.id, expected=generation, actual=v.generation)
+
+    # -- journal ----------------------------------------------------------------------
+    def new_op(self, requested: str | None = None) -> str:
+        if requested is None:
+            return str(uuid.uuid4())
+        try:
+            return str(uuid.UUID(requested))
+        except ValueError:
+            raise InvalidInput(detail=f"operation id {requested!r} is not a UUID") from None
+
+    def journal(self, conn: Connection, op_id: str, op: str, vvol_id: str | None,
+                args: dict[str, Any]) -> None:
+        repo.journal_add(conn, JournalEntry(id=op_id, op=op, vvol=vvol_id, step="begin",
+                                            args=args, created=time.time()))
+
+    def step(self, op_id: str, op: str, step: str, *, record: bool = True) -> None:
+        """Record that ``step`` is done (if recovery needs to know), then honour a fault point."""
+        if record:
+            with self.db.tx() as conn:
+                repo.journal_step(conn, op_id, step)
+        self.fault(op, step)
+
+    def fault(self, op: str, step: str) -> None:
+        if self.config.fault_at != f"{op}:{step}":
+            return
+        mark = os.path.join(self.config.state_dir, FAULT_MARK)
+        with open(mark, "w", encoding="utf-8") as fh:
+            fh.write(f"{op}:{step}\n")
+        while True:  # wait here to be killed
+            time.sleep(3600)
+
+    @contextmanager
+    def undo_on_error(self, entry_fn: Any) -> Iterator[None]:
+        """Run the op's recovery handler if the body raises, then re-raise."""
+        try:
+            yield
+        except BaseException:
+            entry_fn()
+            raise

@@ -1,0 +1,186 @@
+"""Snapshots, clones and revert: the copy-on-write hierarchy.
+
+    base (live, writable)  refs = 2
+     ├── base@s1  snapshot, read-only, parent = base
+     └── base@s2  snapshot, read-only, parent = base
+          └── c1  linked clone, parent = base@s2   (base@s2 refs = 1)
+
+Revert of base to s1 keeps s2: stage a copy of s1 beside base → keep base's
+current data as a safety snapshot (a hard link: instant) → swap the staged copy
+in (atomic rename) → drop the safety snapshot.  Any failure before the swap is
+recorded as done restores base from the safety snapshot.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..catalog import repo, vvolrepo
+from ..errors import InvalidInput
+from ..model import CLONE, READY, REVERTING, SNAPSHOT, JournalEntry, Vvol
+from ..units import check_name
+from .context import Context
+from .vvols import VvolOps, new_vvol, reserve, undo_new
+
+
+def _label(v: Vvol) -> str:
+    return v.name or v.id[:8]
+
+
+class CowOps:
+    def __init__(self, ctx: Context, vvols: VvolOps) -> None:
+        self.ctx = ctx
+        self.vvols = vvols
+
+    def snapshot(self, ref: str, name: str | None = None, op_id: str | None = None) -> dict[str, Any]:
+        if name is not None:
+            check_name(name, what="snapshot name")
+        op = self.ctx.new_op(op_id)
+        with self.ctx.db.tx() as conn:
+            base = self.ctx.vvol(conn, ref)
+        with self.ctx.locks.hold([base.id]):
+            with self.ctx.db.tx() as conn:
+                base = self.ctx.ready(self.ctx.vvol(conn, ref))
+                if base.is_snapshot:
+                    raise InvalidInput(detail=f"vvol {ref!r} is a snapshot; snapshot its base vvol instead")
+                c = self.vvols.containers.get(conn, base.container)
+                reserve(conn, c, base.size)
+                snap = new_vvol(container=c, array_id=base.array, size=base.size, type=base.type,
+                                name=name, metadata={}, parent=base.id, relation=SNAPSHOT,
+                                readonly=True, op=op)
+                if name is None:
+                    snap = _renamed(snap, f"{_label(base)}@{snap.id[:8]}")
+                vvolrepo.insert(conn, snap)
+                vvolrepo.add_ref(conn, base.id, 1)
+                self.ctx.journal(conn, op, "snapshot", snap.id, {"base": base.id})
+            return self._fill(op, "snapshot", snap, self.ctx.path(base))
+
+    def clone(self, ref: str, linked: bool = False, container: str | None = None,
+              name: str | None = None, op_id: str | None = None) -> dict[str, Any]:
+        if name is not None:
+            check_name(name, what="clone name")
+        op = self.ctx.new_op(op_id)
+        with self.ctx.db.tx() as conn:
+            src = self.ctx.vvol(conn, ref)
+        with self.ctx.locks.hold([src.id]):
+            with self.ctx.db.tx() as conn:
+                src = self.ctx.ready(self.ctx.vvol(conn, ref))
+                c = self.vvols.containers.get(conn, container or src.container)
+                if linked and src.array not in c.arrays:
+                    raise InvalidInput(detail=f"a linked clone lives on its parent's array; container "
+                                              f"{c.name!r} has no share of it (use a full clone)")
+                array_id = self.vvols.place(c, prefer=src.array)
+                reserve(conn, c, src.size)
+                clone = new_vvol(container=c, array_id=array_id, size=src.size, type=src.type,
+                                 name=name, metadata={}, parent=src.id if linked else None,
+                                 relation=CLONE if linked else None, op=op)
+                vvolrepo.insert(conn, clone)
+                if linked:
+                    vvolrepo.add_ref(conn, src.id, 1)
+                self.ctx.journal(conn, op, "clone", clone.id, {"source": src.id})
+            return self._fill(op, "clone", clone, self.ctx.path(src))
+
+    def _fill(self, op: str, kind: str, new: Vvol, source: str) -> dict[str, Any]:
+        """Copy ``source`` into the new vvol and make it ready (or undo everything)."""
+        entry = JournalEntry(id=op, op=kind, vvol=new.id, step="begin", args={}, created=0)
+        backend = self.ctx.backend(new.array)
+        try:
+            with self.ctx.undo_on_error(lambda: undo_new(self.ctx, entry)):
+                backend.copy_in(source, new.id, self.ctx.progress.callback(op))
+                if new.readonly:
+                    backend.set_readonly(new.id, True)
+                self.ctx.fault(kind, "copied")
+                with self.ctx.db.tx() as conn:
+                    vvolrepo.force(conn, new.id, state=READY, op=None)
+                    repo.journal_remove(conn, op)
+                    return self.vvols.describe(conn, vvolrepo.get(conn, new.id) or new)
+        finally:
+            self.ctx.progress.drop(op)
+
+    def revert(self, ref: str, to: str, generation: int | None = None,
+               op_id: str | None = None) -> dict[str, Any]:
+        op = self.ctx.new_op(op_id)
+        with self.ctx.db.tx() as conn:
+            base = self.ctx.vvol(conn, ref)
+            snap = self.ctx.vvol(conn, to)
+        with self.ctx.locks.hold([base.id, snap.id]):
+            with self.ctx.db.tx() as conn:
+                base = self.vvols._writable(conn, ref, "revert it", generation)
+                snap = self.ctx.ready(self.ctx.vvol(conn, to))
+                if snap.parent != base.id or not snap.is_snapshot:
+                    raise InvalidInput(detail=f"{to!r} is not a snapshot of vvol {ref!r}")
+                c = self.vvols.containers.get(conn, base.container)
+                reserve(conn, c, base.size)
+                safety = new_vvol(container=c, array_id=base.array, size=base.size, type=base.type,
+                                  name=f"{_label(base)}@safety-{op[:8]}", metadata={},
+                                  parent=base.id, relation=SNAPSHOT, readonly=True, op=op)
+                vvolrepo.insert(conn, safety)
+                vvolrepo.add_ref(conn, base.id, 1)
+                vvolrepo.change(conn, base, bump=False, state=REVERTING, op=op)
+                args = {"to": snap.id, "safety": safety.id}
+                self.ctx.journal(conn, op, "revert", base.id, args)
+            entry = JournalEntry(id=op, op="revert", vvol=base.id, step="begin", args=args, created=0)
+            backend = self.ctx.backend(base.array)
+            try:
+                with self.ctx.undo_on_error(lambda: undo_revert(self.ctx, entry)):
+                    # Stage the snapshot's data beside the base, keep the base's current
+                    # data as the safety snapshot (instant), then swap atomically.
+                    backend.stage(self.ctx.path(snap), base.id, self.ctx.progress.callback(op))
+                    backend.keep(base.id, safety.id)
+                    self.ctx.step(op, "revert", "safety-ready")
+                    entry = JournalEntry(**{**entry.__dict__, "step": "safety-ready"})
+                    backend.commit_stage(base.id)
+                    self.ctx.fault("revert", "replaced")
+                    self.ctx.step(op, "revert", "committed")
+            finally:
+                self.ctx.progress.drop(op)
+            finish_revert(self.ctx, JournalEntry(**{**entry.__dict__, "step": "committed"}))
+            return self.vvols.show(base.id)
+
+
+def _renamed(v: Vvol, name: str) -> Vvol:
+    return Vvol(**{**v.__dict__, "name": name})
+
+
+def undo_revert(ctx: Context, entry: JournalEntry) -> None:
+    """Before the commit point: put back the base's content if it may have been
+    touched, then drop the safety snapshot and make the base ready again."""
+    base_id = entry.vvol or ""
+    safety_id = entry.args["safety"]
+    with ctx.db.tx() as conn:
+        base = vvolrepo.get(conn, base_id)
+    if base is not None:
+        if entry.step == "safety-ready":
+            ctx.backend(base.array).restore(base.id, safety_id)
+        ctx.backend(base.array).discard_stage(base.id)
+    _drop_safety(ctx, entry, base, bump=False)
+
+
+def finish_revert(ctx: Context, entry: JournalEntry) -> None:
+    """After the commit point: the base holds the snapshot's data; tidy up."""
+    with ctx.db.tx() as conn:
+        base = vvolrepo.get(conn, entry.vvol or "")
+        snap = vvolrepo.get(conn, entry.args["to"])
+        if base is not None and snap is not None and base.size != snap.size:
+            repo.reserve(conn, base.container, snap.size - base.size)
+            vvolrepo.force(conn, base.id, size=snap.size)
+            base = vvolrepo.get(conn, base.id)
+    _drop_safety(ctx, entry, base, bump=True)
+
+
+def _drop_safety(ctx: Context, entry: JournalEntry, base: Vvol | None, bump: bool) -> None:
+    safety_id = entry.args["safety"]
+    with ctx.db.tx() as conn:
+        safety = vvolrepo.get(conn, safety_id)
+    if safety is not None:
+        ctx.backend(safety.array).remove(safety.id)
+    with ctx.db.tx() as conn:
+        safety = vvolrepo.get(conn, safety_id)
+        if safety is not None:
+            vvolrepo.add_ref(conn, safety.parent, -1)
+            repo.reserve(conn, safety.container, -safety.size)
+            vvolrepo.remove(conn, safety.id)
+        if base is not None:
+            gen = base.generation + (1 if bump else 0)
+            vvolrepo.force(conn, base.id, state=READY, op=None, generation=gen)
+        repo.journal_remove(conn, entry.id)

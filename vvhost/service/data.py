@@ -1,0 +1,177 @@
+"""Data movement: move a vvol (with its snapshots) between containers, chunk
+bitmaps, and copying only the chunks that changed between two points."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import bitmap
+from ..catalog import repo, vvolrepo
+from ..errors import HasDependants, InvalidInput
+from ..model import MOVING, READY, SNAPSHOT, WRITING, JournalEntry, Vvol
+from ..units import parse_size
+from .context import Context
+from .vvols import VvolOps, reserve
+
+
+def parse_chunk(chunk: str | int | None) -> int:
+    if chunk is None:
+        return bitmap.DEFAULT_CHUNK
+    value = parse_size(chunk, what="chunk", align=4096)
+    if value & (value - 1):
+        raise InvalidInput(detail=f"chunk {value} is not a power of two")
+    return value
+
+
+class DataOps:
+    def __init__(self, ctx: Context, vvols: VvolOps) -> None:
+        self.ctx = ctx
+        self.vvols = vvols
+
+    # -- move ---------------------------------------------------------------------------
+    def move(self, ref: str, container: str, op_id: str | None = None) -> dict[str, Any]:
+        op = self.ctx.new_op(op_id)
+        with self.ctx.db.tx() as conn:
+            v = self.ctx.vvol(conn, ref)
+            family = [v.id] + [d.id for d in vvolrepo.dependants(conn, v.id)]
+        with self.ctx.locks.hold(family):
+            with self.ctx.db.tx() as conn:
+                v = self.ctx.ready(self.ctx.vvol(conn, ref))
+                if v.is_snapshot:
+                    raise InvalidInput(detail=f"{ref!r} is a snapshot: move its base vvol, "
+                                              "snapshots move with it")
+                members = self._family(conn, v)
+                src_c = self.vvols.containers.get(conn, v.container)
+                dst_c = self.vvols.containers.get(conn, container)
+                if dst_c.id == src_c.id:
+                    return self.vvols.describe(conn, v)
+                total = sum(m.size for m in members)
+                reserve(conn, dst_c, total)
+                if v.array in dst_c.arrays:  # same array: only the catalog changes
+                    repo.reserve(conn, src_c.id, -total)
+                    for m in members:
+                        vvolrepo.change(conn, m, bump=m.id == v.id, container=dst_c.id)
+                    return self.vvols.describe(conn, vvolrepo.get(conn, v.id) or v)
+                if v.parent:
+                    raise InvalidInput(detail=f"{ref!r} is a linked clone and stays on its parent's "
+                                              "array; make a full clone into the other container")
+                dst_array = self.vvols.place(dst_c)
+                for m in members:
+                    vvolrepo.change(conn, m, bump=False, state=MOVING, op=op)
+                args = {"members": [m.id for m in members], "src_array": v.array,
+                        "dst_array": dst_array, "src_container": src_c.id,
+                        "dst_container": dst_c.id, "total": total}
+                self.ctx.journal(conn, op, "move", v.id, args)
+            entry = JournalEntry(id=op, op="move", vvol=v.id, step="begin", args=args, created=0)
+            src, dst = self.ctx.backend(v.array), self.ctx.backend(dst_array)
+            try:
+                with self.ctx.undo_on_error(lambda: undo_move(self.ctx, entry)):
+                    for m in members:
+                        dst.copy_in(src.locate(m.id), m.id, self.ctx.progress.callback(op))
+                        if m.readonly:
+                            dst.set_readonly(m.id, True)
+                    self.ctx.fault("move", "copied")
+                    with self.ctx.db.tx() as conn:
+                        for m in members:
+                            vvolrepo.force(conn, m.id, container=dst_c.id, array=dst_array,
+                                           state=READY, op=None, generation=m.generation + 1)
+                        repo.reserve(conn, src_c.id, -total)
+                        repo.journal_step(conn, op, "committed")
+            finally:
+                self.ctx.progress.drop(op)
+            finish_move(self.ctx, entry)
+            return self.vvols.show(v.id)
+
+    def _family(self, conn: Any, v: Vvol) -> list[Vvol]:
+        deps = vvolrepo.dependants(conn, v.id)
+        clones = [d for d in deps if d.relation != SNAPSHOT]
+        clones += [c for s in deps if s.refs for c in vvolrepo.dependants(conn, s.id)]
+        if clones:
+            raise HasDependants(kind="vvol", ref=v.name or v.id, what="linked clones",
+                                names=", ".join(c.name or c.id for c in clones))
+        return [v] + [self.ctx.ready(s) for s in deps]
+
+    # -- bitmaps ------------------------------------------------------------------------
+    def bitmap(self, ref: str, base: str | None = None, chunk: str | int | None = None,
+               method: str | None = None) -> dict[str, Any]:
+        size = parse_chunk(chunk)
+        if method not in (None, "fiemap", "compare"):
+            raise InvalidInput(detail=f"method {method!r} is not fiemap or compare")
+        with self.ctx.db.tx() as conn:
+            v = self.ctx.vvol(conn, ref)
+            b = self.ctx.vvol(conn, base) if base else None
+        if b is None:
+            ranges = bitmap.allocated_chunks(self.ctx.path(v), size)
+            how = "allocation"
+        else:
+            diff = bitmap.diff_chunks(self.ctx.path(v), self.ctx.path(b), size, method=method)
+            ranges, how = diff.ranges, diff.method
+        return {"vvol": v.id, "base": b.id if b else None, "chunk": size, "method": how,
+                "size": v.size, "bytes": bitmap.ranges_total(ranges),
+                "ranges": [[off, length] for off, length in ranges]}
+
+    def copy_diffs(self, src_ref: str, base_ref: str, dst_ref: str,
+                   op_id: str | None = None) -> dict[str, Any]:
+        op = self.ctx.new_op(op_id)
+        with self.ctx.db.tx() as conn:
+            ids = [self.ctx.vvol(conn, r).id for r in (src_ref, base_ref, dst_ref)]
+        if len(set(ids)) != 3:
+            raise InvalidInput(detail="source, base and destination must be three different vvols")
+        with self.ctx.locks.hold(ids):
+            with self.ctx.db.tx() as conn:
+                src = self.ctx.ready(self.ctx.vvol(conn, src_ref))
+                self.ctx.ready(self.ctx.vvol(conn, base_ref))
+                dst = self.vvols._writable(conn, dst_ref, "copy into it", None)
+                if dst.size < src.size:
+                    raise InvalidInput(detail=f"destination is {dst.size} bytes, smaller than the "
+                                              f"source's {src.size}; extend it first")
+                vvolrepo.change(conn, dst, bump=False, state=WRITING, op=op)
+                args = {"src": src.id, "base": ids[1]}
+                self.ctx.journal(conn, op, "copy-diffs", dst.id, args)
+            self.ctx.fault("copy-diffs", "begin")
+            entry = JournalEntry(id=op, op="copy-diffs", vvol=dst.id, step="begin", args=args,
+                                 created=0)
+            try:
+                return finish_copy_diffs(self.ctx, entry)
+            finally:
+                self.ctx.progress.drop(op)
+
+
+def finish_copy_diffs(ctx: Context, entry: JournalEntry) -> dict[str, Any]:
+    """Copy what changed; idempotent, so recovery simply runs it again."""
+    with ctx.db.tx() as conn:
+        dst = vvolrepo.get(conn, entry.vvol or "")
+        src = vvolrepo.get(conn, entry.args["src"])
+        base = vvolrepo.get(conn, entry.args["base"])
+    result: dict[str, Any] = {"bytes": 0, "ranges": 0, "method": None}
+    if dst is not None and src is not None and base is not None:
+        diff = bitmap.diff_chunks(ctx.path(src), ctx.path(base), bitmap.DEFAULT_CHUNK)
+        copied = ctx.backend(dst.array).write_ranges(ctx.path(src), dst.id, diff.ranges,
+                                                     ctx.progress.callback(entry.id))
+        result = {"bytes": copied, "ranges": len(diff.ranges), "method": diff.method}
+    with ctx.db.tx() as conn:
+        if dst is not None:
+            vvolrepo.force(conn, dst.id, state=READY, op=None, generation=dst.generation + 1)
+        repo.journal_remove(conn, entry.id)
+    return result
+
+
+def undo_move(ctx: Context, entry: JournalEntry) -> None:
+    dst = ctx.backend(entry.args["dst_array"])
+    for member in entry.args["members"]:
+        dst.remove(member)
+    with ctx.db.tx() as conn:
+        repo.reserve(conn, entry.args["dst_container"], -int(entry.args["total"]))
+        for member in entry.args["members"]:
+            v = vvolrepo.get(conn, member)
+            if v is not None and v.op == entry.id:
+                vvolrepo.force(conn, member, state=READY, op=None)
+        repo.journal_remove(conn, entry.id)
+
+
+def finish_move(ctx: Context, entry: JournalEntry) -> None:
+    src = ctx.backend(entry.args["src_array"])
+    for member in entry.args["members"]:
+        src.remove(member)
+    with ctx.db.tx() as conn:
+        repo.journal_remove(conn, entry.id)

@@ -1,0 +1,88 @@
+"""Crash recovery and the consistency audit.
+
+On start, every journal entry left behind is an operation that did not finish.
+Before its commit point it is rolled back; after it, rolled forward.  The audit
+then checks that catalog and arrays agree: no file without a row, no row
+without a file, reference counts and provisioned bytes equal to what the rows say.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..catalog import repo, vvolrepo
+from ..model import READY, JournalEntry
+from .context import Context
+from .cow import finish_revert, undo_revert
+from .data import finish_copy_diffs, finish_move, undo_move
+from .vvols import finish_delete, finish_extend, undo_new
+
+Handler = Callable[[Context, JournalEntry], Any]
+
+# op -> (handler before the commit point, handler after it)
+HANDLERS: dict[str, tuple[Handler, Handler]] = {
+    "create": (undo_new, undo_new),
+    "snapshot": (undo_new, undo_new),
+    "clone": (undo_new, undo_new),
+    "delete": (finish_delete, finish_delete),
+    "extend": (finish_extend, finish_extend),
+    "revert": (undo_revert, finish_revert),
+    "move": (undo_move, finish_move),
+    "copy-diffs": (finish_copy_diffs, finish_copy_diffs),
+}
+
+
+def recover(ctx: Context) -> list[dict[str, str]]:
+    """Finish or undo every interrupted operation; returns what was done."""
+    done = []
+    with ctx.db.tx() as conn:
+        entries = repo.journal_list(conn)
+    for entry in entries:
+        before, after = HANDLERS[entry.op]
+        committed = entry.step == "committed"
+        (after if committed else before)(ctx, entry)
+        done.append({"op": entry.op, "id": entry.id, "vvol": entry.vvol or "",
+                     "action": "rolled forward" if committed or before is after else "rolled back"})
+    return done
+
+
+def audit(ctx: Context) -> dict[str, Any]:
+    problems: list[str] = []
+    with ctx.db.tx() as conn:
+        vvols = vvolrepo.listing(conn)
+        containers = repo.list_containers(conn)
+        arrays = repo.list_arrays(conn)
+        pending = repo.journal_list(conn)
+        counted: dict[str, int] = {}
+        for v in vvols:
+            if v.parent:
+                counted[v.parent] = counted.get(v.parent, 0) + 1
+        provisioned = {c.id: repo.recount_provisioned(conn, c.id) for c in containers}
+    for entry in pending:
+        problems.append(f"operation {entry.op} {entry.id} is unfinished at step {entry.step}")
+    by_array: dict[str, set[str]] = {a.id: set() for a in arrays}
+    for v in vvols:
+        by_array.setdefault(v.array, set()).add(v.id)
+        if v.state != READY:
+            problems.append(f"vvol {v.id} is {v.state}")
+        if v.refs != counted.get(v.id, 0):
+            problems.append(f"vvol {v.id} refs={v.refs} but {counted.get(v.id, 0)} vvols depend on it")
+        if v.parent and v.parent not in {x.id for x in vvols}:
+            problems.append(f"vvol {v.id} has a missing parent {v.parent}")
+    for c in containers:
+        if c.provisioned != provisioned[c.id]:
+            problems.append(f"container {c.name} provisioned={c.provisioned} but its vvols "
+                            f"add up to {provisioned[c.id]}")
+    for a in arrays:
+        backend = ctx.backend(a.id)
+        present = set(backend.list_ids())
+        for orphan in sorted(present - by_array[a.id]):
+            problems.append(f"array {a.name}: {backend.locate(orphan)} has no catalog row")
+        for missing in sorted(by_array[a.id] - present):
+            problems.append(f"array {a.name}: vvol {missing} has no data")
+        for vid in backend.partials():
+            problems.append(f"array {a.name}: half-written copy of {vid}")
+    return {"ok": not problems, "problems": problems, "vvols": len(vvols),
+            "containers": len(containers), "arrays": len(arrays)}
+
