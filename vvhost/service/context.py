@@ -19,7 +19,7 @@ from ..catalog import repo, vvolrepo
 from ..catalog.db import Database, sqlite_url
 from ..errors import Busy, InvalidInput, NotFound, StaleGeneration
 from ..locks import LockTable
-from ..model import READY, JournalEntry, Vvol
+from ..model import READY, Array, JournalEntry, Vvol
 
 FAULT_ENV = "VVHOST_FAULT_AT"
 FAULT_MARK = "fault-reached"
@@ -79,6 +79,12 @@ class Context:
                     raise NotFound(kind="array", ref=array_id)
                 self._backends[array_id] = open_backend(array)
             return self._backends[array_id]
+
+    def register(self, array: Array) -> None:
+        """Open (or reopen) an array's backend; done outside catalog transactions so
+        lookups inside them never need a second one."""
+        with self._guard:
+            self._backends[array.id] = open_backend(array)
 
     def forget_backend(self, array_id: str) -> None:
         with self._guard:

@@ -32,6 +32,7 @@ class ArrayOps:
     def reprobe(self) -> None:
         """Capabilities are detected, not assumed: look again at every start."""
         for arr in self.list():
+            self.ctx.register(arr)
             try:
                 caps = open_backend(arr).probe()
             except BackendError:
@@ -58,6 +59,7 @@ class ArrayOps:
                 if repo.get_array(conn, name) is not None:
                     raise AlreadyExists(kind="array", ref=name)
                 repo.insert_array(conn, arr)
+            self.ctx.register(arr)
         except BaseException:
             if created:
                 _remove_empty_tree(path)
