@@ -31,7 +31,9 @@ class Patterns:
             for off in offsets:
                 fh.seek(off)
                 got = fh.read(size)
-                assert got == chunk_bytes(label, off, size), f"{path}: chunk at {off} is not {label}"
+                assert got == chunk_bytes(label, off, size), (
+                    f"{path}: chunk at {off} is not {label}"
+                )
 
     @staticmethod
     def sha(path: str) -> str:

@@ -22,18 +22,22 @@ class Client:
     @classmethod
     def unix(cls, path: str, timeout: httpx.Timeout = TIMEOUT) -> Client:
         transport = httpx.HTTPTransport(uds=path)
-        return cls(httpx.Client(transport=transport, base_url="http://vvhost", timeout=timeout), path)
+        return cls(
+            httpx.Client(transport=transport, base_url="http://vvhost", timeout=timeout), path
+        )
 
     @classmethod
     def in_process(cls, app: Any) -> Client:
         from starlette.testclient import TestClient
+
         return cls(TestClient(app, raise_server_exceptions=False), "in-process")
 
     def close(self) -> None:
         self.http.close()
 
-    def call(self, method: str, path: str, *, json: Any = None,
-             params: dict[str, Any] | None = None) -> Any:
+    def call(
+        self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
+    ) -> Any:
         clean = {k: v for k, v in (params or {}).items() if v is not None}
         try:
             resp = self.http.request(method, path, json=json, params=clean or None)
@@ -44,7 +48,9 @@ class Client:
         try:
             payload = resp.json()
         except ValueError:
-            raise InternalError(detail=f"HTTP {resp.status_code} with a body that is not JSON") from None
+            raise InternalError(
+                detail=f"HTTP {resp.status_code} with a body that is not JSON"
+            ) from None
         if resp.status_code >= 400:
             raise from_wire(payload if isinstance(payload, dict) else {}, resp.status_code)
         return payload
@@ -63,7 +69,9 @@ class Client:
         return self.call("GET", "/v1/arrays")
 
     def array_add(self, name: str, backend: str, path: str) -> dict[str, Any]:
-        return self.call("POST", "/v1/arrays", json={"name": name, "backend": backend, "path": path})
+        return self.call(
+            "POST", "/v1/arrays", json={"name": name, "backend": backend, "path": path}
+        )
 
     def array(self, ref: str) -> dict[str, Any]:
         return self.call("GET", f"/v1/arrays/{ref}")
@@ -74,10 +82,18 @@ class Client:
     def containers(self) -> list[dict[str, Any]]:
         return self.call("GET", "/v1/containers")
 
-    def container_create(self, name: str, capacity: str | int, arrays: list[str] | None = None,
-                         tenant: str | None = None) -> dict[str, Any]:
-        return self.call("POST", "/v1/containers", json={
-            "name": name, "capacity": capacity, "arrays": arrays or None, "tenant": tenant})
+    def container_create(
+        self,
+        name: str,
+        capacity: str | int,
+        arrays: list[str] | None = None,
+        tenant: str | None = None,
+    ) -> dict[str, Any]:
+        return self.call(
+            "POST",
+            "/v1/containers",
+            json={"name": name, "capacity": capacity, "arrays": arrays or None, "tenant": tenant},
+        )
 
     def container(self, ref: str) -> dict[str, Any]:
         return self.call("GET", f"/v1/containers/{ref}")
@@ -88,12 +104,27 @@ class Client:
     def vvols(self, container: str | None = None) -> list[dict[str, Any]]:
         return self.call("GET", "/v1/vvols", params={"container": container})
 
-    def vvol_create(self, container: str, size: str | int, type: str = "data",
-                    name: str | None = None, metadata: dict[str, str] | None = None,
-                    op_id: str | None = None) -> dict[str, Any]:
-        return self.call("POST", "/v1/vvols", json={
-            "container": container, "size": size, "type": type, "name": name,
-            "metadata": metadata, "op_id": op_id})
+    def vvol_create(
+        self,
+        container: str,
+        size: str | int,
+        type: str = "data",
+        name: str | None = None,
+        metadata: dict[str, str] | None = None,
+        op_id: str | None = None,
+    ) -> dict[str, Any]:
+        return self.call(
+            "POST",
+            "/v1/vvols",
+            json={
+                "container": container,
+                "size": size,
+                "type": type,
+                "name": name,
+                "metadata": metadata,
+                "op_id": op_id,
+            },
+        )
 
     def vvol(self, ref: str) -> dict[str, Any]:
         return self.call("GET", f"/v1/vvols/{ref}")
@@ -101,34 +132,65 @@ class Client:
     def vvol_delete(self, ref: str, generation: int | None = None) -> None:
         self.call("DELETE", f"/v1/vvols/{ref}", params={"generation": generation})
 
-    def vvol_extend(self, ref: str, size: str | int, generation: int | None = None) -> dict[str, Any]:
-        return self.call("POST", f"/v1/vvols/{ref}/extend", json={"size": size, "generation": generation})
+    def vvol_extend(
+        self, ref: str, size: str | int, generation: int | None = None
+    ) -> dict[str, Any]:
+        return self.call(
+            "POST", f"/v1/vvols/{ref}/extend", json={"size": size, "generation": generation}
+        )
 
-    def vvol_meta(self, ref: str, pairs: list[str], generation: int | None = None) -> dict[str, Any]:
-        return self.call("POST", f"/v1/vvols/{ref}/meta", json={"pairs": pairs, "generation": generation})
+    def vvol_meta(
+        self, ref: str, pairs: list[str], generation: int | None = None
+    ) -> dict[str, Any]:
+        return self.call(
+            "POST", f"/v1/vvols/{ref}/meta", json={"pairs": pairs, "generation": generation}
+        )
 
-    def vvol_snapshot(self, ref: str, name: str | None = None,
-                      op_id: str | None = None) -> dict[str, Any]:
+    def vvol_snapshot(
+        self, ref: str, name: str | None = None, op_id: str | None = None
+    ) -> dict[str, Any]:
         return self.call("POST", f"/v1/vvols/{ref}/snapshot", json={"name": name, "op_id": op_id})
 
-    def vvol_clone(self, ref: str, linked: bool = False, container: str | None = None,
-                   name: str | None = None, op_id: str | None = None) -> dict[str, Any]:
-        return self.call("POST", f"/v1/vvols/{ref}/clone", json={
-            "linked": linked, "container": container, "name": name, "op_id": op_id})
+    def vvol_clone(
+        self,
+        ref: str,
+        linked: bool = False,
+        container: str | None = None,
+        name: str | None = None,
+        op_id: str | None = None,
+    ) -> dict[str, Any]:
+        return self.call(
+            "POST",
+            f"/v1/vvols/{ref}/clone",
+            json={"linked": linked, "container": container, "name": name, "op_id": op_id},
+        )
 
-    def vvol_revert(self, ref: str, to: str, generation: int | None = None,
-                    op_id: str | None = None) -> dict[str, Any]:
-        return self.call("POST", f"/v1/vvols/{ref}/revert", json={
-            "to": to, "generation": generation, "op_id": op_id})
+    def vvol_revert(
+        self, ref: str, to: str, generation: int | None = None, op_id: str | None = None
+    ) -> dict[str, Any]:
+        return self.call(
+            "POST",
+            f"/v1/vvols/{ref}/revert",
+            json={"to": to, "generation": generation, "op_id": op_id},
+        )
 
     def vvol_move(self, ref: str, container: str, op_id: str | None = None) -> dict[str, Any]:
-        return self.call("POST", f"/v1/vvols/{ref}/move", json={"container": container, "op_id": op_id})
+        return self.call(
+            "POST", f"/v1/vvols/{ref}/move", json={"container": container, "op_id": op_id}
+        )
 
-    def vvol_bitmap(self, ref: str, base: str | None = None, chunk: str | None = None,
-                    method: str | None = None) -> dict[str, Any]:
-        return self.call("GET", f"/v1/vvols/{ref}/bitmap",
-                         params={"base": base, "chunk": chunk, "method": method})
+    def vvol_bitmap(
+        self, ref: str, base: str | None = None, chunk: str | None = None, method: str | None = None
+    ) -> dict[str, Any]:
+        return self.call(
+            "GET",
+            f"/v1/vvols/{ref}/bitmap",
+            params={"base": base, "chunk": chunk, "method": method},
+        )
 
-    def vvol_copy_diffs(self, ref: str, base: str, to: str, op_id: str | None = None) -> dict[str, Any]:
-        return self.call("POST", f"/v1/vvols/{ref}/copy-diffs", json={
-            "base": base, "to": to, "op_id": op_id})
+    def vvol_copy_diffs(
+        self, ref: str, base: str, to: str, op_id: str | None = None
+    ) -> dict[str, Any]:
+        return self.call(
+            "POST", f"/v1/vvols/{ref}/copy-diffs", json={"base": base, "to": to, "op_id": op_id}
+        )

@@ -14,8 +14,13 @@ from .errors import Unreachable
 
 
 class ServerProcess:
-    def __init__(self, state_dir: str, socket_path: str | None = None,
-                 env: Mapping[str, str] | None = None, log_path: str | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: str,
+        socket_path: str | None = None,
+        env: Mapping[str, str] | None = None,
+        log_path: str | None = None,
+    ) -> None:
         self.state_dir = state_dir
         self.socket = socket_path or os.path.join(state_dir, "vvhost.sock")
         self.env = {**os.environ, **(env or {})}
@@ -26,9 +31,21 @@ class ServerProcess:
         os.makedirs(self.state_dir, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "vvhost", "--socket", self.socket, "serve",
-                 "--state-dir", self.state_dir], env=self.env, stdout=log, stderr=log,
-                stdin=subprocess.DEVNULL)
+                [
+                    sys.executable,
+                    "-m",
+                    "vvhost",
+                    "--socket",
+                    self.socket,
+                    "serve",
+                    "--state-dir",
+                    self.state_dir,
+                ],
+                env=self.env,
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+            )
         self.wait_ready(timeout)
         return self
 
@@ -37,8 +54,11 @@ class ServerProcess:
         while True:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise Unreachable(address=self.socket, detail=f"vvhost serve exited with "
-                                  f"{self.proc.returncode}: {self.log_tail(1).strip()}")
+                raise Unreachable(
+                    address=self.socket,
+                    detail=f"vvhost serve exited with "
+                    f"{self.proc.returncode}: {self.log_tail(1).strip()}",
+                )
             if os.path.exists(self.socket):
                 client = Client.unix(self.socket)
                 try:
@@ -49,8 +69,10 @@ class ServerProcess:
                 finally:
                     client.close()
             if time.monotonic() > deadline:
-                raise Unreachable(address=self.socket,
-                                  detail=f"not ready after {timeout}s: {self.log_tail(1).strip()}")
+                raise Unreachable(
+                    address=self.socket,
+                    detail=f"not ready after {timeout}s: {self.log_tail(1).strip()}",
+                )
             time.sleep(0.05)
 
     def log_tail(self, lines: int = 20) -> str:

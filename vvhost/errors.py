@@ -38,7 +38,9 @@ class VvhostError(Exception):
 def _jsonable(fields: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in fields.items():
-        out[key] = value if isinstance(value, (str, int, float, bool, list, type(None))) else str(value)
+        out[key] = (
+            value if isinstance(value, (str, int, float, bool, list, type(None))) else str(value)
+        )
     return out
 
 
@@ -127,8 +129,18 @@ class Unreachable(VvhostError):
 ERRORS_BY_CODE: dict[str, type[VvhostError]] = {
     cls.code: cls
     for cls in (
-        InternalError, InvalidInput, NotFound, AlreadyExists, InUse, HasDependants, Busy,
-        StaleGeneration, ReadOnly, CapacityExceeded, BackendError, Unreachable,
+        InternalError,
+        InvalidInput,
+        NotFound,
+        AlreadyExists,
+        InUse,
+        HasDependants,
+        Busy,
+        StaleGeneration,
+        ReadOnly,
+        CapacityExceeded,
+        BackendError,
+        Unreachable,
     )
 }
 

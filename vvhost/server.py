@@ -1,13 +1,14 @@
 """``vvhost serve``: the control plane daemon on a unix socket.
 
-    STATE_DIR/
-      catalog.db (+ -wal, -shm)   the catalog (SQLite, WAL)
-      serve.lock                   flock held while a daemon owns the state dir
-      arrays/local/vvols/          the default ``dir`` array
+STATE_DIR/
+  catalog.db (+ -wal, -shm)   the catalog (SQLite, WAL)
+  serve.lock                   flock held while a daemon owns the state dir
+  arrays/local/vvols/          the default ``dir`` array
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -47,7 +48,7 @@ def bind_unix(path: str, mode: int = 0o600) -> socket.socket:
 
 def lock_state_dir(state_dir: str) -> IO[str]:
     os.makedirs(state_dir, exist_ok=True)
-    fh = open(os.path.join(state_dir, "serve.lock"), "a+", encoding="utf-8")
+    fh = open(os.path.join(state_dir, "serve.lock"), "a+", encoding="utf-8")  # noqa: SIM115 (held)
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -62,23 +63,26 @@ def lock_state_dir(state_dir: str) -> IO[str]:
     return fh
 
 
-def serve(state_dir: str, socket_path: str, db_url: str | None = None,
-          log_level: str = "warning") -> None:
+def serve(
+    state_dir: str, socket_path: str, db_url: str | None = None, log_level: str = "warning"
+) -> None:
     lock = lock_state_dir(state_dir)
     service = Service(Config.from_env(state_dir, db_url))
     try:
         service.start()
         sock = bind_unix(socket_path)
         try:
-            config = uvicorn.Config(create_app(service), log_level=log_level, access_log=False,
-                                    timeout_graceful_shutdown=10)
+            config = uvicorn.Config(
+                create_app(service),
+                log_level=log_level,
+                access_log=False,
+                timeout_graceful_shutdown=10,
+            )
             uvicorn.Server(config).run(sockets=[sock])
         finally:
             sock.close()
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(socket_path)
-            except FileNotFoundError:
-                pass
     finally:
         service.close()
         lock.close()

@@ -9,7 +9,7 @@ from .errors import InvalidInput
 MiB = 1 << 20
 _SUFFIX = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGTP]?)(?:I?B)?\s*$", re.IGNORECASE)
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}")
 MAX_SIZE = 1 << 50
 
 
@@ -18,9 +18,11 @@ def parse_size(text: str | int, *, what: str = "size", align: int = MiB) -> int:
     if isinstance(text, int):
         value = text
     else:
-        match = _SIZE_RE.match(text)
+        match = _SIZE_RE.fullmatch(text)
         if not match:
-            raise InvalidInput(detail=f"{what} {text!r} is not a size (examples: 10G, 512M, 1048576)")
+            raise InvalidInput(
+                detail=f"{what} {text!r} is not a size (examples: 10G, 512M, 1048576)"
+            )
         value = int(match.group(1)) * _SUFFIX[match.group(2).upper()]
     if value <= 0:
         raise InvalidInput(detail=f"{what} must be positive")
@@ -33,7 +35,7 @@ def parse_size(text: str | int, *, what: str = "size", align: int = MiB) -> int:
 
 def check_name(name: str, *, what: str = "name") -> str:
     """Names: 1-128 characters, letters, digits and ``._@:+-``; no path separators."""
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise InvalidInput(
             detail=f"{what} {name!r} is invalid: use 1-128 letters, digits or ._@:+- "
             "and start with a letter or digit"

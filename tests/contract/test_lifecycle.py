@@ -9,7 +9,12 @@ import pytest
 from tests.patterns import CHUNK, Patterns
 from vvhost.client import Client
 from vvhost.errors import (
-    CapacityExceeded, HasDependants, InvalidInput, NotFound, ReadOnly, StaleGeneration,
+    CapacityExceeded,
+    HasDependants,
+    InvalidInput,
+    NotFound,
+    ReadOnly,
+    StaleGeneration,
 )
 
 MiB = 1 << 20
@@ -39,10 +44,28 @@ def test_container_lifecycle(api: Client) -> None:
 def test_create_show_and_bad_sizes(api: Client) -> None:
     api.container_create("pool", "100M")
     v = api.vvol_create("pool", "64M", type="swap", name="sw", metadata={"vm": "a"})
-    for key in ("id", "name", "type", "container", "size", "used", "parent", "snapshots",
-                "children", "state", "generation", "metadata", "path"):
+    for key in (
+        "id",
+        "name",
+        "type",
+        "container",
+        "size",
+        "used",
+        "parent",
+        "snapshots",
+        "children",
+        "state",
+        "generation",
+        "metadata",
+        "path",
+    ):
         assert key in v
-    assert (v["size"], v["type"], v["state"], v["metadata"]) == (64 * MiB, "swap", "ready", {"vm": "a"})
+    assert (v["size"], v["type"], v["state"], v["metadata"]) == (
+        64 * MiB,
+        "swap",
+        "ready",
+        {"vm": "a"},
+    )
     assert os.path.getsize(v["path"]) == 64 * MiB and v["used"] == 0
     assert api.vvol("sw")["id"] == v["id"]
     for bad in ("1000", "1.5G", "-1M", "0", "12Q"):
@@ -138,8 +161,7 @@ def test_extend_and_clones(api: Client, patterns: Patterns) -> None:
     _audit_ok(api)
 
 
-def test_move_between_containers_and_arrays(api: Client, patterns: Patterns,
-                                            fs_dir: str) -> None:
+def test_move_between_containers_and_arrays(api: Client, patterns: Patterns, fs_dir: str) -> None:
     api.array_add("second", "dir", os.path.join(fs_dir, "second-array"))
     api.container_create("one", "1G")
     api.container_create("two", "1G")

@@ -40,8 +40,11 @@ class Crashable:
         if os.path.exists(mark):
             os.unlink(mark)
         server = self.server(fault)
-        cmd = subprocess.Popen([sys.executable, "-m", "vvhost", "--socket", self.socket, *cli_args],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        cmd = subprocess.Popen(
+            [sys.executable, "-m", "vvhost", "--socket", self.socket, *cli_args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         try:
             deadline = time.monotonic() + 60
             while not os.path.exists(mark):
@@ -86,8 +89,13 @@ def _setup(c: Crashable, patterns: Patterns) -> dict[str, str]:
         patterns.write(v["path"], "A", [0, 5 * CHUNK])
         s1 = client.vvol_snapshot("d", name="d@s1")
         patterns.write(v["path"], "B", [5 * CHUNK, 9 * CHUNK])
-        return {"d": v["id"], "path": v["path"], "s1": s1["id"], "sha_a": patterns.sha(s1["path"]),
-                "sha_b": patterns.sha(v["path"])}
+        return {
+            "d": v["id"],
+            "path": v["path"],
+            "s1": s1["id"],
+            "sha_a": patterns.sha(s1["path"]),
+            "sha_b": patterns.sha(v["path"]),
+        }
     finally:
         client.close()
         server.stop()
@@ -96,9 +104,11 @@ def _setup(c: Crashable, patterns: Patterns) -> dict[str, str]:
 @pytest.mark.parametrize("fault", ["snapshot:copied", "clone:copied", "create:file-created"])
 def test_new_vvol_rolled_back(crash: Crashable, patterns: Patterns, fault: str) -> None:
     ids = _setup(crash, patterns)
-    args = {"snapshot:copied": ["vvol", "snapshot", "d"],
-            "clone:copied": ["vvol", "clone", "d@s1", "--linked"],
-            "create:file-created": ["vvol", "create", "--container", "pool", "--size", "8M"]}[fault]
+    args = {
+        "snapshot:copied": ["vvol", "snapshot", "d"],
+        "clone:copied": ["vvol", "clone", "d@s1", "--linked"],
+        "create:file-created": ["vvol", "create", "--container", "pool", "--size", "8M"],
+    }[fault]
     crash.crash_during(fault, *args)
 
     def check(client: Client) -> None:
@@ -106,16 +116,21 @@ def test_new_vvol_rolled_back(crash: Crashable, patterns: Patterns, fault: str) 
         assert client.vvol("d")["refs"] == 1 and client.vvol("d@s1")["refs"] == 0
         assert client.container("pool")["provisioned"] == 64 * MiB
         assert patterns.sha(ids["path"]) == ids["sha_b"]
+
     _recovered(crash, check)
 
 
-@pytest.mark.parametrize("fault,expect", [
-    ("revert:safety-ready", "sha_b"),  # before the commit point: rolled back
-    ("revert:replaced", "sha_b"),      # swapped but not recorded: rolled back from the safety copy
-    ("revert:committed", "sha_a"),     # after the commit point: rolled forward
-])
-def test_revert_recovers_to_one_point(crash: Crashable, patterns: Patterns, fault: str,
-                                      expect: str) -> None:
+@pytest.mark.parametrize(
+    "fault,expect",
+    [
+        ("revert:safety-ready", "sha_b"),  # before the commit point: rolled back
+        ("revert:replaced", "sha_b"),  # swapped but not recorded: rolled back from the safety copy
+        ("revert:committed", "sha_a"),  # after the commit point: rolled forward
+    ],
+)
+def test_revert_recovers_to_one_point(
+    crash: Crashable, patterns: Patterns, fault: str, expect: str
+) -> None:
     ids = _setup(crash, patterns)
     crash.crash_during(fault, "vvol", "revert", "d", "--to", "d@s1")
 
@@ -125,6 +140,7 @@ def test_revert_recovers_to_one_point(crash: Crashable, patterns: Patterns, faul
         assert patterns.sha(ids["path"]) == ids[expect]
         client.vvol_revert("d", "d@s1")  # and it still works
         assert patterns.sha(ids["path"]) == ids["sha_a"]
+
     _recovered(crash, check)
 
 
@@ -144,6 +160,7 @@ def test_move_rolled_back(crash: Crashable, patterns: Patterns, fs_dir: str) -> 
         assert patterns.sha(ids["path"]) == ids["sha_b"]
         assert client.container("remote")["provisioned"] == 0
         assert os.listdir(os.path.join(fs_dir, "far", "vvols")) == []
+
     _recovered(crash, check)
 
 
@@ -154,4 +171,5 @@ def test_delete_rolled_forward(crash: Crashable, patterns: Patterns) -> None:
     def check(client: Client) -> None:
         assert [v["name"] for v in client.vvols()] == ["d"]
         assert client.vvol("d")["refs"] == 0
+
     _recovered(crash, check)

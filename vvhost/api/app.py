@@ -53,7 +53,7 @@ def create_app(service: Service) -> FastAPI:
     # -- arrays ---------------------------------------------------------------------------
     @app.get("/v1/arrays")
     def arrays() -> list[dict[str, Any]]:
-        return [a.to_dict() for a in svc.arrays.list()]
+        return [a.to_dict() for a in svc.arrays.listing()]
 
     @app.post("/v1/arrays", status_code=201)
     def array_add(body: m.ArrayCreate) -> dict[str, Any]:
@@ -70,7 +70,7 @@ def create_app(service: Service) -> FastAPI:
     # -- containers -----------------------------------------------------------------------
     @app.get("/v1/containers")
     def containers() -> list[dict[str, Any]]:
-        return [c.to_dict() for c in svc.containers.list()]
+        return [c.to_dict() for c in svc.containers.listing()]
 
     @app.post("/v1/containers", status_code=201)
     def container_create(body: m.ContainerCreate) -> dict[str, Any]:
@@ -87,12 +87,13 @@ def create_app(service: Service) -> FastAPI:
     # -- vvols ----------------------------------------------------------------------------
     @app.get("/v1/vvols")
     def vvols(container: str | None = None) -> list[dict[str, Any]]:
-        return svc.vvols.list(container)
+        return svc.vvols.listing(container)
 
     @app.post("/v1/vvols", status_code=201)
     def vvol_create(body: m.VvolCreate) -> dict[str, Any]:
-        return svc.vvols.create(body.container, body.size, body.type, body.name, body.metadata,
-                                body.op_id)
+        return svc.vvols.create(
+            body.container, body.size, body.type, body.name, body.metadata, body.op_id
+        )
 
     @app.get("/v1/vvols/{ref}")
     def vvol_show(ref: str) -> dict[str, Any]:
@@ -127,8 +128,9 @@ def create_app(service: Service) -> FastAPI:
         return svc.data.move(ref, body.container, body.op_id)
 
     @app.get("/v1/vvols/{ref}/bitmap")
-    def vvol_bitmap(ref: str, base: str | None = None, chunk: str | None = None,
-                    method: str | None = None) -> dict[str, Any]:
+    def vvol_bitmap(
+        ref: str, base: str | None = None, chunk: str | None = None, method: str | None = None
+    ) -> dict[str, Any]:
         return svc.data.bitmap(ref, base, chunk, method)
 
     @app.post("/v1/vvols/{ref}/copy-diffs")

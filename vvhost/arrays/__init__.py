@@ -13,7 +13,9 @@ BACKENDS = ("dir",)
 def open_backend(array: Array) -> ArrayBackend:
     if array.backend == "dir":
         return DirArray(array.name, array.path)
-    raise InvalidInput(detail=f"unknown array backend {array.backend!r} (known: {', '.join(BACKENDS)})")
+    raise InvalidInput(
+        detail=f"unknown array backend {array.backend!r} (known: {', '.join(BACKENDS)})"
+    )
 
 
 __all__ = ["ArrayBackend", "BACKENDS", "DirArray", "open_backend"]

@@ -48,8 +48,13 @@ class ArrayBackend(Protocol):
     def restore(self, vvol_id: str, from_id: str) -> None:
         """Make the volume hold ``from_id``'s data again (undo of a revert)."""
 
-    def write_ranges(self, source: str, vvol_id: str, ranges: Sequence[tuple[int, int]],
-                     progress: Progress | None = None) -> int: ...
+    def write_ranges(
+        self,
+        source: str,
+        vvol_id: str,
+        ranges: Sequence[tuple[int, int]],
+        progress: Progress | None = None,
+    ) -> int: ...
 
     def set_readonly(self, vvol_id: str, readonly: bool) -> None: ...
 

@@ -11,6 +11,7 @@ sparse copies that keep holes: correct, but proportional to the data.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 
@@ -32,7 +33,9 @@ class DirArray:
         try:
             os.makedirs(self.vdir, exist_ok=True)
         except OSError as exc:
-            raise BackendError(array=self.name, detail=f"cannot create {self.vdir}: {exc.strerror}") from exc
+            raise BackendError(
+                array=self.name, detail=f"cannot create {self.vdir}: {exc.strerror}"
+            ) from exc
 
     def probe(self) -> dict[str, bool]:
         self._ensure()
@@ -54,7 +57,9 @@ class DirArray:
                 return  # idempotent retry
             raise BackendError(array=self.name, detail=f"{path} exists with another size") from None
         except OSError as exc:
-            raise BackendError(array=self.name, detail=f"cannot create {path}: {exc.strerror}") from exc
+            raise BackendError(
+                array=self.name, detail=f"cannot create {path}: {exc.strerror}"
+            ) from exc
         try:
             os.ftruncate(fd, size)
             os.fsync(fd)
@@ -66,13 +71,17 @@ class DirArray:
             try:
                 _unlink(path)
             except OSError as exc:
-                raise BackendError(array=self.name, detail=f"cannot remove {path}: {exc.strerror}") from exc
+                raise BackendError(
+                    array=self.name, detail=f"cannot remove {path}: {exc.strerror}"
+                ) from exc
 
     def resize(self, vvol_id: str, size: int) -> None:
         try:
             os.truncate(self.locate(vvol_id), size)
         except OSError as exc:
-            raise BackendError(array=self.name, detail=f"cannot resize {vvol_id}: {exc.strerror}") from exc
+            raise BackendError(
+                array=self.name, detail=f"cannot resize {vvol_id}: {exc.strerror}"
+            ) from exc
 
     def copy_in(self, source: str, vvol_id: str, progress: Progress | None = None) -> str:
         how = self.stage(source, vvol_id, progress)
@@ -88,8 +97,9 @@ class DirArray:
             os.chmod(part, 0o600)
         except OSError as exc:
             _unlink(part)
-            raise BackendError(array=self.name,
-                               detail=f"copy {source} -> {part} failed: {exc.strerror or exc}") from exc
+            raise BackendError(
+                array=self.name, detail=f"copy {source} -> {part} failed: {exc.strerror or exc}"
+            ) from exc
         return how
 
     def commit_stage(self, vvol_id: str) -> None:
@@ -99,7 +109,9 @@ class DirArray:
             os.replace(final + PART, final)
             _fsync_dir(self.vdir)
         except OSError as exc:
-            raise BackendError(array=self.name, detail=f"cannot replace {final}: {exc.strerror}") from exc
+            raise BackendError(
+                array=self.name, detail=f"cannot replace {final}: {exc.strerror}"
+            ) from exc
 
     def discard_stage(self, vvol_id: str) -> None:
         _unlink(self.locate(vvol_id) + PART)
@@ -113,7 +125,9 @@ class DirArray:
         except FileExistsError:
             pass
         except OSError as exc:
-            raise BackendError(array=self.name, detail=f"cannot keep {vvol_id}: {exc.strerror}") from exc
+            raise BackendError(
+                array=self.name, detail=f"cannot keep {vvol_id}: {exc.strerror}"
+            ) from exc
 
     def restore(self, vvol_id: str, from_id: str) -> None:
         """Make the volume name ``from_id``'s data again (atomic, instant)."""
@@ -124,14 +138,23 @@ class DirArray:
             os.replace(tmp, self.locate(vvol_id))
             _fsync_dir(self.vdir)
         except OSError as exc:
-            raise BackendError(array=self.name, detail=f"cannot restore {vvol_id}: {exc.strerror}") from exc
+            raise BackendError(
+                array=self.name, detail=f"cannot restore {vvol_id}: {exc.strerror}"
+            ) from exc
 
-    def write_ranges(self, source: str, vvol_id: str, ranges: Sequence[tuple[int, int]],
-                     progress: Progress | None = None) -> int:
+    def write_ranges(
+        self,
+        source: str,
+        vvol_id: str,
+        ranges: Sequence[tuple[int, int]],
+        progress: Progress | None = None,
+    ) -> int:
         try:
             return fsutil.write_ranges(source, self.locate(vvol_id), list(ranges), progress)
         except OSError as exc:
-            raise BackendError(array=self.name, detail=f"write into {vvol_id}: {exc.strerror}") from exc
+            raise BackendError(
+                array=self.name, detail=f"write into {vvol_id}: {exc.strerror}"
+            ) from exc
 
     def set_readonly(self, vvol_id: str, readonly: bool) -> None:
         os.chmod(self.locate(vvol_id), 0o400 if readonly else 0o600)
@@ -170,7 +193,5 @@ def _fsync_dir(path: str) -> None:
 
 
 def _unlink(path: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass

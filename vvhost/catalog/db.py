@@ -24,8 +24,13 @@ def _v1(conn: Connection) -> None:
     # own DDL (ALTER TABLE ...) rather than change what this one creates.
     schema.metadata.create_all(
         conn,
-        tables=[schema.arrays, schema.containers, schema.container_arrays, schema.vvols,
-                schema.journal],
+        tables=[
+            schema.arrays,
+            schema.containers,
+            schema.container_arrays,
+            schema.vvols,
+            schema.journal,
+        ],
     )
 
 

@@ -13,18 +13,33 @@ from .schema import arrays, container_arrays, containers, journal, vvols
 
 
 def _array(row: Row[Any]) -> Array:
-    return Array(id=row.id, name=row.name, backend=row.backend, path=row.path,
-                 capabilities=json.loads(row.capabilities), created=row.created)
+    return Array(
+        id=row.id,
+        name=row.name,
+        backend=row.backend,
+        path=row.path,
+        capabilities=json.loads(row.capabilities),
+        created=row.created,
+    )
 
 
 def insert_array(conn: Connection, arr: Array) -> None:
-    conn.execute(arrays.insert().values(
-        id=arr.id, name=arr.name, backend=arr.backend, path=arr.path,
-        capabilities=json.dumps(arr.capabilities), created=arr.created))
+    conn.execute(
+        arrays.insert().values(
+            id=arr.id,
+            name=arr.name,
+            backend=arr.backend,
+            path=arr.path,
+            capabilities=json.dumps(arr.capabilities),
+            created=arr.created,
+        )
+    )
 
 
 def set_array_capabilities(conn: Connection, array_id: str, caps: dict[str, bool]) -> None:
-    conn.execute(update(arrays).where(arrays.c.id == array_id).values(capabilities=json.dumps(caps)))
+    conn.execute(
+        update(arrays).where(arrays.c.id == array_id).values(capabilities=json.dumps(caps))
+    )
 
 
 def get_array(conn: Connection, ref: str) -> Array | None:
@@ -41,36 +56,59 @@ def delete_array(conn: Connection, array_id: str) -> None:
 
 
 def array_users(conn: Connection, array_id: str) -> list[str]:
-    q = (select(containers.c.name)
-         .join(container_arrays, container_arrays.c.container_id == containers.c.id)
-         .where(container_arrays.c.array_id == array_id))
+    q = (
+        select(containers.c.name)
+        .join(container_arrays, container_arrays.c.container_id == containers.c.id)
+        .where(container_arrays.c.array_id == array_id)
+    )
     return [r[0] for r in conn.execute(q)]
 
 
 def _container(conn: Connection, row: Row[Any]) -> Container:
-    q = (select(container_arrays.c.array_id).where(container_arrays.c.container_id == row.id)
-         .order_by(container_arrays.c.position))
-    return Container(id=row.id, name=row.name, capacity=row.capacity, provisioned=row.provisioned,
-                     tenant=row.tenant, arrays=[r[0] for r in conn.execute(q)], created=row.created)
+    q = (
+        select(container_arrays.c.array_id)
+        .where(container_arrays.c.container_id == row.id)
+        .order_by(container_arrays.c.position)
+    )
+    return Container(
+        id=row.id,
+        name=row.name,
+        capacity=row.capacity,
+        provisioned=row.provisioned,
+        tenant=row.tenant,
+        arrays=[r[0] for r in conn.execute(q)],
+        created=row.created,
+    )
 
 
 def insert_container(conn: Connection, c: Container) -> None:
-    conn.execute(containers.insert().values(
-        id=c.id, name=c.name, capacity=c.capacity, provisioned=c.provisioned, tenant=c.tenant,
-        created=c.created))
+    conn.execute(
+        containers.insert().values(
+            id=c.id,
+            name=c.name,
+            capacity=c.capacity,
+            provisioned=c.provisioned,
+            tenant=c.tenant,
+            created=c.created,
+        )
+    )
     for pos, array_id in enumerate(c.arrays):
-        conn.execute(container_arrays.insert().values(container_id=c.id, array_id=array_id,
-                                                      position=pos))
+        conn.execute(
+            container_arrays.insert().values(container_id=c.id, array_id=array_id, position=pos)
+        )
 
 
 def get_container(conn: Connection, ref: str) -> Container | None:
-    row = conn.execute(select(containers).where(
-        (containers.c.id == ref) | (containers.c.name == ref))).first()
+    row = conn.execute(
+        select(containers).where((containers.c.id == ref) | (containers.c.name == ref))
+    ).first()
     return _container(conn, row) if row else None
 
 
 def list_containers(conn: Connection) -> list[Container]:
-    return [_container(conn, r) for r in conn.execute(select(containers).order_by(containers.c.created))]
+    return [
+        _container(conn, r) for r in conn.execute(select(containers).order_by(containers.c.created))
+    ]
 
 
 def delete_container(conn: Connection, container_id: str) -> None:
@@ -81,33 +119,50 @@ def delete_container(conn: Connection, container_id: str) -> None:
 def reserve(conn: Connection, container_id: str, delta: int) -> bool:
     """Atomically add ``delta`` bytes to the container's provisioned total;
     returns False (and changes nothing) when that would exceed its capacity."""
-    stmt = update(containers).where(containers.c.id == container_id).values(
-        provisioned=containers.c.provisioned + delta)
+    stmt = (
+        update(containers)
+        .where(containers.c.id == container_id)
+        .values(provisioned=containers.c.provisioned + delta)
+    )
     if delta > 0:
         stmt = stmt.where(containers.c.provisioned + delta <= containers.c.capacity)
     return bool(conn.execute(stmt).rowcount)
 
 
 def recount_provisioned(conn: Connection, container_id: str) -> int:
-    total = conn.execute(select(func.coalesce(func.sum(vvols.c.size), 0))
-                         .where(vvols.c.container_id == container_id)).scalar_one()
+    total = conn.execute(
+        select(func.coalesce(func.sum(vvols.c.size), 0)).where(vvols.c.container_id == container_id)
+    ).scalar_one()
     return int(total)
 
 
 def container_vvol_count(conn: Connection, container_id: str) -> int:
-    return int(conn.execute(select(func.count()).select_from(vvols)
-                            .where(vvols.c.container_id == container_id)).scalar_one())
+    return int(
+        conn.execute(
+            select(func.count()).select_from(vvols).where(vvols.c.container_id == container_id)
+        ).scalar_one()
+    )
 
 
 # -- journal ---------------------------------------------------------------------------
 
+
 def journal_add(conn: Connection, entry: JournalEntry) -> None:
-    conn.execute(journal.insert().values(id=entry.id, op=entry.op, vvol_id=entry.vvol,
-                                         step=entry.step, args=json.dumps(entry.args),
-                                         created=entry.created))
+    conn.execute(
+        journal.insert().values(
+            id=entry.id,
+            op=entry.op,
+            vvol_id=entry.vvol,
+            step=entry.step,
+            args=json.dumps(entry.args),
+            created=entry.created,
+        )
+    )
 
 
-def journal_step(conn: Connection, op_id: str, step: str, args: dict[str, Any] | None = None) -> None:
+def journal_step(
+    conn: Connection, op_id: str, step: str, args: dict[str, Any] | None = None
+) -> None:
     values: dict[str, Any] = {"step": step}
     if args is not None:
         values["args"] = json.dumps(args)
@@ -120,5 +175,14 @@ def journal_remove(conn: Connection, op_id: str) -> None:
 
 def journal_list(conn: Connection) -> list[JournalEntry]:
     rows = conn.execute(select(journal).order_by(journal.c.created))
-    return [JournalEntry(id=r.id, op=r.op, vvol=r.vvol_id, step=r.step, args=json.loads(r.args),
-                         created=r.created) for r in rows]
+    return [
+        JournalEntry(
+            id=r.id,
+            op=r.op,
+            vvol=r.vvol_id,
+            step=r.step,
+            args=json.loads(r.args),
+            created=r.created,
+        )
+        for r in rows
+    ]

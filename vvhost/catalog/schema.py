@@ -4,19 +4,31 @@ same queries run on SQLite (embedded) and PostgreSQL (many hosts)."""
 from __future__ import annotations
 
 from sqlalchemy import (
-    BigInteger, Boolean, Column, Float, ForeignKey, Index, Integer, MetaData, String, Table,
-    Text, UniqueConstraint,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
 )
 
 metadata = MetaData()
 
 schema_version = Table(
-    "schema_version", metadata,
+    "schema_version",
+    metadata,
     Column("version", Integer, nullable=False),
 )
 
 arrays = Table(
-    "arrays", metadata,
+    "arrays",
+    metadata,
     Column("id", String(64), primary_key=True),
     Column("name", String(128), nullable=False, unique=True),
     Column("backend", String(32), nullable=False),
@@ -26,7 +38,8 @@ arrays = Table(
 )
 
 containers = Table(
-    "containers", metadata,
+    "containers",
+    metadata,
     Column("id", String(64), primary_key=True),
     Column("name", String(128), nullable=False, unique=True),
     Column("capacity", BigInteger, nullable=False),
@@ -36,14 +49,16 @@ containers = Table(
 )
 
 container_arrays = Table(
-    "container_arrays", metadata,
+    "container_arrays",
+    metadata,
     Column("container_id", String(64), ForeignKey("containers.id"), primary_key=True),
     Column("array_id", String(64), ForeignKey("arrays.id"), primary_key=True),
     Column("position", Integer, nullable=False),
 )
 
 vvols = Table(
-    "vvols", metadata,
+    "vvols",
+    metadata,
     Column("id", String(64), primary_key=True),
     Column("name", String(128)),
     Column("type", String(16), nullable=False),
@@ -65,7 +80,8 @@ vvols = Table(
 )
 
 journal = Table(
-    "journal", metadata,
+    "journal",
+    metadata,
     Column("id", String(64), primary_key=True),
     Column("op", String(32), nullable=False),
     Column("vvol_id", String(64)),

@@ -16,11 +16,23 @@ _COLUMN = {"container": "container_id", "array": "array_id", "parent": "parent_i
 
 
 def _vvol(row: Row[Any]) -> Vvol:
-    return Vvol(id=row.id, name=row.name, type=row.type, container=row.container_id,
-                array=row.array_id, size=row.size, parent=row.parent_id, relation=row.relation,
-                readonly=bool(row.readonly), state=row.state, op=row.op_id,
-                generation=row.generation, refs=row.refs, created=row.created,
-                metadata=json.loads(row.metadata))
+    return Vvol(
+        id=row.id,
+        name=row.name,
+        type=row.type,
+        container=row.container_id,
+        array=row.array_id,
+        size=row.size,
+        parent=row.parent_id,
+        relation=row.relation,
+        readonly=bool(row.readonly),
+        state=row.state,
+        op=row.op_id,
+        generation=row.generation,
+        refs=row.refs,
+        created=row.created,
+        metadata=json.loads(row.metadata),
+    )
 
 
 def _columns(values: dict[str, Any]) -> dict[str, Any]:
@@ -56,8 +68,11 @@ def dependants(conn: Connection, vvol_id: str) -> list[Vvol]:
 
 
 def count_dependants(conn: Connection, vvol_id: str) -> int:
-    return int(conn.execute(select(func.count()).select_from(vvols)
-                            .where(vvols.c.parent_id == vvol_id)).scalar_one())
+    return int(
+        conn.execute(
+            select(func.count()).select_from(vvols).where(vvols.c.parent_id == vvol_id)
+        ).scalar_one()
+    )
 
 
 def change(conn: Connection, v: Vvol, *, bump: bool = True, **values: Any) -> None:
@@ -65,12 +80,17 @@ def change(conn: Connection, v: Vvol, *, bump: bool = True, **values: Any) -> No
     cols = _columns(values)
     if bump:
         cols["generation"] = v.generation + 1
-    res = conn.execute(update(vvols).where(vvols.c.id == v.id)
-                       .where(vvols.c.generation == v.generation).values(**cols))
+    res = conn.execute(
+        update(vvols)
+        .where(vvols.c.id == v.id)
+        .where(vvols.c.generation == v.generation)
+        .values(**cols)
+    )
     if res.rowcount != 1:
         current = get(conn, v.id)
-        raise StaleGeneration(ref=v.id, expected=v.generation,
-                              actual=current.generation if current else "deleted")
+        raise StaleGeneration(
+            ref=v.id, expected=v.generation, actual=current.generation if current else "deleted"
+        )
 
 
 def force(conn: Connection, vvol_id: str, **values: Any) -> None:

@@ -32,8 +32,13 @@ class Session:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="vvhost")
-@click.option("--socket", envvar="VVHOST_SOCKET", default=DEFAULT_SOCKET, show_default=True,
-              help="Control plane unix socket (env VVHOST_SOCKET).")
+@click.option(
+    "--socket",
+    envvar="VVHOST_SOCKET",
+    default=DEFAULT_SOCKET,
+    show_default=True,
+    help="Control plane unix socket (env VVHOST_SOCKET).",
+)
 @click.pass_context
 def cli(ctx: click.Context, socket: str) -> None:
     """vvhost: array-backed per-VM volumes (vvols) for KVM hosts."""

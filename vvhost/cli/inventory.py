@@ -22,6 +22,7 @@ def array() -> None:
 def array_add(s: Session, name: str, backend: str, path: str, as_json: bool) -> None:
     """Add an array."""
     import os
+
     output.show(s.client.array_add(name, backend, os.path.abspath(path)), as_json)
 
 
@@ -68,8 +69,9 @@ def container() -> None:
 @click.option("--tenant", default=None, help="Owning tenant.")
 @json_option
 @pass_session
-def container_create(s: Session, name: str, capacity: str, arrays: tuple[str, ...],
-                     tenant: str | None, as_json: bool) -> None:
+def container_create(
+    s: Session, name: str, capacity: str, arrays: tuple[str, ...], tenant: str | None, as_json: bool
+) -> None:
     """Create a storage container."""
     output.show(s.client.container_create(name, capacity, list(arrays), tenant), as_json)
 

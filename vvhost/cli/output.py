@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -24,7 +24,7 @@ def fmt(key: str, value: Any) -> str:
     if key in SIZE_KEYS and isinstance(value, int):
         return f"{human(value)} ({value})" if value >= 1024 else str(value)
     if key == "created" and isinstance(value, float):
-        return datetime.fromtimestamp(value, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, dict):

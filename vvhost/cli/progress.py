@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -16,8 +15,9 @@ from ..client import Client
 from ..errors import NotFound
 
 
-def run_with_progress(client: Client, label: str, call: Callable[[str], Any],
-                      quiet: bool = False) -> Any:
+def run_with_progress(
+    client: Client, label: str, call: Callable[[str], Any], quiet: bool = False
+) -> Any:
     op_id = str(uuid.uuid4())
     if quiet or not sys.stderr.isatty():
         return call(op_id)
@@ -31,7 +31,7 @@ def run_with_progress(client: Client, label: str, call: Callable[[str], Any],
 
     thread = threading.Thread(target=worker, daemon=True)
     thread.start()
-    bar = None
+    bar: Any = None
     poller = Client.unix(client.address) if client.address != "in-process" else client
     try:
         while thread.is_alive():

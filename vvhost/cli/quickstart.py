@@ -69,8 +69,10 @@ def run_quickstart(state_dir: str | None, keep: bool) -> None:
         server.stop()
         click.secho("vvhost serve stopped.", fg="cyan")
         if keep:
-            click.echo(f"State kept in {state}: `vvhost serve --state-dir {state} "
-                       f"--socket {server.socket}` brings it back.")
+            click.echo(
+                f"State kept in {state}: `vvhost serve --state-dir {state} "
+                f"--socket {server.socket}` brings it back."
+            )
         else:
             shutil.rmtree(state, ignore_errors=True)
 
@@ -78,8 +80,18 @@ def run_quickstart(state_dir: str | None, keep: bool) -> None:
 def tour(t: Tour) -> None:
     t.run("array", "show", "local")
     t.run("container", "create", "demo", "--capacity", "8G")
-    disk = t.run("vvol", "create", "--container", "demo", "--size", "256M", "--name", "disk0",
-                 "--meta", "vm=quickstart")
+    disk = t.run(
+        "vvol",
+        "create",
+        "--container",
+        "demo",
+        "--size",
+        "256M",
+        "--name",
+        "disk0",
+        "--meta",
+        "vm=quickstart",
+    )
     path = t.show(disk)["path"]
     click.secho(f"# writing pattern A (4 x 1 MiB) into {path}", fg="green")
     write_pattern(path, b"A", [0, 16 * MiB, 64 * MiB, 200 * MiB])
@@ -97,8 +109,12 @@ def tour(t: Tour) -> None:
     clone = t.run("vvol", "clone", s2, "--linked", "--name", "disk0-clone")
     _check("linked clone of s2 holds B", digest(t.show(clone)["path"]) == state_b)
     click.secho("# the parent of a linked clone cannot be deleted:", fg="green")
-    out = subprocess.run([sys.executable, "-m", "vvhost", "--socket", t.socket, "vvol", "delete", s2],
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "vvhost", "--socket", t.socket, "vvol", "delete", s2],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     click.echo(f"$ vvhost vvol delete {s2}\n{out.stderr.strip()}  (exit {out.returncode})")
     t.run("vvol", "list")
     t.run("container", "show", "demo")

@@ -9,18 +9,32 @@ from .base import Session, json_option, pass_session
 
 
 @click.command()
-@click.option("--state-dir", envvar="VVHOST_STATE_DIR", default="/var/lib/vvhost", show_default=True,
-              help="Catalog and default array live here.")
-@click.option("--db-url", envvar="VVHOST_DB_URL", default=None,
-              help="SQLAlchemy URL of the catalog (default: SQLite in the state dir).")
-@click.option("--log-level", default="warning", show_default=True,
-              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@click.option(
+    "--state-dir",
+    envvar="VVHOST_STATE_DIR",
+    default="/var/lib/vvhost",
+    show_default=True,
+    help="Catalog and default array live here.",
+)
+@click.option(
+    "--db-url",
+    envvar="VVHOST_DB_URL",
+    default=None,
+    help="SQLAlchemy URL of the catalog (default: SQLite in the state dir).",
+)
+@click.option(
+    "--log-level",
+    default="warning",
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+)
 @pass_session
 def serve(s: Session, state_dir: str, db_url: str | None, log_level: str) -> None:
     """Run the control plane on the unix socket (--socket)."""
     import os
 
     from ..server import serve as run
+
     run(os.path.abspath(state_dir), s.socket, db_url, log_level)
 
 
@@ -33,8 +47,10 @@ def audit(s: Session, as_json: bool) -> None:
     if as_json:
         output.emit_json(report)
     else:
-        click.echo(f"{report['vvols']} vvols in {report['containers']} containers on "
-                   f"{report['arrays']} arrays: {'consistent' if report['ok'] else 'PROBLEMS'}")
+        click.echo(
+            f"{report['vvols']} vvols in {report['containers']} containers on "
+            f"{report['arrays']} arrays: {'consistent' if report['ok'] else 'PROBLEMS'}"
+        )
         for problem in report["problems"]:
             click.echo(f"  {problem}")
     if not report["ok"]:
@@ -47,4 +63,5 @@ def audit(s: Session, as_json: bool) -> None:
 def quickstart(state_dir: str | None, keep: bool) -> None:
     """Run a short tour: serve, container, vvol, snapshot, revert, clone."""
     from .quickstart import run_quickstart
+
     run_quickstart(state_dir, keep)

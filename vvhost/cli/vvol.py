@@ -8,10 +8,27 @@ from . import output
 from .base import Session, json_option, pass_session
 from .progress import run_with_progress
 
-SHOW_KEYS = ["id", "name", "type", "container", "array", "size", "used", "parent", "relation",
-             "readonly", "snapshots", "children", "state", "generation", "metadata", "path"]
-generation_option = click.option("--generation", type=int, default=None,
-                                 help="Only if the vvol is still at this generation.")
+SHOW_KEYS = [
+    "id",
+    "name",
+    "type",
+    "container",
+    "array",
+    "size",
+    "used",
+    "parent",
+    "relation",
+    "readonly",
+    "snapshots",
+    "children",
+    "state",
+    "generation",
+    "metadata",
+    "path",
+]
+generation_option = click.option(
+    "--generation", type=int, default=None, help="Only if the vvol is still at this generation."
+)
 
 
 def _meta(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -41,14 +58,26 @@ def vvol() -> None:
 @vvol.command("create")
 @click.option("--container", required=True, help="Container to carve the vvol from.")
 @click.option("--size", required=True, help="Size, e.g. 10G or 512M (multiple of 1M).")
-@click.option("--type", "vtype", default="data", show_default=True,
-              type=click.Choice(["data", "config", "swap", "memory", "other"]))
+@click.option(
+    "--type",
+    "vtype",
+    default="data",
+    show_default=True,
+    type=click.Choice(["data", "config", "swap", "memory", "other"]),
+)
 @click.option("--name", default=None)
 @click.option("--meta", multiple=True, help="KEY=VALUE (repeatable).")
 @json_option
 @pass_session
-def vvol_create(s: Session, container: str, size: str, vtype: str, name: str | None,
-                meta: tuple[str, ...], as_json: bool) -> None:
+def vvol_create(
+    s: Session,
+    container: str,
+    size: str,
+    vtype: str,
+    name: str | None,
+    meta: tuple[str, ...],
+    as_json: bool,
+) -> None:
     """Create a vvol and print its id."""
     _result(s.client.vvol_create(container, size, vtype, name, _meta(meta)), as_json)
 
@@ -101,8 +130,9 @@ def vvol_extend(s: Session, ref: str, size: str, generation: int | None, as_json
 @generation_option
 @json_option
 @pass_session
-def vvol_meta(s: Session, ref: str, pairs: tuple[str, ...], generation: int | None,
-              as_json: bool) -> None:
+def vvol_meta(
+    s: Session, ref: str, pairs: tuple[str, ...], generation: int | None, as_json: bool
+) -> None:
     """Set metadata KEY=VALUE (an empty VALUE removes KEY)."""
     result = s.client.vvol_meta(ref, list(pairs), generation)
     output.show(result if as_json else result["metadata"], as_json)
@@ -115,24 +145,28 @@ def vvol_meta(s: Session, ref: str, pairs: tuple[str, ...], generation: int | No
 @pass_session
 def vvol_snapshot(s: Session, ref: str, name: str | None, as_json: bool) -> None:
     """Take a read-only point-in-time snapshot; prints its id."""
-    result = run_with_progress(s.client, "snapshot",
-                               lambda op: s.client.vvol_snapshot(ref, name, op), as_json)
+    result = run_with_progress(
+        s.client, "snapshot", lambda op: s.client.vvol_snapshot(ref, name, op), as_json
+    )
     _result(result, as_json)
 
 
 @vvol.command("clone")
 @click.argument("ref")
-@click.option("--linked", is_flag=True, help="Keep a dependency on the source (instant on reflink).")
+@click.option(
+    "--linked", is_flag=True, help="Keep a dependency on the source (instant on reflink)."
+)
 @click.option("--container", default=None, help="Target container (default: the source's).")
 @click.option("--name", default=None)
 @json_option
 @pass_session
-def vvol_clone(s: Session, ref: str, linked: bool, container: str | None, name: str | None,
-               as_json: bool) -> None:
+def vvol_clone(
+    s: Session, ref: str, linked: bool, container: str | None, name: str | None, as_json: bool
+) -> None:
     """Clone a vvol or snapshot; prints the clone's id."""
-    result = run_with_progress(s.client, "clone",
-                               lambda op: s.client.vvol_clone(ref, linked, container, name, op),
-                               as_json)
+    result = run_with_progress(
+        s.client, "clone", lambda op: s.client.vvol_clone(ref, linked, container, name, op), as_json
+    )
     _result(result, as_json)
 
 
@@ -144,8 +178,9 @@ def vvol_clone(s: Session, ref: str, linked: bool, container: str | None, name: 
 @pass_session
 def vvol_revert(s: Session, ref: str, to: str, generation: int | None, as_json: bool) -> None:
     """Revert a vvol to one of its snapshots."""
-    result = run_with_progress(s.client, "revert",
-                               lambda op: s.client.vvol_revert(ref, to, generation, op), as_json)
+    result = run_with_progress(
+        s.client, "revert", lambda op: s.client.vvol_revert(ref, to, generation, op), as_json
+    )
     _result(result, as_json, quiet_id=False)
 
 
@@ -156,8 +191,9 @@ def vvol_revert(s: Session, ref: str, to: str, generation: int | None, as_json: 
 @pass_session
 def vvol_move(s: Session, ref: str, container: str, as_json: bool) -> None:
     """Move a vvol and its snapshots to another container."""
-    result = run_with_progress(s.client, "move",
-                               lambda op: s.client.vvol_move(ref, container, op), as_json)
+    result = run_with_progress(
+        s.client, "move", lambda op: s.client.vvol_move(ref, container, op), as_json
+    )
     _result(result, as_json, quiet_id=False)
 
 
@@ -173,8 +209,10 @@ def vvol_bitmap(s: Session, ref: str, base: str | None, chunk: str | None, as_js
     if as_json:
         output.emit_json(result)
         return
-    click.echo(f"# {len(result['ranges'])} ranges, {result['bytes']} bytes, "
-               f"chunk {result['chunk']}, method {result['method']}")
+    click.echo(
+        f"# {len(result['ranges'])} ranges, {result['bytes']} bytes, "
+        f"chunk {result['chunk']}, method {result['method']}"
+    )
     for off, length in result["ranges"]:
         click.echo(f"{off}\t{length}")
 
@@ -187,6 +225,7 @@ def vvol_bitmap(s: Session, ref: str, base: str | None, chunk: str | None, as_js
 @pass_session
 def vvol_copy_diffs(s: Session, src: str, base: str, to: str, as_json: bool) -> None:
     """Copy into TO only what SRC changed relative to BASE."""
-    result = run_with_progress(s.client, "copy-diffs",
-                               lambda op: s.client.vvol_copy_diffs(src, base, to, op), as_json)
+    result = run_with_progress(
+        s.client, "copy-diffs", lambda op: s.client.vvol_copy_diffs(src, base, to, op), as_json
+    )
     output.show(result, as_json)

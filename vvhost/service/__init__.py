@@ -41,8 +41,13 @@ class Service:
         if entry is None and progress is None:
             raise NotFound(kind="operation", ref=op_id)
         done, total = progress or (0, 0)
-        return {"id": op_id, "op": entry.op if entry else None, "step": entry.step if entry else None,
-                "done": done, "total": total}
+        return {
+            "id": op_id,
+            "op": entry.op if entry else None,
+            "step": entry.step if entry else None,
+            "done": done,
+            "total": total,
+        }
 
     def close(self) -> None:
         self.ctx.db.close()

@@ -48,6 +48,7 @@ class Progress:
         def report(done: int, total: int) -> None:
             with self._guard:
                 self._ops[op_id] = (done, total)
+
         return report
 
     def get(self, op_id: str) -> tuple[int, int] | None:
@@ -63,7 +64,9 @@ class Context:
     def __init__(self, config: Config) -> None:
         self.config = config
         os.makedirs(config.state_dir, exist_ok=True)
-        self.db = Database(config.db_url or sqlite_url(os.path.join(config.state_dir, "catalog.db")))
+        self.db = Database(
+            config.db_url or sqlite_url(os.path.join(config.state_dir, "catalog.db"))
+        )
         self.locks = LockTable()
         self.progress = Progress()
         self._backends: dict[str, ArrayBackend] = {}
@@ -126,10 +129,15 @@ class Context:
         except ValueError:
             raise InvalidInput(detail=f"operation id {requested!r} is not a UUID") from None
 
-    def journal(self, conn: Connection, op_id: str, op: str, vvol_id: str | None,
-                args: dict[str, Any]) -> None:
-        repo.journal_add(conn, JournalEntry(id=op_id, op=op, vvol=vvol_id, step="begin",
-                                            args=args, created=time.time()))
+    def journal(
+        self, conn: Connection, op_id: str, op: str, vvol_id: str | None, args: dict[str, Any]
+    ) -> None:
+        repo.journal_add(
+            conn,
+            JournalEntry(
+                id=op_id, op=op, vvol=vvol_id, step="begin", args=args, created=time.time()
+            ),
+        )
 
     def step(self, op_id: str, op: str, step: str, *, record: bool = True) -> None:
         """Record that ``step`` is done (if recovery needs to know), then honour a fault point."""

@@ -32,7 +32,9 @@ class CowOps:
         self.ctx = ctx
         self.vvols = vvols
 
-    def snapshot(self, ref: str, name: str | None = None, op_id: str | None = None) -> dict[str, Any]:
+    def snapshot(
+        self, ref: str, name: str | None = None, op_id: str | None = None
+    ) -> dict[str, Any]:
         if name is not None:
             check_name(name, what="snapshot name")
         op = self.ctx.new_op(op_id)
@@ -42,12 +44,23 @@ class CowOps:
             with self.ctx.db.tx() as conn:
                 base = self.ctx.ready(self.ctx.vvol(conn, ref))
                 if base.is_snapshot:
-                    raise InvalidInput(detail=f"vvol {ref!r} is a snapshot; snapshot its base vvol instead")
+                    raise InvalidInput(
+                        detail=f"vvol {ref!r} is a snapshot; snapshot its base vvol instead"
+                    )
                 c = self.vvols.containers.get(conn, base.container)
                 reserve(conn, c, base.size)
-                snap = new_vvol(container=c, array_id=base.array, size=base.size, type=base.type,
-                                name=name, metadata={}, parent=base.id, relation=SNAPSHOT,
-                                readonly=True, op=op)
+                snap = new_vvol(
+                    container=c,
+                    array_id=base.array,
+                    size=base.size,
+                    type=base.type,
+                    name=name,
+                    metadata={},
+                    parent=base.id,
+                    relation=SNAPSHOT,
+                    readonly=True,
+                    op=op,
+                )
                 if name is None:
                     snap = _renamed(snap, f"{_label(base)}@{snap.id[:8]}")
                 vvolrepo.insert(conn, snap)
@@ -55,8 +68,14 @@ class CowOps:
                 self.ctx.journal(conn, op, "snapshot", snap.id, {"base": base.id})
             return self._fill(op, "snapshot", snap, self.ctx.path(base))
 
-    def clone(self, ref: str, linked: bool = False, container: str | None = None,
-              name: str | None = None, op_id: str | None = None) -> dict[str, Any]:
+    def clone(
+        self,
+        ref: str,
+        linked: bool = False,
+        container: str | None = None,
+        name: str | None = None,
+        op_id: str | None = None,
+    ) -> dict[str, Any]:
         if name is not None:
             check_name(name, what="clone name")
         op = self.ctx.new_op(op_id)
@@ -67,13 +86,23 @@ class CowOps:
                 src = self.ctx.ready(self.ctx.vvol(conn, ref))
                 c = self.vvols.containers.get(conn, container or src.container)
                 if linked and src.array not in c.arrays:
-                    raise InvalidInput(detail=f"a linked clone lives on its parent's array; container "
-                                              f"{c.name!r} has no share of it (use a full clone)")
+                    raise InvalidInput(
+                        detail=f"a linked clone lives on its parent's array; container "
+                        f"{c.name!r} has no share of it (use a full clone)"
+                    )
                 array_id = self.vvols.place(c, prefer=src.array)
                 reserve(conn, c, src.size)
-                clone = new_vvol(container=c, array_id=array_id, size=src.size, type=src.type,
-                                 name=name, metadata={}, parent=src.id if linked else None,
-                                 relation=CLONE if linked else None, op=op)
+                clone = new_vvol(
+                    container=c,
+                    array_id=array_id,
+                    size=src.size,
+                    type=src.type,
+                    name=name,
+                    metadata={},
+                    parent=src.id if linked else None,
+                    relation=CLONE if linked else None,
+                    op=op,
+                )
                 vvolrepo.insert(conn, clone)
                 if linked:
                     vvolrepo.add_ref(conn, src.id, 1)
@@ -97,8 +126,9 @@ class CowOps:
         finally:
             self.ctx.progress.drop(op)
 
-    def revert(self, ref: str, to: str, generation: int | None = None,
-               op_id: str | None = None) -> dict[str, Any]:
+    def revert(
+        self, ref: str, to: str, generation: int | None = None, op_id: str | None = None
+    ) -> dict[str, Any]:
         op = self.ctx.new_op(op_id)
         with self.ctx.db.tx() as conn:
             base = self.ctx.vvol(conn, ref)
@@ -111,15 +141,26 @@ class CowOps:
                     raise InvalidInput(detail=f"{to!r} is not a snapshot of vvol {ref!r}")
                 c = self.vvols.containers.get(conn, base.container)
                 reserve(conn, c, base.size)
-                safety = new_vvol(container=c, array_id=base.array, size=base.size, type=base.type,
-                                  name=f"{_label(base)}@safety-{op[:8]}", metadata={},
-                                  parent=base.id, relation=SNAPSHOT, readonly=True, op=op)
+                safety = new_vvol(
+                    container=c,
+                    array_id=base.array,
+                    size=base.size,
+                    type=base.type,
+                    name=f"{_label(base)}@safety-{op[:8]}",
+                    metadata={},
+                    parent=base.id,
+                    relation=SNAPSHOT,
+                    readonly=True,
+                    op=op,
+                )
                 vvolrepo.insert(conn, safety)
                 vvolrepo.add_ref(conn, base.id, 1)
                 vvolrepo.change(conn, base, bump=False, state=REVERTING, op=op)
                 args = {"to": snap.id, "safety": safety.id}
                 self.ctx.journal(conn, op, "revert", base.id, args)
-            entry = JournalEntry(id=op, op="revert", vvol=base.id, step="begin", args=args, created=0)
+            entry = JournalEntry(
+                id=op, op="revert", vvol=base.id, step="begin", args=args, created=0
+            )
             backend = self.ctx.backend(base.array)
             try:
                 with self.ctx.undo_on_error(lambda: undo_revert(self.ctx, entry)):

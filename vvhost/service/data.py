@@ -38,8 +38,9 @@ class DataOps:
             with self.ctx.db.tx() as conn:
                 v = self.ctx.ready(self.ctx.vvol(conn, ref))
                 if v.is_snapshot:
-                    raise InvalidInput(detail=f"{ref!r} is a snapshot: move its base vvol, "
-                                              "snapshots move with it")
+                    raise InvalidInput(
+                        detail=f"{ref!r} is a snapshot: move its base vvol, snapshots move with it"
+                    )
                 members = self._family(conn, v)
                 src_c = self.vvols.containers.get(conn, v.container)
                 dst_c = self.vvols.containers.get(conn, container)
@@ -53,14 +54,21 @@ class DataOps:
                         vvolrepo.change(conn, m, bump=m.id == v.id, container=dst_c.id)
                     return self.vvols.describe(conn, vvolrepo.get(conn, v.id) or v)
                 if v.parent:
-                    raise InvalidInput(detail=f"{ref!r} is a linked clone and stays on its parent's "
-                                              "array; make a full clone into the other container")
+                    raise InvalidInput(
+                        detail=f"{ref!r} is a linked clone and stays on its parent's "
+                        "array; make a full clone into the other container"
+                    )
                 dst_array = self.vvols.place(dst_c)
                 for m in members:
                     vvolrepo.change(conn, m, bump=False, state=MOVING, op=op)
-                args = {"members": [m.id for m in members], "src_array": v.array,
-                        "dst_array": dst_array, "src_container": src_c.id,
-                        "dst_container": dst_c.id, "total": total}
+                args = {
+                    "members": [m.id for m in members],
+                    "src_array": v.array,
+                    "dst_array": dst_array,
+                    "src_container": src_c.id,
+                    "dst_container": dst_c.id,
+                    "total": total,
+                }
                 self.ctx.journal(conn, op, "move", v.id, args)
             entry = JournalEntry(id=op, op="move", vvol=v.id, step="begin", args=args, created=0)
             src, dst = self.ctx.backend(v.array), self.ctx.backend(dst_array)
@@ -73,8 +81,15 @@ class DataOps:
                     self.ctx.fault("move", "copied")
                     with self.ctx.db.tx() as conn:
                         for m in members:
-                            vvolrepo.force(conn, m.id, container=dst_c.id, array=dst_array,
-                                           state=READY, op=None, generation=m.generation + 1)
+                            vvolrepo.force(
+                                conn,
+                                m.id,
+                                container=dst_c.id,
+                                array=dst_array,
+                                state=READY,
+                                op=None,
+                                generation=m.generation + 1,
+                            )
                         repo.reserve(conn, src_c.id, -total)
                         repo.journal_step(conn, op, "committed")
             finally:
@@ -87,13 +102,22 @@ class DataOps:
         clones = [d for d in deps if d.relation != SNAPSHOT]
         clones += [c for s in deps if s.refs for c in vvolrepo.dependants(conn, s.id)]
         if clones:
-            raise HasDependants(kind="vvol", ref=v.name or v.id, what="linked clones",
-                                names=", ".join(c.name or c.id for c in clones))
+            raise HasDependants(
+                kind="vvol",
+                ref=v.name or v.id,
+                what="linked clones",
+                names=", ".join(c.name or c.id for c in clones),
+            )
         return [v] + [self.ctx.ready(s) for s in deps]
 
     # -- bitmaps ------------------------------------------------------------------------
-    def bitmap(self, ref: str, base: str | None = None, chunk: str | int | None = None,
-               method: str | None = None) -> dict[str, Any]:
+    def bitmap(
+        self,
+        ref: str,
+        base: str | None = None,
+        chunk: str | int | None = None,
+        method: str | None = None,
+    ) -> dict[str, Any]:
         size = parse_chunk(chunk)
         if method not in (None, "fiemap", "compare"):
             raise InvalidInput(detail=f"method {method!r} is not fiemap or compare")
@@ -106,12 +130,19 @@ class DataOps:
         else:
             diff = bitmap.diff_chunks(self.ctx.path(v), self.ctx.path(b), size, method=method)
             ranges, how = diff.ranges, diff.method
-        return {"vvol": v.id, "base": b.id if b else None, "chunk": size, "method": how,
-                "size": v.size, "bytes": bitmap.ranges_total(ranges),
-                "ranges": [[off, length] for off, length in ranges]}
+        return {
+            "vvol": v.id,
+            "base": b.id if b else None,
+            "chunk": size,
+            "method": how,
+            "size": v.size,
+            "bytes": bitmap.ranges_total(ranges),
+            "ranges": [[off, length] for off, length in ranges],
+        }
 
-    def copy_diffs(self, src_ref: str, base_ref: str, dst_ref: str,
-                   op_id: str | None = None) -> dict[str, Any]:
+    def copy_diffs(
+        self, src_ref: str, base_ref: str, dst_ref: str, op_id: str | None = None
+    ) -> dict[str, Any]:
         op = self.ctx.new_op(op_id)
         with self.ctx.db.tx() as conn:
             ids = [self.ctx.vvol(conn, r).id for r in (src_ref, base_ref, dst_ref)]
@@ -123,14 +154,17 @@ class DataOps:
                 self.ctx.ready(self.ctx.vvol(conn, base_ref))
                 dst = self.vvols._writable(conn, dst_ref, "copy into it", None)
                 if dst.size < src.size:
-                    raise InvalidInput(detail=f"destination is {dst.size} bytes, smaller than the "
-                                              f"source's {src.size}; extend it first")
+                    raise InvalidInput(
+                        detail=f"destination is {dst.size} bytes, smaller than the "
+                        f"source's {src.size}; extend it first"
+                    )
                 vvolrepo.change(conn, dst, bump=False, state=WRITING, op=op)
                 args = {"src": src.id, "base": ids[1]}
                 self.ctx.journal(conn, op, "copy-diffs", dst.id, args)
             self.ctx.fault("copy-diffs", "begin")
-            entry = JournalEntry(id=op, op="copy-diffs", vvol=dst.id, step="begin", args=args,
-                                 created=0)
+            entry = JournalEntry(
+                id=op, op="copy-diffs", vvol=dst.id, step="begin", args=args, created=0
+            )
             try:
                 return finish_copy_diffs(self.ctx, entry)
             finally:
@@ -146,8 +180,9 @@ def finish_copy_diffs(ctx: Context, entry: JournalEntry) -> dict[str, Any]:
     result: dict[str, Any] = {"bytes": 0, "ranges": 0, "method": None}
     if dst is not None and src is not None and base is not None:
         diff = bitmap.diff_chunks(ctx.path(src), ctx.path(base), bitmap.DEFAULT_CHUNK)
-        copied = ctx.backend(dst.array).write_ranges(ctx.path(src), dst.id, diff.ranges,
-                                                     ctx.progress.callback(entry.id))
+        copied = ctx.backend(dst.array).write_ranges(
+            ctx.path(src), dst.id, diff.ranges, ctx.progress.callback(entry.id)
+        )
         result = {"bytes": copied, "ranges": len(diff.ranges), "method": diff.method}
     with ctx.db.tx() as conn:
         if dst is not None:

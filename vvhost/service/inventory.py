@@ -27,11 +27,13 @@ class ArrayOps:
         with self.ctx.db.tx() as conn:
             if repo.get_array(conn, DEFAULT_ARRAY) is not None:
                 return
-        self.add(DEFAULT_ARRAY, "dir", os.path.join(self.ctx.config.state_dir, "arrays", DEFAULT_ARRAY))
+        self.add(
+            DEFAULT_ARRAY, "dir", os.path.join(self.ctx.config.state_dir, "arrays", DEFAULT_ARRAY)
+        )
 
     def reprobe(self) -> None:
         """Capabilities are detected, not assumed: look again at every start."""
-        for arr in self.list():
+        for arr in self.listing():
             self.ctx.register(arr)
             try:
                 caps = open_backend(arr).probe()
@@ -50,8 +52,14 @@ class ArrayOps:
             if repo.get_array(conn, name) is not None:
                 raise AlreadyExists(kind="array", ref=name)
         created = not os.path.exists(path)
-        arr = Array(id=str(uuid.uuid4()), name=name, backend=backend, path=path, capabilities={},
-                    created=time.time())
+        arr = Array(
+            id=str(uuid.uuid4()),
+            name=name,
+            backend=backend,
+            path=path,
+            capabilities={},
+            created=time.time(),
+        )
         caps = open_backend(arr).probe()
         arr = Array(**{**arr.to_dict(), "capabilities": caps})
         try:
@@ -72,7 +80,7 @@ class ArrayOps:
             raise NotFound(kind="array", ref=ref)
         return arr
 
-    def list(self) -> list[Array]:
+    def listing(self) -> list[Array]:
         with self.ctx.db.tx() as conn:
             return repo.list_arrays(conn)
 
@@ -84,8 +92,8 @@ class ArrayOps:
         out["containers"] = users
         out["snapshot_method"] = (
             "reflink: snapshots and clones are instant copy-on-write"
-            if arr.capabilities.get("reflink") else
-            "sparse copy: no reflink on this filesystem, snapshots and clones copy the data"
+            if arr.capabilities.get("reflink")
+            else "sparse copy: no reflink on this filesystem, snapshots and clones copy the data"
         )
         try:
             out["free"] = self.ctx.backend(arr.id).free_bytes()
@@ -98,7 +106,9 @@ class ArrayOps:
             arr = self.get(conn, ref)
             users = repo.array_users(conn, arr.id)
             if users:
-                raise InUse(kind="array", ref=arr.name, reason=f"containers {', '.join(users)} use it")
+                raise InUse(
+                    kind="array", ref=arr.name, reason=f"containers {', '.join(users)} use it"
+                )
             repo.delete_array(conn, arr.id)
         self.ctx.forget_backend(arr.id)
 
@@ -108,8 +118,13 @@ class ContainerOps:
         self.ctx = ctx
         self.arrays = arrays
 
-    def create(self, name: str, capacity: str | int, array_refs: list[str] | None = None,
-               tenant: str | None = None) -> Container:
+    def create(
+        self,
+        name: str,
+        capacity: str | int,
+        array_refs: list[str] | None = None,
+        tenant: str | None = None,
+    ) -> Container:
         check_name(name, what="container name")
         if tenant is not None:
             check_name(tenant, what="tenant")
@@ -122,8 +137,15 @@ class ContainerOps:
                 arr = self.arrays.get(conn, ref)
                 if arr.id not in ids:
                     ids.append(arr.id)
-            c = Container(id=str(uuid.uuid4()), name=name, capacity=size, provisioned=0,
-                          tenant=tenant, arrays=ids, created=time.time())
+            c = Container(
+                id=str(uuid.uuid4()),
+                name=name,
+                capacity=size,
+                provisioned=0,
+                tenant=tenant,
+                arrays=ids,
+                created=time.time(),
+            )
             repo.insert_container(conn, c)
         return c
 
@@ -133,7 +155,7 @@ class ContainerOps:
             raise NotFound(kind="container", ref=ref)
         return c
 
-    def list(self) -> list[Container]:
+    def listing(self) -> list[Container]:
         with self.ctx.db.tx() as conn:
             return repo.list_containers(conn)
 
@@ -153,8 +175,12 @@ class ContainerOps:
             c = self.get(conn, ref)
             count = repo.container_vvol_count(conn, c.id)
             if count:
-                raise HasDependants(kind="container", ref=c.name, what=f"{count} vvols",
-                                    names="see `vvhost vvol list --container " + c.name + "`")
+                raise HasDependants(
+                    kind="container",
+                    ref=c.name,
+                    what=f"{count} vvols",
+                    names="see `vvhost vvol list --container " + c.name + "`",
+                )
             repo.delete_container(conn, c.id)
 
 

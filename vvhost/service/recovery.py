@@ -42,8 +42,14 @@ def recover(ctx: Context) -> list[dict[str, str]]:
         before, after = HANDLERS[entry.op]
         committed = entry.step == "committed"
         (after if committed else before)(ctx, entry)
-        done.append({"op": entry.op, "id": entry.id, "vvol": entry.vvol or "",
-                     "action": "rolled forward" if committed or before is after else "rolled back"})
+        done.append(
+            {
+                "op": entry.op,
+                "id": entry.id,
+                "vvol": entry.vvol or "",
+                "action": "rolled forward" if committed or before is after else "rolled back",
+            }
+        )
     return done
 
 
@@ -67,13 +73,17 @@ def audit(ctx: Context) -> dict[str, Any]:
         if v.state != READY:
             problems.append(f"vvol {v.id} is {v.state}")
         if v.refs != counted.get(v.id, 0):
-            problems.append(f"vvol {v.id} refs={v.refs} but {counted.get(v.id, 0)} vvols depend on it")
+            problems.append(
+                f"vvol {v.id} refs={v.refs} but {counted.get(v.id, 0)} vvols depend on it"
+            )
         if v.parent and v.parent not in {x.id for x in vvols}:
             problems.append(f"vvol {v.id} has a missing parent {v.parent}")
     for c in containers:
         if c.provisioned != provisioned[c.id]:
-            problems.append(f"container {c.name} provisioned={c.provisioned} but its vvols "
-                            f"add up to {provisioned[c.id]}")
+            problems.append(
+                f"container {c.name} provisioned={c.provisioned} but its vvols "
+                f"add up to {provisioned[c.id]}"
+            )
     for a in arrays:
         backend = ctx.backend(a.id)
         present = set(backend.list_ids())
@@ -83,6 +93,10 @@ def audit(ctx: Context) -> dict[str, Any]:
             problems.append(f"array {a.name}: vvol {missing} has no data")
         for vid in backend.partials():
             problems.append(f"array {a.name}: half-written copy of {vid}")
-    return {"ok": not problems, "problems": problems, "vvols": len(vvols),
-            "containers": len(containers), "arrays": len(arrays)}
-
+    return {
+        "ok": not problems,
+        "problems": problems,
+        "vvols": len(vvols),
+        "containers": len(containers),
+        "arrays": len(arrays),
+    }

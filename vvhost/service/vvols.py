@@ -15,7 +15,17 @@ from sqlalchemy import Connection
 
 from ..catalog import repo, vvolrepo
 from ..errors import CapacityExceeded, HasDependants, InvalidInput, ReadOnly
-from ..model import CREATING, DELETING, EXTENDING, READY, SNAPSHOT, VVOL_TYPES, Container, JournalEntry, Vvol
+from ..model import (
+    CREATING,
+    DELETING,
+    EXTENDING,
+    READY,
+    SNAPSHOT,
+    VVOL_TYPES,
+    Container,
+    JournalEntry,
+    Vvol,
+)
 from ..units import check_name, parse_size
 from .context import Context
 
@@ -23,7 +33,9 @@ from .context import Context
 def reserve(conn: Connection, c: Container, size: int) -> None:
     if not repo.reserve(conn, c.id, size):
         fresh = repo.get_container(conn, c.id) or c
-        raise CapacityExceeded(container=c.name, free=fresh.free, capacity=fresh.capacity, needed=size)
+        raise CapacityExceeded(
+            container=c.name, free=fresh.free, capacity=fresh.capacity, needed=size
+        )
 
 
 def parse_meta(pairs: list[str]) -> dict[str, str]:
@@ -34,17 +46,43 @@ def parse_meta(pairs: list[str]) -> dict[str, str]:
             raise InvalidInput(detail=f"metadata {pair!r} is not KEY=VALUE")
         check_name(key, what="metadata key")
         if len(value) > 4096 or any(ord(ch) < 32 for ch in value):
-            raise InvalidInput(detail=f"metadata value for {key!r} is too long or has control characters")
+            raise InvalidInput(
+                detail=f"metadata value for {key!r} is too long or has control characters"
+            )
         out[key] = value
     return out
 
 
-def new_vvol(*, container: Container, array_id: str, size: int, type: str, name: str | None,
-             metadata: dict[str, str], parent: str | None = None, relation: str | None = None,
-             readonly: bool = False, op: str) -> Vvol:
-    return Vvol(id=str(uuid.uuid4()), name=name, type=type, container=container.id, array=array_id,
-                size=size, parent=parent, relation=relation, readonly=readonly, state=CREATING,
-                op=op, generation=1, refs=0, created=time.time(), metadata=metadata)
+def new_vvol(
+    *,
+    container: Container,
+    array_id: str,
+    size: int,
+    type: str,
+    name: str | None,
+    metadata: dict[str, str],
+    parent: str | None = None,
+    relation: str | None = None,
+    readonly: bool = False,
+    op: str,
+) -> Vvol:
+    return Vvol(
+        id=str(uuid.uuid4()),
+        name=name,
+        type=type,
+        container=container.id,
+        array=array_id,
+        size=size,
+        parent=parent,
+        relation=relation,
+        readonly=readonly,
+        state=CREATING,
+        op=op,
+        generation=1,
+        refs=0,
+        created=time.time(),
+        metadata=metadata,
+    )
 
 
 class VvolOps:
@@ -59,30 +97,53 @@ class VvolOps:
         a = repo.get_array(conn, v.array)
         backend = self.ctx.backend(v.array)
         return {
-            "id": v.id, "name": v.name, "type": v.type,
-            "container": c.name if c else v.container, "container_id": v.container,
-            "array": a.name if a else v.array, "array_id": v.array,
-            "size": v.size, "used": backend.used(v.id),
-            "parent": v.parent, "relation": v.relation, "readonly": v.readonly,
+            "id": v.id,
+            "name": v.name,
+            "type": v.type,
+            "container": c.name if c else v.container,
+            "container_id": v.container,
+            "array": a.name if a else v.array,
+            "array_id": v.array,
+            "size": v.size,
+            "used": backend.used(v.id),
+            "parent": v.parent,
+            "relation": v.relation,
+            "readonly": v.readonly,
             "snapshots": [d.id for d in deps if d.relation == SNAPSHOT],
             "children": [d.id for d in deps if d.relation != SNAPSHOT],
-            "refs": v.refs, "state": v.state, "op": v.op, "generation": v.generation,
-            "metadata": v.metadata, "created": v.created, "path": backend.locate(v.id),
+            "refs": v.refs,
+            "state": v.state,
+            "op": v.op,
+            "generation": v.generation,
+            "metadata": v.metadata,
+            "created": v.created,
+            "path": backend.locate(v.id),
         }
 
     def show(self, ref: str) -> dict[str, Any]:
         with self.ctx.db.tx() as conn:
             return self.describe(conn, self.ctx.vvol(conn, ref))
 
-    def list(self, container: str | None = None) -> list[dict[str, Any]]:
+    def listing(self, container: str | None = None) -> list[dict[str, Any]]:
         with self.ctx.db.tx() as conn:
             cid = self.containers.get(conn, container).id if container else None
             rows = vvolrepo.listing(conn, cid)
             names = {c.id: c.name for c in repo.list_containers(conn)}
-        return [{"id": v.id, "name": v.name, "type": v.type, "container": names.get(v.container),
-                 "size": v.size, "parent": v.parent, "relation": v.relation,
-                 "readonly": v.readonly, "state": v.state, "generation": v.generation}
-                for v in rows]
+        return [
+            {
+                "id": v.id,
+                "name": v.name,
+                "type": v.type,
+                "container": names.get(v.container),
+                "size": v.size,
+                "parent": v.parent,
+                "relation": v.relation,
+                "readonly": v.readonly,
+                "state": v.state,
+                "generation": v.generation,
+            }
+            for v in rows
+        ]
 
     # -- placement ----------------------------------------------------------------------
     def place(self, c: Container, prefer: str | None = None) -> str:
@@ -93,8 +154,15 @@ class VvolOps:
         return max(c.arrays, key=lambda a: self.ctx.backend(a).free_bytes())
 
     # -- create -------------------------------------------------------------------------
-    def create(self, container: str, size: str | int, type: str = "data", name: str | None = None,
-               metadata: dict[str, str] | None = None, op_id: str | None = None) -> dict[str, Any]:
+    def create(
+        self,
+        container: str,
+        size: str | int,
+        type: str = "data",
+        name: str | None = None,
+        metadata: dict[str, str] | None = None,
+        op_id: str | None = None,
+    ) -> dict[str, Any]:
         if type not in VVOL_TYPES:
             raise InvalidInput(detail=f"vvol type {type!r} is not one of {', '.join(VVOL_TYPES)}")
         if name is not None:
@@ -106,8 +174,15 @@ class VvolOps:
             c = self.containers.get(conn, container)
             array_id = self.place(c)
             reserve(conn, c, nbytes)
-            v = new_vvol(container=c, array_id=array_id, size=nbytes, type=type, name=name,
-                         metadata=meta, op=op)
+            v = new_vvol(
+                container=c,
+                array_id=array_id,
+                size=nbytes,
+                type=type,
+                name=name,
+                metadata=meta,
+                op=op,
+            )
             vvolrepo.insert(conn, v)
             self.ctx.journal(conn, op, "create", v.id, {})
         entry = JournalEntry(id=op, op="create", vvol=v.id, step="begin", args={}, created=0)
@@ -129,7 +204,9 @@ class VvolOps:
             with self.ctx.db.tx() as conn:
                 v = self._writable(conn, ref, "extend it", generation)
                 if nbytes < v.size:
-                    raise InvalidInput(detail=f"vvol {ref!r} is {v.size} bytes; shrinking is not supported")
+                    raise InvalidInput(
+                        detail=f"vvol {ref!r} is {v.size} bytes; shrinking is not supported"
+                    )
                 if nbytes == v.size:
                     return self.describe(conn, v)
                 c = self.containers.get(conn, v.container)
@@ -137,8 +214,12 @@ class VvolOps:
                 vvolrepo.change(conn, v, bump=False, state=EXTENDING, op=op)
                 self.ctx.journal(conn, op, "extend", v.id, {"size": nbytes})
             self.ctx.fault("extend", "begin")
-            finish_extend(self.ctx, JournalEntry(id=op, op="extend", vvol=v.id, step="begin",
-                                                 args={"size": nbytes}, created=0))
+            finish_extend(
+                self.ctx,
+                JournalEntry(
+                    id=op, op="extend", vvol=v.id, step="begin", args={"size": nbytes}, created=0
+                ),
+            )
             return self.show(v.id)
 
     def _writable(self, conn: Connection, ref: str, action: str, generation: int | None) -> Vvol:
@@ -174,18 +255,30 @@ class VvolOps:
                 deps = vvolrepo.dependants(conn, v.id)
                 if deps:
                     snaps = sum(1 for d in deps if d.relation == SNAPSHOT)
-                    what = ("snapshots" if snaps == len(deps) else
-                            "linked clones" if snaps == 0 else "snapshots and linked clones")
-                    raise HasDependants(kind="vvol", ref=v.name or v.id, what=what,
-                                        names=", ".join(d.name or d.id for d in deps))
+                    what = (
+                        "snapshots"
+                        if snaps == len(deps)
+                        else "linked clones"
+                        if snaps == 0
+                        else "snapshots and linked clones"
+                    )
+                    raise HasDependants(
+                        kind="vvol",
+                        ref=v.name or v.id,
+                        what=what,
+                        names=", ".join(d.name or d.id for d in deps),
+                    )
                 vvolrepo.change(conn, v, bump=False, state=DELETING, op=op)
                 self.ctx.journal(conn, op, "delete", v.id, {})
             self.ctx.fault("delete", "begin")
-            finish_delete(self.ctx, JournalEntry(id=op, op="delete", vvol=v.id, step="begin",
-                                                 args={}, created=0))
+            finish_delete(
+                self.ctx,
+                JournalEntry(id=op, op="delete", vvol=v.id, step="begin", args={}, created=0),
+            )
 
 
 # -- shared by the error path and crash recovery --------------------------------------------
+
 
 def undo_new(ctx: Context, entry: JournalEntry) -> None:
     """Roll back a vvol that was being created (create, snapshot, clone): no file, no row."""

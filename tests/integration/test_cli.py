@@ -1,0 +1,151 @@
+"""The ``vvhost`` command against a real ``vvhost serve``: output, one-line
+errors with stable exit codes, and nothing half-done after bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from tests.patterns import CHUNK, Patterns
+from vvhost.daemon import ServerProcess
+
+
+class Cli:
+    def __init__(self, socket: str) -> None:
+        self.socket = socket
+
+    def __call__(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run(
+            [sys.executable, "-m", "vvhost", "--socket", self.socket, *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        if ok:
+            assert out.returncode == 0, out.stderr
+        return out
+
+    def json(self, *args: str) -> object:
+        return json.loads(self(*args, "--json").stdout)
+
+
+@pytest.fixture
+def cli(tmp_path: str) -> Iterator[Cli]:
+    server = ServerProcess(
+        os.path.join(tmp_path, "state"), os.path.join(tmp_path, "s.sock")
+    ).start()
+    try:
+        yield Cli(server.socket)
+    finally:
+        server.stop()
+
+
+def test_tour_through_the_cli(cli: Cli, patterns: Patterns, tmp_path: str) -> None:
+    cli("container", "create", "pool", "--capacity", "1G")
+    vid = cli(
+        "vvol", "create", "--container", "pool", "--size", "16M", "--name", "d"
+    ).stdout.strip()
+    assert len(vid) == 36 and "\n" not in vid
+    shown = cli.json("vvol", "show", "d")
+    assert isinstance(shown, dict) and shown["id"] == vid
+    patterns.write(shown["path"], "A", [0, 3 * CHUNK])
+    s1 = cli("vvol", "snapshot", "d", "--name", "d@s1").stdout.strip()
+    patterns.write(shown["path"], "B", [3 * CHUNK])
+    bitmap = cli.json("vvol", "bitmap", "d", "--base", s1)
+    assert isinstance(bitmap, dict) and bitmap["ranges"] == [[3 * CHUNK, CHUNK]]
+    cli("vvol", "revert", "d", "--to", "d@s1")
+    patterns.check(shown["path"], "A", [0, 3 * CHUNK])
+    clone = cli("vvol", "clone", "d@s1", "--linked").stdout.strip()
+    cli("vvol", "meta", "d", "owner=alice")
+    grown = cli.json("vvol", "extend", "d", "--size", "32M")
+    assert isinstance(grown, dict) and grown["size"] == 32 << 20
+    listing = cli.json("vvol", "list", "--container", "pool")
+    assert isinstance(listing, list) and {v["id"] for v in listing} == {vid, s1, clone}
+    human = cli("vvol", "list").stdout
+    assert "d@s1" in human and "snapshot" in human
+    cli("array", "add", "second", "--path", os.path.join(tmp_path, "second"))
+    cli("container", "create", "far", "--capacity", "1G", "--array", "second")
+    cli("vvol", "delete", clone)
+    moved = cli.json("vvol", "move", "d", "--container", "far")
+    assert isinstance(moved, dict) and moved["array"] == "second"
+    patterns.check(moved["path"], "A", [0, 3 * CHUNK])
+    for cmd in (
+        ["array", "list"],
+        ["array", "show", "second"],
+        ["container", "list"],
+        ["container", "show", "far"],
+        ["audit"],
+    ):
+        assert cli.json(*cmd) is not None
+    assert "consistent" in cli("audit").stdout
+
+
+BAD = [
+    (["vvol", "create", "--container", "pool", "--size", "1000"], 2, "multiple of"),
+    (["vvol", "create", "--container", "pool", "--size", "lots"], 2, "not a size"),
+    (["vvol", "create", "--container", "nope", "--size", "1M"], 3, "'nope' not found"),
+    (["vvol", "create", "--container", "pool", "--size", "10G"], 5, "bytes free"),
+    (["vvol", "create", "--container", "pool", "--size", "1M", "--type", "bogus"], 2, "bogus"),
+    (["vvol", "create", "--container", "pool"], 2, "--size"),
+    (["vvol", "show", "nope"], 3, "not found"),
+    (["vvol", "delete", "base"], 4, "snapshots"),
+    (["vvol", "extend", "base@s1", "--size", "64M"], 4, "read-only"),
+    (["vvol", "extend", "base", "--size", "1M"], 2, "shrinking"),
+    (["vvol", "revert", "base", "--to", "other"], 2, "not a snapshot"),
+    (["vvol", "meta", "base", "novalue"], 2, "KEY=VALUE"),
+    (["vvol", "bitmap", "base", "--chunk", "5000"], 2, "multiple of"),
+    (["vvol", "copy-diffs", "base", "--base", "base", "--to", "other"], 2, "different"),
+    (["vvol", "clone", "base", "--linked", "--container", "nope"], 3, "not found"),
+    (["container", "create", "../evil", "--capacity", "1G"], 2, "invalid"),
+    (["container", "create", "pool", "--capacity", "1G"], 4, "already exists"),
+    (["container", "delete", "pool"], 4, "vvols"),
+    (["array", "add", "x", "--backend", "tape", "--path", "/tmp/x"], 2, "unknown backend"),
+    (["array", "delete", "local"], 4, "in use"),
+    (["nosuchcommand"], 2, "No such command"),
+]
+
+
+@pytest.mark.parametrize("args,code,text", BAD, ids=[" ".join(b[0][:3]) for b in BAD])
+def test_bad_input_is_one_line_and_leaves_nothing(
+    cli: Cli, args: list[str], code: int, text: str
+) -> None:
+    cli("container", "create", "pool", "--capacity", "1G")
+    cli("vvol", "create", "--container", "pool", "--size", "32M", "--name", "base")
+    cli("vvol", "create", "--container", "pool", "--size", "32M", "--name", "other")
+    cli("vvol", "snapshot", "base", "--name", "base@s1")
+    before = cli.json("vvol", "list")
+    out = cli(*args, ok=False)
+    assert out.returncode == code, out.stderr
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("vvhost: error: "), out.stderr
+    assert text in out.stderr and "Traceback" not in out.stderr
+    assert cli.json("vvol", "list") == before
+    report = cli.json("audit")
+    assert isinstance(report, dict) and report["ok"], report
+
+
+def test_unreachable_control_plane(tmp_path: str) -> None:
+    out = Cli(os.path.join(tmp_path, "nobody.sock"))("vvol", "list", ok=False)
+    assert out.returncode == 7
+    assert out.stderr.startswith("vvhost: error: cannot reach the control plane")
+    assert out.stderr.count("\n") == 1
+
+
+def test_quickstart_runs_clean(tmp_path: str) -> None:
+    state = os.path.join(tmp_path, "qs")
+    out = subprocess.run(
+        [sys.executable, "-m", "vvhost", "quickstart", "--state-dir", state],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("ok: ") == 3 and "FAILED" not in out.stdout
+    assert "consistent" in out.stdout
+    assert not os.path.exists(state)
