@@ -3,7 +3,7 @@ from setuptools import find_packages, setup
 setup(
     name="vvhost",
     version="0.1.0",
-    description="Array-backed per-VM volumes (virtual volumes) for KVM hosts run by libvirt and QEMU",
+    description="Array-backed per-VM volumes (vvols) for KVM hosts run by libvirt and QEMU",
     packages=find_packages(include=["vvhost", "vvhost.*"]),
     python_requires=">=3.11",
     install_requires=[
