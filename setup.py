@@ -13,6 +13,7 @@ setup(
         "httpx>=0.27",
         "pydantic>=2.6",
         "SQLAlchemy>=2.0",
+        "qemu.qmp>=0.0.3",
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6"],

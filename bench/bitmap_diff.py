@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
+from typing import Any
 
 from tests.fsfixtures import loop_capability, make_loop_fs
 
@@ -97,8 +99,9 @@ def run(reps: int = 3) -> list[Result]:
             return [_measure(c.vvol_bitmap, path, snap, expected, reps)]
 
 
-def _measure(bitmap: object, path: str, snap: str, expected: set[int], reps: int) -> Result:
-    assert callable(bitmap)
+def _measure(
+    bitmap: Callable[..., dict[str, Any]], path: str, snap: str, expected: set[int], reps: int
+) -> Result:
     res = Result(NAME, TARGET, LIMIT)
     ours: list[float] = []
     theirs: list[float] = []

@@ -28,6 +28,7 @@ KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
 BLOCK = 4 * MiB  # unit of the synthetic data written into volumes
+SETTLE = 1.5  # seconds to wait after deleting a big file
 WORK_ROOT = "/var/tmp"  # ext4 here; loop images and server state live below it
 
 T = TypeVar("T")
@@ -90,6 +91,14 @@ def drop_caches() -> bool:
     except OSError:
         return False
     return True
+
+
+def settle(seconds: float = SETTLE) -> None:
+    """After freeing a big file: flush, then give the disk time for the discards
+    (``/`` is mounted with ``discard``; without a pause the next big write runs up
+    to 2.5x slower, hitting whichever side comes next)."""
+    os.sync()
+    time.sleep(seconds)
 
 
 def run(*cmd: str) -> str:

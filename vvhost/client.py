@@ -194,3 +194,70 @@ class Client:
         return self.call(
             "POST", f"/v1/vvols/{ref}/copy-diffs", json={"base": base, "to": to, "op_id": op_id}
         )
+
+    def hosts(self) -> list[dict[str, Any]]:
+        return self.call("GET", "/v1/hosts")
+
+    def host_add(self, name: str, iqn: str | None = None) -> dict[str, Any]:
+        return self.call("POST", "/v1/hosts", json={"name": name, "iqn": iqn})
+
+    def host(self, name: str) -> dict[str, Any]:
+        return self.call("GET", f"/v1/hosts/{name}")
+
+    def host_remove(self, name: str) -> None:
+        self.call("DELETE", f"/v1/hosts/{name}")
+
+    def pes(self) -> list[dict[str, Any]]:
+        return self.call("GET", "/v1/pes")
+
+    def pe_create(
+        self,
+        name: str,
+        protocol: str,
+        array: str | None = None,
+        portal: str | None = None,
+        path: str | None = None,
+    ) -> dict[str, Any]:
+        return self.call(
+            "POST",
+            "/v1/pes",
+            json={
+                "name": name,
+                "protocol": protocol,
+                "array": array,
+                "portal": portal,
+                "path": path,
+            },
+        )
+
+    def pe(self, ref: str) -> dict[str, Any]:
+        return self.call("GET", f"/v1/pes/{ref}")
+
+    def pe_delete(self, ref: str) -> None:
+        self.call("DELETE", f"/v1/pes/{ref}")
+
+    def bind(
+        self, vvols: list[str], host: str, pe: str | None = None, shared: bool = False
+    ) -> list[dict[str, Any]]:
+        return self.call(
+            "POST", "/v1/bind", json={"vvols": vvols, "host": host, "pe": pe, "shared": shared}
+        )
+
+    def bind_one(
+        self, vvol: str, host: str, pe: str | None = None, shared: bool = False
+    ) -> dict[str, Any]:
+        """Bind one vvol and return its handle, raising its error if it failed."""
+        (result,) = self.bind([vvol], host, pe, shared)
+        if not result["ok"]:
+            raise from_wire(result["error"], 409)
+        handle: dict[str, Any] = result["handle"]
+        return handle
+
+    def unbind(self, vvols: list[str], host: str, drop_all: bool = False) -> list[dict[str, Any]]:
+        return self.call("POST", "/v1/unbind", json={"vvols": vvols, "host": host, "all": drop_all})
+
+    def rebind(self, vvol: str, host: str, pe: str) -> dict[str, Any]:
+        return self.call("POST", f"/v1/vvols/{vvol}/rebind", json={"host": host, "pe": pe})
+
+    def bindings(self, host: str | None = None, vvol: str | None = None) -> list[dict[str, Any]]:
+        return self.call("GET", "/v1/bindings", params={"host": host, "vvol": vvol})

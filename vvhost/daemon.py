@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ from collections.abc import Mapping
 
 from .client import Client
 from .errors import Unreachable
+from .pe.proc import stop_pidfile
 
 
 class ServerProcess:
@@ -20,8 +22,12 @@ class ServerProcess:
         socket_path: str | None = None,
         env: Mapping[str, str] | None = None,
         log_path: str | None = None,
+        private_tgtd: bool = False,
+        args: list[str] | None = None,
     ) -> None:
         self.state_dir = state_dir
+        self.private_tgtd = private_tgtd
+        self.args = list(args or [])
         self.socket = socket_path or os.path.join(state_dir, "vvhost.sock")
         self.env = {**os.environ, **(env or {})}
         self.log_path = log_path or os.path.join(state_dir, "serve.log")
@@ -29,18 +35,22 @@ class ServerProcess:
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
         os.makedirs(self.state_dir, exist_ok=True)
+        argv = [
+            sys.executable,
+            "-m",
+            "vvhost",
+            "--socket",
+            self.socket,
+            "serve",
+            "--state-dir",
+            self.state_dir,
+            *self.args,
+        ]
+        if self.private_tgtd:
+            argv = self._in_private_mounts(argv)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "vvhost",
-                    "--socket",
-                    self.socket,
-                    "serve",
-                    "--state-dir",
-                    self.state_dir,
-                ],
+                argv,
                 env=self.env,
                 stdout=log,
                 stderr=log,
@@ -48,6 +58,25 @@ class ServerProcess:
             )
         self.wait_ready(timeout)
         return self
+
+    def _in_private_mounts(self, argv: list[str]) -> list[str]:
+        """Run in a private mount namespace where /run/tgtd (tgtd's fixed control socket
+        directory) is a directory of this state dir, so its tgtd instances stay private."""
+        private = os.path.join(self.state_dir, "run-tgtd")
+        os.makedirs(private, exist_ok=True)
+        os.makedirs("/run/tgtd", exist_ok=True)
+        script = 'mount --bind "$0" /run/tgtd && exec "$@"'
+        return [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            private,
+            *argv,
+        ]
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -92,10 +121,19 @@ class ServerProcess:
             self.proc.wait()
 
     def stop(self, timeout: float = 15.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        """Stop the control plane, then any endpoint daemon it left behind (after a
+        crash, or with --keep-endpoints), by the PIDs recorded in the state dir."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.stop_endpoint_daemons()
+
+    def endpoint_rundirs(self) -> list[str]:
+        return sorted(glob.glob(os.path.join(self.state_dir, "pe", "*")))
+
+    def stop_endpoint_daemons(self) -> None:
+        for rundir in self.endpoint_rundirs():
+            stop_pidfile(rundir)

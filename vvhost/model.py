@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 VVOL_TYPES = ("data", "config", "swap", "memory", "other")
+PROTOCOLS = ("iscsi", "nbd", "file")
 
 # vvol states: only READY vvols take part in new operations.
 READY = "ready"
@@ -91,4 +92,56 @@ class JournalEntry:
     vvol: str | None
     step: str
     args: dict[str, Any]
+    created: float
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    iqn: str | None
+    created: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Pe:
+    """A protocol endpoint.  ``config`` holds protocol details (iSCSI control port,
+    IQN prefix; NBD socket)."""
+
+    id: str
+    name: str
+    protocol: str
+    array: str | None
+    portal: str | None
+    path: str | None
+    config: dict[str, Any]
+    created: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# binding states
+ATTACHING = "attaching"
+ACTIVE = "active"
+DETACHING = "detaching"
+
+
+@dataclass(frozen=True)
+class Binding:
+    """(vvol, host) -> (PE, secondary id).  For iSCSI the secondary id is the LUN
+    number on target ``tid``; for NBD the export name; for file the file name."""
+
+    vvol: str
+    host: str
+    pe: str
+    secondary_id: str
+    tid: int | None
+    readonly: bool
+    shared: bool
+    refcount: int
+    state: str
+    op: str | None
     created: float

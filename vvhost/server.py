@@ -64,7 +64,11 @@ def lock_state_dir(state_dir: str) -> IO[str]:
 
 
 def serve(
-    state_dir: str, socket_path: str, db_url: str | None = None, log_level: str = "warning"
+    state_dir: str,
+    socket_path: str,
+    db_url: str | None = None,
+    log_level: str = "warning",
+    keep_endpoints: bool = False,
 ) -> None:
     lock = lock_state_dir(state_dir)
     service = Service(Config.from_env(state_dir, db_url))
@@ -84,5 +88,5 @@ def serve(
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(socket_path)
     finally:
-        service.close()
+        service.close(keep_endpoints=keep_endpoints)
         lock.close()

@@ -129,7 +129,19 @@ def test_journal_round_trip(db: Database) -> None:
 
 
 def test_every_operation_has_recovery_handlers() -> None:
-    ops = {"create", "snapshot", "clone", "delete", "extend", "revert", "move", "copy-diffs"}
+    ops = {
+        "create",
+        "snapshot",
+        "clone",
+        "delete",
+        "extend",
+        "revert",
+        "move",
+        "copy-diffs",
+        "bind",
+        "unbind",
+        "rebind",
+    }
     assert set(HANDLERS) == ops
 
 

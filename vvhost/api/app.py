@@ -137,4 +137,53 @@ def create_app(service: Service) -> FastAPI:
     def vvol_copy_diffs(ref: str, body: m.CopyDiffs) -> dict[str, Any]:
         return svc.data.copy_diffs(ref, body.base, body.to, body.op_id)
 
+    # -- hosts, protocol endpoints, bindings ----------------------------------------------
+    @app.get("/v1/hosts")
+    def hosts() -> list[dict[str, Any]]:
+        return svc.hosts.listing()
+
+    @app.post("/v1/hosts", status_code=201)
+    def host_add(body: m.HostAdd) -> dict[str, Any]:
+        return svc.hosts.add(body.name, body.iqn)
+
+    @app.get("/v1/hosts/{name}")
+    def host_show(name: str) -> dict[str, Any]:
+        return svc.hosts.show(name)
+
+    @app.delete("/v1/hosts/{name}", status_code=204)
+    def host_remove(name: str) -> None:
+        svc.hosts.remove(name)
+
+    @app.get("/v1/pes")
+    def pes() -> list[dict[str, Any]]:
+        return svc.pes.listing()
+
+    @app.post("/v1/pes", status_code=201)
+    def pe_create(body: m.PeCreate) -> dict[str, Any]:
+        return svc.pes.create(body.name, body.protocol, body.array, body.portal, body.path)
+
+    @app.get("/v1/pes/{ref}")
+    def pe_show(ref: str) -> dict[str, Any]:
+        return svc.pes.show(ref)
+
+    @app.delete("/v1/pes/{ref}", status_code=204)
+    def pe_delete(ref: str) -> None:
+        svc.pes.delete(ref)
+
+    @app.post("/v1/bind")
+    def bind(body: m.Bind) -> list[dict[str, Any]]:
+        return svc.bindings.bind(body.vvols, body.host, body.pe, body.shared)
+
+    @app.post("/v1/unbind")
+    def unbind(body: m.Unbind) -> list[dict[str, Any]]:
+        return svc.bindings.unbind(body.vvols, body.host, body.all)
+
+    @app.post("/v1/vvols/{ref}/rebind")
+    def rebind(ref: str, body: m.Rebind) -> dict[str, Any]:
+        return svc.bindings.rebind(ref, body.host, body.pe)
+
+    @app.get("/v1/bindings")
+    def bindings(host: str | None = None, vvol: str | None = None) -> list[dict[str, Any]]:
+        return svc.bindings.listing(host, vvol)
+
     return app

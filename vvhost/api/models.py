@@ -72,3 +72,34 @@ class CopyDiffs(Body):
     base: Ref = Field(max_length=128)
     to: Ref = Field(max_length=128)
     op_id: str | None = Field(default=None, max_length=64)
+
+
+class HostAdd(Body):
+    name: str = Field(max_length=128)
+    iqn: str | None = Field(default=None, max_length=256)
+
+
+class PeCreate(Body):
+    name: str = Field(max_length=128)
+    protocol: str = Field(max_length=16)
+    array: str | None = Field(default=None, max_length=128)
+    portal: str | None = Field(default=None, max_length=300)
+    path: str | None = Field(default=None, max_length=4096)
+
+
+class Bind(Body):
+    vvols: list[Ref] = Field(min_length=1, max_length=1024)
+    host: str = Field(max_length=128)
+    pe: str | None = Field(default=None, max_length=128)
+    shared: bool = False
+
+
+class Unbind(Body):
+    vvols: list[Ref] = Field(min_length=1, max_length=1024)
+    host: str = Field(max_length=128)
+    all: bool = False
+
+
+class Rebind(Body):
+    host: str = Field(max_length=128)
+    pe: str = Field(max_length=128)

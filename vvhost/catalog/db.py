@@ -34,7 +34,13 @@ def _v1(conn: Connection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [_v1]
+def _v2(conn: Connection) -> None:
+    schema.metadata.create_all(
+        conn, tables=[schema.hosts, schema.pes, schema.pe_targets, schema.bindings]
+    )
+
+
+MIGRATIONS: list[Migration] = [_v1, _v2]
 
 
 def sqlite_url(path: str) -> str:

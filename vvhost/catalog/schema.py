@@ -90,3 +90,55 @@ journal = Table(
     Column("created", Float, nullable=False),
     UniqueConstraint("id"),
 )
+
+# -- added by migration 2: hosts, protocol endpoints, bindings ------------------------
+
+hosts = Table(
+    "hosts",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("iqn", String(256)),
+    Column("created", Float, nullable=False),
+)
+
+pes = Table(
+    "pes",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("protocol", String(16), nullable=False),
+    Column("array_id", String(64)),
+    Column("portal", String(256)),
+    Column("path", Text),
+    Column("config", Text, nullable=False),
+    Column("created", Float, nullable=False),
+)
+
+# One iSCSI target per (PE, host) so the target ACL admits only that host's
+# initiator; owner "*" is the shared target open to every initiator.
+pe_targets = Table(
+    "pe_targets",
+    metadata,
+    Column("pe_id", String(64), primary_key=True),
+    Column("owner", String(128), primary_key=True),
+    Column("tid", Integer, nullable=False),
+    Column("iqn", String(256), nullable=False),
+)
+
+bindings = Table(
+    "bindings",
+    metadata,
+    Column("vvol_id", String(64), primary_key=True),
+    Column("host", String(128), primary_key=True),
+    Column("pe_id", String(64), primary_key=True),
+    Column("secondary_id", String(256), nullable=False),
+    Column("tid", Integer),
+    Column("readonly", Boolean, nullable=False),
+    Column("shared", Boolean, nullable=False),
+    Column("refcount", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("op_id", String(64)),
+    Column("created", Float, nullable=False),
+    Index("ix_bindings_pe", "pe_id"),
+    Index("ix_bindings_host", "host"),
+)

@@ -12,6 +12,7 @@ import click
 
 from ..errors import VvhostError
 from .base import cli
+from .binding import binding, host, pe
 from .inventory import array, container
 from .serve import audit, quickstart, serve
 from .vvol import vvol
@@ -19,6 +20,9 @@ from .vvol import vvol
 cli.add_command(array)
 cli.add_command(container)
 cli.add_command(vvol)
+cli.add_command(host)
+cli.add_command(pe)
+cli.add_command(binding)
 cli.add_command(serve)
 cli.add_command(quickstart)
 cli.add_command(audit)

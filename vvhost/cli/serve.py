@@ -28,14 +28,22 @@ from .base import Session, json_option, pass_session
     show_default=True,
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
 )
+@click.option(
+    "--keep-endpoints",
+    is_flag=True,
+    envvar="VVHOST_KEEP_ENDPOINTS",
+    help="Leave endpoint daemons running at exit (the next start adopts them).",
+)
 @pass_session
-def serve(s: Session, state_dir: str, db_url: str | None, log_level: str) -> None:
+def serve(
+    s: Session, state_dir: str, db_url: str | None, log_level: str, keep_endpoints: bool
+) -> None:
     """Run the control plane on the unix socket (--socket)."""
     import os
 
     from ..server import serve as run
 
-    run(os.path.abspath(state_dir), s.socket, db_url, log_level)
+    run(os.path.abspath(state_dir), s.socket, db_url, log_level, keep_endpoints)
 
 
 @click.command()

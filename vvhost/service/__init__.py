@@ -6,9 +6,12 @@ from typing import Any
 
 from ..catalog import repo
 from ..errors import NotFound
+from .bindings import BindingOps
 from .context import Config, Context
 from .cow import CowOps
 from .data import DataOps
+from .endpoints import EndpointManager, PeOps
+from .hosts import HostOps
 from .inventory import ArrayOps, ContainerOps
 from .recovery import audit, recover
 from .vvols import VvolOps
@@ -22,16 +25,23 @@ class Service:
         self.vvols = VvolOps(self.ctx, self.containers)
         self.cow = CowOps(self.ctx, self.vvols)
         self.data = DataOps(self.ctx, self.vvols)
+        self.endpoints = EndpointManager(self.ctx)
+        self.hosts = HostOps(self.ctx)
+        self.pes = PeOps(self.ctx, self.endpoints)
+        self.bindings = BindingOps(self.ctx, self.hosts, self.pes, self.endpoints)
         self.recovered: list[dict[str, str]] = []
 
     def start(self) -> None:
-        """Create the default array, look at array capabilities again, recover."""
+        """Create the default array, look at array capabilities again, recover
+        interrupted operations, then start (or adopt) the endpoint daemons and
+        make them present exactly the bindings in the catalog."""
         self.arrays.ensure_default()
         self.arrays.reprobe()
         self.recovered = recover(self.ctx)
+        self.endpoints.start_all()
 
     def audit(self) -> dict[str, Any]:
-        return audit(self.ctx)
+        return audit(self.ctx, self.endpoints)
 
     def operation(self, op_id: str) -> dict[str, Any]:
         op_id = self.ctx.new_op(op_id)
@@ -49,7 +59,10 @@ class Service:
             "total": total,
         }
 
-    def close(self) -> None:
+    def close(self, keep_endpoints: bool = False) -> None:
+        """Stop; endpoint daemons stop too unless ``keep_endpoints`` (then a later
+        start adopts them and hosts keep their I/O paths meanwhile)."""
+        self.endpoints.stop_all(keep_daemons=keep_endpoints)
         self.ctx.db.close()
 
 

@@ -19,6 +19,7 @@ from ..catalog import repo, vvolrepo
 from ..errors import InvalidInput
 from ..model import CLONE, READY, REVERTING, SNAPSHOT, JournalEntry, Vvol
 from ..units import check_name
+from .bindings import ensure_unbound
 from .context import Context
 from .vvols import VvolOps, new_vvol, reserve, undo_new
 
@@ -137,6 +138,7 @@ class CowOps:
             with self.ctx.db.tx() as conn:
                 base = self.vvols._writable(conn, ref, "revert it", generation)
                 snap = self.ctx.ready(self.ctx.vvol(conn, to))
+                ensure_unbound(conn, base, "revert it")
                 if snap.parent != base.id or not snap.is_snapshot:
                     raise InvalidInput(detail=f"{to!r} is not a snapshot of vvol {ref!r}")
                 c = self.vvols.containers.get(conn, base.container)

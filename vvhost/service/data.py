@@ -10,6 +10,7 @@ from ..catalog import repo, vvolrepo
 from ..errors import HasDependants, InvalidInput
 from ..model import MOVING, READY, SNAPSHOT, WRITING, JournalEntry, Vvol
 from ..units import parse_size
+from .bindings import ensure_unbound
 from .context import Context
 from .vvols import VvolOps, reserve
 
@@ -42,6 +43,8 @@ class DataOps:
                         detail=f"{ref!r} is a snapshot: move its base vvol, snapshots move with it"
                     )
                 members = self._family(conn, v)
+                for m in members:
+                    ensure_unbound(conn, m, "move it")
                 src_c = self.vvols.containers.get(conn, v.container)
                 dst_c = self.vvols.containers.get(conn, container)
                 if dst_c.id == src_c.id:
@@ -153,6 +156,7 @@ class DataOps:
                 src = self.ctx.ready(self.ctx.vvol(conn, src_ref))
                 self.ctx.ready(self.ctx.vvol(conn, base_ref))
                 dst = self.vvols._writable(conn, dst_ref, "copy into it", None)
+                ensure_unbound(conn, dst, "copy into it")
                 if dst.size < src.size:
                     raise InvalidInput(
                         detail=f"destination is {dst.size} bytes, smaller than the "

@@ -11,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..catalog import repo, vvolrepo
-from ..model import READY, JournalEntry
+from ..catalog import bindrepo, repo, vvolrepo
+from ..model import ACTIVE, READY, JournalEntry
+from .bindings import settle
 from .context import Context
 from .cow import finish_revert, undo_revert
 from .data import finish_copy_diffs, finish_move, undo_move
+from .endpoints import EndpointManager, attachment
 from .vvols import finish_delete, finish_extend, undo_new
 
 Handler = Callable[[Context, JournalEntry], Any]
@@ -30,6 +32,9 @@ HANDLERS: dict[str, tuple[Handler, Handler]] = {
     "revert": (undo_revert, finish_revert),
     "move": (undo_move, finish_move),
     "copy-diffs": (finish_copy_diffs, finish_copy_diffs),
+    "bind": (settle, settle),
+    "unbind": (settle, settle),
+    "rebind": (settle, settle),
 }
 
 
@@ -53,8 +58,10 @@ def recover(ctx: Context) -> list[dict[str, str]]:
     return done
 
 
-def audit(ctx: Context) -> dict[str, Any]:
+def audit(ctx: Context, endpoints: EndpointManager | None = None) -> dict[str, Any]:
     problems: list[str] = []
+    if endpoints is not None:
+        problems += _audit_endpoints(ctx, endpoints)
     with ctx.db.tx() as conn:
         vvols = vvolrepo.listing(conn)
         containers = repo.list_containers(conn)
@@ -100,3 +107,30 @@ def audit(ctx: Context) -> dict[str, Any]:
         "containers": len(containers),
         "arrays": len(arrays),
     }
+
+
+def _audit_endpoints(ctx: Context, endpoints: EndpointManager) -> list[str]:
+    """Every active binding is presented by its endpoint, and nothing else is."""
+    problems = []
+    with ctx.db.tx() as conn:
+        pes = bindrepo.list_pes(conn)
+        rows = bindrepo.find_bindings(conn)
+        wanted: dict[str, set[str]] = {pe.id: set() for pe in pes}
+        for b in rows:
+            if b.state != ACTIVE:
+                problems.append(f"binding of {b.vvol} for {b.host} is {b.state}")
+            elif vvolrepo.get(conn, b.vvol) is None:
+                problems.append(f"binding for {b.host} names a missing vvol {b.vvol}")
+            else:
+                wanted.setdefault(b.pe, set()).add(attachment(conn, ctx, b).key)
+    for pe in pes:
+        ep = endpoints.get(pe)
+        if not ep.alive():
+            problems.append(f"endpoint {pe.name} is not running")
+            continue
+        present = ep.present()
+        for key in sorted(present - wanted[pe.id]):
+            problems.append(f"endpoint {pe.name} presents {key}, which no binding wants")
+        for key in sorted(wanted[pe.id] - present):
+            problems.append(f"endpoint {pe.name} lacks {key} of an active binding")
+    return problems

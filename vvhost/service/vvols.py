@@ -27,6 +27,7 @@ from ..model import (
     Vvol,
 )
 from ..units import check_name, parse_size
+from .bindings import ensure_unbound
 from .context import Context
 
 
@@ -209,6 +210,7 @@ class VvolOps:
                     )
                 if nbytes == v.size:
                     return self.describe(conn, v)
+                ensure_unbound(conn, v, "extend it")
                 c = self.containers.get(conn, v.container)
                 reserve(conn, c, nbytes - v.size)
                 vvolrepo.change(conn, v, bump=False, state=EXTENDING, op=op)
@@ -252,6 +254,7 @@ class VvolOps:
             with self.ctx.db.tx() as conn:
                 v = self.ctx.ready(self.ctx.vvol(conn, ref))
                 self.ctx.expect(v, generation)
+                ensure_unbound(conn, v, "delete it")
                 deps = vvolrepo.dependants(conn, v.id)
                 if deps:
                     snaps = sum(1 for d in deps if d.relation == SNAPSHOT)

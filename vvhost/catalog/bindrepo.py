@@ -1,0 +1,172 @@
+"""Queries for hosts, protocol endpoints and bindings."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+from sqlalchemy import Connection, Row, delete, func, select, update
+
+from ..model import ACTIVE, Binding, Host, Pe
+from .schema import bindings, hosts, pe_targets, pes
+
+_BCOL = {"vvol": "vvol_id", "pe": "pe_id", "op": "op_id"}
+
+
+# -- hosts -------------------------------------------------------------------------------
+def insert_host(conn: Connection, h: Host) -> None:
+    conn.execute(hosts.insert().values(**asdict(h)))
+
+
+def get_host(conn: Connection, name: str) -> Host | None:
+    row = conn.execute(select(hosts).where(hosts.c.name == name)).first()
+    return Host(name=row.name, iqn=row.iqn, created=row.created) if row else None
+
+
+def list_hosts(conn: Connection) -> list[Host]:
+    rows = conn.execute(select(hosts).order_by(hosts.c.name))
+    return [Host(name=r.name, iqn=r.iqn, created=r.created) for r in rows]
+
+
+def delete_host(conn: Connection, name: str) -> None:
+    conn.execute(delete(hosts).where(hosts.c.name == name))
+
+
+# -- protocol endpoints ------------------------------------------------------------------
+def _pe(row: Row[Any]) -> Pe:
+    return Pe(
+        id=row.id,
+        name=row.name,
+        protocol=row.protocol,
+        array=row.array_id,
+        portal=row.portal,
+        path=row.path,
+        config=json.loads(row.config),
+        created=row.created,
+    )
+
+
+def insert_pe(conn: Connection, pe: Pe) -> None:
+    conn.execute(
+        pes.insert().values(
+            id=pe.id,
+            name=pe.name,
+            protocol=pe.protocol,
+            array_id=pe.array,
+            portal=pe.portal,
+            path=pe.path,
+            config=json.dumps(pe.config),
+            created=pe.created,
+        )
+    )
+
+
+def get_pe(conn: Connection, ref: str) -> Pe | None:
+    row = conn.execute(select(pes).where((pes.c.id == ref) | (pes.c.name == ref))).first()
+    return _pe(row) if row else None
+
+
+def list_pes(conn: Connection) -> list[Pe]:
+    return [_pe(r) for r in conn.execute(select(pes).order_by(pes.c.created))]
+
+
+def delete_pe(conn: Connection, pe_id: str) -> None:
+    conn.execute(delete(pe_targets).where(pe_targets.c.pe_id == pe_id))
+    conn.execute(delete(pes).where(pes.c.id == pe_id))
+
+
+def target_for(conn: Connection, pe_id: str, owner: str) -> tuple[int, str] | None:
+    row = conn.execute(
+        select(pe_targets).where(pe_targets.c.pe_id == pe_id).where(pe_targets.c.owner == owner)
+    ).first()
+    return (row.tid, row.iqn) if row else None
+
+
+def add_target(conn: Connection, pe_id: str, owner: str, iqn: str) -> int:
+    top = conn.execute(
+        select(func.max(pe_targets.c.tid)).where(pe_targets.c.pe_id == pe_id)
+    ).scalar()
+    tid = int(top or 0) + 1
+    conn.execute(pe_targets.insert().values(pe_id=pe_id, owner=owner, tid=tid, iqn=iqn))
+    return tid
+
+
+def targets(conn: Connection, pe_id: str) -> dict[int, tuple[str, str]]:
+    """tid -> (owner, iqn)"""
+    rows = conn.execute(select(pe_targets).where(pe_targets.c.pe_id == pe_id))
+    return {r.tid: (r.owner, r.iqn) for r in rows}
+
+
+# -- bindings ----------------------------------------------------------------------------
+def _binding(row: Row[Any]) -> Binding:
+    return Binding(
+        vvol=row.vvol_id,
+        host=row.host,
+        pe=row.pe_id,
+        secondary_id=row.secondary_id,
+        tid=row.tid,
+        readonly=bool(row.readonly),
+        shared=bool(row.shared),
+        refcount=row.refcount,
+        state=row.state,
+        op=row.op_id,
+        created=row.created,
+    )
+
+
+def insert_binding(conn: Connection, b: Binding) -> None:
+    conn.execute(bindings.insert().values(**{_BCOL.get(k, k): v for k, v in asdict(b).items()}))
+
+
+def get_binding(conn: Connection, vvol_id: str, host: str) -> Binding | None:
+    """The binding a host uses for a vvol (not one that is being made or dropped)."""
+    row = conn.execute(
+        select(bindings)
+        .where(bindings.c.vvol_id == vvol_id)
+        .where(bindings.c.host == host)
+        .where(bindings.c.state == ACTIVE)
+    ).first()
+    return _binding(row) if row else None
+
+
+def find_bindings(
+    conn: Connection, *, vvol: str | None = None, host: str | None = None, pe: str | None = None
+) -> list[Binding]:
+    q = select(bindings).order_by(bindings.c.created, bindings.c.vvol_id)
+    if vvol:
+        q = q.where(bindings.c.vvol_id == vvol)
+    if host:
+        q = q.where(bindings.c.host == host)
+    if pe:
+        q = q.where(bindings.c.pe_id == pe)
+    return [_binding(r) for r in conn.execute(q)]
+
+
+def _where(stmt: Any, b: Binding) -> Any:
+    return (
+        stmt.where(bindings.c.vvol_id == b.vvol)
+        .where(bindings.c.host == b.host)
+        .where(bindings.c.pe_id == b.pe)
+    )
+
+
+def set_binding(conn: Connection, b: Binding, **values: Any) -> None:
+    conn.execute(
+        _where(update(bindings), b).values(**{_BCOL.get(k, k): v for k, v in values.items()})
+    )
+
+
+def delete_binding(conn: Connection, b: Binding) -> None:
+    conn.execute(_where(delete(bindings), b))
+
+
+def bindings_of_op(conn: Connection, op_id: str) -> list[Binding]:
+    return [_binding(r) for r in conn.execute(select(bindings).where(bindings.c.op_id == op_id))]
+
+
+def used_secondaries(conn: Connection, pe_id: str, tid: int | None = None) -> set[str]:
+    q = select(bindings.c.secondary_id).where(bindings.c.pe_id == pe_id)
+    if tid is not None:
+        q = q.where(bindings.c.tid == tid)
+    return {r[0] for r in conn.execute(q)}

@@ -1,0 +1,280 @@
+"""Protocol endpoints: their catalog entries (PeOps) and their running daemons
+(EndpointManager), which the control plane starts, adopts, supervises and
+reconciles with the bindings in the catalog."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+from sqlalchemy import Connection
+
+from ..catalog import bindrepo, repo, vvolrepo
+from ..errors import AlreadyExists, InUse, InvalidInput, NotFound
+from ..model import ACTIVE, PROTOCOLS, Binding, Pe
+from ..pe import Attachment, Endpoint, open_endpoint
+from ..pe.iscsi import DEFAULT_IQN_PREFIX
+from ..tools import EndpointError
+from ..units import check_name
+from .context import Context
+
+log = logging.getLogger("vvhost.endpoints")
+_PORTAL = re.compile(r"^(?P<host>[A-Za-z0-9.-]{1,253}|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
+
+
+def parse_portal(portal: str) -> str:
+    m = _PORTAL.match(portal)
+    if not m or not 0 < int(m.group("port")) < 65536:
+        raise InvalidInput(detail=f"portal {portal!r} is not HOST:PORT")
+    return portal
+
+
+def attachment(conn: Connection, ctx: Context, b: Binding) -> Attachment:
+    """Everything an endpoint needs to present binding ``b``."""
+    v = vvolrepo.get(conn, b.vvol)
+    if v is None:
+        raise NotFound(kind="vvol", ref=b.vvol)
+    target_iqn = initiator = None
+    if b.tid is not None:
+        targets = bindrepo.targets(conn, b.pe)
+        owner, target_iqn = targets[b.tid]
+        if owner != "*":
+            host = bindrepo.get_host(conn, owner)
+            initiator = host.iqn if host else None
+    key = f"{b.tid}/{b.secondary_id}" if b.tid is not None else b.secondary_id
+    return Attachment(
+        key=key,
+        secondary_id=b.secondary_id,
+        path=ctx.path(v),
+        readonly=b.readonly,
+        vvol=v.id,
+        tid=b.tid,
+        target_iqn=target_iqn,
+        initiator=initiator,
+    )
+
+
+class EndpointManager:
+    def __init__(self, ctx: Context, interval: float = 1.0) -> None:
+        self.ctx = ctx
+        self.interval = interval
+        self._eps: dict[str, Endpoint] = {}
+        self._guard = threading.Lock()
+        self.restarts: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def get(self, pe: Pe) -> Endpoint:
+        with self._guard:
+            if pe.id not in self._eps:
+                self._eps[pe.id] = open_endpoint(pe, self.ctx.config.state_dir)
+            return self._eps[pe.id]
+
+    def lock(self, pe_ids: list[str]) -> Any:
+        return self.ctx.locks.hold([f"pe:{p}" for p in pe_ids])
+
+    def start(self, pe: Pe) -> dict[str, int]:
+        with self.lock([pe.id]):
+            self.get(pe).start()
+            return self._reconcile(pe)
+
+    def _reconcile(self, pe: Pe) -> dict[str, int]:
+        """Make the daemon present exactly the active bindings of the catalog."""
+        ep = self.get(pe)
+        with self.ctx.db.tx() as conn:
+            wanted = {
+                a.key: a
+                for a in (
+                    attachment(conn, self.ctx, b)
+                    for b in bindrepo.find_bindings(conn, pe=pe.id)
+                    if b.state == ACTIVE
+                )
+            }
+        present = ep.present()
+        for key in sorted(wanted.keys() - present):
+            ep.attach(wanted[key])
+        for key in sorted(present - wanted.keys()):
+            ep.detach(key)
+        return {"attached": len(wanted.keys() - present), "detached": len(present - wanted.keys())}
+
+    def start_all(self) -> None:
+        with self.ctx.db.tx() as conn:
+            pes = bindrepo.list_pes(conn)
+        for pe in pes:
+            try:
+                self.start(pe)
+            except EndpointError as exc:
+                log.error("protocol endpoint %s did not start: %s", pe.name, exc)
+        self._thread = threading.Thread(target=self._supervise, name="pe-supervisor", daemon=True)
+        self._thread.start()
+
+    def _supervise(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self.ctx.db.tx() as conn:
+                pes = bindrepo.list_pes(conn)
+            for pe in pes:
+                try:
+                    with self.lock([pe.id]):
+                        ep = self.get(pe)
+                        if ep.alive():
+                            continue
+                        log.warning("protocol endpoint %s died; restarting it", pe.name)
+                        ep.start()
+                        self._reconcile(pe)
+                        self.restarts[pe.name] = self.restarts.get(pe.name, 0) + 1
+                except Exception as exc:  # keep supervising the others
+                    log.error("restarting protocol endpoint %s failed: %s", pe.name, exc)
+
+    def forget(self, pe: Pe) -> None:
+        with self._guard:
+            ep = self._eps.pop(pe.id, None)
+        if ep is not None:
+            ep.stop()
+
+    def stop_all(self, keep_daemons: bool = False) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        with self._guard:
+            eps = list(self._eps.values())
+            self._eps.clear()
+        if not keep_daemons:
+            for ep in eps:
+                try:
+                    ep.stop()
+                except EndpointError as exc:
+                    log.error("stopping an endpoint failed: %s", exc)
+
+
+class PeOps:
+    def __init__(self, ctx: Context, manager: EndpointManager) -> None:
+        self.ctx = ctx
+        self.manager = manager
+
+    def get(self, conn: Connection, ref: str) -> Pe:
+        pe = bindrepo.get_pe(conn, ref)
+        if pe is None:
+            raise NotFound(kind="protocol endpoint", ref=ref)
+        return pe
+
+    def create(
+        self,
+        name: str,
+        protocol: str,
+        array: str | None = None,
+        portal: str | None = None,
+        path: str | None = None,
+    ) -> dict[str, Any]:
+        check_name(name, what="protocol endpoint name")
+        if protocol not in PROTOCOLS:
+            raise InvalidInput(detail=f"protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+        if portal is not None:
+            parse_portal(portal)
+        config: dict[str, Any] = {}
+        if protocol == "iscsi":
+            if portal is None:
+                raise InvalidInput(detail="an iscsi endpoint needs --portal HOST:PORT")
+            config = {"iqn_prefix": DEFAULT_IQN_PREFIX}
+        if protocol == "file":
+            if not path or not os.path.isabs(path):
+                raise InvalidInput(detail="a file endpoint needs an absolute --path DIR")
+        elif path is not None:
+            raise InvalidInput(detail=f"--path is for file endpoints, not {protocol}")
+        with self.ctx.db.tx() as conn:
+            if bindrepo.get_pe(conn, name) is not None:
+                raise AlreadyExists(kind="protocol endpoint", ref=name)
+            others = bindrepo.list_pes(conn)
+            if portal and any(p.portal == portal for p in others):
+                raise InUse(kind="portal", ref=portal, reason="another endpoint listens there")
+            if path and any(p.path == path for p in others):
+                raise InUse(kind="directory", ref=path, reason="another endpoint uses it")
+            array_id = None
+            if array:
+                found = repo.get_array(conn, array)
+                if found is None:
+                    raise NotFound(kind="array", ref=array)
+                array_id = found.id
+            if protocol == "iscsi":
+                config["control_port"] = _free_control_port(
+                    {int(p.config["control_port"]) for p in others if p.protocol == "iscsi"}
+                )
+            pe = Pe(
+                id=str(uuid.uuid4()),
+                name=name,
+                protocol=protocol,
+                array=array_id,
+                portal=portal,
+                path=path,
+                config=config,
+                created=time.time(),
+            )
+            bindrepo.insert_pe(conn, pe)
+        try:
+            self.manager.start(pe)
+        except BaseException:
+            self.manager.forget(pe)
+            with self.ctx.db.tx() as conn:
+                bindrepo.delete_pe(conn, pe.id)
+            shutil.rmtree(
+                os.path.join(self.ctx.config.state_dir, "pe", pe.name), ignore_errors=True
+            )
+            raise
+        return self.show(pe.id)
+
+    def listing(self) -> list[dict[str, Any]]:
+        with self.ctx.db.tx() as conn:
+            pes = bindrepo.list_pes(conn)
+        return [self.show(p.id) for p in pes]
+
+    def show(self, ref: str) -> dict[str, Any]:
+        with self.ctx.db.tx() as conn:
+            pe = self.get(conn, ref)
+            count = len(bindrepo.find_bindings(conn, pe=pe.id))
+        out = pe.to_dict()
+        ep = self.manager.get(pe)
+        out.update(bindings=count, alive=ep.alive(), restarts=self.manager.restarts.get(pe.name, 0))
+        pid = getattr(getattr(ep, "daemon", None), "pid", None)
+        out["pid"] = pid
+        return out
+
+    def delete(self, ref: str) -> None:
+        with self.ctx.db.tx() as conn:
+            pe = self.get(conn, ref)
+        with self.manager.lock([pe.id]):
+            with self.ctx.db.tx() as conn:
+                users = bindrepo.find_bindings(conn, pe=pe.id)
+                if users:
+                    raise InUse(
+                        kind="protocol endpoint",
+                        ref=pe.name,
+                        reason=f"{len(users)} bindings use it (first: vvol {users[0].vvol} "
+                        f"for host {users[0].host})",
+                    )
+                bindrepo.delete_pe(conn, pe.id)
+            self.manager.forget(pe)
+        shutil.rmtree(os.path.join(self.ctx.config.state_dir, "pe", pe.name), ignore_errors=True)
+
+
+def _free_control_port(taken: set[int]) -> int:
+    for port in range(100, 10000):
+        if port in taken:
+            continue
+        path = f"/run/tgtd/socket.{port}"
+        if os.path.exists(path):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+                continue  # a live tgtd owns it
+            except OSError:
+                pass
+            finally:
+                probe.close()
+        return port
+    raise InvalidInput(detail="no free tgtd control port")

@@ -1,0 +1,73 @@
+"""Hosts: the KVM machines that bind vvols, identified by name (and, for iSCSI,
+by their initiator name)."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from ..catalog import bindrepo
+from ..errors import AlreadyExists, InUse, InvalidInput, NotFound
+from ..model import Host
+from .context import Context
+
+_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}")
+_IQN = re.compile(
+    r"(iqn\.\d{4}-\d{2}\.[a-z0-9.-]+(:[^\s]+)?|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]{16,32})"
+)
+
+
+def check_host_name(name: str) -> str:
+    if not isinstance(name, str) or not _HOST.fullmatch(name):
+        raise InvalidInput(
+            detail=f"host name {name!r} is invalid: use a hostname "
+            "(letters, digits, '.' and '-', at most 63)"
+        )
+    return name
+
+
+def check_iqn(iqn: str) -> str:
+    if len(iqn) > 223 or not _IQN.fullmatch(iqn):
+        raise InvalidInput(detail=f"initiator name {iqn!r} is not an iqn./eui./naa. name")
+    return iqn
+
+
+class HostOps:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def add(self, name: str, iqn: str | None = None) -> dict[str, Any]:
+        check_host_name(name)
+        if iqn is not None:
+            check_iqn(iqn)
+        with self.ctx.db.tx() as conn:
+            if bindrepo.get_host(conn, name) is not None:
+                raise AlreadyExists(kind="host", ref=name)
+            host = Host(name=name, iqn=iqn, created=time.time())
+            bindrepo.insert_host(conn, host)
+        return host.to_dict()
+
+    def get(self, conn: Any, name: str) -> Host:
+        host = bindrepo.get_host(conn, name)
+        if host is None:
+            raise NotFound(kind="host", ref=name)
+        return host
+
+    def listing(self) -> list[dict[str, Any]]:
+        with self.ctx.db.tx() as conn:
+            return [h.to_dict() for h in bindrepo.list_hosts(conn)]
+
+    def show(self, name: str) -> dict[str, Any]:
+        with self.ctx.db.tx() as conn:
+            host = self.get(conn, name)
+            count = len(bindrepo.find_bindings(conn, host=name))
+        return {**host.to_dict(), "bindings": count}
+
+    def remove(self, name: str) -> None:
+        with self.ctx.db.tx() as conn:
+            self.get(conn, name)
+            used = bindrepo.find_bindings(conn, host=name)
+            if used:
+                raise InUse(kind="host", ref=name, reason=f"{len(used)} vvols are bound to it")
+            bindrepo.delete_host(conn, name)

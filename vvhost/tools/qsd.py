@@ -1,0 +1,117 @@
+"""qemu-storage-daemon (QSD): raw file nodes exported over NBD, driven through QMP.
+
+One QSD process, run in the foreground by its supervisor (``qsd_argv``)::
+
+    qmp.sock (QMP) --> node graph                         --> NBD server (unix or tcp)
+                       n<30 hex>  raw   (read-only?)      <--  export "name" (writable?)
+                         `- #blockNNN  file  /path/vvol.img, locking=off
+
+Each vvol is a ``raw`` node over an unnamed ``file`` child (deleted together with
+its parent). ``locking=off`` drops QEMU's OFD byte-range locks on the image so
+another daemon (or qemu-img) may open the same file at once; coordinating the
+writers is then the caller's job. ``auto-read-only=off`` makes a read-only
+request strict: the file is opened O_RDONLY, never reopened read-write.
+
+Node names are at most 31 characters and must start with a letter:
+``node_name_for(key)`` maps any key to ``"n" + 30 hex digits of sha256(key)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from . import EndpointError
+from .qmp import Qmp
+
+NODE_NAME_MAX = 31
+
+
+def node_name_for(key: str) -> str:
+    """A stable, valid QEMU node name (31 chars, letter first) for ``key``."""
+    return "n" + hashlib.sha256(key.encode()).hexdigest()[: NODE_NAME_MAX - 1]
+
+
+def qsd_argv(qmp_socket: str, binary: str = "qemu-storage-daemon") -> list[str]:
+    """The command line of a foreground QSD whose only monitor is QMP on ``qmp_socket``.
+
+    No ``--daemonize`` and no ``--pidfile``: the caller supervises the process.
+    Nodes, exports and the NBD server are all added later over QMP.
+    """
+    return [
+        binary,
+        "--chardev",
+        f"socket,id=qmp0,path={qmp_socket.replace(',', ',,')},server=on,wait=off",
+        "--monitor",
+        "chardev=qmp0,mode=control",
+    ]
+
+
+class StorageDaemonApi:
+    """Typed calls for one QSD; errors are ``EndpointError(tool="qmp", ...)``."""
+
+    def __init__(self, qmp: Qmp) -> None:
+        self.qmp = qmp
+
+    # --- NBD server ----------------------------------------------------------
+
+    def start_nbd_server_unix(self, path: str) -> None:
+        self.qmp.cmd("nbd-server-start", addr={"type": "unix", "data": {"path": path}})
+
+    def start_nbd_server_tcp(self, host: str, port: int) -> None:
+        addr = {"type": "inet", "data": {"host": host, "port": str(port)}}
+        self.qmp.cmd("nbd-server-start", addr=addr)
+
+    def stop_nbd_server(self) -> None:
+        self.qmp.cmd("nbd-server-stop")
+
+    # --- block nodes ---------------------------------------------------------
+
+    def add_file_node(self, node: str, path: str, *, readonly: bool) -> None:
+        """Open ``path`` as raw node ``node`` (see the module docstring for the options)."""
+        common = {"read-only": readonly, "auto-read-only": False, "discard": "unmap"}
+        file = {"driver": "file", "filename": path, "locking": "off", **common}
+        self.qmp.cmd("blockdev-add", **{"driver": "raw", "node-name": node, "file": file, **common})
+
+    def del_node(self, node: str) -> None:
+        self.qmp.cmd("blockdev-del", **{"node-name": node})
+
+    def nodes(self) -> list[str]:
+        """Names of the nodes we named (QEMU's own ``#block...`` names left out)."""
+        found = self.qmp.cmd("query-named-block-nodes", flat=True)
+        return [n["node-name"] for n in found if not n["node-name"].startswith("#")]
+
+    def resize(self, node: str, size: int) -> None:
+        """Grow (or shrink) the node and its file to ``size`` bytes."""
+        self.qmp.cmd("block_resize", **{"node-name": node, "size": size})
+
+    # --- exports -------------------------------------------------------------
+
+    def add_export(self, export_id: str, node: str, name: str, *, writable: bool) -> None:
+        """Export ``node`` over the running NBD server as ``name``."""
+        args = {"type": "nbd", "id": export_id, "node-name": node, "name": name}
+        self.qmp.cmd("block-export-add", writable=writable, **args)
+
+    def del_export(self, export_id: str, *, force: bool = True, timeout: float = 10.0) -> None:
+        """Remove the export and wait until QSD has let go of its node.
+
+        ``block-export-del`` first in ``safe`` mode; if a client is still
+        connected and ``force`` is set, again in ``hard`` mode (clients are
+        disconnected). Returns once ``BLOCK_EXPORT_DELETED`` arrived, after which
+        the node can be deleted.
+        """
+        match = {"id": export_id}
+        self.qmp.discard_events("BLOCK_EXPORT_DELETED", match)
+        try:
+            self.qmp.cmd("block-export-del", id=export_id, mode="safe")
+        except EndpointError:
+            export = next((e for e in self.exports() if e["id"] == export_id), None)
+            if export is None or not (force or export["shutting-down"]):
+                raise
+            if not export["shutting-down"]:
+                self.qmp.cmd("block-export-del", id=export_id, mode="hard")
+        self.qmp.wait_event("BLOCK_EXPORT_DELETED", match, timeout)
+
+    def exports(self) -> list[dict[str, Any]]:
+        """``query-block-exports``: ``[{"type", "id", "node-name", "shutting-down"}]``."""
+        return list(self.qmp.cmd("query-block-exports"))

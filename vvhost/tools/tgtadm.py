@@ -1,0 +1,222 @@
+"""Drive one tgtd instance through ``tgtadm -C N`` (control socket /run/tgtd/socket.N).
+
+Every call is one short-lived ``tgtadm`` process (about 2 ms). What ``--op show``
+prints, and what :meth:`Tgtadm.show` reads from it (4-space indentation levels)::
+
+    Target 1: iqn.2024-01.org.example:vm1           -> Target.tid, Target.iqn
+        System information: / I_T nexus information: / Account information:   (skipped)
+        LUN information:
+            LUN: 0                                  controller, left out of Target.luns
+            ...
+            LUN: 1                                  -> Lun.lun
+                SCSI ID: vvol-7f3a                  -> Lun.scsi_id  (T10 vendor id designator)
+                SCSI SN: 0123...cdef                -> Lun.serial   (VPD 0x80 unit serial)
+                Readonly: Yes                       -> Lun.readonly
+                Backing store path: /srv/a.img      -> Lun.path     ("None" -> None)
+        ACL information:
+            192.168.0.0/24                          address ACLs come first,
+            ALL                                     ("ALL", an address or a network)
+            iqn.2008-11.org.linux-kvm               then initiator-name ACLs
+
+tgtd lists both kinds of ACL in one block with nothing to tell them apart, so an
+entry that is ``ALL`` or parses as an IP address/network is an address, any other
+one a name (iSCSI names start with ``iqn.``, ``eui.`` or ``naa.``).
+
+ACL semantics (checked with tgt 1.0.85): a target without any ACL admits nobody;
+an initiator is admitted when its address matches ANY address ACL **or** its name
+matches ANY name ACL. So a name-only target must have no address ACL at all:
+``bind_address(tid, "ALL")`` opens it to every initiator whatever the name ACLs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import re
+from dataclasses import dataclass, field
+
+from . import EndpointError, run
+
+VENDOR_ID = "VVHOST"
+PRODUCT_ID = "vvol"
+SCSI_SN_MAX = 36  # tgt's SCSI_SN_LEN
+SCSI_ID_MAX = 36  # tgt's SCSI_ID_LEN
+
+_PARAM_VALUE = re.compile(r"[A-Za-z0-9._:\-]+")
+
+
+@dataclass
+class Lun:
+    lun: int
+    path: str | None
+    readonly: bool
+    serial: str
+    scsi_id: str
+
+
+@dataclass
+class Target:
+    tid: int
+    iqn: str
+    luns: list[Lun] = field(default_factory=list)
+    initiator_names: list[str] = field(default_factory=list)
+    initiator_addresses: list[str] = field(default_factory=list)
+
+
+def _check_value(what: str, value: str, limit: int) -> str:
+    """tgtadm's ``--params`` is ``k=v,k=v``: values may hold no ``,``/``=``/blanks."""
+    if not _PARAM_VALUE.fullmatch(value) or len(value) > limit:
+        raise ValueError(f"{what} {value!r}: 1-{limit} characters of [A-Za-z0-9._:-]")
+    return value
+
+
+def _is_address(entry: str) -> bool:
+    if entry == "ALL":
+        return True
+    try:
+        ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+class Tgtadm:
+    """One tgtd instance, addressed by its control port N (``tgtd -C N``)."""
+
+    def __init__(self, control_port: int, timeout: float = 10.0, binary: str = "tgtadm") -> None:
+        self.control_port = control_port
+        self.timeout = timeout
+        self.binary = binary
+
+    def _run(self, *args: str) -> str:
+        argv = [self.binary, "-C", str(self.control_port), "--lld", "iscsi", *args]
+        return run("tgtadm", argv, self.timeout)
+
+    # --- targets -------------------------------------------------------------
+
+    def target_new(self, tid: int, iqn: str) -> None:
+        self._run("--mode", "target", "--op", "new", "--tid", str(tid), "--targetname", iqn)
+
+    def target_delete(self, tid: int) -> None:
+        """Delete the target even with sessions logged in (``--force``)."""
+        self._run("--mode", "target", "--op", "delete", "--force", "--tid", str(tid))
+
+    def bind_name(self, tid: int, initiator_name: str) -> None:
+        self._run(
+            "--mode", "target", "--op", "bind", "--tid", str(tid),
+            "--initiator-name", initiator_name,
+        )  # fmt: skip
+
+    def unbind_name(self, tid: int, name: str) -> None:
+        self._run(
+            "--mode", "target", "--op", "unbind", "--tid", str(tid), "--initiator-name", name
+        )  # fmt: skip
+
+    def bind_address(self, tid: int, address: str = "ALL") -> None:
+        """Admit initiators by address; see the module docstring: this ORs with name ACLs."""
+        self._run("--mode", "target", "--op", "bind", "--tid", str(tid), "-I", address)
+
+    # --- logical units -------------------------------------------------------
+
+    def lun_new(
+        self,
+        tid: int,
+        lun: int,
+        path: str,
+        *,
+        readonly: bool = False,
+        serial: str | None = None,
+        scsi_id: str | None = None,
+    ) -> None:
+        """Add LUN ``lun`` backed by ``path``, then set its inquiry data.
+
+        Vendor/product are always VVHOST/vvol; ``serial`` becomes the unit serial
+        number (VPD page 0x80), ``scsi_id`` the T10 vendor id designator (VPD 0x83).
+        If setting them fails the half-made LUN is deleted before the error is raised.
+        """
+        if lun < 1:
+            raise ValueError("LUN 0 is the target's controller")
+        params = [f"vendor_id={VENDOR_ID}", f"product_id={PRODUCT_ID}"]
+        if serial is not None:
+            params.append(f"scsi_sn={_check_value('serial', serial, SCSI_SN_MAX)}")
+        if scsi_id is not None:
+            params.append(f"scsi_id={_check_value('scsi_id', scsi_id, SCSI_ID_MAX)}")
+        if readonly:
+            params.append("readonly=1")
+        lu = ("--mode", "logicalunit", "--tid", str(tid), "--lun", str(lun))
+        self._run(*lu, "--op", "new", "--backing-store", path)
+        try:
+            self._run(*lu, "--op", "update", "--params", ",".join(params))
+        except BaseException:
+            with contextlib.suppress(EndpointError):  # report the first error
+                self.lun_delete(tid, lun)
+            raise
+
+    def lun_delete(self, tid: int, lun: int) -> None:
+        self._run("--mode", "logicalunit", "--op", "delete", "--tid", str(tid), "--lun", str(lun))
+
+    # --- state ---------------------------------------------------------------
+
+    def show(self) -> list[Target]:
+        return parse_show(self._run("--mode", "target", "--op", "show"))
+
+    def ping(self) -> bool:
+        """True when tgtd answers on its control socket."""
+        try:
+            self._run("--mode", "sys", "--op", "show")
+        except EndpointError:
+            return False
+        return True
+
+
+def parse_show(text: str) -> list[Target]:
+    """Parse ``tgtadm --mode target --op show`` (layout in the module docstring)."""
+    targets: list[Target] = []
+    target: Target | None = None
+    section = ""
+    lun: Lun | None = None
+    acl: list[str] = []
+
+    def finish() -> None:
+        if target is None:
+            return
+        target.initiator_addresses = [a for a in acl if _is_address(a)]
+        target.initiator_names = [a for a in acl if not _is_address(a)]
+
+    for raw in text.splitlines():
+        line = raw.rstrip("\n")
+        body = line.lstrip(" ")
+        depth = (len(line) - len(body)) // 4
+        if not body:
+            continue
+        if depth == 0:
+            m = re.fullmatch(r"Target (\d+): (.*)", body)
+            if m is None:
+                continue
+            finish()
+            target, section, lun, acl = Target(int(m.group(1)), m.group(2)), "", None, []
+            targets.append(target)
+        elif target is None:
+            continue
+        elif depth == 1:
+            section, lun = body.rstrip(":"), None
+        elif section == "ACL information" and depth == 2:
+            acl.append(body.strip())
+        elif section == "LUN information" and depth == 2:
+            m = re.fullmatch(r"LUN: (\d+)", body.strip())
+            lun = None
+            if m and int(m.group(1)) != 0:
+                lun = Lun(int(m.group(1)), None, False, "", "")
+                target.luns.append(lun)
+        elif section == "LUN information" and depth >= 3 and lun is not None:
+            key, _, value = body.partition(": ")
+            if key == "SCSI ID":
+                lun.scsi_id = value
+            elif key == "SCSI SN":
+                lun.serial = value
+            elif key == "Readonly":
+                lun.readonly = value.strip() == "Yes"
+            elif key == "Backing store path":
+                lun.path = None if value in ("", "None") else value
+    finish()
+    return targets
