@@ -3,9 +3,11 @@ and real clients (qemu-img, qemu-io, iscsi-ls, iscsi-inq, nbdinfo)."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +19,7 @@ from tests.patterns import Patterns
 from vvhost.client import Client
 from vvhost.daemon import ServerProcess
 from vvhost.errors import InUse
+from vvhost.service.context import FAULT_ENV, FAULT_MARK
 
 QEMU_IQN = "iqn.2008-11.org.linux-kvm"  # what qemu-img/qemu-io log in as
 OTHER_IQN = "iqn.2026-11.test.vvhost:other"
@@ -257,3 +260,74 @@ def test_concurrent_binds_stay_exact(plane: Plane) -> None:
     assert report["ok"], report["problems"]
     kept = [plane.api.bind_one(v, "h1", pe=pes[i % 3]) for i, v in enumerate(vids)]
     assert sorted(h["refcount"] for h in kept) == [1] * 8 and plane.api.audit()["ok"]
+
+
+def vvhost(plane: Plane, *args: str) -> subprocess.CompletedProcess[str]:
+    return run(sys.executable, "-m", "vvhost", "--socket", plane.server.socket, *args, ok=False)
+
+
+def test_cli_binding_commands(plane: Plane) -> None:
+    plane.api.vvol_create("pool", "16M", name="d")
+    out = vvhost(plane, "vvol", "bind", "d", "--host", "h1", "--pe", "iscsi1")
+    assert out.returncode == 0 and "iscsi://" in out.stdout
+    listed = json.loads(vvhost(plane, "binding", "list", "--host", "h1", "--json").stdout)
+    assert [b["pe"] for b in listed] == ["iscsi1"]
+    for cmd in (["pe", "list"], ["pe", "show", "nbd1"], ["host", "list"], ["host", "show", "h1"]):
+        assert json.loads(vvhost(plane, *cmd, "--json").stdout)
+    moved = vvhost(plane, "vvol", "rebind", "d", "--host", "h1", "--pe", "nbd1")
+    assert moved.returncode == 0 and moved.stdout.startswith("nbd+unix://")
+    bad = {
+        ("host", "add", "h3", "--iqn", "not an iqn"): 2,
+        ("host", "add", "bad/name"): 2,
+        ("pe", "create", "x", "--protocol", "iscsi"): 2,
+        ("pe", "create", "x", "--protocol", "file"): 2,
+        ("pe", "create", "x", "--protocol", "nbd", "--portal", "nowhere"): 2,
+        ("pe", "delete", "nbd1"): 4,
+        ("host", "remove", "h1"): 4,
+        ("vvol", "delete", "d"): 4,
+        ("vvol", "bind", "d", "--host", "nohost"): 3,
+        ("vvol", "unbind", "d", "--host", "h2"): 3,
+        ("vvol", "rebind", "d", "--host", "h1", "--pe", "nope"): 3,
+    }
+    for args, code in bad.items():
+        res = vvhost(plane, *args)
+        assert res.returncode == code, (args, res.stderr)
+        assert res.stderr.count("\n") == 1 and res.stderr.startswith("vvhost: error: "), res.stderr
+    assert [p["name"] for p in plane.api.pes()] == ["iscsi1", "nbd1", "nbd2", "file1"]
+    assert len(plane.api.bindings()) == 1 and plane.api.audit()["ok"]
+    assert vvhost(plane, "vvol", "unbind", "d", "--host", "h1").returncode == 0
+
+
+@pytest.mark.parametrize("fault", ["bind:attached", "rebind:attached"])
+def test_crash_mid_binding_leaves_nothing_half_made(plane: Plane, fault: str) -> None:
+    plane.api.vvol_create("pool", "16M", name="d")
+    if fault.startswith("rebind"):
+        plane.api.bind_one("d", "h1", pe="nbd1")
+    plane.api.close()
+    plane.server.stop()
+    state, sock = plane.server.state_dir, plane.server.socket
+    faulty = ServerProcess(state, sock, env={FAULT_ENV: fault}, private_tgtd=True).start()
+    args = (
+        ["vvol", "bind", "d", "--host", "h1", "--pe", "iscsi1"]
+        if fault.startswith("bind")
+        else ["vvol", "rebind", "d", "--host", "h1", "--pe", "iscsi1"]
+    )
+    cmd = subprocess.Popen(
+        [sys.executable, "-m", "vvhost", "--socket", sock, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    mark = os.path.join(state, FAULT_MARK)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(mark):
+        assert time.monotonic() < deadline and cmd.poll() is None, cmd.communicate()
+        time.sleep(0.05)
+    faulty.kill()
+    cmd.communicate(timeout=30)
+    os.unlink(mark)
+    plane.server = ServerProcess(state, sock, private_tgtd=True).start()
+    plane.api = plane.server.client()
+    report = plane.api.audit()
+    assert report["ok"], report["problems"]  # no LUN without a binding, no binding without a LUN
+    expected = [] if fault.startswith("bind") else ["nbd1"]
+    assert [b["pe"] for b in plane.api.bindings()] == expected
