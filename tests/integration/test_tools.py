@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -27,6 +28,7 @@ from vvhost.tools import EndpointError, run
 from vvhost.tools.qmp import Qmp
 from vvhost.tools.qsd import StorageDaemonApi, node_name_for, qsd_argv
 from vvhost.tools.tgtadm import Tgtadm, parse_show
+from vvhost.tools.tgtd_ipc import MODE_TARGET, OP_SHOW, OP_UPDATE
 
 MiB = 1 << 20
 KVM_INITIATOR = "iqn.2008-11.org.linux-kvm"  # what qemu-io/qemu-img log in as
@@ -230,7 +232,7 @@ def test_show_parses_and_deletes(tgt: Tgt, tmp_path: str) -> None:
     )
     try:
         deadline = time.monotonic() + 10
-        while "I_T nexus: " not in tgt.adm._run("--mode", "target", "--op", "show"):
+        while "I_T nexus: " not in tgt.adm.ipc.request(MODE_TARGET, OP_SHOW):
             assert time.monotonic() < deadline and holder.poll() is None
             time.sleep(0.05)
         one, two = tgt.adm.show()
@@ -254,19 +256,22 @@ def test_show_parses_and_deletes(tgt: Tgt, tmp_path: str) -> None:
         holder.wait()
 
 
-def test_lun_new_removes_half_made_lun(tgt: Tgt, tmp_path: str) -> None:
-    fake = f"{tmp_path}/tgtadm"
-    with open(fake, "w") as fh:  # a tgtadm whose --op update fails
-        fh.write(
-            '#!/bin/sh\ncase " $* " in *" update "*) echo "tgtadm: boom" >&2; exit 22;; esac\n'
-        )
-        fh.write('exec tgtadm "$@"\n')
-    os.chmod(fake, 0o755)
-    broken = Tgtadm(tgt.adm.control_port, binary=fake)
+def test_lun_new_removes_half_made_lun(
+    tgt: Tgt, tmp_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = Tgtadm(tgt.adm.control_port)
+    real = broken.ipc.request
+
+    def failing_update(mode: int, op: int, **kw: Any) -> str:  # tgtd refusing the update
+        if op == OP_UPDATE:
+            raise EndpointError(tool="tgtd", detail="boom")
+        return real(mode, op, **kw)
+
+    monkeypatch.setattr(broken.ipc, "request", failing_update)
     broken.target_new(1, "iqn.2024-01.test.vvhost:half")
     with pytest.raises(EndpointError) as err:
         broken.lun_new(1, 1, make_image(f"{tmp_path}/a.img"), serial="c" * 32)
-    assert str(err.value) == "tgtadm: boom"
+    assert str(err.value) == "tgtd: boom"
     assert tgt.adm.show()[0].luns == []
 
 
@@ -274,8 +279,8 @@ def test_tgtadm_errors(tgt: Tgt, tmp_path: str) -> None:
     with pytest.raises(EndpointError) as err:
         tgt.adm.target_delete(7)
     assert err.value.code == "endpoint-error" and err.value.exit_code == 6
-    assert err.value.fields["tool"] == "tgtadm"
-    assert str(err.value) == "tgtadm: can't find the target"
+    assert err.value.fields["tool"] == "tgtd"
+    assert str(err.value) == "tgtd: can't find the target"
     with pytest.raises(ValueError):
         tgt.adm.lun_new(1, 1, f"{tmp_path}/x", serial="has,comma")
     nobody = next(n for n in range(1000, 1100) if not os.path.exists(f"{TGT_RUN}/socket.{n}"))

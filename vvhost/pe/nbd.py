@@ -12,8 +12,11 @@ when its last export does.  A host reaches an export as
 
 from __future__ import annotations
 
+import functools
 import os
-from typing import Any
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ..tools import EndpointError
 from ..tools.qmp import Qmp
@@ -21,7 +24,20 @@ from ..tools.qsd import StorageDaemonApi, node_name_for, qsd_argv
 from .base import Attachment
 from .proc import Daemon
 
+T = TypeVar("T")
 NODE_PREFIX = "n"  # node_name_for() names: "n" + 30 hex digits
+
+
+def _serialised(method: Callable[..., T]) -> Callable[..., T]:
+    """One QMP conversation at a time: the monitor serves a single client, and the
+    supervisor and request threads both drive this endpoint."""
+
+    @functools.wraps(method)
+    def wrapper(self: NbdEndpoint, *args: Any, **kwargs: Any) -> T:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 class NbdEndpoint:
@@ -39,7 +55,10 @@ class NbdEndpoint:
             rundir,
             ready=lambda: os.path.exists(self.qmp_path),
         )
+        self._lock = threading.RLock()
         self._api: StorageDaemonApi | None = None
+        self._exports: dict[str, str] = {}  # export id -> block node
+        self._nodes: set[str] = set()
 
     @property
     def api(self) -> StorageDaemonApi:
@@ -49,6 +68,7 @@ class NbdEndpoint:
             self._api = StorageDaemonApi(qmp)
         return self._api
 
+    @_serialised
     def start(self) -> None:
         os.makedirs(self.rundir, exist_ok=True)
         self._close()
@@ -62,12 +82,22 @@ class NbdEndpoint:
         except EndpointError:
             if not self.daemon.adopted:  # an adopted daemon already serves NBD
                 raise
+        self._load()
+
+    def _load(self) -> None:
+        """Learn what the daemon holds; from then on our own calls keep this current
+        (only this endpoint drives the daemon), so attach/detach need no queries."""
+        self._exports = {str(e["id"]): str(e["node-name"]) for e in self.api.exports()}
+        self._nodes = {n for n in self.api.nodes() if n.startswith(NODE_PREFIX)}
 
     def _close(self) -> None:
         if self._api is not None:
             self._api.qmp.close()
             self._api = None
+        self._exports = {}
+        self._nodes = set()
 
+    @_serialised
     def stop(self) -> None:
         self._close()
         self.daemon.stop()
@@ -75,33 +105,44 @@ class NbdEndpoint:
     def alive(self) -> bool:
         return self.daemon.alive()
 
+    @_serialised
     def attach(self, a: Attachment) -> None:
+        if a.key in self._exports:
+            return
         node = node_name_for(a.path)
         assert node.startswith(NODE_PREFIX)
-        if node not in self.api.nodes():
-            self.api.add_file_node(node, a.path, readonly=a.readonly)
-        if any(e.get("id") == a.key for e in self.api.exports()):
-            return
         try:
+            if node not in self._nodes:
+                self.api.add_file_node(node, a.path, readonly=a.readonly)
+                self._nodes.add(node)
             self.api.add_export(a.key, node, a.key, writable=not a.readonly)
+            self._exports[a.key] = node
         except EndpointError:
-            if not self._node_used(node):
-                self.api.del_node(node)
+            self._load()
+            self._prune()
             raise
 
-    def _node_used(self, node: str) -> bool:
-        return any(e.get("node-name") == node for e in self.api.exports())
-
+    @_serialised
     def detach(self, key: str) -> None:
-        if any(e.get("id") == key for e in self.api.exports()):
-            self.api.del_export(key)
-        used = {e.get("node-name") for e in self.api.exports()}
-        for node in self.api.nodes():
-            if node.startswith(NODE_PREFIX) and node not in used:
-                self.api.del_node(node)
+        try:
+            if key in self._exports:
+                self.api.del_export(key)
+                del self._exports[key]
+            self._prune()
+        except EndpointError:
+            self._load()
+            raise
 
+    def _prune(self) -> None:
+        """Drop block nodes no export uses any more."""
+        for node in sorted(self._nodes - set(self._exports.values())):
+            self.api.del_node(node)
+            self._nodes.discard(node)
+
+    @_serialised
     def present(self) -> set[str]:
-        return {str(e["id"]) for e in self.api.exports()}
+        self._load()
+        return set(self._exports)
 
     def handle(self, a: Attachment) -> dict[str, Any]:
         if self.portal:

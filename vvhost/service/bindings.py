@@ -6,25 +6,28 @@
 
 Rows are keyed (vvol, host, PE) and carry a state: ``attaching`` while the
 endpoint is being told, ``active`` once it serves the binding, ``detaching``
-while it is being removed.  A crash leaves only the journal entry and rows in a
-transient state; recovery drops those rows and endpoint reconciliation then
-makes every daemon present exactly the active bindings.
+while it is being removed.  The row is the operation's intent record: a crash
+leaves rows in a transient state, recovery drops them, and endpoint
+reconciliation then makes every daemon present exactly the active bindings.
+Operations for one host are serialised; a row in a transient state refuses
+delete, revert and move of its vvol like an active one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections import defaultdict
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Connection
 
-from ..catalog import bindrepo, repo, vvolrepo
-from ..errors import InUse, InvalidInput, NotFound, VvhostError
-from ..model import ACTIVE, ATTACHING, DETACHING, Binding, Host, JournalEntry, Pe, Vvol
+from ..catalog import bindrepo
+from ..errors import Busy, InUse, InvalidInput, NotFound, VvhostError
+from ..model import ACTIVE, ATTACHING, DETACHING, Binding, Host, Pe, Vvol
+from ..pe import Attachment
 from .context import Context
-from .endpoints import EndpointManager, PeOps, attachment
+from .endpoints import EndpointManager, PeOps, attachment, attachment_key
 from .hosts import HostOps
 
 MAX_BATCH = 1024
@@ -60,80 +63,67 @@ class BindingOps:
     def bind(
         self, refs: list[str], host: str, pe: str | None = None, shared: bool = False
     ) -> list[dict[str, Any]]:
-        if not refs or len(refs) > MAX_BATCH:
-            raise InvalidInput(detail=f"bind takes 1 to {MAX_BATCH} vvols")
+        """Bind a batch: one transaction decides every binding (rows in state
+        ``attaching``), the endpoints are told, one transaction makes them active."""
+        _check_batch(refs, "bind")
         op = self.ctx.new_op()
         results: list[dict[str, Any] | None] = [None] * len(refs)
-        with self.ctx.db.tx() as conn:
-            h = self.hosts.get(conn, host)
-            chosen = self.pes.get(conn, pe) if pe else None
-            ids = self._resolve(conn, refs, results)
-        new: list[tuple[int, Binding]] = []
-        kept: list[tuple[int, Binding]] = []
-        with self.ctx.locks.hold(ids.values()):
+        plans: list[_Plan] = []
+        with self.ctx.locks.hold([f"host:{host}"]):
             with self.ctx.db.tx() as conn:
-                every_pe = bindrepo.list_pes(conn)
-                for i, vid in ids.items():
+                h = self.hosts.get(conn, host)
+                chosen = self.pes.get(conn, pe) if pe else None
+                every_pe: list[Pe] | None = None
+                for i, ref in enumerate(refs):
                     try:
-                        v = self.ctx.ready(self._vvol(conn, vid))
-                        existing = bindrepo.get_binding(conn, vid, host)
-                        if existing is not None:
-                            if chosen and existing.pe != chosen.id:
-                                raise InUse(
-                                    kind="vvol",
-                                    ref=refs[i],
-                                    reason=f"bound for {host} through another endpoint; use rebind",
-                                )
-                            kept.append((i, existing))
-                            continue
-                        target = chosen or _auto_pe(every_pe, v)
-                        b = self._allocate(conn, target, v, h, shared, op, refcount=1)
-                        bindrepo.insert_binding(conn, b)
-                        new.append((i, b))
+                        v = self.ctx.ready(self.ctx.vvol(conn, ref))
+                        existing = bindrepo.find_bindings(conn, vvol=v.id, host=host)
+                        if existing:
+                            b = self._reuse(existing[0], chosen, ref)
+                            bindrepo.set_binding(conn, b, refcount=b.refcount + 1)
+                            b = replace(b, refcount=b.refcount + 1)
+                            target = self.pes.get(conn, b.pe)
+                        else:
+                            if chosen is None and every_pe is None:
+                                every_pe = bindrepo.list_pes(conn)
+                            target = chosen or _auto_pe(every_pe or [], v)
+                            b = self._allocate(conn, target, v, h, shared, op, refcount=1)
+                            bindrepo.insert_binding(conn, b)
+                        plans.append(
+                            _Plan(
+                                i, b, target, attachment(conn, self.ctx, b, v, h), new=not existing
+                            )
+                        )
                     except VvhostError as exc:
-                        results[i] = _error(refs[i], exc)
-                if new:
-                    self.ctx.journal(conn, op, "bind", None, {"host": host})
-            failed = self._attach_all(new, refs, results)
+                        results[i] = _error(ref, exc)
+            failed = self._attach_all([p for p in plans if p.new], refs, results)
             self.ctx.fault("bind", "attached")
             with self.ctx.db.tx() as conn:
-                for _i, b in new:
-                    if b in failed:
-                        bindrepo.delete_binding(conn, b)
-                    else:
-                        bindrepo.set_binding(conn, b, state=ACTIVE, op=None)
-                for _i, b in kept:
-                    bindrepo.set_binding(conn, b, refcount=b.refcount + 1)
-                if new:
-                    repo.journal_remove(conn, op)
-                for i, b in new + kept:
-                    if b not in failed:
-                        fresh = bindrepo.get_binding(conn, b.vvol, b.host)
-                        assert fresh is not None
-                        results[i] = {
-                            "vvol": refs[i],
-                            "ok": True,
-                            "handle": self.handle(conn, fresh),
-                        }
+                for p in plans:
+                    if p in failed:
+                        bindrepo.delete_binding(conn, p.binding)
+                    elif p.new:
+                        bindrepo.set_binding(conn, p.binding, state=ACTIVE, op=None)
+        for p in plans:
+            if p not in failed:
+                results[p.index] = {
+                    "vvol": refs[p.index],
+                    "ok": True,
+                    "handle": self._handle(p.binding, p.pe, p.attachment),
+                }
         return [r for r in results if r is not None]
 
-    def _resolve(
-        self, conn: Connection, refs: list[str], results: list[dict[str, Any] | None]
-    ) -> dict[int, str]:
-        ids: dict[int, str] = {}
-        for i, ref in enumerate(refs):
-            try:
-                ids[i] = self.ctx.vvol(conn, ref).id
-            except VvhostError as exc:
-                results[i] = _error(ref, exc)
-        return ids
-
     @staticmethod
-    def _vvol(conn: Connection, vid: str) -> Vvol:
-        v = vvolrepo.get(conn, vid)
-        if v is None:
-            raise NotFound(kind="vvol", ref=vid)
-        return v
+    def _reuse(b: Binding, chosen: Pe | None, ref: str) -> Binding:
+        if b.state != ACTIVE:
+            raise Busy(ref=ref, state=f"{b.state} for {b.host}", op=b.op)
+        if chosen and b.pe != chosen.id:
+            raise InUse(
+                kind="vvol",
+                ref=ref,
+                reason=f"bound for {b.host} through another endpoint; use rebind",
+            )
+        return b
 
     def _allocate(
         self, conn: Connection, pe: Pe, v: Vvol, h: Host, shared: bool, op: str, refcount: int
@@ -155,10 +145,10 @@ class BindingOps:
             else:
                 tid = found[0]
             used = {int(s) for s in bindrepo.used_secondaries(conn, pe.id, tid)}
-            free = [n for n in range(1, MAX_LUN + 1) if n not in used]
-            if not free:
+            free = next((n for n in range(1, MAX_LUN + 1) if n not in used), None)
+            if free is None:
                 raise InUse(kind="iSCSI target", ref=owner, reason=f"all {MAX_LUN} LUNs are taken")
-            secondary = str(free[0])
+            secondary = str(free)
         elif pe.protocol == "nbd":
             secondary = f"vv-{v.id}.{h.name}"
         else:
@@ -178,97 +168,78 @@ class BindingOps:
         )
 
     def _attach_all(
-        self, new: list[tuple[int, Binding]], refs: list[str], results: list[dict[str, Any] | None]
-    ) -> list[Binding]:
-        failed: list[Binding] = []
-        by_pe: dict[str, list[tuple[int, Binding]]] = defaultdict(list)
-        for i, b in new:
-            by_pe[b.pe].append((i, b))
-        for pe_id, items in by_pe.items():
-            with self.ctx.db.tx() as conn:
-                pe = self.pes.get(conn, pe_id)
-                atts = [attachment(conn, self.ctx, b) for _i, b in items]
-            ep = self.manager.get(pe)
+        self, plans: list[_Plan], refs: list[str], results: list[dict[str, Any] | None]
+    ) -> list[_Plan]:
+        failed: list[_Plan] = []
+        for pe_id in sorted({p.pe.id for p in plans}):
+            group = [p for p in plans if p.pe.id == pe_id]
+            ep = self.manager.get(group[0].pe)
             with self.manager.lock([pe_id]):
-                for (i, b), a in zip(items, atts, strict=True):
+                for p in group:
                     try:
-                        ep.attach(a)
+                        ep.attach(p.attachment)
                     except VvhostError as exc:
-                        results[i] = _error(refs[i], exc)
-                        failed.append(b)
+                        results[p.index] = _error(refs[p.index], exc)
+                        failed.append(p)
         return failed
 
     # -- unbind ---------------------------------------------------------------------------
     def unbind(self, refs: list[str], host: str, drop_all: bool = False) -> list[dict[str, Any]]:
-        if not refs or len(refs) > MAX_BATCH:
-            raise InvalidInput(detail=f"unbind takes 1 to {MAX_BATCH} vvols")
+        _check_batch(refs, "unbind")
         op = self.ctx.new_op()
         results: list[dict[str, Any] | None] = [None] * len(refs)
-        with self.ctx.db.tx() as conn:
-            self.hosts.get(conn, host)
-            ids = self._resolve(conn, refs, results)
-        drops: list[tuple[int, Binding]] = []
-        with self.ctx.locks.hold(ids.values()):
+        drops: list[tuple[int, Binding, Pe]] = []
+        with self.ctx.locks.hold([f"host:{host}"]):
             with self.ctx.db.tx() as conn:
-                for i, vid in ids.items():
-                    b = bindrepo.get_binding(conn, vid, host)
-                    if b is None:
-                        results[i] = _error(
-                            refs[i], NotFound(kind="binding", ref=f"{refs[i]} on {host}")
-                        )
-                    elif drop_all or b.refcount <= 1:
-                        bindrepo.set_binding(conn, b, state=DETACHING, op=op)
-                        drops.append((i, b))
-                    else:
-                        bindrepo.set_binding(conn, b, refcount=b.refcount - 1)
-                        results[i] = {"vvol": refs[i], "ok": True, "refcount": b.refcount - 1}
-                if drops:
-                    self.ctx.journal(conn, op, "unbind", None, {"host": host})
-            gone = self._detach_all(drops, refs, results)
+                self.hosts.get(conn, host)
+                for i, ref in enumerate(refs):
+                    try:
+                        v = self.ctx.vvol(conn, ref)
+                        found = bindrepo.find_bindings(conn, vvol=v.id, host=host)
+                        if not found:
+                            raise NotFound(kind="binding", ref=f"{ref} on {host}")
+                        b = self._reuse(found[0], None, ref)
+                        if drop_all or b.refcount <= 1:
+                            bindrepo.set_binding(conn, b, state=DETACHING, op=op)
+                            drops.append((i, b, self.pes.get(conn, b.pe)))
+                        else:
+                            bindrepo.set_binding(conn, b, refcount=b.refcount - 1)
+                            results[i] = {"vvol": ref, "ok": True, "refcount": b.refcount - 1}
+                    except VvhostError as exc:
+                        results[i] = _error(ref, exc)
+            gone = []
+            for i, b, pe in drops:
+                with self.manager.lock([pe.id]):
+                    try:
+                        self.manager.get(pe).detach(attachment_key(b))
+                        gone.append(b)
+                    except VvhostError as exc:
+                        results[i] = _error(refs[i], exc)
             with self.ctx.db.tx() as conn:
-                for i, b in drops:
+                for i, b, _pe in drops:
                     if b in gone:
                         bindrepo.delete_binding(conn, b)
                         results[i] = {"vvol": refs[i], "ok": True, "refcount": 0}
                     else:
                         bindrepo.set_binding(conn, b, state=ACTIVE, op=None)
-                if drops:
-                    repo.journal_remove(conn, op)
         return [r for r in results if r is not None]
-
-    def _detach_all(
-        self,
-        drops: list[tuple[int, Binding]],
-        refs: list[str],
-        results: list[dict[str, Any] | None],
-    ) -> list[Binding]:
-        gone: list[Binding] = []
-        for i, b in drops:
-            with self.ctx.db.tx() as conn:
-                pe = self.pes.get(conn, b.pe)
-                key = attachment(conn, self.ctx, b).key
-            with self.manager.lock([pe.id]):
-                try:
-                    self.manager.get(pe).detach(key)
-                    gone.append(b)
-                except VvhostError as exc:
-                    results[i] = _error(refs[i], exc)
-        return gone
 
     # -- rebind ---------------------------------------------------------------------------
     def rebind(self, ref: str, host: str, pe: str) -> dict[str, Any]:
+        """Move a binding to another endpoint: the new path exists before the old goes."""
         op = self.ctx.new_op()
-        with self.ctx.db.tx() as conn:
-            vid = self.ctx.vvol(conn, ref).id
-        with self.ctx.locks.hold([vid]):
+        with self.ctx.locks.hold([f"host:{host}"]):
             with self.ctx.db.tx() as conn:
-                old = bindrepo.get_binding(conn, vid, host)
+                v = self.ctx.ready(self.ctx.vvol(conn, ref))
+                old = bindrepo.get_binding(conn, v.id, host)
                 if old is None:
                     raise NotFound(kind="binding", ref=f"{ref} on {host}")
+                old_plan = _Plan(
+                    0, old, self.pes.get(conn, old.pe), attachment(conn, self.ctx, old), new=False
+                )
                 target = self.pes.get(conn, pe)
                 if target.id == old.pe:
-                    return self.handle(conn, old)
-                v = self.ctx.ready(self._vvol(conn, vid))
+                    return self._handle(old, old_plan.pe, old_plan.attachment)
                 new = self._allocate(
                     conn,
                     target,
@@ -279,7 +250,6 @@ class BindingOps:
                     refcount=old.refcount,
                 )
                 bindrepo.insert_binding(conn, new)
-                self.ctx.journal(conn, op, "rebind", vid, {"host": host})
                 att = attachment(conn, self.ctx, new)
             try:
                 with self.manager.lock([target.id]):
@@ -289,31 +259,21 @@ class BindingOps:
                     # if this fails too, reconciliation at the next start removes it
                     with contextlib.suppress(VvhostError):
                         self.manager.get(target).detach(att.key)
-                settle(
-                    self.ctx,
-                    JournalEntry(id=op, op="rebind", vvol=vid, step="begin", args={}, created=0),
-                )
+                with self.ctx.db.tx() as conn:
+                    bindrepo.delete_binding(conn, new)
                 raise
             self.ctx.fault("rebind", "attached")
-            with self.ctx.db.tx() as conn:
+            with self.ctx.db.tx() as conn:  # the commit point
                 bindrepo.set_binding(conn, old, state=DETACHING, op=op)
                 bindrepo.set_binding(conn, new, state=ACTIVE, op=None)
-                repo.journal_step(conn, op, "committed")
-                old_pe = self.pes.get(conn, old.pe)
-                old_key = attachment(conn, self.ctx, old).key
-            with self.manager.lock([old_pe.id]):
-                self.manager.get(old_pe).detach(old_key)  # ...then the old one goes
+            with self.manager.lock([old_plan.pe.id]):
+                self.manager.get(old_plan.pe).detach(old_plan.attachment.key)  # ...then the old
             with self.ctx.db.tx() as conn:
                 bindrepo.delete_binding(conn, old)
-                repo.journal_remove(conn, op)
-                fresh = bindrepo.get_binding(conn, vid, host)
-                assert fresh is not None
-                return self.handle(conn, fresh)
+        return self._handle(replace(new, state=ACTIVE, op=None), target, att)
 
     # -- reading --------------------------------------------------------------------------
-    def handle(self, conn: Connection, b: Binding) -> dict[str, Any]:
-        pe = self.pes.get(conn, b.pe)
-        att = attachment(conn, self.ctx, b)
+    def _handle(self, b: Binding, pe: Pe, att: Attachment) -> dict[str, Any]:
         return {
             "vvol": b.vvol,
             "host": b.host,
@@ -323,19 +283,33 @@ class BindingOps:
             "refcount": b.refcount,
             "readonly": b.readonly,
             "shared": b.shared,
+            "state": b.state,
             **self.manager.get(pe).handle(att),
         }
 
     def listing(self, host: str | None = None, vvol: str | None = None) -> list[dict[str, Any]]:
         with self.ctx.db.tx() as conn:
             vid = self.ctx.vvol(conn, vvol).id if vvol else None
-            rows = bindrepo.find_bindings(conn, host=host, vvol=vid)
-            out = []
-            for b in rows:
-                item = self.handle(conn, b)
-                item["state"] = b.state
-                out.append(item)
-            return out
+            return [
+                self._handle(b, self.pes.get(conn, b.pe), attachment(conn, self.ctx, b))
+                for b in bindrepo.find_bindings(conn, host=host, vvol=vid)
+            ]
+
+
+@dataclass(frozen=True, eq=False)
+class _Plan:
+    """One vvol of a batch: its binding row, endpoint and what the endpoint presents."""
+
+    index: int
+    binding: Binding
+    pe: Pe
+    attachment: Attachment
+    new: bool
+
+
+def _check_batch(refs: list[str], what: str) -> None:
+    if not refs or len(refs) > MAX_BATCH:
+        raise InvalidInput(detail=f"{what} takes 1 to {MAX_BATCH} vvols")
 
 
 def _auto_pe(pes: list[Pe], v: Vvol) -> Pe:
@@ -347,13 +321,12 @@ def _auto_pe(pes: list[Pe], v: Vvol) -> Pe:
     )
 
 
-def settle(ctx: Context, entry: JournalEntry) -> None:
-    """Recovery of bind, unbind and rebind: drop the rows the operation left in a
-    transient state; endpoint reconciliation then fixes the daemons."""
+def settle_transient(ctx: Context) -> int:
+    """At start: a binding still ``attaching`` or ``detaching`` belongs to an operation
+    the crash interrupted; drop the row (rebind: the side that did not commit).
+    Endpoint reconciliation then makes every daemon present exactly what remains."""
     with ctx.db.tx() as conn:
-        for b in bindrepo.bindings_of_op(conn, entry.id):
-            if b.state in (ATTACHING, DETACHING):
-                bindrepo.delete_binding(conn, b)
-            else:
-                bindrepo.set_binding(conn, b, op=None)
-        repo.journal_remove(conn, entry.id)
+        stale = [b for b in bindrepo.find_bindings(conn) if b.state in (ATTACHING, DETACHING)]
+        for b in stale:
+            bindrepo.delete_binding(conn, b)
+    return len(stale)

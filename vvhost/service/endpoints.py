@@ -18,7 +18,7 @@ from sqlalchemy import Connection
 
 from ..catalog import bindrepo, repo, vvolrepo
 from ..errors import AlreadyExists, InUse, InvalidInput, NotFound
-from ..model import ACTIVE, PROTOCOLS, Binding, Pe
+from ..model import ACTIVE, PROTOCOLS, Binding, Host, Pe, Vvol
 from ..pe import Attachment, Endpoint, open_endpoint
 from ..pe.iscsi import DEFAULT_IQN_PREFIX
 from ..tools import EndpointError
@@ -36,21 +36,27 @@ def parse_portal(portal: str) -> str:
     return portal
 
 
-def attachment(conn: Connection, ctx: Context, b: Binding) -> Attachment:
-    """Everything an endpoint needs to present binding ``b``."""
-    v = vvolrepo.get(conn, b.vvol)
+def attachment_key(b: Binding) -> str:
+    """The name under which an endpoint presents binding ``b``."""
+    return f"{b.tid}/{b.secondary_id}" if b.tid is not None else b.secondary_id
+
+
+def attachment(
+    conn: Connection, ctx: Context, b: Binding, v: Vvol | None = None, host: Host | None = None
+) -> Attachment:
+    """Everything an endpoint needs to present binding ``b`` (pass the vvol and host
+    when the caller has them, to save the lookups)."""
+    v = v or vvolrepo.get(conn, b.vvol)
     if v is None:
         raise NotFound(kind="vvol", ref=b.vvol)
     target_iqn = initiator = None
     if b.tid is not None:
-        targets = bindrepo.targets(conn, b.pe)
-        owner, target_iqn = targets[b.tid]
+        owner, target_iqn = bindrepo.targets(conn, b.pe)[b.tid]
         if owner != "*":
-            host = bindrepo.get_host(conn, owner)
+            host = host or bindrepo.get_host(conn, owner)
             initiator = host.iqn if host else None
-    key = f"{b.tid}/{b.secondary_id}" if b.tid is not None else b.secondary_id
     return Attachment(
-        key=key,
+        key=attachment_key(b),
         secondary_id=b.secondary_id,
         path=ctx.path(v),
         readonly=b.readonly,

@@ -13,11 +13,11 @@ from typing import Any
 
 from ..catalog import bindrepo, repo, vvolrepo
 from ..model import ACTIVE, READY, JournalEntry
-from .bindings import settle
+from .bindings import settle_transient
 from .context import Context
 from .cow import finish_revert, undo_revert
 from .data import finish_copy_diffs, finish_move, undo_move
-from .endpoints import EndpointManager, attachment
+from .endpoints import EndpointManager, attachment_key
 from .vvols import finish_delete, finish_extend, undo_new
 
 Handler = Callable[[Context, JournalEntry], Any]
@@ -32,9 +32,6 @@ HANDLERS: dict[str, tuple[Handler, Handler]] = {
     "revert": (undo_revert, finish_revert),
     "move": (undo_move, finish_move),
     "copy-diffs": (finish_copy_diffs, finish_copy_diffs),
-    "bind": (settle, settle),
-    "unbind": (settle, settle),
-    "rebind": (settle, settle),
 }
 
 
@@ -54,6 +51,11 @@ def recover(ctx: Context) -> list[dict[str, str]]:
                 "vvol": entry.vvol or "",
                 "action": "rolled forward" if committed or before is after else "rolled back",
             }
+        )
+    dropped = settle_transient(ctx)
+    if dropped:
+        done.append(
+            {"op": "bindings", "id": "", "vvol": "", "action": f"dropped {dropped} unfinished"}
         )
     return done
 
@@ -122,7 +124,7 @@ def _audit_endpoints(ctx: Context, endpoints: EndpointManager) -> list[str]:
             elif vvolrepo.get(conn, b.vvol) is None:
                 problems.append(f"binding for {b.host} names a missing vvol {b.vvol}")
             else:
-                wanted.setdefault(b.pe, set()).add(attachment(conn, ctx, b).key)
+                wanted.setdefault(b.pe, set()).add(attachment_key(b))
     for pe in pes:
         ep = endpoints.get(pe)
         if not ep.alive():

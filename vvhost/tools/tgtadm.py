@@ -1,7 +1,7 @@
-"""Drive one tgtd instance through ``tgtadm -C N`` (control socket /run/tgtd/socket.N).
-
-Every call is one short-lived ``tgtadm`` process (about 2 ms). What ``--op show``
-prints, and what :meth:`Tgtadm.show` reads from it (4-space indentation levels)::
+"""Drive one tgtd instance (``tgtd -C N``, control socket /run/tgtd/socket.N) the way
+``tgtadm -C N`` does, but over the socket directly.  What a target ``show`` returns
+(the text ``tgtadm --op show`` prints), and what :meth:`Tgtadm.show` reads from it
+(4-space indentation levels)::
 
     Target 1: iqn.2024-01.org.example:vm1           -> Target.tid, Target.iqn
         System information: / I_T nexus information: / Account information:   (skipped)
@@ -35,7 +35,19 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
-from . import EndpointError, run
+from . import EndpointError
+from .tgtd_ipc import (
+    MODE_DEVICE,
+    MODE_SYSTEM,
+    MODE_TARGET,
+    OP_BIND,
+    OP_DELETE,
+    OP_NEW,
+    OP_SHOW,
+    OP_UNBIND,
+    OP_UPDATE,
+    TgtdControl,
+)
 
 VENDOR_ID = "VVHOST"
 PRODUCT_ID = "vvol"
@@ -81,40 +93,32 @@ def _is_address(entry: str) -> bool:
 
 
 class Tgtadm:
-    """One tgtd instance, addressed by its control port N (``tgtd -C N``)."""
+    """One tgtd instance, addressed by its control port N (``tgtd -C N``), managed over
+    its control socket (:mod:`vvhost.tools.tgtd_ipc`): the same requests ``tgtadm``
+    sends, without a process per call."""
 
-    def __init__(self, control_port: int, timeout: float = 10.0, binary: str = "tgtadm") -> None:
+    def __init__(self, control_port: int, timeout: float = 10.0) -> None:
         self.control_port = control_port
-        self.timeout = timeout
-        self.binary = binary
-
-    def _run(self, *args: str) -> str:
-        argv = [self.binary, "-C", str(self.control_port), "--lld", "iscsi", *args]
-        return run("tgtadm", argv, self.timeout)
+        self.ipc = TgtdControl(control_port, timeout)
 
     # --- targets -------------------------------------------------------------
 
     def target_new(self, tid: int, iqn: str) -> None:
-        self._run("--mode", "target", "--op", "new", "--tid", str(tid), "--targetname", iqn)
+        self.ipc.request(MODE_TARGET, OP_NEW, tid=tid, params=f"targetname={iqn}")
 
     def target_delete(self, tid: int) -> None:
         """Delete the target even with sessions logged in (``--force``)."""
-        self._run("--mode", "target", "--op", "delete", "--force", "--tid", str(tid))
+        self.ipc.request(MODE_TARGET, OP_DELETE, tid=tid, force=True)
 
     def bind_name(self, tid: int, initiator_name: str) -> None:
-        self._run(
-            "--mode", "target", "--op", "bind", "--tid", str(tid),
-            "--initiator-name", initiator_name,
-        )  # fmt: skip
+        self.ipc.request(MODE_TARGET, OP_BIND, tid=tid, params=f"initiator-name={initiator_name}")
 
     def unbind_name(self, tid: int, name: str) -> None:
-        self._run(
-            "--mode", "target", "--op", "unbind", "--tid", str(tid), "--initiator-name", name
-        )  # fmt: skip
+        self.ipc.request(MODE_TARGET, OP_UNBIND, tid=tid, params=f"initiator-name={name}")
 
     def bind_address(self, tid: int, address: str = "ALL") -> None:
         """Admit initiators by address; see the module docstring: this ORs with name ACLs."""
-        self._run("--mode", "target", "--op", "bind", "--tid", str(tid), "-I", address)
+        self.ipc.request(MODE_TARGET, OP_BIND, tid=tid, params=f"initiator-address={address}")
 
     # --- logical units -------------------------------------------------------
 
@@ -136,6 +140,8 @@ class Tgtadm:
         """
         if lun < 1:
             raise ValueError("LUN 0 is the target's controller")
+        if "," in path:
+            raise ValueError(f"backing path {path!r} has a comma")
         params = [f"vendor_id={VENDOR_ID}", f"product_id={PRODUCT_ID}"]
         if serial is not None:
             params.append(f"scsi_sn={_check_value('serial', serial, SCSI_SN_MAX)}")
@@ -143,27 +149,32 @@ class Tgtadm:
             params.append(f"scsi_id={_check_value('scsi_id', scsi_id, SCSI_ID_MAX)}")
         if readonly:
             params.append("readonly=1")
-        lu = ("--mode", "logicalunit", "--tid", str(tid), "--lun", str(lun))
-        self._run(*lu, "--op", "new", "--backing-store", path)
+        self.ipc.request(MODE_DEVICE, OP_NEW, tid=tid, lun=lun, params=f"path={path}")
         try:
-            self._run(*lu, "--op", "update", "--params", ",".join(params))
+            self.ipc.request(
+                MODE_DEVICE,
+                OP_UPDATE,
+                tid=tid,
+                lun=lun,
+                params="targetOps " + ",".join(params) + ",",
+            )
         except BaseException:
             with contextlib.suppress(EndpointError):  # report the first error
                 self.lun_delete(tid, lun)
             raise
 
     def lun_delete(self, tid: int, lun: int) -> None:
-        self._run("--mode", "logicalunit", "--op", "delete", "--tid", str(tid), "--lun", str(lun))
+        self.ipc.request(MODE_DEVICE, OP_DELETE, tid=tid, lun=lun)
 
     # --- state ---------------------------------------------------------------
 
     def show(self) -> list[Target]:
-        return parse_show(self._run("--mode", "target", "--op", "show"))
+        return parse_show(self.ipc.request(MODE_TARGET, OP_SHOW))
 
     def ping(self) -> bool:
         """True when tgtd answers on its control socket."""
         try:
-            self._run("--mode", "sys", "--op", "show")
+            self.ipc.request(MODE_SYSTEM, OP_SHOW)
         except EndpointError:
             return False
         return True
