@@ -14,7 +14,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from . import bitmap_diff, catalog_scale, cow_ops
+from . import binding, bitmap_diff, catalog_scale, cow_ops
 from .common import Result, VerifyError, leftovers
 
 GROUPS: dict[str, Callable[..., list[Result]]] = {
@@ -22,6 +22,7 @@ GROUPS: dict[str, Callable[..., list[Result]]] = {
     "cow-ext4": cow_ops.run_ext4,
     "bitmap": bitmap_diff.run,
     "catalog": catalog_scale.run,
+    "binding": binding.run,
 }
 
 

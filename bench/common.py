@@ -207,9 +207,9 @@ def private_dir(prefix: str, root: str = WORK_ROOT) -> Iterator[str]:
 
 
 @contextmanager
-def server(state_dir: str) -> Iterator[tuple[ServerProcess, Client]]:
+def server(state_dir: str, private_tgtd: bool = False) -> Iterator[tuple[ServerProcess, Client]]:
     """A private ``vvhost serve`` and a client; stopped (by its PID) afterwards."""
-    proc = ServerProcess(state_dir)
+    proc = ServerProcess(state_dir, private_tgtd=private_tgtd)
     proc.start()
     client = proc.client()
     try:

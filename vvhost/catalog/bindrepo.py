@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from sqlalchemy import Connection, Row, delete, func, select, update
+from sqlalchemy import Connection, Row, bindparam, delete, func, select, update
 
 from ..model import ACTIVE, Binding, Host, Pe
 from .schema import bindings, hosts, pe_targets, pes
@@ -19,8 +19,26 @@ def insert_host(conn: Connection, h: Host) -> None:
     conn.execute(hosts.insert().values(**asdict(h)))
 
 
+# Statements on the bind/unbind path are built once and take bound parameters.
+_HOST = select(hosts).where(hosts.c.name == bindparam("k_name"))
+_PE = select(pes).where((pes.c.id == bindparam("k_ref")) | (pes.c.name == bindparam("k_ref")))
+_KEY = (
+    (bindings.c.vvol_id == bindparam("k_vvol"))
+    & (bindings.c.host == bindparam("k_host"))
+    & (bindings.c.pe_id == bindparam("k_pe"))
+)
+_UPDATE = update(bindings).where(_KEY)
+_DELETE = delete(bindings).where(_KEY)
+_OF_VVOL_HOST = (
+    select(bindings)
+    .where(bindings.c.vvol_id == bindparam("k_vvol"))
+    .where(bindings.c.host == bindparam("k_host"))
+    .order_by(bindings.c.created)
+)
+
+
 def get_host(conn: Connection, name: str) -> Host | None:
-    row = conn.execute(select(hosts).where(hosts.c.name == name)).first()
+    row = conn.execute(_HOST, {"k_name": name}).first()
     return Host(name=row.name, iqn=row.iqn, created=row.created) if row else None
 
 
@@ -63,7 +81,7 @@ def insert_pe(conn: Connection, pe: Pe) -> None:
 
 
 def get_pe(conn: Connection, ref: str) -> Pe | None:
-    row = conn.execute(select(pes).where((pes.c.id == ref) | (pes.c.name == ref))).first()
+    row = conn.execute(_PE, {"k_ref": ref}).first()
     return _pe(row) if row else None
 
 
@@ -133,6 +151,8 @@ def get_binding(conn: Connection, vvol_id: str, host: str) -> Binding | None:
 def find_bindings(
     conn: Connection, *, vvol: str | None = None, host: str | None = None, pe: str | None = None
 ) -> list[Binding]:
+    if vvol and host and not pe:
+        return [_binding(r) for r in conn.execute(_OF_VVOL_HOST, {"k_vvol": vvol, "k_host": host})]
     q = select(bindings).order_by(bindings.c.created, bindings.c.vvol_id)
     if vvol:
         q = q.where(bindings.c.vvol_id == vvol)
@@ -143,22 +163,16 @@ def find_bindings(
     return [_binding(r) for r in conn.execute(q)]
 
 
-def _where(stmt: Any, b: Binding) -> Any:
-    return (
-        stmt.where(bindings.c.vvol_id == b.vvol)
-        .where(bindings.c.host == b.host)
-        .where(bindings.c.pe_id == b.pe)
-    )
+def _key(b: Binding) -> dict[str, str]:
+    return {"k_vvol": b.vvol, "k_host": b.host, "k_pe": b.pe}
 
 
 def set_binding(conn: Connection, b: Binding, **values: Any) -> None:
-    conn.execute(
-        _where(update(bindings), b).values(**{_BCOL.get(k, k): v for k, v in values.items()})
-    )
+    conn.execute(_UPDATE, {**_key(b), **{_BCOL.get(k, k): v for k, v in values.items()}})
 
 
 def delete_binding(conn: Connection, b: Binding) -> None:
-    conn.execute(_where(delete(bindings), b))
+    conn.execute(_DELETE, _key(b))
 
 
 def bindings_of_op(conn: Connection, op_id: str) -> list[Binding]:

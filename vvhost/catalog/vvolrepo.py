@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from sqlalchemy import Connection, Row, delete, func, select, update
+from sqlalchemy import Connection, Row, bindparam, delete, func, select, update
 
 from ..errors import StaleGeneration
 from ..model import Vvol
@@ -46,8 +46,11 @@ def insert(conn: Connection, v: Vvol) -> None:
     conn.execute(vvols.insert().values(**_columns(asdict(v))))
 
 
+_GET = select(vvols).where(vvols.c.id == bindparam("k_id"))  # built once: hot path
+
+
 def get(conn: Connection, vvol_id: str) -> Vvol | None:
-    row = conn.execute(select(vvols).where(vvols.c.id == vvol_id)).first()
+    row = conn.execute(_GET, {"k_id": vvol_id}).first()
     return _vvol(row) if row else None
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..errors import VvhostError
+
 
 @dataclass(frozen=True)
 class Attachment:
@@ -36,6 +38,9 @@ class Endpoint(Protocol):
 
     def attach(self, a: Attachment) -> None: ...
 
+    def attach_many(self, atts: list[Attachment]) -> dict[str, VvhostError]:
+        """Attach a batch; returns the errors by key (the others are attached)."""
+
     def detach(self, key: str) -> None:
         """Stop presenting the attachment ``key`` (missing is fine)."""
 
@@ -44,3 +49,14 @@ class Endpoint(Protocol):
 
     def handle(self, a: Attachment) -> dict[str, Any]:
         """What a host needs to open the attachment: at least ``uri``."""
+
+
+def attach_each(ep: Endpoint, atts: list[Attachment]) -> dict[str, VvhostError]:
+    """``attach_many`` for endpoints with nothing better than one at a time."""
+    failed: dict[str, VvhostError] = {}
+    for a in atts:
+        try:
+            ep.attach(a)
+        except VvhostError as exc:
+            failed[a.key] = exc
+    return failed

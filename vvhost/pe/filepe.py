@@ -10,8 +10,9 @@ import contextlib
 import os
 from typing import Any
 
+from ..errors import VvhostError
 from ..tools import EndpointError
-from .base import Attachment
+from .base import Attachment, attach_each
 
 
 class FileEndpoint:
@@ -48,6 +49,9 @@ class FileEndpoint:
             os.replace(tmp, link)
         except OSError as exc:
             raise EndpointError(tool=f"file endpoint {self.name}", detail=str(exc)) from exc
+
+    def attach_many(self, atts: list[Attachment]) -> dict[str, VvhostError]:
+        return attach_each(self, atts)
 
     def detach(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -15,9 +15,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ..errors import VvhostError
 from ..tools import EndpointError
 from ..tools.tgtadm import Tgtadm
-from .base import Attachment
+from .base import Attachment, attach_each
 from .proc import Daemon
 
 DEFAULT_IQN_PREFIX = "iqn.2026-11.io.vvhost"
@@ -89,6 +90,9 @@ class IscsiEndpoint:
             if t.tid == a.tid:
                 return any(str(lun.lun) == a.secondary_id and lun.path == a.path for lun in t.luns)
         return False
+
+    def attach_many(self, atts: list[Attachment]) -> dict[str, VvhostError]:
+        return attach_each(self, atts)
 
     def detach(self, key: str) -> None:
         tid, lun = (int(x) for x in key.split("/"))

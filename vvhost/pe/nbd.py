@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from ..errors import VvhostError
 from ..tools import EndpointError
 from ..tools.qmp import Qmp
 from ..tools.qsd import StorageDaemonApi, node_name_for, qsd_argv
@@ -121,6 +122,41 @@ class NbdEndpoint:
             self._load()
             self._prune()
             raise
+
+    @_serialised
+    def attach_many(self, atts: list[Attachment]) -> dict[str, VvhostError]:
+        """Attach a batch with pipelined QMP: all new nodes, then all exports."""
+        todo = [a for a in atts if a.key not in self._exports]
+        nodes = {node_name_for(a.path): a for a in todo}
+        new_nodes = [(n, a) for n, a in nodes.items() if n not in self._nodes]
+        failed: dict[str, VvhostError] = {}
+        calls = [
+            ("blockdev-add", StorageDaemonApi.file_node_args(n, a.path, readonly=a.readonly))
+            for n, a in new_nodes
+        ]
+        for (node, _a), reply in zip(new_nodes, self.api.qmp.cmd_many(calls), strict=True):
+            if isinstance(reply, EndpointError):
+                failed.update({a.key: reply for a in todo if node_name_for(a.path) == node})
+            else:
+                self._nodes.add(node)
+        todo = [a for a in todo if a.key not in failed]
+        calls = [
+            (
+                "block-export-add",
+                StorageDaemonApi.export_args(
+                    a.key, node_name_for(a.path), a.key, writable=not a.readonly
+                ),
+            )
+            for a in todo
+        ]
+        for a, reply in zip(todo, self.api.qmp.cmd_many(calls), strict=True):
+            if isinstance(reply, EndpointError):
+                failed[a.key] = reply
+            else:
+                self._exports[a.key] = node_name_for(a.path)
+        if failed:
+            self._prune()
+        return failed
 
     @_serialised
     def detach(self, key: str) -> None:

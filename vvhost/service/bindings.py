@@ -31,7 +31,7 @@ from .endpoints import EndpointManager, PeOps, attachment, attachment_key
 from .hosts import HostOps
 
 MAX_BATCH = 1024
-MAX_LUN = 255
+MAX_LUN = 1023  # per target, so one host can hold a large batch through one PE
 
 
 def _error(ref: str, exc: VvhostError) -> dict[str, Any]:
@@ -69,6 +69,7 @@ class BindingOps:
         op = self.ctx.new_op()
         results: list[dict[str, Any] | None] = [None] * len(refs)
         plans: list[_Plan] = []
+        luns: dict[tuple[str, int], set[int]] = {}
         with self.ctx.locks.hold([f"host:{host}"]):
             with self.ctx.db.tx() as conn:
                 h = self.hosts.get(conn, host)
@@ -87,7 +88,7 @@ class BindingOps:
                             if chosen is None and every_pe is None:
                                 every_pe = bindrepo.list_pes(conn)
                             target = chosen or _auto_pe(every_pe or [], v)
-                            b = self._allocate(conn, target, v, h, shared, op, refcount=1)
+                            b = self._allocate(conn, target, v, h, shared, op, 1, luns)
                             bindrepo.insert_binding(conn, b)
                         plans.append(
                             _Plan(
@@ -126,8 +127,18 @@ class BindingOps:
         return b
 
     def _allocate(
-        self, conn: Connection, pe: Pe, v: Vvol, h: Host, shared: bool, op: str, refcount: int
+        self,
+        conn: Connection,
+        pe: Pe,
+        v: Vvol,
+        h: Host,
+        shared: bool,
+        op: str,
+        refcount: int,
+        luns: dict[tuple[str, int], set[int]] | None = None,
     ) -> Binding:
+        """Decide a new binding's secondary id.  ``luns`` carries the LUNs in use per
+        (PE, target) across one batch, so a batch reads them once."""
         tid = None
         if pe.protocol == "iscsi":
             if not shared and not h.iqn:
@@ -144,10 +155,14 @@ class BindingOps:
                 )
             else:
                 tid = found[0]
-            used = {int(s) for s in bindrepo.used_secondaries(conn, pe.id, tid)}
+            luns = {} if luns is None else luns
+            if (pe.id, tid) not in luns:
+                luns[pe.id, tid] = {int(s) for s in bindrepo.used_secondaries(conn, pe.id, tid)}
+            used = luns[pe.id, tid]
             free = next((n for n in range(1, MAX_LUN + 1) if n not in used), None)
             if free is None:
                 raise InUse(kind="iSCSI target", ref=owner, reason=f"all {MAX_LUN} LUNs are taken")
+            used.add(free)
             secondary = str(free)
         elif pe.protocol == "nbd":
             secondary = f"vv-{v.id}.{h.name}"
@@ -173,14 +188,12 @@ class BindingOps:
         failed: list[_Plan] = []
         for pe_id in sorted({p.pe.id for p in plans}):
             group = [p for p in plans if p.pe.id == pe_id]
-            ep = self.manager.get(group[0].pe)
             with self.manager.lock([pe_id]):
-                for p in group:
-                    try:
-                        ep.attach(p.attachment)
-                    except VvhostError as exc:
-                        results[p.index] = _error(refs[p.index], exc)
-                        failed.append(p)
+                errors = self.manager.get(group[0].pe).attach_many([p.attachment for p in group])
+            for p in group:
+                if p.attachment.key in errors:
+                    results[p.index] = _error(refs[p.index], errors[p.attachment.key])
+                    failed.append(p)
         return failed
 
     # -- unbind ---------------------------------------------------------------------------

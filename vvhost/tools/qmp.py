@@ -106,6 +106,33 @@ class Qmp:
                 self._drain()
         raise EndpointError(tool="qmp", detail=detail, command=name)
 
+    def cmd_many(self, calls: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+        """Send several commands without waiting for each reply (QMP answers them in
+        order); return each reply, or the EndpointError for a command that failed."""
+
+        async def send_all() -> list[Any]:
+            pending = (self._client.execute(name, args or None) for name, args in calls)
+            return await asyncio.gather(*pending, return_exceptions=True)
+
+        with self._lock:
+            try:
+                replies = self._sync(send_all(), self.timeout + len(calls) * 0.1)
+            except TimeoutError:
+                replies = [TimeoutError()] * len(calls)
+            finally:
+                self._drain()
+        out: list[Any] = []
+        for (name, _args), reply in zip(calls, replies, strict=True):
+            if isinstance(reply, BaseException):
+                detail = (
+                    f"{name}: {reply.error_class}: {reply}"
+                    if isinstance(reply, ExecuteError)
+                    else f"{name}: {type(reply).__name__}: {reply}"
+                )
+                reply = EndpointError(tool="qmp", detail=detail, command=name)
+            out.append(reply)
+        return out
+
     def wait_event(
         self, name: str, match: Mapping[str, Any] | None = None, timeout: float = 10.0
     ) -> dict[str, Any]:

@@ -67,11 +67,25 @@ class StorageDaemonApi:
 
     # --- block nodes ---------------------------------------------------------
 
-    def add_file_node(self, node: str, path: str, *, readonly: bool) -> None:
-        """Open ``path`` as raw node ``node`` (see the module docstring for the options)."""
+    @staticmethod
+    def file_node_args(node: str, path: str, *, readonly: bool) -> dict[str, Any]:
         common = {"read-only": readonly, "auto-read-only": False, "discard": "unmap"}
         file = {"driver": "file", "filename": path, "locking": "off", **common}
-        self.qmp.cmd("blockdev-add", **{"driver": "raw", "node-name": node, "file": file, **common})
+        return {"driver": "raw", "node-name": node, "file": file, **common}
+
+    @staticmethod
+    def export_args(export_id: str, node: str, name: str, *, writable: bool) -> dict[str, Any]:
+        return {
+            "type": "nbd",
+            "id": export_id,
+            "node-name": node,
+            "name": name,
+            "writable": writable,
+        }
+
+    def add_file_node(self, node: str, path: str, *, readonly: bool) -> None:
+        """Open ``path`` as raw node ``node`` (see the module docstring for the options)."""
+        self.qmp.cmd("blockdev-add", **self.file_node_args(node, path, readonly=readonly))
 
     def del_node(self, node: str) -> None:
         self.qmp.cmd("blockdev-del", **{"node-name": node})
@@ -89,8 +103,9 @@ class StorageDaemonApi:
 
     def add_export(self, export_id: str, node: str, name: str, *, writable: bool) -> None:
         """Export ``node`` over the running NBD server as ``name``."""
-        args = {"type": "nbd", "id": export_id, "node-name": node, "name": name}
-        self.qmp.cmd("block-export-add", writable=writable, **args)
+        self.qmp.cmd(
+            "block-export-add", **self.export_args(export_id, node, name, writable=writable)
+        )
 
     def del_export(self, export_id: str, *, force: bool = True, timeout: float = 10.0) -> None:
         """Remove the export and wait until QSD has let go of its node.
