@@ -4,6 +4,7 @@ ASGI app, so contract tests exercise both."""
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import httpx
@@ -25,6 +26,20 @@ class Client:
         return cls(
             httpx.Client(transport=transport, base_url="http://vvhost", timeout=timeout), path
         )
+
+    @classmethod
+    def https(
+        cls, url: str, token: str, ca: str | None = None, timeout: httpx.Timeout = TIMEOUT
+    ) -> Client:
+        """A remote control plane over TLS; ``ca`` verifies its certificate."""
+        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca) if ca else True
+        http = httpx.Client(
+            base_url=url,
+            timeout=timeout,
+            verify=verify,
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        return cls(http, url)
 
     @classmethod
     def in_process(cls, app: Any) -> Client:
@@ -101,30 +116,33 @@ class Client:
     def container_delete(self, ref: str) -> None:
         self.call("DELETE", f"/v1/containers/{ref}")
 
-    def vvols(self, container: str | None = None) -> list[dict[str, Any]]:
-        return self.call("GET", "/v1/vvols", params={"container": container})
+    def vvols(
+        self, container: str | None = None, datastore: str | None = None
+    ) -> list[dict[str, Any]]:
+        return self.call(
+            "GET", "/v1/vvols", params={"container": container, "datastore": datastore}
+        )
 
     def vvol_create(
         self,
-        container: str,
+        container: str | None,
         size: str | int,
         type: str = "data",
         name: str | None = None,
         metadata: dict[str, str] | None = None,
         op_id: str | None = None,
+        datastore: str | None = None,
     ) -> dict[str, Any]:
-        return self.call(
-            "POST",
-            "/v1/vvols",
-            json={
-                "container": container,
-                "size": size,
-                "type": type,
-                "name": name,
-                "metadata": metadata,
-                "op_id": op_id,
-            },
-        )
+        body = {
+            "container": container,
+            "size": size,
+            "type": type,
+            "name": name,
+            "metadata": metadata,
+            "op_id": op_id,
+            "datastore": datastore,
+        }
+        return self.call("POST", "/v1/vvols", json={k: v for k, v in body.items() if v is not None})
 
     def vvol(self, ref: str) -> dict[str, Any]:
         return self.call("GET", f"/v1/vvols/{ref}")
@@ -198,8 +216,58 @@ class Client:
     def hosts(self) -> list[dict[str, Any]]:
         return self.call("GET", "/v1/hosts")
 
-    def host_add(self, name: str, iqn: str | None = None) -> dict[str, Any]:
-        return self.call("POST", "/v1/hosts", json={"name": name, "iqn": iqn})
+    def host_add(
+        self, name: str, iqn: str | None = None, tenant: str | None = None
+    ) -> dict[str, Any]:
+        return self.call("POST", "/v1/hosts", json={"name": name, "iqn": iqn, "tenant": tenant})
+
+    def host_token_rotate(self, name: str) -> dict[str, Any]:
+        return self.call("POST", f"/v1/hosts/{name}/token")
+
+    def tenants(self) -> list[dict[str, Any]]:
+        return self.call("GET", "/v1/tenants")
+
+    def tenant_create(self, name: str) -> dict[str, Any]:
+        return self.call("POST", "/v1/tenants", json={"name": name})
+
+    def tenant_delete(self, name: str) -> None:
+        self.call("DELETE", f"/v1/tenants/{name}")
+
+    def admin_token(self, name: str = "admin") -> dict[str, Any]:
+        return self.call("POST", "/v1/admin-tokens", json={"name": name})
+
+    def datastores(self) -> list[dict[str, Any]]:
+        return self.call("GET", "/v1/datastores")
+
+    def datastore_create(
+        self,
+        name: str,
+        capacity: str | int,
+        containers: list[str] | None = None,
+        tenant: str | None = None,
+    ) -> dict[str, Any]:
+        return self.call(
+            "POST",
+            "/v1/datastores",
+            json={
+                "name": name,
+                "capacity": capacity,
+                "containers": containers or None,
+                "tenant": tenant,
+            },
+        )
+
+    def datastore(self, ref: str) -> dict[str, Any]:
+        return self.call("GET", f"/v1/datastores/{ref}")
+
+    def datastore_extend(self, ref: str, capacity: str | int) -> dict[str, Any]:
+        return self.call("POST", f"/v1/datastores/{ref}/extend", json={"capacity": capacity})
+
+    def datastore_delete(self, ref: str) -> None:
+        self.call("DELETE", f"/v1/datastores/{ref}")
+
+    def datastore_resolve(self, ref: str, host: str | None = None) -> dict[str, Any]:
+        return self.call("GET", f"/v1/datastores/{ref}/resolve", params={"host": host})
 
     def host(self, name: str) -> dict[str, Any]:
         return self.call("GET", f"/v1/hosts/{name}")

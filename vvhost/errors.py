@@ -126,6 +126,20 @@ class Unreachable(VvhostError):
     template = "cannot reach the control plane at {address}: {detail}"
 
 
+class Unauthorized(VvhostError):
+    code = "unauthorized"
+    status = 401
+    exit_code = 7
+    template = "{detail}"
+
+
+class Forbidden(VvhostError):
+    code = "forbidden"
+    status = 403
+    exit_code = 4
+    template = "{detail}"
+
+
 ERRORS_BY_CODE: dict[str, type[VvhostError]] = {
     cls.code: cls
     for cls in (
@@ -141,6 +155,8 @@ ERRORS_BY_CODE: dict[str, type[VvhostError]] = {
         CapacityExceeded,
         BackendError,
         Unreachable,
+        Unauthorized,
+        Forbidden,
     )
 }
 

@@ -79,6 +79,8 @@ class Vvol:
     refs: int
     created: float
     metadata: dict[str, str] = field(default_factory=dict)
+    datastore: str | None = None
+    tenant: str | None = None
 
     @property
     def is_snapshot(self) -> bool:
@@ -100,6 +102,7 @@ class Host:
     name: str
     iqn: str | None
     created: float
+    tenant: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -145,3 +148,37 @@ class Binding:
     state: str
     op: str | None
     created: float
+
+
+@dataclass(frozen=True)
+class Datastore:
+    """What hypervisors see: an id in the form of an array LUN id (NAA type 6) mapped
+    onto one or more containers, possibly on several arrays."""
+
+    id: str
+    name: str
+    capacity: int
+    tenant: str | None
+    containers: list[str]
+    created: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+ADMIN = "admin"
+HOST = "host"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the unix socket and admin tokens are ``admin``; a host token is
+    that ``host`` of its tenant."""
+
+    kind: str
+    name: str
+    tenant: str | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.kind == ADMIN

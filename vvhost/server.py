@@ -13,11 +13,13 @@ import errno
 import fcntl
 import os
 import socket
+import threading
+from dataclasses import dataclass
 from typing import IO
 
 import uvicorn
 
-from .api.app import create_app
+from .api.app import bearer, create_app
 from .errors import AlreadyExists, InvalidInput
 from .service import Config, Service
 
@@ -63,19 +65,61 @@ def lock_state_dir(state_dir: str) -> IO[str]:
     return fh
 
 
+@dataclass(frozen=True)
+class Listen:
+    """The optional TCP listener: HOST:PORT with a TLS certificate and key."""
+
+    host: str
+    port: int
+    cert: str
+    key: str
+
+    @classmethod
+    def parse(cls, address: str, cert: str | None, key: str | None) -> Listen:
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise InvalidInput(detail=f"--listen {address!r} is not HOST:PORT")
+        if not cert or not key:
+            raise InvalidInput(detail="--listen needs --tls-cert and --tls-key: TCP is TLS only")
+        for path in (cert, key):
+            if not os.path.isfile(path):
+                raise InvalidInput(detail=f"{path} is not a file")
+        return cls(host.strip("[]"), int(port), cert, key)
+
+
 def serve(
     state_dir: str,
     socket_path: str,
     db_url: str | None = None,
     log_level: str = "warning",
     keep_endpoints: bool = False,
+    listen: Listen | None = None,
 ) -> None:
+    """Serve the API on the unix socket (admin) and, with ``listen``, on TCP+TLS
+    (bearer tokens) from a second thread; stop both on SIGTERM/SIGINT."""
     lock = lock_state_dir(state_dir)
     service = Service(Config.from_env(state_dir, db_url))
     try:
         service.start()
         sock = bind_unix(socket_path)
+        tcp: uvicorn.Server | None = None
+        thread: threading.Thread | None = None
         try:
+            if listen is not None:
+                tcp = uvicorn.Server(
+                    uvicorn.Config(
+                        create_app(service, bearer(service)),
+                        host=listen.host,
+                        port=listen.port,
+                        ssl_certfile=listen.cert,
+                        ssl_keyfile=listen.key,
+                        log_level=log_level,
+                        access_log=False,
+                        timeout_graceful_shutdown=10,
+                    )
+                )
+                thread = threading.Thread(target=tcp.run, name="tcp-api", daemon=True)
+                thread.start()
             config = uvicorn.Config(
                 create_app(service),
                 log_level=log_level,
@@ -84,6 +128,9 @@ def serve(
             )
             uvicorn.Server(config).run(sockets=[sock])
         finally:
+            if tcp is not None and thread is not None:
+                tcp.should_exit = True
+                thread.join(15)
             sock.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(socket_path)

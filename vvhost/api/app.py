@@ -1,193 +1,123 @@
 """The FastAPI application: thin routes over :class:`vvhost.service.Service`.
 
-Errors are JSON ``{"code", "message", "fields"}`` with the status the error
-class names; request validation failures are 400 ``invalid-input``.
+One app per transport, differing only in how the caller is authenticated: on
+the unix socket (root only) every caller is admin; on TCP+TLS every request
+carries ``Authorization: Bearer TOKEN``.  Errors are JSON ``{"code", "message",
+"fields"}`` with the status the error class names; malformed input is 400
+``invalid-input``, an oversized body 413, and never a 500 with a traceback.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from .. import __version__
 from ..errors import InternalError, InvalidInput, VvhostError
+from ..model import Principal
 from ..service import Service
-from . import models as m
+from ..service.tenancy import UNIX_ADMIN
+from . import routes_admin, routes_binding, routes_vvols
+
+MAX_BODY = 1 << 20
+Authenticate = Callable[[Request], Principal]
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
-def create_app(service: Service) -> FastAPI:
+def unix_admin(_request: Request) -> Principal:
+    return UNIX_ADMIN
+
+
+def bearer(service: Service) -> Authenticate:
+    def authenticate(request: Request) -> Principal:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        return service.tenants.authenticate(token.strip() if scheme.lower() == "bearer" else None)
+
+    return authenticate
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with 413 before they are read whole."""
+
+    def __init__(self, app: Any, limit: int = MAX_BODY) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await _too_large(scope, receive, send, self.limit)
+            return
+        seen = 0
+
+        async def counted() -> MutableMapping[str, Any]:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await _too_large(scope, receive, send, self.limit)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    err = InvalidInput(detail=f"request body larger than {limit} bytes")
+    await JSONResponse(status_code=413, content=err.to_dict())(scope, receive, send)
+
+
+def create_app(service: Service, authenticate: Authenticate = unix_admin) -> FastAPI:
     # Handlers return plain JSON-ready dicts and lists: send them as they are rather
     # than validating them again against their annotations.
     app = FastAPI(
         title="vvhost control plane", version=__version__, default_response_class=JSONResponse
     )
-    svc = service
+    app.state.service = service
+    app.state.authenticate = authenticate
+    for module in (routes_admin, routes_vvols, routes_binding):
+        app.include_router(module.router)
+    app.add_middleware(BodyLimit)
 
     @app.exception_handler(VvhostError)
     async def _vvhost_error(_req: Request, exc: VvhostError) -> JSONResponse:
-        return JSONResponse(status_code=exc.status, content=exc.to_dict())
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(status_code=exc.status, content=exc.to_dict(), headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_req: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        err = InvalidInput(detail=f"{where or 'request'}: {first.get('msg', 'invalid')}")
+        message = str(first.get("msg", "invalid")).replace("\n", " ")[:200]
+        err = InvalidInput(detail=f"{where or 'request'}: {message}")
         return JSONResponse(status_code=400, content=err.to_dict())
+
+    @app.exception_handler(HTTPException)
+    async def _http(_req: Request, exc: HTTPException) -> JSONResponse:
+        code = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+        body = {"code": code, "message": str(exc.detail), "fields": {}}
+        return JSONResponse(status_code=exc.status_code, content=body)
 
     @app.exception_handler(Exception)
     async def _internal(_req: Request, exc: Exception) -> JSONResponse:
         err = InternalError(detail=f"internal error: {type(exc).__name__}: {exc}")
         return JSONResponse(status_code=500, content=err.to_dict())
-
-    @app.get("/v1/health", response_model=None)
-    def health() -> dict[str, Any]:
-        return {"ok": True, "version": __version__, "recovered": svc.recovered}
-
-    @app.get("/v1/audit", response_model=None)
-    def audit() -> dict[str, Any]:
-        return svc.audit()
-
-    @app.get("/v1/ops/{op_id}", response_model=None)
-    def operation(op_id: str) -> dict[str, Any]:
-        return svc.operation(op_id)
-
-    # -- arrays ---------------------------------------------------------------------------
-    @app.get("/v1/arrays", response_model=None)
-    def arrays() -> list[dict[str, Any]]:
-        return [a.to_dict() for a in svc.arrays.listing()]
-
-    @app.post("/v1/arrays", status_code=201, response_model=None)
-    def array_add(body: m.ArrayCreate) -> dict[str, Any]:
-        return svc.arrays.add(body.name, body.backend, body.path).to_dict()
-
-    @app.get("/v1/arrays/{ref}", response_model=None)
-    def array_show(ref: str) -> dict[str, Any]:
-        return svc.arrays.show(ref)
-
-    @app.delete("/v1/arrays/{ref}", status_code=204, response_model=None)
-    def array_delete(ref: str) -> None:
-        svc.arrays.delete(ref)
-
-    # -- containers -----------------------------------------------------------------------
-    @app.get("/v1/containers", response_model=None)
-    def containers() -> list[dict[str, Any]]:
-        return [c.to_dict() for c in svc.containers.listing()]
-
-    @app.post("/v1/containers", status_code=201, response_model=None)
-    def container_create(body: m.ContainerCreate) -> dict[str, Any]:
-        return svc.containers.create(body.name, body.capacity, body.arrays, body.tenant).to_dict()
-
-    @app.get("/v1/containers/{ref}", response_model=None)
-    def container_show(ref: str) -> dict[str, Any]:
-        return svc.containers.show(ref)
-
-    @app.delete("/v1/containers/{ref}", status_code=204, response_model=None)
-    def container_delete(ref: str) -> None:
-        svc.containers.delete(ref)
-
-    # -- vvols ----------------------------------------------------------------------------
-    @app.get("/v1/vvols", response_model=None)
-    def vvols(container: str | None = None) -> list[dict[str, Any]]:
-        return svc.vvols.listing(container)
-
-    @app.post("/v1/vvols", status_code=201, response_model=None)
-    def vvol_create(body: m.VvolCreate) -> dict[str, Any]:
-        return svc.vvols.create(
-            body.container, body.size, body.type, body.name, body.metadata, body.op_id
-        )
-
-    @app.get("/v1/vvols/{ref}", response_model=None)
-    def vvol_show(ref: str) -> dict[str, Any]:
-        return svc.vvols.show(ref)
-
-    @app.delete("/v1/vvols/{ref}", status_code=204, response_model=None)
-    def vvol_delete(ref: str, generation: int | None = None) -> None:
-        svc.vvols.delete(ref, generation)
-
-    @app.post("/v1/vvols/{ref}/extend", response_model=None)
-    def vvol_extend(ref: str, body: m.Extend) -> dict[str, Any]:
-        return svc.vvols.extend(ref, body.size, body.generation)
-
-    @app.post("/v1/vvols/{ref}/meta", response_model=None)
-    def vvol_meta(ref: str, body: m.Meta) -> dict[str, Any]:
-        return svc.vvols.set_meta(ref, body.pairs, body.generation)
-
-    @app.post("/v1/vvols/{ref}/snapshot", status_code=201, response_model=None)
-    def vvol_snapshot(ref: str, body: m.Snapshot) -> dict[str, Any]:
-        return svc.cow.snapshot(ref, body.name, body.op_id)
-
-    @app.post("/v1/vvols/{ref}/clone", status_code=201, response_model=None)
-    def vvol_clone(ref: str, body: m.Clone) -> dict[str, Any]:
-        return svc.cow.clone(ref, body.linked, body.container, body.name, body.op_id)
-
-    @app.post("/v1/vvols/{ref}/revert", response_model=None)
-    def vvol_revert(ref: str, body: m.Revert) -> dict[str, Any]:
-        return svc.cow.revert(ref, body.to, body.generation, body.op_id)
-
-    @app.post("/v1/vvols/{ref}/move", response_model=None)
-    def vvol_move(ref: str, body: m.Move) -> dict[str, Any]:
-        return svc.data.move(ref, body.container, body.op_id)
-
-    @app.get("/v1/vvols/{ref}/bitmap", response_model=None)
-    def vvol_bitmap(
-        ref: str, base: str | None = None, chunk: str | None = None, method: str | None = None
-    ) -> dict[str, Any]:
-        return svc.data.bitmap(ref, base, chunk, method)
-
-    @app.post("/v1/vvols/{ref}/copy-diffs", response_model=None)
-    def vvol_copy_diffs(ref: str, body: m.CopyDiffs) -> dict[str, Any]:
-        return svc.data.copy_diffs(ref, body.base, body.to, body.op_id)
-
-    # -- hosts, protocol endpoints, bindings ----------------------------------------------
-    @app.get("/v1/hosts", response_model=None)
-    def hosts() -> list[dict[str, Any]]:
-        return svc.hosts.listing()
-
-    @app.post("/v1/hosts", status_code=201, response_model=None)
-    def host_add(body: m.HostAdd) -> dict[str, Any]:
-        return svc.hosts.add(body.name, body.iqn)
-
-    @app.get("/v1/hosts/{name}", response_model=None)
-    def host_show(name: str) -> dict[str, Any]:
-        return svc.hosts.show(name)
-
-    @app.delete("/v1/hosts/{name}", status_code=204, response_model=None)
-    def host_remove(name: str) -> None:
-        svc.hosts.remove(name)
-
-    @app.get("/v1/pes", response_model=None)
-    def pes() -> list[dict[str, Any]]:
-        return svc.pes.listing()
-
-    @app.post("/v1/pes", status_code=201, response_model=None)
-    def pe_create(body: m.PeCreate) -> dict[str, Any]:
-        return svc.pes.create(body.name, body.protocol, body.array, body.portal, body.path)
-
-    @app.get("/v1/pes/{ref}", response_model=None)
-    def pe_show(ref: str) -> dict[str, Any]:
-        return svc.pes.show(ref)
-
-    @app.delete("/v1/pes/{ref}", status_code=204, response_model=None)
-    def pe_delete(ref: str) -> None:
-        svc.pes.delete(ref)
-
-    @app.post("/v1/bind", response_model=None)
-    def bind(body: m.Bind) -> list[dict[str, Any]]:
-        return svc.bindings.bind(body.vvols, body.host, body.pe, body.shared)
-
-    @app.post("/v1/unbind", response_model=None)
-    def unbind(body: m.Unbind) -> list[dict[str, Any]]:
-        return svc.bindings.unbind(body.vvols, body.host, body.all)
-
-    @app.post("/v1/vvols/{ref}/rebind", response_model=None)
-    def rebind(ref: str, body: m.Rebind) -> dict[str, Any]:
-        return svc.bindings.rebind(ref, body.host, body.pe)
-
-    @app.get("/v1/bindings", response_model=None)
-    def bindings(host: str | None = None, vvol: str | None = None) -> list[dict[str, Any]]:
-        return svc.bindings.listing(host, vvol)
 
     return app

@@ -27,7 +27,9 @@ class ContainerCreate(Body):
 
 
 class VvolCreate(Body):
-    container: Ref = Field(max_length=128)
+    container: Ref | None = Field(default=None, max_length=128)
+    datastore: Ref | None = Field(default=None, max_length=128)
+    tenant: str | None = Field(default=None, max_length=128)
     size: Size
     type: str = Field(default="data", max_length=16)
     name: str | None = Field(default=None, max_length=128)
@@ -77,6 +79,7 @@ class CopyDiffs(Body):
 class HostAdd(Body):
     name: str = Field(max_length=128)
     iqn: str | None = Field(default=None, max_length=256)
+    tenant: str | None = Field(default=None, max_length=128)
 
 
 class PeCreate(Body):
@@ -103,3 +106,22 @@ class Unbind(Body):
 class Rebind(Body):
     host: str = Field(max_length=128)
     pe: str = Field(max_length=128)
+
+
+class TenantCreate(Body):
+    name: str = Field(max_length=128)
+
+
+class TokenCreate(Body):
+    name: str = Field(default="admin", max_length=128)
+
+
+class DatastoreCreate(Body):
+    name: str = Field(max_length=128)
+    capacity: Size
+    containers: list[Ref] | None = Field(default=None, max_length=64)
+    tenant: str | None = Field(default=None, max_length=128)
+
+
+class DatastoreExtend(Body):
+    capacity: Size

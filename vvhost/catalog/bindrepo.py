@@ -39,12 +39,12 @@ _OF_VVOL_HOST = (
 
 def get_host(conn: Connection, name: str) -> Host | None:
     row = conn.execute(_HOST, {"k_name": name}).first()
-    return Host(name=row.name, iqn=row.iqn, created=row.created) if row else None
+    return Host(name=row.name, iqn=row.iqn, created=row.created, tenant=row.tenant) if row else None
 
 
 def list_hosts(conn: Connection) -> list[Host]:
     rows = conn.execute(select(hosts).order_by(hosts.c.name))
-    return [Host(name=r.name, iqn=r.iqn, created=r.created) for r in rows]
+    return [Host(name=r.name, iqn=r.iqn, created=r.created, tenant=r.tenant) for r in rows]
 
 
 def delete_host(conn: Connection, name: str) -> None:

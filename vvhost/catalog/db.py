@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, select, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
 
 from . import schema
 
@@ -20,8 +20,8 @@ Migration = Callable[[Connection], None]
 
 
 def _v1(conn: Connection) -> None:
-    # Version 1 is the initial schema.  Later migrations must spell out their
-    # own DDL (ALTER TABLE ...) rather than change what this one creates.
+    # Version 1 creates its tables from the current definitions; later migrations
+    # therefore add columns only where they are missing (see _add_column).
     schema.metadata.create_all(
         conn,
         tables=[
@@ -40,7 +40,29 @@ def _v2(conn: Connection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [_v1, _v2]
+def _add_column(conn: Connection, table: str, column: str, ddl: str) -> None:
+    """ALTER TABLE ... ADD COLUMN unless a newer schema already made the column."""
+    if column not in {c["name"] for c in inspect(conn).get_columns(table)}:
+        conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
+
+
+def _v3(conn: Connection) -> None:
+    _add_column(conn, "vvols", "datastore_id", "VARCHAR(64)")
+    _add_column(conn, "vvols", "tenant", "VARCHAR(128)")
+    _add_column(conn, "hosts", "tenant", "VARCHAR(128)")
+    schema.metadata.create_all(
+        conn,
+        tables=[
+            schema.tenants,
+            schema.tokens,
+            schema.datastores,
+            schema.datastore_containers,
+            schema.sequences,
+        ],
+    )
+
+
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3]
 
 
 def sqlite_url(path: str) -> str:

@@ -74,6 +74,8 @@ vvols = Table(
     Column("refs", Integer, nullable=False),
     Column("created", Float, nullable=False),
     Column("metadata", Text, nullable=False),
+    Column("datastore_id", String(64)),  # migration 3
+    Column("tenant", String(128)),  # migration 3
     Index("ix_vvols_container", "container_id"),
     Index("ix_vvols_parent", "parent_id"),
     Index("ix_vvols_name", "name"),
@@ -99,6 +101,7 @@ hosts = Table(
     Column("name", String(128), primary_key=True),
     Column("iqn", String(256)),
     Column("created", Float, nullable=False),
+    Column("tenant", String(128)),  # migration 3
 )
 
 pes = Table(
@@ -141,4 +144,50 @@ bindings = Table(
     Column("created", Float, nullable=False),
     Index("ix_bindings_pe", "pe_id"),
     Index("ix_bindings_host", "host"),
+)
+
+# -- added by migration 3: tenants, tokens, datastores --------------------------------
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("created", Float, nullable=False),
+)
+
+# Bearer tokens, stored as SHA-256 digests: kind "admin" or "host" (subject = host name).
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("digest", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("subject", String(128), nullable=False),
+    Column("created", Float, nullable=False),
+    Index("ix_tokens_subject", "kind", "subject"),
+)
+
+datastores = Table(
+    "datastores",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("capacity", BigInteger, nullable=False),
+    Column("tenant", String(128)),
+    Column("created", Float, nullable=False),
+)
+
+datastore_containers = Table(
+    "datastore_containers",
+    metadata,
+    Column("datastore_id", String(40), primary_key=True),
+    Column("container_id", String(64), primary_key=True),
+    Column("position", Integer, nullable=False),
+)
+
+# Named counters that only ever grow (datastore ids are never reused).
+sequences = Table(
+    "sequences",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", BigInteger, nullable=False),
 )

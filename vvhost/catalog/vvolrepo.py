@@ -12,7 +12,13 @@ from ..errors import StaleGeneration
 from ..model import Vvol
 from .schema import vvols
 
-_COLUMN = {"container": "container_id", "array": "array_id", "parent": "parent_id", "op": "op_id"}
+_COLUMN = {
+    "container": "container_id",
+    "array": "array_id",
+    "parent": "parent_id",
+    "op": "op_id",
+    "datastore": "datastore_id",
+}
 
 
 def _vvol(row: Row[Any]) -> Vvol:
@@ -32,6 +38,8 @@ def _vvol(row: Row[Any]) -> Vvol:
         refs=row.refs,
         created=row.created,
         metadata=json.loads(row.metadata),
+        datastore=row.datastore_id,
+        tenant=row.tenant,
     )
 
 
@@ -58,10 +66,19 @@ def by_name(conn: Connection, name: str) -> list[Vvol]:
     return [_vvol(r) for r in conn.execute(select(vvols).where(vvols.c.name == name))]
 
 
-def listing(conn: Connection, container_id: str | None = None) -> list[Vvol]:
+def listing(
+    conn: Connection,
+    container_id: str | None = None,
+    datastore_id: str | None = None,
+    tenant: str | None = None,
+) -> list[Vvol]:
     q = select(vvols).order_by(vvols.c.created, vvols.c.id)
     if container_id:
         q = q.where(vvols.c.container_id == container_id)
+    if datastore_id:
+        q = q.where(vvols.c.datastore_id == datastore_id)
+    if tenant:
+        q = q.where(vvols.c.tenant == tenant)
     return [_vvol(r) for r in conn.execute(q)]
 
 
@@ -112,3 +129,13 @@ def remove(conn: Connection, vvol_id: str) -> None:
 
 def count(conn: Connection) -> int:
     return int(conn.execute(select(func.count()).select_from(vvols)).scalar_one())
+
+
+def provisioned_in_datastore(conn: Connection, datastore_id: str) -> int:
+    return int(
+        conn.execute(
+            select(func.coalesce(func.sum(vvols.c.size), 0)).where(
+                vvols.c.datastore_id == datastore_id
+            )
+        ).scalar_one()
+    )

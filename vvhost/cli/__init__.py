@@ -15,6 +15,7 @@ from .base import cli
 from .binding import binding, host, pe
 from .inventory import array, container
 from .serve import audit, quickstart, serve
+from .tenancy import datastore, tenant, token
 from .vvol import vvol
 
 cli.add_command(array)
@@ -23,6 +24,9 @@ cli.add_command(vvol)
 cli.add_command(host)
 cli.add_command(pe)
 cli.add_command(binding)
+cli.add_command(tenant)
+cli.add_command(token)
+cli.add_command(datastore)
 cli.add_command(serve)
 cli.add_command(quickstart)
 cli.add_command(audit)

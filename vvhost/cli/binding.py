@@ -21,11 +21,17 @@ def host() -> None:
 @host.command("add")
 @click.argument("name")
 @click.option("--iqn", default=None, help="The host's iSCSI initiator name.")
+@click.option("--tenant", default=None, help="The tenant the host belongs to.")
 @json_option
 @pass_session
-def host_add(s: Session, name: str, iqn: str | None, as_json: bool) -> None:
-    """Register a host."""
-    output.show(s.client.host_add(name, iqn), as_json)
+def host_add(s: Session, name: str, iqn: str | None, tenant: str | None, as_json: bool) -> None:
+    """Register a host; prints its bearer token once (keep it: it is not stored)."""
+    result = s.client.host_add(name, iqn, tenant)
+    if as_json:
+        output.emit_json(result)
+    else:
+        output.keyvalues({k: v for k, v in result.items() if k != "token"})
+        click.echo(f"token    {result['token']}")
 
 
 @host.command("list")

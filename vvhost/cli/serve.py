@@ -34,16 +34,33 @@ from .base import Session, json_option, pass_session
     envvar="VVHOST_KEEP_ENDPOINTS",
     help="Leave endpoint daemons running at exit (the next start adopts them).",
 )
+@click.option(
+    "--listen",
+    envvar="VVHOST_LISTEN",
+    default=None,
+    help="Also serve HOST:PORT over TLS; every request needs a bearer token.",
+)
+@click.option("--tls-cert", envvar="VVHOST_TLS_CERT", default=None, help="PEM certificate.")
+@click.option("--tls-key", envvar="VVHOST_TLS_KEY", default=None, help="PEM private key.")
 @pass_session
 def serve(
-    s: Session, state_dir: str, db_url: str | None, log_level: str, keep_endpoints: bool
+    s: Session,
+    state_dir: str,
+    db_url: str | None,
+    log_level: str,
+    keep_endpoints: bool,
+    listen: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
 ) -> None:
-    """Run the control plane on the unix socket (--socket)."""
+    """Run the control plane on the unix socket (--socket), and on TCP+TLS (--listen)."""
     import os
 
+    from ..server import Listen
     from ..server import serve as run
 
-    run(os.path.abspath(state_dir), s.socket, db_url, log_level, keep_endpoints)
+    tcp = Listen.parse(listen, tls_cert, tls_key) if listen else None
+    run(os.path.abspath(state_dir), s.socket, db_url, log_level, keep_endpoints, tcp)
 
 
 @click.command()

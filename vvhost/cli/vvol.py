@@ -56,7 +56,8 @@ def vvol() -> None:
 
 
 @vvol.command("create")
-@click.option("--container", required=True, help="Container to carve the vvol from.")
+@click.option("--container", default=None, help="Container to carve the vvol from.")
+@click.option("--datastore", default=None, help="Datastore to place the vvol in (by its rule).")
 @click.option("--size", required=True, help="Size, e.g. 10G or 512M (multiple of 1M).")
 @click.option(
     "--type",
@@ -71,24 +72,31 @@ def vvol() -> None:
 @pass_session
 def vvol_create(
     s: Session,
-    container: str,
+    container: str | None,
+    datastore: str | None,
     size: str,
     vtype: str,
     name: str | None,
     meta: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Create a vvol and print its id."""
-    _result(s.client.vvol_create(container, size, vtype, name, _meta(meta)), as_json)
+    """Create a vvol (in --container or --datastore) and print its id."""
+    if not container and not datastore:
+        raise click.UsageError("say where: --container C or --datastore D")
+    _result(
+        s.client.vvol_create(container, size, vtype, name, _meta(meta), datastore=datastore),
+        as_json,
+    )
 
 
 @vvol.command("list")
 @click.option("--container", default=None)
+@click.option("--datastore", default=None)
 @json_option
 @pass_session
-def vvol_list(s: Session, container: str | None, as_json: bool) -> None:
+def vvol_list(s: Session, container: str | None, datastore: str | None, as_json: bool) -> None:
     """List vvols."""
-    rows = s.client.vvols(container)
+    rows = s.client.vvols(container, datastore)
     if as_json:
         output.emit_json(rows)
     else:

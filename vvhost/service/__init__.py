@@ -10,10 +10,12 @@ from .bindings import BindingOps
 from .context import Config, Context
 from .cow import CowOps
 from .data import DataOps
+from .datastores import DatastoreOps
 from .endpoints import EndpointManager, PeOps
 from .hosts import HostOps
 from .inventory import ArrayOps, ContainerOps
 from .recovery import audit, recover
+from .tenancy import Authz, TenantOps
 from .vvols import VvolOps
 
 
@@ -22,11 +24,14 @@ class Service:
         self.ctx = Context(config)
         self.arrays = ArrayOps(self.ctx)
         self.containers = ContainerOps(self.ctx, self.arrays)
-        self.vvols = VvolOps(self.ctx, self.containers)
+        self.datastores = DatastoreOps(self.ctx, self.containers, config.oui)
+        self.vvols = VvolOps(self.ctx, self.containers, self.datastores)
         self.cow = CowOps(self.ctx, self.vvols)
         self.data = DataOps(self.ctx, self.vvols)
         self.endpoints = EndpointManager(self.ctx)
-        self.hosts = HostOps(self.ctx)
+        self.tenants = TenantOps(self.ctx)
+        self.authz = Authz(self.ctx)
+        self.hosts = HostOps(self.ctx, self.tenants)
         self.pes = PeOps(self.ctx, self.endpoints)
         self.bindings = BindingOps(self.ctx, self.hosts, self.pes, self.endpoints)
         self.recovered: list[dict[str, str]] = []

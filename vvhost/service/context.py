@@ -20,6 +20,7 @@ from ..catalog.db import Database, sqlite_url
 from ..errors import Busy, InvalidInput, NotFound, StaleGeneration
 from ..locks import LockTable
 from ..model import READY, Array, JournalEntry, Vvol
+from ..naa import DEFAULT_OUI
 
 FAULT_ENV = "VVHOST_FAULT_AT"
 FAULT_MARK = "fault-reached"
@@ -31,10 +32,16 @@ class Config:
     db_url: str | None = None
     # "op:step": pause forever when that journal step is reached (crash tests kill -9 then).
     fault_at: str | None = None
+    oui: str = DEFAULT_OUI  # IEEE OUI inside datastore ids (naa.6 + OUI + ...)
 
     @classmethod
     def from_env(cls, state_dir: str, db_url: str | None = None) -> Config:
-        return cls(state_dir=state_dir, db_url=db_url, fault_at=os.environ.get(FAULT_ENV) or None)
+        return cls(
+            state_dir=state_dir,
+            db_url=db_url,
+            fault_at=os.environ.get(FAULT_ENV) or None,
+            oui=os.environ.get("VVHOST_OUI") or DEFAULT_OUI,
+        )
 
 
 class Progress:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..catalog import repo, vvolrepo
+from ..catalog import repo, tenancy, vvolrepo
 from ..errors import InvalidInput
 from ..model import CLONE, READY, REVERTING, SNAPSHOT, JournalEntry, Vvol
 from ..units import check_name
 from .bindings import ensure_unbound
 from .context import Context
+from .datastores import check_datastore_room
 from .vvols import VvolOps, new_vvol, reserve, undo_new
 
 
@@ -61,7 +62,10 @@ class CowOps:
                     relation=SNAPSHOT,
                     readonly=True,
                     op=op,
+                    datastore=base.datastore,
+                    tenant=base.tenant,
                 )
+                check_datastore_room(conn, base.datastore, base.size)
                 if name is None:
                     snap = _renamed(snap, f"{_label(base)}@{snap.id[:8]}")
                 vvolrepo.insert(conn, snap)
@@ -76,6 +80,7 @@ class CowOps:
         container: str | None = None,
         name: str | None = None,
         op_id: str | None = None,
+        tenant: str | None = None,
     ) -> dict[str, Any]:
         if name is not None:
             check_name(name, what="clone name")
@@ -103,12 +108,23 @@ class CowOps:
                     parent=src.id if linked else None,
                     relation=CLONE if linked else None,
                     op=op,
+                    datastore=src.datastore if c.id in self._ds_containers(conn, src) else None,
+                    tenant=tenant or src.tenant,
                 )
+                check_datastore_room(conn, clone.datastore, src.size)
                 vvolrepo.insert(conn, clone)
                 if linked:
                     vvolrepo.add_ref(conn, src.id, 1)
                 self.ctx.journal(conn, op, "clone", clone.id, {"source": src.id})
             return self._fill(op, "clone", clone, self.ctx.path(src))
+
+    @staticmethod
+    def _ds_containers(conn: Any, src: Vvol) -> list[str]:
+        """A clone stays in its source's datastore when it lands in one of its containers."""
+        if src.datastore is None:
+            return []
+        ds = tenancy.get_datastore(conn, src.datastore)
+        return ds.containers if ds else []
 
     def _fill(self, op: str, kind: str, new: Vvol, source: str) -> dict[str, Any]:
         """Copy ``source`` into the new vvol and make it ready (or undo everything)."""
@@ -154,6 +170,8 @@ class CowOps:
                     relation=SNAPSHOT,
                     readonly=True,
                     op=op,
+                    datastore=base.datastore,
+                    tenant=base.tenant,
                 )
                 vvolrepo.insert(conn, safety)
                 vvolrepo.add_ref(conn, base.id, 1)

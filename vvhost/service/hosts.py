@@ -7,10 +7,11 @@ import re
 import time
 from typing import Any
 
-from ..catalog import bindrepo
+from ..catalog import bindrepo, tenancy
 from ..errors import AlreadyExists, InUse, InvalidInput, NotFound
-from ..model import Host
+from ..model import HOST, Host
 from .context import Context
+from .tenancy import TenantOps
 
 _HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}")
 _IQN = re.compile(
@@ -34,19 +35,30 @@ def check_iqn(iqn: str) -> str:
 
 
 class HostOps:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, tokens: TenantOps) -> None:
         self.ctx = ctx
+        self.tokens = tokens
 
-    def add(self, name: str, iqn: str | None = None) -> dict[str, Any]:
+    def add(self, name: str, iqn: str | None = None, tenant: str | None = None) -> dict[str, Any]:
+        """Register a host; the answer carries its bearer token, shown this once."""
         check_host_name(name)
         if iqn is not None:
             check_iqn(iqn)
         with self.ctx.db.tx() as conn:
             if bindrepo.get_host(conn, name) is not None:
                 raise AlreadyExists(kind="host", ref=name)
-            host = Host(name=name, iqn=iqn, created=time.time())
+            if tenant is not None and tenancy.get_tenant(conn, tenant) is None:
+                raise NotFound(kind="tenant", ref=tenant)
+            host = Host(name=name, iqn=iqn, created=time.time(), tenant=tenant)
             bindrepo.insert_host(conn, host)
-        return host.to_dict()
+            token = self.tokens.issue(conn, HOST, name)
+        return {**host.to_dict(), "token": token}
+
+    def rotate_token(self, name: str) -> dict[str, Any]:
+        """A new token for the host; the old one stops working at once."""
+        with self.ctx.db.tx() as conn:
+            self.get(conn, name)
+            return {"name": name, "token": self.tokens.issue(conn, HOST, name)}
 
     def get(self, conn: Any, name: str) -> Host:
         host = bindrepo.get_host(conn, name)
@@ -71,3 +83,4 @@ class HostOps:
             if used:
                 raise InUse(kind="host", ref=name, reason=f"{len(used)} vvols are bound to it")
             bindrepo.delete_host(conn, name)
+            tenancy.delete_tokens(conn, HOST, name)

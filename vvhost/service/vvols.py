@@ -29,6 +29,8 @@ from ..model import (
 from ..units import check_name, parse_size
 from .bindings import ensure_unbound
 from .context import Context
+from .datastores import DatastoreOps, check_datastore_room
+from .inventory import ContainerOps
 
 
 def reserve(conn: Connection, c: Container, size: int) -> None:
@@ -66,6 +68,8 @@ def new_vvol(
     relation: str | None = None,
     readonly: bool = False,
     op: str,
+    datastore: str | None = None,
+    tenant: str | None = None,
 ) -> Vvol:
     return Vvol(
         id=str(uuid.uuid4()),
@@ -83,13 +87,16 @@ def new_vvol(
         refs=0,
         created=time.time(),
         metadata=metadata,
+        datastore=datastore,
+        tenant=tenant,
     )
 
 
 class VvolOps:
-    def __init__(self, ctx: Context, containers: Any) -> None:
+    def __init__(self, ctx: Context, containers: ContainerOps, datastores: DatastoreOps) -> None:
         self.ctx = ctx
         self.containers = containers
+        self.datastores = datastores
 
     # -- reading ------------------------------------------------------------------------
     def describe(self, conn: Connection, v: Vvol) -> dict[str, Any]:
@@ -117,6 +124,8 @@ class VvolOps:
             "op": v.op,
             "generation": v.generation,
             "metadata": v.metadata,
+            "datastore": v.datastore,
+            "tenant": v.tenant,
             "created": v.created,
             "path": backend.locate(v.id),
         }
@@ -125,10 +134,13 @@ class VvolOps:
         with self.ctx.db.tx() as conn:
             return self.describe(conn, self.ctx.vvol(conn, ref))
 
-    def listing(self, container: str | None = None) -> list[dict[str, Any]]:
+    def listing(
+        self, container: str | None = None, datastore: str | None = None, tenant: str | None = None
+    ) -> list[dict[str, Any]]:
         with self.ctx.db.tx() as conn:
             cid = self.containers.get(conn, container).id if container else None
-            rows = vvolrepo.listing(conn, cid)
+            dsid = self.datastores.get(conn, datastore).id if datastore else None
+            rows = vvolrepo.listing(conn, cid, dsid, tenant)
             names = {c.id: c.name for c in repo.list_containers(conn)}
         return [
             {
@@ -142,6 +154,8 @@ class VvolOps:
                 "readonly": v.readonly,
                 "state": v.state,
                 "generation": v.generation,
+                "datastore": v.datastore,
+                "tenant": v.tenant,
             }
             for v in rows
         ]
@@ -157,13 +171,17 @@ class VvolOps:
     # -- create -------------------------------------------------------------------------
     def create(
         self,
-        container: str,
+        container: str | None,
         size: str | int,
         type: str = "data",
         name: str | None = None,
         metadata: dict[str, str] | None = None,
         op_id: str | None = None,
+        datastore: str | None = None,
+        tenant: str | None = None,
     ) -> dict[str, Any]:
+        """Create a vvol in ``container``, or in ``datastore`` (placed by its rule);
+        ``tenant`` owns it (default: the datastore's or the container's)."""
         if type not in VVOL_TYPES:
             raise InvalidInput(detail=f"vvol type {type!r} is not one of {', '.join(VVOL_TYPES)}")
         if name is not None:
@@ -171,8 +189,17 @@ class VvolOps:
         nbytes = parse_size(size)
         meta = parse_meta([f"{k}={v}" for k, v in (metadata or {}).items()])
         op = self.ctx.new_op(op_id)
+        if container is None and datastore is None:
+            raise InvalidInput(detail="say where: --container or --datastore")
         with self.ctx.db.tx() as conn:
-            c = self.containers.get(conn, container)
+            ds_id = None
+            if datastore is not None:
+                ds, c = self.datastores.place(conn, datastore, container, nbytes)
+                ds_id, owner = ds.id, ds.tenant
+            else:
+                assert container is not None
+                c = self.containers.get(conn, container)
+                owner = c.tenant
             array_id = self.place(c)
             reserve(conn, c, nbytes)
             v = new_vvol(
@@ -183,6 +210,8 @@ class VvolOps:
                 name=name,
                 metadata=meta,
                 op=op,
+                datastore=ds_id,
+                tenant=tenant or owner,
             )
             vvolrepo.insert(conn, v)
             self.ctx.journal(conn, op, "create", v.id, {})
@@ -212,6 +241,7 @@ class VvolOps:
                     return self.describe(conn, v)
                 ensure_unbound(conn, v, "extend it")
                 c = self.containers.get(conn, v.container)
+                check_datastore_room(conn, v.datastore, nbytes - v.size)
                 reserve(conn, c, nbytes - v.size)
                 vvolrepo.change(conn, v, bump=False, state=EXTENDING, op=op)
                 self.ctx.journal(conn, op, "extend", v.id, {"size": nbytes})

@@ -1,0 +1,134 @@
+"""Queries for tenants, tokens, datastores and sequences."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, Row, delete, select, update
+
+from ..model import Datastore
+from .schema import datastore_containers, datastores, hosts, sequences, tenants, tokens
+
+
+# -- tenants -----------------------------------------------------------------------------
+def insert_tenant(conn: Connection, name: str, created: float) -> None:
+    conn.execute(tenants.insert().values(name=name, created=created))
+
+
+def get_tenant(conn: Connection, name: str) -> dict[str, Any] | None:
+    row = conn.execute(select(tenants).where(tenants.c.name == name)).first()
+    return {"name": row.name, "created": row.created} if row else None
+
+
+def list_tenants(conn: Connection) -> list[dict[str, Any]]:
+    return [
+        {"name": r.name, "created": r.created}
+        for r in conn.execute(select(tenants).order_by(tenants.c.name))
+    ]
+
+
+def delete_tenant(conn: Connection, name: str) -> None:
+    conn.execute(delete(tenants).where(tenants.c.name == name))
+
+
+def set_host_tenant(conn: Connection, host: str, tenant: str | None) -> None:
+    conn.execute(update(hosts).where(hosts.c.name == host).values(tenant=tenant))
+
+
+# -- tokens ------------------------------------------------------------------------------
+def insert_token(conn: Connection, digest: str, kind: str, subject: str, created: float) -> None:
+    conn.execute(tokens.insert().values(digest=digest, kind=kind, subject=subject, created=created))
+
+
+def token(conn: Connection, digest: str) -> tuple[str, str] | None:
+    row = conn.execute(select(tokens).where(tokens.c.digest == digest)).first()
+    return (row.kind, row.subject) if row else None
+
+
+def delete_tokens(conn: Connection, kind: str, subject: str) -> None:
+    conn.execute(delete(tokens).where(tokens.c.kind == kind).where(tokens.c.subject == subject))
+
+
+# -- datastores --------------------------------------------------------------------------
+def _datastore(conn: Connection, row: Row[Any]) -> Datastore:
+    q = (
+        select(datastore_containers.c.container_id)
+        .where(datastore_containers.c.datastore_id == row.id)
+        .order_by(datastore_containers.c.position)
+    )
+    return Datastore(
+        id=row.id,
+        name=row.name,
+        capacity=row.capacity,
+        tenant=row.tenant,
+        containers=[r[0] for r in conn.execute(q)],
+        created=row.created,
+    )
+
+
+def insert_datastore(conn: Connection, ds: Datastore) -> None:
+    conn.execute(
+        datastores.insert().values(
+            id=ds.id, name=ds.name, capacity=ds.capacity, tenant=ds.tenant, created=ds.created
+        )
+    )
+    set_datastore_containers(conn, ds.id, ds.containers)
+
+
+def set_datastore_containers(conn: Connection, ds_id: str, containers: list[str]) -> None:
+    conn.execute(delete(datastore_containers).where(datastore_containers.c.datastore_id == ds_id))
+    for pos, cid in enumerate(containers):
+        conn.execute(
+            datastore_containers.insert().values(datastore_id=ds_id, container_id=cid, position=pos)
+        )
+
+
+def get_datastore(conn: Connection, ref: str) -> Datastore | None:
+    row = conn.execute(
+        select(datastores).where((datastores.c.id == ref) | (datastores.c.name == ref))
+    ).first()
+    return _datastore(conn, row) if row else None
+
+
+def list_datastores(conn: Connection, tenant: str | None = None) -> list[Datastore]:
+    q = select(datastores).order_by(datastores.c.created)
+    if tenant:
+        q = q.where(datastores.c.tenant == tenant)
+    return [_datastore(conn, r) for r in conn.execute(q)]
+
+
+def update_datastore(conn: Connection, ds_id: str, **values: Any) -> None:
+    conn.execute(update(datastores).where(datastores.c.id == ds_id).values(**values))
+
+
+def delete_datastore(conn: Connection, ds_id: str) -> None:
+    conn.execute(delete(datastore_containers).where(datastore_containers.c.datastore_id == ds_id))
+    conn.execute(delete(datastores).where(datastores.c.id == ds_id))
+
+
+def datastores_of_container(conn: Connection, container_id: str) -> list[str]:
+    q = select(datastore_containers.c.datastore_id).where(
+        datastore_containers.c.container_id == container_id
+    )
+    return [r[0] for r in conn.execute(q)]
+
+
+# -- sequences ---------------------------------------------------------------------------
+def next_value(conn: Connection, name: str) -> int:
+    """The next value of counter ``name`` (starts at 1); call inside a write transaction."""
+    row = conn.execute(select(sequences.c.value).where(sequences.c.name == name)).first()
+    if row is None:
+        conn.execute(sequences.insert().values(name=name, value=1))
+        return 1
+    value = int(row[0]) + 1
+    conn.execute(update(sequences).where(sequences.c.name == name).values(value=value))
+    return value
+
+
+def get_or_init(conn: Connection, name: str, value: int) -> int:
+    """Counter ``name``'s value, set to ``value`` the first time."""
+    row = conn.execute(select(sequences.c.value).where(sequences.c.name == name)).first()
+    if row is None:
+        conn.execute(sequences.insert().values(name=name, value=value))
+        return value
+    return int(row[0])
