@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 
 DEBS=(python3 python3-venv python3-dev gcc util-linux e2fsprogs xfsprogs btrfs-progs
-      qemu-utils qemu-system-common qemu-block-extra tgt libiscsi-bin libnbd-bin)
+      qemu-utils qemu-system-common qemu-block-extra tgt libiscsi-bin libnbd-bin openssl)
 VENV=.venv
 
 need_debs() {

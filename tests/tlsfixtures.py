@@ -1,0 +1,74 @@
+"""A throw-away CA and a server certificate for 127.0.0.1, made with openssl."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Certs:
+    ca: str
+    cert: str
+    key: str
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def make_certs(directory: str) -> Certs:
+    d = directory
+    os.makedirs(d, exist_ok=True)
+    ca_key, ca, key, csr, cert = (
+        os.path.join(d, n) for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem")
+    )
+    ext = os.path.join(d, "san.cnf")
+    with open(ext, "w", encoding="utf-8") as fh:
+        fh.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        ca_key,
+        "-out",
+        ca,
+        "-days",
+        "2",
+        "-subj",
+        "/CN=vvhost test CA",
+    )
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        key,
+        "-out",
+        csr,
+        "-subj",
+        "/CN=127.0.0.1",
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        csr,
+        "-CA",
+        ca,
+        "-CAkey",
+        ca_key,
+        "-CAcreateserial",
+        "-out",
+        cert,
+        "-days",
+        "2",
+        "-extfile",
+        ext,
+    )
+    return Certs(ca=ca, cert=cert, key=key)
