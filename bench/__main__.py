@@ -14,7 +14,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from . import binding, bitmap_diff, catalog_scale, cow_ops
+from . import binding, bitmap_diff, catalog_scale, cow_ops, remote_api
 from .common import Result, VerifyError, leftovers
 
 GROUPS: dict[str, Callable[..., list[Result]]] = {
@@ -23,6 +23,7 @@ GROUPS: dict[str, Callable[..., list[Result]]] = {
     "bitmap": bitmap_diff.run,
     "catalog": catalog_scale.run,
     "binding": binding.run,
+    "remote": remote_api.run,
 }
 
 
