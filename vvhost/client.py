@@ -329,3 +329,10 @@ class Client:
 
     def bindings(self, host: str | None = None, vvol: str | None = None) -> list[dict[str, Any]]:
         return self.call("GET", "/v1/bindings", params={"host": host, "vvol": vvol})
+
+    def config_put(self, vvol: str, document: dict[str, Any]) -> dict[str, Any]:
+        return self.call("PUT", f"/v1/vvols/{vvol}/config", json={"document": document})
+
+    def config_get(self, vvol: str) -> dict[str, Any]:
+        document: dict[str, Any] = self.call("GET", f"/v1/vvols/{vvol}/config")["document"]
+        return document

@@ -3,6 +3,8 @@ service parses them with the same rules as the CLI."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 Size = str | int
@@ -125,3 +127,7 @@ class DatastoreCreate(Body):
 
 class DatastoreExtend(Body):
     capacity: Size
+
+
+class ConfigDocument(Body):
+    document: dict[str, Any]

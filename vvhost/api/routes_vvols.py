@@ -133,6 +133,18 @@ def vvol_copy_diffs(svc: Svc, p: Caller, ref: Ref, body: m.CopyDiffs) -> dict[st
     return svc.data.copy_diffs(ref, body.base, body.to, body.op_id)
 
 
+@router.put("/vvols/{ref}/config", response_model=None)
+def vvol_config_put(svc: Svc, p: Caller, ref: Ref, body: m.ConfigDocument) -> dict[str, Any]:
+    svc.authz.vvol(p, ref)
+    return svc.configs.put(ref, body.document)
+
+
+@router.get("/vvols/{ref}/config", response_model=None)
+def vvol_config_get(svc: Svc, p: Caller, ref: Ref) -> dict[str, Any]:
+    svc.authz.vvol(p, ref)
+    return svc.configs.get(ref)
+
+
 # -- datastores -----------------------------------------------------------------------------
 def _visible_datastore(svc: Service, p: Principal, ref: str) -> None:
     with svc.ctx.db.tx() as conn:

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, bindparam, delete, func, select, update
 
 from ..model import ACTIVE, Binding, Host, Pe
-from .schema import bindings, hosts, pe_targets, pes
+from .schema import binding_hints, bindings, hosts, pe_targets, pes
 
 _BCOL = {"vvol": "vvol_id", "pe": "pe_id", "op": "op_id"}
 
@@ -184,3 +184,34 @@ def used_secondaries(conn: Connection, pe_id: str, tid: int | None = None) -> se
     if tid is not None:
         q = q.where(bindings.c.tid == tid)
     return {r[0] for r in conn.execute(q)}
+
+
+# -- hints: a vvol rebound for the same host and endpoint gets its old LUN back ----------
+def hint(conn: Connection, vvol_id: str, host: str, pe_id: str) -> str | None:
+    row = conn.execute(
+        select(binding_hints.c.secondary_id).where(
+            (binding_hints.c.vvol_id == vvol_id)
+            & (binding_hints.c.host == host)
+            & (binding_hints.c.pe_id == pe_id)
+        )
+    ).first()
+    return str(row[0]) if row else None
+
+
+def set_hint(conn: Connection, vvol_id: str, host: str, pe_id: str, secondary: str) -> None:
+    conn.execute(
+        delete(binding_hints).where(
+            (binding_hints.c.vvol_id == vvol_id)
+            & (binding_hints.c.host == host)
+            & (binding_hints.c.pe_id == pe_id)
+        )
+    )
+    conn.execute(
+        binding_hints.insert().values(
+            vvol_id=vvol_id, host=host, pe_id=pe_id, secondary_id=secondary
+        )
+    )
+
+
+def drop_hints(conn: Connection, vvol_id: str) -> None:
+    conn.execute(delete(binding_hints).where(binding_hints.c.vvol_id == vvol_id))

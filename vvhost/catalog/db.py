@@ -62,7 +62,11 @@ def _v3(conn: Connection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3]
+def _v4(conn: Connection) -> None:
+    schema.metadata.create_all(conn, tables=[schema.binding_hints])
+
+
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4]
 
 
 def sqlite_url(path: str) -> str:

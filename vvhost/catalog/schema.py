@@ -191,3 +191,14 @@ sequences = Table(
     Column("name", String(64), primary_key=True),
     Column("value", BigInteger, nullable=False),
 )
+
+# -- added by migration 4: where a vvol was last bound, to bind it there again ----------
+
+binding_hints = Table(
+    "binding_hints",
+    metadata,
+    Column("vvol_id", String(64), primary_key=True),
+    Column("host", String(128), primary_key=True),
+    Column("pe_id", String(64), primary_key=True),
+    Column("secondary_id", String(256), nullable=False),
+)

@@ -16,6 +16,7 @@ from .binding import binding, host, pe
 from .inventory import array, container
 from .serve import audit, quickstart, serve
 from .tenancy import datastore, tenant, token
+from .vm import hook, vm
 from .vvol import vvol
 
 cli.add_command(array)
@@ -27,6 +28,8 @@ cli.add_command(binding)
 cli.add_command(tenant)
 cli.add_command(token)
 cli.add_command(datastore)
+cli.add_command(vm)
+cli.add_command(hook)
 cli.add_command(serve)
 cli.add_command(quickstart)
 cli.add_command(audit)

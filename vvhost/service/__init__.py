@@ -7,6 +7,7 @@ from typing import Any
 from ..catalog import repo
 from ..errors import NotFound
 from .bindings import BindingOps
+from .configdoc import ConfigDocs
 from .context import Config, Context
 from .cow import CowOps
 from .data import DataOps
@@ -25,6 +26,7 @@ class Service:
         self.arrays = ArrayOps(self.ctx)
         self.containers = ContainerOps(self.ctx, self.arrays)
         self.datastores = DatastoreOps(self.ctx, self.containers, config.oui)
+        self.configs = ConfigDocs(self.ctx)
         self.vvols = VvolOps(self.ctx, self.containers, self.datastores)
         self.cow = CowOps(self.ctx, self.vvols)
         self.data = DataOps(self.ctx, self.vvols)

@@ -159,11 +159,15 @@ class BindingOps:
             if (pe.id, tid) not in luns:
                 luns[pe.id, tid] = {int(s) for s in bindrepo.used_secondaries(conn, pe.id, tid)}
             used = luns[pe.id, tid]
+            hinted = bindrepo.hint(conn, v.id, h.name, pe.id)
             free = next((n for n in range(1, MAX_LUN + 1) if n not in used), None)
+            if hinted is not None and int(hinted) not in used:
+                free = int(hinted)  # the LUN it had here before: domain XML stays valid
             if free is None:
                 raise InUse(kind="iSCSI target", ref=owner, reason=f"all {MAX_LUN} LUNs are taken")
             used.add(free)
             secondary = str(free)
+            bindrepo.set_hint(conn, v.id, h.name, pe.id, secondary)
         elif pe.protocol == "nbd":
             secondary = f"vv-{v.id}.{h.name}"
         else:

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from ..catalog import repo, vvolrepo
+from ..catalog import bindrepo, repo, vvolrepo
 from ..errors import CapacityExceeded, HasDependants, InvalidInput, ReadOnly
 from ..model import (
     CREATING,
@@ -340,6 +340,7 @@ def finish_delete(ctx: Context, entry: JournalEntry) -> None:
             vvolrepo.add_ref(conn, v.parent, -1)
             repo.reserve(conn, v.container, -v.size)
             vvolrepo.remove(conn, v.id)
+            bindrepo.drop_hints(conn, v.id)
         repo.journal_remove(conn, entry.id)
 
 

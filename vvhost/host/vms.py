@@ -1,0 +1,339 @@
+"""VMs whose disks are vvols: define them in libvirt, keep their config vvol
+current, and move them between hosts by their config vvol alone.
+
+    config vvol  (type config, 1 MiB)  {"name", "xml", "disks": {target: vvol},
+                                        "datastore", "pe", "host"}
+    data vvols   one per disk, metadata vm=NAME target=vdX
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import libvirt
+
+from ..client import Client
+from ..errors import AlreadyExists, InUse, InvalidInput, NotFound, VvhostError
+from . import domainxml as dx
+from .config import HostConfig
+from .hook import ensure_bound, undo
+
+MiB = 1 << 20
+TARGETS = [f"vd{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
+
+
+class VmError(VvhostError):
+    code = "vm-error"
+    status = 409
+    exit_code = 4
+    template = "{detail}"
+
+
+@dataclass
+class VmSpec:
+    name: str
+    datastore: str
+    memory: int
+    vcpus: int = 1
+    disks: tuple[str, ...] = ()
+    disk_from: tuple[str, ...] = ()
+    kernel: str | None = None
+    initrd: str | None = None
+    cmdline: str | None = None
+    protocol: str | None = None
+    serial_log: str | None = None
+
+
+class VmManager:
+    def __init__(self, conf: HostConfig, client: Client, uri: str | None = None) -> None:
+        self.conf = conf
+        self.client = client
+        self.uri = uri or conf.libvirt
+        self._conn: libvirt.virConnect | None = None
+
+    @property
+    def conn(self) -> libvirt.virConnect:
+        if self._conn is None:
+            try:
+                self._conn = libvirt.open(self.uri)
+            except libvirt.libvirtError as exc:
+                raise VmError(
+                    detail=f"cannot connect to libvirt at {self.uri}: {exc.get_error_message()}"
+                ) from None
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def domain(self, name: str) -> libvirt.virDomain:
+        try:
+            return self.conn.lookupByName(name)
+        except libvirt.libvirtError:
+            raise NotFound(kind="VM", ref=name) from None
+
+    # -- create -----------------------------------------------------------------------------
+    def create(self, spec: VmSpec, progress: bool = False) -> dict[str, Any]:
+        try:
+            self.conn.lookupByName(spec.name)
+            raise AlreadyExists(kind="VM", ref=spec.name)
+        except libvirt.libvirtError:
+            pass
+        if not spec.disks and not spec.disk_from:
+            raise InvalidInput(detail="a VM needs at least one --disk or --disk-from")
+        pe = self._pick_pe(spec.datastore, spec.protocol)
+        made: list[str] = []
+        try:
+            config = self.client.vvol_create(
+                None,
+                "1M",
+                type="config",
+                name=f"{spec.name}.config",
+                metadata={"vm": spec.name},
+                datastore=spec.datastore,
+            )
+            made.append(config["id"])
+            disks: dict[str, str] = {}
+            sizes = [("new", s) for s in spec.disks] + [("import", i) for i in spec.disk_from]
+            for target, (kind, what) in zip(TARGETS, sizes, strict=False):
+                size = what if kind == "new" else f"{_image_mib(what)}M"
+                v = self.client.vvol_create(
+                    None,
+                    size,
+                    name=f"{spec.name}.{target}",
+                    metadata={"vm": spec.name, "target": target},
+                    datastore=spec.datastore,
+                )
+                made.append(v["id"])
+                disks[target] = v["id"]
+                if kind == "import":
+                    self._import(what, v["id"], pe, progress)
+            meta = dx.VmMeta(datastore=config["datastore"], config=config["id"], disks=disks, pe=pe)
+            root = dx.new_domain(
+                spec.name,
+                spec.memory,
+                spec.vcpus,
+                meta,
+                spec.kernel,
+                spec.initrd,
+                spec.cmdline,
+                spec.serial_log,
+            )
+            self._point_sources(root, meta)
+            self.conn.defineXML(dx.tostring(root))
+            self._save(meta, root, spec.name)
+        except BaseException:
+            self._forget(spec.name, made)
+            raise
+        return self.show(spec.name)
+
+    def _pick_pe(self, datastore: str, protocol: str | None) -> str:
+        if self.conf.pe and not protocol:
+            return self.conf.pe
+        want = protocol or self.conf.protocol
+        pes = self.client.datastore_resolve(datastore, self.conf.name)["pes"]
+        for p in pes:
+            if p["protocol"] == want:
+                return str(p["name"])
+        raise InvalidInput(
+            detail=f"datastore {datastore} has no {want} endpoint for host {self.conf.name}"
+        )
+
+    def _import(self, image: str, vvol: str, pe: str, progress: bool) -> None:
+        handle = self.client.bind_one(vvol, self.conf.name, pe=pe)
+        try:
+            argv = [
+                "qemu-img",
+                "convert",
+                "-n",
+                "-O",
+                "raw",
+                *(["-p"] if progress else []),
+                image,
+                *_target_args(handle),
+            ]
+            done = subprocess.run(argv, capture_output=not progress, text=True, check=False)
+            if done.returncode != 0:
+                raise VmError(detail=f"importing {image} failed: {(done.stderr or '').strip()}")
+        finally:
+            self.client.unbind([vvol], self.conf.name)
+
+    def _point_sources(self, root: dx.ET.Element, meta: dx.VmMeta) -> None:
+        """Set each disk's source to where the vvol binds on this host (the binding
+        is made and dropped again; LUN hints keep it at the same place next time)."""
+        handles, made = ensure_bound(self.client, self.conf.name, meta, meta.pe)
+        try:
+            for target, handle in handles.items():
+                dx.set_source(root, target, handle)
+        finally:
+            undo(self.client, self.conf.name, made)
+
+    def _save(self, meta: dx.VmMeta, root: dx.ET.Element, name: str) -> None:
+        if meta.config:
+            self.client.config_put(
+                meta.config,
+                {
+                    "name": name,
+                    "xml": dx.tostring(root),
+                    "disks": meta.disks,
+                    "datastore": meta.datastore,
+                    "pe": meta.pe,
+                    "host": self.conf.name,
+                },
+            )
+
+    def _forget(self, name: str, vvols: list[str]) -> None:
+        """Undo a half-made VM: no domain, no vvols."""
+        with contextlib.suppress(libvirt.libvirtError):
+            self.conn.lookupByName(name).undefine()
+        for vid in reversed(vvols):
+            with contextlib.suppress(VvhostError):
+                self.client.vvol_delete(vid)
+
+    # -- reading ----------------------------------------------------------------------------
+    def _meta(self, dom: libvirt.virDomain) -> tuple[dx.ET.Element, dx.VmMeta]:
+        root = dx.parse(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        meta = dx.meta(root)
+        if meta is None:
+            raise InvalidInput(detail=f"VM {dom.name()} is not a vvhost VM")
+        return root, meta
+
+    def show(self, name: str) -> dict[str, Any]:
+        dom = self.domain(name)
+        _root, meta = self._meta(dom)
+        bound = {b["vvol"]: b for b in self.client.bindings(host=self.conf.name)}
+        return {
+            "name": name,
+            "state": _state(dom),
+            "datastore": meta.datastore,
+            "config": meta.config,
+            "pe": meta.pe,
+            "disks": [
+                {
+                    "target": t,
+                    "vvol": v,
+                    "bound": v in bound,
+                    "uri": bound[v]["uri"] if v in bound else None,
+                }
+                for t, v in meta.disks.items()
+            ],
+        }
+
+    def listing(self) -> list[dict[str, Any]]:
+        out = []
+        for dom in self.conn.listAllDomains():
+            xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+            if dx.has_vvhost(xml):
+                meta = dx.meta(dx.parse(xml))
+                out.append(
+                    {
+                        "name": dom.name(),
+                        "state": _state(dom),
+                        "datastore": meta.datastore if meta else None,
+                        "disks": len(meta.disks) if meta else 0,
+                    }
+                )
+        return out
+
+    # -- life cycle -------------------------------------------------------------------------
+    def start(self, name: str) -> dict[str, Any]:
+        dom = self.domain(name)
+        try:
+            dom.create()
+        except libvirt.libvirtError as exc:
+            raise VmError(detail=f"VM {name} did not start: {exc.get_error_message()}") from None
+        return self.show(name)
+
+    def stop(self, name: str, force: bool = False, timeout: float = 30.0) -> dict[str, Any]:
+        dom = self.domain(name)
+        if dom.isActive():
+            if not force:
+                dom.shutdown()
+                deadline = time.monotonic() + timeout
+                while dom.isActive() and time.monotonic() < deadline:
+                    time.sleep(0.2)
+            if dom.isActive():
+                dom.destroy()
+        return self.show(name)
+
+    def delete(self, name: str) -> None:
+        dom = self.domain(name)
+        _root, meta = self._meta(dom)
+        if dom.isActive():
+            raise InUse(kind="VM", ref=name, reason="it is running; stop it first")
+        for vid in list(meta.disks.values()) + ([meta.config] if meta.config else []):
+            info = self.client.vvol(vid)
+            if info["snapshots"] or info["children"]:
+                raise InUse(
+                    kind="VM",
+                    ref=name,
+                    reason=f"vvol {info['name']} still has snapshots or linked clones",
+                )
+        dom.undefine()
+        for vid in list(meta.disks.values()) + ([meta.config] if meta.config else []):
+            self.client.vvol_delete(vid)
+
+    def refresh(self, name: str) -> dict[str, Any]:
+        """Rewrite the definition's disk sources to where the vvols bind now."""
+        dom = self.domain(name)
+        root, meta = self._meta(dom)
+        self._point_sources(root, meta)
+        self.conn.defineXML(dx.tostring(root))
+        self._save(meta, root, name)
+        return self.show(name)
+
+    def register(self, config_vvol: str) -> dict[str, Any]:
+        """Define the VM on this host from its config vvol alone."""
+        doc = self.client.config_get(config_vvol)
+        name = str(doc["name"])
+        try:
+            self.conn.lookupByName(name)
+            raise AlreadyExists(kind="VM", ref=name)
+        except libvirt.libvirtError:
+            pass
+        root = dx.parse(str(doc["xml"]))
+        meta = dx.meta(root)
+        if meta is None:
+            raise InvalidInput(detail=f"config vvol {config_vvol} holds no vvhost VM")
+        self._point_sources(root, meta)
+        self.conn.defineXML(dx.tostring(root))
+        self._save(meta, root, name)
+        return self.show(name)
+
+
+def _state(dom: libvirt.virDomain) -> str:
+    names = {
+        libvirt.VIR_DOMAIN_RUNNING: "running",
+        libvirt.VIR_DOMAIN_SHUTOFF: "shut off",
+        libvirt.VIR_DOMAIN_PAUSED: "paused",
+        libvirt.VIR_DOMAIN_SHUTDOWN: "shutting down",
+    }
+    return names.get(dom.state()[0], "other")
+
+
+def _image_mib(image: str) -> int:
+    out = subprocess.run(
+        ["qemu-img", "info", "--output=json", image], capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        raise InvalidInput(detail=f"cannot read image {image}: {out.stderr.strip()}")
+    return max(1, math.ceil(int(json.loads(out.stdout)["virtual-size"]) / MiB))
+
+
+def _target_args(handle: dict[str, Any]) -> list[str]:
+    """qemu-img target for a handle; iSCSI logs in with the host's initiator name."""
+    if handle["protocol"] == "iscsi" and handle.get("initiator"):
+        opts = (
+            f"driver=raw,file.driver=iscsi,file.transport=tcp,file.portal={handle['portal']},"
+            f"file.target={handle['target']},file.lun={handle['lun']},"
+            f"file.initiator-name={handle['initiator']}"
+        )
+        return ["--target-image-opts", opts]
+    return [str(handle["uri"])]

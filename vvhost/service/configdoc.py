@@ -1,0 +1,57 @@
+"""The document a config vvol holds (a VM's domain XML and disk descriptors),
+written into the volume itself so it travels with the storage::
+
+    offset 0   b"VVHCFG01"            magic
+           8   u64 little endian      length of the JSON that follows
+          16   JSON (UTF-8)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from typing import Any
+
+from ..errors import InvalidInput
+from .context import Context
+
+MAGIC = b"VVHCFG01"
+HEADER = struct.Struct("<8sQ")
+
+
+class ConfigDocs:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def _path(self, ref: str) -> tuple[str, int, str]:
+        with self.ctx.db.tx() as conn:
+            v = self.ctx.ready(self.ctx.vvol(conn, ref))
+        if v.type != "config":
+            raise InvalidInput(detail=f"vvol {ref!r} is a {v.type} vvol, not a config vvol")
+        return self.ctx.path(v), v.size, v.id
+
+    def put(self, ref: str, document: dict[str, Any]) -> dict[str, Any]:
+        path, size, vid = self._path(ref)
+        data = json.dumps(document, sort_keys=True).encode()
+        if HEADER.size + len(data) > size:
+            raise InvalidInput(
+                detail=f"the document ({len(data)} bytes) does not fit the {size}-byte config vvol"
+            )
+        with self.ctx.locks.hold([vid]):
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.pwrite(fd, HEADER.pack(MAGIC, len(data)) + data, 0)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return {"vvol": vid, "bytes": len(data)}
+
+    def get(self, ref: str) -> dict[str, Any]:
+        path, size, vid = self._path(ref)
+        with open(path, "rb") as fh:
+            magic, length = HEADER.unpack(fh.read(HEADER.size))
+            if magic != MAGIC or length > size - HEADER.size:
+                raise InvalidInput(detail=f"config vvol {ref!r} holds no vvhost document")
+            document: dict[str, Any] = json.loads(fh.read(length))
+        return {"vvol": vid, "document": document}
