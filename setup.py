@@ -5,6 +5,7 @@ setup(
     version="0.1.0",
     description="Array-backed per-VM volumes (vvols) for KVM hosts run by libvirt and QEMU",
     packages=find_packages(include=["vvhost", "vvhost.*"]),
+    package_data={"vvhost.guest": ["init.sh"]},
     python_requires=">=3.11",
     install_requires=[
         "click>=8.1",
@@ -14,6 +15,7 @@ setup(
         "pydantic>=2.6",
         "SQLAlchemy>=2.0",
         "qemu.qmp>=0.0.3",
+        "libvirt-python>=9.0",
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6"],

@@ -215,3 +215,15 @@ def set_hint(conn: Connection, vvol_id: str, host: str, pe_id: str, secondary: s
 
 def drop_hints(conn: Connection, vvol_id: str) -> None:
     conn.execute(delete(binding_hints).where(binding_hints.c.vvol_id == vvol_id))
+
+
+def hinted_elsewhere(conn: Connection, pe_id: str, host: str, vvol_id: str) -> set[str]:
+    """Secondary ids other vvols had for this host on this endpoint (kept free for them)."""
+    rows = conn.execute(
+        select(binding_hints.c.secondary_id).where(
+            (binding_hints.c.pe_id == pe_id)
+            & (binding_hints.c.host == host)
+            & (binding_hints.c.vvol_id != vvol_id)
+        )
+    )
+    return {str(r[0]) for r in rows}

@@ -190,6 +190,9 @@ def new_domain(
         ET.SubElement(os_el, "initrd").text = initrd
     if cmdline:
         ET.SubElement(os_el, "cmdline").text = cmdline
+    features = ET.SubElement(root, "features")  # without ACPI a guest cannot power off
+    ET.SubElement(features, "acpi")
+    ET.SubElement(features, "apic")
     ET.SubElement(root, "on_poweroff").text = "destroy"
     ET.SubElement(root, "on_reboot").text = "restart"
     devices = ET.SubElement(root, "devices")

@@ -160,7 +160,11 @@ class BindingOps:
                 luns[pe.id, tid] = {int(s) for s in bindrepo.used_secondaries(conn, pe.id, tid)}
             used = luns[pe.id, tid]
             hinted = bindrepo.hint(conn, v.id, h.name, pe.id)
-            free = next((n for n in range(1, MAX_LUN + 1) if n not in used), None)
+            kept = {int(s) for s in bindrepo.hinted_elsewhere(conn, pe.id, h.name, v.id)}
+            taken = used | kept
+            free = next((n for n in range(1, MAX_LUN + 1) if n not in taken), None)
+            if free is None:  # every LUN is in use or kept for another vvol: take a kept one
+                free = next((n for n in range(1, MAX_LUN + 1) if n not in used), None)
             if hinted is not None and int(hinted) not in used:
                 free = int(hinted)  # the LUN it had here before: domain XML stays valid
             if free is None:
