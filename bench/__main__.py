@@ -14,7 +14,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from . import binding, bitmap_diff, catalog_scale, cow_ops, remote_api
+from . import binding, bitmap_diff, catalog_scale, cow_ops, remote_api, vm_boot
 from .common import Result, VerifyError, leftovers
 
 GROUPS: dict[str, Callable[..., list[Result]]] = {
@@ -24,6 +24,7 @@ GROUPS: dict[str, Callable[..., list[Result]]] = {
     "catalog": catalog_scale.run,
     "binding": binding.run,
     "remote": remote_api.run,
+    "vm-boot": vm_boot.run,
 }
 
 

@@ -30,6 +30,8 @@ def fmt(key: str, value: Any) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{k}={fmt(k, v)}" for k, v in sorted(value.items())) or "-"
     if isinstance(value, list):
+        if value and all(isinstance(v, dict) for v in value):
+            return "; ".join(" ".join(f"{k}={fmt(k, x)}" for k, x in v.items()) for v in value)
         return ", ".join(str(v) for v in value) or "-"
     return str(value)
 

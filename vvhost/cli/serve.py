@@ -84,9 +84,12 @@ def audit(s: Session, as_json: bool) -> None:
 
 @click.command()
 @click.option("--state-dir", default=None, help="Where to put the demo (default: a new temp dir).")
-@click.option("--keep", is_flag=True, help="Leave the state dir (the server is stopped anyway).")
-def quickstart(state_dir: str | None, keep: bool) -> None:
-    """Run a short tour: serve, container, vvol, snapshot, revert, clone."""
+@click.option("--keep", is_flag=True, help="Keep everything running until Ctrl-C, and the files.")
+@click.option("--cleanup", is_flag=True, help="Remove what a --keep run in --state-dir left.")
+def quickstart(state_dir: str | None, keep: bool, cleanup: bool) -> None:
+    """The tour: control plane, a libvirt host with the hook, a datastore, a VM on vvols."""
     from .quickstart import run_quickstart
 
-    run_quickstart(state_dir, keep)
+    if cleanup and not state_dir:
+        raise click.UsageError("--cleanup needs the --state-dir of the run to remove")
+    run_quickstart(state_dir, keep, cleanup)
