@@ -164,6 +164,9 @@ class LibvirtHost:
         self._pidfd: int | None = None
         self._ns_fd: int | None = None
         self._conns: list[Any] = []
+        # (reaper, namespace fd) of daemons replaced by restart_daemon(): their domains
+        # keep running in that namespace until stop()
+        self._earlier: list[tuple[subprocess.Popen[bytes], int]] = []
         if len(os.fsencode(self.socket_path)) > SUN_PATH_MAX:
             raise LabHostError(host=name, detail=f"socket path too long: {self.socket_path}")
 
@@ -255,15 +258,16 @@ class LibvirtHost:
             lines += [f"migration_port_min = {low}", f"migration_port_max = {high}"]
         return "\n".join(lines) + "\n"
 
-    def _prepare(self) -> None:
-        """Lay out workdir: copy what is missing, empty run/, write both configs."""
+    def _prepare(self, keep_run: bool = False) -> None:
+        """Lay out workdir: copy what is missing, empty run/ (unless ``keep_run``: a
+        daemon restart that must find its running domains), write both configs."""
         other = self._pidfile_daemon()
         if other is not None:
             raise LabHostError(host=self.name, detail=f"a libvirtd runs here already: PID {other}")
         os.makedirs(self.workdir, exist_ok=True)
         for sub, system in MOUNTS:
             target = self.path(sub)
-            if sub == "run":  # a tmpfs on a real host: nothing survives a restart
+            if sub == "run" and not keep_run:  # a tmpfs on a real host: gone after a reboot
                 shutil.rmtree(target, ignore_errors=True)
                 os.makedirs(target)
             elif not os.path.isdir(target):
@@ -317,11 +321,23 @@ class LibvirtHost:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def start(self, timeout: float = 30) -> LibvirtHost:
+    def restart_daemon(self, timeout: float = 30) -> LibvirtHost:
+        """Stop libvirtd alone (its domains keep running) and start it again, as an
+        upgrade or crash of libvirtd would: the new daemon reconnects to them."""
+        if self._pidfd is None or self._reaper is None or self._ns_fd is None:
+            raise LabHostError(host=self.name, detail="not running")
+        self.close()
+        self._terminate(self._pidfd, timeout)
+        os.close(self._pidfd)
+        self._earlier.append((self._reaper, self._ns_fd))
+        self._reaper = self._pid = self._pidfd = self._ns_fd = None
+        return self.start(timeout, keep_run=True)
+
+    def start(self, timeout: float = 30, keep_run: bool = False) -> LibvirtHost:
         """Spawn libvirtd; return once a client connection gets an answer."""
         if self.pid is not None:
             return self
-        self._prepare()
+        self._prepare(keep_run)
         with open(self.log_path, "ab") as log:
             log.write(f"# vvhost: start lab host {self.name} at {time.ctime()}\n".encode())
             log.flush()
@@ -411,7 +427,11 @@ class LibvirtHost:
             if self._pidfd is not None:
                 self._terminate(self._pidfd, timeout)
             if self._ns_fd is not None:
-                self._kill_namespace(timeout)
+                self._kill_namespace(self._ns_fd, timeout)
+            for reaper, ns_fd in self._earlier:
+                self._kill_namespace(ns_fd, timeout)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    reaper.wait(timeout)
             if self._reaper is not None:
                 try:  # exits once libvirtd and every orphan of it are reaped
                     self._reaper.wait(timeout)
@@ -419,9 +439,10 @@ class LibvirtHost:
                     self._reaper.kill()
                     self._reaper.wait()
         finally:
-            for fd in (self._pidfd, self._ns_fd):
+            for fd in (self._pidfd, self._ns_fd, *(ns for _r, ns in self._earlier)):
                 if fd is not None:
                     os.close(fd)
+            self._earlier = []
             self._reaper = self._pid = self._pidfd = self._ns_fd = None
 
     @staticmethod
@@ -446,10 +467,9 @@ class LibvirtHost:
         finally:
             conn.close()
 
-    def _kill_namespace(self, timeout: float) -> None:
-        """SIGKILL every process still in our mount namespace and wait for it."""
-        assert self._ns_fd is not None
-        st = os.fstat(self._ns_fd)
+    def _kill_namespace(self, ns_fd: int, timeout: float) -> None:
+        """SIGKILL every process still in the mount namespace ``ns_fd`` and wait for it."""
+        st = os.fstat(ns_fd)
         ns = (st.st_dev, st.st_ino)
         pidfds = []
         try:

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import libvirt
 import pytest
@@ -227,3 +228,55 @@ def test_register_on_another_host_from_the_config_vvol(lab: Lab) -> None:
     report = parse_serial(boot(lab, "mover", log, host="kvm2"))
     assert report.results["verify:vda:M:2:2"] == "ok", report
     assert lab.api.bindings() == [] and lab.api.audit()["ok"]
+
+
+def test_reconnect_after_libvirtd_restart_restores_bindings(lab: Lab) -> None:
+    log = os.path.join(lab.tmp, "keep.serial")
+    out = lab.vvhost(
+        "kvm1",
+        "vm",
+        "create",
+        "keep",
+        "--datastore",
+        "ds",
+        "--memory",
+        "256",
+        "--disk",
+        "16M",
+        "--disk",
+        "16M",
+        "--protocol",
+        "iscsi",
+        "--kernel",
+        lab.guest.kernel,
+        "--initrd",
+        lab.guest.initrd,
+        "--cmdline",
+        guest_cmdline(["write:vda:K:0:1"], keep_running=True),
+        "--serial-log",
+        log,
+    )
+    assert out.returncode == 0, out.stderr
+    assert lab.vvhost("kvm1", "vm", "start", "keep").returncode == 0
+    deadline = time.monotonic() + 60
+    while "VVTEST END" not in Path(log).read_text(errors="replace"):
+        assert time.monotonic() < deadline, "the guest did not finish its commands"
+        time.sleep(0.2)
+    before = {b["vvol"]: b["uri"] for b in lab.api.bindings(host="kvm1")}
+    assert len(before) == 2
+    lost = sorted(before)[0]
+    lab.api.unbind([lost], "kvm1")  # a binding lost while libvirtd was away
+    host = lab.hosts["kvm1"]
+    host.restart_daemon()  # the VM keeps running; the new libvirtd runs the reconnect hook
+    conn = libvirt.open(host.uri)
+    try:
+        assert conn.lookupByName("keep").isActive()
+    finally:
+        conn.close()
+    deadline = time.monotonic() + 30  # libvirtd reconnects to its domains in the background
+    while (after := {b["vvol"]: b["uri"] for b in lab.api.bindings(host="kvm1")}) != before:
+        assert time.monotonic() < deadline, f"not restored: {after} != {before}"
+        time.sleep(0.2)  # restored, at the same LUN the running QEMU uses
+    assert lab.api.audit()["ok"]
+    assert lab.vvhost("kvm1", "vm", "stop", "keep", "--force").returncode == 0
+    assert lab.api.bindings() == []
