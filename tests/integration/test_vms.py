@@ -5,6 +5,7 @@ from its config vvol alone."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -280,3 +281,62 @@ def test_reconnect_after_libvirtd_restart_restores_bindings(lab: Lab) -> None:
     assert lab.api.audit()["ok"]
     assert lab.vvhost("kvm1", "vm", "stop", "keep", "--force").returncode == 0
     assert lab.api.bindings() == []
+
+
+def test_disk_from_image_refresh_and_delete_guards(lab: Lab) -> None:
+    image = os.path.join(lab.tmp, "seed.qcow2")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", image, "20M"], check=True)
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", "write -P 0x5e 3M 2M", image],
+        check=True,
+        capture_output=True,
+    )
+    out = lab.vvhost(
+        "kvm1",
+        "vm",
+        "create",
+        "imported",
+        "--datastore",
+        "ds",
+        "--memory",
+        "128",
+        "--disk-from",
+        image,
+        "--protocol",
+        "iscsi",
+        "--json",
+    )
+    assert out.returncode == 0, out.stderr
+    vda = json.loads(out.stdout)["disks"][0]["vvol"]
+    path = lab.api.vvol(vda)["path"]
+    assert lab.api.vvol(vda)["size"] == 20 * MiB
+    same = subprocess.run(
+        ["qemu-img", "compare", "-f", "qcow2", "-F", "raw", image, path],
+        capture_output=True,
+        text=True,
+    )
+    assert same.returncode == 0, same.stdout  # the vvol holds exactly the image's data
+    assert lab.api.bindings() == []  # the import binding is gone
+    # the definition points somewhere else (as after an endpoint change): start is refused
+    conn = libvirt.open(lab.hosts["kvm1"].uri)
+    try:
+        xml = conn.lookupByName("imported").XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        conn.defineXML(re.sub(r"name='(iqn[^']*)/1'", r"name='\1/99'", xml.replace('"', "'")))
+        with pytest.raises(libvirt.libvirtError) as err:
+            conn.lookupByName("imported").create()
+        assert "run `vvhost vm refresh imported`" in str(err.value)
+        assert lab.api.bindings() == []  # the failed start left nothing bound
+        assert lab.vvhost("kvm1", "vm", "refresh", "imported").returncode == 0
+        dom = conn.lookupByName("imported")
+        dom.create()
+        assert dom.isActive() and len(lab.api.bindings(host="kvm1")) == 1
+        dom.destroy()
+    finally:
+        conn.close()
+    assert lab.api.bindings() == []
+    snap = lab.api.vvol_snapshot(vda)
+    refused = lab.vvhost("kvm1", "vm", "delete", "imported")
+    assert refused.returncode == 4 and "snapshots" in refused.stderr
+    lab.api.vvol_delete(snap["id"])
+    assert lab.vvhost("kvm1", "vm", "delete", "imported").returncode == 0
+    assert lab.api.vvols() == [] and lab.api.audit()["ok"]

@@ -56,6 +56,8 @@ class VmManager:
         self.client = client
         self.uri = uri or conf.libvirt
         self._conn: libvirt.virConnect | None = None
+        # libvirt prints every error on stderr by default; ours are reported as one line
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
     @property
     def conn(self) -> libvirt.virConnect:
@@ -149,15 +151,15 @@ class VmManager:
     def _import(self, image: str, vvol: str, pe: str, progress: bool) -> None:
         handle = self.client.bind_one(vvol, self.conf.name, pe=pe)
         try:
+            target = _target_args(handle)
             argv = [
                 "qemu-img",
                 "convert",
                 "-n",
-                "-O",
-                "raw",
+                *(["-O", "raw"] if target[0] != "--target-image-opts" else []),
                 *(["-p"] if progress else []),
                 image,
-                *_target_args(handle),
+                *target,
             ]
             done = subprocess.run(argv, capture_output=not progress, text=True, check=False)
             if done.returncode != 0:

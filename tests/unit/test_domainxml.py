@@ -1,0 +1,59 @@
+"""Domain XML: safe parsing, vvhost metadata, disk sources from binding handles."""
+
+from __future__ import annotations
+
+import pytest
+
+from vvhost.errors import InvalidInput
+from vvhost.host import domainxml as dx
+
+ISCSI = {
+    "protocol": "iscsi",
+    "portal": "127.0.0.1:3260",
+    "target": "iqn.x:pe.h1",
+    "lun": 3,
+    "initiator": "iqn.2026-11.test:h1",
+    "uri": "iscsi://127.0.0.1:3260/iqn.x:pe.h1/3",
+}
+NBD = {
+    "protocol": "nbd",
+    "export": "vv-1.h1",
+    "socket": "/run/nbd.sock",
+    "uri": "nbd+unix:///vv-1.h1?socket=/run/nbd.sock",
+}
+FILE = {"protocol": "file", "path": "/srv/nfs/1.h1", "uri": "file:///srv/nfs/1.h1"}
+
+
+def test_new_domain_round_trip_and_sources() -> None:
+    meta = dx.VmMeta(
+        datastore="naa.6" + "0" * 31, config="cfg", disks={"vda": "v1", "vdb": "v2"}, pe="pe0"
+    )
+    root = dx.new_domain("vm1", 256, 1, meta, "/k", "/i", "console=ttyS0")
+    for target, handle in (("vda", ISCSI), ("vdb", NBD)):
+        dx.set_source(root, target, handle)
+    again = dx.parse(dx.tostring(root))
+    assert dx.meta(again) == meta and dx.has_vvhost(dx.tostring(root))
+    assert dx.same_source(dx.disk_source(again, "vda"), ISCSI)
+    assert dx.same_source(dx.disk_source(again, "vdb"), NBD)
+    assert not dx.same_source(dx.disk_source(again, "vda"), {**ISCSI, "lun": 4})
+    dx.set_source(again, "vda", FILE)
+    assert dx.same_source(dx.disk_source(again, "vda"), FILE)
+    assert dx.disk_source(again, "vdz") is None
+    assert b"<features><acpi" in dx.tostring(again).encode()
+
+
+@pytest.mark.parametrize(
+    "xml",
+    [
+        '<!DOCTYPE d [<!ENTITY a "aaaa">]><domain>&a;</domain>',
+        "<domain><name>x</name>",
+        "<domain>" + "x" * (2 << 20) + "</domain>",
+    ],
+)
+def test_hostile_xml_is_refused(xml: str) -> None:
+    with pytest.raises(InvalidInput):
+        dx.parse(xml)
+
+
+def test_domains_without_vvhost_metadata_pass_through() -> None:
+    assert dx.meta(dx.parse("<domain><name>plain</name></domain>")) is None
