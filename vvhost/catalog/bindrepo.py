@@ -187,17 +187,6 @@ def used_secondaries(conn: Connection, pe_id: str, tid: int | None = None) -> se
 
 
 # -- hints: a vvol rebound for the same host and endpoint gets its old LUN back ----------
-def hint(conn: Connection, vvol_id: str, host: str, pe_id: str) -> str | None:
-    row = conn.execute(
-        select(binding_hints.c.secondary_id).where(
-            (binding_hints.c.vvol_id == vvol_id)
-            & (binding_hints.c.host == host)
-            & (binding_hints.c.pe_id == pe_id)
-        )
-    ).first()
-    return str(row[0]) if row else None
-
-
 def set_hint(conn: Connection, vvol_id: str, host: str, pe_id: str, secondary: str) -> None:
     conn.execute(
         delete(binding_hints).where(
@@ -217,13 +206,11 @@ def drop_hints(conn: Connection, vvol_id: str) -> None:
     conn.execute(delete(binding_hints).where(binding_hints.c.vvol_id == vvol_id))
 
 
-def hinted_elsewhere(conn: Connection, pe_id: str, host: str, vvol_id: str) -> set[str]:
-    """Secondary ids other vvols had for this host on this endpoint (kept free for them)."""
+def hints_for(conn: Connection, pe_id: str, host: str) -> dict[str, str]:
+    """vvol -> the secondary id it last had for this host on this endpoint."""
     rows = conn.execute(
-        select(binding_hints.c.secondary_id).where(
-            (binding_hints.c.pe_id == pe_id)
-            & (binding_hints.c.host == host)
-            & (binding_hints.c.vvol_id != vvol_id)
+        select(binding_hints.c.vvol_id, binding_hints.c.secondary_id).where(
+            (binding_hints.c.pe_id == pe_id) & (binding_hints.c.host == host)
         )
     )
-    return {str(r[0]) for r in rows}
+    return {str(r[0]): str(r[1]) for r in rows}

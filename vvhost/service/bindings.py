@@ -70,6 +70,7 @@ class BindingOps:
         results: list[dict[str, Any] | None] = [None] * len(refs)
         plans: list[_Plan] = []
         luns: dict[tuple[str, int], set[int]] = {}
+        hints: dict[tuple[str, str], dict[str, str]] = {}
         with self.ctx.locks.hold([f"host:{host}"]):
             with self.ctx.db.tx() as conn:
                 h = self.hosts.get(conn, host)
@@ -88,7 +89,7 @@ class BindingOps:
                             if chosen is None and every_pe is None:
                                 every_pe = bindrepo.list_pes(conn)
                             target = chosen or _auto_pe(every_pe or [], v)
-                            b = self._allocate(conn, target, v, h, shared, op, 1, luns)
+                            b = self._allocate(conn, target, v, h, shared, op, 1, luns, hints)
                             bindrepo.insert_binding(conn, b)
                         plans.append(
                             _Plan(
@@ -136,6 +137,7 @@ class BindingOps:
         op: str,
         refcount: int,
         luns: dict[tuple[str, int], set[int]] | None = None,
+        hints: dict[tuple[str, str], dict[str, str]] | None = None,
     ) -> Binding:
         """Decide a new binding's secondary id.  ``luns`` carries the LUNs in use per
         (PE, target) across one batch, so a batch reads them once."""
@@ -156,11 +158,15 @@ class BindingOps:
             else:
                 tid = found[0]
             luns = {} if luns is None else luns
+            hints = {} if hints is None else hints
             if (pe.id, tid) not in luns:
                 luns[pe.id, tid] = {int(s) for s in bindrepo.used_secondaries(conn, pe.id, tid)}
             used = luns[pe.id, tid]
-            hinted = bindrepo.hint(conn, v.id, h.name, pe.id)
-            kept = {int(s) for s in bindrepo.hinted_elsewhere(conn, pe.id, h.name, v.id)}
+            if (pe.id, h.name) not in hints:
+                hints[pe.id, h.name] = bindrepo.hints_for(conn, pe.id, h.name)
+            known = hints[pe.id, h.name]
+            hinted = known.get(v.id)
+            kept = {int(s) for vid, s in known.items() if vid != v.id}
             taken = used | kept
             free = next((n for n in range(1, MAX_LUN + 1) if n not in taken), None)
             if free is None:  # every LUN is in use or kept for another vvol: take a kept one
@@ -172,6 +178,7 @@ class BindingOps:
             used.add(free)
             secondary = str(free)
             bindrepo.set_hint(conn, v.id, h.name, pe.id, secondary)
+            known[v.id] = secondary
         elif pe.protocol == "nbd":
             secondary = f"vv-{v.id}.{h.name}"
         else:

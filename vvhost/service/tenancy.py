@@ -18,7 +18,7 @@ from sqlalchemy import Connection
 
 from ..catalog import bindrepo, tenancy
 from ..errors import AlreadyExists, Forbidden, InUse, NotFound, Unauthorized
-from ..model import ADMIN, HOST, Principal, Vvol
+from ..model import ADMIN, HOST, Principal
 from ..units import check_name
 from .context import Context
 
@@ -104,21 +104,18 @@ class Authz:
     def visible(p: Principal, tenant: str | None) -> bool:
         return p.is_admin or (tenant is not None and tenant == p.tenant)
 
-    def vvol(self, p: Principal, ref: str) -> Vvol:
-        with self.ctx.db.tx() as conn:
-            v = self.ctx.vvol(conn, ref)
-        if not self.visible(p, v.tenant):
-            raise NotFound(kind="vvol", ref=ref)
-        return v
+    def vvol(self, p: Principal, ref: str) -> None:
+        self.vvols(p, [ref])
 
     def vvols(self, p: Principal, refs: list[str]) -> None:
-        for ref in refs:
-            try:
-                self.vvol(p, ref)
-            except NotFound:
-                if not p.is_admin:
-                    raise
-            # an admin's missing vvols are reported per vvol by the operation itself
+        """A host may name only its tenant's vvols (others are 'not found'); an admin
+        may name any, and missing ones are reported by the operation itself."""
+        if p.is_admin:
+            return
+        with self.ctx.db.tx() as conn:
+            for ref in refs:
+                if not self.visible(p, self.ctx.vvol(conn, ref).tenant):
+                    raise NotFound(kind="vvol", ref=ref)
 
     def host(self, p: Principal, name: str) -> None:
         if not p.is_admin and p.name != name:
