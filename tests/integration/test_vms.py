@@ -340,3 +340,70 @@ def test_disk_from_image_refresh_and_delete_guards(lab: Lab) -> None:
     lab.api.vvol_delete(snap["id"])
     assert lab.vvhost("kvm1", "vm", "delete", "imported").returncode == 0
     assert lab.api.vvols() == [] and lab.api.audit()["ok"]
+
+
+def test_live_migration_rebinds_on_the_destination(lab: Lab) -> None:
+    """The migrate hook binds the vvols for the destination host and rewrites the XML;
+    the source's release drops the source's bindings (issue 8 builds on this)."""
+    port = free_port()
+    dest = LibvirtHost(
+        "kvm2",
+        os.path.join(lab.tmp, "kvm2m"),
+        tcp_port=port,
+        migration_ports=(mig := free_port(), mig + 5),
+    ).start()
+    conf = os.path.join(lab.tmp, "kvm2m.conf")
+    HostConfig(name="kvm2", server=f"unix://{lab.server.socket}", libvirt=dest.uri).save(conf)
+    install(dest.hooks_dir, conf, dest.pid)
+    dest.sighup()
+    lab.hosts["kvm2m"] = dest
+    log = os.path.join(lab.tmp, "mig.serial")
+    out = lab.vvhost(
+        "kvm1",
+        "vm",
+        "create",
+        "mig",
+        "--datastore",
+        "ds",
+        "--memory",
+        "256",
+        "--disk",
+        "16M",
+        "--protocol",
+        "iscsi",
+        "--kernel",
+        lab.guest.kernel,
+        "--initrd",
+        lab.guest.initrd,
+        "--serial-log",
+        log,
+        "--cmdline",
+        guest_cmdline(["write:vda:G:0:1"], keep_running=True),
+    )
+    assert out.returncode == 0, out.stderr
+    assert lab.vvhost("kvm1", "vm", "start", "mig").returncode == 0
+    deadline = time.monotonic() + 60
+    while "VVTEST END" not in Path(log).read_text(errors="replace"):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    src = libvirt.open(lab.hosts["kvm1"].uri)
+    try:
+        dom = src.lookupByName("mig")
+        params = {libvirt.VIR_MIGRATE_PARAM_URI: "tcp://127.0.0.1"}
+        dom.migrateToURI3(
+            dest.tcp_uri, params, libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER
+        )
+    finally:
+        src.close()
+    conn = libvirt.open(dest.uri)
+    try:
+        moved = conn.lookupByName("mig")
+        assert moved.isActive()
+        assert "kvm2" in moved.XMLDesc(0)  # the disk now points at kvm2's target
+    finally:
+        conn.close()
+    deadline = time.monotonic() + 20
+    while [b["host"] for b in lab.api.bindings()] != ["kvm2"]:
+        assert time.monotonic() < deadline, lab.api.bindings()
+        time.sleep(0.2)
+    assert lab.api.audit()["ok"]
