@@ -62,7 +62,8 @@ class Lab:
         HostConfig(name=name, server=server or f"unix://{self.server.socket}", libvirt=h.uri).save(
             conf
         )
-        install(h.hooks_dir, conf, h.pid)
+        install(h.hooks_dir, conf)
+        h.sighup()  # returns once libvirtd has reread its hooks
         self.hosts[name] = h
         self.confs[name] = conf
         return h
@@ -107,6 +108,14 @@ def wait_off(lab: Lab, host: str, name: str, timeout: float = 90) -> None:
             time.sleep(0.2)
     finally:
         conn.close()
+
+
+def wait_for_end(log: str, timeout: float = 60) -> None:
+    """Wait until a guest that keeps running has done its commands."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(log) or "VVTEST END" not in Path(log).read_text(errors="replace"):
+        assert time.monotonic() < deadline, "the guest did not finish its commands"
+        time.sleep(0.2)
 
 
 def set_cmdline(lab: Lab, host: str, name: str, cmdline: str) -> None:
@@ -259,10 +268,7 @@ def test_reconnect_after_libvirtd_restart_restores_bindings(lab: Lab) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert lab.vvhost("kvm1", "vm", "start", "keep").returncode == 0
-    deadline = time.monotonic() + 60
-    while "VVTEST END" not in Path(log).read_text(errors="replace"):
-        assert time.monotonic() < deadline, "the guest did not finish its commands"
-        time.sleep(0.2)
+    wait_for_end(log)
     before = {b["vvol"]: b["uri"] for b in lab.api.bindings(host="kvm1")}
     assert len(before) == 2
     lost = sorted(before)[0]
@@ -354,7 +360,7 @@ def test_live_migration_rebinds_on_the_destination(lab: Lab) -> None:
     ).start()
     conf = os.path.join(lab.tmp, "kvm2m.conf")
     HostConfig(name="kvm2", server=f"unix://{lab.server.socket}", libvirt=dest.uri).save(conf)
-    install(dest.hooks_dir, conf, dest.pid)
+    install(dest.hooks_dir, conf)
     dest.sighup()
     lab.hosts["kvm2m"] = dest
     log = os.path.join(lab.tmp, "mig.serial")
@@ -382,10 +388,7 @@ def test_live_migration_rebinds_on_the_destination(lab: Lab) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert lab.vvhost("kvm1", "vm", "start", "mig").returncode == 0
-    deadline = time.monotonic() + 60
-    while "VVTEST END" not in Path(log).read_text(errors="replace"):
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    wait_for_end(log)
     src = libvirt.open(lab.hosts["kvm1"].uri)
     try:
         dom = src.lookupByName("mig")

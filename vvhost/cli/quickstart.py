@@ -77,7 +77,8 @@ def run_quickstart(state_dir: str | None, keep: bool, cleanup: bool) -> None:
         HostConfig(
             name=HOST, server=f"unix://{server.socket}", libvirt=lab.uri, protocol="iscsi"
         ).save(conf)
-        install(lab.hooks_dir, conf, lab.pid)
+        install(lab.hooks_dir, conf)
+        lab.sighup()  # returns once libvirtd has reread its hooks
         tour(Tour(server.socket, conf), lab, state)
         where(server, lab, conf, state)
         if keep:
