@@ -57,14 +57,15 @@ class Lab:
         )
 
     def add_host(self, name: str, server: str | None = None) -> LibvirtHost:
-        h = LibvirtHost(name, os.path.join(self.tmp, name)).start()
+        h = LibvirtHost(name, os.path.join(self.tmp, name))
+        self.hosts[name] = h  # stopped by the fixture even if what follows fails
+        h.start()
         conf = os.path.join(self.tmp, f"{name}.conf")
         HostConfig(name=name, server=server or f"unix://{self.server.socket}", libvirt=h.uri).save(
             conf
         )
         install(h.hooks_dir, conf)
         h.sighup()  # returns once libvirtd has reread its hooks
-        self.hosts[name] = h
         self.confs[name] = conf
         return h
 
@@ -357,12 +358,13 @@ def test_live_migration_rebinds_on_the_destination(lab: Lab) -> None:
         os.path.join(lab.tmp, "kvm2m"),
         tcp_port=port,
         migration_ports=(mig := free_port(), mig + 5),
-    ).start()
+    )
+    lab.hosts["kvm2m"] = dest  # stopped by the fixture even if what follows fails
+    dest.start()
     conf = os.path.join(lab.tmp, "kvm2m.conf")
     HostConfig(name="kvm2", server=f"unix://{lab.server.socket}", libvirt=dest.uri).save(conf)
     install(dest.hooks_dir, conf)
     dest.sighup()
-    lab.hosts["kvm2m"] = dest
     log = os.path.join(lab.tmp, "mig.serial")
     out = lab.vvhost(
         "kvm1",
