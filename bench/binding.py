@@ -12,12 +12,12 @@ Alternatives, in the same run on their own daemons:
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Callable
 
 from vvhost.client import Client
+from vvhost.daemon import free_port
 from vvhost.pe.proc import Daemon
 from vvhost.tools.qmp import Qmp
 from vvhost.tools.qsd import StorageDaemonApi, node_name_for, qsd_argv
@@ -29,12 +29,6 @@ QEMU_IQN = "iqn.2008-11.org.linux-kvm"
 CYCLES = 100
 BATCH = 256
 PROTOCOLS = ("iscsi", "nbd", "file")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cycle_times(fn: Callable[[], None], n: int = CYCLES) -> list[float]:

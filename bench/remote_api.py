@@ -5,7 +5,6 @@ per second with 8 concurrent clients on each transport."""
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -13,19 +12,13 @@ from functools import partial
 
 from tests.tlsfixtures import make_certs
 from vvhost.client import Client
-from vvhost.daemon import ServerProcess
+from vvhost.daemon import ServerProcess, free_port
 
 from .common import Result, check, median, private_dir
 
 CALLS = 200
 CLIENTS = 8
 PER_CLIENT = 50
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def latency(fn: Callable[[], object]) -> float:

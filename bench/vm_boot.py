@@ -23,13 +23,13 @@ from typing import Any
 import libvirt
 
 from vvhost.client import Client
+from vvhost.daemon import free_port
 from vvhost.guest import GuestReport, build_guest, guest_cmdline, parse_serial
 from vvhost.host import domainxml as dx
 from vvhost.host.config import HostConfig
 from vvhost.host.install import HOOK_NAME, install
 from vvhost.labhost import LibvirtHost
 
-from .binding import free_port
 from .common import MiB, Result, VerifyError, check, median, private_dir, server
 
 REPS = 5

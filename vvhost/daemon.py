@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -137,3 +138,10 @@ class ServerProcess:
     def stop_endpoint_daemons(self) -> None:
         for rundir in self.endpoint_rundirs():
             stop_pidfile(rundir)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for lab daemons)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

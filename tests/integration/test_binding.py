@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,19 +16,13 @@ import pytest
 
 from tests.patterns import Patterns
 from vvhost.client import Client
-from vvhost.daemon import ServerProcess
+from vvhost.daemon import ServerProcess, free_port
 from vvhost.errors import InUse
 from vvhost.service.context import FAULT_ENV, FAULT_MARK
 
 QEMU_IQN = "iqn.2008-11.org.linux-kvm"  # what qemu-img/qemu-io log in as
 OTHER_IQN = "iqn.2026-11.test.vvhost:other"
 MiB = 1 << 20
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run(*argv: str, ok: bool = True) -> subprocess.CompletedProcess[str]:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 import libvirt
 import pytest
 
+from vvhost.daemon import free_port
 from vvhost.labhost import LibvirtHost
 
 pytestmark = pytest.mark.slow
@@ -71,12 +72,6 @@ def _needs_namespaces() -> None:
     reason = _capability()
     if reason:
         pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_time(pid: int) -> int | None:

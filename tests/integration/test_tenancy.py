@@ -5,7 +5,6 @@ and gets 403 or 404 each time; tenant A's data stays as it was."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -17,14 +16,8 @@ import pytest
 from tests.patterns import CHUNK, Patterns
 from tests.tlsfixtures import make_certs
 from vvhost.client import Client
-from vvhost.daemon import ServerProcess
+from vvhost.daemon import ServerProcess, free_port
 from vvhost.errors import Unauthorized, VvhostError
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -13,7 +13,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from vvhost.daemon import free_port
 from vvhost.pe.proc import Daemon, stop_pidfile
 from vvhost.tools import EndpointError, run
 from vvhost.tools.qmp import Qmp
@@ -33,12 +33,6 @@ from vvhost.tools.tgtd_ipc import MODE_TARGET, OP_SHOW, OP_UPDATE
 MiB = 1 << 20
 KVM_INITIATOR = "iqn.2008-11.org.linux-kvm"  # what qemu-io/qemu-img log in as
 TGT_RUN = "/run/tgtd"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def gone(pid: int) -> bool:

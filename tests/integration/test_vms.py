@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import libvirt
 import pytest
 
 from vvhost.client import Client
-from vvhost.daemon import ServerProcess
+from vvhost.daemon import ServerProcess, free_port
 from vvhost.guest import GuestImage, build_guest, guest_cmdline, parse_serial, pattern_bytes
 from vvhost.host.config import HostConfig
 from vvhost.host.install import install
@@ -28,12 +27,6 @@ from vvhost.labhost import LibvirtHost
 
 MiB = 1 << 20
 HOST_IQN = "iqn.2026-11.test.vvhost:kvm"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -129,8 +122,18 @@ def set_cmdline(lab: Lab, host: str, name: str, cmdline: str) -> None:
         conn.close()
 
 
-def create_vm(lab: Lab, name: str, protocol: str, cmds: list[str], host: str = "kvm1") -> str:
+def create_vm(
+    lab: Lab,
+    name: str,
+    protocol: str,
+    cmds: list[str],
+    host: str = "kvm1",
+    disks: tuple[str, ...] = ("64M", "32M"),
+    keep_running: bool = False,
+) -> str:
+    """``vvhost vm create`` of a test guest running ``cmds``; returns its serial log."""
     log = os.path.join(lab.tmp, f"{name}.serial")
+    sizes = [arg for size in disks for arg in ("--disk", size)]
     out = lab.vvhost(
         host,
         "vm",
@@ -140,20 +143,17 @@ def create_vm(lab: Lab, name: str, protocol: str, cmds: list[str], host: str = "
         "ds",
         "--memory",
         "256",
-        "--disk",
-        "64M",
-        "--disk",
-        "32M",
+        *sizes,
         "--protocol",
         protocol,
         "--kernel",
         lab.guest.kernel,
         "--initrd",
         lab.guest.initrd,
-        "--cmdline",
-        guest_cmdline(cmds),
         "--serial-log",
         log,
+        "--cmdline",
+        guest_cmdline(cmds, keep_running=keep_running),
         "--json",
     )
     assert out.returncode == 0, out.stderr
@@ -242,32 +242,9 @@ def test_register_on_another_host_from_the_config_vvol(lab: Lab) -> None:
 
 
 def test_reconnect_after_libvirtd_restart_restores_bindings(lab: Lab) -> None:
-    log = os.path.join(lab.tmp, "keep.serial")
-    out = lab.vvhost(
-        "kvm1",
-        "vm",
-        "create",
-        "keep",
-        "--datastore",
-        "ds",
-        "--memory",
-        "256",
-        "--disk",
-        "16M",
-        "--disk",
-        "16M",
-        "--protocol",
-        "iscsi",
-        "--kernel",
-        lab.guest.kernel,
-        "--initrd",
-        lab.guest.initrd,
-        "--cmdline",
-        guest_cmdline(["write:vda:K:0:1"], keep_running=True),
-        "--serial-log",
-        log,
+    log = create_vm(
+        lab, "keep", "iscsi", ["write:vda:K:0:1"], disks=("16M", "16M"), keep_running=True
     )
-    assert out.returncode == 0, out.stderr
     assert lab.vvhost("kvm1", "vm", "start", "keep").returncode == 0
     wait_for_end(log)
     before = {b["vvol"]: b["uri"] for b in lab.api.bindings(host="kvm1")}
@@ -365,30 +342,7 @@ def test_live_migration_rebinds_on_the_destination(lab: Lab) -> None:
     HostConfig(name="kvm2", server=f"unix://{lab.server.socket}", libvirt=dest.uri).save(conf)
     install(dest.hooks_dir, conf)
     dest.sighup()
-    log = os.path.join(lab.tmp, "mig.serial")
-    out = lab.vvhost(
-        "kvm1",
-        "vm",
-        "create",
-        "mig",
-        "--datastore",
-        "ds",
-        "--memory",
-        "256",
-        "--disk",
-        "16M",
-        "--protocol",
-        "iscsi",
-        "--kernel",
-        lab.guest.kernel,
-        "--initrd",
-        lab.guest.initrd,
-        "--serial-log",
-        log,
-        "--cmdline",
-        guest_cmdline(["write:vda:G:0:1"], keep_running=True),
-    )
-    assert out.returncode == 0, out.stderr
+    log = create_vm(lab, "mig", "iscsi", ["write:vda:G:0:1"], disks=("16M",), keep_running=True)
     assert lab.vvhost("kvm1", "vm", "start", "mig").returncode == 0
     wait_for_end(log)
     src = libvirt.open(lab.hosts["kvm1"].uri)

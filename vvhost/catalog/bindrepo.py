@@ -175,10 +175,6 @@ def delete_binding(conn: Connection, b: Binding) -> None:
     conn.execute(_DELETE, _key(b))
 
 
-def bindings_of_op(conn: Connection, op_id: str) -> list[Binding]:
-    return [_binding(r) for r in conn.execute(select(bindings).where(bindings.c.op_id == op_id))]
-
-
 def used_secondaries(conn: Connection, pe_id: str, tid: int | None = None) -> set[str]:
     q = select(bindings.c.secondary_id).where(bindings.c.pe_id == pe_id)
     if tid is not None:

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, delete, select, update
 
 from ..model import Datastore
-from .schema import datastore_containers, datastores, hosts, sequences, tenants, tokens
+from .schema import datastore_containers, datastores, sequences, tenants, tokens
 
 
 # -- tenants -----------------------------------------------------------------------------
@@ -29,10 +29,6 @@ def list_tenants(conn: Connection) -> list[dict[str, Any]]:
 
 def delete_tenant(conn: Connection, name: str) -> None:
     conn.execute(delete(tenants).where(tenants.c.name == name))
-
-
-def set_host_tenant(conn: Connection, host: str, tenant: str | None) -> None:
-    conn.execute(update(hosts).where(hosts.c.name == host).values(tenant=tenant))
 
 
 # -- tokens ------------------------------------------------------------------------------
@@ -104,13 +100,6 @@ def update_datastore(conn: Connection, ds_id: str, **values: Any) -> None:
 def delete_datastore(conn: Connection, ds_id: str) -> None:
     conn.execute(delete(datastore_containers).where(datastore_containers.c.datastore_id == ds_id))
     conn.execute(delete(datastores).where(datastores.c.id == ds_id))
-
-
-def datastores_of_container(conn: Connection, container_id: str) -> list[str]:
-    q = select(datastore_containers.c.datastore_id).where(
-        datastore_containers.c.container_id == container_id
-    )
-    return [r[0] for r in conn.execute(q)]
 
 
 # -- sequences ---------------------------------------------------------------------------

@@ -9,7 +9,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,7 @@ from typing import Any
 
 import click
 
-from ..daemon import ServerProcess
+from ..daemon import ServerProcess, free_port
 from ..guest import build_guest, guest_cmdline, parse_serial
 from ..host.config import HostConfig
 from ..host.install import install
@@ -48,12 +47,6 @@ class Tour:
         if show and out.stdout.strip():
             click.echo(out.stdout.rstrip())
         return out.stdout.strip()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def note(text: str) -> None:

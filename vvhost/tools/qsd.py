@@ -62,9 +62,6 @@ class StorageDaemonApi:
         addr = {"type": "inet", "data": {"host": host, "port": str(port)}}
         self.qmp.cmd("nbd-server-start", addr=addr)
 
-    def stop_nbd_server(self) -> None:
-        self.qmp.cmd("nbd-server-stop")
-
     # --- block nodes ---------------------------------------------------------
 
     @staticmethod
