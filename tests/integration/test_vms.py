@@ -9,165 +9,17 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import libvirt
 import pytest
 
-from vvhost.client import Client
-from vvhost.daemon import ServerProcess, free_port
-from vvhost.guest import GuestImage, build_guest, guest_cmdline, parse_serial, pattern_bytes
+from tests.vmlab import Lab, MiB, boot, create_vm, set_cmdline, wait_for_end, wait_off
+from vvhost.daemon import free_port
+from vvhost.guest import guest_cmdline, parse_serial, pattern_bytes
 from vvhost.host.config import HostConfig
 from vvhost.host.install import install
 from vvhost.labhost import LibvirtHost
-
-MiB = 1 << 20
-HOST_IQN = "iqn.2026-11.test.vvhost:kvm"
-
-
-@dataclass
-class Lab:
-    tmp: str
-    server: ServerProcess
-    api: Client
-    guest: GuestImage
-    hosts: dict[str, LibvirtHost]
-    confs: dict[str, str]
-
-    def vvhost(self, host: str, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "VVHOST_HOST_CONF": self.confs[host]}
-        return subprocess.run(
-            [sys.executable, "-m", "vvhost", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=300,
-            check=False,
-        )
-
-    def add_host(self, name: str, server: str | None = None) -> LibvirtHost:
-        h = LibvirtHost(name, os.path.join(self.tmp, name))
-        self.hosts[name] = h  # stopped by the fixture even if what follows fails
-        h.start()
-        conf = os.path.join(self.tmp, f"{name}.conf")
-        HostConfig(name=name, server=server or f"unix://{self.server.socket}", libvirt=h.uri).save(
-            conf
-        )
-        install(h.hooks_dir, conf)
-        h.sighup()  # returns once libvirtd has reread its hooks
-        self.confs[name] = conf
-        return h
-
-
-@pytest.fixture(scope="module")
-def guest(tmp_path_factory: pytest.TempPathFactory) -> GuestImage:
-    return build_guest()
-
-
-@pytest.fixture
-def lab(tmp_path: str, guest: GuestImage) -> Iterator[Lab]:
-    server = ServerProcess(
-        os.path.join(tmp_path, "state"), os.path.join(tmp_path, "cp.sock"), private_tgtd=True
-    ).start()
-    api = server.client()
-    lab = Lab(str(tmp_path), server, api, guest, {}, {})
-    try:
-        for host in ("kvm1", "kvm2"):
-            api.host_add(host, f"{HOST_IQN}{host[-1]}")
-        api.pe_create("iscsi0", "iscsi", portal=f"127.0.0.1:{free_port()}")
-        api.pe_create("nbd0", "nbd")
-        api.pe_create("file0", "file", path=os.path.join(tmp_path, "nfs"))
-        api.container_create("pool", "4G")
-        api.datastore_create("ds", "2G")
-        lab.add_host("kvm1")
-        yield lab
-    finally:
-        for h in lab.hosts.values():
-            h.stop()
-        api.close()
-        server.stop()
-
-
-def wait_off(lab: Lab, host: str, name: str, timeout: float = 90) -> None:
-    conn = libvirt.open(lab.hosts[host].uri)
-    try:
-        dom = conn.lookupByName(name)
-        deadline = time.monotonic() + timeout
-        while dom.isActive():
-            assert time.monotonic() < deadline, f"{name} did not power off"
-            time.sleep(0.2)
-    finally:
-        conn.close()
-
-
-def wait_for_end(log: str, timeout: float = 60) -> None:
-    """Wait until a guest that keeps running has done its commands."""
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(log) or "VVTEST END" not in Path(log).read_text(errors="replace"):
-        assert time.monotonic() < deadline, "the guest did not finish its commands"
-        time.sleep(0.2)
-
-
-def set_cmdline(lab: Lab, host: str, name: str, cmdline: str) -> None:
-    """What `virsh edit` would do: change the kernel command line of the definition."""
-    conn = libvirt.open(lab.hosts[host].uri)
-    try:
-        xml = conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-        conn.defineXML(re.sub(r"<cmdline>.*?</cmdline>", f"<cmdline>{cmdline}</cmdline>", xml))
-    finally:
-        conn.close()
-
-
-def create_vm(
-    lab: Lab,
-    name: str,
-    protocol: str,
-    cmds: list[str],
-    host: str = "kvm1",
-    disks: tuple[str, ...] = ("64M", "32M"),
-    keep_running: bool = False,
-) -> str:
-    """``vvhost vm create`` of a test guest running ``cmds``; returns its serial log."""
-    log = os.path.join(lab.tmp, f"{name}.serial")
-    sizes = [arg for size in disks for arg in ("--disk", size)]
-    out = lab.vvhost(
-        host,
-        "vm",
-        "create",
-        name,
-        "--datastore",
-        "ds",
-        "--memory",
-        "256",
-        *sizes,
-        "--protocol",
-        protocol,
-        "--kernel",
-        lab.guest.kernel,
-        "--initrd",
-        lab.guest.initrd,
-        "--serial-log",
-        log,
-        "--cmdline",
-        guest_cmdline(cmds, keep_running=keep_running),
-        "--json",
-    )
-    assert out.returncode == 0, out.stderr
-    return log
-
-
-def boot(lab: Lab, name: str, log: str, host: str = "kvm1") -> str:
-    if os.path.exists(log):
-        os.unlink(log)
-    out = lab.vvhost(host, "vm", "start", name)
-    assert out.returncode == 0, out.stderr
-    wait_off(lab, host, name)
-    with open(log, errors="replace") as fh:
-        return fh.read()
 
 
 @pytest.mark.parametrize("protocol", ["iscsi", "nbd", "file"])
@@ -320,7 +172,7 @@ def test_disk_from_image_refresh_and_delete_guards(lab: Lab) -> None:
     assert lab.api.bindings() == []
     snap = lab.api.vvol_snapshot(vda)
     refused = lab.vvhost("kvm1", "vm", "delete", "imported")
-    assert refused.returncode == 4 and "snapshots" in refused.stderr
+    assert refused.returncode == 4 and "still used by" in refused.stderr
     lab.api.vvol_delete(snap["id"])
     assert lab.vvhost("kvm1", "vm", "delete", "imported").returncode == 0
     assert lab.api.vvols() == [] and lab.api.audit()["ok"]

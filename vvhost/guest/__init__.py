@@ -61,8 +61,8 @@ _DISK = r"vd[a-z]{1,2}"
 _PATTERN = r"[A-Za-z0-9]{1,16}"
 _NUM = r"\d{1,9}"
 _COMMAND = re.compile(
-    rf"(?:write|verify):{_DISK}:{_PATTERN}:{_NUM}:{_NUM}|sum:{_DISK}|counter:{_DISK}:{_NUM}"
-    rf"|sleep:{_NUM}|poweroff"
+    rf"(?:write|verify):{_DISK}:{_PATTERN}:{_NUM}:{_NUM}|(?:sum|size):{_DISK}"
+    rf"|counter:{_DISK}:{_NUM}|sleep:{_NUM}|wait|poweroff"
 )
 _RESULT = re.compile(rf"(write|verify) ({_DISK}) ({_PATTERN}) (\d+) (\d+) (ok|FAIL)")
 

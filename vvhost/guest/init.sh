@@ -19,6 +19,8 @@
 #   VVTEST write N P OFF LEN ok|FAIL        VVTEST verify N P OFF LEN ok|FAIL
 #   VVTEST sum N <sha256>                   VVTEST size N <bytes>
 #   VVTEST counter <n>                      VVTEST sleep S ok
+#   VVTEST wait <n>    (then blocks until a line arrives on the second serial port)
+#   VVTEST go <n>
 #   VVTEST error <what>
 #   VVTEST END
 #
@@ -124,6 +126,27 @@ do_counter() {
     done
 }
 
+# do_wait: announce, then block until the host sends a line on /dev/ttyS1 (the
+# second serial port), so the host can act between two steps of the guest.
+waits=0
+do_wait() {
+    waits=$((waits + 1))
+    if ! exec 3</dev/ttyS1; then
+        say "error no second serial port"
+        return 0
+    fi
+    stty -F /dev/ttyS1 raw -echo 2>/dev/null
+    say "wait $waits"
+    read -r _ <&3
+    exec 3<&-
+    say "go $waits"
+}
+
+do_size() {
+    wait_disk "$1" || return 0
+    say "size $1 $(blockdev --getsize64 "/dev/$1")"
+}
+
 # run CMD: one command, its fields separated by ':'.
 run() {
     IFS=:
@@ -139,6 +162,8 @@ run() {
             fi
             ;;
         sum:2) do_sum "$2" ;;
+        size:2) do_size "$2" ;;
+        wait:1) do_wait ;;
         counter:3)
             if number "$3"; then do_counter "$2" "$3"; else say "error bad command $*"; fi
             ;;
