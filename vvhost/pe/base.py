@@ -4,10 +4,16 @@ An endpoint presents *attachments*: one per binding, named by a key unique
 within the endpoint.  Attach and detach are idempotent; ``present`` tells what
 the daemon really has, so the control plane can reconcile it with the catalog
 after a restart of either side.
+
+Daemons learn a vvol's size when they open its data; after the vvol grew,
+``refresh`` makes them present the new size under the same key (LUN number,
+export name, identity), and ``stale`` tells which attachments still show an
+old one (after a crash between growing the data and refreshing).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -49,6 +55,18 @@ class Endpoint(Protocol):
 
     def handle(self, a: Attachment) -> dict[str, Any]:
         """What a host needs to open the attachment: at least ``uri``."""
+
+    def refresh(self, a: Attachment) -> None:
+        """Present the current size of ``a.path`` (the vvol grew); a no-op when the
+        size presented is already current. Nothing else about ``a`` changes."""
+
+    def stale(self, atts: list[Attachment]) -> list[str]:
+        """Keys of the attachments in ``atts`` presented with an outdated size."""
+
+
+def data_size(path: str) -> int:
+    """The size of a vvol's data as a daemon opening it now would see it."""
+    return os.path.getsize(path)
 
 
 def attach_each(ep: Endpoint, atts: list[Attachment]) -> dict[str, VvhostError]:

@@ -66,3 +66,9 @@ class FileEndpoint:
     def handle(self, a: Attachment) -> dict[str, Any]:
         path = self._path(a.key)
         return {"uri": f"file://{path}", "path": path}
+
+    def refresh(self, a: Attachment) -> None:
+        """The link leads to the vvol's data itself: its size is always current."""
+
+    def stale(self, atts: list[Attachment]) -> list[str]:
+        return []

@@ -8,17 +8,24 @@
       target tid=N  iqn.<prefix>:<pe>.shared     ACL: ALL (bindings that ask for shared access)
 
 A host reaches LUN L as ``iscsi://<portal>/<target iqn>/<L>``.
+
+After a vvol grew, ``refresh`` has tgtd reopen the LUN's backing file in place
+(same LUN number, serial and SCSI id; sessions stay logged in), after which
+READ CAPACITY reports the new size: an initiator sees it when it asks again
+(QEMU's iscsi driver does on ``block_resize``). It reopens only a LUN whose size
+changed: see :meth:`Tgtadm.lun_reopen` for the one risk of a reopen.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
 from ..errors import VvhostError
 from ..tools import EndpointError
-from ..tools.tgtadm import Tgtadm
-from .base import Attachment, attach_each
+from ..tools.tgtadm import Lun, Target, Tgtadm, tgt_megabytes
+from .base import Attachment, attach_each, data_size
 from .proc import Daemon
 
 DEFAULT_IQN_PREFIX = "iqn.2026-11.io.vvhost"
@@ -104,6 +111,45 @@ class IscsiEndpoint:
 
     def present(self) -> set[str]:
         return {f"{t.tid}/{lun.lun}" for t in self.tgtadm.show() for lun in t.luns}
+
+    def refresh(self, a: Attachment) -> None:
+        assert a.tid is not None
+        expected = tgt_megabytes(data_size(a.path))
+        lun = self._shown(a, self.tgtadm.show())
+        if lun is None:
+            raise EndpointError(tool="tgtd", detail=f"target {a.tid} has no LUN {a.secondary_id}")
+        if lun.size_mb == expected:
+            return
+        for _attempt in range(2):  # a second try if tgtd could not reopen the file
+            self.tgtadm.lun_reopen(a.tid, int(a.secondary_id), a.path)
+            lun = self._shown(a, self.tgtadm.show())
+            if lun is not None and lun.path == a.path and lun.size_mb in (None, expected):
+                return
+        shows = "nothing" if lun is None else f"{lun.size_mb} MB from {lun.path or 'no file'}"
+        raise EndpointError(
+            tool="tgtd",
+            detail=f"LUN {a.secondary_id} of target {a.tid} did not take the new size of "
+            f"{a.path} ({expected} MB): it shows {shows}",
+        )
+
+    def stale(self, atts: list[Attachment]) -> list[str]:
+        targets = self.tgtadm.show()
+        out = []
+        for a in atts:
+            lun = self._shown(a, targets)
+            if lun is None or lun.size_mb is None:
+                continue  # missing: reconciliation adds it; no size shown: cannot tell
+            with contextlib.suppress(OSError):
+                if lun.size_mb != tgt_megabytes(data_size(a.path)):
+                    out.append(a.key)
+        return out
+
+    @staticmethod
+    def _shown(a: Attachment, targets: list[Target]) -> Lun | None:
+        for t in targets:
+            if t.tid == a.tid:
+                return next((lun for lun in t.luns if str(lun.lun) == a.secondary_id), None)
+        return None
 
     def handle(self, a: Attachment) -> dict[str, Any]:
         return {

@@ -8,10 +8,17 @@
 Bindings of one vvol for several hosts share its block node; the node goes
 when its last export does.  A host reaches an export as
 ``nbd+unix:///<export>?socket=<nbd.sock>`` or ``nbd://HOST:PORT/<export>``.
+
+An NBD export has the size its node had when it was added, QEMU refuses to
+resize a node while it is exported, and an NBD client learns the size when it
+connects. After a vvol grew, ``refresh`` removes the node's exports, each only
+if no client is connected (cutting a client off would fail its I/O), resizes
+the node to the data's size and adds the exports again under the same names.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import threading
@@ -22,7 +29,7 @@ from ..errors import VvhostError
 from ..tools import EndpointError
 from ..tools.qmp import Qmp
 from ..tools.qsd import StorageDaemonApi, node_name_for, qsd_argv
-from .base import Attachment
+from .base import Attachment, data_size
 from .proc import Daemon
 
 T = TypeVar("T")
@@ -179,6 +186,55 @@ class NbdEndpoint:
     def present(self) -> set[str]:
         self._load()
         return set(self._exports)
+
+    @_serialised
+    def refresh(self, a: Attachment) -> None:
+        node = node_name_for(a.path)
+        size = data_size(a.path)
+        if self.api.node_sizes().get(node, size) == size:
+            return
+        removed: list[str] = []
+        try:
+            for key in sorted(k for k, n in self._exports.items() if n == node):
+                self._del_unused_export(key)
+                removed.append(key)
+            self.api.resize(node, size)
+        finally:
+            self._readd(node, removed, writable=not a.readonly)
+
+    def _del_unused_export(self, key: str) -> None:
+        try:
+            self.api.del_export(key, force=False)
+        except EndpointError as exc:
+            if any(e["id"] == key for e in self.api.exports()):
+                raise EndpointError(
+                    tool="qemu-storage-daemon",
+                    detail=f"export {key} has a connected client and QEMU cannot grow an "
+                    "export in use, so it keeps its old size (extend again to the same size "
+                    "once its clients have disconnected)",
+                ) from exc
+            raise
+        del self._exports[key]
+
+    def _readd(self, node: str, keys: list[str], *, writable: bool) -> None:
+        try:
+            for key in keys:
+                self.api.add_export(key, node, key, writable=writable)
+                self._exports[key] = node
+        except EndpointError:
+            self._load()
+            raise
+
+    @_serialised
+    def stale(self, atts: list[Attachment]) -> list[str]:
+        sizes = self.api.node_sizes()
+        out = []
+        for a in atts:
+            shown = sizes.get(node_name_for(a.path))
+            with contextlib.suppress(OSError):
+                if shown is not None and shown != data_size(a.path):
+                    out.append(a.key)
+        return out
 
     def handle(self, a: Attachment) -> dict[str, Any]:
         if self.portal:

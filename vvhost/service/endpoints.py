@@ -1,6 +1,11 @@
 """Protocol endpoints: their catalog entries (PeOps) and their running daemons
 (EndpointManager), which the control plane starts, adopts, supervises and
-reconciles with the bindings in the catalog."""
+reconciles with the bindings in the catalog.
+
+When a bound vvol grows, ``EndpointManager.refresh`` has each endpoint that
+presents one of its bindings show the new size; reconciliation does the same
+for any attachment found with an outdated size (a crash between growing the
+data and refreshing the endpoints)."""
 
 from __future__ import annotations
 
@@ -12,13 +17,14 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from typing import Any
 
 from sqlalchemy import Connection
 
 from ..catalog import bindrepo, repo, vvolrepo
 from ..errors import AlreadyExists, InUse, InvalidInput, NotFound
-from ..model import ACTIVE, PROTOCOLS, Binding, Host, Pe, Vvol
+from ..model import ACTIVE, ATTACHING, PROTOCOLS, Binding, Host, Pe, Vvol
 from ..pe import Attachment, Endpoint, open_endpoint
 from ..pe.iscsi import DEFAULT_IQN_PREFIX
 from ..tools import EndpointError
@@ -26,7 +32,26 @@ from ..units import check_name
 from .context import Context
 
 log = logging.getLogger("vvhost.endpoints")
+# each context's manager, held weakly both ways: the Service owns both
+_MANAGERS: weakref.WeakKeyDictionary[Context, weakref.ref[EndpointManager]] = (
+    weakref.WeakKeyDictionary()
+)
 _PORTAL = re.compile(r"^(?P<host>[A-Za-z0-9.-]{1,253}|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
+
+
+class RefreshFailed(EndpointError):
+    """A vvol grew, but some endpoints still present its old size."""
+
+    template = (
+        "vvol {ref!r} was extended to {size} bytes, but {failed} of its {bindings} bindings "
+        "still present the old size: {details}"
+    )
+
+
+def endpoint_manager(ctx: Context) -> EndpointManager | None:
+    """The manager of the endpoint daemons serving ``ctx``'s bindings, if one runs."""
+    ref = _MANAGERS.get(ctx)
+    return ref() if ref is not None else None
 
 
 def parse_portal(portal: str) -> str:
@@ -76,6 +101,7 @@ class EndpointManager:
         self.restarts: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        _MANAGERS[ctx] = weakref.ref(self)
 
     def get(self, pe: Pe) -> Endpoint:
         with self._guard:
@@ -108,7 +134,51 @@ class EndpointManager:
             ep.attach(wanted[key])
         for key in sorted(present - wanted.keys()):
             ep.detach(key)
-        return {"attached": len(wanted.keys() - present), "detached": len(present - wanted.keys())}
+        stale = ep.stale([wanted[key] for key in sorted(wanted.keys() & present)])
+        for key in stale:
+            try:
+                ep.refresh(wanted[key])
+            except (EndpointError, OSError) as exc:
+                log.error("endpoint %s still presents an old size for %s: %s", pe.name, key, exc)
+        return {
+            "attached": len(wanted.keys() - present),
+            "detached": len(present - wanted.keys()),
+            "refreshed": len(stale),
+        }
+
+    def refresh(self, vvol_id: str) -> tuple[int, list[str]]:
+        """Have every endpoint that presents a binding of ``vvol_id`` show the size
+        of its data now. Returns how many bindings there are and, for each one
+        whose endpoint failed, "endpoint P for host H: what went wrong"."""
+        with self.ctx.db.tx() as conn:
+            rows = bindrepo.find_bindings(conn, vvol=vvol_id)
+            pes = {b.pe: bindrepo.get_pe(conn, b.pe) for b in rows}
+        failures = []
+        for b in rows:
+            pe = pes[b.pe]
+            if pe is None:
+                continue
+            try:
+                self._refresh_binding(pe, b)
+            except (EndpointError, OSError) as exc:
+                failures.append(f"endpoint {pe.name} for host {b.host}: {exc}")
+        return len(rows), failures
+
+    def _refresh_binding(self, pe: Pe, b: Binding) -> None:
+        with self.lock([pe.id]):
+            with self.ctx.db.tx() as conn:
+                rows = [
+                    r
+                    for r in bindrepo.find_bindings(conn, vvol=b.vvol, host=b.host, pe=pe.id)
+                    if r.state in (ACTIVE, ATTACHING)
+                ]
+                if not rows:
+                    return  # unbound or moved meanwhile: nothing of it to refresh here
+                row = rows[0]
+                att = attachment(conn, self.ctx, row)
+            ep = self.get(pe)
+            if row.state == ACTIVE or att.key in ep.present():
+                ep.refresh(att)
 
     def start_all(self) -> None:
         with self.ctx.db.tx() as conn:

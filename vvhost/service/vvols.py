@@ -30,6 +30,7 @@ from ..units import check_name, parse_size
 from .bindings import ensure_unbound
 from .context import Context
 from .datastores import DatastoreOps, check_datastore_room
+from .endpoints import EndpointManager, RefreshFailed, endpoint_manager
 from .inventory import ContainerOps
 
 
@@ -226,8 +227,15 @@ class VvolOps:
 
     # -- extend -------------------------------------------------------------------------
     def extend(self, ref: str, size: str | int, generation: int | None = None) -> dict[str, Any]:
+        """Grow a vvol, bound or not: the data grows (journaled: recovery finishes it),
+        then every endpoint presenting a binding of it shows the new size.
+
+        Extending to the size it has already only refreshes the endpoints: the way
+        to retry after an endpoint failed (the vvol itself had grown by then).
+        """
         nbytes = parse_size(size)
         op = self.ctx.new_op()
+        endpoints = endpoint_manager(self.ctx)
         with self.ctx.db.tx() as conn:
             v = self.ctx.vvol(conn, ref)
         with self.ctx.locks.hold([v.id]):
@@ -237,21 +245,31 @@ class VvolOps:
                     raise InvalidInput(
                         detail=f"vvol {ref!r} is {v.size} bytes; shrinking is not supported"
                     )
-                if nbytes == v.size:
-                    return self.describe(conn, v)
-                ensure_unbound(conn, v, "extend it")
-                c = self.containers.get(conn, v.container)
-                check_datastore_room(conn, v.datastore, nbytes - v.size)
-                reserve(conn, c, nbytes - v.size)
-                vvolrepo.change(conn, v, bump=False, state=EXTENDING, op=op)
-                self.ctx.journal(conn, op, "extend", v.id, {"size": nbytes})
-            self.ctx.fault("extend", "begin")
-            finish_extend(
-                self.ctx,
-                JournalEntry(
-                    id=op, op="extend", vvol=v.id, step="begin", args={"size": nbytes}, created=0
-                ),
-            )
+                grow = nbytes > v.size
+                if grow and endpoints is None:  # nobody could show bound hosts the new size
+                    ensure_unbound(conn, v, "extend it")
+                if grow:
+                    c = self.containers.get(conn, v.container)
+                    check_datastore_room(conn, v.datastore, nbytes - v.size)
+                    reserve(conn, c, nbytes - v.size)
+                    vvolrepo.change(conn, v, bump=False, state=EXTENDING, op=op)
+                    self.ctx.journal(conn, op, "extend", v.id, {"size": nbytes})
+            if grow:
+                self.ctx.fault("extend", "begin")
+                finish_extend(
+                    self.ctx,
+                    JournalEntry(
+                        id=op,
+                        op="extend",
+                        vvol=v.id,
+                        step="begin",
+                        args={"size": nbytes},
+                        created=0,
+                    ),
+                )
+                self.ctx.fault("extend", "resized")
+            if endpoints is not None:
+                refresh_endpoints(endpoints, v, nbytes)
             return self.show(v.id)
 
     def _writable(self, conn: Connection, ref: str, action: str, generation: int | None) -> Vvol:
@@ -342,6 +360,20 @@ def finish_delete(ctx: Context, entry: JournalEntry) -> None:
             vvolrepo.remove(conn, v.id)
             bindrepo.drop_hints(conn, v.id)
         repo.journal_remove(conn, entry.id)
+
+
+def refresh_endpoints(endpoints: EndpointManager, v: Vvol, size: int) -> None:
+    """After ``v`` grew to ``size``: its bindings' endpoints show the new size, or
+    one error says which still do not (growing is harmless: nothing is undone)."""
+    bindings, failures = endpoints.refresh(v.id)
+    if failures:
+        raise RefreshFailed(
+            ref=v.name or v.id,
+            size=size,
+            failed=len(failures),
+            bindings=bindings,
+            details="; ".join(failures),
+        )
 
 
 def finish_extend(ctx: Context, entry: JournalEntry) -> None:

@@ -92,8 +92,18 @@ class StorageDaemonApi:
         found = self.qmp.cmd("query-named-block-nodes", flat=True)
         return [n["node-name"] for n in found if not n["node-name"].startswith("#")]
 
+    def node_sizes(self) -> dict[str, int]:
+        """The size each of our named nodes presents (``image.virtual-size``)."""
+        found = self.qmp.cmd("query-named-block-nodes", flat=True)
+        return {
+            n["node-name"]: int(n["image"]["virtual-size"])
+            for n in found
+            if not n["node-name"].startswith("#")
+        }
+
     def resize(self, node: str, size: int) -> None:
-        """Grow (or shrink) the node and its file to ``size`` bytes."""
+        """Grow (or shrink) the node and its file to ``size`` bytes. QEMU refuses
+        while the node is exported: an NBD export keeps the size it started with."""
         self.qmp.cmd("block_resize", **{"node-name": node, "size": size})
 
     # --- exports -------------------------------------------------------------
