@@ -14,13 +14,22 @@ import time
 import traceback
 from collections.abc import Callable
 
-from . import binding, bitmap_diff, catalog_scale, cow_ops, remote_api, vm_boot
+from . import (
+    binding,
+    bitmap_diff,
+    catalog_scale,
+    convert,
+    cow_ops,
+    remote_api,
+    vm_boot,
+)
 from .common import Result, VerifyError, leftovers
 
 GROUPS: dict[str, Callable[..., list[Result]]] = {
     "cow-xfs": cow_ops.run_xfs,
     "cow-ext4": cow_ops.run_ext4,
     "bitmap": bitmap_diff.run,
+    "convert": convert.run,
     "catalog": catalog_scale.run,
     "binding": binding.run,
     "remote": remote_api.run,

@@ -13,6 +13,7 @@ import click
 from ..errors import VvhostError
 from .base import cli
 from .binding import binding, host, pe
+from .convert import convert
 from .inventory import array, container
 from .serve import audit, quickstart, serve
 from .tenancy import datastore, tenant, token
@@ -33,6 +34,7 @@ cli.add_command(hook)
 cli.add_command(serve)
 cli.add_command(quickstart)
 cli.add_command(audit)
+cli.add_command(convert)
 
 
 def main(argv: list[str] | None = None) -> int:
