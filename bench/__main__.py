@@ -22,6 +22,7 @@ from . import (
     cow_ops,
     remote_api,
     vm_boot,
+    vm_snapshot,
 )
 from .common import Result, VerifyError, leftovers
 
@@ -34,6 +35,7 @@ GROUPS: dict[str, Callable[..., list[Result]]] = {
     "binding": binding.run,
     "remote": remote_api.run,
     "vm-boot": vm_boot.run,
+    "vm-snapshot": vm_snapshot.run,
 }
 
 

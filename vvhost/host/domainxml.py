@@ -16,7 +16,7 @@ an iSCSI LUN (``protocol='iscsi'``), an NBD export (unix socket or TCP) or a fil
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InvalidInput
@@ -32,6 +32,15 @@ class VmMeta:
     config: str | None
     disks: dict[str, str]  # target -> vvol id
     pe: str | None = None  # the endpoint this VM's disks are bound through
+    # redo mode: target -> the backing layers under the disk's top vvol, bottom first
+    layers: dict[str, list[str]] = field(default_factory=dict)
+
+    def all_vvols(self) -> list[str]:
+        """Every vvol the running domain opens: each disk's top and its layers."""
+        out: list[str] = []
+        for target, top in self.disks.items():
+            out += self.layers.get(target, []) + [top]
+        return out
 
 
 def parse(xml: str) -> ET.Element:
@@ -56,35 +65,101 @@ def meta(root: ET.Element) -> VmMeta | None:
     vm = root.find(f"metadata/{{{NS}}}vm")
     if vm is None:
         return None
-    disks = {d.get("target", ""): d.get("vvol", "") for d in vm.findall(f"{{{NS}}}disk")}
+    disks, layers = {}, {}
+    for d in vm.findall(f"{{{NS}}}disk"):
+        target = d.get("target", "")
+        disks[target] = d.get("vvol", "")
+        chain = [el.get("vvol", "") for el in d.findall(f"{{{NS}}}layer")]
+        if chain:
+            layers[target] = chain
     return VmMeta(
-        datastore=vm.get("datastore"), config=vm.get("config"), disks=disks, pe=vm.get("pe")
+        datastore=vm.get("datastore"),
+        config=vm.get("config"),
+        disks=disks,
+        pe=vm.get("pe"),
+        layers=layers,
     )
 
 
-def disk_source(root: ET.Element, target: str) -> dict[str, str] | None:
-    """What the domain says disk ``target`` opens, in the shape of ``source_of``;
-    None when there is no such disk."""
+def set_meta(root: ET.Element, vm_meta: VmMeta) -> None:
+    """Replace the domain's vvhost metadata."""
+    md = root.find("metadata")
+    if md is None:
+        md = ET.SubElement(root, "metadata")
+    for old in md.findall(f"{{{NS}}}vm"):
+        md.remove(old)
+    md.append(_meta_element(vm_meta))
+
+
+def _meta_element(vm_meta: VmMeta) -> ET.Element:
+    vm = ET.Element(f"{{{NS}}}vm")
+    if vm_meta.datastore:
+        vm.set("datastore", vm_meta.datastore)
+    if vm_meta.config:
+        vm.set("config", vm_meta.config)
+    if vm_meta.pe:
+        vm.set("pe", vm_meta.pe)
+    for target, vvol in vm_meta.disks.items():
+        disk = ET.SubElement(vm, f"{{{NS}}}disk", target=target, vvol=vvol)
+        for layer in vm_meta.layers.get(target, []):
+            ET.SubElement(disk, f"{{{NS}}}layer", vvol=layer)
+    return vm
+
+
+def _disk(root: ET.Element, target: str) -> ET.Element | None:
     for disk in root.findall("devices/disk"):
         t = disk.find("target")
-        if t is None or t.get("dev") != target:
-            continue
-        src = disk.find("source")
-        if src is None:
-            return {}
-        if disk.get("type") == "file":
-            return {"file": src.get("file", "")}
-        out = {"protocol": src.get("protocol", ""), "name": src.get("name", "")}
-        host = src.find("host")
-        if host is not None:
-            out.update(
-                host_name=host.get("name", ""),
-                port=host.get("port", ""),
-                transport=host.get("transport", ""),
-                socket=host.get("socket", ""),
-            )
-        return _normal(out)
+        if t is not None and t.get("dev") == target:
+            return disk
     return None
+
+
+def _read_source(holder: ET.Element) -> dict[str, str]:
+    """The source of a <disk> or <backingStore> element, in the shape of ``source_of``."""
+    src = holder.find("source")
+    if src is None:
+        return {}
+    if holder.get("type") == "file":
+        return {"file": src.get("file", "")}
+    out = {"protocol": src.get("protocol", ""), "name": src.get("name", "")}
+    host = src.find("host")
+    if host is not None:
+        out.update(
+            host_name=host.get("name", ""),
+            port=host.get("port", ""),
+            transport=host.get("transport", ""),
+            socket=host.get("socket", ""),
+        )
+    return _normal(out)
+
+
+def disk_source(root: ET.Element, target: str) -> dict[str, str] | None:
+    """What the domain says disk ``target`` opens (its top), in the shape of
+    ``source_of``; None when there is no such disk."""
+    disk = _disk(root, target)
+    return None if disk is None else _read_source(disk)
+
+
+def chain_sources(root: ET.Element, target: str) -> list[dict[str, str]] | None:
+    """The sources of disk ``target``'s whole chain, top first (one entry for a
+    plain disk); None when there is no such disk."""
+    disk = _disk(root, target)
+    if disk is None:
+        return None
+    out = [_read_source(disk)]
+    store = disk.find("backingStore")
+    while store is not None and store.find("source") is not None:
+        out.append(_read_source(store))
+        store = store.find("backingStore")
+    return out
+
+
+def same_chain(root: ET.Element, target: str, handles: list[dict[str, Any]]) -> bool:
+    """Does disk ``target`` open exactly these bindings (top first)?"""
+    have = chain_sources(root, target)
+    return have is not None and [_normal(h) for h in have] == [
+        _normal(source_of(h)) for h in handles
+    ]
 
 
 def source_of(handle: dict[str, Any]) -> dict[str, str]:
@@ -120,37 +195,79 @@ def _normal(src: dict[str, str]) -> dict[str, str]:
 
 
 def set_source(root: ET.Element, target: str, handle: dict[str, Any]) -> None:
-    """Point disk ``target`` at the binding ``handle`` (rewrites type and source)."""
-    for disk in root.findall("devices/disk"):
-        t = disk.find("target")
-        if t is None or t.get("dev") != target:
-            continue
-        old = disk.find("source")
-        if old is not None:
-            disk.remove(old)
-        src = ET.Element("source")
-        proto = handle["protocol"]
-        if proto == "file":
-            disk.set("type", "file")
-            src.set("file", handle["path"])
+    """Point disk ``target`` at the binding ``handle`` (a plain raw disk)."""
+    set_chain(root, target, [handle])
+
+
+def set_chain(root: ET.Element, target: str, handles: list[dict[str, Any]]) -> None:
+    """Point disk ``target`` at a chain of bindings, top first: one handle is a raw
+    disk; more are qcow2 layers over a raw bottom, spelled out as <backingStore>
+    so that no path written inside an image has to be right on this host."""
+    disk = _disk(root, target)
+    if disk is None:
+        raise InvalidInput(detail=f"the domain has no disk {target}")
+    for old in disk.findall("source") + disk.findall("backingStore"):
+        disk.remove(old)
+    driver = disk.find("driver")
+    if driver is not None:
+        driver.set("type", "qcow2" if len(handles) > 1 else "raw")
+    _fill(disk, handles[0])
+    holder = disk
+    for i, handle in enumerate(handles[1:], start=1):
+        store = ET.Element("backingStore")
+        ET.SubElement(store, "format", type="raw" if i == len(handles) - 1 else "qcow2")
+        _fill(store, handle)
+        _place(holder, store)
+        holder = store
+    if len(handles) > 1:
+        _place(holder, ET.Element("backingStore"))  # the chain ends here
+
+
+def _place(holder: ET.Element, store: ET.Element) -> None:
+    """<backingStore> goes right after <source>."""
+    kids = list(holder)
+    src = holder.find("source")
+    holder.insert(kids.index(src) + 1 if src is not None else len(kids), store)
+
+
+def _fill(holder: ET.Element, handle: dict[str, Any]) -> None:
+    """Give a <disk> or <backingStore> its type and <source> for ``handle``."""
+    src = ET.Element("source")
+    if handle["protocol"] == "file":
+        holder.set("type", "file")
+        src.set("file", handle["path"])
+    else:
+        holder.set("type", "network")
+        s = source_of(handle)
+        src.set("protocol", s["protocol"])
+        src.set("name", s["name"])
+        host = ET.SubElement(src, "host")
+        if s.get("transport") == "unix":
+            host.set("transport", "unix")
+            host.set("socket", s["socket"])
         else:
-            disk.set("type", "network")
-            s = source_of(handle)
-            src.set("protocol", s["protocol"])
-            src.set("name", s["name"])
-            host = ET.SubElement(src, "host")
-            if s.get("transport") == "unix":
-                host.set("transport", "unix")
-                host.set("socket", s["socket"])
-            else:
-                host.set("name", s["host_name"])
-                host.set("port", s["port"])
-            if proto == "iscsi" and handle.get("initiator"):
-                ini = ET.SubElement(src, "initiator")
-                ET.SubElement(ini, "iqn").set("name", handle["initiator"])
-        disk.insert(1, src)
-        return
-    raise InvalidInput(detail=f"the domain has no disk {target}")
+            host.set("name", s["host_name"])
+            host.set("port", s["port"])
+        if handle["protocol"] == "iscsi" and handle.get("initiator"):
+            ini = ET.SubElement(src, "initiator")
+            ET.SubElement(ini, "iqn").set("name", handle["initiator"])
+    holder.insert(1, src)  # after <driver> in a disk, after <format> in a backingStore
+
+
+def point_sources(root: ET.Element, vm: VmMeta, handles: dict[str, dict[str, Any]]) -> None:
+    """Point every disk at its vvols' bindings (``handles``: vvol -> handle)."""
+    for target, top in vm.disks.items():
+        chain = [top] + list(reversed(vm.layers.get(target, [])))
+        set_chain(root, target, [handles[v] for v in chain])
+
+
+def check_sources(root: ET.Element, vm: VmMeta, handles: dict[str, dict[str, Any]]) -> str | None:
+    """The first disk whose definition does not open its vvols' bindings, or None."""
+    for target, top in vm.disks.items():
+        chain = [top] + list(reversed(vm.layers.get(target, [])))
+        if not same_chain(root, target, [handles[v] for v in chain]):
+            return target
+    return None
 
 
 def tostring(root: ET.Element) -> str:
@@ -172,16 +289,7 @@ def new_domain(
     ET.SubElement(root, "name").text = name
     ET.SubElement(root, "memory", unit="MiB").text = str(memory_mib)
     ET.SubElement(root, "vcpu").text = str(vcpus)
-    md = ET.SubElement(root, "metadata")
-    vm = ET.SubElement(md, f"{{{NS}}}vm")
-    if vm_meta.datastore:
-        vm.set("datastore", vm_meta.datastore)
-    if vm_meta.config:
-        vm.set("config", vm_meta.config)
-    if vm_meta.pe:
-        vm.set("pe", vm_meta.pe)
-    for target, vvol in vm_meta.disks.items():
-        ET.SubElement(vm, f"{{{NS}}}disk", target=target, vvol=vvol)
+    ET.SubElement(root, "metadata").append(_meta_element(vm_meta))
     os_el = ET.SubElement(root, "os")
     ET.SubElement(os_el, "type", arch="x86_64", machine="pc").text = "hvm"
     if kernel:
@@ -208,3 +316,66 @@ def new_domain(
         ET.SubElement(devices, "serial", type="pty")
     ET.SubElement(devices, "memballoon", model="none")
     return root
+
+
+def meta_xml(vm_meta: VmMeta) -> str:
+    """The vvhost metadata element alone and without its namespace, which
+    ``virDomainSetMetadata`` adds itself."""
+    vm = _meta_element(vm_meta)
+    for el in vm.iter():
+        el.tag = el.tag.removeprefix(f"{{{NS}}}")
+    return ET.tostring(vm, encoding="unicode")
+
+
+def snapshot_xml(overlays: dict[str, dict[str, Any]]) -> str:
+    """A disk-only external snapshot onto existing qcow2 overlays (target -> handle)."""
+    snap = ET.Element("domainsnapshot")
+    disks = ET.SubElement(snap, "disks")
+    for target, handle in overlays.items():
+        disk = ET.SubElement(disks, "disk", name=target, snapshot="external")
+        ET.SubElement(disk, "driver", type="qcow2")
+        _fill(disk, handle)
+    return tostring(snap)
+
+
+def chain_index(root: ET.Element, target: str, handle: dict[str, Any]) -> int | None:
+    """The ``index`` a running domain's XML gives the chain element of disk ``target``
+    that opens ``handle`` (for ``vda[N]`` in block jobs); None if it opens no such."""
+    disk = _disk(root, target)
+    if disk is None:
+        return None
+    holders: list[tuple[ET.Element, str | None]] = []
+    src = disk.find("source")
+    holders.append((disk, src.get("index") if src is not None else None))
+    store = disk.find("backingStore")
+    while store is not None and store.find("source") is not None:
+        holders.append((store, store.get("index")))
+        store = store.find("backingStore")
+    for holder, index in holders:
+        if index is not None and same_source(_read_source(holder), handle):
+            return int(index)
+    return None
+
+
+def blockdev(handle: dict[str, Any]) -> dict[str, Any]:
+    """The QEMU protocol node that opens a binding handle."""
+    proto = handle["protocol"]
+    if proto == "file":
+        return {"driver": "file", "filename": handle["path"]}
+    if proto == "iscsi":
+        node = {
+            "driver": "iscsi",
+            "transport": "tcp",
+            "portal": handle["portal"],
+            "target": handle["target"],
+            "lun": int(handle["lun"]),
+        }
+        if handle.get("initiator"):
+            node["initiator-name"] = handle["initiator"]
+        return node
+    src = source_of(handle)
+    if src.get("transport") == "unix":
+        server = {"type": "unix", "path": src["socket"]}
+    else:
+        server = {"type": "inet", "host": src["host_name"], "port": src["port"]}
+    return {"driver": "nbd", "server": server, "export": src["name"]}

@@ -28,9 +28,11 @@ from .config import HOOK_TIMEOUT, HostConfig
 def ensure_bound(
     client: Client, host: str, vm: dx.VmMeta, pe: str | None
 ) -> tuple[dict[str, dict[str, object]], list[str]]:
-    """Bind what is not bound yet; return target -> handle and the vvols this call bound."""
+    """Bind what is not bound yet (every disk's top and layers); return vvol -> handle
+    and the vvols this call bound."""
     existing = {b["vvol"]: b for b in client.bindings(host=host)}
-    missing = [v for v in vm.disks.values() if v not in existing]
+    wanted = vm.all_vvols()
+    missing = [v for v in wanted if v not in existing]
     made: list[str] = []
     if missing:
         results = client.bind(missing, host, pe)
@@ -42,7 +44,7 @@ def ensure_bound(
                 detail=f"cannot bind vvol {failed[0]['vvol']}: {failed[0]['error']['message']}"
             )
         existing.update({r["handle"]["vvol"]: r["handle"] for r in results})
-    return {t: existing[v] for t, v in vm.disks.items()}, made
+    return {v: existing[v] for v in wanted}, made
 
 
 def undo(client: Client, host: str, vvols: list[str]) -> None:
@@ -91,19 +93,18 @@ def act(
     pe = vm.pe or conf.pe
     if op == "release":
         bound = {b["vvol"] for b in client.bindings(host=conf.name)}
-        undo(client, conf.name, [v for v in vm.disks.values() if v in bound])
+        undo(client, conf.name, [v for v in vm.all_vvols() if v in bound])
         return
     handles, made = ensure_bound(client, conf.name, vm, pe)
     if op in ("migrate", "restore"):
-        for target, handle in handles.items():
-            dx.set_source(root, target, handle)
+        dx.point_sources(root, vm, handles)
         stdout.write(dx.tostring(root))
         return
     if op == "prepare":
-        for target, handle in handles.items():
-            if not dx.same_source(dx.disk_source(root, target), handle):
-                undo(client, conf.name, made)
-                raise VvhostError(
-                    detail=f"disk {target} is now reached at {handle['uri']}, not where the "
-                    f"definition says; run `vvhost vm refresh {domain}`"
-                )
+        wrong = dx.check_sources(root, vm, handles)
+        if wrong is not None:
+            undo(client, conf.name, made)
+            raise VvhostError(
+                detail=f"disk {wrong} is now reached at {handles[vm.disks[wrong]]['uri']}, not "
+                f"where the definition says; run `vvhost vm refresh {domain}`"
+            )

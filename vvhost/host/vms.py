@@ -20,9 +20,11 @@ import libvirt
 
 from ..client import Client
 from ..errors import AlreadyExists, InUse, InvalidInput, NotFound, VvhostError
+from ..units import parse_size
 from . import domainxml as dx
 from .config import HostConfig
 from .hook import ensure_bound, undo
+from .vmdoc import VmDoc
 
 MiB = 1 << 20
 TARGETS = [f"vd{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
@@ -172,24 +174,21 @@ class VmManager:
         is made and dropped again; LUN hints keep it at the same place next time)."""
         handles, made = ensure_bound(self.client, self.conf.name, meta, meta.pe)
         try:
-            for target, handle in handles.items():
-                dx.set_source(root, target, handle)
+            dx.point_sources(root, meta, handles)
         finally:
             undo(self.client, self.conf.name, made)
 
     def _save(self, meta: dx.VmMeta, root: dx.ET.Element, name: str) -> None:
-        if meta.config:
-            self.client.config_put(
-                meta.config,
-                {
-                    "name": name,
-                    "xml": dx.tostring(root),
-                    "disks": meta.disks,
-                    "datastore": meta.datastore,
-                    "pe": meta.pe,
-                    "host": self.conf.name,
-                },
-            )
+        """Keep the config vvol's document current (its snapshot tree is kept as is)."""
+        if not meta.config:
+            return
+        try:
+            doc = VmDoc.load(self.client, meta.config)
+        except VvhostError:  # a new config vvol holds no document yet
+            doc = VmDoc(config=meta.config, name=name, xml="", disks={})
+        doc.name, doc.xml, doc.disks = name, dx.tostring(root), dict(meta.disks)
+        doc.datastore, doc.pe, doc.host = meta.datastore, meta.pe, self.conf.name
+        doc.save(self.client)
 
     def _forget(self, name: str, vvols: list[str]) -> None:
         """Undo a half-made VM: no domain, no vvols."""
@@ -266,21 +265,71 @@ class VmManager:
         return self.show(name)
 
     def delete(self, name: str) -> None:
+        """Undefine a stopped VM and delete every vvol it owns: disks, snapshot points
+        and config.  Refused while a linked clone made from it exists."""
         dom = self.domain(name)
         _root, meta = self._meta(dom)
         if dom.isActive():
             raise InUse(kind="VM", ref=name, reason="it is running; stop it first")
-        for vid in list(meta.disks.values()) + ([meta.config] if meta.config else []):
-            info = self.client.vvol(vid)
-            if info["snapshots"] or info["children"]:
+        owned = {v for v in list(meta.disks.values()) + [meta.config] if v}
+        if meta.config:
+            with contextlib.suppress(VvhostError):
+                owned |= VmDoc.load(self.client, meta.config).all_vvols()
+        infos = {v: self.client.vvol(v) for v in owned}
+        for info in infos.values():
+            foreign = [d for d in info["snapshots"] + info["children"] if d not in owned]
+            if foreign:
+                other = self.client.vvol(foreign[0])
                 raise InUse(
                     kind="VM",
                     ref=name,
-                    reason=f"vvol {info['name']} still has snapshots or linked clones",
+                    reason=f"vvol {info['name']} is still used by {other['name'] or other['id']}",
                 )
         dom.undefine()
-        for vid in list(meta.disks.values()) + ([meta.config] if meta.config else []):
-            self.client.vvol_delete(vid)
+        delete_all(self.client, list(owned))
+
+    def extend_disk(
+        self, name: str, target: str, size: str, fix_gpt: bool = False
+    ) -> dict[str, Any]:
+        """Grow a disk's vvol; a running guest sees the new size at once (block
+        resize).  ``fix_gpt`` (VM stopped) moves the GPT backup header to the new end."""
+        dom = self.domain(name)
+        root, meta = self._meta(dom)
+        vvol = meta.disks.get(target)
+        if vvol is None:
+            raise InvalidInput(detail=f"VM {name} has no disk {target}")
+        nbytes = parse_size(size)
+        running = bool(dom.isActive())
+        if running and fix_gpt:
+            raise InUse(kind="VM", ref=name, reason="it is running; --fix-gpt needs it stopped")
+        if meta.layers.get(target):
+            raise InvalidInput(
+                detail=f"disk {target} of {name} is a redo chain; delete its snapshots first"
+            )
+        if running:
+            live = dx.disk_source(dx.parse(dom.XMLDesc(0)), target) or {}
+            if live.get("protocol") == "nbd":
+                raise InUse(
+                    kind="VM",
+                    ref=name,
+                    reason=f"disk {target} is reached over NBD, whose QEMU client cannot "
+                    "grow a disk it has open; stop the VM first",
+                )
+        info = self.client.vvol_extend(vvol, nbytes)
+        if running:
+            try:
+                dom.blockResize(target, nbytes, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+            except libvirt.libvirtError as exc:
+                raise VmError(
+                    detail=f"vvol {vvol} is now {nbytes} bytes but the running VM did not "
+                    f"take the new size ({exc.get_error_message()}); it will after a restart"
+                ) from None
+        result: dict[str, Any] = {"vm": name, "target": target, "vvol": vvol, "size": info["size"]}
+        if fix_gpt:
+            from .gpt import fix_gpt as fix
+
+            result["gpt"] = fix(str(info["path"]))
+        return result
 
     def refresh(self, name: str) -> dict[str, Any]:
         """Rewrite the definition's disk sources to where the vvols bind now."""
@@ -339,3 +388,19 @@ def _target_args(handle: dict[str, Any]) -> list[str]:
         )
         return ["--target-image-opts", opts]
     return [str(handle["uri"])]
+
+
+def delete_all(client: Client, vvols: list[str]) -> None:
+    """Delete vvols that may hang from each other: dependants (snapshots, linked
+    clones) before what they hang from; vvols already gone are skipped."""
+    left: dict[str, dict[str, Any]] = {}
+    for vid in vvols:
+        with contextlib.suppress(NotFound):
+            left[vid] = client.vvol(vid)
+    while left:
+        free = [v for v, i in left.items() if not set(i["snapshots"] + i["children"]) & set(left)]
+        if not free:
+            raise VmError(detail="the vvols to delete depend on each other in a cycle")
+        for vid in free:
+            client.vvol_delete(vid)
+            del left[vid]

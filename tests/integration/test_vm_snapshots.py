@@ -1,0 +1,92 @@
+"""VM snapshots on a running guest: the guest writes A, s1 is taken, it writes B,
+s2, then C; reverts to s1 and to s2 (which survived the revert to s1) show A and
+B; s1 is deleted while s2 stays; a linked clone of s2 boots and sees B and keeps
+its parent; a running VM's disk grows and the guest sees it."""
+
+from __future__ import annotations
+
+import os
+
+from tests.vmlab import (
+    Lab,
+    MiB,
+    add_go_channel,
+    create_vm,
+    go,
+    log_text,
+    see,
+    set_cmdline,
+    vvhost_json,
+    wait_for_end,
+    wait_line,
+    write_all,
+)
+from vvhost.guest import guest_cmdline, parse_serial
+
+
+def test_snapshot_revert_delete_clone_extend(snaplab: Lab) -> None:
+    lab = snaplab
+    cmds = write_all("A") + ["wait"] + write_all("B") + ["wait"] + write_all("C")
+    log = create_vm(lab, "vm1", "iscsi", cmds, keep_running=True)
+    channel = add_go_channel(lab, "kvm1", "vm1")
+    assert lab.vvhost("kvm1", "vm", "start", "vm1").returncode == 0
+    wait_line(log, "wait 1")
+    s1 = vvhost_json(lab, "kvm1", "vm", "snapshot", "vm1", "s1", "--description", "only A")
+    assert s1["running"] and s1["mode"] == "cow" and s1["stun_ms"] > 0
+    go(channel, log, 1)
+    wait_line(log, "wait 2")
+    vvhost_json(lab, "kvm1", "vm", "snapshot", "vm1", "s2")
+    go(channel, log, 2)
+    wait_for_end(log)
+    assert parse_serial(log_text(log)).ok
+
+    refused = lab.vvhost("kvm1", "vm", "revert", "vm1", "s1")
+    assert refused.returncode == 4 and "running" in refused.stderr
+    assert refused.stderr.count("\n") == 1
+    out = lab.vvhost("kvm1", "vm", "revert", "vm1", "s1", "--force")
+    assert out.returncode == 0, out.stderr
+    see(lab, "vm1", log, "A", "B")
+    assert lab.vvhost("kvm1", "vm", "revert", "vm1", "s2").returncode == 0
+    see(lab, "vm1", log, "B", "C")
+
+    tree = lab.vvhost("kvm1", "vm", "snapshots", "vm1", "--tree").stdout.splitlines()
+    assert tree[0] == "vm1" and tree[1].startswith("└── s1") and "'only A'" in tree[1]
+    assert tree[2].strip().startswith("└── s2") and tree[3].strip() == "└── now", tree
+
+    assert lab.vvhost("kvm1", "vm", "snapshot-delete", "vm1", "s1").returncode == 0
+    listing = vvhost_json(lab, "kvm1", "vm", "snapshots", "vm1")
+    assert [p["name"] for p in listing["points"]] == ["s2"] and listing["current"] == "s2"
+    assert listing["points"][0]["parent"] is None
+
+    clone_log = os.path.join(lab.tmp, "vm2.serial")
+    out = lab.vvhost(
+        "kvm1", "vm", "clone", "vm1", "vm2", "--snapshot", "s2", "--linked",
+        "--serial-log", clone_log,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    see(lab, "vm2", clone_log, "B", "A")
+    refused = lab.vvhost("kvm1", "vm", "snapshot-delete", "vm1", "s2")
+    assert refused.returncode == 4 and "linked clones use it" in refused.stderr
+    refused = lab.vvhost("kvm1", "vm", "delete", "vm1")
+    assert refused.returncode == 4 and "still used by vm2" in refused.stderr
+
+    # online extend: the running guest sees the new size at once
+    set_cmdline(
+        lab, "kvm1", "vm1", guest_cmdline(["size:vda", "wait", "size:vda"], keep_running=True)
+    )
+    os.unlink(log)
+    assert lab.vvhost("kvm1", "vm", "start", "vm1").returncode == 0
+    wait_line(log, "wait 1")
+    assert parse_serial(log_text(log)).sizes["vda"] == 64 * MiB
+    grown = vvhost_json(lab, "kvm1", "vm", "extend-disk", "vm1", "vda", "--size", "96M")
+    assert grown["size"] == 96 * MiB
+    go(channel, log, 1)
+    wait_for_end(log)
+    assert parse_serial(log_text(log)).sizes["vda"] == 96 * MiB
+    assert lab.vvhost("kvm1", "vm", "stop", "vm1", "--force").returncode == 0
+
+    for vm in ("vm2", "vm1"):
+        out = lab.vvhost("kvm1", "vm", "delete", vm)
+        assert out.returncode == 0, out.stderr
+    assert lab.api.vvols() == [] and lab.api.bindings() == []
+    assert lab.api.audit()["ok"]

@@ -1,0 +1,153 @@
+"""``vvhost vm clone``: a new VM whose disks are full or linked clones of another
+VM's disks, as they are now or as a snapshot point holds them.
+
+A linked clone's disks are array clones whose parents are the source's vvols:
+the catalog's reference counts keep those parents (and so the source's point)
+from being deleted while the clone exists.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any
+
+import libvirt
+
+from ..errors import AlreadyExists, InvalidInput
+from ..units import check_name
+from . import domainxml as dx
+from .snapshots import Stun, VmSnapshots
+from .vmdoc import VmDoc
+from .vms import VmManager
+
+
+class VmCloner:
+    def __init__(self, vms: VmManager) -> None:
+        self.vms = vms
+        self.client = vms.client
+        self.snaps = VmSnapshots(vms)
+
+    def clone(
+        self,
+        name: str,
+        new: str,
+        snapshot: str | None = None,
+        linked: bool = False,
+        serial_log: str | None = None,
+    ) -> dict[str, Any]:
+        check_name(new, what="VM name")
+        try:
+            self.vms.conn.lookupByName(new)
+            raise AlreadyExists(kind="VM", ref=new)
+        except libvirt.libvirtError:
+            pass
+        dom, doc = self.snaps.open(name)
+        if snapshot is not None:
+            point = doc.point(snapshot)
+            if point.mode != "cow":
+                raise InvalidInput(
+                    detail=f"{name}/{snapshot} is a redo-mode point: clone from a COW-mode "
+                    "snapshot, or export the VM and import it"
+                )
+            xml = point.xml
+            sources, temps = dict(point.disks), list[str]()
+        else:
+            xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+            if doc.layers:
+                raise InvalidInput(
+                    detail=f"VM {name} runs on a redo chain: clone it from a snapshot point"
+                )
+            sources, temps = self._sources_now(dom, doc, linked)
+        made: list[str] = []
+        try:
+            disks = self._copy(new, doc, sources, linked, made)
+            root = self._definition(xml, new, made[0], disks, doc, serial_log)
+            meta = dx.meta(root)
+            assert meta is not None
+            self.vms._point_sources(root, meta)
+            self.vms.conn.defineXML(dx.tostring(root))
+            self.vms._save(meta, root, new)
+        except BaseException:
+            self.vms._forget(new, made)
+            raise
+        finally:
+            self.snaps.drop(list(temps))
+        return self.vms.show(new)
+
+    def _sources_now(
+        self, dom: libvirt.virDomain, doc: VmDoc, linked: bool
+    ) -> tuple[dict[str, str], list[str]]:
+        """The disks as they are now; a running VM's through a crash-consistent
+        temporary snapshot (dropped once the clone is made)."""
+        if not dom.isActive():
+            return dict(doc.disks), []
+        if linked:
+            raise InvalidInput(
+                detail=f"VM {doc.name} is running: a linked clone needs a snapshot point "
+                "to hang from; take one and clone with --snapshot"
+            )
+        tag = uuid.uuid4().hex[:8]
+        temps: dict[str, str] = {}
+        try:
+            with Stun(dom, quiesce=False):
+                for target, vvol in doc.disks.items():
+                    snap = self.client.vvol_snapshot(vvol, name=f"{doc.name}.{target}@clone-{tag}")
+                    temps[target] = snap["id"]
+        except BaseException:
+            self.snaps.drop(list(temps.values()))
+            raise
+        return temps, list(temps.values())
+
+    def _copy(
+        self, new: str, doc: VmDoc, sources: dict[str, str], linked: bool, made: list[str]
+    ) -> dict[str, str]:
+        """Make the new config vvol and the disk clones (ids appended to ``made`` as
+        they appear, so a failure can undo them); return target -> new vvol."""
+        config = self.client.vvol_create(
+            None,
+            "1M",
+            type="config",
+            name=f"{new}.config",
+            metadata={"vm": new},
+            datastore=doc.datastore,
+        )
+        made.append(config["id"])
+        disks: dict[str, str] = {}
+        for target, src in sources.items():
+            c = self.client.vvol_clone(src, linked=linked, name=f"{new}.{target}")
+            made.append(c["id"])
+            disks[target] = c["id"]
+            self.client.vvol_meta(c["id"], [f"vm={new}", f"target={target}"])
+        return disks
+
+    def _definition(
+        self,
+        xml: str,
+        new: str,
+        config: str,
+        disks: dict[str, str],
+        doc: VmDoc,
+        serial_log: str | None,
+    ) -> dx.ET.Element:
+        """The source's definition under a new name, uuid and disks; a serial log
+        goes next to the source's as NEW.serial (or to ``serial_log``), and a
+        serial socket gets a name of its own in the same directory."""
+        root = dx.parse(xml)
+        root.find("name").text = new  # type: ignore[union-attr]
+        for el in root.findall("uuid"):
+            root.remove(el)
+        old = dx.meta(root)
+        pe = old.pe if old else None
+        dx.set_meta(root, dx.VmMeta(datastore=doc.datastore, config=config, disks=disks, pe=pe))
+        for serial in root.findall("devices/serial"):
+            src = serial.find("source")
+            path = src.get("path") if src is not None else None
+            if src is None or not path:
+                continue
+            here = os.path.dirname(path)
+            if serial.get("type") == "file":
+                src.set("path", serial_log or os.path.join(here, f"{new}.serial"))
+            else:  # a socket of its own, beside the source VM's
+                src.set("path", os.path.join(here, f"{new}-{os.path.basename(path)}"))
+        return root
