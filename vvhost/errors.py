@@ -140,6 +140,15 @@ class Forbidden(VvhostError):
     template = "{detail}"
 
 
+class EndpointError(VvhostError):
+    """An endpoint daemon (tgtd, qemu-storage-daemon) or its tool failed."""
+
+    code = "endpoint-error"
+    status = 502
+    exit_code = 6
+    template = "{tool}: {detail}"
+
+
 ERRORS_BY_CODE: dict[str, type[VvhostError]] = {
     cls.code: cls
     for cls in (
@@ -154,6 +163,7 @@ ERRORS_BY_CODE: dict[str, type[VvhostError]] = {
         ReadOnly,
         CapacityExceeded,
         BackendError,
+        EndpointError,
         Unreachable,
         Unauthorized,
         Forbidden,

@@ -31,6 +31,7 @@ class Service:
         self.cow = CowOps(self.ctx, self.vvols)
         self.data = DataOps(self.ctx, self.vvols)
         self.endpoints = EndpointManager(self.ctx)
+        self.vvols.endpoints = self.endpoints  # extend shows bound hosts the new size
         self.tenants = TenantOps(self.ctx)
         self.authz = Authz(self.ctx)
         self.hosts = HostOps(self.ctx, self.tenants)

@@ -17,7 +17,6 @@ import socket
 import threading
 import time
 import uuid
-import weakref
 from typing import Any
 
 from sqlalchemy import Connection
@@ -32,10 +31,6 @@ from ..units import check_name
 from .context import Context
 
 log = logging.getLogger("vvhost.endpoints")
-# each context's manager, held weakly both ways: the Service owns both
-_MANAGERS: weakref.WeakKeyDictionary[Context, weakref.ref[EndpointManager]] = (
-    weakref.WeakKeyDictionary()
-)
 _PORTAL = re.compile(r"^(?P<host>[A-Za-z0-9.-]{1,253}|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
 
 
@@ -46,12 +41,6 @@ class RefreshFailed(EndpointError):
         "vvol {ref!r} was extended to {size} bytes, but {failed} of its {bindings} bindings "
         "still present the old size: {details}"
     )
-
-
-def endpoint_manager(ctx: Context) -> EndpointManager | None:
-    """The manager of the endpoint daemons serving ``ctx``'s bindings, if one runs."""
-    ref = _MANAGERS.get(ctx)
-    return ref() if ref is not None else None
 
 
 def parse_portal(portal: str) -> str:
@@ -101,7 +90,6 @@ class EndpointManager:
         self.restarts: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        _MANAGERS[ctx] = weakref.ref(self)
 
     def get(self, pe: Pe) -> Endpoint:
         with self._guard:

@@ -30,7 +30,7 @@ from ..units import check_name, parse_size
 from .bindings import ensure_unbound
 from .context import Context
 from .datastores import DatastoreOps, check_datastore_room
-from .endpoints import EndpointManager, RefreshFailed, endpoint_manager
+from .endpoints import EndpointManager, RefreshFailed
 from .inventory import ContainerOps
 
 
@@ -98,6 +98,8 @@ class VvolOps:
         self.ctx = ctx
         self.containers = containers
         self.datastores = datastores
+        # the daemons behind the bindings; without them a bound vvol cannot grow
+        self.endpoints: EndpointManager | None = None
 
     # -- reading ------------------------------------------------------------------------
     def describe(self, conn: Connection, v: Vvol) -> dict[str, Any]:
@@ -235,7 +237,7 @@ class VvolOps:
         """
         nbytes = parse_size(size)
         op = self.ctx.new_op()
-        endpoints = endpoint_manager(self.ctx)
+        endpoints = self.endpoints
         with self.ctx.db.tx() as conn:
             v = self.ctx.vvol(conn, ref)
         with self.ctx.locks.hold([v.id]):

@@ -16,14 +16,9 @@ import os
 import shlex
 import subprocess
 
-from ..errors import VvhostError
+from ..errors import EndpointError
 
-
-class EndpointError(VvhostError):
-    code = "endpoint-error"
-    status = 502
-    exit_code = 6
-    template = "{tool}: {detail}"
+__all__ = ["EndpointError", "run"]
 
 
 def _first_line(text: str, prefix: str) -> str:
