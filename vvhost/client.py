@@ -169,6 +169,22 @@ class Client:
     ) -> dict[str, Any]:
         return self.call("POST", f"/v1/vvols/{ref}/snapshot", json={"name": name, "op_id": op_id})
 
+    def snapshot_prepare(self, vvols: list[str], names: list[str | None]) -> list[dict[str, Any]]:
+        """The catalog half of one snapshot per vvol; ``snapshot_cut`` captures the data
+        (all at once) and ``snapshot_commit`` makes them ready."""
+        return self.call(
+            "POST", "/v1/snapshot-groups/prepare", json={"vvols": vvols, "names": names}
+        )
+
+    def snapshot_cut(self, snapshots: list[str]) -> list[dict[str, Any]]:
+        return self.call("POST", "/v1/snapshot-groups/cut", json={"snapshots": snapshots})
+
+    def snapshot_commit(self, snapshots: list[str]) -> list[dict[str, Any]]:
+        return self.call("POST", "/v1/snapshot-groups/commit", json={"snapshots": snapshots})
+
+    def snapshot_abort(self, snapshots: list[str]) -> None:
+        self.call("POST", "/v1/snapshot-groups/abort", json={"snapshots": snapshots})
+
     def vvol_clone(
         self,
         ref: str,

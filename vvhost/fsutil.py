@@ -137,8 +137,9 @@ def _check_distinct(src: str, dst: str) -> None:
         raise ValueError(f"source and destination are the same file: {dst}")
 
 
-def reflink(src: str, dst: str) -> None:
-    """Make ``dst`` a ``FICLONE`` clone of ``src`` (created or overwritten).
+def reflink(src: str, dst: str, sync: bool = True) -> None:
+    """Make ``dst`` a ``FICLONE`` clone of ``src`` (created or overwritten); with
+    ``sync`` False the caller makes it durable later (see ``fsync_path``).
 
     A ``dst`` this call created is removed again when the clone fails; one
     that existed before is left empty.
@@ -148,7 +149,8 @@ def reflink(src: str, dst: str) -> None:
     with open(src, "rb", buffering=0) as s, open(dst, "wb", buffering=0) as d:
         try:
             fcntl.ioctl(d.fileno(), FICLONE, s.fileno())
-            os.fsync(d.fileno())
+            if sync:
+                os.fsync(d.fileno())
         except OSError as exc:
             if created:
                 os.unlink(dst)
@@ -185,10 +187,11 @@ def sparse_copy(src: str, dst: str, progress: Progress | None = None) -> int:
         return copier.done
 
 
-def clone_or_copy(src: str, dst: str, progress: Progress | None = None) -> str:
-    """Reflink ``src`` to ``dst`` if possible, else sparse-copy; return which."""
+def clone_or_copy(src: str, dst: str, progress: Progress | None = None, sync: bool = True) -> str:
+    """Reflink ``src`` to ``dst`` if possible, else sparse-copy; return which.
+    ``sync`` False leaves a reflink's durability to the caller."""
     try:
-        reflink(src, dst)
+        reflink(src, dst, sync)
     except ReflinkUnsupported:
         sparse_copy(src, dst, progress)
         return "copy"
@@ -196,6 +199,14 @@ def clone_or_copy(src: str, dst: str, progress: Progress | None = None) -> str:
         total = sum(n for _, n in data_segments(dst))
         progress(total, total)
     return "reflink"
+
+
+def fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fiemap_call(fd: int, start: int, count: int) -> list[Extent]:

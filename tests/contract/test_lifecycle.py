@@ -9,6 +9,7 @@ import pytest
 from tests.patterns import CHUNK, Patterns
 from vvhost.client import Client
 from vvhost.errors import (
+    Busy,
     CapacityExceeded,
     HasDependants,
     InvalidInput,
@@ -225,3 +226,42 @@ def test_metadata_and_generations(api: Client) -> None:
         api.vvol_meta("d", ["novalue"])
     with pytest.raises(NotFound):
         api.vvol_meta("nope", ["a=1"])
+
+
+def test_snapshot_group_prepare_cut_abort(api: Client, patterns: Patterns) -> None:
+    """A consistency group: the catalog half first, then the data of all at once."""
+    api.container_create("pool", "1G")
+    disks = [api.vvol_create("pool", "16M", name=f"d{i}") for i in range(2)]
+    for d in disks:
+        patterns.write(d["path"], "A", [0, 5 * CHUNK])
+    prepared = api.snapshot_prepare([d["id"] for d in disks], ["d0@g1", "d1@g1"])
+    assert [p["base"] for p in prepared] == [d["id"] for d in disks]
+    assert all(api.vvol(p["id"])["state"] == "creating" for p in prepared)
+    with pytest.raises(Busy):  # a prepared snapshot cannot be used yet
+        api.vvol_revert("d0", prepared[0]["id"])
+    for d in disks:  # written after prepare, before the cut: part of the snapshot
+        patterns.write(d["path"], "B", [5 * CHUNK])
+    cut = api.snapshot_cut([p["id"] for p in prepared])
+    assert [c["state"] for c in cut] == ["creating", "creating"]
+    taken = api.snapshot_commit([p["id"] for p in prepared])
+    assert [t["state"] for t in taken] == ["ready", "ready"] and all(t["readonly"] for t in taken)
+    for t in taken:
+        patterns.check(t["path"], "A", [0])
+        patterns.check(t["path"], "B", [5 * CHUNK])
+    with pytest.raises(InvalidInput):  # cut again
+        api.snapshot_cut([taken[0]["id"]])
+    again = api.snapshot_prepare([d["id"] for d in disks], ["d0@g2", "d1@g2"])
+    with pytest.raises(InvalidInput):  # not cut yet: nothing to commit
+        api.snapshot_commit([again[0]["id"]])
+    api.snapshot_abort([p["id"] for p in again])  # prepared only: dropped
+    again = api.snapshot_prepare([d["id"] for d in disks], ["d0@g2", "d1@g2"])
+    api.snapshot_cut([p["id"] for p in again])
+    api.snapshot_abort([p["id"] for p in again])  # cut, not committed: dropped
+    api.snapshot_abort([p["id"] for p in again])  # idempotent
+    assert sorted(v["name"] for v in api.vvols()) == ["d0", "d0@g1", "d1", "d1@g1"]
+    with pytest.raises(InvalidInput):  # the same vvol twice: nothing is prepared
+        api.snapshot_prepare([disks[0]["id"], disks[0]["id"]], ["x", "y"])
+    with pytest.raises(NotFound):
+        api.snapshot_prepare([disks[0]["id"], "nope"], ["d0@g3", "n@g3"])
+    assert len(api.vvols()) == 4
+    _audit_ok(api)

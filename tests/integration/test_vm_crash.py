@@ -43,18 +43,21 @@ def test_kill_during_snapshot_and_during_revert(snaplab: Lab) -> None:
     wait_line(log, "wait 1")
     before = vvol_names(lab)
 
-    # killed with one disk snapshotted and the guest paused
-    killed_at(lab, "vm-snapshot:one-taken", "vm", "snapshot", "vm1", "s1")
+    # killed with the snapshots prepared (catalog only), then with them taken and the
+    # guest still paused: either way the next command drops them and the guest runs
     conn = libvirt.open(lab.hosts["kvm1"].uri)
     try:
-        assert conn.lookupByName("vm1").state()[0] == libvirt.VIR_DOMAIN_PAUSED
-        assert "vm1.vda@s1" in vvol_names(lab)
-        listing = vvhost_json(lab, "kvm1", "vm", "snapshots", "vm1")  # recovers
-        assert listing["points"] == [] and vvol_names(lab) == before
-        assert conn.lookupByName("vm1").state()[0] == libvirt.VIR_DOMAIN_RUNNING
+        for fault, paused in (("vm-snapshot:prepared", False), ("vm-snapshot:cut", True)):
+            killed_at(lab, fault, "vm", "snapshot", "vm1", "s1")
+            state = conn.lookupByName("vm1").state()[0]
+            assert state == (libvirt.VIR_DOMAIN_PAUSED if paused else libvirt.VIR_DOMAIN_RUNNING)
+            assert "vm1.vda@s1" in vvol_names(lab)
+            listing = vvhost_json(lab, "kvm1", "vm", "snapshots", "vm1")  # recovers
+            assert listing["points"] == [] and vvol_names(lab) == before
+            assert conn.lookupByName("vm1").state()[0] == libvirt.VIR_DOMAIN_RUNNING
+            assert lab.api.audit()["ok"]
     finally:
         conn.close()
-    assert lab.api.audit()["ok"]
 
     vvhost_json(lab, "kvm1", "vm", "snapshot", "vm1", "s1")
     go(channel, log, 1)

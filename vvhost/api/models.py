@@ -49,6 +49,15 @@ class Snapshot(Body):
     op_id: str | None = Field(default=None, max_length=64)
 
 
+class SnapshotGroup(Body):
+    vvols: list[Ref] = Field(min_length=1, max_length=256)
+    names: list[str | None] = Field(min_length=1, max_length=256)
+
+
+class SnapshotIds(Body):
+    snapshots: list[Ref] = Field(min_length=1, max_length=256)
+
+
 class Clone(Body):
     linked: bool = False
     container: Ref | None = Field(default=None, max_length=128)

@@ -83,6 +83,34 @@ def vvol_snapshot(svc: Svc, p: Caller, ref: Ref, body: m.Snapshot) -> dict[str, 
     return svc.cow.snapshot(ref, body.name, body.op_id)
 
 
+@router.post("/snapshot-groups/prepare", status_code=201, response_model=None)
+def snapshot_prepare(svc: Svc, p: Caller, body: m.SnapshotGroup) -> list[dict[str, Any]]:
+    for ref in body.vvols:
+        svc.authz.vvol(p, ref)
+    return svc.cow.prepare_group(list(body.vvols), list(body.names))
+
+
+@router.post("/snapshot-groups/cut", response_model=None)
+def snapshot_cut(svc: Svc, p: Caller, body: m.SnapshotIds) -> list[dict[str, Any]]:
+    for ref in body.snapshots:
+        svc.authz.vvol(p, ref)
+    return svc.cow.cut_group(list(body.snapshots))
+
+
+@router.post("/snapshot-groups/commit", response_model=None)
+def snapshot_commit(svc: Svc, p: Caller, body: m.SnapshotIds) -> list[dict[str, Any]]:
+    for ref in body.snapshots:
+        svc.authz.vvol(p, ref)
+    return svc.cow.commit_group(list(body.snapshots))
+
+
+@router.post("/snapshot-groups/abort", status_code=204, response_model=None)
+def snapshot_abort(svc: Svc, p: Caller, body: m.SnapshotIds) -> None:
+    for ref in body.snapshots:
+        svc.authz.vvol(p, ref)
+    svc.cow.abort_group(list(body.snapshots))
+
+
 @router.post("/vvols/{ref}/clone", status_code=201, response_model=None)
 def vvol_clone(svc: Svc, p: Caller, ref: Ref, body: m.Clone) -> dict[str, Any]:
     svc.authz.vvol(p, ref)

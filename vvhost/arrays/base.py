@@ -35,10 +35,15 @@ class ArrayBackend(Protocol):
         """Make ``vvol_id`` an exact copy of ``source`` (a path, possibly on another
         array), atomically replacing it if it exists.  Returns ``reflink`` or ``copy``."""
 
-    def stage(self, source: str, vvol_id: str, progress: Progress | None = None) -> str:
-        """Prepare a copy of ``source`` that ``commit_stage`` swaps in atomically."""
+    def stage(
+        self, source: str, vvol_id: str, progress: Progress | None = None, sync: bool = True
+    ) -> str:
+        """Prepare a copy of ``source`` that ``commit_stage`` swaps in atomically
+        (and makes durable, when ``sync`` was False)."""
 
     def commit_stage(self, vvol_id: str) -> None: ...
+
+    def staged(self, vvol_id: str) -> bool: ...
 
     def discard_stage(self, vvol_id: str) -> None: ...
 

@@ -88,12 +88,15 @@ class DirArray:
         self.commit_stage(vvol_id)
         return how
 
-    def stage(self, source: str, vvol_id: str, progress: Progress | None = None) -> str:
-        """Write a copy of ``source`` next to the volume (``.part``); the volume is untouched."""
+    def stage(
+        self, source: str, vvol_id: str, progress: Progress | None = None, sync: bool = True
+    ) -> str:
+        """Write a copy of ``source`` next to the volume (``.part``); the volume is
+        untouched.  ``sync`` False: ``commit_stage`` makes the copy durable."""
         self._ensure()
         part = self.locate(vvol_id) + PART
         try:
-            how = fsutil.clone_or_copy(source, part, progress)
+            how = fsutil.clone_or_copy(source, part, progress, sync)
             os.chmod(part, 0o600)
         except OSError as exc:
             _unlink(part)
@@ -106,12 +109,16 @@ class DirArray:
         """Atomically put the staged copy in place of the volume."""
         final = self.locate(vvol_id)
         try:
+            fsutil.fsync_path(final + PART)
             os.replace(final + PART, final)
             _fsync_dir(self.vdir)
         except OSError as exc:
             raise BackendError(
                 array=self.name, detail=f"cannot replace {final}: {exc.strerror}"
             ) from exc
+
+    def staged(self, vvol_id: str) -> bool:
+        return os.path.exists(self.locate(vvol_id) + PART)
 
     def discard_stage(self, vvol_id: str) -> None:
         _unlink(self.locate(vvol_id) + PART)

@@ -23,8 +23,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from typing import Any
 
 import libvirt
@@ -143,18 +142,21 @@ class VmSnapshots:
         names = {t: f"{name}.{t}@{snap}" for t in doc.disks}
         doc.pending = {"op": "snapshot", "point": snap, "vvols": list(names.values())}
         doc.save(self.client)
-        made: dict[str, str] = {}
-
-        def one(target: str) -> None:
-            made[target] = self.client.vvol_snapshot(doc.disks[target], name=names[target])["id"]
-            fault("vm-snapshot", "one-taken")
-
+        targets = list(doc.disks)
+        made: list[str] = []
         try:
+            # the catalog work first; only the array's snapshots wait for the guest
+            prepared = self.client.snapshot_prepare(
+                [doc.disks[t] for t in targets], [names[t] for t in targets]
+            )
+            made = [p["id"] for p in prepared]
+            fault("vm-snapshot", "prepared")
             with Stun(dom, quiesce) as stun:
-                fault("vm-snapshot", "stunned")
-                _all_at_once(one, list(doc.disks))
+                self.client.snapshot_cut(made)
+                fault("vm-snapshot", "cut")
+            self.client.snapshot_commit(made)
         except BaseException:
-            self.drop(list(made.values()))
+            self._discard(made)
             doc.pending = None
             doc.save(self.client)
             raise
@@ -162,7 +164,7 @@ class VmSnapshots:
             name=snap,
             parent=doc.current,
             mode="cow",
-            disks=made,
+            disks=dict(zip(targets, made, strict=True)),
             description=description,
             xml=dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE),
             running=stun.running,
@@ -256,7 +258,7 @@ class VmSnapshots:
         p = doc.pending or {}
         what = str(p.get("op"))
         if what == "snapshot":
-            self.drop([self._resolve(n) for n in p.get("vvols", [])])
+            self._discard([self._resolve(n) for n in p.get("vvols", [])])
             if dom.isActive() and dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
                 dom.resume()  # paused by the snapshot that was cut short
         elif what == "revert":
@@ -281,24 +283,20 @@ class VmSnapshots:
         except NotFound:
             return None
 
+    def _discard(self, snaps: Sequence[str | None]) -> None:
+        """Drop the snapshots of a cut-short VM snapshot: prepared ones are aborted,
+        taken ones deleted."""
+        ids = [s for s in snaps if s]
+        if ids:
+            self.client.snapshot_abort(ids)
+            self.drop(ids)
+
     def drop(self, vvols: Sequence[str | None]) -> None:
         """Delete vvols that may already be gone (idempotent)."""
         for vid in vvols:
             if vid:
                 with contextlib.suppress(NotFound):
                     self.client.vvol_delete(vid)
-
-
-def _all_at_once(fn: Callable[[str], None], items: list[str]) -> None:
-    """Run ``fn`` on every item concurrently (the array snapshots the disks in
-    parallel while the guest is paused); re-raise the first failure."""
-    if len(items) < 2:
-        for item in items:
-            fn(item)
-        return
-    with ThreadPoolExecutor(max_workers=min(8, len(items))) as pool:
-        for future in [pool.submit(fn, item) for item in items]:
-            future.result()
 
 
 def _public(p: Point) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..catalog import repo, tenancy, vvolrepo
 from ..errors import InvalidInput
-from ..model import CLONE, READY, REVERTING, SNAPSHOT, JournalEntry, Vvol
+from ..model import CLONE, CREATING, READY, REVERTING, SNAPSHOT, JournalEntry, Vvol
 from ..units import check_name
 from .bindings import ensure_unbound
 from .context import Context
@@ -37,41 +37,133 @@ class CowOps:
     def snapshot(
         self, ref: str, name: str | None = None, op_id: str | None = None
     ) -> dict[str, Any]:
+        with self.ctx.db.tx() as conn:
+            base_id = self.ctx.vvol(conn, ref).id
+        with self.ctx.locks.hold([base_id]):
+            snap, base = self._prepare_one(ref, name, op_id)
+            return self._fill(snap.op or "", "snapshot", snap, self.ctx.path(base))
+
+    def _prepare_one(self, ref: str, name: str | None, op_id: str | None) -> tuple[Vvol, Vvol]:
+        """The catalog half of a snapshot: its row (creating) and journal entry.
+        The caller holds the base's lock."""
         if name is not None:
             check_name(name, what="snapshot name")
         op = self.ctx.new_op(op_id)
         with self.ctx.db.tx() as conn:
-            base = self.ctx.vvol(conn, ref)
-        with self.ctx.locks.hold([base.id]):
-            with self.ctx.db.tx() as conn:
-                base = self.ctx.ready(self.ctx.vvol(conn, ref))
-                if base.is_snapshot:
-                    raise InvalidInput(
-                        detail=f"vvol {ref!r} is a snapshot; snapshot its base vvol instead"
-                    )
-                c = self.vvols.containers.get(conn, base.container)
-                reserve(conn, c, base.size)
-                snap = new_vvol(
-                    container=c,
-                    array_id=base.array,
-                    size=base.size,
-                    type=base.type,
-                    name=name,
-                    metadata={},
-                    parent=base.id,
-                    relation=SNAPSHOT,
-                    readonly=True,
-                    op=op,
-                    datastore=base.datastore,
-                    tenant=base.tenant,
+            base = self.ctx.ready(self.ctx.vvol(conn, ref))
+            if base.is_snapshot:
+                raise InvalidInput(
+                    detail=f"vvol {ref!r} is a snapshot; snapshot its base vvol instead"
                 )
-                check_datastore_room(conn, base.datastore, base.size)
-                if name is None:
-                    snap = _renamed(snap, f"{_label(base)}@{snap.id[:8]}")
-                vvolrepo.insert(conn, snap)
-                vvolrepo.add_ref(conn, base.id, 1)
-                self.ctx.journal(conn, op, "snapshot", snap.id, {"base": base.id})
-            return self._fill(op, "snapshot", snap, self.ctx.path(base))
+            c = self.vvols.containers.get(conn, base.container)
+            reserve(conn, c, base.size)
+            snap = new_vvol(
+                container=c,
+                array_id=base.array,
+                size=base.size,
+                type=base.type,
+                name=name,
+                metadata={},
+                parent=base.id,
+                relation=SNAPSHOT,
+                readonly=True,
+                op=op,
+                datastore=base.datastore,
+                tenant=base.tenant,
+            )
+            check_datastore_room(conn, base.datastore, base.size)
+            if name is None:
+                snap = _renamed(snap, f"{_label(base)}@{snap.id[:8]}")
+            vvolrepo.insert(conn, snap)
+            vvolrepo.add_ref(conn, base.id, 1)
+            self.ctx.journal(conn, op, "snapshot", snap.id, {"base": base.id})
+        return snap, base
+
+    # -- consistency groups: prepare (catalog) / cut (the data, at once) / commit / abort --
+    def prepare_group(self, refs: list[str], names: list[str | None]) -> list[dict[str, Any]]:
+        """Make the catalog rows of one snapshot per vvol, without data yet: ``cut``
+        then captures them all at once (the only part a paused guest waits for)
+        and ``commit`` makes them ready."""
+        if len(refs) != len(names) or len(set(refs)) != len(refs):
+            raise InvalidInput(detail="give each vvol once, with one name each")
+        made: list[Vvol] = []
+        try:
+            for ref, name in zip(refs, names, strict=True):
+                with self.ctx.db.tx() as conn:
+                    base_id = self.ctx.vvol(conn, ref).id
+                with self.ctx.locks.hold([base_id]):
+                    made.append(self._prepare_one(ref, name, None)[0])
+        except BaseException:
+            self.abort_group([v.id for v in made])
+            raise
+        return [{"id": v.id, "name": v.name, "base": v.parent, "op": v.op} for v in made]
+
+    def cut_group(self, snap_ids: list[str]) -> list[dict[str, Any]]:
+        """Capture the data of prepared snapshots: on reflink arrays an instant clone
+        of each volume, staged beside the snapshot's place and not yet synced.
+        This is all a paused guest waits for; ``commit_group`` does the rest."""
+        with self.ctx.db.tx() as conn:
+            snaps = [self._prepared(conn, sid) for sid in snap_ids]
+            bases = [self.ctx.vvol(conn, s.parent or "") for s in snaps]
+        with self.ctx.locks.hold([b.id for b in bases]):
+            try:
+                for snap, base in zip(snaps, bases, strict=True):
+                    if self.ctx.ready(base).size != snap.size:
+                        raise InvalidInput(
+                            detail=f"vvol {_label(base)} changed size since the snapshot "
+                            "was prepared"
+                        )
+
+                for snap, base in zip(snaps, bases, strict=True):  # XFS clones one at a time
+                    backend = self.ctx.backend(snap.array)
+                    backend.stage(self.ctx.path(base), snap.id, sync=False)
+            except BaseException:
+                self.abort_group(snap_ids)
+                raise
+        return [{"id": s.id, "name": s.name, "base": s.parent, "state": s.state} for s in snaps]
+
+    def commit_group(self, snap_ids: list[str]) -> list[dict[str, Any]]:
+        """Make cut snapshots durable, read-only and ready."""
+        with self.ctx.db.tx() as conn:
+            snaps = [self._prepared(conn, sid) for sid in snap_ids]
+        for snap in snaps:
+            backend = self.ctx.backend(snap.array)
+            if not backend.staged(snap.id) and not backend.exists(snap.id):
+                raise InvalidInput(detail=f"snapshot {_label(snap)} was not cut")
+        try:
+            for snap in snaps:
+                backend = self.ctx.backend(snap.array)
+                if not backend.exists(snap.id):
+                    backend.commit_stage(snap.id)
+                backend.set_readonly(snap.id, True)
+            self.ctx.fault("snapshot-group", "committed")
+            with self.ctx.db.tx() as conn:
+                for snap in snaps:
+                    vvolrepo.force(conn, snap.id, state=READY, op=None)
+                    repo.journal_remove(conn, snap.op or "")
+        except BaseException:
+            self.abort_group(snap_ids)
+            raise
+        with self.ctx.db.tx() as conn:
+            return [self.vvols.describe(conn, vvolrepo.get(conn, s.id) or s) for s in snaps]
+
+    def abort_group(self, snap_ids: list[str]) -> None:
+        """Drop prepared snapshots that were not cut (idempotent)."""
+        for sid in snap_ids:
+            with self.ctx.db.tx() as conn:
+                v = vvolrepo.get(conn, sid)
+            if v is None or v.state != CREATING or not v.op:
+                continue
+            undo_new(
+                self.ctx,
+                JournalEntry(id=v.op, op="snapshot", vvol=v.id, step="begin", args={}, created=0),
+            )
+
+    def _prepared(self, conn: Any, sid: str) -> Vvol:
+        v = self.ctx.vvol(conn, sid)
+        if v.state != CREATING or not v.is_snapshot or not v.op:
+            raise InvalidInput(detail=f"vvol {sid!r} is not a prepared snapshot")
+        return v
 
     def clone(
         self,
