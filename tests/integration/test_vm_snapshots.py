@@ -6,6 +6,7 @@ its parent; a running VM's disk grows and the guest sees it."""
 from __future__ import annotations
 
 import os
+import socket
 
 from tests.vmlab import (
     Lab,
@@ -21,7 +22,7 @@ from tests.vmlab import (
     wait_line,
     write_all,
 )
-from vvhost.guest import guest_cmdline, parse_serial
+from vvhost.guest import guest_cmdline, parse_serial, pattern_bytes
 
 
 def test_snapshot_revert_delete_clone_extend(snaplab: Lab) -> None:
@@ -90,3 +91,37 @@ def test_snapshot_revert_delete_clone_extend(snaplab: Lab) -> None:
         assert out.returncode == 0, out.stderr
     assert lab.api.vvols() == [] and lab.api.bindings() == []
     assert lab.api.audit()["ok"]
+
+
+def test_memory_snapshot_resumes_where_the_guest_was(snaplab: Lab) -> None:
+    lab = snaplab
+    cmds = write_all("A") + ["wait"] + write_all("B") + ["wait"]
+    log = create_vm(lab, "vm1", "iscsi", cmds, keep_running=True)
+    channel = add_go_channel(lab, "kvm1", "vm1")
+    assert lab.vvhost("kvm1", "vm", "start", "vm1").returncode == 0
+    wait_line(log, "wait 1")
+    point = vvhost_json(lab, "kvm1", "vm", "snapshot", "vm1", "m1", "--memory")
+    assert point["memory"] and point["running"]
+    assert lab.api.vvol(point["memory"])["type"] == "memory"
+    go(channel, log, 1)
+    wait_line(log, "wait 2")
+    assert lab.vvhost("kvm1", "vm", "stop", "vm1", "--force").returncode == 0
+    vda = lab.api.vvol("vm1.vda")["path"]
+    with open(vda, "rb") as fh:
+        assert fh.read(4 * MiB) == pattern_bytes("B", 0, 4)
+
+    os.unlink(log)
+    out = vvhost_json(lab, "kvm1", "vm", "revert", "vm1", "m1")
+    assert out["started"]  # resumed from memory, not booted
+    with open(vda, "rb") as fh:
+        assert fh.read(4 * MiB) == pattern_bytes("A", 0, 4)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(channel)  # the guest still waits where it was: let it go on
+        sock.sendall(b"go\n")
+    wait_line(log, "wait 2")
+    after = log_text(log)
+    assert "VVTEST go 1" in after and "VVTEST BEGIN" not in after, after
+    assert lab.vvhost("kvm1", "vm", "stop", "vm1", "--force").returncode == 0
+    assert lab.vvhost("kvm1", "vm", "snapshot-delete", "vm1", "m1").returncode == 0
+    assert lab.vvhost("kvm1", "vm", "delete", "vm1").returncode == 0
+    assert lab.api.vvols() == [] and lab.api.bindings() == [] and lab.api.audit()["ok"]

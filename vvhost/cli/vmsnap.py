@@ -18,6 +18,9 @@ from .vm import conf_option, connect_option, manager, vm
 @click.option("--description", default="", help="Free text kept with the snapshot.")
 @click.option("--quiesce", is_flag=True, help="Freeze the guest's filesystems (guest agent).")
 @click.option(
+    "--memory", is_flag=True, help="Also keep the RAM: a revert resumes the VM where it was."
+)
+@click.option(
     "--mode",
     type=click.Choice(["cow", "redo"]),
     default=None,
@@ -32,6 +35,7 @@ def vm_snapshot(
     snap: str,
     description: str,
     quiesce: bool,
+    memory: bool,
     mode: str | None,
     host_conf: str,
     uri: str | None,
@@ -39,7 +43,8 @@ def vm_snapshot(
 ) -> None:
     """Snapshot every disk of a VM at one point (it may be running)."""
     with manager(host_conf, uri) as vms:
-        output.show(VmSnapshots(vms).take(vm_name, snap, description, quiesce, mode), as_json)
+        snaps = VmSnapshots(vms)
+        output.show(snaps.take(vm_name, snap, description, quiesce, mode, memory), as_json)
 
 
 @vm.command("snapshots")

@@ -30,6 +30,7 @@ import libvirt
 
 from ..errors import AlreadyExists, InUse, InvalidInput, NotFound
 from ..units import check_name
+from . import memstate
 from .vmdoc import Point, VmDoc, tree_lines
 from .vms import VmError, VmManager
 
@@ -129,21 +130,33 @@ class VmSnapshots:
         description: str = "",
         quiesce: bool = False,
         mode: str | None = None,
+        memory: bool = False,
     ) -> dict[str, Any]:
         check_name(snap, what="snapshot name")
         dom, doc = self.open(name)
         if doc.has(snap):
             raise AlreadyExists(kind="snapshot", ref=f"{name}/{snap}")
         mode = self.mode_of(doc, mode)
+        if memory and (mode != "cow" or not dom.isActive() or quiesce):
+            raise InvalidInput(
+                detail="--memory needs a running VM in COW mode (and no --quiesce: "
+                "the guest is paused while its memory is saved)"
+            )
         if mode == "redo":
             from .redo import RedoSnapshots
 
             return _public(RedoSnapshots(self).take(dom, doc, snap, description, quiesce))
         names = {t: f"{name}.{t}@{snap}" for t in doc.disks}
-        doc.pending = {"op": "snapshot", "point": snap, "vvols": list(names.values())}
+        memname = f"{name}.memory@{snap}"
+        doc.pending = {
+            "op": "snapshot",
+            "point": snap,
+            "vvols": list(names.values()) + ([memname] if memory else []),
+        }
         doc.save(self.client)
         targets = list(doc.disks)
         made: list[str] = []
+        saved: tuple[str, int] | None = None
         try:
             # the catalog work first; only the array's snapshots wait for the guest
             prepared = self.client.snapshot_prepare(
@@ -151,10 +164,17 @@ class VmSnapshots:
             )
             made = [p["id"] for p in prepared]
             fault("vm-snapshot", "prepared")
-            with Stun(dom, quiesce) as stun:
-                self.client.snapshot_cut(made)
-                fault("vm-snapshot", "cut")
-            self.client.snapshot_commit(made)
+            with memstate.scratch_file("memory.save") as mpath:
+                with Stun(dom, quiesce) as stun:
+                    nbytes = memstate.save_paused(dom, mpath) if memory else 0
+                    self.client.snapshot_cut(made)
+                    fault("vm-snapshot", "cut")
+                self.client.snapshot_commit(made)
+                if memory:
+                    saved = (
+                        memstate.store(self.vms, mpath, memname, doc.datastore, doc.pe),
+                        nbytes,
+                    )
         except BaseException:
             self._discard(made)
             doc.pending = None
@@ -169,6 +189,8 @@ class VmSnapshots:
             xml=dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE),
             running=stun.running,
             stun_ms=round(stun.seconds * 1000, 3),
+            memory=saved[0] if saved else None,
+            memory_bytes=saved[1] if saved else 0,
         )
         doc.add(point)
         doc.current, doc.mode, doc.pending = snap, "cow", None
@@ -193,7 +215,12 @@ class VmSnapshots:
             RedoSnapshots(self).revert(dom, doc, point)
         else:
             self._revert_cow(doc, point)
-        if start:
+        if point.memory:  # carry on where the guest was
+            with memstate.scratch_file("memory.save") as mpath:
+                memstate.load(self.vms, point.memory, point.memory_bytes, mpath, doc.pe)
+                memstate.restore(self.vms, mpath)
+            start = True
+        elif start:
             self.vms.start(name)
         return {"vm": name, "reverted_to": snap, "current": snap, "started": start}
 

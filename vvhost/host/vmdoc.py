@@ -36,7 +36,8 @@ class Point:
     created: float = 0.0
     xml: str = ""
     running: bool = False
-    memory: str | None = None
+    memory: str | None = None  # the memory vvol (--memory): revert resumes from it
+    memory_bytes: int = 0
     stun_ms: float | None = None
 
     @classmethod
