@@ -18,33 +18,19 @@ import pytest
 from tests.vmlab import (
     Lab,
     add_go_channel,
-    boot,
     create_vm,
     go,
     log_text,
+    see,
     set_cmdline,
+    verify_all,
     vvhost_json,
     wait_for_end,
     wait_line,
+    write_all,
 )
 from vvhost.guest import guest_cmdline, parse_serial
 from vvhost.host.domainxml import blockdev
-
-
-def write_all(p: str) -> list[str]:
-    return [f"write:vda:{p}:0:4", f"write:vdb:{p}:0:2"]
-
-
-def verify_all(p: str) -> list[str]:
-    return [f"verify:vda:{p}:0:4", f"verify:vdb:{p}:0:2"]
-
-
-def see(lab: Lab, name: str, log: str, pattern: str, wrong: str) -> None:
-    """Boot ``name``: both disks hold ``pattern`` and not ``wrong``."""
-    set_cmdline(lab, "kvm1", name, guest_cmdline(verify_all(pattern) + [f"verify:vda:{wrong}:0:4"]))
-    report = parse_serial(boot(lab, name, log))
-    assert all(report.results[c] == "ok" for c in verify_all(pattern)), report
-    assert report.results[f"verify:vda:{wrong}:0:4"] == "FAIL", report
 
 
 def document(lab: Lab, name: str) -> dict[str, Any]:
@@ -157,8 +143,19 @@ def test_redo_snapshot_revert_delete(lab: Lab, protocol: str) -> None:
     assert out.returncode == 0, out.stderr
     see(lab, "vm1", log, "B", "F")
 
-    out = lab.vvhost("kvm1", "vm", "delete", "vm1")
+    # a full clone of s2 reads the chain into plain vvols; a linked one needs COW mode
+    refused = lab.vvhost("kvm1", "vm", "clone", "vm1", "vm2", "--snapshot", "s2", "--linked")
+    assert refused.returncode == 2 and "full clone" in refused.stderr
+    clone_log = os.path.join(lab.tmp, "vm2.serial")
+    out = lab.vvhost(
+        "kvm1", "vm", "clone", "vm1", "vm2", "--snapshot", "s2", "--serial-log", clone_log
+    )
     assert out.returncode == 0, out.stderr
+    see(lab, "vm2", clone_log, "B", "F")
+    out = lab.vvhost("kvm1", "vm", "delete", "vm1")  # the clone does not need it
+    assert out.returncode == 0, out.stderr
+    see(lab, "vm2", clone_log, "B", "F")
+    assert lab.vvhost("kvm1", "vm", "delete", "vm2").returncode == 0
     assert lab.api.vvols() == [] and lab.api.bindings() == []
     assert lab.api.audit()["ok"]
 

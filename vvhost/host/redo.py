@@ -247,6 +247,16 @@ class RedoSnapshots:
             }
             _run("qemu-img", "commit", "-d", "json:" + json.dumps(spec))
 
+    def flatten(self, doc: VmDoc, chain: list[str], dest: str) -> None:
+        """Write what ``chain`` (bottom first) reads into the raw vvol ``dest``."""
+        with self._bound(doc, [*chain, dest]) as handles:
+            spec: dict[str, Any] = {"driver": "raw", "file": dx.blockdev(handles[chain[0]])}
+            for layer in chain[1:]:
+                spec = {"driver": "qcow2", "file": dx.blockdev(handles[layer]), "backing": spec}
+            target = _target_args(handles[dest])
+            raw = ["-O", "raw"] if target[0] != "--target-image-opts" else []
+            _run("qemu-img", "convert", "-n", *raw, "json:" + json.dumps(spec), *target)
+
     # -- recovery ---------------------------------------------------------------------------
     def recover(self, dom: libvirt.virDomain, doc: VmDoc, pending: dict[str, Any]) -> None:
         """Finish a step libvirt took, undo one it did not (the caller clears pending)."""

@@ -43,25 +43,35 @@ class VmCloner:
         except libvirt.libvirtError:
             pass
         dom, doc = self.snaps.open(name)
+        chains: dict[str, list[str]] = {}  # redo mode: what to flatten, per disk
         if snapshot is not None:
             point = doc.point(snapshot)
-            if point.mode != "cow":
-                raise InvalidInput(
-                    detail=f"{name}/{snapshot} is a redo-mode point: clone from a COW-mode "
-                    "snapshot, or export the VM and import it"
-                )
             xml = point.xml
-            sources, temps = dict(point.disks), list[str]()
+            if point.mode == "redo":
+                chains, sources, temps = dict(point.layers), {}, list[str]()
+            else:
+                sources, temps = dict(point.disks), list[str]()
         else:
             xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
             if doc.layers:
-                raise InvalidInput(
-                    detail=f"VM {name} runs on a redo chain: clone it from a snapshot point"
-                )
-            sources, temps = self._sources_now(dom, doc, linked)
+                if dom.isActive():
+                    raise InvalidInput(
+                        detail=f"VM {name} is running on redo chains: take a snapshot and "
+                        "clone from it"
+                    )
+                chains = {t: [*doc.layers.get(t, []), top] for t, top in doc.disks.items()}
+                sources, temps = {}, list[str]()
+            else:
+                sources, temps = self._sources_now(dom, doc, linked)
+        if chains and linked:
+            raise InvalidInput(
+                detail=f"VM {name} keeps redo-mode (qcow2) snapshots: linked clones need "
+                "array snapshots (COW mode); make a full clone"
+            )
         made: list[str] = []
         try:
             disks = self._copy(new, doc, sources, linked, made)
+            disks.update(self._flatten(new, doc, chains, made))
             root = self._definition(xml, new, made[0], disks, doc, serial_log)
             meta = dx.meta(root)
             assert meta is not None
@@ -119,6 +129,27 @@ class VmCloner:
             made.append(c["id"])
             disks[target] = c["id"]
             self.client.vvol_meta(c["id"], [f"vm={new}", f"target={target}"])
+        return disks
+
+    def _flatten(
+        self, new: str, doc: VmDoc, chains: dict[str, list[str]], made: list[str]
+    ) -> dict[str, str]:
+        """Full clones of redo chains: each read through its layers into one raw vvol."""
+        from .redo import RedoSnapshots
+
+        disks: dict[str, str] = {}
+        for target, chain in chains.items():
+            size = self.client.vvol(chain[0])["size"]
+            v = self.client.vvol_create(
+                None,
+                size,
+                name=f"{new}.{target}",
+                metadata={"vm": new, "target": target},
+                datastore=doc.datastore,
+            )
+            made.append(v["id"])
+            disks[target] = v["id"]
+            RedoSnapshots(self.snaps).flatten(doc, chain, v["id"])
         return disks
 
     def _definition(
