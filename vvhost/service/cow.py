@@ -17,7 +17,7 @@ from typing import Any
 
 from ..catalog import repo, tenancy, vvolrepo
 from ..errors import InvalidInput
-from ..model import CLONE, CREATING, READY, REVERTING, SNAPSHOT, JournalEntry, Vvol
+from ..model import CLONE, CREATING, READY, REVERTING, SNAPSHOT, Container, JournalEntry, Vvol
 from ..units import check_name
 from .bindings import ensure_unbound
 from .context import Context
@@ -57,20 +57,7 @@ class CowOps:
                 )
             c = self.vvols.containers.get(conn, base.container)
             reserve(conn, c, base.size)
-            snap = new_vvol(
-                container=c,
-                array_id=base.array,
-                size=base.size,
-                type=base.type,
-                name=name,
-                metadata={},
-                parent=base.id,
-                relation=SNAPSHOT,
-                readonly=True,
-                op=op,
-                datastore=base.datastore,
-                tenant=base.tenant,
-            )
+            snap = _snapshot_row(base, c, name, op)
             check_datastore_room(conn, base.datastore, base.size)
             if name is None:
                 snap = _renamed(snap, f"{_label(base)}@{snap.id[:8]}")
@@ -251,20 +238,7 @@ class CowOps:
                     raise InvalidInput(detail=f"{to!r} is not a snapshot of vvol {ref!r}")
                 c = self.vvols.containers.get(conn, base.container)
                 reserve(conn, c, base.size)
-                safety = new_vvol(
-                    container=c,
-                    array_id=base.array,
-                    size=base.size,
-                    type=base.type,
-                    name=f"{_label(base)}@safety-{op[:8]}",
-                    metadata={},
-                    parent=base.id,
-                    relation=SNAPSHOT,
-                    readonly=True,
-                    op=op,
-                    datastore=base.datastore,
-                    tenant=base.tenant,
-                )
+                safety = _snapshot_row(base, c, f"{_label(base)}@safety-{op[:8]}", op)
                 vvolrepo.insert(conn, safety)
                 vvolrepo.add_ref(conn, base.id, 1)
                 vvolrepo.change(conn, base, bump=False, state=REVERTING, op=op)
@@ -289,6 +263,24 @@ class CowOps:
                 self.ctx.progress.drop(op)
             finish_revert(self.ctx, JournalEntry(**{**entry.__dict__, "step": "committed"}))
             return self.vvols.show(base.id)
+
+
+def _snapshot_row(base: Vvol, c: Container, name: str | None, op: str) -> Vvol:
+    """The catalog row of a new (creating) read-only snapshot of ``base``."""
+    return new_vvol(
+        container=c,
+        array_id=base.array,
+        size=base.size,
+        type=base.type,
+        name=name,
+        metadata={},
+        parent=base.id,
+        relation=SNAPSHOT,
+        readonly=True,
+        op=op,
+        datastore=base.datastore,
+        tenant=base.tenant,
+    )
 
 
 def _renamed(v: Vvol, name: str) -> Vvol:
