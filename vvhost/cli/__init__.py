@@ -18,6 +18,7 @@ from .inventory import array, container
 from .serve import audit, quickstart, serve
 from .tenancy import datastore, tenant, token
 from .vm import hook, vm
+from .vmmigrate import vm_migrate  # noqa: F401  (adds `vm migrate`)
 from .vmsnap import vm_snapshot  # noqa: F401  (adds the snapshot commands to `vm`)
 from .vvol import vvol
 

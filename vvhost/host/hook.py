@@ -5,18 +5,27 @@ with the domain XML on stdin (as root, in libvirtd's mount namespace).
                each disk's <source> is the binding's handle; on a mismatch or an
                error, undo what this call bound and fail with one line
     release    unbind the domain's vvols for this host
-    migrate    (destination) bind here and print the XML with the sources rewritten
-    restore    likewise
+    migrate    (destination of a live migration) bind here, on the endpoint this host
+               is configured for (see ``incoming_pe``), and print the XML with the
+               sources and the metadata's endpoint rewritten
+    restore    bind here on the VM's endpoint and print the XML with the sources rewritten
     reconnect  (libvirtd restarted) re-create missing bindings of a running domain
 
 Binding is "ensure bound" per (vvol, host): a VM start that finds its binding
 (say, made by ``migrate`` just before ``prepare``) uses it; ``release`` drops it.
+Bindings belong to a host, so the destination's hooks never touch the source's:
+after a migration the source's ``release`` drops the source's bindings, and when
+an incoming migration fails libvirt stops the incoming domain and the
+destination's ``release`` drops the destination's.  A failing ``migrate`` drops
+what it bound before it fails (libvirt then aborts the migration).
 The hook never calls libvirt (that deadlocks) and every control plane call has
 a timeout.  Domains without vvhost metadata pass straight through.
 """
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import replace
 from typing import TextIO
 
 from ..client import Client
@@ -45,6 +54,28 @@ def ensure_bound(
             )
         existing.update({r["handle"]["vvol"]: r["handle"] for r in results})
     return {v: existing[v] for v in wanted}, made
+
+
+def incoming_pe(client: Client, conf: HostConfig, vm: dx.VmMeta) -> str | None:
+    """The endpoint a VM migrating to this host binds through: the host
+    configuration's ``pe`` if it names one; else, among the endpoints the VM's
+    datastore offers this host, the VM's own endpoint if it speaks the host's
+    ``protocol``, or the first one that does; else the VM's own endpoint if it is
+    offered at all (the VM keeps working where the host's protocol is missing)."""
+    if conf.pe:
+        return conf.pe
+    if not vm.datastore:
+        return vm.pe
+    offered = client.datastore_resolve(vm.datastore, conf.name)["pes"]
+    mine = [str(p["name"]) for p in offered if p["protocol"] == conf.protocol]
+    if vm.pe in mine or (not mine and any(p["name"] == vm.pe for p in offered)):
+        return vm.pe
+    if mine:
+        return mine[0]
+    raise VvhostError(
+        detail=f"datastore {vm.datastore} offers host {conf.name} no {conf.protocol} endpoint"
+        + (f" and not the VM's endpoint {vm.pe}" if vm.pe else "")
+    )
 
 
 def undo(client: Client, host: str, vvols: list[str]) -> None:
@@ -90,21 +121,27 @@ def act(
     client: Client,
     stdout: TextIO,
 ) -> None:
-    pe = vm.pe or conf.pe
     if op == "release":
         bound = {b["vvol"] for b in client.bindings(host=conf.name)}
         undo(client, conf.name, [v for v in vm.all_vvols() if v in bound])
         return
+    pe = incoming_pe(client, conf, vm) if op == "migrate" else vm.pe or conf.pe
     handles, made = ensure_bound(client, conf.name, vm, pe)
-    if op in ("migrate", "restore"):
-        dx.point_sources(root, vm, handles)
-        stdout.write(dx.tostring(root))
-        return
-    if op == "prepare":
-        wrong = dx.check_sources(root, vm, handles)
-        if wrong is not None:
+    try:
+        if op in ("migrate", "restore"):
+            if op == "migrate" and pe:
+                dx.set_meta(root, replace(vm, pe=pe))
+            dx.point_sources(root, vm, handles)
+            stdout.write(dx.tostring(root))
+            return
+        if op == "prepare":
+            wrong = dx.check_sources(root, vm, handles)
+            if wrong is not None:
+                raise VvhostError(
+                    detail=f"disk {wrong} is now reached at {handles[vm.disks[wrong]]['uri']}, "
+                    f"not where the definition says; run `vvhost vm refresh {domain}`"
+                )
+    except BaseException:
+        with contextlib.suppress(VvhostError):  # the first error is the one to report
             undo(client, conf.name, made)
-            raise VvhostError(
-                detail=f"disk {wrong} is now reached at {handles[vm.disks[wrong]]['uri']}, not "
-                f"where the definition says; run `vvhost vm refresh {domain}`"
-            )
+        raise

@@ -13,7 +13,7 @@ import json
 import math
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import libvirt
@@ -332,9 +332,14 @@ class VmManager:
         return result
 
     def refresh(self, name: str) -> dict[str, Any]:
-        """Rewrite the definition's disk sources to where the vvols bind now."""
+        """Rewrite the definition's disk sources to where the vvols bind now (for a
+        running VM: through the endpoint it runs on, which a migration may have changed)."""
         dom = self.domain(name)
         root, meta = self._meta(dom)
+        live = dx.meta(dx.parse(dom.XMLDesc(0))) if dom.isActive() else None
+        if live is not None and live.pe != meta.pe:
+            meta = replace(meta, pe=live.pe)
+            dx.set_meta(root, meta)
         self._point_sources(root, meta)
         self.conn.defineXML(dx.tostring(root))
         self._save(meta, root, name)
