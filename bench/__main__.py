@@ -22,6 +22,7 @@ from . import (
     cow_ops,
     remote_api,
     vm_boot,
+    vm_migrate,
     vm_snapshot,
 )
 from .common import Result, VerifyError, leftovers
@@ -36,6 +37,7 @@ GROUPS: dict[str, Callable[..., list[Result]]] = {
     "remote": remote_api.run,
     "vm-boot": vm_boot.run,
     "vm-snapshot": vm_snapshot.run,
+    "vm-migrate": vm_migrate.run,
 }
 
 
