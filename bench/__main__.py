@@ -23,6 +23,7 @@ from . import (
     remote_api,
     vm_boot,
     vm_migrate,
+    vm_move_storage,
     vm_snapshot,
 )
 from .common import Result, VerifyError, leftovers
@@ -38,6 +39,7 @@ GROUPS: dict[str, Callable[..., list[Result]]] = {
     "vm-boot": vm_boot.run,
     "vm-snapshot": vm_snapshot.run,
     "vm-migrate": vm_migrate.run,
+    "vm-move-storage": vm_move_storage.run,
 }
 
 

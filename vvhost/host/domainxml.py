@@ -379,3 +379,22 @@ def blockdev(handle: dict[str, Any]) -> dict[str, Any]:
     else:
         server = {"type": "inet", "host": src["host_name"], "port": src["port"]}
     return {"driver": "nbd", "server": server, "export": src["name"]}
+
+
+def copy_dest_xml(handle: dict[str, Any]) -> str:
+    """The ``<disk>`` a block copy writes to: the raw vvol behind binding ``handle``."""
+    disk = ET.Element("disk", device="disk")
+    ET.SubElement(disk, "driver", name="qemu", type="raw")
+    _fill(disk, handle)
+    return tostring(disk)
+
+
+def mirror_of(root: ET.Element, target: str) -> tuple[str, dict[str, str]] | None:
+    """A running domain's block copy of disk ``target``: its ``ready`` state (``yes``,
+    ``pivot``, ``abort`` or empty while copying) and where it copies to; None when
+    the disk has no such job."""
+    disk = _disk(root, target)
+    mirror = disk.find("mirror") if disk is not None else None
+    if mirror is None:
+        return None
+    return mirror.get("ready", ""), _read_source(mirror)

@@ -296,6 +296,10 @@ class VmSnapshots:
             self.drop(list(kept.values()))
         elif what == "drop":
             self.drop(list(p.get("vvols", [])))
+        elif what == "move-storage":
+            from .movestorage import recover_move
+
+            recover_move(self.vms, dom, doc, p)
         elif what.startswith("redo-"):
             from .redo import RedoSnapshots
 
