@@ -12,7 +12,7 @@ cd "$(dirname "$(readlink -f "$0")")"
 DEBS=(python3 python3-venv python3-dev gcc util-linux e2fsprogs xfsprogs btrfs-progs
       qemu-utils qemu-system-common qemu-system-x86 qemu-block-extra tgt libiscsi-bin
       libnbd-bin openssl libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
-      libparted-dev parted)
+      libparted-dev parted iproute2)
 VENV=.venv
 
 need_debs() {

@@ -43,6 +43,12 @@ kill-and-poll loop.
 to (``tcp_uri``); the incoming qemu listens in ``migration_ports`` on the
 address of the migrate URI (``tcp://127.0.0.1``).
 
+With a ``net`` (:class:`vvhost.labnet.LabNet`) the host also gets a network
+namespace of its own, linked to the lab bridge by a veth pair: libvirtd listens
+there on every address, ``address`` is the host's address on the bridge, and
+``tcp_uri`` and migrate URIs use it; endpoints the host uses must listen on the
+bridge (``net.gateway``).
+
 In qemu.conf domains run as root with no security driver, no cgroups, no /dev
 namespace and no virtlogd (stdio_handler = "file"), so their qemu processes stay
 in the host's mount namespace. That is how ``stop()`` finds everything the host
@@ -74,6 +80,7 @@ from typing import Any
 import libvirt
 
 from .errors import VvhostError
+from .labnet import LabNet
 
 POLL = 0.02
 SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) less the NUL
@@ -150,6 +157,7 @@ class LibvirtHost:
         workdir: str,
         tcp_port: int | None = None,
         migration_ports: tuple[int, int] | None = None,
+        net: LabNet | None = None,
     ) -> None:
         if not name or any(c.isspace() or c in "/\"'\\" for c in name):
             raise LabHostError(host=name, detail="a host name is one word")
@@ -157,6 +165,8 @@ class LibvirtHost:
         self.workdir = os.path.abspath(workdir)
         self.tcp_port = tcp_port
         self.migration_ports = migration_ports
+        self.net = net  # with a lab network: its own network namespace, linked to the bridge
+        self.address: str | None = None  # on the lab network, once started
         # stable for (name, workdir), different between hosts: migration refuses equal ones
         self.host_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"vvhost-lab:{name}:{self.workdir}"))
         self._reaper: subprocess.Popen[bytes] | None = None
@@ -190,7 +200,7 @@ class LibvirtHost:
     def tcp_uri(self) -> str | None:
         if self.tcp_port is None:
             return None
-        return f"qemu+tcp://127.0.0.1:{self.tcp_port}/system"
+        return f"qemu+tcp://{self.address or '127.0.0.1'}:{self.tcp_port}/system"
 
     @property
     def hooks_dir(self) -> str:
@@ -232,7 +242,8 @@ class LibvirtHost:
             lines += [
                 "listen_tcp = 1",
                 f'tcp_port = "{self.tcp_port}"',
-                'listen_addr = "127.0.0.1"',
+                # in its own network namespace the address comes after the daemon
+                f'listen_addr = "{"0.0.0.0" if self.net else "127.0.0.1"}"',
                 'auth_tcp = "none"',
             ]
         else:
@@ -316,7 +327,8 @@ class LibvirtHost:
         if self.tcp_port is not None:
             daemon.insert(1, "--listen")
         script = " && ".join(steps) + " && exec " + shlex.join(daemon)
-        unshare = ["unshare", "--mount", "--uts", "--propagation", "private", "sh", "-c", script]
+        spaces = ["--mount", "--uts"] + (["--net"] if self.net else [])
+        unshare = ["unshare", *spaces, "--propagation", "private", "sh", "-c", script]
         return [sys.executable, "-c", REAPER, *unshare]
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -326,6 +338,8 @@ class LibvirtHost:
         upgrade or crash of libvirtd would: the new daemon reconnects to them."""
         if self._pidfd is None or self._reaper is None or self._ns_fd is None:
             raise LabHostError(host=self.name, detail="not running")
+        if self.net is not None:
+            raise LabHostError(host=self.name, detail="a host on a lab network is not restarted")
         self.close()
         self._terminate(self._pidfd, timeout)
         os.close(self._pidfd)
@@ -350,6 +364,8 @@ class LibvirtHost:
             )
         try:
             self._wait_ready(timeout)
+            if self.net is not None and self._pid is not None:
+                self.address = self.net.attach(self._pid)
         except BaseException:
             self.stop()
             raise
@@ -444,6 +460,7 @@ class LibvirtHost:
                     os.close(fd)
             self._earlier = []
             self._reaper = self._pid = self._pidfd = self._ns_fd = None
+            self.address = None
 
     @staticmethod
     def _terminate(pidfd: int, timeout: float) -> None:

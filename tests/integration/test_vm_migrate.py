@@ -27,6 +27,7 @@ from vvhost.host import domainxml as dx
 from vvhost.host.config import HostConfig
 from vvhost.host.install import install
 from vvhost.labhost import LibvirtHost
+from vvhost.labnet import LabNet
 
 MiB = 1 << 20
 COUNTER_OFF = 8  # MiB into vda
@@ -48,11 +49,15 @@ class Pair:
         return self.lab.vvhost(key, *args)
 
 
-def migration_host(lab: Lab, key: str, name: str, protocol: str) -> LibvirtHost:
+def migration_host(lab: Lab, key: str, name: str, protocol: str, net: LabNet) -> LibvirtHost:
     """A lab host that also takes peer-to-peer migrations (TCP listener, own ports)."""
     mig = free_port()
     host = LibvirtHost(
-        name, os.path.join(lab.tmp, key), tcp_port=free_port(), migration_ports=(mig, mig + 5)
+        name,
+        os.path.join(lab.tmp, key),
+        tcp_port=free_port(),
+        migration_ports=(mig, mig + 5),
+        net=net,
     )
     lab.hosts[key] = host  # stopped by the lab even if what follows fails
     host.start()
@@ -72,9 +77,20 @@ def write_conf(lab: Lab, key: str, name: str, protocol: str, **extra: Any) -> No
 
 @pytest.fixture
 def pair(lab: Lab) -> Iterator[Pair]:
-    src = migration_host(lab, "src", "kvm1", "iscsi")
-    dst = migration_host(lab, "dst", "kvm2", "nbd")
-    yield Pair(lab, src, dst)
+    """Two hosts, each in its own network namespace on one lab bridge; the iSCSI
+    endpoint listens on the bridge, where both reach it."""
+    net = LabNet().start()
+    try:
+        lab.api.pe_delete("iscsi0")
+        lab.api.pe_create("iscsi0", "iscsi", portal=f"{net.gateway}:{free_port()}")
+        src = migration_host(lab, "src", "kvm1", "iscsi", net)
+        dst = migration_host(lab, "dst", "kvm2", "nbd", net)
+        yield Pair(lab, src, dst)
+    finally:
+        for key in ("src", "dst"):
+            if key in lab.hosts:
+                lab.hosts[key].stop()
+        net.stop()
 
 
 def appending_serial(host: LibvirtHost, name: str) -> None:
@@ -143,8 +159,8 @@ def wait_bindings(lab: Lab, want: set[tuple[str, str]], count: int) -> None:
 
 
 def p2p(dom: Any, dst: LibvirtHost, flags: int = 0, **params: Any) -> None:
-    """``virsh migrate --live --p2p DOM qemu+tcp://DEST/system tcp://127.0.0.1``."""
-    args = {libvirt.VIR_MIGRATE_PARAM_URI: "tcp://127.0.0.1", **params}
+    """``virsh migrate --live --p2p DOM qemu+tcp://DEST/system tcp://DEST``."""
+    args = {libvirt.VIR_MIGRATE_PARAM_URI: f"tcp://{dst.address}", **params}
     dom.migrateToURI3(
         dst.tcp_uri, args, libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | flags
     )
@@ -190,7 +206,7 @@ def test_vm_migrate_command_live_and_offline(pair: Pair) -> None:
     assert pair.dst.tcp_uri is not None and pair.src.tcp_uri is not None
     at_switch = counters(log)[-1]
     out = pair.cli("src", "vm", "migrate", "cmd", "--to", pair.dst.tcp_uri,
-                   "--migrate-uri", "tcp://127.0.0.1", "--json")  # fmt: skip
+                   "--migrate-uri", f"tcp://{pair.dst.address}", "--json")  # fmt: skip
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert (result["mode"], result["from"], result["to"], result["pe"]) == (
@@ -358,7 +374,7 @@ def test_failed_and_cancelled_migrations_leave_the_vm_at_home(pair: Pair) -> Non
     # the command says so in one line and leaves nothing either
     assert pair.dst.tcp_uri is not None
     out = pair.cli("src", "vm", "migrate", "stay", "--to", pair.dst.tcp_uri,
-                   "--migrate-uri", "tcp://127.0.0.1")  # fmt: skip
+                   "--migrate-uri", f"tcp://{pair.dst.address}")  # fmt: skip
     assert out.returncode == 4 and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert "the destination's hook failed: vvhost: stay: protocol endpoint 'nope'" in out.stderr
     assert "the VM still runs here" in out.stderr
