@@ -146,8 +146,10 @@ def test_quickstart_runs_clean(tmp_path: str) -> None:
         timeout=600,
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "ok: the guest wrote and verified its data on both vvols" in out.stdout
+    assert out.stdout.count("ok: every command the guest ran on its vvols succeeded") == 3
     assert "VVTEST verify vda A 1 8 ok" in out.stdout and "iscsi://" in out.stdout
+    assert "VVTEST verify vda Z 1 8 ok" in out.stdout and "└── before" in out.stdout
+    assert out.stdout.rstrip().count("VVTEST verify vda A 1 8 ok") == 2  # after the revert
     assert "consistent" in out.stdout and "FAILED" not in out.stdout
     done = subprocess.run(
         [sys.executable, "-m", "vvhost", "quickstart", "--state-dir", state, "--cleanup"],
