@@ -172,6 +172,8 @@ class Tgtadm:
             params.append(f"scsi_id={_check_value('scsi_id', scsi_id, SCSI_ID_MAX)}")
         if readonly:
             params.append("readonly=1")
+        else:  # initiators see holes (GET LBA STATUS) and may punch them (UNMAP, WRITE SAME)
+            params.append("thin_provisioning=1")
         self.ipc.request(MODE_DEVICE, OP_NEW, tid=tid, lun=lun, params=f"path={path}")
         try:
             self.ipc.request(
