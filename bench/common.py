@@ -191,6 +191,20 @@ def content_digest(path: str) -> str:
     return h.hexdigest()
 
 
+def timed_convert(sources: dict[str, str], scratch: str) -> float:
+    """The obvious full copy: ``qemu-img convert`` of every source (raw) into
+    ``scratch``, after dropping the page cache; returns the seconds; the copies go."""
+    drop_caches()
+    t0 = time.perf_counter()
+    for key, src in sources.items():
+        dst = os.path.join(scratch, f"copy-{key}.raw")
+        subprocess.run(["qemu-img", "convert", "-O", "raw", src, dst], check=True)
+    seconds = time.perf_counter() - t0
+    for key in sources:
+        os.unlink(os.path.join(scratch, f"copy-{key}.raw"))
+    return seconds
+
+
 def check(ok: bool, message: str) -> None:
     if not ok:
         raise VerifyError(message)

@@ -20,7 +20,6 @@ ratio of at most 1.25.
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 import time
 from typing import Any
@@ -45,6 +44,7 @@ from .common import (
     private_dir,
     settle,
     skipped,
+    timed_convert,
     write_spread,
 )
 
@@ -139,14 +139,7 @@ def _qemu_img(api: Client, dst: str, n: int) -> list[float]:
     files = {p: str(api.vvol(v)["path"]) for p, v in _point_ids(api).items()}
     out = []
     for _ in range(n):
-        drop_caches()
-        t0 = time.perf_counter()
-        for point, src in files.items():
-            target = os.path.join(dst, f"copy-{point}.raw")
-            subprocess.run(["qemu-img", "convert", "-O", "raw", src, target], check=True)
-        out.append(time.perf_counter() - t0)
-        for point in files:
-            os.unlink(os.path.join(dst, f"copy-{point}.raw"))
+        out.append(timed_convert(files, dst))
         settle()
     return out
 

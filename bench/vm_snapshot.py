@@ -40,6 +40,7 @@ from .common import (
     median,
     private_dir,
     skipped,
+    timed_convert,
     write_spread,
 )
 
@@ -147,12 +148,5 @@ def _revert(
         for target, vvol in disks.items():
             same = content_digest(api.vvol(vvol)["path"]) == content_digest(snap_paths[target])
             check(same, f"{target} does not read as {point} after the revert")
-        drop_caches()
-        t0 = time.perf_counter()
-        for target, src in snap_paths.items():
-            dst = os.path.join(scratch, f"copy-{target}.raw")
-            subprocess.run(["qemu-img", "convert", "-O", "raw", src, dst], check=True)
-        copies.append(time.perf_counter() - t0)
-        for target in disks:
-            os.unlink(os.path.join(scratch, f"copy-{target}.raw"))
+        copies.append(timed_convert(snap_paths, scratch))
     return ours, copies
