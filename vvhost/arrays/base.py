@@ -43,6 +43,9 @@ class ArrayBackend(Protocol):
 
     def commit_stage(self, vvol_id: str) -> None: ...
 
+    def restage(self, source: str, vvol_id: str) -> int:
+        """Update a staged reflink copy to ``source``'s content (only what differs)."""
+
     def staged(self, vvol_id: str) -> bool: ...
 
     def discard_stage(self, vvol_id: str) -> None: ...

@@ -15,7 +15,7 @@ import contextlib
 import os
 from collections.abc import Sequence
 
-from .. import fsutil
+from .. import bitmap, fsutil
 from ..errors import BackendError
 from .base import Progress
 
@@ -115,6 +115,22 @@ class DirArray:
         except OSError as exc:
             raise BackendError(
                 array=self.name, detail=f"cannot replace {final}: {exc.strerror}"
+            ) from exc
+
+    def restage(self, source: str, vvol_id: str) -> int:
+        """Bring a copy staged by reflink up to date with ``source``: remap only the
+        chunks whose extents differ now (found from FIEMAP, no data read); returns
+        the bytes remapped."""
+        part = self.locate(vvol_id) + PART
+        try:
+            if os.path.getsize(source) != os.path.getsize(part):
+                self.stage(source, vvol_id, sync=False)
+                return os.path.getsize(source)
+            diff = bitmap.diff_chunks(source, part, method="fiemap")
+            return fsutil.reflink_ranges(source, part, diff.ranges)
+        except (OSError, ValueError) as exc:
+            raise BackendError(
+                array=self.name, detail=f"update of {part} from {source} failed: {exc}"
             ) from exc
 
     def staged(self, vvol_id: str) -> bool:

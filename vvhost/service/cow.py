@@ -33,6 +33,8 @@ class CowOps:
     def __init__(self, ctx: Context, vvols: VvolOps) -> None:
         self.ctx = ctx
         self.vvols = vvols
+        # prepared snapshots whose data is cut (a restart undoes every prepared one)
+        self._cut: set[str] = set()
 
     def snapshot(
         self, ref: str, name: str | None = None, op_id: str | None = None
@@ -68,9 +70,10 @@ class CowOps:
 
     # -- consistency groups: prepare (catalog) / cut (the data, at once) / commit / abort --
     def prepare_group(self, refs: list[str], names: list[str | None]) -> list[dict[str, Any]]:
-        """Make the catalog rows of one snapshot per vvol, without data yet: ``cut``
-        then captures them all at once (the only part a paused guest waits for)
-        and ``commit`` makes them ready."""
+        """Make the catalog rows of one snapshot per vvol: ``cut`` then captures them
+        all at once (the only part a paused guest waits for) and ``commit`` makes
+        them ready.  On reflink arrays each volume is cloned here already, while
+        the guest still runs, so that ``cut`` only remaps what changed since."""
         if len(refs) != len(names) or len(set(refs)) != len(refs):
             raise InvalidInput(detail="give each vvol once, with one name each")
         made: list[Vvol] = []
@@ -79,16 +82,20 @@ class CowOps:
                 with self.ctx.db.tx() as conn:
                     base_id = self.ctx.vvol(conn, ref).id
                 with self.ctx.locks.hold([base_id]):
-                    made.append(self._prepare_one(ref, name, None)[0])
+                    snap, base = self._prepare_one(ref, name, None)
+                    made.append(snap)
+                    if self._reflinks(snap.array):
+                        self.ctx.backend(snap.array).stage(self.ctx.path(base), snap.id, sync=False)
         except BaseException:
             self.abort_group([v.id for v in made])
             raise
         return [{"id": v.id, "name": v.name, "base": v.parent, "op": v.op} for v in made]
 
     def cut_group(self, snap_ids: list[str]) -> list[dict[str, Any]]:
-        """Capture the data of prepared snapshots: on reflink arrays an instant clone
-        of each volume, staged beside the snapshot's place and not yet synced.
-        This is all a paused guest waits for; ``commit_group`` does the rest."""
+        """Capture the data of prepared snapshots: where ``prepare`` cloned already,
+        remap the chunks written since (found from extent maps); elsewhere clone or
+        copy now.  The copies are staged beside the snapshots' places, not yet
+        synced: this is all a paused guest waits for; ``commit_group`` does the rest."""
         with self.ctx.db.tx() as conn:
             snaps = [self._prepared(conn, sid) for sid in snap_ids]
             bases = [self.ctx.vvol(conn, s.parent or "") for s in snaps]
@@ -103,7 +110,11 @@ class CowOps:
 
                 for snap, base in zip(snaps, bases, strict=True):  # XFS clones one at a time
                     backend = self.ctx.backend(snap.array)
-                    backend.stage(self.ctx.path(base), snap.id, sync=False)
+                    if backend.staged(snap.id):
+                        backend.restage(self.ctx.path(base), snap.id)
+                    else:
+                        backend.stage(self.ctx.path(base), snap.id, sync=False)
+                    self._cut.add(snap.id)
             except BaseException:
                 self.abort_group(snap_ids)
                 raise
@@ -114,8 +125,7 @@ class CowOps:
         with self.ctx.db.tx() as conn:
             snaps = [self._prepared(conn, sid) for sid in snap_ids]
         for snap in snaps:
-            backend = self.ctx.backend(snap.array)
-            if not backend.staged(snap.id) and not backend.exists(snap.id):
+            if snap.id not in self._cut:
                 raise InvalidInput(detail=f"snapshot {_label(snap)} was not cut")
         try:
             for snap in snaps:
@@ -128,6 +138,7 @@ class CowOps:
                 for snap in snaps:
                     vvolrepo.force(conn, snap.id, state=READY, op=None)
                     repo.journal_remove(conn, snap.op or "")
+            self._cut.difference_update(snap_ids)
         except BaseException:
             self.abort_group(snap_ids)
             raise
@@ -135,7 +146,8 @@ class CowOps:
             return [self.vvols.describe(conn, vvolrepo.get(conn, s.id) or s) for s in snaps]
 
     def abort_group(self, snap_ids: list[str]) -> None:
-        """Drop prepared snapshots that were not cut (idempotent)."""
+        """Drop prepared snapshots that were not committed (idempotent)."""
+        self._cut.difference_update(snap_ids)
         for sid in snap_ids:
             with self.ctx.db.tx() as conn:
                 v = vvolrepo.get(conn, sid)
@@ -145,6 +157,11 @@ class CowOps:
                 self.ctx,
                 JournalEntry(id=v.op, op="snapshot", vvol=v.id, step="begin", args={}, created=0),
             )
+
+    def _reflinks(self, array_id: str) -> bool:
+        with self.ctx.db.tx() as conn:
+            arr = repo.get_array(conn, array_id)
+        return bool(arr and arr.capabilities.get("reflink"))
 
     def _prepared(self, conn: Any, sid: str) -> Vvol:
         v = self.ctx.vvol(conn, sid)
