@@ -19,11 +19,11 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from typing import Any
 
 import libvirt
 
-from .vms import VmError, VmManager, _target_args
+from . import domainxml as dx
+from .vms import VmError, VmManager, raw_source, raw_target
 
 MiB = 1 << 20
 SCRATCH = "/var/tmp"  # seen by libvirtd and its QEMU as well as by us
@@ -58,8 +58,6 @@ def save_paused(dom: libvirt.virDomain, path: str) -> int:
 
 
 def _targets(xml: str) -> list[str]:
-    from . import domainxml as dx
-
     root = dx.parse(xml)
     return [
         t.get("dev", "")
@@ -73,8 +71,8 @@ def store(vms: VmManager, path: str, name: str, datastore: str | None, pe: str |
     size = -(-os.path.getsize(path) // MiB) * MiB
     v = vms.client.vvol_create(None, size, type="memory", name=name, datastore=datastore)
     try:
-        with _bound(vms, v["id"], pe) as handle:
-            _qemu_img("convert", "-n", "-f", "raw", *_raw(handle), path, *_target_args(handle))
+        with vms.bound_here(v["id"], pe) as handle:
+            _qemu_img("convert", "-n", "-f", "raw", path, *raw_target(handle))
     except BaseException:
         with contextlib.suppress(Exception):
             vms.client.vvol_delete(v["id"])
@@ -84,8 +82,8 @@ def store(vms: VmManager, path: str, name: str, datastore: str | None, pe: str |
 
 def load(vms: VmManager, vvol: str, nbytes: int, path: str, pe: str | None) -> None:
     """Copy a memory vvol back into the local file ``path`` (its first ``nbytes``)."""
-    with _bound(vms, vvol, pe) as handle:
-        _qemu_img("convert", *_source(handle), "-O", "raw", path)
+    with vms.bound_here(vvol, pe) as handle:
+        _qemu_img("convert", *raw_source(handle), "-O", "raw", path)
     os.truncate(path, nbytes)
 
 
@@ -96,27 +94,6 @@ def restore(vms: VmManager, path: str) -> None:
         raise VmError(
             detail=f"cannot resume from the saved memory: {exc.get_error_message()}"
         ) from None
-
-
-@contextlib.contextmanager
-def _bound(vms: VmManager, vvol: str, pe: str | None) -> Iterator[dict[str, Any]]:
-    handle = vms.client.bind_one(vvol, vms.conf.name, pe=pe)
-    try:
-        yield handle
-    finally:
-        vms.client.unbind([vvol], vms.conf.name)
-
-
-def _raw(handle: dict[str, Any]) -> list[str]:
-    """Output format flag when the target is given as a plain name (not image opts)."""
-    return [] if _target_args(handle)[0] == "--target-image-opts" else ["-O", "raw"]
-
-
-def _source(handle: dict[str, Any]) -> list[str]:
-    target = _target_args(handle)
-    if target[0] == "--target-image-opts":
-        return ["--image-opts", target[1]]
-    return ["-f", "raw", target[0]]
 
 
 def _qemu_img(*argv: str) -> None:

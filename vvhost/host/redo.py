@@ -35,7 +35,7 @@ from . import domainxml as dx
 from .hook import ensure_bound, undo
 from .snapshots import VmSnapshots, fault
 from .vmdoc import Point, VmDoc
-from .vms import MiB, VmError, _target_args
+from .vms import MiB, VmError, raw_target
 
 MAX_LAYERS = 16
 CLUSTER = 64 * 1024
@@ -253,9 +253,9 @@ class RedoSnapshots:
             spec: dict[str, Any] = {"driver": "raw", "file": dx.blockdev(handles[chain[0]])}
             for layer in chain[1:]:
                 spec = {"driver": "qcow2", "file": dx.blockdev(handles[layer]), "backing": spec}
-            target = _target_args(handles[dest])
-            raw = ["-O", "raw"] if target[0] != "--target-image-opts" else []
-            _run("qemu-img", "convert", "-n", *raw, "json:" + json.dumps(spec), *target)
+            _run(
+                "qemu-img", "convert", "-n", "json:" + json.dumps(spec), *raw_target(handles[dest])
+            )
 
     # -- recovery ---------------------------------------------------------------------------
     def recover(self, dom: libvirt.virDomain, doc: VmDoc, pending: dict[str, Any]) -> None:
@@ -340,9 +340,7 @@ class RedoSnapshots:
                 image = os.path.join(tmp, "layer.qcow2")
                 _run("qemu-img", "create", "-q", "-f", "qcow2", "-o",
                      f"cluster_size={CLUSTER}", image, str(vsize))  # fmt: skip
-                target = _target_args(handle)
-                raw = ["-O", "raw"] if target[0] != "--target-image-opts" else []
-                _run("qemu-img", "convert", "-n", "-f", "raw", *raw, image, *target)
+                _run("qemu-img", "convert", "-n", "-f", "raw", image, *raw_target(handle))
         except BaseException:
             self.client.unbind([vvol], self.host, drop_all=True)
             raise

@@ -13,6 +13,7 @@ import json
 import math
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -150,24 +151,22 @@ class VmManager:
             detail=f"datastore {datastore} has no {want} endpoint for host {self.conf.name}"
         )
 
-    def _import(self, image: str, vvol: str, pe: str, progress: bool) -> None:
+    @contextlib.contextmanager
+    def bound_here(self, vvol: str, pe: str | None) -> Iterator[dict[str, Any]]:
+        """A binding of ``vvol`` on this host for the duration of a ``with`` block."""
         handle = self.client.bind_one(vvol, self.conf.name, pe=pe)
         try:
-            target = _target_args(handle)
-            argv = [
-                "qemu-img",
-                "convert",
-                "-n",
-                *(["-O", "raw"] if target[0] != "--target-image-opts" else []),
-                *(["-p"] if progress else []),
-                image,
-                *target,
-            ]
+            yield handle
+        finally:
+            self.client.unbind([vvol], self.conf.name)
+
+    def _import(self, image: str, vvol: str, pe: str, progress: bool) -> None:
+        with self.bound_here(vvol, pe) as handle:
+            argv = ["qemu-img", "convert", "-n", *(["-p"] if progress else [])]
+            argv += [image, *raw_target(handle)]
             done = subprocess.run(argv, capture_output=not progress, text=True, check=False)
             if done.returncode != 0:
                 raise VmError(detail=f"importing {image} failed: {(done.stderr or '').strip()}")
-        finally:
-            self.client.unbind([vvol], self.conf.name)
 
     def _point_sources(self, root: dx.ET.Element, meta: dx.VmMeta) -> None:
         """Set each disk's source to where the vvol binds on this host (the binding
@@ -383,16 +382,27 @@ def _image_mib(image: str) -> int:
     return max(1, math.ceil(int(json.loads(out.stdout)["virtual-size"]) / MiB))
 
 
-def _target_args(handle: dict[str, Any]) -> list[str]:
-    """qemu-img target for a handle; iSCSI logs in with the host's initiator name."""
-    if handle["protocol"] == "iscsi" and handle.get("initiator"):
-        opts = (
-            f"driver=raw,file.driver=iscsi,file.transport=tcp,file.portal={handle['portal']},"
-            f"file.target={handle['target']},file.lun={handle['lun']},"
-            f"file.initiator-name={handle['initiator']}"
-        )
-        return ["--target-image-opts", opts]
-    return [str(handle["uri"])]
+def _iscsi_opts(handle: dict[str, Any]) -> str | None:
+    """Image options that open an iSCSI binding with the host's initiator name."""
+    if handle["protocol"] != "iscsi" or not handle.get("initiator"):
+        return None
+    return (
+        f"driver=raw,file.driver=iscsi,file.transport=tcp,file.portal={handle['portal']},"
+        f"file.target={handle['target']},file.lun={handle['lun']},"
+        f"file.initiator-name={handle['initiator']}"
+    )
+
+
+def raw_target(handle: dict[str, Any]) -> list[str]:
+    """``qemu-img convert -n`` arguments that write raw into a binding."""
+    opts = _iscsi_opts(handle)
+    return ["--target-image-opts", opts] if opts else ["-O", "raw", str(handle["uri"])]
+
+
+def raw_source(handle: dict[str, Any]) -> list[str]:
+    """``qemu-img`` arguments that read a binding as raw."""
+    opts = _iscsi_opts(handle)
+    return ["--image-opts", opts] if opts else ["-f", "raw", str(handle["uri"])]
 
 
 def delete_all(client: Client, vvols: list[str]) -> None:

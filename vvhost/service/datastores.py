@@ -200,14 +200,7 @@ class DatastoreOps:
         self, conn: Connection, ds_ref: str, container: str | None, size: int
     ) -> tuple[Datastore, Container]:
         ds = self.get(conn, ds_ref)
-        used = vvolrepo.provisioned_in_datastore(conn, ds.id)
-        if used + size > ds.capacity:
-            raise CapacityExceeded(
-                container=f"datastore {ds.name}",
-                free=ds.capacity - used,
-                capacity=ds.capacity,
-                needed=size,
-            )
+        _check_room(conn, ds, size)
         members = [self.containers.get(conn, cid) for cid in ds.containers]
         if container is not None:
             chosen = self.containers.get(conn, container)
@@ -224,9 +217,12 @@ def check_datastore_room(conn: Connection, ds_id: str | None, size: int) -> None
     if ds_id is None:
         return
     ds = tenancy.get_datastore(conn, ds_id)
-    if ds is None:
-        return
-    used = vvolrepo.provisioned_in_datastore(conn, ds_id)
+    if ds is not None:
+        _check_room(conn, ds, size)
+
+
+def _check_room(conn: Connection, ds: Datastore, size: int) -> None:
+    used = vvolrepo.provisioned_in_datastore(conn, ds.id)
     if used + size > ds.capacity:
         raise CapacityExceeded(
             container=f"datastore {ds.name}",
