@@ -18,7 +18,7 @@ from tests.patterns import Patterns
 from vvhost.client import Client
 from vvhost.daemon import ServerProcess, free_port
 from vvhost.errors import InUse
-from vvhost.service.context import FAULT_ENV, FAULT_MARK
+from vvhost.faults import FAULT_ENV, FAULT_MARK
 
 QEMU_IQN = "iqn.2008-11.org.linux-kvm"  # what qemu-img/qemu-io log in as
 OTHER_IQN = "iqn.2026-11.test.vvhost:other"

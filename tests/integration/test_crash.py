@@ -20,7 +20,7 @@ import pytest
 from tests.patterns import CHUNK, Patterns
 from vvhost.client import Client
 from vvhost.daemon import ServerProcess
-from vvhost.service.context import FAULT_ENV, FAULT_MARK
+from vvhost.faults import FAULT_ENV, FAULT_MARK
 
 MiB = 1 << 20
 

@@ -22,7 +22,7 @@ import pytest
 
 from vvhost.client import Client
 from vvhost.daemon import ServerProcess, free_port
-from vvhost.service.context import FAULT_ENV, FAULT_MARK
+from vvhost.faults import FAULT_ENV, FAULT_MARK
 from vvhost.tools import EndpointError
 from vvhost.tools.qmp import Qmp
 

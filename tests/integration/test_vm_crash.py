@@ -21,7 +21,7 @@ from tests.vmlab import (
     wait_line,
     write_all,
 )
-from vvhost.host.snapshots import HOST_FAULT_ENV
+from vvhost.faults import HOST_FAULT_ENV
 
 
 def killed_at(lab: Lab, fault: str, *args: str) -> None:

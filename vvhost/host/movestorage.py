@@ -38,8 +38,9 @@ from typing import Any
 import libvirt
 
 from ..errors import CapacityExceeded, InvalidInput, NotFound, VvhostError
+from ..faults import host_fault as fault
 from . import domainxml as dx
-from .snapshots import VmSnapshots, fault
+from .snapshots import VmSnapshots
 from .vmdoc import VmDoc
 from .vms import VmError, VmManager, delete_all
 
@@ -104,7 +105,7 @@ class StorageMover:
         try:
             for disk in plan.disks:
                 copied += self._copy_points(doc, pending, disk, plan)
-            fault(OP, "points-copied")
+            fault("move-storage", "points-copied")
             if plan.running:
                 copied += self._mirror(dom, doc, pending, plan.disks)
         except BaseException:
@@ -112,7 +113,7 @@ class StorageMover:
             raise
         moved = {d.target: pending["new"][d.target] for d in plan.disks}
         self._commit(dom, doc, moved)
-        fault(OP, "committed")
+        fault("move-storage", "committed")
         self._release(doc)
         return {
             "vm": name,
@@ -305,7 +306,7 @@ class StorageMover:
                     reason=f"block copy of disk {disk.target}: {exc.get_error_message()}",
                 ) from None
         total = self._wait_ready(dom, doc, disks)
-        fault(OP, "mirror-ready")
+        fault("move-storage", "mirror-ready")
         for disk in disks:
             try:
                 dom.blockJobAbort(disk.target, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
@@ -315,7 +316,7 @@ class StorageMover:
                     reason=f"disk {disk.target} did not switch to its new vvol: "
                     f"{exc.get_error_message()}",
                 ) from None
-            fault(OP, "pivoted")
+            fault("move-storage", "pivoted")
         return total
 
     def _pe(self, dom: libvirt.virDomain, doc: VmDoc) -> str | None:

@@ -31,9 +31,10 @@ from typing import Any
 
 import libvirt
 
+from ..faults import host_fault as fault
 from . import domainxml as dx
 from .hook import ensure_bound, undo
-from .snapshots import VmSnapshots, fault
+from .snapshots import VmSnapshots
 from .vmdoc import Point, VmDoc
 from .vms import MiB, VmError, raw_target
 

@@ -19,8 +19,6 @@ back to the safety point.  Either way the disks hold one consistent point.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import time
 import uuid
 from collections.abc import Sequence
@@ -29,18 +27,11 @@ from typing import Any
 import libvirt
 
 from ..errors import AlreadyExists, InUse, InvalidInput, NotFound
+from ..faults import host_fault as fault
 from ..units import check_name
 from . import memstate
 from .vmdoc import Point, VmDoc, tree_lines
 from .vms import VmError, VmManager
-
-HOST_FAULT_ENV = "VVHOST_HOST_FAULT_AT"
-
-
-def fault(op: str, step: str) -> None:
-    """Crash tests: ``VVHOST_HOST_FAULT_AT=op:step`` kills this process (SIGKILL) there."""
-    if os.environ.get(HOST_FAULT_ENV) == f"{op}:{step}":
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Stun:

@@ -18,12 +18,10 @@ from ..arrays import ArrayBackend, open_backend
 from ..catalog import repo, vvolrepo
 from ..catalog.db import Database, sqlite_url
 from ..errors import Busy, InvalidInput, NotFound, StaleGeneration
+from ..faults import FAULT_ENV, control_plane_fault
 from ..locks import LockTable
 from ..model import READY, Array, JournalEntry, Vvol
 from ..naa import DEFAULT_OUI
-
-FAULT_ENV = "VVHOST_FAULT_AT"
-FAULT_MARK = "fault-reached"
 
 
 @dataclass(frozen=True)
@@ -154,13 +152,7 @@ class Context:
         self.fault(op, step)
 
     def fault(self, op: str, step: str) -> None:
-        if self.config.fault_at != f"{op}:{step}":
-            return
-        mark = os.path.join(self.config.state_dir, FAULT_MARK)
-        with open(mark, "w", encoding="utf-8") as fh:
-            fh.write(f"{op}:{step}\n")
-        while True:  # wait here to be killed
-            time.sleep(3600)
+        control_plane_fault(self.config.fault_at, self.config.state_dir, op, step)
 
     @contextmanager
     def undo_on_error(self, entry_fn: Any) -> Iterator[None]:
