@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from .errors import InternalError, Unreachable, from_wire
+from .errors import InternalError, InvalidInput, Unreachable, from_wire
 
 DEFAULT_SOCKET = "/run/vvhost/vvhost.sock"
 TIMEOUT = httpx.Timeout(connect=5.0, read=3600.0, write=60.0, pool=60.0)
@@ -54,6 +54,8 @@ class Client:
         self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
     ) -> Any:
         clean = {k: v for k, v in (params or {}).items() if v is not None}
+        if "//" in path or path.endswith("/"):  # a name or id the caller left empty
+            raise InvalidInput(detail=f"a name or id is empty (in {method} {path})")
         try:
             resp = self.http.request(method, path, json=json, params=clean or None)
         except httpx.TransportError as exc:
@@ -251,6 +253,12 @@ class Client:
 
     def admin_token(self, name: str = "admin") -> dict[str, Any]:
         return self.call("POST", "/v1/admin-tokens", json={"name": name})
+
+    def admin_tokens(self) -> list[dict[str, Any]]:
+        return self.call("GET", "/v1/admin-tokens")
+
+    def admin_token_revoke(self, name: str) -> dict[str, Any]:
+        return self.call("DELETE", f"/v1/admin-tokens/{name}")
 
     def datastores(self) -> list[dict[str, Any]]:
         return self.call("GET", "/v1/datastores")

@@ -178,3 +178,24 @@ def from_wire(payload: dict[str, Any], status: int) -> VvhostError:
     err.fields = dict(payload.get("fields") or {})
     Exception.__init__(err, str(payload.get("message") or f"HTTP {status}"))
     return err
+
+
+class Conflict(VvhostError):
+    """A request collides with what the catalog already holds (a reused operation id)."""
+
+    code = "conflict"
+    status = 409
+    exit_code = 4
+    template = "{detail}"
+
+
+class Corrupt(VvhostError):
+    """Stored data that vvhost wrote cannot be read back in the shape it expects."""
+
+    code = "corrupt"
+    status = 422
+    exit_code = 6
+    template = "{kind} {ref!r} is corrupt: {detail}"
+
+
+ERRORS_BY_CODE.update({cls.code: cls for cls in (Conflict, Corrupt)})

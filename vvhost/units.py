@@ -8,17 +8,20 @@ from .errors import InvalidInput
 
 MiB = 1 << 20
 _SUFFIX = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGTP]?)(?:I?B)?\s*$", re.IGNORECASE)
+# ASCII digits only: int() would also take other scripts' digits ("١٢٣").
+_SIZE_RE = re.compile(r"^[ \t]*([0-9]+)[ \t]*([KMGTP]?)(?:I?B)?[ \t]*$", re.IGNORECASE | re.ASCII)
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}")
 MAX_SIZE = 1 << 50
 
 
 def parse_size(text: str | int, *, what: str = "size", align: int = MiB) -> int:
     """Parse ``10G``, ``512M``, ``1048576`` (binary units) into bytes, a multiple of ``align``."""
+    if isinstance(text, bool) or not isinstance(text, (int, str)):
+        raise InvalidInput(detail=f"{what} {text!r} is not a size (examples: 10G, 512M, 1048576)")
     if isinstance(text, int):
         value = text
     else:
-        match = _SIZE_RE.fullmatch(text)
+        match = _SIZE_RE.fullmatch(text) if len(text) <= 64 else None
         if not match:
             raise InvalidInput(
                 detail=f"{what} {text!r} is not a size (examples: 10G, 512M, 1048576)"

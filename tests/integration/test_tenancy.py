@@ -67,7 +67,7 @@ def tls(tmp_path: str, patterns: Patterns) -> Iterator[Tls]:
         )
         a = t.as_host("ha")
         va = a.vvol_create(None, "16M", name="va", datastore="ds-a")
-        patterns.write(va["path"], "A", [0, CHUNK])
+        patterns.write(admin.vvol(va["id"])["path"], "A", [0, CHUNK])
         t.ids.update(
             va=va["id"],
             sa=a.vvol_snapshot("va", name="va@s1")["id"],
@@ -150,12 +150,12 @@ def test_tenant_b_cannot_touch_tenant_a(tls: Tls, patterns: Patterns) -> None:
 
 def test_tenant_a_works_over_tls(tls: Tls, patterns: Patterns) -> None:
     a = tls.as_host("ha")
-    patterns.write(a.vvol("va")["path"], "B", [0])
+    patterns.write(tls.admin.vvol("va")["path"], "B", [0])
     h = a.bind_one("va", "ha", pe="files")
     assert h["uri"].startswith("file://") and a.bindings()[0]["vvol"] == tls.ids["va"]
     a.unbind(["va"], "ha")
     a.vvol_revert("va", "va@s1")
-    patterns.check(a.vvol("va")["path"], "A", [0, CHUNK])
+    patterns.check(tls.admin.vvol("va")["path"], "A", [0, CHUNK])
     clone = a.vvol_clone("va@s1", linked=True, name="va-clone")
     assert clone["tenant"] == "alpha" and clone["datastore"] == tls.ids["ds-a"]
     resolved = a.datastore_resolve("ds-a")

@@ -4,27 +4,32 @@ One app per transport, differing only in how the caller is authenticated: on
 the unix socket (root only) every caller is admin; on TCP+TLS every request
 carries ``Authorization: Bearer TOKEN``.  Errors are JSON ``{"code", "message",
 "fields"}`` with the status the error class names; malformed input is 400
-``invalid-input``, an oversized body 413, and never a 500 with a traceback.
+``invalid-input``, an oversized body 413, a catalog constraint (a reused id)
+409 ``conflict``, and never a 500 with a traceback or SQL text: an unexpected
+failure answers its exception's type only and is logged in full on the server.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException
 
 from .. import __version__
-from ..errors import InternalError, InvalidInput, VvhostError
+from ..errors import Conflict, InternalError, InvalidInput, VvhostError
 from ..model import Principal
 from ..service import Service
 from ..service.tenancy import UNIX_ADMIN
 from . import routes_admin, routes_binding, routes_vvols
 
 MAX_BODY = 1 << 20
+log = logging.getLogger("vvhost.api")
 Authenticate = Callable[[Request], Principal]
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -116,8 +121,15 @@ def create_app(service: Service, authenticate: Authenticate = unix_admin) -> Fas
         return JSONResponse(status_code=exc.status_code, content=body)
 
     @app.exception_handler(Exception)
-    async def _internal(_req: Request, exc: Exception) -> JSONResponse:
-        err = InternalError(detail=f"internal error: {type(exc).__name__}: {exc}")
+    async def _internal(req: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, IntegrityError):  # a race past the checks: someone was first
+            err: VvhostError = Conflict(
+                detail="the catalog already holds a record with that name or id; retry with "
+                "a new one"
+            )
+            return JSONResponse(status_code=err.status, content=err.to_dict())
+        log.error("%s %s failed", req.method, req.url.path, exc_info=exc)
+        err = InternalError(detail=f"internal error ({type(exc).__name__}); see the server log")
         return JSONResponse(status_code=500, content=err.to_dict())
 
     return app

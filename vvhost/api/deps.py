@@ -27,3 +27,7 @@ def get_principal(request: Request) -> Principal:
 
 Svc = Annotated[Service, Depends(get_service)]
 Caller = Annotated[Principal, Depends(get_principal)]
+
+# Numbers the catalog stores as signed 64-bit integers: larger ones are bad input, not a 500.
+MAX_INT = (1 << 63) - 1
+Generation = Annotated[int | None, Query(ge=0, le=MAX_INT)]

@@ -9,6 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Size = str | int
 Ref = str
+MAX_INT = (1 << 63) - 1  # the catalog's integers are signed 64-bit
+
+
+def _generation() -> Any:
+    return Field(default=None, ge=0, le=MAX_INT)
 
 
 class Body(BaseModel):
@@ -41,7 +46,7 @@ class VvolCreate(Body):
 
 class Extend(Body):
     size: Size
-    generation: int | None = None
+    generation: int | None = _generation()
 
 
 class Snapshot(Body):
@@ -67,7 +72,7 @@ class Clone(Body):
 
 class Revert(Body):
     to: Ref = Field(max_length=128)
-    generation: int | None = None
+    generation: int | None = _generation()
     op_id: str | None = Field(default=None, max_length=64)
 
 
@@ -78,7 +83,7 @@ class Move(Body):
 
 class Meta(Body):
     pairs: list[str] = Field(max_length=256)
-    generation: int | None = None
+    generation: int | None = _generation()
 
 
 class CopyDiffs(Body):

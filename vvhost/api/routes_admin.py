@@ -3,9 +3,9 @@ tenants, tokens and the audit; plus health and operation progress for everyone."
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
 
 from .. import __version__
 from . import models as m
@@ -20,8 +20,8 @@ def health(svc: Svc, p: Caller) -> dict[str, Any]:
 
 
 @router.get("/ops/{op_id}", response_model=None)
-def operation(svc: Svc, _p: Caller, op_id: str) -> dict[str, Any]:
-    return svc.operation(op_id)
+def operation(svc: Svc, p: Caller, op_id: Annotated[str, Path(max_length=64)]) -> dict[str, Any]:
+    return svc.operation(op_id, p)
 
 
 @router.get("/audit", response_model=None)
@@ -157,3 +157,15 @@ def tenant_delete(svc: Svc, p: Caller, name: Ref) -> None:
 def admin_token(svc: Svc, p: Caller, body: m.TokenCreate) -> dict[str, Any]:
     svc.authz.admin(p)
     return svc.tenants.admin_token(body.name)
+
+
+@router.get("/admin-tokens", response_model=None)
+def admin_tokens(svc: Svc, p: Caller) -> list[dict[str, Any]]:
+    svc.authz.admin(p)
+    return svc.tenants.admin_tokens()
+
+
+@router.delete("/admin-tokens/{name}", response_model=None)
+def admin_token_revoke(svc: Svc, p: Caller, name: Ref) -> dict[str, Any]:
+    svc.authz.admin(p)
+    return svc.tenants.revoke_admin_token(name)

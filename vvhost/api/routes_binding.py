@@ -15,28 +15,23 @@ router = APIRouter(prefix="/v1")
 @router.post("/bind", response_model=None)
 def bind(svc: Svc, p: Caller, body: m.Bind) -> list[dict[str, Any]]:
     svc.authz.host(p, body.host)
-    svc.authz.vvols(p, body.vvols)
-    return svc.bindings.bind(body.vvols, body.host, body.pe, body.shared)
+    return svc.bindings.bind(svc.authz.vvols(p, body.vvols), body.host, body.pe, body.shared)
 
 
 @router.post("/unbind", response_model=None)
 def unbind(svc: Svc, p: Caller, body: m.Unbind) -> list[dict[str, Any]]:
     svc.authz.host(p, body.host)
-    svc.authz.vvols(p, body.vvols)
-    return svc.bindings.unbind(body.vvols, body.host, body.all)
+    return svc.bindings.unbind(svc.authz.vvols(p, body.vvols), body.host, body.all)
 
 
 @router.post("/vvols/{ref}/rebind", response_model=None)
 def rebind(svc: Svc, p: Caller, ref: Ref, body: m.Rebind) -> dict[str, Any]:
     svc.authz.host(p, body.host)
-    svc.authz.vvol(p, ref)
-    return svc.bindings.rebind(ref, body.host, body.pe)
+    return svc.bindings.rebind(svc.authz.vvol(p, ref), body.host, body.pe)
 
 
 @router.get("/bindings", response_model=None)
 def bindings(svc: Svc, p: Caller, host: OptRef = None, vvol: OptRef = None) -> list[dict[str, Any]]:
     if not p.is_admin:
         host = p.name
-    if vvol:
-        svc.authz.vvol(p, vvol)
-    return svc.bindings.listing(host, vvol)
+    return svc.bindings.listing(host, svc.authz.vvol(p, vvol) if vvol else None)

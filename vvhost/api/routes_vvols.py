@@ -1,16 +1,19 @@
 """Routes for vvols and datastores.  A host sees and touches only its tenant's
-vvols; anything else answers 404, as if it did not exist."""
+vvols; anything else answers 404, as if it did not exist.  A host's references
+are resolved inside its tenant to ids before the operation runs, and what it is
+shown carries no array filesystem path (:func:`_view`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from ..model import Principal
 from ..service import Service
+from ..service.datastores import ADMIN_VIEW
 from . import models as m
-from .deps import Caller, OptRef, Ref, Svc
+from .deps import Caller, Generation, OptRef, Ref, Svc
 
 router = APIRouter(prefix="/v1")
 
@@ -26,6 +29,17 @@ def _pool(svc: Service, p: Principal, container: str | None, datastore: str | No
             svc.authz.shared_pool(p, ds.tenant, "datastore", datastore)
 
 
+def _view(p: Principal, out: Any) -> Any:
+    """What ``p`` is shown: a host never sees where an array keeps a vvol."""
+    if p.is_admin:
+        return out
+    if isinstance(out, list):
+        return [_view(p, item) for item in out]
+    if isinstance(out, dict):
+        return {k: v for k, v in out.items() if k != "path"}
+    return out
+
+
 # -- vvols ----------------------------------------------------------------------------------
 @router.get("/vvols", response_model=None)
 def vvols(
@@ -39,9 +53,11 @@ def vvols(
 
 @router.post("/vvols", status_code=201, response_model=None)
 def vvol_create(svc: Svc, p: Caller, body: m.VvolCreate) -> dict[str, Any]:
+    svc.authz.creator(p, "vvols")
     _pool(svc, p, body.container, body.datastore)
     tenant = body.tenant if p.is_admin else p.tenant
-    return svc.vvols.create(
+    svc.authz.claim_op(p, body.op_id)
+    out = svc.vvols.create(
         body.container,
         body.size,
         body.type,
@@ -51,92 +67,87 @@ def vvol_create(svc: Svc, p: Caller, body: m.VvolCreate) -> dict[str, Any]:
         datastore=body.datastore,
         tenant=tenant,
     )
+    return _view(p, out)
 
 
 @router.get("/vvols/{ref}", response_model=None)
 def vvol_show(svc: Svc, p: Caller, ref: Ref) -> dict[str, Any]:
-    svc.authz.vvol(p, ref)
-    return svc.vvols.show(ref)
+    return _view(p, svc.vvols.show(svc.authz.vvol(p, ref)))
 
 
 @router.delete("/vvols/{ref}", status_code=204, response_model=None)
-def vvol_delete(svc: Svc, p: Caller, ref: Ref, generation: int | None = None) -> None:
-    svc.authz.vvol(p, ref)
-    svc.vvols.delete(ref, generation)
+def vvol_delete(svc: Svc, p: Caller, ref: Ref, generation: Generation = None) -> None:
+    svc.vvols.delete(svc.authz.vvol(p, ref), generation)
 
 
 @router.post("/vvols/{ref}/extend", response_model=None)
 def vvol_extend(svc: Svc, p: Caller, ref: Ref, body: m.Extend) -> dict[str, Any]:
-    svc.authz.vvol(p, ref)
-    return svc.vvols.extend(ref, body.size, body.generation)
+    return _view(p, svc.vvols.extend(svc.authz.vvol(p, ref), body.size, body.generation))
 
 
 @router.post("/vvols/{ref}/meta", response_model=None)
 def vvol_meta(svc: Svc, p: Caller, ref: Ref, body: m.Meta) -> dict[str, Any]:
-    svc.authz.vvol(p, ref)
-    return svc.vvols.set_meta(ref, body.pairs, body.generation)
+    return _view(p, svc.vvols.set_meta(svc.authz.vvol(p, ref), body.pairs, body.generation))
 
 
 @router.post("/vvols/{ref}/snapshot", status_code=201, response_model=None)
 def vvol_snapshot(svc: Svc, p: Caller, ref: Ref, body: m.Snapshot) -> dict[str, Any]:
-    svc.authz.vvol(p, ref)
-    return svc.cow.snapshot(ref, body.name, body.op_id)
+    vid = svc.authz.vvol(p, ref)
+    svc.authz.claim_op(p, body.op_id)
+    return _view(p, svc.cow.snapshot(vid, body.name, body.op_id))
 
 
 @router.post("/snapshot-groups/prepare", status_code=201, response_model=None)
 def snapshot_prepare(svc: Svc, p: Caller, body: m.SnapshotGroup) -> list[dict[str, Any]]:
-    for ref in body.vvols:
-        svc.authz.vvol(p, ref)
-    return svc.cow.prepare_group(list(body.vvols), list(body.names))
+    refs = svc.authz.vvols(p, list(body.vvols))
+    return _view(p, svc.cow.prepare_group(refs, list(body.names)))
 
 
 @router.post("/snapshot-groups/cut", response_model=None)
 def snapshot_cut(svc: Svc, p: Caller, body: m.SnapshotIds) -> list[dict[str, Any]]:
-    for ref in body.snapshots:
-        svc.authz.vvol(p, ref)
-    return svc.cow.cut_group(list(body.snapshots))
+    return _view(p, svc.cow.cut_group(svc.authz.vvols(p, list(body.snapshots))))
 
 
 @router.post("/snapshot-groups/commit", response_model=None)
 def snapshot_commit(svc: Svc, p: Caller, body: m.SnapshotIds) -> list[dict[str, Any]]:
-    for ref in body.snapshots:
-        svc.authz.vvol(p, ref)
-    return svc.cow.commit_group(list(body.snapshots))
+    return _view(p, svc.cow.commit_group(svc.authz.vvols(p, list(body.snapshots))))
 
 
 @router.post("/snapshot-groups/abort", status_code=204, response_model=None)
 def snapshot_abort(svc: Svc, p: Caller, body: m.SnapshotIds) -> None:
-    for ref in body.snapshots:
-        svc.authz.vvol(p, ref)
-    svc.cow.abort_group(list(body.snapshots))
+    svc.cow.abort_group(svc.authz.vvols(p, list(body.snapshots)))
 
 
 @router.post("/vvols/{ref}/clone", status_code=201, response_model=None)
 def vvol_clone(svc: Svc, p: Caller, ref: Ref, body: m.Clone) -> dict[str, Any]:
-    svc.authz.vvol(p, ref)
+    vid = svc.authz.vvol(p, ref)
+    svc.authz.creator(p, "clones")
     _pool(svc, p, body.container, None)
-    return svc.cow.clone(
-        ref,
+    svc.authz.claim_op(p, body.op_id)
+    out = svc.cow.clone(
+        vid,
         body.linked,
         body.container,
         body.name,
         body.op_id,
         tenant=None if p.is_admin else p.tenant,
     )
+    return _view(p, out)
 
 
 @router.post("/vvols/{ref}/revert", response_model=None)
 def vvol_revert(svc: Svc, p: Caller, ref: Ref, body: m.Revert) -> dict[str, Any]:
-    svc.authz.vvol(p, ref)
-    svc.authz.vvol(p, body.to)
-    return svc.cow.revert(ref, body.to, body.generation, body.op_id)
+    vid, to = svc.authz.vvols(p, [ref, body.to])
+    svc.authz.claim_op(p, body.op_id)
+    return _view(p, svc.cow.revert(vid, to, body.generation, body.op_id))
 
 
 @router.post("/vvols/{ref}/move", response_model=None)
 def vvol_move(svc: Svc, p: Caller, ref: Ref, body: m.Move) -> dict[str, Any]:
-    svc.authz.vvol(p, ref)
+    vid = svc.authz.vvol(p, ref)
     _pool(svc, p, body.container, None)
-    return svc.data.move(ref, body.container, body.op_id)
+    svc.authz.claim_op(p, body.op_id)
+    return _view(p, svc.data.move(vid, body.container, body.op_id))
 
 
 @router.get("/vvols/{ref}/bitmap", response_model=None)
@@ -145,32 +156,29 @@ def vvol_bitmap(
     p: Caller,
     ref: Ref,
     base: OptRef = None,
-    chunk: str | None = None,
-    method: str | None = None,
+    chunk: Annotated[str | None, Query(max_length=64)] = None,
+    method: Annotated[str | None, Query(max_length=32)] = None,
 ) -> dict[str, Any]:
-    svc.authz.vvol(p, ref)
-    if base:
-        svc.authz.vvol(p, base)
-    return svc.data.bitmap(ref, base, chunk, method)
+    vid = svc.authz.vvol(p, ref)
+    base_id = svc.authz.vvol(p, base) if base else None
+    return _view(p, svc.data.bitmap(vid, base_id, chunk, method))
 
 
 @router.post("/vvols/{ref}/copy-diffs", response_model=None)
 def vvol_copy_diffs(svc: Svc, p: Caller, ref: Ref, body: m.CopyDiffs) -> dict[str, Any]:
-    for r in (ref, body.base, body.to):
-        svc.authz.vvol(p, r)
-    return svc.data.copy_diffs(ref, body.base, body.to, body.op_id)
+    vid, base, to = svc.authz.vvols(p, [ref, body.base, body.to])
+    svc.authz.claim_op(p, body.op_id)
+    return _view(p, svc.data.copy_diffs(vid, base, to, body.op_id))
 
 
 @router.put("/vvols/{ref}/config", response_model=None)
 def vvol_config_put(svc: Svc, p: Caller, ref: Ref, body: m.ConfigDocument) -> dict[str, Any]:
-    svc.authz.vvol(p, ref)
-    return svc.configs.put(ref, body.document)
+    return svc.configs.put(svc.authz.vvol(p, ref), body.document)
 
 
 @router.get("/vvols/{ref}/config", response_model=None)
 def vvol_config_get(svc: Svc, p: Caller, ref: Ref) -> dict[str, Any]:
-    svc.authz.vvol(p, ref)
-    return svc.configs.get(ref)
+    return svc.configs.get(svc.authz.vvol(p, ref))
 
 
 # -- datastores -----------------------------------------------------------------------------
@@ -180,9 +188,14 @@ def _visible_datastore(svc: Service, p: Principal, ref: str) -> None:
     svc.authz.shared_pool(p, ds.tenant, "datastore", ref)
 
 
+def _viewer(p: Principal) -> Any:
+    """Whose vvols a datastore's figures count: all for an admin, else the caller's tenant."""
+    return ADMIN_VIEW if p.is_admin else p.tenant
+
+
 @router.get("/datastores", response_model=None)
 def datastores(svc: Svc, p: Caller) -> list[dict[str, Any]]:
-    rows = svc.datastores.listing()
+    rows = svc.datastores.listing(viewer=_viewer(p))
     return [d for d in rows if p.is_admin or d["tenant"] in (None, p.tenant)]
 
 
@@ -195,7 +208,7 @@ def datastore_create(svc: Svc, p: Caller, body: m.DatastoreCreate) -> dict[str, 
 @router.get("/datastores/{ref}", response_model=None)
 def datastore_show(svc: Svc, p: Caller, ref: Ref) -> dict[str, Any]:
     _visible_datastore(svc, p, ref)
-    return svc.datastores.show(ref)
+    return svc.datastores.show(ref, viewer=_viewer(p))
 
 
 @router.post("/datastores/{ref}/extend", response_model=None)
@@ -215,4 +228,4 @@ def datastore_resolve(svc: Svc, p: Caller, ref: Ref, host: OptRef = None) -> dic
     name = host or p.name
     svc.authz.host(p, name)
     _visible_datastore(svc, p, ref)
-    return svc.datastores.resolve(ref, name)
+    return svc.datastores.resolve(ref, name, paths=p.is_admin)

@@ -66,7 +66,12 @@ def _v4(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=[schema.binding_hints])
 
 
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4]
+def _v8_tenancy(conn: Connection) -> None:
+    _add_column(conn, "tokens", "last_used", "FLOAT")
+    schema.metadata.create_all(conn, tables=[schema.op_owners], checkfirst=True)
+
+
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v8_tenancy]
 
 
 def sqlite_url(path: str) -> str:

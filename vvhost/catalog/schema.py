@@ -163,6 +163,7 @@ tokens = Table(
     Column("kind", String(16), nullable=False),
     Column("subject", String(128), nullable=False),
     Column("created", Float, nullable=False),
+    Column("last_used", Float),  # migration _v8_tenancy
     Index("ix_tokens_subject", "kind", "subject"),
 )
 
@@ -201,4 +202,15 @@ binding_hints = Table(
     Column("host", String(128), primary_key=True),
     Column("pe_id", String(64), primary_key=True),
     Column("secondary_id", String(256), nullable=False),
+)
+
+# -- added by migration _v8_tenancy: who started an operation (its progress answers only them)
+
+op_owners = Table(
+    "op_owners",
+    metadata,
+    Column("op_id", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("subject", String(128), nullable=False),
+    Column("created", Float, nullable=False),
 )

@@ -1,4 +1,4 @@
-"""Queries for tenants, tokens, datastores and sequences."""
+"""Queries for tenants, tokens, operation owners, datastores and sequences."""
 
 from __future__ import annotations
 
@@ -7,7 +7,17 @@ from typing import Any
 from sqlalchemy import Connection, Row, delete, select, update
 
 from ..model import Datastore
-from .schema import datastore_containers, datastores, sequences, tenants, tokens
+from .schema import (
+    containers,
+    datastore_containers,
+    datastores,
+    hosts,
+    op_owners,
+    sequences,
+    tenants,
+    tokens,
+    vvols,
+)
 
 
 # -- tenants -----------------------------------------------------------------------------
@@ -27,6 +37,24 @@ def list_tenants(conn: Connection) -> list[dict[str, Any]]:
     ]
 
 
+def tenant_users(conn: Connection, name: str) -> dict[str, list[str]]:
+    """What still names tenant ``name``, by kind (names, or ids of unnamed vvols)."""
+    found = {
+        "hosts": [r[0] for r in conn.execute(select(hosts.c.name).where(hosts.c.tenant == name))],
+        "containers": [
+            r[0] for r in conn.execute(select(containers.c.name).where(containers.c.tenant == name))
+        ],
+        "datastores": [
+            r[0] for r in conn.execute(select(datastores.c.name).where(datastores.c.tenant == name))
+        ],
+        "vvols": [
+            r.name or r.id
+            for r in conn.execute(select(vvols.c.id, vvols.c.name).where(vvols.c.tenant == name))
+        ],
+    }
+    return {kind: sorted(names) for kind, names in found.items() if names}
+
+
 def delete_tenant(conn: Connection, name: str) -> None:
     conn.execute(delete(tenants).where(tenants.c.name == name))
 
@@ -41,8 +69,49 @@ def token(conn: Connection, digest: str) -> tuple[str, str] | None:
     return (row.kind, row.subject) if row else None
 
 
+def list_tokens(conn: Connection, kind: str) -> list[dict[str, Any]]:
+    q = select(tokens).where(tokens.c.kind == kind).order_by(tokens.c.subject)
+    return [
+        {"name": r.subject, "created": r.created, "last_used": r.last_used} for r in conn.execute(q)
+    ]
+
+
+def touch_token(conn: Connection, digest: str, now: float, every: float) -> None:
+    """Record a token's use, at most once per ``every`` seconds (a write per request
+    would serialise every reader on the catalog's write lock)."""
+    conn.execute(
+        update(tokens)
+        .where(tokens.c.digest == digest)
+        .where((tokens.c.last_used.is_(None)) | (tokens.c.last_used < now - every))
+        .values(last_used=now)
+    )
+
+
+def token_last_used(conn: Connection, digest: str) -> float | None:
+    row = conn.execute(select(tokens.c.last_used).where(tokens.c.digest == digest)).first()
+    return row[0] if row else None
+
+
 def delete_tokens(conn: Connection, kind: str, subject: str) -> None:
     conn.execute(delete(tokens).where(tokens.c.kind == kind).where(tokens.c.subject == subject))
+
+
+# -- operation owners -------------------------------------------------------------------
+def claim_op(conn: Connection, op_id: str, kind: str, subject: str, now: float) -> bool:
+    """Record who started ``op_id``; False if the id was used before."""
+    if conn.execute(select(op_owners.c.op_id).where(op_owners.c.op_id == op_id)).first():
+        return False
+    conn.execute(op_owners.insert().values(op_id=op_id, kind=kind, subject=subject, created=now))
+    return True
+
+
+def op_owner(conn: Connection, op_id: str) -> tuple[str, str] | None:
+    row = conn.execute(select(op_owners).where(op_owners.c.op_id == op_id)).first()
+    return (row.kind, row.subject) if row else None
+
+
+def prune_op_owners(conn: Connection, before: float) -> None:
+    conn.execute(delete(op_owners).where(op_owners.c.created < before))
 
 
 # -- datastores --------------------------------------------------------------------------
@@ -91,6 +160,17 @@ def list_datastores(conn: Connection, tenant: str | None = None) -> list[Datasto
     if tenant:
         q = q.where(datastores.c.tenant == tenant)
     return [_datastore(conn, r) for r in conn.execute(q)]
+
+
+def datastores_using(conn: Connection, container_id: str) -> list[str]:
+    """Names of the datastores that map container ``container_id``."""
+    q = (
+        select(datastores.c.name)
+        .join(datastore_containers, datastore_containers.c.datastore_id == datastores.c.id)
+        .where(datastore_containers.c.container_id == container_id)
+        .order_by(datastores.c.name)
+    )
+    return [r[0] for r in conn.execute(q)]
 
 
 def update_datastore(conn: Connection, ds_id: str, **values: Any) -> None:

@@ -36,7 +36,7 @@ def tenant_list(s: Session, as_json: bool) -> None:
 @click.argument("name")
 @pass_session
 def tenant_delete(s: Session, name: str) -> None:
-    """Delete a tenant (refused while hosts or datastores belong to it)."""
+    """Delete a tenant (refused while hosts, containers, datastores or vvols belong to it)."""
     s.client.tenant_delete(name)
 
 
@@ -63,6 +63,36 @@ def token_create_admin(s: Session, name: str, as_json: bool) -> None:
     """Issue an admin token (replacing the earlier one of that name). Prints it once."""
     result = s.client.admin_token(name)
     output.emit_json(result) if as_json else click.echo(result["token"])
+
+
+@token.command("list")
+@json_option
+@pass_session
+def token_list(s: Session, as_json: bool) -> None:
+    """List admin tokens: name, when made, when last used (to the minute); never the secret."""
+    rows = s.client.admin_tokens()
+    if as_json:
+        output.emit_json(rows)
+        return
+    shown = [{**r, "last_used": output.fmt("created", r["last_used"])} for r in rows]
+    output.table(shown, ["name", "created", "last_used"])
+
+
+@token.command("revoke")
+@click.argument("name")
+@json_option
+@pass_session
+def token_revoke(s: Session, name: str, as_json: bool) -> None:
+    """Revoke an admin token: the next request carrying it is refused."""
+    result = s.client.admin_token_revoke(name)
+    if as_json:
+        output.emit_json(result)
+    if not result["admin_tokens_left"]:
+        click.echo(
+            "vvhost: warning: no admin token is left; only root on the unix socket can "
+            "administer now (`vvhost token create-admin` makes one)",
+            err=True,
+        )
 
 
 @click.group()
@@ -147,7 +177,7 @@ def datastore_resolve(s: Session, ref: str, host: str | None, as_json: bool) -> 
         return
     click.echo(f"datastore {result['datastore']} ({result['name']}) for host {result['host']}")
     for a in result["arrays"]:
-        click.echo(f"  array     {a['name']:<12} {a['backend']} {a['path']}")
+        click.echo(f"  array     {a['name']:<12} {a['backend']} {a.get('path') or ''}".rstrip())
     for c in result["containers"]:
         click.echo(f"  container {c['name']}")
     for p in result["pes"]:

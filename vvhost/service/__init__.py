@@ -6,6 +6,7 @@ from typing import Any
 
 from ..catalog import repo
 from ..errors import NotFound
+from ..model import Principal
 from .bindings import BindingOps
 from .configdoc import ConfigDocs
 from .context import Config, Context
@@ -16,7 +17,7 @@ from .endpoints import EndpointManager, PeOps
 from .hosts import HostOps
 from .inventory import ArrayOps, ContainerOps
 from .recovery import audit, recover
-from .tenancy import Authz, TenantOps
+from .tenancy import UNIX_ADMIN, Authz, TenantOps
 from .vvols import VvolOps
 
 
@@ -51,8 +52,12 @@ class Service:
     def audit(self) -> dict[str, Any]:
         return audit(self.ctx, self.endpoints)
 
-    def operation(self, op_id: str) -> dict[str, Any]:
+    def operation(self, op_id: str, caller: Principal = UNIX_ADMIN) -> dict[str, Any]:
+        """Progress of operation ``op_id``, for its owner or an admin; anyone else is
+        told it does not exist, exactly as for an id nobody used."""
         op_id = self.ctx.new_op(op_id)
+        if not self.authz.op_visible(caller, op_id):
+            raise NotFound(kind="operation", ref=op_id)
         with self.ctx.db.tx() as conn:
             entry = next((e for e in repo.journal_list(conn) if e.id == op_id), None)
         progress = self.ctx.progress.get(op_id)

@@ -13,7 +13,7 @@ import os
 import struct
 from typing import Any
 
-from ..errors import InvalidInput
+from ..errors import Corrupt, InvalidInput
 from .context import Context
 
 MAGIC = b"VVHCFG01"
@@ -50,8 +50,32 @@ class ConfigDocs:
     def get(self, ref: str) -> dict[str, Any]:
         path, size, vid = self._path(ref)
         with open(path, "rb") as fh:
-            magic, length = HEADER.unpack(fh.read(HEADER.size))
-            if magic != MAGIC or length > size - HEADER.size:
+            head = fh.read(HEADER.size)
+            magic, length = HEADER.unpack(head) if len(head) == HEADER.size else (b"", 0)
+            if magic != MAGIC:
                 raise InvalidInput(detail=f"config vvol {ref!r} holds no vvhost document")
-            document: dict[str, Any] = json.loads(fh.read(length))
-        return {"vvol": vid, "document": document}
+            if length > size - HEADER.size:
+                raise Corrupt(
+                    kind="config vvol", ref=ref, detail=f"its header claims {length} bytes"
+                )
+            raw = fh.read(length)
+        return {"vvol": vid, "document": parse_document(ref, raw)}
+
+
+def parse_document(ref: str, raw: bytes) -> dict[str, Any]:
+    """The stored JSON object, or :class:`Corrupt` saying what is wrong with it."""
+    try:
+        document = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise Corrupt(kind="config vvol", ref=ref, detail="its document is not UTF-8") from None
+    except ValueError as exc:
+        raise Corrupt(
+            kind="config vvol", ref=ref, detail=f"its document is not valid JSON ({exc})"
+        ) from None
+    if not isinstance(document, dict):
+        raise Corrupt(
+            kind="config vvol",
+            ref=ref,
+            detail=f"its document is a JSON {type(document).__name__}, not an object",
+        )
+    return document

@@ -102,11 +102,17 @@ class Context:
         return self.backend(v.array).locate(v.id)
 
     # -- lookups ----------------------------------------------------------------------
-    def vvol(self, conn: Connection, ref: str) -> Vvol:
+    def vvol(self, conn: Connection, ref: str, tenant: str | None = None) -> Vvol:
+        """The vvol with id or name ``ref``; with ``tenant``, only among that tenant's
+        (another tenant's vvol is "not found", the same as one that does not exist)."""
+        if not ref:
+            raise InvalidInput(detail="the vvol name or id is empty")
         v = vvolrepo.get(conn, ref)
-        if v is not None:
+        if v is not None and (tenant is None or v.tenant == tenant):
             return v
         found = vvolrepo.by_name(conn, ref)
+        if tenant is not None:
+            found = [f for f in found if f.tenant == tenant]
         if not found:
             raise NotFound(kind="vvol", ref=ref)
         if len(found) > 1:

@@ -5,6 +5,12 @@ into the containers, arrays and protocol endpoints it needs to run VMs there.
 Placement of a vvol created "in the datastore": the explicit ``--container`` if
 given (it must belong to the datastore), else the datastore's container with the
 most free space.  The datastore's capacity bounds the logical size of its vvols.
+
+What a host is shown (``viewer``: its tenant) is cut to what it may see:
+
+    show / list     vvols, provisioned   only the viewer's tenant's vvols
+                    free                 the datastore's room (what it can still create)
+    resolve         arrays               id, name, backend; never a filesystem path
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from .context import Context
 from .inventory import ContainerOps
 
 INSTALLATION = "naa-installation"
+ADMIN_VIEW: Any = object()  # a viewer who sees every tenant's vvols
 COUNTER = "naa-datastore"
 
 
@@ -112,26 +119,36 @@ class DatastoreOps:
             tenancy.insert_datastore(conn, ds)
             return self._describe(conn, ds)
 
-    def _describe(self, conn: Connection, ds: Datastore) -> dict[str, Any]:
+    def _describe(
+        self, conn: Connection, ds: Datastore, viewer: str | None = ADMIN_VIEW
+    ) -> dict[str, Any]:
         cs = [self.containers.get(conn, cid) for cid in ds.containers]
         names = {a.id: a.name for a in repo.list_arrays(conn)}
         provisioned = vvolrepo.provisioned_in_datastore(conn, ds.id)
+        held = vvolrepo.listing(conn, datastore_id=ds.id)
+        if viewer is not ADMIN_VIEW:
+            held = [v for v in held if viewer is not None and v.tenant == viewer]
         return {
             **ds.to_dict(),
             "container_names": [c.name for c in cs],
             "arrays": sorted({names[a] for c in cs for a in c.arrays}),
-            "provisioned": provisioned,
+            "provisioned": provisioned if viewer is ADMIN_VIEW else sum(v.size for v in held),
             "free": ds.capacity - provisioned,
-            "vvols": len(vvolrepo.listing(conn, datastore_id=ds.id)),
+            "vvols": len(held),
         }
 
-    def show(self, ref: str) -> dict[str, Any]:
+    def show(self, ref: str, viewer: str | None = ADMIN_VIEW) -> dict[str, Any]:
+        """``viewer``: the tenant whose vvols are counted (default: all, for admins)."""
         with self.ctx.db.tx() as conn:
-            return self._describe(conn, self.get(conn, ref))
+            return self._describe(conn, self.get(conn, ref), viewer)
 
-    def listing(self, tenant: str | None = None) -> list[dict[str, Any]]:
+    def listing(
+        self, tenant: str | None = None, viewer: str | None = ADMIN_VIEW
+    ) -> list[dict[str, Any]]:
         with self.ctx.db.tx() as conn:
-            return [self._describe(conn, ds) for ds in tenancy.list_datastores(conn, tenant)]
+            return [
+                self._describe(conn, ds, viewer) for ds in tenancy.list_datastores(conn, tenant)
+            ]
 
     def delete(self, ref: str) -> None:
         with self.ctx.db.tx() as conn:
@@ -167,8 +184,9 @@ class DatastoreOps:
             tenancy.update_datastore(conn, ds.id, capacity=size)
             return self._describe(conn, self.get(conn, ds.id))
 
-    def resolve(self, ref: str, host: str) -> dict[str, Any]:
-        """What ``host`` needs to run VMs on the datastore: containers, arrays, endpoints."""
+    def resolve(self, ref: str, host: str, paths: bool = True) -> dict[str, Any]:
+        """What ``host`` needs to run VMs on the datastore: containers, arrays, endpoints
+        (array paths only with ``paths``: admins; hosts reach data through endpoints)."""
         with self.ctx.db.tx() as conn:
             ds = self.get(conn, ref)
             h = bindrepo.get_host(conn, host)
@@ -187,7 +205,9 @@ class DatastoreOps:
             "capacity": ds.capacity,
             "containers": [{"id": c.id, "name": c.name, "arrays": c.arrays} for c in cs],
             "arrays": [
-                {"id": a.id, "name": a.name, "backend": a.backend, "path": a.path} for a in arrays
+                {"id": a.id, "name": a.name, "backend": a.backend}
+                | ({"path": a.path} if paths else {})
+                for a in arrays
             ],
             "pes": [
                 {"name": p.name, "protocol": p.protocol, "portal": p.portal, "path": p.path}

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from ..arrays import BACKENDS, open_backend
-from ..catalog import repo, vvolrepo
+from ..catalog import repo, tenancy, vvolrepo
 from ..errors import AlreadyExists, BackendError, HasDependants, InUse, InvalidInput, NotFound
 from ..model import Array, Container
 from ..units import check_name, parse_size
@@ -132,6 +132,8 @@ class ContainerOps:
         with self.ctx.db.tx() as conn:
             if repo.get_container(conn, name) is not None:
                 raise AlreadyExists(kind="container", ref=name)
+            if tenant is not None and tenancy.get_tenant(conn, tenant) is None:
+                raise NotFound(kind="tenant", ref=tenant)
             ids: list[str] = []
             for ref in array_refs or [DEFAULT_ARRAY]:
                 arr = self.arrays.get(conn, ref)
@@ -173,6 +175,11 @@ class ContainerOps:
     def delete(self, ref: str) -> None:
         with self.ctx.db.tx() as conn:
             c = self.get(conn, ref)
+            mapped = tenancy.datastores_using(conn, c.id)
+            if mapped:
+                raise InUse(
+                    kind="container", ref=c.name, reason=f"datastores {', '.join(mapped)} map it"
+                )
             count = repo.container_vvol_count(conn, c.id)
             if count:
                 raise HasDependants(

@@ -13,8 +13,8 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from ..catalog import bindrepo, repo, vvolrepo
-from ..errors import CapacityExceeded, HasDependants, InvalidInput, ReadOnly
+from ..catalog import bindrepo, repo, tenancy, vvolrepo
+from ..errors import CapacityExceeded, HasDependants, InvalidInput, NotFound, ReadOnly
 from ..model import (
     CREATING,
     DELETING,
@@ -195,6 +195,8 @@ class VvolOps:
         if container is None and datastore is None:
             raise InvalidInput(detail="say where: --container or --datastore")
         with self.ctx.db.tx() as conn:
+            if tenant is not None and tenancy.get_tenant(conn, tenant) is None:
+                raise NotFound(kind="tenant", ref=tenant)
             ds_id = None
             if datastore is not None:
                 ds, c = self.datastores.place(conn, datastore, container, nbytes)
@@ -203,6 +205,8 @@ class VvolOps:
                 assert container is not None
                 c = self.containers.get(conn, container)
                 owner = c.tenant
+            if tenant is not None and owner not in (None, tenant):
+                raise InvalidInput(detail=f"tenant {tenant} may not own a vvol in {owner}'s pool")
             array_id = self.place(c)
             reserve(conn, c, nbytes)
             v = new_vvol(
