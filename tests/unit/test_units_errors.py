@@ -41,6 +41,14 @@ def test_bad_sizes(text: str) -> None:
         parse_size(text)
 
 
+@pytest.mark.parametrize(
+    "text", ["١٢٣M", "۱۲M", "１２M", "²M", "1²", "12\u0663M", "1\n", "1M\n", "\u00a01M", "1" * 100]
+)
+def test_sizes_are_ascii_digits_only(text: str) -> None:
+    with pytest.raises(InvalidInput):
+        parse_size(text)
+
+
 @given(st.text(max_size=20))
 def test_parse_size_never_crashes(text: str) -> None:
     try:
