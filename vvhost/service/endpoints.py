@@ -13,7 +13,6 @@ import logging
 import os
 import re
 import shutil
-import socket
 import threading
 import time
 import uuid
@@ -25,8 +24,9 @@ from ..catalog import bindrepo, repo, vvolrepo
 from ..errors import AlreadyExists, InUse, InvalidInput, NotFound
 from ..model import ACTIVE, ATTACHING, PROTOCOLS, Binding, Host, Pe, Vvol
 from ..pe import Attachment, Endpoint, open_endpoint
-from ..pe.iscsi import DEFAULT_IQN_PREFIX
+from ..pe.iscsi import DEFAULT_IQN_PREFIX, IscsiEndpoint
 from ..tools import EndpointError
+from ..tools.tgtd_ipc import holder
 from ..units import check_name
 from .context import Context
 
@@ -63,7 +63,7 @@ def attachment(
     v = v or vvolrepo.get(conn, b.vvol)
     if v is None:
         raise NotFound(kind="vvol", ref=b.vvol)
-    target_iqn = initiator = None
+    target_iqn = initiator = owner = None
     if b.tid is not None:
         owner, target_iqn = bindrepo.targets(conn, b.pe)[b.tid]
         if owner != "*":
@@ -78,7 +78,22 @@ def attachment(
         tid=b.tid,
         target_iqn=target_iqn,
         initiator=initiator,
+        shared=owner == "*",
     )
+
+
+def catalog_targets(conn: Connection, pe_id: str) -> dict[int, tuple[str, str | None] | None]:
+    """tid -> (target iqn, initiator name or None for a shared target), from the
+    catalog's targets and *current* host rows; None when the target's host is gone
+    or has no initiator name (nobody may use it)."""
+    out: dict[int, tuple[str, str | None] | None] = {}
+    for tid, (owner, iqn) in bindrepo.targets(conn, pe_id).items():
+        if owner == "*":
+            out[tid] = (iqn, None)
+            continue
+        host = bindrepo.get_host(conn, owner)
+        out[tid] = (iqn, host.iqn) if host and host.iqn else None
+    return out
 
 
 class EndpointManager:
@@ -88,6 +103,7 @@ class EndpointManager:
         self._eps: dict[str, Endpoint] = {}
         self._guard = threading.Lock()
         self.restarts: dict[str, int] = {}
+        self.errors: dict[str, str] = {}  # PE name -> why its daemon did not start
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -102,13 +118,21 @@ class EndpointManager:
 
     def start(self, pe: Pe) -> dict[str, int]:
         with self.lock([pe.id]):
-            self.get(pe).start()
+            try:
+                self.get(pe).start()
+            except EndpointError as exc:
+                self.errors[pe.name] = exc.message
+                raise
+            self.errors.pop(pe.name, None)
             return self._reconcile(pe)
 
     def _reconcile(self, pe: Pe) -> dict[str, int]:
-        """Make the daemon present exactly the active bindings of the catalog."""
+        """Make the daemon present exactly the active bindings of the catalog (and,
+        for iSCSI, exactly the catalog's targets, each with its host's ACL)."""
         ep = self.get(pe)
         with self.ctx.db.tx() as conn:
+            if isinstance(ep, IscsiEndpoint):
+                ep.sync_targets(catalog_targets(conn, pe.id))
             wanted = {
                 a.key: a
                 for a in (
@@ -167,6 +191,13 @@ class EndpointManager:
             ep = self.get(pe)
             if row.state == ACTIVE or att.key in ep.present():
                 ep.refresh(att)
+
+    def drop_target(self, pe: Pe, tid: int) -> None:
+        """Delete target ``tid`` of an iSCSI endpoint (its host is being removed)."""
+        with self.lock([pe.id]):
+            ep = self.get(pe)
+            if isinstance(ep, IscsiEndpoint) and ep.alive():
+                ep.drop_target(tid)
 
     def start_all(self) -> None:
         with self.ctx.db.tx() as conn:
@@ -304,6 +335,7 @@ class PeOps:
         out = pe.to_dict()
         ep = self.manager.get(pe)
         out.update(bindings=count, alive=ep.alive(), restarts=self.manager.restarts.get(pe.name, 0))
+        out["error"] = self.manager.errors.get(pe.name)
         pid = getattr(getattr(ep, "daemon", None), "pid", None)
         out["pid"] = pid
         return out
@@ -328,17 +360,7 @@ class PeOps:
 
 def _free_control_port(taken: set[int]) -> int:
     for port in range(100, 10000):
-        if port in taken:
+        if port in taken or holder(port) is not None:  # a live tgtd owns it
             continue
-        path = f"/run/tgtd/socket.{port}"
-        if os.path.exists(path):
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(path)
-                continue  # a live tgtd owns it
-            except OSError:
-                pass
-            finally:
-                probe.close()
         return port
     raise InvalidInput(detail="no free tgtd control port")
