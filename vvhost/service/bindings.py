@@ -107,6 +107,7 @@ class BindingOps:
                         bindrepo.delete_binding(conn, p.binding)
                     elif p.new:
                         bindrepo.set_binding(conn, p.binding, state=ACTIVE, op=None)
+            self.manager.release_readonly([p.binding.vvol for p in failed if p.binding.readonly])
         for p in plans:
             if p not in failed:
                 bound = replace(p.binding, state=ACTIVE, op=None)
@@ -252,6 +253,7 @@ class BindingOps:
                         results[i] = {"vvol": refs[i], "ok": True, "refcount": 0}
                     else:
                         bindrepo.set_binding(conn, b, state=ACTIVE, op=None)
+            self.manager.release_readonly([b.vvol for b in gone if b.readonly])
         return [r for r in results if r is not None]
 
     # -- rebind ---------------------------------------------------------------------------
@@ -291,6 +293,8 @@ class BindingOps:
                         self.manager.get(target).detach(att.key)
                 with self.ctx.db.tx() as conn:
                     bindrepo.delete_binding(conn, new)
+                if new.readonly:
+                    self.manager.release_readonly([new.vvol])
                 raise
             self.ctx.fault("rebind", "attached")
             with self.ctx.db.tx() as conn:  # the commit point
@@ -300,6 +304,8 @@ class BindingOps:
                 self.manager.get(old_plan.pe).detach(old_plan.attachment.key)  # ...then the old
             with self.ctx.db.tx() as conn:
                 bindrepo.delete_binding(conn, old)
+            if old.readonly:
+                self.manager.release_readonly([old.vvol])
         return self._handle(replace(new, state=ACTIVE, op=None), target, att)
 
     # -- reading --------------------------------------------------------------------------

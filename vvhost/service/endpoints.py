@@ -22,9 +22,12 @@ from sqlalchemy import Connection
 
 from ..catalog import bindrepo, repo, vvolrepo
 from ..errors import AlreadyExists, InUse, InvalidInput, NotFound
-from ..model import ACTIVE, ATTACHING, PROTOCOLS, Binding, Host, Pe, Vvol
+from ..model import ACTIVE, ATTACHING, PROTOCOLS, Array, Binding, Host, Pe, Vvol
 from ..pe import Attachment, Endpoint, open_endpoint
+from ..pe.filepe import FileEndpoint
+from ..pe.immutable import clear_immutable, is_immutable
 from ..pe.iscsi import DEFAULT_IQN_PREFIX, IscsiEndpoint
+from ..pe.paths import entries, overlaps
 from ..tools import EndpointError
 from ..tools.tgtd_ipc import holder
 from ..units import check_name
@@ -146,6 +149,9 @@ class EndpointManager:
             ep.attach(wanted[key])
         for key in sorted(present - wanted.keys()):
             ep.detach(key)
+        if isinstance(ep, FileEndpoint):  # recorded entries someone removed or replaced
+            for key in sorted(ep.recorded().keys() - wanted.keys() - present):
+                ep.detach(key)
         stale = ep.stale([wanted[key] for key in sorted(wanted.keys() & present)])
         for key in stale:
             try:
@@ -199,6 +205,27 @@ class EndpointManager:
             if isinstance(ep, IscsiEndpoint) and ep.alive():
                 ep.drop_target(tid)
 
+    def release_readonly(self, vvol_ids: list[str]) -> None:
+        """Clear the immutable flag of each read-only vvol's data that no binding
+        through a file endpoint presents any more (held: every file endpoint's lock,
+        so no such binding is being made meanwhile)."""
+        with self.ctx.db.tx() as conn:
+            files = [p.id for p in bindrepo.list_pes(conn) if p.protocol == "file"]
+        with self.lock(files), self.ctx.db.tx() as conn:
+            paths = []
+            for vid in vvol_ids:
+                v = vvolrepo.get(conn, vid)
+                if v is None or not v.readonly:
+                    continue
+                if not any(b.pe in files for b in bindrepo.find_bindings(conn, vvol=vid)):
+                    paths.append(self.ctx.path(v))
+            for path in paths:
+                try:
+                    if is_immutable(path):
+                        clear_immutable(path)
+                except OSError as exc:
+                    log.error("cannot clear the immutable flag of %s: %s", path, exc)
+
     def start_all(self) -> None:
         with self.ctx.db.tx() as conn:
             pes = bindrepo.list_pes(conn)
@@ -207,6 +234,9 @@ class EndpointManager:
                 self.start(pe)
             except EndpointError as exc:
                 log.error("protocol endpoint %s did not start: %s", pe.name, exc)
+        with self.ctx.db.tx() as conn:  # a crash between unbind and its release
+            readonly = [v.id for v in vvolrepo.listing(conn) if v.readonly]
+        self.release_readonly(readonly)
         self._thread = threading.Thread(target=self._supervise, name="pe-supervisor", daemon=True)
         self._thread.start()
 
@@ -288,8 +318,8 @@ class PeOps:
             others = bindrepo.list_pes(conn)
             if portal and any(p.portal == portal for p in others):
                 raise InUse(kind="portal", ref=portal, reason="another endpoint listens there")
-            if path and any(p.path == path for p in others):
-                raise InUse(kind="directory", ref=path, reason="another endpoint uses it")
+            if path:
+                self._check_file_dir(path, others, repo.list_arrays(conn))
             array_id = None
             if array:
                 found = repo.get_array(conn, array)
@@ -322,6 +352,31 @@ class PeOps:
             )
             raise
         return self.show(pe.id)
+
+    def _check_file_dir(self, path: str, others: list[Pe], arrays: list[Array]) -> None:
+        """A file endpoint's directory is new or empty, and neither is, holds nor lies
+        in an array's directory, another endpoint's, or the control plane's state."""
+        taken = [(f"array {a.name}'s directory {a.path}", a.path) for a in arrays]
+        taken += [(f"endpoint {p.name}'s directory {p.path}", p.path) for p in others if p.path]
+        taken.append(
+            (
+                f"the control plane's state directory {self.ctx.config.state_dir}",
+                self.ctx.config.state_dir,
+            )
+        )
+        for what, other in taken:
+            if overlaps(path, other):
+                raise InUse(kind="directory", ref=path, reason=f"it overlaps {what}")
+        if os.path.lexists(path) and not os.path.isdir(path):
+            raise InvalidInput(detail=f"{path} exists and is not a directory")
+        found = entries(path)
+        if found:
+            raise InUse(
+                kind="directory",
+                ref=path,
+                reason=f"it holds {len(found)} entries (first: {found[0]!r}); a file "
+                "endpoint needs a new or empty directory",
+            )
 
     def listing(self) -> list[dict[str, Any]]:
         with self.ctx.db.tx() as conn:
