@@ -26,6 +26,7 @@ import pytest
 from tests.patterns import Patterns
 from vvhost.client import Client
 from vvhost.daemon import ServerProcess, free_port
+from vvhost.errors import EndpointError
 from vvhost.pe.immutable import is_immutable
 from vvhost.tools.tgtadm import Tgtadm, parse_show
 from vvhost.tools.tgtd_ipc import MODE_TARGET, OP_SHOW
@@ -155,7 +156,6 @@ def test_file_endpoint_removes_only_what_it_made(plane: Plane, patterns: Pattern
     plane.api.pe_create("f1", "file", path=nfs)
     plane.api.vvol_create("pool", "8M", name="d")
     handle = plane.api.bind_one("d", "h1", pe="f1")
-    assert handle["state"] == "active"
     patterns.write(handle["path"], "d", [0, MiB])
     planted = _user_files(nfs)  # someone puts files and a directory in the endpoint's dir
     mine = os.path.basename(handle["path"])
@@ -222,7 +222,7 @@ def test_snapshot_through_file_endpoint_is_read_only_for_root(
     before = Patterns.sha(data)
     handle = plane.api.bind_one("s1", "h1", pe="f1")
     other = plane.api.bind_one("s1", "h2", pe="f2")
-    assert handle["readonly"] and handle["state"] == "active"
+    assert handle["readonly"]
     assert os.geteuid() == 0  # root: modes do not stop it, only the immutable flag does
     for path in (handle["path"], other["path"], data):
         with pytest.raises(PermissionError):
@@ -232,6 +232,8 @@ def test_snapshot_through_file_endpoint_is_read_only_for_root(
             os.truncate(path, 0)
     assert Patterns.sha(handle["path"]) == Patterns.sha(data) == before
     patterns.check(handle["path"], "base", [0, 3 * MiB])
+    assert handle["state"] == other["state"] == "active"
+    assert [b["state"] for b in plane.api.bindings()] == ["active", "active"]
     plane.restart(crash=True)  # the flag survives a crash of the control plane
     assert is_immutable(data) and plane.api.audit()["ok"]
     plane.api.unbind(["s1"], "h1")
@@ -265,7 +267,7 @@ def test_removed_host_keeps_no_iscsi_access(iscsi_plane: Plane, patterns: Patter
     assert plane.cli("host", "add", "kvmy", "--iqn", OLD_IQN).returncode == 0
     plane.api.vvol_create("pool", "16M", name="old")
     h = plane.api.bind_one("old", "kvmy", pe="iscsi1")
-    assert h["state"] == "active" and _inq(OLD_IQN, h["uri"]).returncode == 0
+    assert _inq(OLD_IQN, h["uri"]).returncode == 0
     plane.api.unbind(["old"], "kvmy")
     assert plane.cli("host", "remove", "kvmy").returncode == 0
     assert h["target"] not in _targets_seen(OLD_IQN, h["portal"])  # the target went too
@@ -319,6 +321,10 @@ def test_audit_reports_and_restart_repairs_a_foreign_acl(iscsi_plane: Plane) -> 
     h = plane.api.bind_one("d", "h1", pe="iscsi1")
     port = int(plane.api.pe("iscsi1")["config"]["control_port"])
     tid = next(t.tid for t in plane.control(port).show() if t.iqn == h["target"])
+    with pytest.raises(EndpointError, match="^tgtd: this target already exists$"):
+        plane.control(port).target_new(tid, h["target"])  # status 9 read right
+    with pytest.raises(EndpointError, match="^tgtd: this access control rule already exists$"):
+        plane.control(port).bind_name(tid, OLD_IQN)  # status 12
     plane.control(port).bind_name(tid, NEW_IQN)  # someone widens the ACL behind vvhost's back
     assert _inq(NEW_IQN, h["uri"]).returncode == 0
     report = plane.api.audit()
