@@ -136,6 +136,15 @@ class FileEndpoint:
         if not a.readonly:
             return
         try:
+            links = os.stat(a.path).st_nlink
+        except OSError as exc:
+            raise self._fail(f"cannot read {a.path}: {exc.strerror or exc}") from exc
+        if links > 1:  # the flag is the inode's: it would freeze the other names too
+            raise self._fail(
+                f"cannot present {a.vvol} read-only: its data {a.path} has {links} names "
+                "(an operation on it is unfinished); try again when it is done"
+            )
+        try:
             set_immutable(a.path)
         except ImmutableUnsupported as exc:
             raise self._fail(
