@@ -241,20 +241,33 @@ class EndpointManager:
         self._thread.start()
 
     def _supervise(self) -> None:
+        """Restart dead endpoints; one that keeps failing (its control port or portal
+        held by another process) is retried after 1, 2, 4 ... up to 60 s, with its
+        reason kept for ``pe show``."""
+        failures: dict[str, tuple[int, float]] = {}  # PE name -> (failures, next try)
         while not self._stop.wait(self.interval):
             with self.ctx.db.tx() as conn:
                 pes = bindrepo.list_pes(conn)
             for pe in pes:
+                count, retry_at = failures.get(pe.name, (0, 0.0))
+                if time.monotonic() < retry_at:
+                    continue
                 try:
                     with self.lock([pe.id]):
                         ep = self.get(pe)
                         if ep.alive():
+                            failures.pop(pe.name, None)
                             continue
-                        log.warning("protocol endpoint %s died; restarting it", pe.name)
+                        log.warning("protocol endpoint %s is down; restarting it", pe.name)
                         ep.start()
+                        self.errors.pop(pe.name, None)
                         self._reconcile(pe)
                         self.restarts[pe.name] = self.restarts.get(pe.name, 0) + 1
+                        failures.pop(pe.name, None)
                 except Exception as exc:  # keep supervising the others
+                    if isinstance(exc, EndpointError):
+                        self.errors[pe.name] = exc.message
+                    failures[pe.name] = (count + 1, time.monotonic() + min(60, 2**count))
                     log.error("restarting protocol endpoint %s failed: %s", pe.name, exc)
 
     def forget(self, pe: Pe) -> None:
