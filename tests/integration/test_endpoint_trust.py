@@ -469,3 +469,32 @@ def _rundir_pids(plane: Plane) -> list[int]:
         except FileNotFoundError:
             pass
     return pids
+
+
+def test_overlap_is_seen_through_a_bind_mount(tmp_path: str) -> None:
+    """Real paths differ, device and inode do not: a bind mount of an array's directory
+    (made in a private mount namespace that ends with the check)."""
+    array_dir = os.path.join(tmp_path, "array")
+    alias = os.path.join(tmp_path, "alias")
+    os.makedirs(os.path.join(array_dir, "vvols"))
+    os.makedirs(alias)
+    check = (
+        "import sys; from vvhost.pe.paths import overlaps; a, b, c = sys.argv[1:]; "
+        "print(overlaps(a, b), overlaps(a + '/vvols/new', b), overlaps(a, c))"
+    )
+    script = 'mount --bind "$1" "$2" && exec "$0" -c "$3" "$2" "$1" "$4"'
+    out = run(
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        sys.executable,
+        array_dir,
+        alias,
+        check,
+        os.path.join(tmp_path, "other"),
+    ).stdout.split()
+    assert out == ["True", "True", "False"], out
