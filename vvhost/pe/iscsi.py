@@ -113,8 +113,8 @@ class IscsiEndpoint:
         self._set_acl(shown[a.tid], wanted)
 
     def _set_acl(self, t: Target, wanted: tuple[list[str], list[str]]) -> None:
-        """Make target ``t`` admit exactly ``wanted`` (names, addresses): new entries
-        first only where that cannot widen access (names), stale ones removed."""
+        """Make target ``t`` admit exactly ``wanted`` (names, addresses). Stale entries
+        go before new ones are added, so access never widens in between."""
         names, addresses = wanted
         for addr in t.initiator_addresses:
             if addr not in addresses:
