@@ -116,6 +116,16 @@ def targets(conn: Connection, pe_id: str) -> dict[int, tuple[str, str]]:
     return {r.tid: (r.owner, r.iqn) for r in rows}
 
 
+def targets_of(conn: Connection, owner: str) -> list[tuple[str, int]]:
+    """(PE id, tid) of every target made for host ``owner``."""
+    rows = conn.execute(select(pe_targets).where(pe_targets.c.owner == owner))
+    return [(r.pe_id, r.tid) for r in rows]
+
+
+def delete_targets_of(conn: Connection, owner: str) -> None:
+    conn.execute(delete(pe_targets).where(pe_targets.c.owner == owner))
+
+
 # -- bindings ----------------------------------------------------------------------------
 def _binding(row: Row[Any]) -> Binding:
     return Binding(
@@ -200,6 +210,10 @@ def set_hint(conn: Connection, vvol_id: str, host: str, pe_id: str, secondary: s
 
 def drop_hints(conn: Connection, vvol_id: str) -> None:
     conn.execute(delete(binding_hints).where(binding_hints.c.vvol_id == vvol_id))
+
+
+def drop_host_hints(conn: Connection, host: str) -> None:
+    conn.execute(delete(binding_hints).where(binding_hints.c.host == host))
 
 
 def hints_for(conn: Connection, pe_id: str, host: str) -> dict[str, str]:

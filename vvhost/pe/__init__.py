@@ -23,7 +23,7 @@ def open_endpoint(pe: Pe, state_dir: str) -> Endpoint:
     from .filepe import FileEndpoint
 
     assert pe.path is not None
-    return FileEndpoint(pe.name, pe.path)
+    return FileEndpoint(pe.name, pe.path, rundir)
 
 
 __all__ = ["Attachment", "Endpoint", "open_endpoint"]

@@ -29,7 +29,8 @@ class Attachment:
     vvol: str
     tid: int | None = None  # iSCSI target
     target_iqn: str | None = None
-    initiator: str | None = None  # iSCSI initiator name allowed in; None opens the target to all
+    initiator: str | None = None  # iSCSI initiator name allowed in (None: see ``shared``)
+    shared: bool = False  # iSCSI: the target is open to all initiators; else only ``initiator``
 
 
 class Endpoint(Protocol):

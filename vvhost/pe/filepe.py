@@ -2,31 +2,89 @@
 a file named by its secondary id (a symbolic link to the vvol's data).
 
     PE_DIR/<vvol-id>.<host>   ->  ARRAY/vvols/<vvol-id>.raw
+    PE_DIR/anything-else         not ours: never read, changed or removed
+
+    STATE/pe/<name>/entries.json  {"<vvol-id>.<host>": "ARRAY/vvols/<vvol-id>.raw", ...}
+                                  the entries this endpoint made, written before
+                                  each link is made and after each is removed
+
+The endpoint knows its entries from that record, never from a directory
+listing: ``present`` is the recorded entries that are still the links it made,
+and ``detach`` removes an entry only if it is one (a file someone put in the
+directory, even under a binding's name, stays where it is).  A link found
+where the record has none is taken over only when it already leads to the
+very data the binding wants (a crash between link and record).
+
+Read-only attachments (snapshots) are made immutable (see ``immutable.py``)
+before their link appears, so no path through the endpoint can change them,
+root's included; the control plane clears the flag once the last read-only
+file binding of the vvol is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 from typing import Any
 
 from ..errors import VvhostError
 from ..tools import EndpointError
 from .base import Attachment, attach_each
+from .immutable import ImmutableUnsupported, set_immutable
+
+log = logging.getLogger("vvhost.pe.file")
+RECORD = "entries.json"
 
 
 class FileEndpoint:
     protocol = "file"
 
-    def __init__(self, name: str, directory: str) -> None:
+    def __init__(self, name: str, directory: str, rundir: str) -> None:
         self.name = name
         self.directory = directory
+        self.rundir = rundir
 
+    def _fail(self, detail: str) -> EndpointError:
+        return EndpointError(tool=f"file endpoint {self.name}", detail=detail)
+
+    # -- the record -------------------------------------------------------------------------
+    def _record_path(self) -> str:
+        return os.path.join(self.rundir, RECORD)
+
+    def _load(self) -> dict[str, str]:
+        try:
+            with open(self._record_path(), encoding="utf-8") as fh:
+                data = json.load(fh)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise self._fail(f"cannot read {self._record_path()}: {exc}") from exc
+        return {str(k): str(v) for k, v in data.items()}
+
+    def _save(self, entries: dict[str, str]) -> None:
+        path = self._record_path()
+        tmp = f"{path}.tmp{os.getpid()}"
+        try:
+            os.makedirs(self.rundir, exist_ok=True)
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(entries, fh, sort_keys=True)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise self._fail(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+    # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
         try:
             os.makedirs(self.directory, exist_ok=True)
+            os.makedirs(self.rundir, exist_ok=True)
         except OSError as exc:
-            raise EndpointError(tool=f"file endpoint {self.name}", detail=str(exc)) from exc
+            raise self._fail(str(exc)) from exc
+        if not os.path.isdir(self.directory):
+            raise self._fail(f"{self.directory} is not a directory")
 
     def stop(self) -> None:
         """Nothing runs: the files stay for as long as their bindings."""
@@ -35,33 +93,95 @@ class FileEndpoint:
         return os.path.isdir(self.directory)
 
     def _path(self, key: str) -> str:
+        if not key or "/" in key or key.startswith("."):
+            raise self._fail(f"entry name {key!r} is not a plain file name")
         return os.path.join(self.directory, key)
 
+    @staticmethod
+    def _is_link_to(path: str, target: str) -> bool:
+        try:
+            return os.path.islink(path) and os.readlink(path) == target
+        except OSError:
+            return False
+
+    # -- attachments ------------------------------------------------------------------------
     def attach(self, a: Attachment) -> None:
         link = self._path(a.key)
-        if os.path.islink(link) and os.readlink(link) == a.path:
+        entries = self._load()
+        mine = entries.get(a.key)
+        if self._is_link_to(link, a.path):
+            if mine != a.path:  # made before the record was: the very link we want
+                entries[a.key] = a.path
+                self._save(entries)
+            self._protect(a)
             return
-        tmp = link + ".tmp"
+        if os.path.lexists(link) and not (mine and self._is_link_to(link, mine)):
+            raise self._fail(f"{link} exists and vvhost did not make it: it stays untouched")
+        self._protect(a)
+        entries[a.key] = a.path
+        self._save(entries)  # the record first: a crash leaves nothing unrecorded
+        tmp = os.path.join(self.directory, f".{a.key}.vvhost-{os.getpid()}")
         try:
-            if os.path.lexists(tmp):
+            if os.path.islink(tmp):
                 os.unlink(tmp)
             os.symlink(a.path, tmp)
             os.replace(tmp, link)
         except OSError as exc:
-            raise EndpointError(tool=f"file endpoint {self.name}", detail=str(exc)) from exc
+            with contextlib.suppress(OSError):
+                if os.path.islink(tmp):
+                    os.unlink(tmp)
+            raise self._fail(str(exc)) from exc
+
+    def _protect(self, a: Attachment) -> None:
+        if not a.readonly:
+            return
+        try:
+            links = os.stat(a.path).st_nlink
+        except OSError as exc:
+            raise self._fail(f"cannot read {a.path}: {exc.strerror or exc}") from exc
+        if links > 1:  # the flag is the inode's: it would freeze the other names too
+            raise self._fail(
+                f"cannot present {a.vvol} read-only: its data {a.path} has {links} names "
+                "(an operation on it is unfinished); try again when it is done"
+            )
+        try:
+            set_immutable(a.path)
+        except ImmutableUnsupported as exc:
+            raise self._fail(
+                f"cannot present {a.vvol} read-only: the filesystem of {a.path} has no "
+                "immutable flag (use an iscsi or nbd endpoint for snapshots)"
+            ) from exc
+        except OSError as exc:
+            raise self._fail(f"cannot make {a.path} immutable: {exc.strerror or exc}") from exc
 
     def attach_many(self, atts: list[Attachment]) -> dict[str, VvhostError]:
         return attach_each(self, atts)
 
     def detach(self, key: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._path(key))
+        """Remove the entry ``key`` if it is still the link this endpoint made."""
+        entries = self._load()
+        target = entries.get(key)
+        if target is None:
+            return
+        link = self._path(key)
+        if self._is_link_to(link, target):
+            try:
+                os.unlink(link)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise self._fail(f"cannot remove {link}: {exc.strerror or exc}") from exc
+        elif os.path.lexists(link):
+            log.warning("%s was replaced by someone else: left as it is", link)
+        del entries[key]
+        self._save(entries)
 
     def present(self) -> set[str]:
-        try:
-            return {n for n in os.listdir(self.directory) if not n.endswith(".tmp")}
-        except FileNotFoundError:
-            return set()
+        return {k for k, t in self._load().items() if self._is_link_to(self._path(k), t)}
+
+    def recorded(self) -> dict[str, str]:
+        """Entry name -> data path of every entry this endpoint made and still owns."""
+        return self._load()
 
     def handle(self, a: Attachment) -> dict[str, Any]:
         path = self._path(a.key)

@@ -14,6 +14,14 @@ After a vvol grew, ``refresh`` has tgtd reopen the LUN's backing file in place
 READ CAPACITY reports the new size: an initiator sees it when it asks again
 (QEMU's iscsi driver does on ``block_resize``). It reopens only a LUN whose size
 changed: see :meth:`Tgtadm.lun_reopen` for the one risk of a reopen.
+
+Trust: every request goes to the tgtd this endpoint spawned (or adopted by its
+exact command line), checked on each connection by the PID behind the control
+socket; a control port held by any other tgtd is refused with
+:class:`ForeignDaemon`.  The endpoint is alive only while that same tgtd
+listens on the portal.  A target's ACL is rewritten from the attachment (the
+current host row) whenever it differs, and ``sync_targets`` drops targets the
+catalog no longer has, so a removed host's initiator keeps nothing.
 """
 
 from __future__ import annotations
@@ -25,7 +33,9 @@ from typing import Any
 from ..errors import VvhostError
 from ..tools import EndpointError
 from ..tools.tgtadm import Lun, Target, Tgtadm, tgt_megabytes
+from ..tools.tgtd_ipc import ForeignDaemon, holder
 from .base import Attachment, attach_each, data_size
+from .listen import portal_listens
 from .proc import Daemon
 
 DEFAULT_IQN_PREFIX = "iqn.2026-11.io.vvhost"
@@ -35,45 +45,116 @@ def serial_for(vvol_id: str) -> str:
     return vvol_id.replace("-", "")
 
 
+def acl_for(initiator: str | None, shared: bool) -> tuple[list[str], list[str]]:
+    """(names, addresses) a target must admit: everybody for a shared target (see
+    the ACL semantics in tools/tgtadm.py), else its host's initiator name only
+    (nobody when the host has none)."""
+    if shared:
+        return [], ["ALL"]
+    return ([initiator] if initiator else []), []
+
+
 class IscsiEndpoint:
     protocol = "iscsi"
 
     def __init__(self, name: str, portal: str, control_port: int, rundir: str) -> None:
         self.name = name
         self.portal = portal
-        self.tgtadm = Tgtadm(control_port)
+        self.control_port = control_port
+        self.tgtadm = Tgtadm(control_port, owner=lambda: self.daemon.pid)
         self.daemon = Daemon(
             f"tgtd-{name}",
             ["tgtd", "-f", "-C", str(control_port), "--iscsi", f"portal={portal}"],
             rundir,
             ready=self.tgtadm.ping,
         )
-        self._targets: set[int] = set()
+        self._acls: dict[int, tuple[list[str], list[str]]] = {}  # tid -> (names, addresses)
 
     def start(self) -> None:
         os.makedirs(self.daemon.rundir, exist_ok=True)
-        self.daemon.start()
-        self._targets = {t.tid for t in self.tgtadm.show()}
+        try:
+            self.daemon.start()
+        except EndpointError as exc:
+            pid = holder(self.control_port)
+            if pid is not None and pid != self.daemon.pid:
+                raise ForeignDaemon(port=self.control_port, pid=pid, ours="") from exc
+            raise
+        if not portal_listens(self.daemon.pid, self.portal):
+            pid = self.daemon.pid
+            if not self.daemon.adopted:
+                self.daemon.stop(timeout=0)
+            raise EndpointError(
+                tool=f"tgtd-{self.name}",
+                detail=f"portal {self.portal} is held by another process: the tgtd vvhost "
+                f"started (pid {pid}) does not listen there",
+            )
+        self._acls = {t.tid: (t.initiator_names, t.initiator_addresses) for t in self.tgtadm.show()}
 
     def stop(self) -> None:
         self.daemon.stop(timeout=0)  # tgtd ignores SIGTERM
-        self._targets.clear()
+        self._acls.clear()
 
     def alive(self) -> bool:
-        return self.daemon.alive()
+        return self.daemon.alive() and portal_listens(self.daemon.pid, self.portal)
 
     def _ensure_target(self, a: Attachment) -> None:
         assert a.tid is not None and a.target_iqn is not None
-        if a.tid in self._targets:
+        wanted = acl_for(a.initiator, a.shared)
+        if self._acls.get(a.tid) == wanted:
             return
-        existing = {t.tid for t in self.tgtadm.show()}
-        if a.tid not in existing:
+        shown = {t.tid: t for t in self.tgtadm.show()}
+        if a.tid not in shown:
             self.tgtadm.target_new(a.tid, a.target_iqn)
-            if a.initiator:
-                self.tgtadm.bind_name(a.tid, a.initiator)
+            shown[a.tid] = Target(a.tid, a.target_iqn)
+        elif shown[a.tid].iqn != a.target_iqn:  # another target took the number: replace it
+            self.tgtadm.target_delete(a.tid)
+            self.tgtadm.target_new(a.tid, a.target_iqn)
+            shown[a.tid] = Target(a.tid, a.target_iqn)
+        self._set_acl(shown[a.tid], wanted)
+
+    def _set_acl(self, t: Target, wanted: tuple[list[str], list[str]]) -> None:
+        """Make target ``t`` admit exactly ``wanted`` (names, addresses). Stale entries
+        go before new ones are added, so access never widens in between."""
+        names, addresses = wanted
+        for addr in t.initiator_addresses:
+            if addr not in addresses:
+                self.tgtadm.unbind_address(t.tid, addr)
+        for name in t.initiator_names:
+            if name not in names:
+                self.tgtadm.unbind_name(t.tid, name)
+        for name in names:
+            if name not in t.initiator_names:
+                self.tgtadm.bind_name(t.tid, name)
+        for addr in addresses:
+            if addr not in t.initiator_addresses:
+                self.tgtadm.bind_address(t.tid, addr)
+        self._acls[t.tid] = wanted
+
+    def sync_targets(self, wanted: dict[int, tuple[str, str | None] | None]) -> None:
+        """Make the daemon's targets those of the catalog: tid -> (iqn, initiator)
+        (initiator None: open to all); a target absent from ``wanted`` or mapped to
+        None (its host is gone) is deleted, LUNs and sessions included."""
+        for t in self.tgtadm.show():
+            want = wanted.get(t.tid)
+            if want is None or want[0] != t.iqn:
+                self.drop_target(t.tid)
             else:
-                self.tgtadm.bind_address(a.tid, "ALL")
-        self._targets.add(a.tid)
+                self._set_acl(t, acl_for(want[1], want[1] is None))
+
+    def drop_target(self, tid: int) -> None:
+        """Delete target ``tid`` with its LUNs and ACL, logged-in sessions included."""
+        try:
+            self.tgtadm.target_delete(tid)
+        except EndpointError:
+            if any(t.tid == tid for t in self.tgtadm.show()):
+                raise
+        self._acls.pop(tid, None)
+
+    def acls(self) -> dict[int, tuple[str, list[str], list[str]]]:
+        """tid -> (target iqn, initiator names, initiator addresses) as tgtd has them."""
+        return {
+            t.tid: (t.iqn, t.initiator_names, t.initiator_addresses) for t in self.tgtadm.show()
+        }
 
     def attach(self, a: Attachment) -> None:
         self._ensure_target(a)

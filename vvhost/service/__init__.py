@@ -35,7 +35,7 @@ class Service:
         self.vvols.endpoints = self.endpoints  # extend shows bound hosts the new size
         self.tenants = TenantOps(self.ctx)
         self.authz = Authz(self.ctx)
-        self.hosts = HostOps(self.ctx, self.tenants)
+        self.hosts = HostOps(self.ctx, self.tenants, self.endpoints)
         self.pes = PeOps(self.ctx, self.endpoints)
         self.bindings = BindingOps(self.ctx, self.hosts, self.pes, self.endpoints)
         self.recovered: list[dict[str, str]] = []

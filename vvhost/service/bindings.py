@@ -16,6 +16,7 @@ delete, revert and move of its vvol like an active one.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -106,12 +107,14 @@ class BindingOps:
                         bindrepo.delete_binding(conn, p.binding)
                     elif p.new:
                         bindrepo.set_binding(conn, p.binding, state=ACTIVE, op=None)
+            self.manager.release_readonly([p.binding.vvol for p in failed if p.binding.readonly])
         for p in plans:
             if p not in failed:
+                bound = replace(p.binding, state=ACTIVE, op=None)
                 results[p.index] = {
                     "vvol": refs[p.index],
                     "ok": True,
-                    "handle": self._handle(p.binding, p.pe, p.attachment),
+                    "handle": self._handle(bound, p.pe, p.attachment),
                 }
         return [r for r in results if r is not None]
 
@@ -151,7 +154,7 @@ class BindingOps:
             owner = "*" if shared else h.name
             found = bindrepo.target_for(conn, pe.id, owner)
             if found is None:
-                suffix = "shared" if shared else h.name.lower()
+                suffix = "shared" if shared else target_suffix(h.name)
                 tid = bindrepo.add_target(
                     conn, pe.id, owner, f"{pe.config['iqn_prefix']}:{pe.name.lower()}.{suffix}"
                 )
@@ -250,6 +253,7 @@ class BindingOps:
                         results[i] = {"vvol": refs[i], "ok": True, "refcount": 0}
                     else:
                         bindrepo.set_binding(conn, b, state=ACTIVE, op=None)
+            self.manager.release_readonly([b.vvol for b in gone if b.readonly])
         return [r for r in results if r is not None]
 
     # -- rebind ---------------------------------------------------------------------------
@@ -289,6 +293,8 @@ class BindingOps:
                         self.manager.get(target).detach(att.key)
                 with self.ctx.db.tx() as conn:
                     bindrepo.delete_binding(conn, new)
+                if new.readonly:
+                    self.manager.release_readonly([new.vvol])
                 raise
             self.ctx.fault("rebind", "attached")
             with self.ctx.db.tx() as conn:  # the commit point
@@ -298,6 +304,8 @@ class BindingOps:
                 self.manager.get(old_plan.pe).detach(old_plan.attachment.key)  # ...then the old
             with self.ctx.db.tx() as conn:
                 bindrepo.delete_binding(conn, old)
+            if old.readonly:
+                self.manager.release_readonly([old.vvol])
         return self._handle(replace(new, state=ACTIVE, op=None), target, att)
 
     # -- reading --------------------------------------------------------------------------
@@ -333,6 +341,16 @@ class _Plan:
     pe: Pe
     attachment: Attachment
     new: bool
+
+
+def target_suffix(host: str) -> str:
+    """The host's part of its target name.  iSCSI names are compared without case,
+    so a host name with capitals gets a digest of its exact spelling: hosts "KVMY"
+    and "kvmy" never share a target name."""
+    low = host.lower()
+    if low == host:
+        return low
+    return f"{low}-{hashlib.sha256(host.encode()).hexdigest()[:8]}"
 
 
 def _check_batch(refs: list[str], what: str) -> None:

@@ -13,7 +13,6 @@ import logging
 import os
 import re
 import shutil
-import socket
 import threading
 import time
 import uuid
@@ -23,10 +22,14 @@ from sqlalchemy import Connection
 
 from ..catalog import bindrepo, repo, vvolrepo
 from ..errors import AlreadyExists, InUse, InvalidInput, NotFound
-from ..model import ACTIVE, ATTACHING, PROTOCOLS, Binding, Host, Pe, Vvol
+from ..model import ACTIVE, ATTACHING, PROTOCOLS, Array, Binding, Host, Pe, Vvol
 from ..pe import Attachment, Endpoint, open_endpoint
-from ..pe.iscsi import DEFAULT_IQN_PREFIX
+from ..pe.filepe import FileEndpoint
+from ..pe.immutable import clear_immutable, is_immutable
+from ..pe.iscsi import DEFAULT_IQN_PREFIX, IscsiEndpoint
+from ..pe.paths import entries, overlaps
 from ..tools import EndpointError
+from ..tools.tgtd_ipc import holder
 from ..units import check_name
 from .context import Context
 
@@ -63,7 +66,7 @@ def attachment(
     v = v or vvolrepo.get(conn, b.vvol)
     if v is None:
         raise NotFound(kind="vvol", ref=b.vvol)
-    target_iqn = initiator = None
+    target_iqn = initiator = owner = None
     if b.tid is not None:
         owner, target_iqn = bindrepo.targets(conn, b.pe)[b.tid]
         if owner != "*":
@@ -78,7 +81,22 @@ def attachment(
         tid=b.tid,
         target_iqn=target_iqn,
         initiator=initiator,
+        shared=owner == "*",
     )
+
+
+def catalog_targets(conn: Connection, pe_id: str) -> dict[int, tuple[str, str | None] | None]:
+    """tid -> (target iqn, initiator name or None for a shared target), from the
+    catalog's targets and *current* host rows; None when the target's host is gone
+    or has no initiator name (nobody may use it)."""
+    out: dict[int, tuple[str, str | None] | None] = {}
+    for tid, (owner, iqn) in bindrepo.targets(conn, pe_id).items():
+        if owner == "*":
+            out[tid] = (iqn, None)
+            continue
+        host = bindrepo.get_host(conn, owner)
+        out[tid] = (iqn, host.iqn) if host and host.iqn else None
+    return out
 
 
 class EndpointManager:
@@ -88,6 +106,7 @@ class EndpointManager:
         self._eps: dict[str, Endpoint] = {}
         self._guard = threading.Lock()
         self.restarts: dict[str, int] = {}
+        self.errors: dict[str, str] = {}  # PE name -> why its daemon did not start
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -102,13 +121,21 @@ class EndpointManager:
 
     def start(self, pe: Pe) -> dict[str, int]:
         with self.lock([pe.id]):
-            self.get(pe).start()
+            try:
+                self.get(pe).start()
+            except EndpointError as exc:
+                self.errors[pe.name] = exc.message
+                raise
+            self.errors.pop(pe.name, None)
             return self._reconcile(pe)
 
     def _reconcile(self, pe: Pe) -> dict[str, int]:
-        """Make the daemon present exactly the active bindings of the catalog."""
+        """Make the daemon present exactly the active bindings of the catalog (and,
+        for iSCSI, exactly the catalog's targets, each with its host's ACL)."""
         ep = self.get(pe)
         with self.ctx.db.tx() as conn:
+            if isinstance(ep, IscsiEndpoint):
+                ep.sync_targets(catalog_targets(conn, pe.id))
             wanted = {
                 a.key: a
                 for a in (
@@ -122,6 +149,9 @@ class EndpointManager:
             ep.attach(wanted[key])
         for key in sorted(present - wanted.keys()):
             ep.detach(key)
+        if isinstance(ep, FileEndpoint):  # recorded entries someone removed or replaced
+            for key in sorted(ep.recorded().keys() - wanted.keys() - present):
+                ep.detach(key)
         stale = ep.stale([wanted[key] for key in sorted(wanted.keys() & present)])
         for key in stale:
             try:
@@ -168,6 +198,34 @@ class EndpointManager:
             if row.state == ACTIVE or att.key in ep.present():
                 ep.refresh(att)
 
+    def drop_target(self, pe: Pe, tid: int) -> None:
+        """Delete target ``tid`` of an iSCSI endpoint (its host is being removed)."""
+        with self.lock([pe.id]):
+            ep = self.get(pe)
+            if isinstance(ep, IscsiEndpoint) and ep.alive():
+                ep.drop_target(tid)
+
+    def release_readonly(self, vvol_ids: list[str]) -> None:
+        """Clear the immutable flag of each read-only vvol's data that no binding
+        through a file endpoint presents any more (held: every file endpoint's lock,
+        so no such binding is being made meanwhile)."""
+        with self.ctx.db.tx() as conn:
+            files = [p.id for p in bindrepo.list_pes(conn) if p.protocol == "file"]
+        with self.lock(files), self.ctx.db.tx() as conn:
+            paths = []
+            for vid in vvol_ids:
+                v = vvolrepo.get(conn, vid)
+                if v is None or not v.readonly:
+                    continue
+                if not any(b.pe in files for b in bindrepo.find_bindings(conn, vvol=vid)):
+                    paths.append(self.ctx.path(v))
+            for path in paths:
+                try:
+                    if is_immutable(path):
+                        clear_immutable(path)
+                except OSError as exc:
+                    log.error("cannot clear the immutable flag of %s: %s", path, exc)
+
     def start_all(self) -> None:
         with self.ctx.db.tx() as conn:
             pes = bindrepo.list_pes(conn)
@@ -176,24 +234,40 @@ class EndpointManager:
                 self.start(pe)
             except EndpointError as exc:
                 log.error("protocol endpoint %s did not start: %s", pe.name, exc)
+        with self.ctx.db.tx() as conn:  # a crash between unbind and its release
+            readonly = [v.id for v in vvolrepo.listing(conn) if v.readonly]
+        self.release_readonly(readonly)
         self._thread = threading.Thread(target=self._supervise, name="pe-supervisor", daemon=True)
         self._thread.start()
 
     def _supervise(self) -> None:
+        """Restart dead endpoints; one that keeps failing (its control port or portal
+        held by another process) is retried after 1, 2, 4 ... up to 60 s, with its
+        reason kept for ``pe show``."""
+        failures: dict[str, tuple[int, float]] = {}  # PE name -> (failures, next try)
         while not self._stop.wait(self.interval):
             with self.ctx.db.tx() as conn:
                 pes = bindrepo.list_pes(conn)
             for pe in pes:
+                count, retry_at = failures.get(pe.name, (0, 0.0))
+                if time.monotonic() < retry_at:
+                    continue
                 try:
                     with self.lock([pe.id]):
                         ep = self.get(pe)
                         if ep.alive():
+                            failures.pop(pe.name, None)
                             continue
-                        log.warning("protocol endpoint %s died; restarting it", pe.name)
+                        log.warning("protocol endpoint %s is down; restarting it", pe.name)
                         ep.start()
+                        self.errors.pop(pe.name, None)
                         self._reconcile(pe)
                         self.restarts[pe.name] = self.restarts.get(pe.name, 0) + 1
+                        failures.pop(pe.name, None)
                 except Exception as exc:  # keep supervising the others
+                    if isinstance(exc, EndpointError):
+                        self.errors[pe.name] = exc.message
+                    failures[pe.name] = (count + 1, time.monotonic() + min(60, 2**count))
                     log.error("restarting protocol endpoint %s failed: %s", pe.name, exc)
 
     def forget(self, pe: Pe) -> None:
@@ -257,8 +331,8 @@ class PeOps:
             others = bindrepo.list_pes(conn)
             if portal and any(p.portal == portal for p in others):
                 raise InUse(kind="portal", ref=portal, reason="another endpoint listens there")
-            if path and any(p.path == path for p in others):
-                raise InUse(kind="directory", ref=path, reason="another endpoint uses it")
+            if path:
+                self._check_file_dir(path, others, repo.list_arrays(conn))
             array_id = None
             if array:
                 found = repo.get_array(conn, array)
@@ -292,6 +366,31 @@ class PeOps:
             raise
         return self.show(pe.id)
 
+    def _check_file_dir(self, path: str, others: list[Pe], arrays: list[Array]) -> None:
+        """A file endpoint's directory is new or empty, and neither is, holds nor lies
+        in an array's directory, another endpoint's, or the control plane's state."""
+        taken = [(f"array {a.name}'s directory {a.path}", a.path) for a in arrays]
+        taken += [(f"endpoint {p.name}'s directory {p.path}", p.path) for p in others if p.path]
+        taken.append(
+            (
+                f"the control plane's state directory {self.ctx.config.state_dir}",
+                self.ctx.config.state_dir,
+            )
+        )
+        for what, other in taken:
+            if overlaps(path, other):
+                raise InUse(kind="directory", ref=path, reason=f"it overlaps {what}")
+        if os.path.lexists(path) and not os.path.isdir(path):
+            raise InvalidInput(detail=f"{path} exists and is not a directory")
+        found = entries(path)
+        if found:
+            raise InUse(
+                kind="directory",
+                ref=path,
+                reason=f"it holds {len(found)} entries (first: {found[0]!r}); a file "
+                "endpoint needs a new or empty directory",
+            )
+
     def listing(self) -> list[dict[str, Any]]:
         with self.ctx.db.tx() as conn:
             pes = bindrepo.list_pes(conn)
@@ -304,6 +403,7 @@ class PeOps:
         out = pe.to_dict()
         ep = self.manager.get(pe)
         out.update(bindings=count, alive=ep.alive(), restarts=self.manager.restarts.get(pe.name, 0))
+        out["error"] = self.manager.errors.get(pe.name)
         pid = getattr(getattr(ep, "daemon", None), "pid", None)
         out["pid"] = pid
         return out
@@ -328,17 +428,7 @@ class PeOps:
 
 def _free_control_port(taken: set[int]) -> int:
     for port in range(100, 10000):
-        if port in taken:
+        if port in taken or holder(port) is not None:  # a live tgtd owns it
             continue
-        path = f"/run/tgtd/socket.{port}"
-        if os.path.exists(path):
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(path)
-                continue  # a live tgtd owns it
-            except OSError:
-                pass
-            finally:
-                probe.close()
         return port
     raise InvalidInput(detail="no free tgtd control port")

@@ -1,5 +1,16 @@
 """Hosts: the KVM machines that bind vvols, identified by name (and, for iSCSI,
-by their initiator name)."""
+by their initiator name).
+
+Removing a host (refused while it has bindings) takes its data-path access
+with it, daemons first, then the catalog:
+
+    1. every iSCSI target made for it is deleted from its endpoint's tgtd
+       (ACL, LUNs, sessions), so its initiator name reaches nothing
+    2. its row, tokens, target rows and LUN hints go in one transaction
+
+A host added later under the same name starts from nothing: new targets whose
+ACL is its own initiator name.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +22,7 @@ from ..catalog import bindrepo, tenancy
 from ..errors import AlreadyExists, InUse, InvalidInput, NotFound
 from ..model import HOST, Host
 from .context import Context
+from .endpoints import EndpointManager
 from .tenancy import TenantOps
 
 _HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}")
@@ -35,9 +47,12 @@ def check_iqn(iqn: str) -> str:
 
 
 class HostOps:
-    def __init__(self, ctx: Context, tokens: TenantOps) -> None:
+    def __init__(
+        self, ctx: Context, tokens: TenantOps, endpoints: EndpointManager | None = None
+    ) -> None:
         self.ctx = ctx
         self.tokens = tokens
+        self.endpoints = endpoints
 
     def add(self, name: str, iqn: str | None = None, tenant: str | None = None) -> dict[str, Any]:
         """Register a host; the answer carries its bearer token, shown this once."""
@@ -77,10 +92,21 @@ class HostOps:
         return {**host.to_dict(), "bindings": count}
 
     def remove(self, name: str) -> None:
-        with self.ctx.db.tx() as conn:
-            self.get(conn, name)
-            used = bindrepo.find_bindings(conn, host=name)
-            if used:
-                raise InUse(kind="host", ref=name, reason=f"{len(used)} vvols are bound to it")
-            bindrepo.delete_host(conn, name)
-            tenancy.delete_tokens(conn, HOST, name)
+        with self.ctx.locks.hold([f"host:{name}"]):
+            with self.ctx.db.tx() as conn:
+                self.get(conn, name)
+                used = bindrepo.find_bindings(conn, host=name)
+                if used:
+                    raise InUse(kind="host", ref=name, reason=f"{len(used)} vvols are bound to it")
+                owned = [
+                    (bindrepo.get_pe(conn, pe_id), tid)
+                    for pe_id, tid in bindrepo.targets_of(conn, name)
+                ]
+            for pe, tid in owned:
+                if pe is not None and self.endpoints is not None:
+                    self.endpoints.drop_target(pe, tid)
+            with self.ctx.db.tx() as conn:
+                bindrepo.delete_host(conn, name)
+                bindrepo.delete_targets_of(conn, name)
+                bindrepo.drop_host_hints(conn, name)
+                tenancy.delete_tokens(conn, HOST, name)

@@ -18,6 +18,7 @@ from .context import Context
 from .cow import finish_revert, undo_revert
 from .data import finish_copy_diffs, finish_move, undo_move
 from .endpoints import EndpointManager, attachment_key
+from .pe_audit import audit_acls
 from .vvols import finish_delete, finish_extend, undo_new
 
 Handler = Callable[[Context, JournalEntry], Any]
@@ -64,6 +65,7 @@ def audit(ctx: Context, endpoints: EndpointManager | None = None) -> dict[str, A
     problems: list[str] = []
     if endpoints is not None:
         problems += _audit_endpoints(ctx, endpoints)
+        problems += audit_acls(ctx, endpoints)
     with ctx.db.tx() as conn:
         vvols = vvolrepo.listing(conn)
         containers = repo.list_containers(conn)

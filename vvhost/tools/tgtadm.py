@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import EndpointError
@@ -120,9 +121,14 @@ class Tgtadm:
     its control socket (:mod:`vvhost.tools.tgtd_ipc`): the same requests ``tgtadm``
     sends, without a process per call."""
 
-    def __init__(self, control_port: int, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        control_port: int,
+        timeout: float = 10.0,
+        owner: Callable[[], int | None] | None = None,
+    ) -> None:
         self.control_port = control_port
-        self.ipc = TgtdControl(control_port, timeout)
+        self.ipc = TgtdControl(control_port, timeout, owner)
 
     # --- targets -------------------------------------------------------------
 
@@ -142,6 +148,9 @@ class Tgtadm:
     def bind_address(self, tid: int, address: str = "ALL") -> None:
         """Admit initiators by address; see the module docstring: this ORs with name ACLs."""
         self.ipc.request(MODE_TARGET, OP_BIND, tid=tid, params=f"initiator-address={address}")
+
+    def unbind_address(self, tid: int, address: str) -> None:
+        self.ipc.request(MODE_TARGET, OP_UNBIND, tid=tid, params=f"initiator-address={address}")
 
     # --- logical units -------------------------------------------------------
 
