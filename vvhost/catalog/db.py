@@ -66,7 +66,12 @@ def _v4(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=[schema.binding_hints])
 
 
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4]
+def _v5_arrays(conn: Connection) -> None:
+    _add_column(conn, "arrays", "fs_id", "TEXT")
+    _add_column(conn, "vvols", "failure", "TEXT")
+
+
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5_arrays]
 
 
 def sqlite_url(path: str) -> str:
