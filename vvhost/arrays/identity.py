@@ -223,6 +223,12 @@ def offline_reason(path: str, array_id: str, fs_id: str | None) -> str | None:
     return None
 
 
+def _empty_lost_found(path: str, name: str) -> bool:
+    """A fresh filesystem's own ``lost+found`` does not make its root non-empty."""
+    full = os.path.join(path, name)
+    return name == "lost+found" and os.path.isdir(full) and not os.listdir(full)
+
+
 def foreign_reason(path: str) -> str | None:
     """Why ``path`` cannot become a new array: it holds files that are not ours."""
     if not os.path.exists(path):
@@ -235,6 +241,6 @@ def foreign_reason(path: str) -> str | None:
             f"holds the marker of array {marker.name} ({marker.array_id}), which this "
             "control plane does not know: it is not adopted"
         )
-    if os.listdir(path):
+    if [n for n in os.listdir(path) if not _empty_lost_found(path, n)]:
         return "is not empty and is not an array of this control plane: it is not adopted"
     return None

@@ -76,6 +76,7 @@ class CowOps:
         op = self.ctx.new_op(op_id)
         with self.ctx.db.tx() as conn:
             base = self.ctx.ready(self.ctx.vvol(conn, ref))
+            self.ctx.data_path(base)
             if base.is_snapshot:
                 raise InvalidInput(
                     detail=f"vvol {ref!r} is a snapshot; snapshot its base vvol instead"

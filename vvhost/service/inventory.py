@@ -117,16 +117,6 @@ class ArrayOps:
     def _check_apart(self, path: str, arrays: list[Array], pes: list[Pe]) -> None:
         """Arrays never overlap each other, a file endpoint's directory, or the
         control plane's own state (arrays may live under STATE/arrays/)."""
-        for a in arrays:
-            reason = identity.overlap_reason(path, a.path, f"array {a.name}")
-            if reason:
-                raise PathConflict(path=path, reason=reason)
-        for pe in pes:
-            if pe.protocol == "file" and pe.path:
-                what = f"the directory of endpoint {pe.name}"
-                reason = identity.overlap_reason(path, pe.path, what)
-                if reason:
-                    raise PathConflict(path=path, reason=reason)
         state = self.ctx.config.state_dir
         rel = identity.relation(path, state)
         arrays_home = os.path.join(state, "arrays")
@@ -139,6 +129,16 @@ class ArrayOps:
         catalog = _sqlite_file(self.ctx.db.url)
         if catalog and identity.relation(path, catalog) in ("same", "contains"):
             raise PathConflict(path=path, reason=f"contains the catalog ({catalog})")
+        for a in arrays:
+            reason = identity.overlap_reason(path, a.path, f"array {a.name}")
+            if reason:
+                raise PathConflict(path=path, reason=reason)
+        for pe in pes:
+            if pe.protocol == "file" and pe.path:
+                what = f"the directory of endpoint {pe.name}"
+                reason = identity.overlap_reason(path, pe.path, what)
+                if reason:
+                    raise PathConflict(path=path, reason=reason)
 
     def get(self, conn: Connection, ref: str) -> Array:
         arr = repo.get_array(conn, ref)

@@ -108,7 +108,8 @@ class VvolOps:
         c = repo.get_container(conn, v.container)
         a = repo.get_array(conn, v.array)
         backend = self.ctx.backend(v.array)
-        problem = backend.offline()
+        offline = backend.offline()
+        problem = f"array {backend.name} is offline: {offline}" if offline else None
         if problem is None and v.state != CREATING and not backend.exists(v.id):
             problem = f"its data file {backend.locate(v.id)} is missing"
         return {
@@ -325,6 +326,7 @@ class VvolOps:
                 if v.state != FAILED:  # a failed vvol can always be deleted
                     self.ctx.ready(v)
                 self.ctx.expect(v, generation)
+                self.ctx.backend(v.array).check()  # never forget data we cannot remove
                 ensure_unbound(conn, v, "delete it")
                 deps = vvolrepo.dependants(conn, v.id)
                 if deps:
