@@ -124,8 +124,8 @@ class ArrayOps:
             rel == "inside" and identity.relation(path, arrays_home) != "inside"
         ):
             what = "the control plane's state directory"
-            reason = identity.overlap_reason(path, state, what) or what
-            raise PathConflict(path=path, reason=f"{reason}; arrays may live under {arrays_home}/")
+            why = identity.overlap_reason(path, state, what) or what
+            raise PathConflict(path=path, reason=f"{why}; arrays may live under {arrays_home}/")
         catalog = _sqlite_file(self.ctx.db.url)
         if catalog and identity.relation(path, catalog) in ("same", "contains"):
             raise PathConflict(path=path, reason=f"contains the catalog ({catalog})")
