@@ -61,6 +61,15 @@ class Plane:
         assert text in out.stderr, out.stderr
         return out.stderr
 
+    def recovered(self) -> list[dict[str, str]]:
+        """What the running control plane's recovery did at its start."""
+        assert self.server is not None
+        client = self.server.client()
+        try:
+            return list(client.health()["recovered"])
+        finally:
+            client.close()
+
     def array(self, name: str) -> dict[str, Any]:
         rows = self.json("array", "list")
         return next(a for a in rows if a["name"] == name)
