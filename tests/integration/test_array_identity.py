@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -19,6 +20,9 @@ from tests.fsfixtures import LoopFs, loop_capability, make_loop_fs
 from tests.integration.arraylab import Plane, running_plane
 from tests.patterns import CHUNK, Patterns
 from vvhost.arrays.identity import MARKER
+from vvhost.model import JournalEntry
+from vvhost.service import Config, Service
+from vvhost.service.data import finish_move
 
 
 @pytest.fixture
@@ -198,3 +202,34 @@ def test_another_array_mounted_in_its_place_is_offline(
         os.rmdir(path) if os.path.isdir(path) else os.unlink(path)
     ext4.mount()
     assert plane.array("ext")["state"] == "online"
+
+
+def test_move_cleanup_never_deletes_its_destination(tmp_path: str, patterns: Patterns) -> None:
+    """Recovery rolling a committed move forward between arrays that share their
+    files (an old catalog, a symlink) must not delete the one copy."""
+    svc = Service(Config(state_dir=os.path.join(tmp_path, "state")))
+    svc.start()
+    try:
+        a1 = svc.arrays.add("a1", "dir", os.path.join(tmp_path, "a1"))
+        a2 = svc.arrays.add("a2", "dir", os.path.join(tmp_path, "a2"))
+        os.rmdir(os.path.join(a2.path, "vvols"))
+        os.symlink(os.path.join(a1.path, "vvols"), os.path.join(a2.path, "vvols"))
+        c1 = svc.containers.create("c1", "1G", ["a1"])
+        c2 = svc.containers.create("c2", "1G", ["a2"])
+        d = svc.vvols.create("c1", "4M", name="d")
+        patterns.write(d["path"], "A", [0, 2 * CHUNK])
+        args = {
+            "members": [d["id"]],
+            "src_array": a1.id,
+            "dst_array": a2.id,
+            "src_container": c1.id,
+            "dst_container": c2.id,
+            "total": d["size"],
+        }
+        entry = JournalEntry(
+            id=str(uuid.uuid4()), op="move", vvol=d["id"], step="committed", args=args, created=0
+        )
+        finish_move(svc.ctx, entry)
+        patterns.check(d["path"], "A", [0, 2 * CHUNK])
+    finally:
+        svc.close()
