@@ -42,11 +42,7 @@ class CowOps:
         with self.ctx.db.tx() as conn:
             base_id = self.ctx.vvol(conn, ref).id
         with self.ctx.locks.hold([base_id]):
-            with self.ctx.db.tx() as conn:
-                base = self.ctx.ready(self.ctx.vvol(conn, ref))
-                self.ctx.data_path(base)
-                self._refuse_torn(conn, base, base.array, "snapshot")
-            snap, base = self._prepare_one(ref, name, op_id)
+            snap, base = self._prepare_one(ref, name, op_id, alone=True)
             return self._fill(snap.op or "", "snapshot", snap, self.ctx.path(base))
 
     def _refuse_torn(self, conn: Any, v: Vvol, dst_array: str, what: str) -> None:
@@ -68,9 +64,12 @@ class CowOps:
                 "existed: unbind it first (VM snapshots on such arrays use qcow2 layers)",
             )
 
-    def _prepare_one(self, ref: str, name: str | None, op_id: str | None) -> tuple[Vvol, Vvol]:
+    def _prepare_one(
+        self, ref: str, name: str | None, op_id: str | None, alone: bool = False
+    ) -> tuple[Vvol, Vvol]:
         """The catalog half of a snapshot: its row (creating) and journal entry.
-        The caller holds the base's lock."""
+        The caller holds the base's lock.  ``alone``: not part of a group whose
+        guest is paused for the cut, so a writable binding may be writing now."""
         if name is not None:
             check_name(name, what="snapshot name")
         op = self.ctx.new_op(op_id)
@@ -81,6 +80,8 @@ class CowOps:
                 raise InvalidInput(
                     detail=f"vvol {ref!r} is a snapshot; snapshot its base vvol instead"
                 )
+            if alone:
+                self._refuse_torn(conn, base, base.array, "snapshot")
             c = self.vvols.containers.get(conn, base.container)
             reserve(conn, c, base.size)
             snap = _snapshot_row(base, c, name, op)
