@@ -2,7 +2,7 @@
 
     TMPDIR/
       loopfs-XXXX/          private directory made by make_loop_fs
-        fs.img              sparse image (mkfs.xfs -m reflink=1, or mkfs.btrfs)
+        fs.img              sparse image (mkfs.xfs -m reflink=1, mkfs.btrfs or mkfs.ext4)
         mnt/                mounted with ``mount -o loop``; yielded to the test
 
 ``with make_loop_fs(tmpdir) as mnt:`` mounts it; leaving the block always
@@ -25,6 +25,7 @@ from types import TracebackType
 MKFS = {
     "xfs": ["mkfs.xfs", "-q", "-f", "-m", "reflink=1"],
     "btrfs": ["mkfs.btrfs", "-q", "-f"],
+    "ext4": ["mkfs.ext4", "-q", "-F", "-m", "0"],  # no reflink; small ones fill up fast
 }
 
 
@@ -85,6 +86,17 @@ class LoopFs:
             done = _run(*cmd)
             if done.returncode != 0:
                 raise OSError(f"{' '.join(cmd)} failed: {done.stderr.strip()}")
+
+    def unmount(self) -> None:
+        """Unmount (the loop device goes with it); ``mount`` brings it back."""
+        done = _run("umount", self.mountpoint)
+        if done.returncode != 0:
+            raise OSError(f"umount {self.mountpoint} failed: {done.stderr.strip()}")
+
+    def mount(self) -> None:
+        done = _run("mount", "-o", "loop", self.image, self.mountpoint)
+        if done.returncode != 0:
+            raise OSError(f"mount {self.image} failed: {done.stderr.strip()}")
 
     def cleanup(self) -> None:
         """Unmount, detach and delete; safe to call more than once."""

@@ -149,6 +149,37 @@ class EndpointError(VvhostError):
     template = "{tool}: {detail}"
 
 
+class ArrayOffline(BackendError):
+    """The array's directory is not the array vvhost added (unmounted, replaced)."""
+
+    code = "array-offline"
+    status = 503
+    template = "array {array!r} is offline: {reason}; nothing is done there until it is back"
+
+
+class DataMissing(VvhostError):
+    code = "data-missing"
+    status = 502
+    exit_code = 6
+    template = "vvol {ref!r} has no data on array {array!r}: {path} is missing"
+
+
+class VvolFailed(VvhostError):
+    code = "vvol-failed"
+    status = 409
+    exit_code = 4
+    template = "vvol {ref!r} is failed: {reason}"
+
+
+class PathConflict(VvhostError):
+    """An array path that overlaps something vvhost must keep apart."""
+
+    code = "path-conflict"
+    status = 409
+    exit_code = 4
+    template = "array path {path!r} {reason}"
+
+
 ERRORS_BY_CODE: dict[str, type[VvhostError]] = {
     cls.code: cls
     for cls in (
@@ -167,6 +198,10 @@ ERRORS_BY_CODE: dict[str, type[VvhostError]] = {
         Unreachable,
         Unauthorized,
         Forbidden,
+        ArrayOffline,
+        DataMissing,
+        VvolFailed,
+        PathConflict,
     )
 }
 

@@ -24,6 +24,7 @@ REVERTING = "reverting"
 EXTENDING = "extending"
 MOVING = "moving"
 WRITING = "writing"
+FAILED = "failed"  # an operation could neither finish nor roll back; ``failure`` says why
 
 SNAPSHOT = "snapshot"
 CLONE = "clone"
@@ -37,6 +38,9 @@ class Array:
     path: str
     capabilities: dict[str, bool]
     created: float
+    fs_id: str | None = None  # the filesystem the array was added on (see arrays/identity.py)
+    state: str = "online"  # online | offline | degraded: looked at, never stored
+    reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,6 +85,7 @@ class Vvol:
     metadata: dict[str, str] = field(default_factory=dict)
     datastore: str | None = None
     tenant: str | None = None
+    failure: str | None = None  # why the vvol is FAILED
 
     @property
     def is_snapshot(self) -> bool:

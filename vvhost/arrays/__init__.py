@@ -12,7 +12,7 @@ BACKENDS = ("dir",)
 
 def open_backend(array: Array) -> ArrayBackend:
     if array.backend == "dir":
-        return DirArray(array.name, array.path)
+        return DirArray(array.name, array.path, array.id, array.fs_id)
     raise InvalidInput(
         detail=f"unknown array backend {array.backend!r} (known: {', '.join(BACKENDS)})"
     )

@@ -16,6 +16,13 @@ Progress = Callable[[int, int], None]
 class ArrayBackend(Protocol):
     name: str
 
+    def offline(self) -> str | None:
+        """Why the array cannot be used now (unmounted, another array's directory);
+        None when it can."""
+
+    def check(self) -> None:
+        """Raise ``ArrayOffline`` unless the array can be used now."""
+
     def probe(self) -> dict[str, bool]:
         """Detect capabilities (``reflink``: native COW snapshots and clones)."""
 

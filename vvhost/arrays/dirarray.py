@@ -1,12 +1,17 @@
 """The ``dir`` array: one sparse raw file per vvol in a directory.
 
     ARRAY_PATH/
+      .vvhost-array               the marker: which array this is (see identity.py)
       vvols/<vvol-id>.raw         the volume (snapshots are read-only files)
       vvols/<vvol-id>.raw.part    a copy being written; renamed into place when whole
 
 Snapshots and clones are FICLONE reflinks where the filesystem shares extents
 (XFS with reflink=1, btrfs): instant, no data copied.  Elsewhere (ext4) they are
 sparse copies that keep holes: correct, but proportional to the data.
+
+Every verb that touches the directory first checks the marker: an array whose
+filesystem is not mounted is offline (``ArrayOffline``), and nothing is created
+on whatever lies under the empty mountpoint.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import os
 from collections.abc import Sequence
 
 from .. import bitmap, fsutil
-from ..errors import BackendError
+from ..errors import ArrayOffline, BackendError
+from . import identity
 from .base import Progress
 
 SUFFIX = ".raw"
@@ -24,12 +30,28 @@ PART = ".part"
 
 
 class DirArray:
-    def __init__(self, name: str, path: str) -> None:
+    def __init__(
+        self, name: str, path: str, array_id: str | None = None, fs_id: str | None = None
+    ) -> None:
         self.name = name
         self.root = path
         self.vdir = os.path.join(path, "vvols")
+        self.array_id = array_id
+        self.fs_id = fs_id
+
+    def offline(self) -> str | None:
+        """Why the directory is not this array now (None: it is)."""
+        if self.array_id is None:
+            return None
+        return identity.offline_reason(self.root, self.array_id, self.fs_id)
+
+    def check(self) -> None:
+        reason = self.offline()
+        if reason is not None:
+            raise ArrayOffline(array=self.name, reason=reason)
 
     def _ensure(self) -> None:
+        self.check()
         try:
             os.makedirs(self.vdir, exist_ok=True)
         except OSError as exc:
@@ -39,7 +61,12 @@ class DirArray:
 
     def probe(self) -> dict[str, bool]:
         self._ensure()
-        return {"reflink": fsutil.supports_reflink(self.vdir), "sparse": True}
+        try:
+            return {"reflink": fsutil.supports_reflink(self.vdir), "sparse": True}
+        except OSError as exc:
+            raise BackendError(
+                array=self.name, detail=f"cannot probe {self.vdir}: {exc.strerror or exc}"
+            ) from exc
 
     def locate(self, vvol_id: str) -> str:
         return os.path.join(self.vdir, vvol_id + SUFFIX)
@@ -67,6 +94,7 @@ class DirArray:
             os.close(fd)
 
     def remove(self, vvol_id: str) -> None:
+        self.check()
         for path in (self.locate(vvol_id), self.locate(vvol_id) + PART):
             try:
                 _unlink(path)
@@ -76,6 +104,7 @@ class DirArray:
                 ) from exc
 
     def resize(self, vvol_id: str, size: int) -> None:
+        self.check()
         try:
             os.truncate(self.locate(vvol_id), size)
         except OSError as exc:
@@ -107,6 +136,7 @@ class DirArray:
 
     def commit_stage(self, vvol_id: str) -> None:
         """Atomically put the staged copy in place of the volume."""
+        self.check()
         final = self.locate(vvol_id)
         try:
             fsutil.fsync_path(final + PART)
@@ -121,6 +151,7 @@ class DirArray:
         """Bring a copy staged by reflink up to date with ``source``: remap only the
         chunks whose extents differ now (found from FIEMAP, no data read); returns
         the bytes remapped."""
+        self.check()
         part = self.locate(vvol_id) + PART
         try:
             if os.path.getsize(source) != os.path.getsize(part):
@@ -137,11 +168,13 @@ class DirArray:
         return os.path.exists(self.locate(vvol_id) + PART)
 
     def discard_stage(self, vvol_id: str) -> None:
+        self.check()
         _unlink(self.locate(vvol_id) + PART)
 
     def keep(self, vvol_id: str, as_id: str) -> None:
         """Make ``as_id`` name the volume's current data (a hard link: instant).  Once
         the volume is replaced by ``commit_stage`` the old data lives on under ``as_id``."""
+        self.check()
         keep = self.locate(as_id)
         try:
             os.link(self.locate(vvol_id), keep)
@@ -154,6 +187,7 @@ class DirArray:
 
     def restore(self, vvol_id: str, from_id: str) -> None:
         """Make the volume name ``from_id``'s data again (atomic, instant)."""
+        self.check()
         tmp = self.locate(vvol_id) + PART
         _unlink(tmp)
         try:
@@ -172,6 +206,7 @@ class DirArray:
         ranges: Sequence[tuple[int, int]],
         progress: Progress | None = None,
     ) -> int:
+        self.check()
         try:
             return fsutil.write_ranges(source, self.locate(vvol_id), list(ranges), progress)
         except OSError as exc:
@@ -180,6 +215,7 @@ class DirArray:
             ) from exc
 
     def set_readonly(self, vvol_id: str, readonly: bool) -> None:
+        self.check()
         os.chmod(self.locate(vvol_id), 0o400 if readonly else 0o600)
 
     def used(self, vvol_id: str) -> int:
@@ -195,6 +231,7 @@ class DirArray:
         return self._names(SUFFIX + PART)
 
     def _names(self, suffix: str) -> list[str]:
+        self.check()
         try:
             names = os.listdir(self.vdir)
         except FileNotFoundError:

@@ -66,12 +66,17 @@ def _v4(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=[schema.binding_hints])
 
 
-def _v8_tenancy(conn: Connection) -> None:
+def _v5_arrays(conn: Connection) -> None:
+    _add_column(conn, "arrays", "fs_id", "TEXT")
+    _add_column(conn, "vvols", "failure", "TEXT")
+
+
+def _v6_tenancy(conn: Connection) -> None:
     _add_column(conn, "tokens", "last_used", "FLOAT")
     schema.metadata.create_all(conn, tables=[schema.op_owners], checkfirst=True)
 
 
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v8_tenancy]
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5_arrays, _v6_tenancy]
 
 
 def sqlite_url(path: str) -> str:

@@ -20,6 +20,7 @@ def _array(row: Row[Any]) -> Array:
         path=row.path,
         capabilities=json.loads(row.capabilities),
         created=row.created,
+        fs_id=row.fs_id,
     )
 
 
@@ -32,8 +33,13 @@ def insert_array(conn: Connection, arr: Array) -> None:
             path=arr.path,
             capabilities=json.dumps(arr.capabilities),
             created=arr.created,
+            fs_id=arr.fs_id,
         )
     )
+
+
+def set_array_fs_id(conn: Connection, array_id: str, fs_id: str) -> None:
+    conn.execute(update(arrays).where(arrays.c.id == array_id).values(fs_id=fs_id))
 
 
 def set_array_capabilities(conn: Connection, array_id: str, caps: dict[str, bool]) -> None:

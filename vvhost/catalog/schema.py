@@ -35,6 +35,7 @@ arrays = Table(
     Column("path", Text, nullable=False),
     Column("capabilities", Text, nullable=False),
     Column("created", Float, nullable=False),
+    Column("fs_id", Text),  # migration 5
 )
 
 containers = Table(
@@ -76,6 +77,7 @@ vvols = Table(
     Column("metadata", Text, nullable=False),
     Column("datastore_id", String(64)),  # migration 3
     Column("tenant", String(128)),  # migration 3
+    Column("failure", Text),  # migration 5
     Index("ix_vvols_container", "container_id"),
     Index("ix_vvols_parent", "parent_id"),
     Index("ix_vvols_name", "name"),

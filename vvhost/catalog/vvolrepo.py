@@ -40,6 +40,7 @@ def _vvol(row: Row[Any]) -> Vvol:
         metadata=json.loads(row.metadata),
         datastore=row.datastore_id,
         tenant=row.tenant,
+        failure=row.failure,
     )
 
 

@@ -30,14 +30,19 @@ def array_add(s: Session, name: str, backend: str, path: str, as_json: bool) -> 
 @json_option
 @pass_session
 def array_list(s: Session, as_json: bool) -> None:
-    """List arrays."""
+    """List arrays and their state: online, offline (its directory is not the array:
+    unmounted, replaced) or degraded (cannot be probed: full, I/O errors)."""
     rows = s.client.arrays()
     if as_json:
         output.emit_json(rows)
         return
     for r in rows:
         r["reflink"] = r["capabilities"].get("reflink", False)
-    output.table(rows, ["name", "backend", "reflink", "path"])
+        r.setdefault("state", "online")
+    output.table(rows, ["name", "backend", "state", "reflink", "path"])
+    for r in rows:
+        if r.get("reason"):
+            click.echo(f"{r['name']} is {r['state']}: {r['reason']}")
 
 
 @array.command("show")

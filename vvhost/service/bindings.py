@@ -80,6 +80,7 @@ class BindingOps:
                 for i, ref in enumerate(refs):
                     try:
                         v = self.ctx.ready(self.ctx.vvol(conn, ref))
+                        self.ctx.data_path(v)  # array online, data there
                         existing = bindrepo.find_bindings(conn, vvol=v.id, host=host)
                         if existing:
                             b = self._reuse(existing[0], chosen, ref)

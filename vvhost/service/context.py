@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Connection
@@ -17,10 +17,19 @@ from sqlalchemy import Connection
 from ..arrays import ArrayBackend, open_backend
 from ..catalog import repo, vvolrepo
 from ..catalog.db import Database, sqlite_url
-from ..errors import Busy, InvalidInput, NotFound, StaleGeneration
+from ..errors import (
+    ArrayOffline,
+    BackendError,
+    Busy,
+    DataMissing,
+    InvalidInput,
+    NotFound,
+    StaleGeneration,
+    VvolFailed,
+)
 from ..faults import FAULT_ENV, control_plane_fault
 from ..locks import LockTable
-from ..model import READY, Array, JournalEntry, Vvol
+from ..model import FAILED, READY, Array, JournalEntry, Vvol
 from ..naa import DEFAULT_OUI
 
 
@@ -75,6 +84,7 @@ class Context:
         self.locks = LockTable()
         self.progress = Progress()
         self._backends: dict[str, ArrayBackend] = {}
+        self._degraded: dict[str, str] = {}  # array id -> why its probe failed
         self._guard = threading.Lock()
 
     # -- arrays -----------------------------------------------------------------------
@@ -101,6 +111,46 @@ class Context:
     def path(self, v: Vvol) -> str:
         return self.backend(v.array).locate(v.id)
 
+    def probe(self, array: Array) -> bool:
+        """Look at an array's capabilities again; a failure makes it ``degraded``
+        (never fatal), an offline array is left as it is.  True when probed."""
+        try:
+            caps = self.backend(array.id).probe()
+        except ArrayOffline:
+            return False
+        except BackendError as exc:
+            with self._guard:
+                self._degraded[array.id] = exc.fields.get("detail") or exc.message
+            return False
+        with self._guard:
+            self._degraded.pop(array.id, None)
+        with self.db.tx() as conn:
+            repo.set_array_capabilities(conn, array.id, caps)
+        return True
+
+    def status(self, array: Array) -> Array:
+        """``array`` with its state now: online, offline (and why) or degraded."""
+        reason = self.backend(array.id).offline()
+        if reason is not None:
+            return replace(array, state="offline", reason=reason)
+        with self._guard:
+            degraded = self._degraded.get(array.id)
+        if degraded is not None and not self.probe(array):
+            with self._guard:
+                degraded = self._degraded.get(array.id, degraded)
+            return replace(array, state="degraded", reason=degraded)
+        return array
+
+    def data_path(self, v: Vvol) -> str:
+        """The path of ``v``'s data for reading or presenting it: its array must be
+        online and the file there (one clear error otherwise)."""
+        backend = self.backend(v.array)
+        backend.check()
+        path = backend.locate(v.id)
+        if not os.path.exists(path):
+            raise DataMissing(ref=v.name or v.id, array=backend.name, path=path)
+        return path
+
     # -- lookups ----------------------------------------------------------------------
     def vvol(self, conn: Connection, ref: str, tenant: str | None = None) -> Vvol:
         """The vvol with id or name ``ref``; with ``tenant``, only among that tenant's
@@ -121,6 +171,8 @@ class Context:
 
     @staticmethod
     def ready(v: Vvol) -> Vvol:
+        if v.state == FAILED:
+            raise VvolFailed(ref=v.name or v.id, reason=v.failure or "unknown")
         if v.state != READY:
             raise Busy(ref=v.name or v.id, state=v.state, op=v.op)
         return v
@@ -159,6 +211,15 @@ class Context:
 
     def fault(self, op: str, step: str) -> None:
         control_plane_fault(self.config.fault_at, self.config.state_dir, op, step)
+
+    def fail(self, op_id: str, vvol_ids: list[str], reason: str) -> None:
+        """An operation that can neither finish nor roll back: its vvols become
+        ``failed`` with the reason (``vvol show``, ``audit``), its journal entry goes."""
+        with self.db.tx() as conn:
+            for vid in vvol_ids:
+                if vvolrepo.get(conn, vid) is not None:
+                    vvolrepo.force(conn, vid, state=FAILED, op=None, failure=reason)
+            repo.journal_remove(conn, op_id)
 
     @contextmanager
     def undo_on_error(self, entry_fn: Any) -> Iterator[None]:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..catalog import repo, tenancy, vvolrepo
-from ..errors import InvalidInput
+from ..catalog import bindrepo, repo, tenancy, vvolrepo
+from ..errors import InUse, InvalidInput
 from ..model import CLONE, CREATING, READY, REVERTING, SNAPSHOT, Container, JournalEntry, Vvol
 from ..units import check_name
 from .bindings import ensure_unbound
@@ -42,21 +42,46 @@ class CowOps:
         with self.ctx.db.tx() as conn:
             base_id = self.ctx.vvol(conn, ref).id
         with self.ctx.locks.hold([base_id]):
-            snap, base = self._prepare_one(ref, name, op_id)
+            snap, base = self._prepare_one(ref, name, op_id, alone=True)
             return self._fill(snap.op or "", "snapshot", snap, self.ctx.path(base))
 
-    def _prepare_one(self, ref: str, name: str | None, op_id: str | None) -> tuple[Vvol, Vvol]:
+    def _refuse_torn(self, conn: Any, v: Vvol, dst_array: str, what: str) -> None:
+        """A copy of a vvol that a host may be writing is only a real point in time
+        when the array clones it atomically (FICLONE on a reflink array, same array);
+        a sparse copy could capture a state that never existed: refuse it."""
+        arr = repo.get_array(conn, v.array)
+        if dst_array == v.array and arr is not None and arr.capabilities.get("reflink"):
+            return
+        writers = sorted(
+            {b.host for b in bindrepo.find_bindings(conn, vvol=v.id) if not b.readonly}
+        )
+        if writers:
+            raise InUse(
+                kind="vvol",
+                ref=v.name or v.id,
+                reason=f"bound writable for {', '.join(writers)}; a {what} by copy (no "
+                "reflink here) while it is written could capture a state that never "
+                "existed: unbind it first (VM snapshots on such arrays use qcow2 layers)",
+            )
+
+    def _prepare_one(
+        self, ref: str, name: str | None, op_id: str | None, alone: bool = False
+    ) -> tuple[Vvol, Vvol]:
         """The catalog half of a snapshot: its row (creating) and journal entry.
-        The caller holds the base's lock."""
+        The caller holds the base's lock.  ``alone``: not part of a group whose
+        guest is paused for the cut, so a writable binding may be writing now."""
         if name is not None:
             check_name(name, what="snapshot name")
         op = self.ctx.new_op(op_id)
         with self.ctx.db.tx() as conn:
             base = self.ctx.ready(self.ctx.vvol(conn, ref))
+            self.ctx.data_path(base)
             if base.is_snapshot:
                 raise InvalidInput(
                     detail=f"vvol {ref!r} is a snapshot; snapshot its base vvol instead"
                 )
+            if alone:
+                self._refuse_torn(conn, base, base.array, "snapshot")
             c = self.vvols.containers.get(conn, base.container)
             reserve(conn, c, base.size)
             snap = _snapshot_row(base, c, name, op)
@@ -186,6 +211,7 @@ class CowOps:
         with self.ctx.locks.hold([src.id]):
             with self.ctx.db.tx() as conn:
                 src = self.ctx.ready(self.ctx.vvol(conn, ref))
+                self.ctx.data_path(src)
                 c = self.vvols.containers.get(conn, container or src.container)
                 if linked and src.array not in c.arrays:
                     raise InvalidInput(
@@ -193,6 +219,7 @@ class CowOps:
                         f"{c.name!r} has no share of it (use a full clone)"
                     )
                 array_id = self.vvols.place(c, prefer=src.array)
+                self._refuse_torn(conn, src, array_id, "clone")
                 reserve(conn, c, src.size)
                 clone = new_vvol(
                     container=c,

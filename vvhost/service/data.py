@@ -3,12 +3,21 @@ bitmaps, and copying only the chunks that changed between two points."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from .. import bitmap
 from ..catalog import repo, vvolrepo
-from ..errors import HasDependants, InvalidInput
-from ..model import MOVING, READY, SNAPSHOT, WRITING, JournalEntry, Vvol
+from ..errors import (
+    ArrayOffline,
+    BackendError,
+    HasDependants,
+    InvalidInput,
+    PathConflict,
+    ReadOnly,
+    VvhostError,
+)
+from ..model import FAILED, MOVING, READY, SNAPSHOT, WRITING, JournalEntry, Vvol
 from ..units import parse_size
 from .bindings import ensure_unbound
 from .context import Context
@@ -63,6 +72,9 @@ class DataOps:
                     )
                 dst_array = self.vvols.place(dst_c)
                 for m in members:
+                    self.ctx.data_path(m)
+                self._apart(v.array, dst_array, members)
+                for m in members:
                     vvolrepo.change(conn, m, bump=False, state=MOVING, op=op)
                 args = {
                     "members": [m.id for m in members],
@@ -100,6 +112,18 @@ class DataOps:
             finish_move(self.ctx, entry)
             return self.vvols.show(v.id)
 
+    def _apart(self, src_id: str, dst_id: str, members: list[Vvol]) -> None:
+        """Refuse a move between two arrays that are one directory (or nested): the
+        copy would be the source itself and the cleanup would delete the only copy."""
+        src, dst = self.ctx.backend(src_id), self.ctx.backend(dst_id)
+        for m in members:
+            if _same_file(src.locate(m.id), dst.locate(m.id)):
+                raise PathConflict(
+                    path=dst.locate(m.id),
+                    reason=f"is the file of vvol {m.name or m.id} itself: arrays "
+                    f"{src.name} and {dst.name} overlap, the move would lose its data",
+                )
+
     def _family(self, conn: Any, v: Vvol) -> list[Vvol]:
         deps = vvolrepo.dependants(conn, v.id)
         clones = [d for d in deps if d.relation != SNAPSHOT]
@@ -112,6 +136,17 @@ class DataOps:
                 names=", ".join(c.name or c.id for c in clones),
             )
         return [v] + [self.ctx.ready(s) for s in deps]
+
+    def _copy_target(self, conn: Any, ref: str) -> Vvol:
+        """The destination of copy-diffs: writable and ready, or failed by an earlier
+        copy that stopped (copying again is how it recovers)."""
+        v = self.ctx.vvol(conn, ref)
+        if v.state != FAILED:
+            return self.vvols._writable(conn, ref, "copy into it", None)
+        if v.readonly:
+            raise ReadOnly(ref=v.name or v.id, action="copy into it")
+        self.ctx.data_path(v)
+        return v
 
     # -- bitmaps ------------------------------------------------------------------------
     def bitmap(
@@ -127,12 +162,21 @@ class DataOps:
         with self.ctx.db.tx() as conn:
             v = self.ctx.vvol(conn, ref)
             b = self.ctx.vvol(conn, base) if base else None
-        if b is None:
-            ranges = bitmap.allocated_chunks(self.ctx.path(v), size)
-            how = "allocation"
-        else:
-            diff = bitmap.diff_chunks(self.ctx.path(v), self.ctx.path(b), size, method=method)
-            ranges, how = diff.ranges, diff.method
+        path = self.ctx.data_path(v)
+        try:
+            if b is None:
+                ranges = bitmap.allocated_chunks(path, size)
+                how = "allocation"
+            else:
+                diff = bitmap.diff_chunks(path, self.ctx.data_path(b), size, method=method)
+                ranges, how = diff.ranges, diff.method
+        except ValueError as exc:  # e.g. fiemap asked for across two filesystems
+            raise InvalidInput(detail=f"bitmap of {ref!r}: {exc}") from None
+        except OSError as exc:
+            raise BackendError(
+                array=self.ctx.backend(v.array).name,
+                detail=f"cannot read vvol {ref!r}: {exc.strerror or exc}",
+            ) from exc
         return {
             "vvol": v.id,
             "base": b.id if b else None,
@@ -154,8 +198,10 @@ class DataOps:
         with self.ctx.locks.hold(ids):
             with self.ctx.db.tx() as conn:
                 src = self.ctx.ready(self.ctx.vvol(conn, src_ref))
-                self.ctx.ready(self.ctx.vvol(conn, base_ref))
-                dst = self.vvols._writable(conn, dst_ref, "copy into it", None)
+                base = self.ctx.ready(self.ctx.vvol(conn, base_ref))
+                self.ctx.data_path(src)
+                self.ctx.data_path(base)
+                dst = self._copy_target(conn, dst_ref)
                 ensure_unbound(conn, dst, "copy into it")
                 if dst.size < src.size:
                     raise InvalidInput(
@@ -176,29 +222,56 @@ class DataOps:
 
 
 def finish_copy_diffs(ctx: Context, entry: JournalEntry) -> dict[str, Any]:
-    """Copy what changed; idempotent, so recovery simply runs it again."""
+    """Copy what changed; idempotent, so recovery simply runs it again.
+
+    Writing in place cannot be rolled back: when it stops (a full array, an I/O
+    error) the destination becomes ``failed`` with the reason, and copying the
+    diffs into it again (or deleting it) is the way out.  An array that went
+    offline leaves the operation journaled for the next start."""
     with ctx.db.tx() as conn:
         dst = vvolrepo.get(conn, entry.vvol or "")
         src = vvolrepo.get(conn, entry.args["src"])
         base = vvolrepo.get(conn, entry.args["base"])
     result: dict[str, Any] = {"bytes": 0, "ranges": 0, "method": None}
     if dst is not None and src is not None and base is not None:
-        diff = bitmap.diff_chunks(ctx.path(src), ctx.path(base), bitmap.DEFAULT_CHUNK)
-        copied = ctx.backend(dst.array).write_ranges(
-            ctx.path(src), dst.id, diff.ranges, ctx.progress.callback(entry.id)
-        )
+        try:
+            source = ctx.data_path(src)
+            diff = bitmap.diff_chunks(source, ctx.data_path(base), bitmap.DEFAULT_CHUNK)
+            copied = ctx.backend(dst.array).write_ranges(
+                source, dst.id, diff.ranges, ctx.progress.callback(entry.id)
+            )
+        except ArrayOffline:
+            raise
+        except (VvhostError, OSError, ValueError) as exc:
+            detail = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+            reason = f"copy-diffs stopped, the data is partly copied ({detail})"
+            ctx.fail(entry.id, [dst.id], reason + "; copy the diffs again or delete it")
+            raise BackendError(
+                array=ctx.backend(dst.array).name, detail=f"vvol {dst.name or dst.id}: {reason}"
+            ) from exc
         result = {"bytes": copied, "ranges": len(diff.ranges), "method": diff.method}
     with ctx.db.tx() as conn:
         if dst is not None:
-            vvolrepo.force(conn, dst.id, state=READY, op=None, generation=dst.generation + 1)
+            vvolrepo.force(
+                conn, dst.id, state=READY, op=None, failure=None, generation=dst.generation + 1
+            )
         repo.journal_remove(conn, entry.id)
     return result
 
 
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def undo_move(ctx: Context, entry: JournalEntry) -> None:
+    src = ctx.backend(entry.args["src_array"])
     dst = ctx.backend(entry.args["dst_array"])
     for member in entry.args["members"]:
-        dst.remove(member)
+        if not _same_file(src.locate(member), dst.locate(member)):
+            dst.remove(member)
     with ctx.db.tx() as conn:
         repo.reserve(conn, entry.args["dst_container"], -int(entry.args["total"]))
         for member in entry.args["members"]:
@@ -210,7 +283,10 @@ def undo_move(ctx: Context, entry: JournalEntry) -> None:
 
 def finish_move(ctx: Context, entry: JournalEntry) -> None:
     src = ctx.backend(entry.args["src_array"])
+    dst = ctx.backend(entry.args["dst_array"])
     for member in entry.args["members"]:
+        if _same_file(src.locate(member), dst.locate(member)):
+            continue  # the source is the destination: never delete the only copy
         src.remove(member)
     with ctx.db.tx() as conn:
         repo.journal_remove(conn, entry.id)

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import Connection
 
-from ..arrays import BACKENDS, open_backend
-from ..catalog import repo, tenancy, vvolrepo
-from ..errors import AlreadyExists, BackendError, HasDependants, InUse, InvalidInput, NotFound
-from ..model import Array, Container
+from ..arrays import BACKENDS, identity, open_backend
+from ..catalog import bindrepo, repo, tenancy, vvolrepo
+from ..errors import (
+    AlreadyExists,
+    BackendError,
+    HasDependants,
+    InUse,
+    InvalidInput,
+    NotFound,
+    PathConflict,
+)
+from ..model import Array, Container, Pe
 from ..units import check_name, parse_size
 from .context import Context
 
@@ -32,15 +42,30 @@ class ArrayOps:
         )
 
     def reprobe(self) -> None:
-        """Capabilities are detected, not assumed: look again at every start."""
+        """Capabilities are detected, not assumed: look again at every start.  An
+        array that cannot be probed (full, I/O errors) is degraded, not fatal; an
+        offline one is left alone until it is back."""
         for arr in self.listing():
-            self.ctx.register(arr)
-            try:
-                caps = open_backend(arr).probe()
-            except BackendError:
-                continue
+            self._adopt_unmarked(arr)
             with self.ctx.db.tx() as conn:
-                repo.set_array_capabilities(conn, arr.id, caps)
+                fresh = repo.get_array(conn, arr.id) or arr
+            self.ctx.register(fresh)
+            self.ctx.probe(fresh)
+
+    def _adopt_unmarked(self, arr: Array) -> None:
+        """Arrays added before markers existed get theirs once, if their directory
+        still holds the backend's files (an empty mountpoint does not)."""
+        if arr.fs_id is not None:
+            return
+        marker = identity.read_marker(arr.path)
+        if marker is None and os.path.isdir(os.path.join(arr.path, "vvols")):
+            try:
+                marker = identity.write_marker(arr.path, arr.id, arr.name)
+            except OSError:
+                return
+        if marker is not None and marker.array_id == arr.id:
+            with self.ctx.db.tx() as conn:
+                repo.set_array_fs_id(conn, arr.id, marker.fs_id)
 
     def add(self, name: str, backend: str, path: str) -> Array:
         check_name(name, what="array name")
@@ -48,31 +73,72 @@ class ArrayOps:
             raise InvalidInput(detail=f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
         if not os.path.isabs(path):
             raise InvalidInput(detail=f"array path {path!r} must be absolute")
+        path = os.path.normpath(path)
         with self.ctx.db.tx() as conn:
             if repo.get_array(conn, name) is not None:
                 raise AlreadyExists(kind="array", ref=name)
+            self._check_apart(path, repo.list_arrays(conn), bindrepo.list_pes(conn))
+        foreign = identity.foreign_reason(path)
+        if foreign is not None:
+            raise PathConflict(path=path, reason=foreign)
         created = not os.path.exists(path)
-        arr = Array(
-            id=str(uuid.uuid4()),
-            name=name,
-            backend=backend,
-            path=path,
-            capabilities={},
-            created=time.time(),
-        )
-        caps = open_backend(arr).probe()
-        arr = Array(**{**arr.to_dict(), "capabilities": caps})
+        array_id = str(uuid.uuid4())
         try:
+            try:
+                os.makedirs(path, exist_ok=True)
+                marker = identity.write_marker(path, array_id, name)
+            except OSError as exc:
+                raise BackendError(
+                    array=name, detail=f"cannot prepare {path}: {exc.strerror or exc}"
+                ) from exc
+            arr = Array(
+                id=array_id,
+                name=name,
+                backend=backend,
+                path=path,
+                capabilities={},
+                created=time.time(),
+                fs_id=marker.fs_id,
+            )
+            caps = open_backend(arr).probe()
+            arr = replace(arr, capabilities=caps)
             with self.ctx.db.tx() as conn:
                 if repo.get_array(conn, name) is not None:
                     raise AlreadyExists(kind="array", ref=name)
                 repo.insert_array(conn, arr)
             self.ctx.register(arr)
         except BaseException:
+            _unmark(path, array_id)
             if created:
                 _remove_empty_tree(path)
             raise
         return arr
+
+    def _check_apart(self, path: str, arrays: list[Array], pes: list[Pe]) -> None:
+        """Arrays never overlap each other, a file endpoint's directory, or the
+        control plane's own state (arrays may live under STATE/arrays/)."""
+        state = self.ctx.config.state_dir
+        rel = identity.relation(path, state)
+        arrays_home = os.path.join(state, "arrays")
+        if rel in ("same", "contains") or (
+            rel == "inside" and identity.relation(path, arrays_home) != "inside"
+        ):
+            what = "the control plane's state directory"
+            why = identity.overlap_reason(path, state, what) or what
+            raise PathConflict(path=path, reason=f"{why}; arrays may live under {arrays_home}/")
+        catalog = _sqlite_file(self.ctx.db.url)
+        if catalog and identity.relation(path, catalog) in ("same", "contains"):
+            raise PathConflict(path=path, reason=f"contains the catalog ({catalog})")
+        for a in arrays:
+            reason = identity.overlap_reason(path, a.path, f"array {a.name}")
+            if reason:
+                raise PathConflict(path=path, reason=reason)
+        for pe in pes:
+            if pe.protocol == "file" and pe.path:
+                what = f"the directory of endpoint {pe.name}"
+                reason = identity.overlap_reason(path, pe.path, what)
+                if reason:
+                    raise PathConflict(path=path, reason=reason)
 
     def get(self, conn: Connection, ref: str) -> Array:
         arr = repo.get_array(conn, ref)
@@ -81,14 +147,17 @@ class ArrayOps:
         return arr
 
     def listing(self) -> list[Array]:
+        """Every array with its state now: ``online``, ``offline`` (its directory is
+        not the array: unmounted, replaced) or ``degraded`` (cannot be probed)."""
         with self.ctx.db.tx() as conn:
-            return repo.list_arrays(conn)
+            arrays = repo.list_arrays(conn)
+        return [self.ctx.status(a) for a in arrays]
 
     def show(self, ref: str) -> dict[str, Any]:
         with self.ctx.db.tx() as conn:
             arr = self.get(conn, ref)
             users = repo.array_users(conn, arr.id)
-        out = arr.to_dict()
+        out = self.ctx.status(arr).to_dict()
         out["containers"] = users
         out["snapshot_method"] = (
             "reflink: snapshots and clones are instant copy-on-write"
@@ -111,6 +180,7 @@ class ArrayOps:
                 )
             repo.delete_array(conn, arr.id)
         self.ctx.forget_backend(arr.id)
+        _unmark(arr.path, arr.id)
 
 
 class ContainerOps:
@@ -189,6 +259,25 @@ class ContainerOps:
                     names="see `vvhost vvol list --container " + c.name + "`",
                 )
             repo.delete_container(conn, c.id)
+
+
+def _sqlite_file(url: str) -> str | None:
+    prefix = "sqlite:///"
+    return url[len(prefix) :] if url.startswith(prefix) else None
+
+
+def _unmark(path: str, array_id: str) -> None:
+    """Take back the marker of ``array_id`` (and the empty vvols directory); an array
+    that still holds files keeps its marker, so nobody adopts them unawares."""
+    marker = identity.read_marker(path)
+    if marker is None or marker.array_id != array_id:
+        return
+    vdir = os.path.join(path, "vvols")
+    with contextlib.suppress(OSError):
+        if os.path.isdir(vdir):
+            os.rmdir(vdir)
+    if not os.path.exists(vdir):
+        identity.remove_marker(path)
 
 
 def _remove_empty_tree(path: str) -> None:

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..catalog import bindrepo, repo, vvolrepo
-from ..model import ACTIVE, READY, JournalEntry
+from ..errors import ArrayOffline
+from ..model import ACTIVE, FAILED, READY, JournalEntry
 from .bindings import settle_transient
 from .context import Context
 from .cow import finish_revert, undo_revert
@@ -36,29 +37,49 @@ HANDLERS: dict[str, tuple[Handler, Handler]] = {
 }
 
 
+# handlers that undo (the rest finish the operation)
+ROLLBACKS: set[Handler] = {undo_new, undo_revert, undo_move}
+
+
 def recover(ctx: Context) -> list[dict[str, str]]:
-    """Finish or undo every interrupted operation; returns what was done."""
+    """Finish or undo every interrupted operation; returns what was done.
+
+    A handler that cannot run never stops the daemon: on an offline array the
+    operation stays journaled for the next start (``deferred``); any other
+    failure marks its vvols ``failed`` with the reason (``vvol show``, ``audit``).
+    """
     done = []
     with ctx.db.tx() as conn:
         entries = repo.journal_list(conn)
     for entry in entries:
         before, after = HANDLERS[entry.op]
-        committed = entry.step == "committed"
-        (after if committed else before)(ctx, entry)
-        done.append(
-            {
-                "op": entry.op,
-                "id": entry.id,
-                "vvol": entry.vvol or "",
-                "action": "rolled forward" if committed or before is after else "rolled back",
-            }
-        )
+        handler = after if entry.step == "committed" else before
+        undoing = handler in ROLLBACKS
+        try:
+            handler(ctx, entry)
+            action = "rolled back" if undoing else "rolled forward"
+        except ArrayOffline as exc:
+            action = f"deferred: {exc}"
+        except Exception as exc:  # noqa: BLE001 - recovery must go on
+            verb = "rolled back" if undoing else "finished"
+            reason = f"{entry.op} {entry.id} could not be {verb}: {exc}"
+            with ctx.db.tx() as conn:
+                still = any(e.id == entry.id for e in repo.journal_list(conn))
+            if still:
+                ctx.fail(entry.id, _vvols_of(entry), reason)
+            action = f"failed: {exc}"
+        done.append({"op": entry.op, "id": entry.id, "vvol": entry.vvol or "", "action": action})
     dropped = settle_transient(ctx)
     if dropped:
         done.append(
             {"op": "bindings", "id": "", "vvol": "", "action": f"dropped {dropped} unfinished"}
         )
     return done
+
+
+def _vvols_of(entry: JournalEntry) -> list[str]:
+    ids = [entry.vvol] if entry.vvol else []
+    return ids + [m for m in entry.args.get("members", []) if m not in ids]
 
 
 def audit(ctx: Context, endpoints: EndpointManager | None = None) -> dict[str, Any]:
@@ -81,7 +102,9 @@ def audit(ctx: Context, endpoints: EndpointManager | None = None) -> dict[str, A
     by_array: dict[str, set[str]] = {a.id: set() for a in arrays}
     for v in vvols:
         by_array.setdefault(v.array, set()).add(v.id)
-        if v.state != READY:
+        if v.state == FAILED:
+            problems.append(f"vvol {v.id} is failed: {v.failure}")
+        elif v.state != READY:
             problems.append(f"vvol {v.id} is {v.state}")
         if v.refs != counted.get(v.id, 0):
             problems.append(
@@ -96,6 +119,11 @@ def audit(ctx: Context, endpoints: EndpointManager | None = None) -> dict[str, A
                 f"add up to {provisioned[c.id]}"
             )
     for a in arrays:
+        a = ctx.status(a)
+        if a.state != "online":
+            problems.append(f"array {a.name} is {a.state}: {a.reason}")
+        if a.state == "offline":
+            continue  # its files cannot be looked at until it is back
         backend = ctx.backend(a.id)
         present = set(backend.list_ids())
         for orphan in sorted(present - by_array[a.id]):

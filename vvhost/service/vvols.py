@@ -14,11 +14,19 @@ from typing import Any
 from sqlalchemy import Connection
 
 from ..catalog import bindrepo, repo, tenancy, vvolrepo
-from ..errors import CapacityExceeded, HasDependants, InvalidInput, NotFound, ReadOnly
+from ..errors import (
+    BackendError,
+    CapacityExceeded,
+    HasDependants,
+    InvalidInput,
+    NotFound,
+    ReadOnly,
+)
 from ..model import (
     CREATING,
     DELETING,
     EXTENDING,
+    FAILED,
     READY,
     SNAPSHOT,
     VVOL_TYPES,
@@ -107,6 +115,10 @@ class VvolOps:
         c = repo.get_container(conn, v.container)
         a = repo.get_array(conn, v.array)
         backend = self.ctx.backend(v.array)
+        offline = backend.offline()
+        problem = f"array {backend.name} is offline: {offline}" if offline else None
+        if problem is None and v.state != CREATING and not backend.exists(v.id):
+            problem = f"its data file {backend.locate(v.id)} is missing"
         return {
             "id": v.id,
             "name": v.name,
@@ -131,6 +143,8 @@ class VvolOps:
             "tenant": v.tenant,
             "created": v.created,
             "path": backend.locate(v.id),
+            "failure": v.failure,
+            "problem": problem,
         }
 
     def show(self, ref: str) -> dict[str, Any]:
@@ -156,6 +170,7 @@ class VvolOps:
                 "relation": v.relation,
                 "readonly": v.readonly,
                 "state": v.state,
+                "failure": v.failure,
                 "generation": v.generation,
                 "datastore": v.datastore,
                 "tenant": v.tenant,
@@ -168,8 +183,19 @@ class VvolOps:
         """Prefer ``prefer`` (the source's array: reflink is possible there), else the
         container's array with the most free space."""
         if prefer and prefer in c.arrays:
+            self.ctx.backend(prefer).check()
             return prefer
-        return max(c.arrays, key=lambda a: self.ctx.backend(a).free_bytes())
+        free: list[tuple[int, str]] = []
+        refused: BackendError | None = None
+        for array_id in c.arrays:  # an offline or broken array takes nothing new
+            try:
+                free.append((self.ctx.backend(array_id).free_bytes(), array_id))
+            except BackendError as exc:
+                refused = refused or exc
+        if not free:
+            assert refused is not None
+            raise refused
+        return max(free)[1]
 
     # -- create -------------------------------------------------------------------------
     def create(
@@ -283,6 +309,7 @@ class VvolOps:
         if v.readonly:
             raise ReadOnly(ref=v.name or v.id, action=action)
         self.ctx.expect(v, generation)
+        self.ctx.data_path(v)  # its array is online and its data there
         return v
 
     # -- metadata -----------------------------------------------------------------------
@@ -306,8 +333,11 @@ class VvolOps:
             v = self.ctx.vvol(conn, ref)
         with self.ctx.locks.hold([v.id, v.parent]):
             with self.ctx.db.tx() as conn:
-                v = self.ctx.ready(self.ctx.vvol(conn, ref))
+                v = self.ctx.vvol(conn, ref)
+                if v.state != FAILED:  # a failed vvol can always be deleted
+                    self.ctx.ready(v)
                 self.ctx.expect(v, generation)
+                self.ctx.backend(v.array).check()  # never forget data we cannot remove
                 ensure_unbound(conn, v, "delete it")
                 deps = vvolrepo.dependants(conn, v.id)
                 if deps:
