@@ -30,6 +30,7 @@ class Attachment:
     tid: int | None = None  # iSCSI target
     target_iqn: str | None = None
     initiator: str | None = None  # iSCSI initiator name allowed in; None opens the target to all
+    host: str | None = None  # the host the binding is for (NBD over TLS: whose daemon)
 
 
 class Endpoint(Protocol):

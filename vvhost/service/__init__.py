@@ -15,6 +15,7 @@ from .datastores import DatastoreOps
 from .endpoints import EndpointManager, PeOps
 from .hosts import HostOps
 from .inventory import ArrayOps, ContainerOps
+from .nbdcreds import NbdCredentials
 from .recovery import audit, recover
 from .tenancy import Authz, TenantOps
 from .vvols import VvolOps
@@ -37,6 +38,8 @@ class Service:
         self.hosts = HostOps(self.ctx, self.tenants)
         self.pes = PeOps(self.ctx, self.endpoints)
         self.bindings = BindingOps(self.ctx, self.hosts, self.pes, self.endpoints)
+        self.nbd = NbdCredentials(self.ctx, self.endpoints)
+        self.hosts.revoke = self.nbd.revoke  # token rotation and removal revoke NBD access
         self.recovered: list[dict[str, str]] = []
 
     def start(self) -> None:

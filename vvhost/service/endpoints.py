@@ -78,6 +78,7 @@ def attachment(
         tid=b.tid,
         target_iqn=target_iqn,
         initiator=initiator,
+        host=b.host,
     )
 
 

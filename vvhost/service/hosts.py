@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..catalog import bindrepo, tenancy
@@ -35,6 +36,8 @@ def check_iqn(iqn: str) -> str:
 
 
 class HostOps:
+    revoke: Callable[[str, bool], None] = staticmethod(lambda _name, _removed: None)
+
     def __init__(self, ctx: Context, tokens: TenantOps) -> None:
         self.ctx = ctx
         self.tokens = tokens
@@ -58,7 +61,9 @@ class HostOps:
         """A new token for the host; the old one stops working at once."""
         with self.ctx.db.tx() as conn:
             self.get(conn, name)
-            return {"name": name, "token": self.tokens.issue(conn, HOST, name)}
+            out = {"name": name, "token": self.tokens.issue(conn, HOST, name)}
+        self.revoke(name, False)  # the old NBD certificate goes with the old token
+        return out
 
     def get(self, conn: Any, name: str) -> Host:
         host = bindrepo.get_host(conn, name)
@@ -84,3 +89,4 @@ class HostOps:
                 raise InUse(kind="host", ref=name, reason=f"{len(used)} vvols are bound to it")
             bindrepo.delete_host(conn, name)
             tenancy.delete_tokens(conn, HOST, name)
+        self.revoke(name, True)
