@@ -70,6 +70,13 @@ def _write(path: str, text: str, mode: int = 0o644) -> None:
     os.replace(tmp, path)
 
 
+def _private(*dirs: str) -> None:
+    """Make each directory (in order) and let only its owner in."""
+    for d in dirs:
+        os.makedirs(d, exist_ok=True)
+        os.chmod(d, 0o700)
+
+
 def _san(address: str) -> str:
     try:
         return f"IP:{ipaddress.ip_address(address.strip('[]'))}"
@@ -88,7 +95,7 @@ class NbdCa:
     def _ensure_ca(self) -> None:
         if os.path.exists(self.ca_cert):
             return
-        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        _private(self.root)
         with tempfile.TemporaryDirectory(dir=self.root) as tmp:
             key, cert = os.path.join(tmp, "k"), os.path.join(tmp, "c")
             _openssl(
@@ -133,7 +140,7 @@ class NbdCa:
         ou = secrets.token_hex(8)
         identity = f"O=vvhost,OU={ou},CN={host}"
         with _LOCK:
-            os.makedirs(d, mode=0o700, exist_ok=True)
+            _private(self.root, os.path.dirname(d), d)
             self._sign(d, "client", f"/O=vvhost/OU={ou}/CN={host}", _CLIENT_EXT)
             _write(os.path.join(d, "identity"), identity + "\n")
         return identity
@@ -165,7 +172,7 @@ class NbdCa:
 
     def _server_dir(self, d: str, address: str) -> str:
         if not os.path.exists(os.path.join(d, "server-cert.pem")):
-            os.makedirs(d, mode=0o700, exist_ok=True)
+            _private(d)
             ext = f"subjectAltName={_san(address)}\n{_SERVER_EXT}"
             self._sign(d, "server", f"/O=vvhost/CN={address.strip('[]')}", ext)
         if not os.path.exists(os.path.join(d, "ca-cert.pem")):
