@@ -8,9 +8,11 @@ host B's token asking for host A's credentials."""
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -172,6 +174,28 @@ def test_tcp_nbd_opens_only_with_the_hosts_certificate(lab: Lab, patterns: Patte
     patterns.check(back, "A", OFFSETS)
     # and B's works at B's daemon
     assert nbd_list(hb, certs_b).returncode == 0
+
+    # a host's daemon that dies comes back on its port, still only for that host
+    pid = daemon_pid(lab, "ha")
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while daemon_pid(lab, "ha") == pid or nbd_list(ha, certs_a).returncode != 0:
+        assert time.monotonic() < deadline, "host ha's daemon did not come back"
+        time.sleep(0.3)
+    assert nbd_list(ha, certs_b).returncode != 0
+    assert qemu_io(ha, certs_a, "read -P 0 64k 64k").returncode == 0
+    assert lab.admin.audit()["ok"]
+    # deleting the endpoint stops every host's daemon
+    pids = [daemon_pid(lab, h) for h in ("ha", "hb")]
+    lab.admin.unbind(["va"], "ha")
+    lab.admin.unbind(["vb"], "hb")
+    lab.admin.pe_delete("tcp1")
+    assert not any(os.path.exists(f"/proc/{p}") for p in pids)
+
+
+def daemon_pid(lab: Lab, host: str) -> int:
+    with open(os.path.join(lab.server.state_dir, "pe", "tcp1", "hosts", host, "pid")) as fh:
+        return int(fh.read())
 
 
 def test_host_cannot_fetch_another_hosts_credentials(lab: Lab) -> None:
