@@ -7,6 +7,7 @@ host B's token asking for host A's credentials."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -152,6 +153,13 @@ def test_tcp_nbd_opens_only_with_the_hosts_certificate(lab: Lab, patterns: Patte
     assert stat.S_IMODE(os.stat(certs_a).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(os.path.join(certs_a, "client-key.pem")).st_mode) == 0o600
 
+    shown = lab.cli("pe", "show", "tcp1", "--json")
+    assert shown.returncode == 0, shown.stderr
+    daemons = json.loads(shown.stdout)["daemons"]
+    assert {h: (d["portal"], d["alive"]) for h, d in daemons.items()} == {
+        "ha": (f"127.0.0.1:{port_of(ha)}", True),
+        "hb": (f"127.0.0.1:{port_of(hb)}", True),
+    }
     # no credentials: neither the list nor the export opens
     bare = nbd_list(ha, None)
     assert bare.returncode != 0 and va["id"] not in bare.stdout

@@ -180,6 +180,20 @@ class NbdTlsEndpoint:
             "tls": {"type": "x509", "identity": self.ca.identity(host)},
         }
 
+    def daemons(self) -> dict[str, dict[str, Any]]:
+        """host -> where its daemon listens, its PID and whether it runs (``pe show``)."""
+        with self._lock:
+            hosts = self._known_hosts()
+            found = {h: self._daemons.get(h) for h in hosts}
+        return {
+            h: {
+                "portal": f"{self.address}:{self.port(h)}",
+                "pid": d.daemon.pid if d else None,
+                "alive": bool(d and d.alive()),
+            }
+            for h, d in found.items()
+        }
+
     # -- credentials changed ------------------------------------------------------------------
     def authorize(self, host: str) -> None:
         """Let ``host``'s daemon accept only its current identity."""

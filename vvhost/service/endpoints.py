@@ -307,6 +307,8 @@ class PeOps:
         out.update(bindings=count, alive=ep.alive(), restarts=self.manager.restarts.get(pe.name, 0))
         pid = getattr(getattr(ep, "daemon", None), "pid", None)
         out["pid"] = pid
+        if hasattr(ep, "daemons"):  # TCP NBD: one daemon per host
+            out["daemons"] = ep.daemons()
         return out
 
     def delete(self, ref: str) -> None:
