@@ -27,6 +27,7 @@ type and identity) and fetches its credentials from the control plane.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -39,6 +40,8 @@ from ..errors import VvhostError
 from ..tools import EndpointError
 from .base import Attachment
 from .nbd import NbdEndpoint, ServerTls
+
+log = logging.getLogger("vvhost.nbdtls")
 
 
 def host_of_key(key: str) -> str | None:
@@ -199,8 +202,14 @@ class NbdTlsEndpoint:
         """Let ``host``'s daemon accept only its current identity."""
         with self._lock:
             d = self._daemons.get(host)
-        if d is not None and d.alive():
+        if d is None or not d.alive():
+            return  # it takes the current identity when it starts
+        try:
             d.authorize(self.ca.identity(host))
+        except EndpointError as exc:  # fail closed: the supervisor restarts it with the new one
+            log.error("endpoint %s: re-authorizing host %s failed, stopping its daemon: %s",
+                      self.name, host, exc)  # fmt: skip
+            d.stop()
 
     def drop_host(self, host: str) -> None:
         """Stop ``host``'s daemon and forget its port (the host is gone)."""

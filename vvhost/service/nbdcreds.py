@@ -14,7 +14,7 @@ from typing import Any
 
 from ..catalog import bindrepo
 from ..certs import NbdCa
-from ..errors import NotFound
+from ..errors import EndpointError, NotFound
 from ..pe.nbdtls import NbdTlsEndpoint
 from .context import Context
 from .endpoints import EndpointManager
@@ -40,7 +40,11 @@ class NbdCredentials:
         if removed:
             self.ca.forget(host)
         else:
-            self.ca.issue(host)
+            try:
+                self.ca.issue(host)
+            except EndpointError as exc:  # the new token stands: stop the host's daemons
+                log.error("new NBD credentials for host %s failed: %s", host, exc)
+                removed = True
         with self.ctx.db.tx() as conn:
             pes = [p for p in bindrepo.list_pes(conn) if p.protocol == "nbd" and p.portal]
         for pe in pes:
