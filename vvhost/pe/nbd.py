@@ -8,6 +8,9 @@
 Bindings of one vvol for several hosts share its block node; the node goes
 when its last export does.  A host reaches an export as
 ``nbd+unix:///<export>?socket=<nbd.sock>`` or ``nbd://HOST:PORT/<export>``.
+On TCP the server always runs with TLS (``ServerTls``: x509 credentials with
+verify-peer and an authz-simple object naming the one client DN let in); the
+``nbd`` endpoint with a portal (pe/nbdtls.py) runs one such daemon per host.
 
 An NBD export has the size its node had when it was added, QEMU refuses to
 resize a node while it is exported, and an NBD client learns the size when it
