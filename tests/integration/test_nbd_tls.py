@@ -211,6 +211,11 @@ def test_host_cannot_fetch_another_hosts_credentials(lab: Lab) -> None:
     assert out.returncode == 4, out.stderr
     assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
     assert not os.path.exists(f"{lab.tmp}/stolen")
+    blocked = os.path.join(lab.tmp, "a-file")
+    open(blocked, "w").close()
+    bad = lab.cli("host", "nbd-credentials", "ha", "--dir", f"{blocked}/sub", host="ha")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+    assert "cannot write NBD credentials" in bad.stderr
     missing = lab.cli("host", "nbd-credentials", "nobody", "--dir", f"{lab.tmp}/none")
     assert missing.returncode == 3 and missing.stderr.count("\n") == 1
     assert not os.path.exists(f"{lab.tmp}/none")

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..client import Client
+from ..errors import InvalidInput
 
 DEFAULT_DIR = "/etc/pki/vvhost/nbd"
 OBJECT_ID = "vvtls0"
@@ -64,12 +65,17 @@ def _write(path: str, text: str, mode: int) -> None:
 def write(directory: str, creds: dict[str, str]) -> None:
     """Store credentials from the control plane; the key is written before the
     certificate and ``identity`` last, so a reader never pairs new with old."""
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    os.chmod(directory, 0o700)
-    _write(os.path.join(directory, "client-key.pem"), creds["client_key"], 0o600)
-    for name, field, mode in _FILES:
-        _write(os.path.join(directory, name), creds[field], mode)
-    _write(os.path.join(directory, "identity"), creds["identity"] + "\n", 0o644)
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        os.chmod(directory, 0o700)
+        _write(os.path.join(directory, "client-key.pem"), creds["client_key"], 0o600)
+        for name, field, mode in _FILES:
+            _write(os.path.join(directory, name), creds[field], mode)
+        _write(os.path.join(directory, "identity"), creds["identity"] + "\n", 0o644)
+    except OSError as exc:
+        raise InvalidInput(
+            detail=f"cannot write NBD credentials into {directory}: {exc.strerror or exc}"
+        ) from None
 
 
 def fetch(client: Client, host: str, directory: str | None = None) -> str:
