@@ -6,7 +6,10 @@ Alternatives, in the same run on their own daemons:
   delete (three: what a bind must do so hosts can match the LUN to its vvol);
 - NBD: QMP ``blockdev-add`` + ``block-export-add`` + ``block-export-del`` +
   ``blockdev-del`` on a ``qemu-storage-daemon``;
-- file: no daemon, so only vvhost's own latency is reported.
+- file: no daemon, so only vvhost's own latency is reported;
+- NBD on TCP (TLS, one daemon per host): the steady bind+unbind against the same
+  QMP cycle, and the first bind of a new host (its certificate and its daemon)
+  against a steady one (reported, not judged).
 """
 
 from __future__ import annotations
@@ -125,6 +128,18 @@ def vvhost_cycle(api: Client, vid: str, pe: str) -> float:
     return median(cycle_times(cycle))
 
 
+def first_tls_bind(api: Client, vid: str, pe: str) -> float:
+    """Seconds of the first bind of a new host on a TCP NBD endpoint (issues its
+    certificate and starts its daemon), unbind not counted."""
+    api.host_add("h-first")
+    start = time.perf_counter()
+    api.bind_one(vid, "h-first", pe=pe)
+    took = time.perf_counter() - start
+    api.unbind([vid], "h-first")
+    api.host_remove("h-first")
+    return took
+
+
 def batch_per_vvol(api: Client, vids: list[str], pe: str) -> tuple[float, float]:
     """(seconds per vvol in one batch bind, seconds per vvol in a loop of single binds)."""
     start = time.perf_counter()
@@ -153,9 +168,11 @@ def run(reps: int | None = None) -> list[Result]:
             api.pe_create("iscsi", "iscsi", portal=f"127.0.0.1:{free_port()}")
             api.pe_create("nbd", "nbd")
             api.pe_create("file", "file", path=os.path.join(work, "nfs"))
+            api.pe_create("nbd-tls", "nbd", portal=f"127.0.0.1:{free_port()}")
             api.container_create("pool", "64G")
             vid = api.vvol_create("pool", "1M")["id"]
-            ours = {p: vvhost_cycle(api, vid, p) for p in PROTOCOLS}
+            ours = {p: vvhost_cycle(api, vid, p) for p in (*PROTOCOLS, "nbd-tls")}
+            first_tls = first_tls_bind(api, vid, "nbd-tls")
             vids = [api.vvol_create("pool", "1M")["id"] for _ in range(BATCH)]
             batches = {p: batch_per_vvol(api, vids, p) for p in PROTOCOLS}
         plain, identity = raw_tgtadm(work, image)
@@ -172,6 +189,24 @@ def run(reps: int | None = None) -> list[Result]:
     results.append(
         Result("bind+unbind nbd vs QMP add+export+del", target, 2.0, ours["nbd"], qmp).finish()
     )
+    results.append(
+        Result(
+            "bind+unbind nbd TLS (TCP) vs QMP add+export+del", target, 2.0, ours["nbd-tls"], qmp
+        ).finish()
+    )
+    first = Result(
+        "first TCP nbd bind of a host (cert + daemon) vs a steady bind+unbind",
+        "-",
+        float("inf"),
+        first_tls,
+        ours["nbd-tls"],
+        status="INFO",
+    )
+    first.notes.append(
+        f"a host's first bind on a TCP nbd endpoint took {first_tls * 1e3:.0f} ms "
+        f"(steady bind+unbind {ours['nbd-tls'] * 1e3:.1f} ms)"
+    )
+    results.append(first)
     file_row = Result(
         "bind+unbind file (no daemon to compare)",
         "-",

@@ -58,9 +58,12 @@ class Lab:
         self.hosts[name] = h  # stopped by the fixture even if what follows fails
         h.start()
         conf = os.path.join(self.tmp, f"{name}.conf")
-        HostConfig(name=name, server=server or f"unix://{self.server.socket}", libvirt=h.uri).save(
-            conf
-        )
+        HostConfig(
+            name=name,
+            server=server or f"unix://{self.server.socket}",
+            libvirt=h.uri,
+            nbd_tls_dir=h.nbd_tls_dir,
+        ).save(conf)
         install(h.hooks_dir, conf)
         h.sighup()  # returns once libvirtd has reread its hooks
         self.confs[name] = conf

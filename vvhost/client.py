@@ -242,6 +242,9 @@ class Client:
     def host_token_rotate(self, name: str) -> dict[str, Any]:
         return self.call("POST", f"/v1/hosts/{name}/token")
 
+    def host_nbd_credentials(self, name: str) -> dict[str, Any]:
+        return self.call("GET", f"/v1/hosts/{name}/nbd-credentials")
+
     def tenants(self) -> list[dict[str, Any]]:
         return self.call("GET", "/v1/tenants")
 

@@ -133,7 +133,10 @@ class ServerProcess:
         self.stop_endpoint_daemons()
 
     def endpoint_rundirs(self) -> list[str]:
-        return sorted(glob.glob(os.path.join(self.state_dir, "pe", "*")))
+        pe = os.path.join(self.state_dir, "pe")
+        # TCP NBD endpoints run one daemon per host under hosts/<host>
+        per_host = glob.glob(os.path.join(pe, "*", "hosts", "*"))
+        return sorted(glob.glob(os.path.join(pe, "*")) + per_host)
 
     def stop_endpoint_daemons(self) -> None:
         for rundir in self.endpoint_rundirs():

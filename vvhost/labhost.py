@@ -22,6 +22,8 @@ state, and its own hostname (``name``)::
       log/                      copy of /var/log/libvirt        /var/log/libvirt
         libvirtd.log            log_path: libvirtd's log, stdout and stderr
         qemu/NAME.log           a domain's qemu log (stdio_handler = "file")
+      nbd-tls/                  nbd_tls_dir: the host's NBD-over-TLS client credentials
+                                (qemu.conf nbd_tls_x509_cert_dir; host.conf nbd_tls_dir)
       libvirtd.pid              libvirtd's pidfile (-p)
 
 Process tree (``pid`` is libvirtd's)::
@@ -212,6 +214,11 @@ class LibvirtHost:
         return self.path("log", "libvirtd.log")
 
     @property
+    def nbd_tls_dir(self) -> str:
+        """Where this host keeps its client certificate for NBD disks with tls='yes'."""
+        return self.path("nbd-tls")
+
+    @property
     def pidfile(self) -> str:
         return self.path("libvirtd.pid")
 
@@ -261,6 +268,8 @@ class LibvirtHost:
             "namespaces = [ ]",  # qemu stays in this host's mount namespace
             'user = "root"',
             'group = "root"',
+            # NBD disks with tls='yes' present this host's client certificate from here
+            f'nbd_tls_x509_cert_dir = "{self.nbd_tls_dir}"',
             # no migration_address: libvirt refuses 127.0.0.1 there ("the address of the
             # local machine"); the incoming qemu listens where the migrate URI says
         ]
@@ -289,6 +298,7 @@ class LibvirtHost:
                 if sub == "etc":
                     self._scrub_etc(target)
         os.makedirs(self.path("log", "qemu"), exist_ok=True)
+        os.makedirs(self.nbd_tls_dir, mode=0o700, exist_ok=True)
         for fname, text in (
             ("libvirtd.conf", self.libvirtd_conf()),
             ("qemu.conf", self.qemu_conf()),

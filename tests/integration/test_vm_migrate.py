@@ -71,6 +71,7 @@ def write_conf(lab: Lab, key: str, name: str, protocol: str, **extra: Any) -> No
     conf = os.path.join(lab.tmp, f"{key}.conf")
     server = extra.pop("server", f"unix://{lab.server.socket}")
     host = lab.hosts[key]
+    extra.setdefault("nbd_tls_dir", host.nbd_tls_dir)
     HostConfig(name=name, server=server, protocol=protocol, libvirt=host.uri, **extra).save(conf)
     lab.confs[key] = conf
 

@@ -15,6 +15,7 @@ from .base import cli
 from .binding import binding, host, pe
 from .convert import convert
 from .inventory import array, container
+from .nbdcreds import host_nbd_credentials  # noqa: F401  (adds `host nbd-credentials`)
 from .serve import audit, quickstart, serve
 from .tenancy import datastore, tenant, token
 from .vm import hook, vm

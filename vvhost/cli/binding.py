@@ -69,7 +69,11 @@ def pe() -> None:
 @click.argument("name")
 @click.option("--protocol", required=True, type=click.Choice(["iscsi", "nbd", "file"]))
 @click.option("--array", default=None, help="Serve only this array's vvols (default: all).")
-@click.option("--portal", default=None, help="HOST:PORT to listen on (iscsi: required; nbd: TCP).")
+@click.option(
+    "--portal",
+    default=None,
+    help="HOST:PORT to listen on (iscsi: required; nbd: TCP with TLS, a daemon per host on HOST).",
+)
 @click.option("--path", default=None, help="Directory of a file endpoint.")
 @json_option
 @pass_session

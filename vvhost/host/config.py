@@ -8,6 +8,8 @@ ca = /etc/vvhost/ca.pem                      # for https
 protocol = iscsi                             # preferred endpoint protocol
 pe =                                         # or a fixed endpoint name
 libvirt = qemu:///system                     # where `vvhost vm` defines domains
+nbd_tls_dir = /etc/pki/vvhost/nbd            # NBD-over-TLS credentials (= qemu.conf
+                                             #   nbd_tls_x509_cert_dir)
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import httpx
 
 from ..client import Client
 from ..errors import InvalidInput
+from . import nbdtls
 
 DEFAULT_PATH = "/etc/vvhost/host.conf"
 HOOK_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=10.0, pool=5.0)
@@ -34,6 +37,7 @@ class HostConfig:
     protocol: str = "iscsi"
     pe: str | None = None
     libvirt: str = "qemu:///system"
+    nbd_tls_dir: str = nbdtls.DEFAULT_DIR
 
     @classmethod
     def load(cls, path: str | None = None) -> HostConfig:
@@ -44,7 +48,7 @@ class HostConfig:
         if not parser.has_section("host") or not parser.get("host", "name", fallback=""):
             raise InvalidInput(detail=f"{path} has no [host] name")
         sec = parser["host"]
-        return cls(
+        conf = cls(
             name=sec["name"],
             server=sec.get("server", cls.server),
             token_file=sec.get("token_file") or None,
@@ -52,7 +56,10 @@ class HostConfig:
             protocol=sec.get("protocol", cls.protocol),
             pe=sec.get("pe") or None,
             libvirt=sec.get("libvirt", cls.libvirt),
+            nbd_tls_dir=sec.get("nbd_tls_dir", cls.nbd_tls_dir),
         )
+        nbdtls.use_dir(conf.nbd_tls_dir)
+        return conf
 
     def save(self, path: str) -> None:
         parser = configparser.ConfigParser()

@@ -248,6 +248,8 @@ def _fill(holder: ET.Element, handle: dict[str, Any]) -> None:
         else:
             host.set("name", s["host_name"])
             host.set("port", s["port"])
+        if handle["protocol"] == "nbd" and handle.get("tls"):
+            src.set("tls", "yes")  # libvirt: the client cert in qemu.conf nbd_tls_x509_cert_dir
         if handle["protocol"] == "iscsi" and handle.get("initiator"):
             ini = ET.SubElement(src, "initiator")
             ET.SubElement(ini, "iqn").set("name", handle["initiator"])

@@ -31,6 +31,7 @@ from typing import TextIO
 from ..client import Client
 from ..errors import VvhostError
 from . import domainxml as dx
+from . import nbdtls
 from .config import HOOK_TIMEOUT, HostConfig
 
 
@@ -53,6 +54,7 @@ def ensure_bound(
                 detail=f"cannot bind vvol {failed[0]['vvol']}: {failed[0]['error']['message']}"
             )
         existing.update({r["handle"]["vvol"]: r["handle"] for r in results})
+    nbdtls.ensure(client, host, [existing[v] for v in wanted])
     return {v: existing[v] for v in wanted}, made
 
 

@@ -23,6 +23,7 @@ from ..client import Client
 from ..errors import AlreadyExists, InUse, InvalidInput, NotFound, VvhostError
 from ..units import parse_size
 from . import domainxml as dx
+from . import nbdtls
 from .config import HostConfig
 from .hook import ensure_bound, undo
 from .vmdoc import VmDoc
@@ -155,6 +156,7 @@ class VmManager:
     def bound_here(self, vvol: str, pe: str | None) -> Iterator[dict[str, Any]]:
         """A binding of ``vvol`` on this host for the duration of a ``with`` block."""
         handle = self.client.bind_one(vvol, self.conf.name, pe=pe)
+        nbdtls.ensure(self.client, self.conf.name, [handle])
         try:
             yield handle
         finally:
@@ -396,12 +398,16 @@ def _iscsi_opts(handle: dict[str, Any]) -> str | None:
 def raw_target(handle: dict[str, Any]) -> list[str]:
     """``qemu-img convert -n`` arguments that write raw into a binding."""
     opts = _iscsi_opts(handle)
+    if tls := nbdtls.image_args(handle, "--target-image-opts"):
+        return tls
     return ["--target-image-opts", opts] if opts else ["-O", "raw", str(handle["uri"])]
 
 
 def raw_source(handle: dict[str, Any]) -> list[str]:
     """``qemu-img`` arguments that read a binding as raw."""
     opts = _iscsi_opts(handle)
+    if tls := nbdtls.image_args(handle):
+        return tls
     return ["--image-opts", opts] if opts else ["-f", "raw", str(handle["uri"])]
 
 

@@ -16,6 +16,11 @@ def open_endpoint(pe: Pe, state_dir: str) -> Endpoint:
 
         assert pe.portal is not None
         return IscsiEndpoint(pe.name, pe.portal, int(pe.config["control_port"]), rundir)
+    if pe.protocol == "nbd" and pe.portal:
+        from ..certs import NbdCa
+        from .nbdtls import NbdTlsEndpoint
+
+        return NbdTlsEndpoint(pe.name, rundir, pe.portal, NbdCa(state_dir))
     if pe.protocol == "nbd":
         from .nbd import NbdEndpoint
 

@@ -31,6 +31,7 @@ class Attachment:
     target_iqn: str | None = None
     initiator: str | None = None  # iSCSI initiator name allowed in (None: see ``shared``)
     shared: bool = False  # iSCSI: the target is open to all initiators; else only ``initiator``
+    host: str | None = None  # the host the binding is for (NBD over TLS: whose daemon)
 
 
 class Endpoint(Protocol):

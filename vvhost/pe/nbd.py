@@ -8,6 +8,9 @@
 Bindings of one vvol for several hosts share its block node; the node goes
 when its last export does.  A host reaches an export as
 ``nbd+unix:///<export>?socket=<nbd.sock>`` or ``nbd://HOST:PORT/<export>``.
+On TCP the server always runs with TLS (``ServerTls``: x509 credentials with
+verify-peer and an authz-simple object naming the one client DN let in); the
+``nbd`` endpoint with a portal (pe/nbdtls.py) runs one such daemon per host.
 
 An NBD export has the size its node had when it was added, QEMU refuses to
 resize a node while it is exported, and an NBD client learns the size when it
@@ -23,6 +26,7 @@ import functools
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..errors import VvhostError
@@ -34,6 +38,17 @@ from .proc import Daemon
 
 T = TypeVar("T")
 NODE_PREFIX = "n"  # node_name_for() names: "n" + 30 hex digits
+TLS_ID = "vvtls"  # the daemon's tls-creds-x509 object
+AUTHZ_ID = "vvauthz"  # its authz-simple object
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """TLS for a TCP NBD server: the server credentials' directory and the one
+    client identity (x509 DN) let in, read again on each start."""
+
+    creds_dir: str
+    identity: Callable[[], str]
 
 
 def _serialised(method: Callable[..., T]) -> Callable[..., T]:
@@ -51,10 +66,13 @@ def _serialised(method: Callable[..., T]) -> Callable[..., T]:
 class NbdEndpoint:
     protocol = "nbd"
 
-    def __init__(self, name: str, rundir: str, portal: str | None = None) -> None:
+    def __init__(
+        self, name: str, rundir: str, portal: str | None = None, tls: ServerTls | None = None
+    ) -> None:
         self.name = name
         self.rundir = rundir
         self.portal = portal
+        self.tls = tls
         self.qmp_path = os.path.join(rundir, "qmp.sock")
         self.nbd_path = os.path.join(rundir, "nbd.sock")
         self.daemon = Daemon(
@@ -84,13 +102,31 @@ class NbdEndpoint:
         try:
             if self.portal:
                 host, _, port = self.portal.rpartition(":")
-                self.api.start_nbd_server_tcp(host, int(port))
+                self.api.start_nbd_server_tcp(host, int(port), *self._tls_objects())
             else:
                 self.api.start_nbd_server_unix(self.nbd_path)
         except EndpointError:
             if not self.daemon.adopted:  # an adopted daemon already serves NBD
                 raise
+        if self.tls is not None:  # also an adopted daemon: the identity may have changed
+            self.api.set_authz(AUTHZ_ID, self.tls.identity())
         self._load()
+
+    def _tls_objects(self) -> tuple[str | None, str | None]:
+        """Add the TLS credentials and authorization objects (once per daemon)."""
+        if self.tls is None:
+            return None, None
+        have = self.api.objects()
+        if TLS_ID not in have:
+            self.api.add_tls_server_creds(TLS_ID, self.tls.creds_dir)
+        if AUTHZ_ID not in have:
+            self.api.add_authz(AUTHZ_ID, self.tls.identity())
+        return TLS_ID, AUTHZ_ID
+
+    @_serialised
+    def authorize(self, identity: str) -> None:
+        """Let in only ``identity`` from now on (clients connected already stay)."""
+        self.api.set_authz(AUTHZ_ID, identity)
 
     def _load(self) -> None:
         """Learn what the daemon holds; from then on our own calls keep this current

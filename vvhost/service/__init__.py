@@ -16,6 +16,7 @@ from .datastores import DatastoreOps
 from .endpoints import EndpointManager, PeOps
 from .hosts import HostOps
 from .inventory import ArrayOps, ContainerOps
+from .nbdcreds import NbdCredentials
 from .recovery import audit, recover
 from .tenancy import UNIX_ADMIN, Authz, TenantOps
 from .vvols import VvolOps
@@ -35,7 +36,8 @@ class Service:
         self.vvols.endpoints = self.endpoints  # extend shows bound hosts the new size
         self.tenants = TenantOps(self.ctx)
         self.authz = Authz(self.ctx)
-        self.hosts = HostOps(self.ctx, self.tenants, self.endpoints)
+        self.nbd = NbdCredentials(self.ctx, self.endpoints)
+        self.hosts = HostOps(self.ctx, self.tenants, self.endpoints, revoke=self.nbd.revoke)
         self.pes = PeOps(self.ctx, self.endpoints)
         self.bindings = BindingOps(self.ctx, self.hosts, self.pes, self.endpoints)
         self.recovered: list[dict[str, str]] = []

@@ -82,6 +82,7 @@ def attachment(
         target_iqn=target_iqn,
         initiator=initiator,
         shared=owner == "*",
+        host=b.host,
     )
 
 
@@ -406,6 +407,8 @@ class PeOps:
         out["error"] = self.manager.errors.get(pe.name)
         pid = getattr(getattr(ep, "daemon", None), "pid", None)
         out["pid"] = pid
+        if hasattr(ep, "daemons"):  # TCP NBD: one daemon per host
+            out["daemons"] = ep.daemons()
         return out
 
     def delete(self, ref: str) -> None:

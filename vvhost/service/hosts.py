@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..catalog import bindrepo, tenancy
@@ -48,11 +49,18 @@ def check_iqn(iqn: str) -> str:
 
 class HostOps:
     def __init__(
-        self, ctx: Context, tokens: TenantOps, endpoints: EndpointManager | None = None
+        self,
+        ctx: Context,
+        tokens: TenantOps,
+        endpoints: EndpointManager | None = None,
+        revoke: Callable[[str, bool], None] | None = None,
     ) -> None:
+        """``revoke(host, removed)`` withdraws a host's data-path credentials
+        (NBD over TLS) when its token is rotated or it is removed."""
         self.ctx = ctx
         self.tokens = tokens
         self.endpoints = endpoints
+        self.revoke = revoke or (lambda _host, _removed: None)
 
     def add(self, name: str, iqn: str | None = None, tenant: str | None = None) -> dict[str, Any]:
         """Register a host; the answer carries its bearer token, shown this once."""
@@ -73,7 +81,9 @@ class HostOps:
         """A new token for the host; the old one stops working at once."""
         with self.ctx.db.tx() as conn:
             self.get(conn, name)
-            return {"name": name, "token": self.tokens.issue(conn, HOST, name)}
+            out = {"name": name, "token": self.tokens.issue(conn, HOST, name)}
+        self.revoke(name, False)  # the old NBD certificate goes with the old token
+        return out
 
     def get(self, conn: Any, name: str) -> Host:
         host = bindrepo.get_host(conn, name)
@@ -110,3 +120,4 @@ class HostOps:
                 bindrepo.delete_targets_of(conn, name)
                 bindrepo.drop_host_hints(conn, name)
                 tenancy.delete_tokens(conn, HOST, name)
+        self.revoke(name, True)

@@ -5,6 +5,8 @@ One QSD process, run in the foreground by its supervisor (``qsd_argv``)::
     qmp.sock (QMP) --> node graph                         --> NBD server (unix or tcp)
                        n<30 hex>  raw   (read-only?)      <--  export "name" (writable?)
                          `- #blockNNN  file  /path/vvol.img, locking=off
+                       objects: tls-creds-x509 (server, verify-peer) + authz-simple (one DN)
+                                for an NBD server that only lets in TLS clients it authorizes
 
 Each vvol is a ``raw`` node over an unnamed ``file`` child (deleted together with
 its parent). ``locking=off`` drops QEMU's OFD byte-range locks on the image so
@@ -58,9 +60,42 @@ class StorageDaemonApi:
     def start_nbd_server_unix(self, path: str) -> None:
         self.qmp.cmd("nbd-server-start", addr={"type": "unix", "data": {"path": path}})
 
-    def start_nbd_server_tcp(self, host: str, port: int) -> None:
+    def start_nbd_server_tcp(
+        self, host: str, port: int, tls_creds: str | None = None, tls_authz: str | None = None
+    ) -> None:
+        """Listen on HOST:PORT; with ``tls_creds`` (and ``tls_authz``) a client must
+        do TLS (and be authorized) before it may list or open anything."""
         addr = {"type": "inet", "data": {"host": host, "port": str(port)}}
-        self.qmp.cmd("nbd-server-start", addr=addr)
+        tls = {"tls-creds": tls_creds, "tls-authz": tls_authz}
+        self.qmp.cmd("nbd-server-start", addr=addr, **{k: v for k, v in tls.items() if v})
+
+    # --- TLS -----------------------------------------------------------------
+
+    def add_tls_server_creds(self, obj_id: str, directory: str) -> None:
+        """``tls-creds-x509`` reading DIR/{ca-cert,server-cert,server-key}.pem and
+        requiring a client certificate signed by that CA."""
+        self.qmp.cmd(
+            "object-add",
+            **{"qom-type": "tls-creds-x509", "id": obj_id, "dir": directory},
+            endpoint="server",
+            **{"verify-peer": True},
+        )
+
+    def add_authz(self, obj_id: str, identity: str) -> None:
+        """``authz-simple``: the one x509 distinguished name let in."""
+        self.qmp.cmd("object-add", **{"qom-type": "authz-simple", "id": obj_id}, identity=identity)
+
+    def set_authz(self, obj_id: str, identity: str) -> None:
+        """Let in ``identity`` instead; connections made already stay."""
+        self.qmp.cmd("qom-set", path=f"/objects/{obj_id}", property="identity", value=identity)
+
+    def objects(self) -> set[str]:
+        """Ids of the user-created objects (``/objects``, made with the first one)."""
+        try:
+            found = self.qmp.cmd("qom-list", path="/objects")
+        except EndpointError:
+            return set()
+        return {str(o["name"]) for o in found}
 
     # --- block nodes ---------------------------------------------------------
 

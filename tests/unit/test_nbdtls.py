@@ -1,0 +1,121 @@
+"""NBD over TLS without daemons: the CA's identities, the host's credential files,
+the qemu-img arguments and the libvirt disk source a TLS handle gives."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from vvhost.certs import NbdCa
+from vvhost.host import domainxml as dx
+from vvhost.host import nbdtls
+from vvhost.host.vms import raw_source, raw_target
+from vvhost.pe.nbdtls import host_of_key
+
+HANDLE = {
+    "protocol": "nbd",
+    "uri": "nbd://127.0.0.1:41234/vv-1111.kvm1",
+    "export": "vv-1111.kvm1",
+    "socket": None,
+    "tls": {"type": "x509", "identity": "O=vvhost,OU=00,CN=kvm1"},
+}
+
+
+def subject(pem: str) -> str:
+    out = subprocess.run(
+        ["openssl", "x509", "-noout", "-subject", "-nameopt", "compat"],
+        input=pem,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+def test_identity_is_the_certificates_subject_and_changes_on_each_issue(tmp_path: str) -> None:
+    ca = NbdCa(str(tmp_path))
+    first = ca.identity("kvm1")
+    assert first == ca.identity("kvm1")  # issued once, then kept
+    creds = ca.credentials("kvm1")
+    assert subject(creds.client_cert) == "subject=/" + first.replace(",", "/")
+    assert creds.ca_cert.startswith("-----BEGIN CERTIFICATE-----")
+    second = ca.issue("kvm1")
+    assert second != first and second.endswith(",CN=kvm1")
+    ca.forget("kvm1")
+    assert ca.identity("kvm1") not in (first, second)  # the same name again: a new identity
+    assert stat.S_IMODE(os.stat(ca.root).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(ca.ca_key).st_mode) == 0o600
+
+
+def test_server_dir_has_the_ca_and_a_certificate_for_the_address(tmp_path: str) -> None:
+    ca = NbdCa(str(tmp_path))
+    d = ca.server_dir(os.path.join(str(tmp_path), "tls"), "10.1.2.3")
+    assert sorted(os.listdir(d)) == ["ca-cert.pem", "server-cert.pem", "server-key.pem"]
+    text = subprocess.run(
+        ["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", f"{d}/server-cert.pem"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "IP Address:10.1.2.3" in text
+
+
+def test_host_writes_credentials_privately_and_fetches_only_when_stale(tmp_path: str) -> None:
+    d = os.path.join(str(tmp_path), "nbd")
+    creds = {"identity": "I1", "ca_cert": "CA\n", "client_cert": "C\n", "client_key": "K\n"}
+
+    class Fake:
+        calls = 0
+
+        def host_nbd_credentials(self, host: str) -> dict[str, str]:
+            Fake.calls += 1
+            return {**creds, "host": host}
+
+    nbdtls.use_dir(d)
+    nbdtls.ensure(Fake(), "kvm1", [{"protocol": "nbd", "tls": None}])  # type: ignore[arg-type]
+    assert Fake.calls == 0 and not os.path.exists(d)
+    handle = {"protocol": "nbd", "tls": {"identity": "I1"}}
+    nbdtls.ensure(Fake(), "kvm1", [handle])  # type: ignore[arg-type]
+    nbdtls.ensure(Fake(), "kvm1", [handle])  # type: ignore[arg-type]
+    assert Fake.calls == 1 and nbdtls.current_identity(d) == "I1"
+    assert stat.S_IMODE(os.stat(d).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(f"{d}/client-key.pem").st_mode) == 0o600
+    creds["identity"] = "I2"
+    nbdtls.ensure(Fake(), "kvm1", [{"protocol": "nbd", "tls": {"identity": "I2"}}])  # type: ignore[arg-type]
+    assert Fake.calls == 2 and nbdtls.current_identity(d) == "I2"
+
+
+def test_qemu_img_arguments_name_the_client_credentials() -> None:
+    nbdtls.use_dir("/etc/pki/a,b")
+    assert raw_target(HANDLE) == [
+        "--object",
+        "tls-creds-x509,id=vvtls0,dir=/etc/pki/a,,b,endpoint=client",
+        "--target-image-opts",
+        "driver=raw,file.driver=nbd,file.server.type=inet,file.server.host=127.0.0.1,"
+        "file.server.port=41234,file.export=vv-1111.kvm1,file.tls-creds=vvtls0",
+    ]
+    assert raw_source(HANDLE)[2] == "--image-opts"
+    plain = {**HANDLE, "tls": None}
+    assert raw_source(plain) == ["-f", "raw", HANDLE["uri"]]
+
+
+def test_disk_source_says_tls_yes() -> None:
+    root = ET.fromstring(
+        "<domain><devices><disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+        "<target dev='vda' bus='virtio'/></disk></devices></domain>"
+    )
+    dx.set_source(root, "vda", HANDLE)
+    src = root.find("devices/disk/source")
+    assert src is not None and src.get("tls") == "yes" and src.get("name") == HANDLE["export"]
+    assert dx.same_source(dx.disk_source(root, "vda"), HANDLE)
+
+
+@pytest.mark.parametrize(
+    ("key", "host"), [("vv-1111.kvm1", "kvm1"), ("vv-1111.a.b.example", "a.b.example"), ("x", None)]
+)
+def test_host_of_export_name(key: str, host: str | None) -> None:
+    assert host_of_key(key) == host
