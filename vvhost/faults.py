@@ -77,6 +77,7 @@ _POINTS: tuple[FaultPoint, ...] = tuple(
         ("move-storage", "mirror-ready"),
         ("move-storage", "pivoted"),
         ("move-storage", "committed"),
+        ("vm-lease", "acquired"),
     )
 )
 

@@ -22,7 +22,7 @@ from ..errors import InternalError, InvalidInput, VvhostError
 from ..model import Principal
 from ..service import Service
 from ..service.tenancy import UNIX_ADMIN
-from . import routes_admin, routes_binding, routes_vvols
+from . import routes_admin, routes_binding, routes_leases, routes_vvols
 
 MAX_BODY = 1 << 20
 Authenticate = Callable[[Request], Principal]
@@ -94,6 +94,7 @@ def create_app(service: Service, authenticate: Authenticate = unix_admin) -> Fas
     app.state.authenticate = authenticate
     for module in (routes_admin, routes_vvols, routes_binding):
         app.include_router(module.router)
+    app.include_router(routes_leases.router)
     app.add_middleware(BodyLimit)
 
     @app.exception_handler(VvhostError)

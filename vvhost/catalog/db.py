@@ -66,7 +66,11 @@ def _v4(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=[schema.binding_hints])
 
 
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4]
+def _v9_vm_leases(conn: Connection) -> None:
+    schema.metadata.create_all(conn, tables=[schema.vm_leases], checkfirst=True)
+
+
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v9_vm_leases]
 
 
 def sqlite_url(path: str) -> str:

@@ -202,3 +202,19 @@ binding_hints = Table(
     Column("pe_id", String(64), primary_key=True),
     Column("secondary_id", String(256), nullable=False),
 )
+
+# -- added by migration _v9_vm_leases: one VM operation at a time ---------------------------
+
+vm_leases = Table(
+    "vm_leases",
+    metadata,
+    Column("vvol_id", String(64), primary_key=True),  # the VM's config vvol
+    Column("tenant", String(128)),
+    Column("op", String(64), nullable=False),
+    Column("host", String(128), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("token", String(64), nullable=False),
+    Column("since", Float, nullable=False),
+    Column("expires", Float, nullable=False),
+    Column("epoch", BigInteger, nullable=False),
+)

@@ -40,8 +40,8 @@ import libvirt
 from ..errors import CapacityExceeded, InvalidInput, NotFound, VvhostError
 from ..faults import host_fault as fault
 from . import domainxml as dx
-from .snapshots import VmSnapshots
 from .vmdoc import VmDoc
+from .vmop import VmOps
 from .vms import VmError, VmManager, delete_all
 
 OP = "move-storage"
@@ -83,11 +83,21 @@ class StorageMover:
         self.vms = vms
         self.client = vms.client
         self.host = vms.conf.name
-        self.snaps = VmSnapshots(vms)
+        self.ops = VmOps(vms)
 
     # -- the move ---------------------------------------------------------------------------
     def move(self, name: str, container: str, targets: list[str] | None = None) -> dict[str, Any]:
-        dom, doc = self.snaps.open(name)
+        with self.ops.operation(name, "vm-move-storage") as (dom, doc):
+            return self._move(dom, doc, name, container, targets)
+
+    def _move(
+        self,
+        dom: libvirt.virDomain,
+        doc: VmDoc,
+        name: str,
+        container: str,
+        targets: list[str] | None,
+    ) -> dict[str, Any]:
         plan = self._plan(dom, doc, container, targets)
         pending: dict[str, Any] = {
             "op": OP,
@@ -272,7 +282,7 @@ class StorageMover:
         for i, src in enumerate(sources):
             copied += int(self.client.vvol_copy_diffs(src, base, new)["bytes"])
             if base == empty:
-                self.snaps.drop([empty])
+                self.ops.drop([empty])
             base = src
             if i < len(disk.points):
                 point, old_snap = disk.points[i]
@@ -387,6 +397,8 @@ class StorageMover:
         delete_all(self.client, old)
         for vid in p.get("follow", []):
             self.client.vvol_move(vid, p["container"])
+            if vid == doc.config:  # the move itself bumped the config vvol's generation
+                doc.generation = self.client.config_read(doc.config)["generation"]
         doc.pending = None
         doc.save(self.client)
 
@@ -404,7 +416,7 @@ class StorageMover:
         for target, vid in new.items():
             if target not in moved:
                 self._back(dom, live, target, vid, p.get("snaps", {}).get(target, {}))
-        self.snaps.drop(list(p.get("temps", [])))
+        self.ops.drop(list(p.get("temps", [])))
         if moved:
             self._commit(dom, doc, moved)
             self._release(doc)

@@ -34,9 +34,9 @@ import libvirt
 from ..faults import host_fault as fault
 from . import domainxml as dx
 from .hook import ensure_bound, undo
-from .snapshots import VmSnapshots
 from .vmdoc import Point, VmDoc
-from .vms import MiB, VmError, raw_target
+from .vmop import VmOps
+from .vms import MiB, VmError, VmManager, raw_target
 
 MAX_LAYERS = 16
 CLUSTER = 64 * 1024
@@ -46,11 +46,11 @@ Chains = dict[str, list[str]]  # target -> vvols, bottom first, the top last
 
 
 class RedoSnapshots:
-    def __init__(self, s: VmSnapshots) -> None:
-        self.s = s
-        self.vms = s.vms
-        self.client = s.client
-        self.host = s.vms.conf.name
+    def __init__(self, ops: VmOps) -> None:
+        self.ops = ops
+        self.vms = ops.vms
+        self.client = ops.client
+        self.host = ops.vms.conf.name
 
     # -- snapshot ---------------------------------------------------------------------------
     def take(
@@ -264,7 +264,7 @@ class RedoSnapshots:
         what = pending.get("op")
         if what in ("redo-snapshot", "redo-revert"):
             names: dict[str, str] = dict(pending.get("vvols") or {})
-            made = {t: self.s._resolve(n) for t, n in names.items()}
+            made = {t: self.ops.resolve(n) for t, n in names.items()}
             found = {t: v for t, v in made.items() if v}
             if len(found) == len(names) and self._in_use(dom, found):
                 if what == "redo-snapshot":
@@ -404,7 +404,12 @@ class RedoSnapshots:
             with contextlib.suppress(Exception):
                 if self.client.bindings(host=self.host, vvol=vid):
                     self.client.unbind([vid], self.host, drop_all=True)
-        self.s.drop(list(vvols))
+        self.ops.drop(list(vvols))
+
+
+def recover_redo(vms: VmManager, dom: libvirt.virDomain, doc: VmDoc, p: dict[str, Any]) -> None:
+    """Recovery of every redo-mode step (named in vmop.RECOVERY)."""
+    RedoSnapshots(VmOps(vms)).recover(dom, doc, p)
 
 
 def _live(doc: VmDoc) -> Chains:

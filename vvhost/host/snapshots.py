@@ -10,85 +10,40 @@ COW mode (the array snapshots instantly: ``dir`` on XFS/btrfs)::
 
 Redo mode (no array COW: ext4) lives in :mod:`vvhost.host.redo`.
 
-Every operation first records what it is about to do in the config vvol
-(``pending``), so a ``vvhost`` killed half-way is finished on the next command
-that touches the VM: a half-taken snapshot is dropped, a half-done revert goes
-back to the safety point.  Either way the disks hold one consistent point.
+Every operation runs through the kernel (:mod:`vvhost.host.vmop`: the VM's
+lease, then recovery) and first records what it is about to do in the config
+vvol (``pending``), so a ``vvhost`` killed half-way is finished on the next
+command that touches the VM: a half-taken snapshot is dropped, a half-done
+revert goes back to the safety point.  Either way the disks hold one consistent
+point.  The recovery functions at the end are named in the kernel's table.
 """
 
 from __future__ import annotations
 
-import contextlib
-import time
 import uuid
-from collections.abc import Sequence
 from typing import Any
 
 import libvirt
 
-from ..errors import AlreadyExists, InUse, InvalidInput, NotFound
+from ..errors import AlreadyExists, InUse, InvalidInput
 from ..faults import host_fault as fault
 from ..units import check_name
 from . import memstate
+from .redo import RedoSnapshots
 from .vmdoc import Point, VmDoc, tree_lines
-from .vms import VmError, VmManager
-
-
-class Stun:
-    """Pause (or freeze) a running domain for the duration of a ``with`` block and
-    measure how long the guest was stopped."""
-
-    def __init__(self, dom: libvirt.virDomain, quiesce: bool) -> None:
-        self.dom = dom
-        self.quiesce = quiesce
-        self.running = bool(dom.isActive()) and dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
-        self.seconds = 0.0
-
-    def __enter__(self) -> Stun:
-        self._t0 = time.perf_counter()
-        if not self.running:
-            return self
-        try:
-            if self.quiesce:
-                self.dom.fsFreeze()
-            else:
-                self.dom.suspend()
-        except libvirt.libvirtError as exc:
-            what = "freeze the guest's filesystems (a guest agent is needed)"
-            raise VmError(
-                detail=f"cannot {what if self.quiesce else 'pause the VM'}: "
-                f"{exc.get_error_message()}"
-            ) from None
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.running:
-            if self.quiesce:
-                self.dom.fsThaw()
-            else:
-                self.dom.resume()
-        self.seconds = time.perf_counter() - self._t0
+from .vmop import Stun, VmOps
+from .vms import VmManager
 
 
 class VmSnapshots:
     def __init__(self, vms: VmManager) -> None:
         self.vms = vms
         self.client = vms.client
+        self.ops = VmOps(vms)
 
     # -- reading ----------------------------------------------------------------------------
-    def open(self, name: str) -> tuple[libvirt.virDomain, VmDoc]:
-        """The domain and its document, with any unfinished operation finished first."""
-        dom = self.vms.domain(name)
-        _root, meta = self.vms._meta(dom)
-        if not meta.config:
-            raise InvalidInput(detail=f"VM {name} has no config vvol")
-        doc = VmDoc.load(self.client, meta.config)
-        if doc.pending:
-            self.recover(dom, doc)
-        return dom, doc
-
     def listing(self, name: str) -> dict[str, Any]:
-        _dom, doc = self.open(name)
+        _dom, doc = self.ops.inspect(name)
         return {
             "vm": name,
             "mode": doc.mode,
@@ -97,7 +52,7 @@ class VmSnapshots:
         }
 
     def tree(self, name: str) -> list[str]:
-        _dom, doc = self.open(name)
+        _dom, doc = self.ops.inspect(name)
         return tree_lines(doc)
 
     def mode_of(self, doc: VmDoc, wanted: str | None) -> str:
@@ -124,7 +79,20 @@ class VmSnapshots:
         memory: bool = False,
     ) -> dict[str, Any]:
         check_name(snap, what="snapshot name")
-        dom, doc = self.open(name)
+        with self.ops.operation(name, "vm-snapshot") as (dom, doc):
+            return self._take(dom, doc, snap, description, quiesce, mode, memory)
+
+    def _take(
+        self,
+        dom: libvirt.virDomain,
+        doc: VmDoc,
+        snap: str,
+        description: str,
+        quiesce: bool,
+        mode: str | None,
+        memory: bool,
+    ) -> dict[str, Any]:
+        name = dom.name()
         if doc.has(snap):
             raise AlreadyExists(kind="snapshot", ref=f"{name}/{snap}")
         mode = self.mode_of(doc, mode)
@@ -134,9 +102,7 @@ class VmSnapshots:
                 "the guest is paused while its memory is saved)"
             )
         if mode == "redo":
-            from .redo import RedoSnapshots
-
-            return _public(RedoSnapshots(self).take(dom, doc, snap, description, quiesce))
+            return _public(RedoSnapshots(self.ops).take(dom, doc, snap, description, quiesce))
         names = {t: f"{name}.{t}@{snap}" for t in doc.disks}
         memname = f"{name}.memory@{snap}"
         doc.pending = {
@@ -167,7 +133,7 @@ class VmSnapshots:
                         nbytes,
                     )
         except BaseException:
-            self._discard(made)
+            self.ops.discard(made)
             doc.pending = None
             doc.save(self.client)
             raise
@@ -192,7 +158,13 @@ class VmSnapshots:
     def revert(
         self, name: str, snap: str, start: bool = False, force: bool = False
     ) -> dict[str, Any]:
-        dom, doc = self.open(name)
+        with self.ops.operation(name, "vm-revert") as (dom, doc):
+            return self._revert(dom, doc, snap, start, force)
+
+    def _revert(
+        self, dom: libvirt.virDomain, doc: VmDoc, snap: str, start: bool, force: bool
+    ) -> dict[str, Any]:
+        name = dom.name()
         point = doc.point(snap)
         if dom.isActive():
             if not force:
@@ -201,9 +173,7 @@ class VmSnapshots:
                 )
             self.vms.stop(name, force=True)
         if point.mode == "redo":
-            from .redo import RedoSnapshots
-
-            RedoSnapshots(self).revert(dom, doc, point)
+            RedoSnapshots(self.ops).revert(dom, doc, point)
         else:
             self._revert_cow(doc, point)
         if point.memory:  # carry on where the guest was
@@ -237,22 +207,24 @@ class VmSnapshots:
                     self.client.vvol_revert(doc.disks[target], kept[target])
                 raise
         except BaseException:
-            self.drop(list(kept.values()))
+            self.ops.drop(list(kept.values()))
             doc.pending = None
             doc.save(self.client)
             raise
-        self.drop(list(kept.values()))
+        self.ops.drop(list(kept.values()))
         doc.current, doc.pending = point.name, None
         doc.save(self.client)
 
     # -- delete -----------------------------------------------------------------------------
     def delete(self, name: str, snap: str) -> dict[str, Any]:
-        dom, doc = self.open(name)
+        with self.ops.operation(name, "vm-snapshot-delete") as (dom, doc):
+            return self._delete(dom, doc, snap)
+
+    def _delete(self, dom: libvirt.virDomain, doc: VmDoc, snap: str) -> dict[str, Any]:
+        name = dom.name()
         point = doc.point(snap)
         if point.mode == "redo":
-            from .redo import RedoSnapshots
-
-            RedoSnapshots(self).delete(dom, doc, point)
+            RedoSnapshots(self.ops).delete(dom, doc, point)
             return {"vm": name, "deleted": snap}
         vvols = list(point.disks.values()) + ([point.memory] if point.memory else [])
         for vid in vvols:  # check everything first: all or nothing
@@ -265,60 +237,33 @@ class VmSnapshots:
         doc.remove(snap)
         doc.pending = {"op": "drop", "vvols": vvols}
         doc.save(self.client)
-        self.drop(vvols)
+        self.ops.drop(vvols)
         doc.pending = None
         doc.save(self.client)
         return {"vm": name, "deleted": snap}
 
-    # -- recovery ---------------------------------------------------------------------------
-    def recover(self, dom: libvirt.virDomain, doc: VmDoc) -> str:
-        """Finish what a killed ``vvhost`` left: one consistent point, nothing orphaned."""
-        p = doc.pending or {}
-        what = str(p.get("op"))
-        if what == "snapshot":
-            self._discard([self._resolve(n) for n in p.get("vvols", [])])
-            if dom.isActive() and dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
-                dom.resume()  # paused by the snapshot that was cut short
-        elif what == "revert":
-            kept = {t: self._resolve(n) for t, n in p.get("safety", {}).items()}
-            if kept and all(kept.values()):  # every disk back to the safety point
-                for target, vid in kept.items():
-                    self.client.vvol_revert(doc.disks[target], str(vid))
-            self.drop(list(kept.values()))
-        elif what == "drop":
-            self.drop(list(p.get("vvols", [])))
-        elif what == "move-storage":
-            from .movestorage import recover_move
 
-            recover_move(self.vms, dom, doc, p)
-        elif what.startswith("redo-"):
-            from .redo import RedoSnapshots
+# -- recovery (named in vmop.RECOVERY) ----------------------------------------------------------
+def recover_snapshot(vms: VmManager, dom: libvirt.virDomain, doc: VmDoc, p: dict[str, Any]) -> None:
+    """A half-taken snapshot is dropped and a guest it paused resumes."""
+    ops = VmOps(vms)
+    ops.discard([ops.resolve(n) for n in p.get("vvols", [])])
+    if dom.isActive() and dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+        dom.resume()  # paused by the snapshot that was cut short
 
-            RedoSnapshots(self).recover(dom, doc, p)
-        doc.pending = None
-        doc.save(self.client)
-        return what
 
-    def _resolve(self, ref: str) -> str | None:
-        try:
-            return str(self.client.vvol(ref)["id"])
-        except NotFound:
-            return None
+def recover_revert(vms: VmManager, dom: libvirt.virDomain, doc: VmDoc, p: dict[str, Any]) -> None:
+    """A half-done revert goes back to its safety point (when it was complete)."""
+    ops = VmOps(vms)
+    kept = {t: ops.resolve(n) for t, n in p.get("safety", {}).items()}
+    if kept and all(kept.values()):  # every disk back to the safety point
+        for target, vid in kept.items():
+            vms.client.vvol_revert(doc.disks[target], str(vid))
+    ops.drop(list(kept.values()))
 
-    def _discard(self, snaps: Sequence[str | None]) -> None:
-        """Drop the snapshots of a cut-short VM snapshot: prepared ones are aborted,
-        taken ones deleted."""
-        ids = [s for s in snaps if s]
-        if ids:
-            self.client.snapshot_abort(ids)
-            self.drop(ids)
 
-    def drop(self, vvols: Sequence[str | None]) -> None:
-        """Delete vvols that may already be gone (idempotent)."""
-        for vid in vvols:
-            if vid:
-                with contextlib.suppress(NotFound):
-                    self.client.vvol_delete(vid)
+def recover_drop(vms: VmManager, dom: libvirt.virDomain, doc: VmDoc, p: dict[str, Any]) -> None:
+    VmOps(vms).drop(list(p.get("vvols", [])))
 
 
 def _public(p: Point) -> dict[str, Any]:

@@ -59,6 +59,7 @@ class VmManager:
         self.client = client
         self.uri = uri or conf.libvirt
         self._conn: libvirt.virConnect | None = None
+        self.lease_wait: float | None = None  # seconds to wait for a busy VM (None: refuse)
         # libvirt prints every error on stderr by default; ours are reported as one line
         libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
