@@ -361,8 +361,10 @@ class Client:
         return self.call("GET", f"/v1/vvols/{vvol}/config")
 
     # -- per-VM leases (one VM operation at a time) ----------------------------------------
-    def lease_acquire(self, vvol: str, host: str, op: str, pid: int, ttl: float) -> dict[str, Any]:
-        body = {"host": host, "op": op, "pid": pid, "ttl": ttl}
+    def lease_acquire(
+        self, vvol: str, host: str, op: str, pid: int, ttl: float, dead_epoch: int | None = None
+    ) -> dict[str, Any]:
+        body = {"host": host, "op": op, "pid": pid, "ttl": ttl, "dead_epoch": dead_epoch}
         return self.call("POST", f"/v1/vvols/{vvol}/lease", json=body)
 
     def lease_renew(self, vvol: str, token: str, ttl: float) -> dict[str, Any]:

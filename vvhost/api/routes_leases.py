@@ -1,6 +1,7 @@
 """Routes for per-VM leases (one VM operation at a time).
 
-    POST   /v1/vvols/{config}/lease   {"host", "op", "pid", "ttl"}  -> the lease and its token
+    POST   /v1/vvols/{config}/lease   {"host", "op", "pid", "ttl", "dead_epoch"?}
+                                                                    -> the lease and its token
     PUT    /v1/vvols/{config}/lease   {"token", "ttl"}              -> renewed (or 409 lease-lost)
     DELETE /v1/vvols/{config}/lease?token=TOKEN                      -> released
     GET    /v1/vvols/{config}/lease                                  -> who holds it, if anyone
@@ -27,6 +28,7 @@ class LeaseTake(Body):
     op: str = Field(max_length=64)
     pid: int = Field(ge=0)
     ttl: float
+    dead_epoch: int | None = None  # this host's lease whose owner process is gone
 
 
 class LeaseRenew(Body):
@@ -38,7 +40,7 @@ class LeaseRenew(Body):
 def lease_acquire(svc: Svc, p: Caller, ref: Ref, body: LeaseTake) -> dict[str, Any]:
     svc.authz.vvol(p, ref)
     svc.authz.host(p, body.host)
-    return LeaseOps(svc.ctx).acquire(ref, body.host, body.op, body.pid, body.ttl)
+    return LeaseOps(svc.ctx).acquire(ref, body.host, body.op, body.pid, body.ttl, body.dead_epoch)
 
 
 @router.put("/vvols/{ref}/lease", response_model=None)

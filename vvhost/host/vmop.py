@@ -6,7 +6,8 @@ move-storage, extend-disk, delete) enters through :meth:`VmOps.operation`::
     lease      take the VM's lease in the control plane (owner = this host, pid and a
                random token; expiry short); another holder -> "busy: OP since T on HOST"
                (exit 4), or with ``wait`` poll until it is free or the time is up;
-               an expired lease (its owner died) is taken over
+               an expired lease (its owner died) is taken over, and so is one of this
+               host whose process is gone (a killed vvhost) without waiting for expiry
     renew      a thread renews the lease every ttl/3 while the operation runs
     recover    the config document's ``pending`` record, left by an operation cut
                short, is finished forward or back by the function the RECOVERY table
@@ -154,11 +155,15 @@ def take_lease(vms: VmManager, config: str, op: str, wait: float | None) -> Held
     """The VM's lease for ``op``; busy -> VmBusy at once, or after ``wait`` seconds."""
     ttl = lease_ttl()
     deadline = None if wait is None else time.monotonic() + wait
+    dead: int | None = None
     while True:
         try:
-            got = vms.client.lease_acquire(config, vms.conf.name, op, os.getpid(), ttl)
+            got = vms.client.lease_acquire(config, vms.conf.name, op, os.getpid(), ttl, dead)
             break
-        except VmBusy:
+        except VmBusy as busy:
+            dead = _dead_owner(busy, vms.conf.name)
+            if dead is not None:
+                continue  # a vvhost of this host that was killed: take over at once
             if deadline is None or time.monotonic() >= deadline:
                 raise
             time.sleep(POLL)
@@ -174,6 +179,23 @@ def take_lease(vms: VmManager, config: str, op: str, wait: float | None) -> Held
     fault("vm-lease", "acquired")
     held.start()
     return held
+
+
+def _dead_owner(busy: VmBusy, host: str) -> int | None:
+    """The epoch of a lease held by a process of this host that no longer exists."""
+    f = busy.fields
+    if f.get("host") != host or not isinstance(f.get("pid"), int) or f.get("epoch") is None:
+        return None
+    pid = int(f["pid"])
+    if pid <= 0 or pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return int(f["epoch"])
+    except PermissionError:
+        return None
+    return None
 
 
 class VmOps:

@@ -6,6 +6,8 @@ it and until when::
     vm_leases   vvol_id (config vvol)  tenant  op  host  pid  token  since  expires  epoch
 
     acquire   no row, or the row expired          -> a new row (epoch + 1, new token)
+              a live row of this host whose owner
+              the host found dead (``dead_epoch``) -> taken over at once
               a live row with another token       -> VmBusy "busy: OP since TIME on HOST"
     renew     the row still carries our token     -> expires = now + ttl
               otherwise (released, taken over)    -> LeaseLost
@@ -96,16 +98,26 @@ class LeaseOps:
             )
         return ttl
 
-    def acquire(self, ref: str, host: str, op: str, pid: int, ttl: float) -> dict[str, Any]:
-        """Take the VM's lease, or take over an expired one; refuse a live one."""
+    def acquire(
+        self, ref: str, host: str, op: str, pid: int, ttl: float, dead_epoch: int | None = None
+    ) -> dict[str, Any]:
+        """Take the VM's lease, or take over an expired one; refuse a live one unless
+        it is this host's and the host says its owner process is gone (``dead_epoch``)."""
         ttl = self._ttl(ttl)
         with self.ctx.db.tx() as conn:
             vid, tenant = self._config(conn, ref)
             now = time.time()
             old = self._row(conn, vid)
-            if old is not None and old.expires > now:
+            dead = old is not None and old.host == host and old.epoch == dead_epoch
+            if old is not None and old.expires > now and not dead:
                 raise VmBusy(
-                    op=old.op, since=utc(old.since), host=old.host, ref=vid, state="leased"
+                    op=old.op,
+                    since=utc(old.since),
+                    host=old.host,
+                    pid=old.pid,
+                    epoch=old.epoch,
+                    ref=vid,
+                    state="leased",
                 )
             lease = Lease(
                 vvol=vid,
