@@ -22,7 +22,6 @@ import contextlib
 import json
 import math
 import os
-import subprocess
 import tempfile
 import time
 import uuid
@@ -32,6 +31,7 @@ from typing import Any
 import libvirt
 
 from ..faults import host_fault as fault
+from ..tools import qemuimg
 from . import domainxml as dx
 from .hook import ensure_bound, undo
 from .vmdoc import Point, VmDoc
@@ -246,7 +246,7 @@ class RedoSnapshots:
                 "file": dx.blockdev(handles[child]),
                 "backing": {"driver": fmt, "file": dx.blockdev(handles[base])},
             }
-            _run("qemu-img", "commit", "-d", "json:" + json.dumps(spec))
+            qemuimg.commit("json:" + json.dumps(spec))
 
     def flatten(self, doc: VmDoc, chain: list[str], dest: str) -> None:
         """Write what ``chain`` (bottom first) reads into the raw vvol ``dest``."""
@@ -254,9 +254,7 @@ class RedoSnapshots:
             spec: dict[str, Any] = {"driver": "raw", "file": dx.blockdev(handles[chain[0]])}
             for layer in chain[1:]:
                 spec = {"driver": "qcow2", "file": dx.blockdev(handles[layer]), "backing": spec}
-            _run(
-                "qemu-img", "convert", "-n", "json:" + json.dumps(spec), *raw_target(handles[dest])
-            )
+            qemuimg.convert(["json:" + json.dumps(spec)], raw_target(handles[dest]))
 
     # -- recovery ---------------------------------------------------------------------------
     def recover(self, dom: libvirt.virDomain, doc: VmDoc, pending: dict[str, Any]) -> None:
@@ -339,9 +337,8 @@ class RedoSnapshots:
         try:
             with tempfile.TemporaryDirectory(prefix="vvredo") as tmp:
                 image = os.path.join(tmp, "layer.qcow2")
-                _run("qemu-img", "create", "-q", "-f", "qcow2", "-o",
-                     f"cluster_size={CLUSTER}", image, str(vsize))  # fmt: skip
-                _run("qemu-img", "convert", "-n", "-f", "raw", image, *raw_target(handle))
+                qemuimg.create(image, vsize, "qcow2", {"cluster_size": str(CLUSTER)})
+                qemuimg.convert(["-f", "raw", image], raw_target(handle))
         except BaseException:
             self.client.unbind([vvol], self.host, drop_all=True)
             raise
@@ -445,9 +442,8 @@ def _without(chain: list[str], gone: dict[str, str]) -> list[str]:
 
 
 def _overlay_mib(vsize: int) -> int:
-    out = _run("qemu-img", "measure", "--output=json", "-O", "qcow2", "-o",
-               f"cluster_size={CLUSTER}", "--size", str(vsize))  # fmt: skip
-    return max(1, math.ceil(int(json.loads(out)["fully-allocated"]) / MiB))
+    out = qemuimg.measure(vsize, "qcow2", {"cluster_size": str(CLUSTER)})
+    return max(1, math.ceil(int(out["fully-allocated"]) / MiB))
 
 
 def _wait_job(dom: libvirt.virDomain, target: str, ready: bool) -> None:
@@ -475,11 +471,3 @@ def _pivot(dom: libvirt.virDomain, target: str) -> None:
                 raise
             time.sleep(0.1)
     _wait_job(dom, target, False)
-
-
-def _run(*argv: str) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["failed"])[-1]
-        raise VmError(detail=f"{argv[0]} {argv[1]}: {last}")
-    return done.stdout

@@ -173,7 +173,8 @@ def take_lease(vms: VmManager, config: str, op: str, wait: float | None) -> Held
     if held.taken_over:
         t = held.taken_over
         print(
-            f"took over the expired lease of {t['op']} since {t['since_utc']} on {t['host']}",
+            f"vvhost: took over the lease of {t['op']} since {t['since_utc']} on {t['host']} "
+            "(its owner is gone); finishing what it left",
             file=sys.stderr,
         )
     fault("vm-lease", "acquired")
