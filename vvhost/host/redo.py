@@ -34,6 +34,7 @@ from ..faults import host_fault as fault
 from ..tools import qemuimg
 from . import domainxml as dx
 from .hook import ensure_bound, undo
+from .pending import DropRec, Rec, RedoDeleteRec, RedoLayersRec
 from .vmdoc import Point, VmDoc
 from .vmop import VmOps
 from .vms import MiB, VmError, VmManager, raw_target
@@ -66,13 +67,9 @@ class RedoSnapshots:
         running = bool(dom.isActive())
         op = uuid.uuid4().hex[:8]
         names = {t: f"{doc.name}.{t}.{snap}-{op}" for t in live}
-        doc.pending = {
-            "op": "redo-snapshot",
-            "point": snap,
-            "description": description,
-            "running": running,
-            "vvols": names,
-        }
+        doc.pending = RedoLayersRec(
+            "redo-snapshot", point=snap, vvols=names, description=description, running=running
+        ).to_dict()
         doc.save(self.client)
         xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
         made: dict[str, str] = {}
@@ -92,17 +89,17 @@ class RedoSnapshots:
         self, dom: libvirt.virDomain, doc: VmDoc, made: dict[str, str], xml: str, stun: float | None
     ) -> Point:
         """The overlays are (or are about to be) the live tops: define, then record."""
-        p = doc.pending or {}
+        rec = RedoLayersRec.from_dict(doc.pending or {"op": "redo-snapshot"})
         frozen = _live(doc)
         self._define(dom, doc, {t: chain + [made[t]] for t, chain in frozen.items()})
         point = Point(
-            name=str(p["point"]),
+            name=rec.point,
             parent=doc.current,
             mode="redo",
             layers=frozen,
-            description=str(p.get("description", "")),
+            description=rec.description,
             xml=xml,
-            running=bool(p.get("running")),
+            running=rec.running,
             stun_ms=stun,
         )
         doc.add(point)
@@ -137,7 +134,7 @@ class RedoSnapshots:
             raise VmError(detail=f"{doc.name}/{point.name} does not cover the VM's disks")
         op = uuid.uuid4().hex[:8]
         names = {t: f"{doc.name}.{t}.{point.name}-{op}" for t in doc.disks}
-        doc.pending = {"op": "redo-revert", "point": point.name, "vvols": names}
+        doc.pending = RedoLayersRec("redo-revert", point=point.name, vvols=names).to_dict()
         doc.save(self.client)
         before = _used(doc)
         made: dict[str, str] = {}
@@ -157,12 +154,9 @@ class RedoSnapshots:
         }
         before = _used(doc)
         doc.remove(point.name)
-        doc.pending = {
-            "op": "redo-delete",
-            "point": point.name,
-            "merges": merges,
-            "before": sorted(before),
-        }
+        doc.pending = RedoDeleteRec(
+            "redo-delete", point=point.name, merges=merges, before=sorted(before)
+        ).to_dict()
         doc.save(self.client)
         try:
             for target, (child, base) in merges.items():
@@ -257,18 +251,18 @@ class RedoSnapshots:
             qemuimg.convert(["json:" + json.dumps(spec)], raw_target(handles[dest]))
 
     # -- recovery ---------------------------------------------------------------------------
-    def recover(self, dom: libvirt.virDomain, doc: VmDoc, pending: dict[str, Any]) -> None:
+    def recover(self, dom: libvirt.virDomain, doc: VmDoc, rec: Rec) -> None:
         """Finish a step libvirt took, undo one it did not (the caller clears pending)."""
-        what = pending.get("op")
-        if what in ("redo-snapshot", "redo-revert"):
-            names: dict[str, str] = dict(pending.get("vvols") or {})
+        what = rec.op
+        if isinstance(rec, RedoLayersRec):
+            names: dict[str, str] = dict(rec.vvols)
             made = {t: self.ops.resolve(n) for t, n in names.items()}
             found = {t: v for t, v in made.items() if v}
             if len(found) == len(names) and self._in_use(dom, found):
                 if what == "redo-snapshot":
                     self._finish_take(dom, doc, found, "", None)
                 else:
-                    point = doc.point(str(pending["point"]))
+                    point = doc.point(rec.point)
                     before = _used(doc)
                     self._define(dom, doc, _onto(point, found))
                     doc.current = point.name
@@ -277,11 +271,10 @@ class RedoSnapshots:
                 self._drop(list(found.values()))
             if dom.isActive() and dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
                 dom.resume()
-        elif what == "redo-delete":
-            merges = dict(pending.get("merges") or {})
-            self._recover_delete(dom, doc, merges, set(pending.get("before") or []))
-        elif what == "redo-drop":
-            self._drop(list(pending.get("vvols") or []))
+        elif isinstance(rec, RedoDeleteRec):
+            self._recover_delete(dom, doc, dict(rec.merges), set(rec.before))
+        elif isinstance(rec, DropRec):
+            self._drop(list(rec.vvols))
 
     def _recover_delete(
         self, dom: libvirt.virDomain, doc: VmDoc, merges: dict[str, list[str]], before: set[str]
@@ -378,7 +371,7 @@ class RedoSnapshots:
     def _collect(self, doc: VmDoc, before: set[str]) -> None:
         """Delete what no chain needs any more (recorded first), then clear pending."""
         garbage = sorted(before - _used(doc))
-        doc.pending = {"op": "redo-drop", "vvols": garbage} if garbage else None
+        doc.pending = DropRec("redo-drop", vvols=garbage).to_dict() if garbage else None
         doc.save(self.client)
         if garbage:
             self._drop(garbage)
@@ -404,9 +397,9 @@ class RedoSnapshots:
         self.ops.drop(list(vvols))
 
 
-def recover_redo(vms: VmManager, dom: libvirt.virDomain, doc: VmDoc, p: dict[str, Any]) -> None:
+def recover_redo(vms: VmManager, dom: libvirt.virDomain, doc: VmDoc, rec: Rec) -> None:
     """Recovery of every redo-mode step (named in vmop.RECOVERY)."""
-    RedoSnapshots(VmOps(vms)).recover(dom, doc, p)
+    RedoSnapshots(VmOps(vms)).recover(dom, doc, rec)
 
 
 def _live(doc: VmDoc) -> Chains:

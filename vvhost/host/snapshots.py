@@ -29,6 +29,7 @@ from ..errors import AlreadyExists, InUse, InvalidInput
 from ..faults import host_fault as fault
 from ..units import check_name
 from . import memstate
+from .pending import DropRec, Rec, RevertRec, SnapshotRec
 from .redo import RedoSnapshots
 from .vmdoc import Point, VmDoc, tree_lines
 from .vmop import Stun, VmOps
@@ -105,11 +106,9 @@ class VmSnapshots:
             return _public(RedoSnapshots(self.ops).take(dom, doc, snap, description, quiesce))
         names = {t: f"{name}.{t}@{snap}" for t in doc.disks}
         memname = f"{name}.memory@{snap}"
-        doc.pending = {
-            "op": "snapshot",
-            "point": snap,
-            "vvols": list(names.values()) + ([memname] if memory else []),
-        }
+        doc.pending = SnapshotRec(
+            "snapshot", point=snap, vvols=list(names.values()) + ([memname] if memory else [])
+        ).to_dict()
         doc.save(self.client)
         targets = list(doc.disks)
         made: list[str] = []
@@ -188,7 +187,7 @@ class VmSnapshots:
     def _revert_cow(self, doc: VmDoc, point: Point) -> None:
         op = uuid.uuid4().hex[:8]
         safety = {t: f"{doc.name}.{t}@safety-{op}" for t in doc.disks}
-        doc.pending = {"op": "revert", "point": point.name, "safety": safety}
+        doc.pending = RevertRec("revert", point=point.name, safety=safety).to_dict()
         doc.save(self.client)
         kept: dict[str, str] = {}
         try:
@@ -235,7 +234,7 @@ class VmSnapshots:
                     kind="snapshot", ref=f"{name}/{snap}", reason=f"linked clones use it: {kids}"
                 )
         doc.remove(snap)
-        doc.pending = {"op": "drop", "vvols": vvols}
+        doc.pending = DropRec("drop", vvols=vvols).to_dict()
         doc.save(self.client)
         self.ops.drop(vvols)
         doc.pending = None
@@ -244,26 +243,29 @@ class VmSnapshots:
 
 
 # -- recovery (named in vmop.RECOVERY) ----------------------------------------------------------
-def recover_snapshot(vms: VmManager, dom: libvirt.virDomain, doc: VmDoc, p: dict[str, Any]) -> None:
+def recover_snapshot(vms: VmManager, dom: libvirt.virDomain, doc: VmDoc, rec: Rec) -> None:
     """A half-taken snapshot is dropped and a guest it paused resumes."""
+    assert isinstance(rec, SnapshotRec)
     ops = VmOps(vms)
-    ops.discard([ops.resolve(n) for n in p.get("vvols", [])])
+    ops.discard([ops.resolve(n) for n in rec.vvols])
     if dom.isActive() and dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
         dom.resume()  # paused by the snapshot that was cut short
 
 
-def recover_revert(vms: VmManager, dom: libvirt.virDomain, doc: VmDoc, p: dict[str, Any]) -> None:
+def recover_revert(vms: VmManager, dom: libvirt.virDomain, doc: VmDoc, rec: Rec) -> None:
     """A half-done revert goes back to its safety point (when it was complete)."""
+    assert isinstance(rec, RevertRec)
     ops = VmOps(vms)
-    kept = {t: ops.resolve(n) for t, n in p.get("safety", {}).items()}
+    kept = {t: ops.resolve(n) for t, n in rec.safety.items()}
     if kept and all(kept.values()):  # every disk back to the safety point
         for target, vid in kept.items():
             vms.client.vvol_revert(doc.disks[target], str(vid))
     ops.drop(list(kept.values()))
 
 
-def recover_drop(vms: VmManager, dom: libvirt.virDomain, doc: VmDoc, p: dict[str, Any]) -> None:
-    VmOps(vms).drop(list(p.get("vvols", [])))
+def recover_drop(vms: VmManager, dom: libvirt.virDomain, doc: VmDoc, rec: Rec) -> None:
+    assert isinstance(rec, DropRec)
+    VmOps(vms).drop(list(rec.vvols))
 
 
 def _public(p: Point) -> dict[str, Any]:

@@ -38,6 +38,7 @@ import libvirt
 from ..client import Client
 from ..errors import InvalidInput, LeaseLost, NotFound, VmBusy, VvhostError
 from ..faults import host_fault as fault
+from .pending import Rec, parse
 from .vmdoc import VmDoc
 from .vms import VmError, VmManager
 
@@ -45,10 +46,10 @@ TTL_ENV = "VVHOST_VM_LEASE_TTL"
 DEFAULT_TTL = 60.0
 POLL = 0.5  # seconds between tries while waiting for a busy VM
 
-RecoverFn = Callable[[VmManager, libvirt.virDomain, VmDoc, dict[str, Any]], None]
+RecoverFn = Callable[[VmManager, libvirt.virDomain, VmDoc, Rec], None]
 
-# pending["op"] -> "module:function" (in vvhost.host) that finishes it forward or back.
-# The function leaves the document's other fields right; the kernel clears pending.
+# a pending record's op -> "module:function" (in vvhost.host) that finishes it forward or
+# back.  The function leaves the document's other fields right; the kernel clears pending.
 RECOVERY: dict[str, str] = {
     "snapshot": "snapshots:recover_snapshot",
     "revert": "snapshots:recover_revert",
@@ -250,11 +251,11 @@ class VmOps:
 
     def recover(self, dom: libvirt.virDomain, doc: VmDoc) -> str:
         """Finish what a killed ``vvhost`` left: one consistent point, nothing orphaned."""
-        p = dict(doc.pending or {})
-        what = str(p.get("op"))
+        rec = parse(doc.pending)
+        what = rec.op if rec else ""
         fn = recovery_for(what)
-        if fn is not None:
-            fn(self.vms, dom, doc, p)
+        if rec is not None and fn is not None:
+            fn(self.vms, dom, doc, rec)
         doc.pending = None
         doc.save(self.client)
         return what
