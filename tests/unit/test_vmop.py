@@ -52,7 +52,11 @@ def _imports(module: str) -> set[str]:
 
 @pytest.mark.parametrize(
     ("module", "others"),
-    [("redo", {"snapshots", "movestorage"}), ("movestorage", {"snapshots", "redo"})],
+    [
+        ("snapshots", {"redo", "movestorage", "vmsnapshots"}),
+        ("redo", {"snapshots", "movestorage", "vmsnapshots"}),
+        ("movestorage", {"snapshots", "redo", "vmsnapshots"}),
+    ],
 )
 def test_operations_do_not_import_each_other(module: str, others: set[str]) -> None:
     assert not _imports(module) & others

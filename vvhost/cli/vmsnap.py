@@ -6,8 +6,8 @@ import os
 
 import click
 
-from ..host.snapshots import VmSnapshots
 from ..host.vmop import VmOps
+from ..host.vmsnapshots import VmSnapshots
 from . import output
 from .base import json_option
 from .vm import conf_option, connect_option, manager, vm, wait_option
