@@ -96,8 +96,10 @@ def test_two_snapshots_at_once_one_is_busy_then_waits(snaplab: Lab) -> None:
     waiting: subprocess.Popen[str] | None = None
     try:
         wait_stopped(first.pid)  # holds the lease, its snapshots prepared
-        lease = lab.api.lease_show(config)["lease"]
+        lease = vvhost_json(lab, "kvm1", "vm", "lease", "vm1")["lease"]
         assert (lease["op"], lease["host"], lease["pid"]) == ("vm-snapshot", "kvm1", first.pid)
+        shown = lab.vvhost("kvm1", "vm", "lease", "vm1").stdout
+        assert shown.startswith("vm1: busy: vm-snapshot since ") and " on kvm1 " in shown
         before = vvol_names(lab)
         assert "vm1.vda@s1" in before
 

@@ -125,6 +125,13 @@ def test_a_vm_lease_is_one_holder_at_a_time(plane: Plane) -> None:
         assert a2.lease_release(cfg, took["token"])["released"] is True
         assert a.lease_show(cfg)["lease"] is None
 
+        # a VM deleted under its lease: the holder still releases it (nothing left behind)
+        last = a.lease_acquire(cfg, "ha", "vm-delete", 4242, 30.0)
+        a.vvol_delete(cfg)
+        with pytest.raises(NotFound):
+            a.lease_show(cfg)
+        assert a.lease_release(cfg, last["token"])["released"] is True
+
 
 def test_config_document_is_saved_compare_and_set(plane: Plane) -> None:
     cfg = plane.config

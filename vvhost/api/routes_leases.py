@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import Field
 
+from ..errors import NotFound
 from ..service.leases import LeaseOps
 from .deps import Caller, Ref, Svc
 from .models import Body
@@ -53,7 +54,10 @@ def lease_renew(svc: Svc, p: Caller, ref: Ref, body: LeaseRenew) -> dict[str, An
 def lease_release(
     svc: Svc, p: Caller, ref: Ref, token: Annotated[str, Query(max_length=64)]
 ) -> dict[str, Any]:
-    svc.authz.vvol(p, ref)
+    try:
+        svc.authz.vvol(p, ref)
+    except NotFound:  # a VM deleted under its lease: its holder's token still releases it
+        return LeaseOps(svc.ctx).release_orphan(ref, token)
     return LeaseOps(svc.ctx).release(ref, token)
 
 

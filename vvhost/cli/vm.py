@@ -212,6 +212,29 @@ def vm_delete(vm_name: str, host_conf: str, uri: str | None) -> None:
         vms.delete(vm_name)
 
 
+@vm.command("lease")
+@click.argument("vm_name")
+@conf_option
+@connect_option
+@json_option
+def vm_lease(vm_name: str, host_conf: str, uri: str | None, as_json: bool) -> None:
+    """Show which command, if any, is busy with a VM (its lease)."""
+    from ..host.vmop import VmOps
+
+    with manager(host_conf, uri) as vms:
+        info = VmOps(vms).lease(vm_name)
+    if as_json:
+        output.emit_json(info)
+    elif info["lease"] is None:
+        click.echo(f"{vm_name}: free")
+    else:
+        held = info["lease"]
+        click.echo(
+            f"{vm_name}: busy: {held['op']} since {held['since_utc']} on {held['host']} "
+            f"(pid {held['pid']}, expires in {held['expires_in']:.0f} s unless renewed)"
+        )
+
+
 @vm.command("list")
 @conf_option
 @connect_option

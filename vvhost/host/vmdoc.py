@@ -21,7 +21,17 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..client import Client
-from ..errors import NotFound
+from ..errors import NotFound, StaleGeneration
+
+
+class DocChanged(StaleGeneration):
+    """Somebody saved the VM's document after this command read it (a lost update
+    was refused)."""
+
+    template = (
+        "the config document of VM {vm} changed since this command read it "
+        "(generation {expected}, now {actual}); nothing was overwritten"
+    )
 
 
 @dataclass
@@ -88,7 +98,12 @@ class VmDoc:
         doc = asdict(self)
         doc.pop("config")
         doc.pop("generation")
-        done = client.config_put(self.config, doc, self.generation)
+        try:
+            done = client.config_put(self.config, doc, self.generation)
+        except StaleGeneration as exc:
+            raise DocChanged(
+                vm=self.name, expected=self.generation, actual=exc.fields.get("actual")
+            ) from None
         self.generation = done.get("generation")
 
     def point(self, name: str) -> Point:

@@ -213,6 +213,11 @@ class VmOps:
             raise InvalidInput(detail=f"VM {dom.name()} has no config vvol")
         return meta.config
 
+    def lease(self, name: str) -> dict[str, Any]:
+        """Who holds the VM's lease, if anyone."""
+        config = self.config_of(self.vms.domain(name))
+        return {"vm": name, "config": config, "lease": self.client.lease_show(config)["lease"]}
+
     @contextlib.contextmanager
     def leased(self, name: str, op: str) -> Iterator[libvirt.virDomain]:
         """Hold the VM's lease for ``op`` (no document work)."""

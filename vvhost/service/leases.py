@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, insert, select, update
 
 from ..catalog.schema import vm_leases
-from ..errors import InvalidInput, LeaseLost, VmBusy
+from ..errors import InvalidInput, LeaseLost, NotFound, VmBusy
 from .context import Context
 
 MIN_TTL = 1.0
@@ -164,12 +164,28 @@ class LeaseOps:
         return lease.public(now)
 
     def release(self, ref: str, token: str) -> dict[str, Any]:
+        """Drop the lease if ``token`` holds it."""
+        try:
+            with self.ctx.db.tx() as conn:
+                vid, _tenant = self._config(conn, ref)
+        except NotFound:
+            return self.release_orphan(ref, token)
         with self.ctx.db.tx() as conn:
-            vid, _tenant = self._config(conn, ref)
             done = conn.execute(
                 delete(vm_leases).where(vm_leases.c.vvol_id == vid, vm_leases.c.token == token)
             )
         return {"vvol": vid, "released": done.rowcount == 1}
+
+    def release_orphan(self, vvol_id: str, token: str) -> dict[str, Any]:
+        """A VM deleted under its lease: its holder releases by the config vvol's id
+        and the token; anything else is 'not found', as the vvol is."""
+        with self.ctx.db.tx() as conn:
+            done = conn.execute(
+                delete(vm_leases).where(vm_leases.c.vvol_id == vvol_id, vm_leases.c.token == token)
+            )
+        if done.rowcount != 1:
+            raise NotFound(kind="vvol", ref=vvol_id)
+        return {"vvol": vvol_id, "released": True}
 
     def show(self, ref: str) -> dict[str, Any]:
         with self.ctx.db.tx() as conn:
