@@ -162,8 +162,8 @@ def take_lease(vms: VmManager, config: str, op: str, wait: float | None) -> Held
             got = vms.client.lease_acquire(config, vms.conf.name, op, os.getpid(), ttl, dead)
             break
         except VmBusy as busy:
-            dead = _dead_owner(busy, vms.conf.name)
-            if dead is not None:
+            tried, dead = dead, _dead_owner(busy, vms.conf.name)
+            if dead is not None and dead != tried:
                 continue  # a vvhost of this host that was killed: take over at once
             if deadline is None or time.monotonic() >= deadline:
                 raise
