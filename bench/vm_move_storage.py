@@ -30,8 +30,9 @@ from vvhost.client import Client
 from vvhost.guest import build_guest, guest_cmdline
 from vvhost.host.config import HostConfig
 from vvhost.host.movestorage import StorageMover
-from vvhost.host.snapshots import VmSnapshots
+from vvhost.host.vmop import VmOps
 from vvhost.host.vms import VmManager
+from vvhost.host.vmsnapshots import VmSnapshots
 
 from .common import (
     GiB,
@@ -124,7 +125,7 @@ def _prepare(vms: VmManager, api: Client) -> tuple[dict[str, str], int]:
 
 def _vvols(vms: VmManager) -> dict[str, str]:
     """point (or "now") -> the vvol holding it."""
-    _dom, doc = VmSnapshots(vms).open("bench")
+    _dom, doc = VmOps(vms).inspect("bench")
     out = {p.name: p.disks["vda"] for p in doc.points}
     out["now"] = doc.disks["vda"]
     return out

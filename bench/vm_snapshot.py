@@ -28,8 +28,8 @@ from tests.fsfixtures import loop_capability, make_loop_fs
 from tests.vmlab import running_lab, wait_line
 from vvhost.guest import build_guest, guest_cmdline
 from vvhost.host.config import HostConfig
-from vvhost.host.snapshots import VmSnapshots
 from vvhost.host.vms import VmManager
+from vvhost.host.vmsnapshots import VmSnapshots
 
 from .common import (
     GiB,

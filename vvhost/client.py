@@ -357,9 +357,32 @@ class Client:
     def bindings(self, host: str | None = None, vvol: str | None = None) -> list[dict[str, Any]]:
         return self.call("GET", "/v1/bindings", params={"host": host, "vvol": vvol})
 
-    def config_put(self, vvol: str, document: dict[str, Any]) -> dict[str, Any]:
-        return self.call("PUT", f"/v1/vvols/{vvol}/config", json={"document": document})
+    def config_put(
+        self, vvol: str, document: dict[str, Any], generation: int | None = None
+    ) -> dict[str, Any]:
+        body = {"document": document, "generation": generation}
+        return self.call("PUT", f"/v1/vvols/{vvol}/config", json=body)
 
     def config_get(self, vvol: str) -> dict[str, Any]:
         document: dict[str, Any] = self.call("GET", f"/v1/vvols/{vvol}/config")["document"]
         return document
+
+    def config_read(self, vvol: str) -> dict[str, Any]:
+        """The document with the generation it was read at (for a compare-and-set put)."""
+        return self.call("GET", f"/v1/vvols/{vvol}/config")
+
+    # -- per-VM leases (one VM operation at a time) ----------------------------------------
+    def lease_acquire(
+        self, vvol: str, host: str, op: str, pid: int, ttl: float, dead_epoch: int | None = None
+    ) -> dict[str, Any]:
+        body = {"host": host, "op": op, "pid": pid, "ttl": ttl, "dead_epoch": dead_epoch}
+        return self.call("POST", f"/v1/vvols/{vvol}/lease", json=body)
+
+    def lease_renew(self, vvol: str, token: str, ttl: float) -> dict[str, Any]:
+        return self.call("PUT", f"/v1/vvols/{vvol}/lease", json={"token": token, "ttl": ttl})
+
+    def lease_release(self, vvol: str, token: str) -> dict[str, Any]:
+        return self.call("DELETE", f"/v1/vvols/{vvol}/lease", params={"token": token})
+
+    def lease_show(self, vvol: str) -> dict[str, Any]:
+        return self.call("GET", f"/v1/vvols/{vvol}/lease")

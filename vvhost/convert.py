@@ -34,7 +34,6 @@ import itertools
 import json
 import os
 import re
-import subprocess
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -42,6 +41,7 @@ from typing import Any
 from . import fsutil, qcow2
 from .client import Client
 from .errors import Busy, InUse, InvalidInput, NotFound, VvhostError
+from .tools import qemuimg
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
 
@@ -168,41 +168,19 @@ def snapshot_name(owner: str, label: str) -> str:
 
 
 # -- qemu-img --------------------------------------------------------------------------------
-def _qemu_img(*args: str) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run(
-            ["qemu-img", *args], capture_output=True, text=True, check=False, timeout=3600
-        )
-    except FileNotFoundError as exc:
-        raise ToolFailed(tool="qemu-img", rc=127, detail="not installed") from exc
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1].removeprefix("qemu-img: ") if lines else "no message"
-
-
 def _compare(layer: str, raw: str) -> str | None:
     """None when the qcow2 ``layer`` (through its chain) reads like the raw file."""
-    done = _qemu_img("compare", "-U", "-f", "qcow2", "-F", "raw", layer, raw)
-    if done.returncode == 0:
-        return None
-    if done.returncode == 1:
-        return _last_line(done.stdout)
-    raise ToolFailed(tool="qemu-img compare", rc=done.returncode, detail=_last_line(done.stderr))
+    return qemuimg.compare(layer, raw, "qcow2", "raw")
 
 
 def image_chain(top: str) -> list[dict[str, Any]]:
     """``qemu-img info --backing-chain`` of ``top``, bottom layer first."""
     if not os.path.exists(top):
         raise NotFound(kind="image", ref=top)
-    done = _qemu_img("info", "--backing-chain", "--output=json", top)
-    if done.returncode != 0:
-        raise NotAnImage(path=top, detail=_last_line(done.stderr))
     try:
-        chain = json.loads(done.stdout)
-    except ValueError as exc:
-        raise NotAnImage(path=top, detail="qemu-img info printed no JSON") from exc
+        chain = qemuimg.info(top, backing_chain=True)
+    except qemuimg.QemuImgFailed as exc:
+        raise NotAnImage(path=top, detail=exc.fields["detail"]) from None
     if isinstance(chain, dict):
         chain = [chain]
     return list(reversed(chain))
@@ -215,11 +193,12 @@ def _layer_extents(path: str, fmt: str) -> list[_Extent]:
     else:
         spec = {"driver": fmt, "file": {"driver": "file", "filename": path}, "backing": None}
         args = ["json:" + json.dumps(spec)]
-    done = _qemu_img("map", "--output=json", *args)
-    if done.returncode != 0:
-        raise NotAnImage(path=path, detail=_last_line(done.stderr))
+    try:
+        entries = qemuimg.map(args)
+    except qemuimg.QemuImgFailed as exc:
+        raise NotAnImage(path=path, detail=exc.fields["detail"]) from None
     extents: list[_Extent] = []
-    for entry in json.loads(done.stdout):
+    for entry in entries:
         if "present" not in entry:
             raise ToolFailed(tool="qemu-img map", rc=0, detail="no 'present' field (too old)")
         if not entry["present"]:

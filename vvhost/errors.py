@@ -89,6 +89,20 @@ class Busy(VvhostError):
     template = "vvol {ref!r} is {state} (operation {op}); try again when it is ready"
 
 
+class VmBusy(Busy):
+    """Another command holds the VM's lease (one VM operation at a time)."""
+
+    code = "vm-busy"
+    template = "busy: {op} since {since} on {host}"
+
+
+class LeaseLost(VvhostError):
+    code = "lease-lost"
+    status = 409
+    exit_code = 4
+    template = "the lease on VM config {ref!r} was lost: {reason}"
+
+
 class StaleGeneration(VvhostError):
     code = "stale-generation"
     status = 409
@@ -190,6 +204,8 @@ ERRORS_BY_CODE: dict[str, type[VvhostError]] = {
         InUse,
         HasDependants,
         Busy,
+        VmBusy,
+        LeaseLost,
         StaleGeneration,
         ReadOnly,
         CapacityExceeded,

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 FAULT_ENV = "VVHOST_FAULT_AT"
 HOST_FAULT_ENV = "VVHOST_HOST_FAULT_AT"
+HOST_FAULT_SIGNAL_ENV = "VVHOST_HOST_FAULT_SIGNAL"
 FAULT_MARK = "fault-reached"
 
 CONTROL_PLANE = "control-plane"
@@ -77,6 +78,7 @@ _POINTS: tuple[FaultPoint, ...] = tuple(
         ("move-storage", "mirror-ready"),
         ("move-storage", "pivoted"),
         ("move-storage", "committed"),
+        ("vm-lease", "acquired"),
     )
 )
 
@@ -103,7 +105,10 @@ def control_plane_fault(fault_at: str | None, state_dir: str, op: str, step: str
 
 
 def host_fault(op: str, step: str) -> None:
-    """In a host-side command: kill this process (SIGKILL) when told to stop here."""
+    """In a host-side command: kill this process (SIGKILL) when told to stop here, or
+    freeze it (SIGSTOP, ``VVHOST_HOST_FAULT_SIGNAL=STOP``) so a test can run another
+    command meanwhile and let this one go on (SIGCONT)."""
     _declared(HOST, op, step)
     if os.environ.get(HOST_FAULT_ENV) == f"{op}:{step}":
-        os.kill(os.getpid(), signal.SIGKILL)
+        stop = os.environ.get(HOST_FAULT_SIGNAL_ENV) == "STOP"
+        os.kill(os.getpid(), signal.SIGSTOP if stop else signal.SIGKILL)

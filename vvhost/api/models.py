@@ -145,3 +145,4 @@ class DatastoreExtend(Body):
 
 class ConfigDocument(Body):
     document: dict[str, Any]
+    generation: int | None = None  # compare-and-set: the generation the document was read at

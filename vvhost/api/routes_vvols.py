@@ -173,7 +173,7 @@ def vvol_copy_diffs(svc: Svc, p: Caller, ref: Ref, body: m.CopyDiffs) -> dict[st
 
 @router.put("/vvols/{ref}/config", response_model=None)
 def vvol_config_put(svc: Svc, p: Caller, ref: Ref, body: m.ConfigDocument) -> dict[str, Any]:
-    return svc.configs.put(svc.authz.vvol(p, ref), body.document)
+    return svc.configs.put(svc.authz.vvol(p, ref), body.document, body.generation)
 
 
 @router.get("/vvols/{ref}/config", response_model=None)

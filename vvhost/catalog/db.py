@@ -76,7 +76,11 @@ def _v6_tenancy(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=[schema.op_owners], checkfirst=True)
 
 
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5_arrays, _v6_tenancy]
+def _v7_vm_leases(conn: Connection) -> None:
+    schema.metadata.create_all(conn, tables=[schema.vm_leases], checkfirst=True)
+
+
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5_arrays, _v6_tenancy, _v7_vm_leases]
 
 
 def sqlite_url(path: str) -> str:

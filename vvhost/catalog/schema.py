@@ -165,7 +165,7 @@ tokens = Table(
     Column("kind", String(16), nullable=False),
     Column("subject", String(128), nullable=False),
     Column("created", Float, nullable=False),
-    Column("last_used", Float),  # migration _v8_tenancy
+    Column("last_used", Float),  # migration _v6_tenancy
     Index("ix_tokens_subject", "kind", "subject"),
 )
 
@@ -206,7 +206,7 @@ binding_hints = Table(
     Column("secondary_id", String(256), nullable=False),
 )
 
-# -- added by migration _v8_tenancy: who started an operation (its progress answers only them)
+# -- added by migration _v6_tenancy: who started an operation (its progress answers only them)
 
 op_owners = Table(
     "op_owners",
@@ -215,4 +215,20 @@ op_owners = Table(
     Column("kind", String(16), nullable=False),
     Column("subject", String(128), nullable=False),
     Column("created", Float, nullable=False),
+)
+
+# -- added by migration _v7_vm_leases: one VM operation at a time ---------------------------
+
+vm_leases = Table(
+    "vm_leases",
+    metadata,
+    Column("vvol_id", String(64), primary_key=True),  # the VM's config vvol
+    Column("tenant", String(128)),
+    Column("op", String(64), nullable=False),
+    Column("host", String(128), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("token", String(64), nullable=False),
+    Column("since", Float, nullable=False),
+    Column("expires", Float, nullable=False),
+    Column("epoch", BigInteger, nullable=False),
 )

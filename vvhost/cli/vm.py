@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
 
 import click
 
@@ -27,11 +30,36 @@ connect_option = click.option(
 )
 
 
+_WAIT: ContextVar[float | None] = ContextVar("lease_wait", default=None)
+
+
+def wait_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--wait [--wait-timeout S]``: when another command holds the VM, wait for it
+    (instead of refusing with "busy")."""
+
+    @functools.wraps(fn)
+    def command(*args: Any, wait: bool, wait_timeout: float, **kwargs: Any) -> Any:
+        _WAIT.set(wait_timeout if wait else None)
+        return fn(*args, **kwargs)
+
+    command = click.option(
+        "--wait-timeout",
+        type=click.FloatRange(min=0),
+        default=600.0,
+        show_default=True,
+        help="With --wait: give up (busy) after this many seconds.",
+    )(command)
+    return click.option(
+        "--wait", is_flag=True, help="If another command is busy with the VM, wait for it."
+    )(command)
+
+
 @contextmanager
 def manager(host_conf: str, uri: str | None) -> Iterator[VmManager]:
     conf = HostConfig.load(host_conf)
     client = conf.client()
     vms = VmManager(conf, client, uri)
+    vms.lease_wait = _WAIT.get()
     try:
         yield vms
     finally:
@@ -175,10 +203,36 @@ def vm_stop(
 @click.argument("vm_name")
 @conf_option
 @connect_option
+@wait_option
 def vm_delete(vm_name: str, host_conf: str, uri: str | None) -> None:
     """Undefine a stopped VM and delete its vvols."""
-    with manager(host_conf, uri) as vms:
+    from ..host.vmop import VmOps
+
+    with manager(host_conf, uri) as vms, VmOps(vms).leased(vm_name, "vm-delete"):
         vms.delete(vm_name)
+
+
+@vm.command("lease")
+@click.argument("vm_name")
+@conf_option
+@connect_option
+@json_option
+def vm_lease(vm_name: str, host_conf: str, uri: str | None, as_json: bool) -> None:
+    """Show which command, if any, is busy with a VM (its lease)."""
+    from ..host.vmop import VmOps
+
+    with manager(host_conf, uri) as vms:
+        info = VmOps(vms).lease(vm_name)
+    if as_json:
+        output.emit_json(info)
+    elif info["lease"] is None:
+        click.echo(f"{vm_name}: free")
+    else:
+        held = info["lease"]
+        click.echo(
+            f"{vm_name}: busy: {held['op']} since {held['since_utc']} on {held['host']} "
+            f"(pid {held['pid']}, expires in {held['expires_in']:.0f} s unless renewed)"
+        )
 
 
 @vm.command("list")

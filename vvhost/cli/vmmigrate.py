@@ -5,9 +5,10 @@ from __future__ import annotations
 import click
 
 from ..host.migrate import migrate
+from ..host.vmop import VmOps
 from . import output
 from .base import json_option
-from .vm import conf_option, connect_option, manager, vm
+from .vm import conf_option, connect_option, manager, vm, wait_option
 
 
 @vm.command("migrate")
@@ -34,6 +35,7 @@ from .vm import conf_option, connect_option, manager, vm
 @conf_option
 @connect_option
 @json_option
+@wait_option
 def vm_migrate(
     vm_name: str,
     dest_uri: str,
@@ -47,7 +49,7 @@ def vm_migrate(
 ) -> None:
     """Migrate a running VM live (its vvols are bound for the destination there and
     unbound here after the switch), or a stopped one with --offline."""
-    with manager(host_conf, uri) as vms:
+    with manager(host_conf, uri) as vms, VmOps(vms).leased(vm_name, "vm-migrate"):
         result = migrate(
             vms,
             vm_name,

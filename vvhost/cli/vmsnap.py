@@ -6,10 +6,11 @@ import os
 
 import click
 
-from ..host.snapshots import VmSnapshots
+from ..host.vmop import VmOps
+from ..host.vmsnapshots import VmSnapshots
 from . import output
 from .base import json_option
-from .vm import conf_option, connect_option, manager, vm
+from .vm import conf_option, connect_option, manager, vm, wait_option
 
 
 @vm.command("snapshot")
@@ -30,6 +31,7 @@ from .vm import conf_option, connect_option, manager, vm
 @conf_option
 @connect_option
 @json_option
+@wait_option
 def vm_snapshot(
     vm_name: str,
     snap: str,
@@ -78,6 +80,7 @@ def vm_snapshots(vm_name: str, tree: bool, host_conf: str, uri: str | None, as_j
 @conf_option
 @connect_option
 @json_option
+@wait_option
 def vm_revert(
     vm_name: str,
     snap: str,
@@ -98,6 +101,7 @@ def vm_revert(
 @conf_option
 @connect_option
 @json_option
+@wait_option
 def vm_snapshot_delete(
     vm_name: str, snap: str, host_conf: str, uri: str | None, as_json: bool
 ) -> None:
@@ -115,6 +119,7 @@ def vm_snapshot_delete(
 @conf_option
 @connect_option
 @json_option
+@wait_option
 def vm_clone(
     vm_name: str,
     new: str,
@@ -141,6 +146,7 @@ def vm_clone(
 @conf_option
 @connect_option
 @json_option
+@wait_option
 def vm_extend_disk(
     vm_name: str,
     target: str,
@@ -151,7 +157,7 @@ def vm_extend_disk(
     as_json: bool,
 ) -> None:
     """Grow a VM's disk; a running guest sees the new size at once."""
-    with manager(host_conf, uri) as vms:
+    with manager(host_conf, uri) as vms, VmOps(vms).leased(vm_name, "vm-extend-disk"):
         output.show(vms.extend_disk(vm_name, target, size, fix_gpt), as_json)
 
 
@@ -161,6 +167,7 @@ def vm_extend_disk(
 @conf_option
 @connect_option
 @json_option
+@wait_option
 def vm_export(vm_name: str, to: str, host_conf: str, uri: str | None, as_json: bool) -> None:
     """Write a stopped VM as qcow2 chains (one file per snapshot) and a domain XML
     that plain libvirt boots."""

@@ -7,7 +7,7 @@ import click
 from ..host.movestorage import StorageMover
 from . import output
 from .base import json_option
-from .vm import conf_option, connect_option, manager, vm
+from .vm import conf_option, connect_option, manager, vm, wait_option
 
 
 @vm.command("move-storage")
@@ -19,6 +19,7 @@ from .vm import conf_option, connect_option, manager, vm
 @conf_option
 @connect_option
 @json_option
+@wait_option
 def vm_move_storage(
     vm_name: str,
     container: str,

@@ -16,12 +16,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 
 import libvirt
 
+from ..tools import qemuimg
 from . import domainxml as dx
 from .vms import VmError, VmManager, raw_source, raw_target
 
@@ -72,7 +72,7 @@ def store(vms: VmManager, path: str, name: str, datastore: str | None, pe: str |
     v = vms.client.vvol_create(None, size, type="memory", name=name, datastore=datastore)
     try:
         with vms.bound_here(v["id"], pe) as handle:
-            _qemu_img("convert", "-n", "-f", "raw", path, *raw_target(handle))
+            qemuimg.convert(["-f", "raw", path], raw_target(handle))
     except BaseException:
         with contextlib.suppress(Exception):
             vms.client.vvol_delete(v["id"])
@@ -83,7 +83,7 @@ def store(vms: VmManager, path: str, name: str, datastore: str | None, pe: str |
 def load(vms: VmManager, vvol: str, nbytes: int, path: str, pe: str | None) -> None:
     """Copy a memory vvol back into the local file ``path`` (its first ``nbytes``)."""
     with vms.bound_here(vvol, pe) as handle:
-        _qemu_img("convert", *raw_source(handle), "-O", "raw", path)
+        qemuimg.convert(raw_source(handle), ["-O", "raw", path], no_create=False)
     os.truncate(path, nbytes)
 
 
@@ -94,9 +94,3 @@ def restore(vms: VmManager, path: str) -> None:
         raise VmError(
             detail=f"cannot resume from the saved memory: {exc.get_error_message()}"
         ) from None
-
-
-def _qemu_img(*argv: str) -> None:
-    done = subprocess.run(["qemu-img", *argv], capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise VmError(detail=f"qemu-img {argv[0]} failed: {done.stderr.strip()}")

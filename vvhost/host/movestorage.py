@@ -40,8 +40,9 @@ import libvirt
 from ..errors import CapacityExceeded, InvalidInput, NotFound, VvhostError
 from ..faults import host_fault as fault
 from . import domainxml as dx
-from .snapshots import VmSnapshots
+from .pending import MoveRec, Rec
 from .vmdoc import VmDoc
+from .vmop import VmOps
 from .vms import VmError, VmManager, delete_all
 
 OP = "move-storage"
@@ -83,35 +84,37 @@ class StorageMover:
         self.vms = vms
         self.client = vms.client
         self.host = vms.conf.name
-        self.snaps = VmSnapshots(vms)
+        self.ops = VmOps(vms)
 
     # -- the move ---------------------------------------------------------------------------
     def move(self, name: str, container: str, targets: list[str] | None = None) -> dict[str, Any]:
-        dom, doc = self.snaps.open(name)
+        with self.ops.operation(name, "vm-move-storage") as (dom, doc):
+            return self._move(dom, doc, name, container, targets)
+
+    def _move(
+        self,
+        dom: libvirt.virDomain,
+        doc: VmDoc,
+        name: str,
+        container: str,
+        targets: list[str] | None,
+    ) -> dict[str, Any]:
         plan = self._plan(dom, doc, container, targets)
-        pending: dict[str, Any] = {
-            "op": OP,
-            "stage": "copy",
-            "container": plan.container["id"],
-            "new": {},
-            "snaps": {},
-            "temps": [],
-            "follow": plan.follow,
-        }
-        doc.pending = pending
+        rec = MoveRec(OP, stage=MoveRec.COPY, container=plan.container["id"], follow=plan.follow)
+        doc.pending = rec.to_dict()
         doc.save(self.client)
         t0 = time.perf_counter()
         copied = 0
         try:
             for disk in plan.disks:
-                copied += self._copy_points(doc, pending, disk, plan)
+                copied += self._copy_points(doc, rec, disk, plan)
             fault("move-storage", "points-copied")
             if plan.running:
-                copied += self._mirror(dom, doc, pending, plan.disks)
+                copied += self._mirror(dom, doc, rec, plan.disks)
         except BaseException:
             self.settle(dom, doc)
             raise
-        moved = {d.target: pending["new"][d.target] for d in plan.disks}
+        moved = {d.target: rec.new[d.target] for d in plan.disks}
         self._commit(dom, doc, moved)
         fault("move-storage", "committed")
         self._release(doc)
@@ -249,7 +252,7 @@ class StorageMover:
                 )
 
     # -- copying ----------------------------------------------------------------------------
-    def _copy_points(self, doc: VmDoc, pending: dict[str, Any], disk: DiskMove, plan: Plan) -> int:
+    def _copy_points(self, doc: VmDoc, rec: MoveRec, disk: DiskMove, plan: Plan) -> int:
         """Make the new vvol and bring it through every point (snapshotting it after
         each); a stopped VM's live data last.  Returns the bytes written."""
         info = self.client.vvol(disk.old)
@@ -261,34 +264,34 @@ class StorageMover:
             metadata=info["metadata"],
             datastore=doc.datastore,
         )["id"]
-        self._note(doc, pending, "new", {**pending["new"], disk.target: new})
+        self._note(doc, rec, "new", {**rec.new, disk.target: new})
         sources = [snap for _name, snap in disk.points] + ([] if plan.running else [disk.old])
         if not sources:
             return 0
         empty = self.client.vvol_snapshot(new, name=f"{doc.name}.{disk.target}@move-base")["id"]
-        self._note(doc, pending, "temps", pending["temps"] + [empty])
+        self._note(doc, rec, "temps", rec.temps + [empty])
         copied, base = 0, empty
         made: dict[str, str] = {}
         for i, src in enumerate(sources):
             copied += int(self.client.vvol_copy_diffs(src, base, new)["bytes"])
             if base == empty:
-                self.snaps.drop([empty])
+                self.ops.drop([empty])
             base = src
             if i < len(disk.points):
                 point, old_snap = disk.points[i]
                 name = self.client.vvol(old_snap)["name"]
                 made[point] = self.client.vvol_snapshot(new, name=name)["id"]
-                self._note(doc, pending, "snaps", {**pending["snaps"], disk.target: dict(made)})
+                self._note(doc, rec, "snaps", {**rec.snaps, disk.target: dict(made)})
         return copied
 
-    def _note(self, doc: VmDoc, pending: dict[str, Any], key: str, value: Any) -> None:
+    def _note(self, doc: VmDoc, rec: MoveRec, key: str, value: Any) -> None:
         """Record a step in the config vvol before going on."""
-        pending[key] = value
-        doc.pending = pending
+        setattr(rec, key, value)
+        doc.pending = rec.to_dict()
         doc.save(self.client)
 
     def _mirror(
-        self, dom: libvirt.virDomain, doc: VmDoc, pending: dict[str, Any], disks: list[DiskMove]
+        self, dom: libvirt.virDomain, doc: VmDoc, rec: MoveRec, disks: list[DiskMove]
     ) -> int:
         """Block copy every disk of the running guest onto its new vvol, then pivot
         each; returns the bytes the copies went through."""
@@ -297,7 +300,7 @@ class StorageMover:
             libvirt.VIR_DOMAIN_BLOCK_COPY_REUSE_EXT | libvirt.VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB
         )
         for disk in disks:
-            handle = self.client.bind_one(pending["new"][disk.target], self.host, pe=pe)
+            handle = self.client.bind_one(rec.new[disk.target], self.host, pe=pe)
             try:
                 dom.blockCopy(disk.target, dx.copy_dest_xml(handle), None, flags)
             except libvirt.libvirtError as exc:
@@ -344,8 +347,8 @@ class StorageMover:
     def _commit(self, dom: libvirt.virDomain, doc: VmDoc, moved: dict[str, str]) -> None:
         """Make the VM's document, its definition and the live domain name the new
         vvols; from here on the move goes forward."""
-        p = doc.pending or {}
-        snaps: dict[str, dict[str, str]] = p.get("snaps", {})
+        rec = MoveRec.from_dict(doc.pending or {"op": OP})
+        snaps = rec.snaps
         old: list[str] = []
         renamed: dict[str, str] = {}
         for target, new in moved.items():
@@ -372,21 +375,24 @@ class StorageMover:
                 libvirt.VIR_DOMAIN_AFFECT_LIVE,
             )
         doc.xml = dx.tostring(root)
-        doc.pending = {**p, "stage": "release", "old": old}
-        if len(moved) < len(p.get("new", {})):
-            doc.pending["follow"] = []  # a disk went back: the config stays with it
+        rec.stage, rec.old = MoveRec.RELEASE, old
+        if len(moved) < len(rec.new):
+            rec.follow = []  # a disk went back: the config stays with it
+        doc.pending = rec.to_dict()
         doc.save(self.client)
 
     def _release(self, doc: VmDoc) -> None:
         """Drop the old vvols (unbound here first) and move the config along."""
-        p = doc.pending or {}
-        old = list(p.get("old", []))
+        rec = MoveRec.from_dict(doc.pending or {"op": OP})
+        old = list(rec.old)
         bound = {b["vvol"] for b in self.client.bindings(host=self.host)}
         if set(old) & bound:
             self.client.unbind([v for v in old if v in bound], self.host, drop_all=True)
         delete_all(self.client, old)
-        for vid in p.get("follow", []):
-            self.client.vvol_move(vid, p["container"])
+        for vid in rec.follow:
+            self.client.vvol_move(vid, rec.container)
+            if vid == doc.config:  # the move itself bumped the config vvol's generation
+                doc.generation = self.client.config_read(doc.config)["generation"]
         doc.pending = None
         doc.save(self.client)
 
@@ -394,17 +400,17 @@ class StorageMover:
     def settle(self, dom: libvirt.virDomain, doc: VmDoc) -> list[str]:
         """Finish a move that stopped half-way; returns the disks that moved.  Disks
         the guest runs on from the new vvols go forward, the others go back."""
-        p = doc.pending or {}
-        if p.get("stage") == "release":
+        rec = MoveRec.from_dict(doc.pending or {"op": OP})
+        if rec.stage == MoveRec.RELEASE:
             self._release(doc)
             return []
-        new: dict[str, str] = dict(p.get("new", {}))
+        new = dict(rec.new)
         live = dx.parse(dom.XMLDesc(0)) if dom.isActive() else None
         moved = {t: n for t, n in new.items() if live is not None and self._runs_on(live, t, n)}
         for target, vid in new.items():
             if target not in moved:
-                self._back(dom, live, target, vid, p.get("snaps", {}).get(target, {}))
-        self.snaps.drop(list(p.get("temps", [])))
+                self._back(dom, live, target, vid, rec.snaps.get(target, {}))
+        self.ops.drop(list(rec.temps))
         if moved:
             self._commit(dom, doc, moved)
             self._release(doc)
@@ -443,15 +449,13 @@ class StorageMover:
         delete_all(self.client, list(snaps.values()) + [vvol])
 
 
-def recover_move(
-    vms: VmManager, dom: libvirt.virDomain, doc: VmDoc, pending: dict[str, Any]
-) -> str:
-    """Finish a ``move-storage`` a killed ``vvhost`` left (``pending`` is
-    ``doc.pending``): pivoted disks and a committed move go forward, the rest back.
-    Leaves ``doc`` saved with no pending operation."""
-    doc.pending = pending
+def recover_move(vms: VmManager, dom: libvirt.virDomain, doc: VmDoc, rec: Rec) -> None:
+    """Finish a ``move-storage`` a killed ``vvhost`` left (named in vmop.RECOVERY):
+    pivoted disks and a committed move go forward, the rest back.  Leaves ``doc``
+    saved with no pending operation."""
+    assert isinstance(rec, MoveRec)
+    doc.pending = rec.to_dict()
     StorageMover(vms).settle(dom, doc)
-    return OP
 
 
 def _ready(root: dx.ET.Element, target: str) -> bool:

@@ -22,7 +22,6 @@ import contextlib
 import json
 import math
 import os
-import subprocess
 import tempfile
 import time
 import uuid
@@ -32,11 +31,13 @@ from typing import Any
 import libvirt
 
 from ..faults import host_fault as fault
+from ..tools import qemuimg
 from . import domainxml as dx
 from .hook import ensure_bound, undo
-from .snapshots import VmSnapshots
+from .pending import DropRec, Rec, RedoDeleteRec, RedoLayersRec
 from .vmdoc import Point, VmDoc
-from .vms import MiB, VmError, raw_target
+from .vmop import VmOps
+from .vms import MiB, VmError, VmManager, raw_target
 
 MAX_LAYERS = 16
 CLUSTER = 64 * 1024
@@ -46,11 +47,11 @@ Chains = dict[str, list[str]]  # target -> vvols, bottom first, the top last
 
 
 class RedoSnapshots:
-    def __init__(self, s: VmSnapshots) -> None:
-        self.s = s
-        self.vms = s.vms
-        self.client = s.client
-        self.host = s.vms.conf.name
+    def __init__(self, ops: VmOps) -> None:
+        self.ops = ops
+        self.vms = ops.vms
+        self.client = ops.client
+        self.host = ops.vms.conf.name
 
     # -- snapshot ---------------------------------------------------------------------------
     def take(
@@ -66,13 +67,9 @@ class RedoSnapshots:
         running = bool(dom.isActive())
         op = uuid.uuid4().hex[:8]
         names = {t: f"{doc.name}.{t}.{snap}-{op}" for t in live}
-        doc.pending = {
-            "op": "redo-snapshot",
-            "point": snap,
-            "description": description,
-            "running": running,
-            "vvols": names,
-        }
+        doc.pending = RedoLayersRec(
+            "redo-snapshot", point=snap, vvols=names, description=description, running=running
+        ).to_dict()
         doc.save(self.client)
         xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
         made: dict[str, str] = {}
@@ -92,17 +89,17 @@ class RedoSnapshots:
         self, dom: libvirt.virDomain, doc: VmDoc, made: dict[str, str], xml: str, stun: float | None
     ) -> Point:
         """The overlays are (or are about to be) the live tops: define, then record."""
-        p = doc.pending or {}
+        rec = RedoLayersRec.from_dict(doc.pending or {"op": "redo-snapshot"})
         frozen = _live(doc)
         self._define(dom, doc, {t: chain + [made[t]] for t, chain in frozen.items()})
         point = Point(
-            name=str(p["point"]),
+            name=rec.point,
             parent=doc.current,
             mode="redo",
             layers=frozen,
-            description=str(p.get("description", "")),
+            description=rec.description,
             xml=xml,
-            running=bool(p.get("running")),
+            running=rec.running,
             stun_ms=stun,
         )
         doc.add(point)
@@ -137,7 +134,7 @@ class RedoSnapshots:
             raise VmError(detail=f"{doc.name}/{point.name} does not cover the VM's disks")
         op = uuid.uuid4().hex[:8]
         names = {t: f"{doc.name}.{t}.{point.name}-{op}" for t in doc.disks}
-        doc.pending = {"op": "redo-revert", "point": point.name, "vvols": names}
+        doc.pending = RedoLayersRec("redo-revert", point=point.name, vvols=names).to_dict()
         doc.save(self.client)
         before = _used(doc)
         made: dict[str, str] = {}
@@ -157,12 +154,9 @@ class RedoSnapshots:
         }
         before = _used(doc)
         doc.remove(point.name)
-        doc.pending = {
-            "op": "redo-delete",
-            "point": point.name,
-            "merges": merges,
-            "before": sorted(before),
-        }
+        doc.pending = RedoDeleteRec(
+            "redo-delete", point=point.name, merges=merges, before=sorted(before)
+        ).to_dict()
         doc.save(self.client)
         try:
             for target, (child, base) in merges.items():
@@ -246,7 +240,7 @@ class RedoSnapshots:
                 "file": dx.blockdev(handles[child]),
                 "backing": {"driver": fmt, "file": dx.blockdev(handles[base])},
             }
-            _run("qemu-img", "commit", "-d", "json:" + json.dumps(spec))
+            qemuimg.commit("json:" + json.dumps(spec))
 
     def flatten(self, doc: VmDoc, chain: list[str], dest: str) -> None:
         """Write what ``chain`` (bottom first) reads into the raw vvol ``dest``."""
@@ -254,23 +248,21 @@ class RedoSnapshots:
             spec: dict[str, Any] = {"driver": "raw", "file": dx.blockdev(handles[chain[0]])}
             for layer in chain[1:]:
                 spec = {"driver": "qcow2", "file": dx.blockdev(handles[layer]), "backing": spec}
-            _run(
-                "qemu-img", "convert", "-n", "json:" + json.dumps(spec), *raw_target(handles[dest])
-            )
+            qemuimg.convert(["json:" + json.dumps(spec)], raw_target(handles[dest]))
 
     # -- recovery ---------------------------------------------------------------------------
-    def recover(self, dom: libvirt.virDomain, doc: VmDoc, pending: dict[str, Any]) -> None:
+    def recover(self, dom: libvirt.virDomain, doc: VmDoc, rec: Rec) -> None:
         """Finish a step libvirt took, undo one it did not (the caller clears pending)."""
-        what = pending.get("op")
-        if what in ("redo-snapshot", "redo-revert"):
-            names: dict[str, str] = dict(pending.get("vvols") or {})
-            made = {t: self.s._resolve(n) for t, n in names.items()}
+        what = rec.op
+        if isinstance(rec, RedoLayersRec):
+            names: dict[str, str] = dict(rec.vvols)
+            made = {t: self.ops.resolve(n) for t, n in names.items()}
             found = {t: v for t, v in made.items() if v}
             if len(found) == len(names) and self._in_use(dom, found):
                 if what == "redo-snapshot":
                     self._finish_take(dom, doc, found, "", None)
                 else:
-                    point = doc.point(str(pending["point"]))
+                    point = doc.point(rec.point)
                     before = _used(doc)
                     self._define(dom, doc, _onto(point, found))
                     doc.current = point.name
@@ -279,11 +271,10 @@ class RedoSnapshots:
                 self._drop(list(found.values()))
             if dom.isActive() and dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
                 dom.resume()
-        elif what == "redo-delete":
-            merges = dict(pending.get("merges") or {})
-            self._recover_delete(dom, doc, merges, set(pending.get("before") or []))
-        elif what == "redo-drop":
-            self._drop(list(pending.get("vvols") or []))
+        elif isinstance(rec, RedoDeleteRec):
+            self._recover_delete(dom, doc, dict(rec.merges), set(rec.before))
+        elif isinstance(rec, DropRec):
+            self._drop(list(rec.vvols))
 
     def _recover_delete(
         self, dom: libvirt.virDomain, doc: VmDoc, merges: dict[str, list[str]], before: set[str]
@@ -339,9 +330,8 @@ class RedoSnapshots:
         try:
             with tempfile.TemporaryDirectory(prefix="vvredo") as tmp:
                 image = os.path.join(tmp, "layer.qcow2")
-                _run("qemu-img", "create", "-q", "-f", "qcow2", "-o",
-                     f"cluster_size={CLUSTER}", image, str(vsize))  # fmt: skip
-                _run("qemu-img", "convert", "-n", "-f", "raw", image, *raw_target(handle))
+                qemuimg.create(image, vsize, "qcow2", {"cluster_size": str(CLUSTER)})
+                qemuimg.convert(["-f", "raw", image], raw_target(handle))
         except BaseException:
             self.client.unbind([vvol], self.host, drop_all=True)
             raise
@@ -381,7 +371,7 @@ class RedoSnapshots:
     def _collect(self, doc: VmDoc, before: set[str]) -> None:
         """Delete what no chain needs any more (recorded first), then clear pending."""
         garbage = sorted(before - _used(doc))
-        doc.pending = {"op": "redo-drop", "vvols": garbage} if garbage else None
+        doc.pending = DropRec("redo-drop", vvols=garbage).to_dict() if garbage else None
         doc.save(self.client)
         if garbage:
             self._drop(garbage)
@@ -404,7 +394,12 @@ class RedoSnapshots:
             with contextlib.suppress(Exception):
                 if self.client.bindings(host=self.host, vvol=vid):
                     self.client.unbind([vid], self.host, drop_all=True)
-        self.s.drop(list(vvols))
+        self.ops.drop(list(vvols))
+
+
+def recover_redo(vms: VmManager, dom: libvirt.virDomain, doc: VmDoc, rec: Rec) -> None:
+    """Recovery of every redo-mode step (named in vmop.RECOVERY)."""
+    RedoSnapshots(VmOps(vms)).recover(dom, doc, rec)
 
 
 def _live(doc: VmDoc) -> Chains:
@@ -440,9 +435,8 @@ def _without(chain: list[str], gone: dict[str, str]) -> list[str]:
 
 
 def _overlay_mib(vsize: int) -> int:
-    out = _run("qemu-img", "measure", "--output=json", "-O", "qcow2", "-o",
-               f"cluster_size={CLUSTER}", "--size", str(vsize))  # fmt: skip
-    return max(1, math.ceil(int(json.loads(out)["fully-allocated"]) / MiB))
+    out = qemuimg.measure(vsize, "qcow2", {"cluster_size": str(CLUSTER)})
+    return max(1, math.ceil(int(out["fully-allocated"]) / MiB))
 
 
 def _wait_job(dom: libvirt.virDomain, target: str, ready: bool) -> None:
@@ -470,11 +464,3 @@ def _pivot(dom: libvirt.virDomain, target: str) -> None:
                 raise
             time.sleep(0.1)
     _wait_job(dom, target, False)
-
-
-def _run(*argv: str) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["failed"])[-1]
-        raise VmError(detail=f"{argv[0]} {argv[1]}: {last}")
-    return done.stdout

@@ -17,8 +17,8 @@ import libvirt
 from ..errors import AlreadyExists, InvalidInput
 from ..units import check_name
 from . import domainxml as dx
-from .snapshots import Stun, VmSnapshots
 from .vmdoc import VmDoc
+from .vmop import Stun, VmOps
 from .vms import VmManager
 
 
@@ -26,7 +26,7 @@ class VmCloner:
     def __init__(self, vms: VmManager) -> None:
         self.vms = vms
         self.client = vms.client
-        self.snaps = VmSnapshots(vms)
+        self.ops = VmOps(vms)
 
     def clone(
         self,
@@ -42,7 +42,19 @@ class VmCloner:
             raise AlreadyExists(kind="VM", ref=new)
         except libvirt.libvirtError:
             pass
-        dom, doc = self.snaps.open(name)
+        with self.ops.operation(name, "vm-clone") as (dom, doc):
+            return self._clone(dom, doc, name, new, snapshot, linked, serial_log)
+
+    def _clone(
+        self,
+        dom: libvirt.virDomain,
+        doc: VmDoc,
+        name: str,
+        new: str,
+        snapshot: str | None,
+        linked: bool,
+        serial_log: str | None,
+    ) -> dict[str, Any]:
         chains: dict[str, list[str]] = {}  # redo mode: what to flatten, per disk
         if snapshot is not None:
             point = doc.point(snapshot)
@@ -82,7 +94,7 @@ class VmCloner:
             self.vms._forget(new, made)
             raise
         finally:
-            self.snaps.drop(list(temps))
+            self.ops.drop(list(temps))
         return self.vms.show(new)
 
     def _sources_now(
@@ -105,7 +117,7 @@ class VmCloner:
                     snap = self.client.vvol_snapshot(vvol, name=f"{doc.name}.{target}@clone-{tag}")
                     temps[target] = snap["id"]
         except BaseException:
-            self.snaps.drop(list(temps.values()))
+            self.ops.drop(list(temps.values()))
             raise
         return temps, list(temps.values())
 
@@ -149,7 +161,7 @@ class VmCloner:
             )
             made.append(v["id"])
             disks[target] = v["id"]
-            RedoSnapshots(self.snaps).flatten(doc, chain, v["id"])
+            RedoSnapshots(self.ops).flatten(doc, chain, v["id"])
         return disks
 
     def _definition(

@@ -9,7 +9,9 @@
      "pending": {...} | null}                an unfinished VM operation (see recovery)
 
 The document travels with the storage, so a VM's snapshots come along when it is
-registered on another host.
+registered on another host.  It is saved compare-and-set: ``load`` keeps the
+config vvol's generation and ``save`` writes only if nobody saved since (else
+``StaleGeneration``), so one command never silently undoes another's change.
 """
 
 from __future__ import annotations
@@ -19,7 +21,17 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..client import Client
-from ..errors import NotFound
+from ..errors import NotFound, StaleGeneration
+
+
+class DocChanged(StaleGeneration):
+    """Somebody saved the VM's document after this command read it (a lost update
+    was refused)."""
+
+    template = (
+        "the config document of VM {vm} changed since this command read it "
+        "(generation {expected}, now {actual}); nothing was overwritten"
+    )
 
 
 @dataclass
@@ -60,10 +72,12 @@ class VmDoc:
     points: list[Point] = field(default_factory=list)
     current: str | None = None
     pending: dict[str, Any] | None = None
+    generation: int | None = None  # the config vvol's, as read (not part of the document)
 
     @classmethod
     def load(cls, client: Client, config: str) -> VmDoc:
-        d = client.config_get(config)
+        read = client.config_read(config)
+        d = read["document"]
         return cls(
             config=config,
             name=str(d.get("name", "")),
@@ -77,12 +91,20 @@ class VmDoc:
             points=[Point.from_dict(p) for p in d.get("points") or []],
             current=d.get("current"),
             pending=d.get("pending"),
+            generation=read.get("generation"),
         )
 
     def save(self, client: Client) -> None:
         doc = asdict(self)
         doc.pop("config")
-        client.config_put(self.config, doc)
+        doc.pop("generation")
+        try:
+            done = client.config_put(self.config, doc, self.generation)
+        except StaleGeneration as exc:
+            raise DocChanged(
+                vm=self.name, expected=self.generation, actual=exc.fields.get("actual")
+            ) from None
+        self.generation = done.get("generation")
 
     def point(self, name: str) -> Point:
         for p in self.points:

@@ -26,8 +26,8 @@ from .. import convert
 from ..errors import AlreadyExists, InUse, InvalidInput
 from ..units import check_name
 from . import domainxml as dx
-from .snapshots import VmSnapshots
 from .vmdoc import Point, VmDoc
+from .vmop import VmOps
 from .vms import VmManager, delete_all
 
 MANIFEST = "vm.json"
@@ -41,7 +41,10 @@ class VmPorter:
 
     # -- export -------------------------------------------------------------------------------
     def export(self, name: str, to: str) -> dict[str, Any]:
-        dom, doc = VmSnapshots(self.vms).open(name)
+        with VmOps(self.vms).operation(name, "vm-export") as (dom, doc):
+            return self._export(dom, doc, name, to)
+
+    def _export(self, dom: libvirt.virDomain, doc: VmDoc, name: str, to: str) -> dict[str, Any]:
         if dom.isActive():
             raise InUse(kind="VM", ref=name, reason="it is running; stop it to export it")
         if doc.layers or doc.mode == "redo":

@@ -9,9 +9,7 @@ current, and move them between hosts by their config vvol alone.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -21,6 +19,7 @@ import libvirt
 
 from ..client import Client
 from ..errors import AlreadyExists, InUse, InvalidInput, NotFound, VvhostError
+from ..tools import qemuimg
 from ..units import parse_size
 from . import domainxml as dx
 from . import nbdtls
@@ -60,6 +59,7 @@ class VmManager:
         self.client = client
         self.uri = uri or conf.libvirt
         self._conn: libvirt.virConnect | None = None
+        self.lease_wait: float | None = None  # seconds to wait for a busy VM (None: refuse)
         # libvirt prints every error on stderr by default; ours are reported as one line
         libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
@@ -164,11 +164,10 @@ class VmManager:
 
     def _import(self, image: str, vvol: str, pe: str, progress: bool) -> None:
         with self.bound_here(vvol, pe) as handle:
-            argv = ["qemu-img", "convert", "-n", *(["-p"] if progress else [])]
-            argv += [image, *raw_target(handle)]
-            done = subprocess.run(argv, capture_output=not progress, text=True, check=False)
-            if done.returncode != 0:
-                raise VmError(detail=f"importing {image} failed: {(done.stderr or '').strip()}")
+            try:
+                qemuimg.convert([image], raw_target(handle), progress=progress)
+            except qemuimg.QemuImgFailed as exc:
+                raise VmError(detail=f"importing {image} failed: {exc.fields['detail']}") from None
 
     def _point_sources(self, root: dx.ET.Element, meta: dx.VmMeta) -> None:
         """Set each disk's source to where the vvol binds on this host (the binding
@@ -376,12 +375,11 @@ def _state(dom: libvirt.virDomain) -> str:
 
 
 def _image_mib(image: str) -> int:
-    out = subprocess.run(
-        ["qemu-img", "info", "--output=json", image], capture_output=True, text=True, check=False
-    )
-    if out.returncode != 0:
-        raise InvalidInput(detail=f"cannot read image {image}: {out.stderr.strip()}")
-    return max(1, math.ceil(int(json.loads(out.stdout)["virtual-size"]) / MiB))
+    try:
+        size = qemuimg.virtual_size(image)
+    except qemuimg.QemuImgFailed as exc:
+        raise InvalidInput(detail=f"cannot read image {image}: {exc.fields['detail']}") from None
+    return max(1, math.ceil(size / MiB))
 
 
 def _iscsi_opts(handle: dict[str, Any]) -> str | None:

@@ -4,6 +4,11 @@ written into the volume itself so it travels with the storage::
     offset 0   b"VVHCFG01"            magic
            8   u64 little endian      length of the JSON that follows
           16   JSON (UTF-8)
+
+Saving is compare-and-set on the config vvol's generation: ``get`` answers the
+generation it read, ``put`` with that generation writes only if nobody saved in
+between (else 409 ``stale-generation``) and bumps it, so a lost update is
+impossible.  A snapshot's document (a read-only vvol) is never replaced.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ import os
 import struct
 from typing import Any
 
-from ..errors import Corrupt, InvalidInput
+from ..catalog import vvolrepo
+from ..errors import Corrupt, InvalidInput, ReadOnly
 from .context import Context
 
 MAGIC = b"VVHCFG01"
@@ -31,24 +37,34 @@ class ConfigDocs:
             raise InvalidInput(detail=f"vvol {ref!r} is a {v.type} vvol, not a config vvol")
         return self.ctx.path(v), v.size, v.id
 
-    def put(self, ref: str, document: dict[str, Any]) -> dict[str, Any]:
+    def put(
+        self, ref: str, document: dict[str, Any], generation: int | None = None
+    ) -> dict[str, Any]:
+        """Write the document; with ``generation``, only if the vvol is still at it."""
         path, size, vid = self._path(ref)
         data = json.dumps(document, sort_keys=True).encode()
         if HEADER.size + len(data) > size:
             raise InvalidInput(
                 detail=f"the document ({len(data)} bytes) does not fit the {size}-byte config vvol"
             )
-        with self.ctx.locks.hold([vid]):
+        with self.ctx.locks.hold([vid]), self.ctx.db.tx() as conn:
+            v = self.ctx.ready(self.ctx.vvol(conn, vid))
+            if v.readonly:
+                raise ReadOnly(ref=v.name or v.id, action="replace its config document")
+            self.ctx.expect(v, generation)
+            vvolrepo.change(conn, v)  # generation + 1, or StaleGeneration if it moved
             fd = os.open(path, os.O_WRONLY)
             try:
                 os.pwrite(fd, HEADER.pack(MAGIC, len(data)) + data, 0)
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        return {"vvol": vid, "bytes": len(data)}
+        return {"vvol": vid, "bytes": len(data), "generation": v.generation + 1}
 
     def get(self, ref: str) -> dict[str, Any]:
         path, size, vid = self._path(ref)
+        with self.ctx.db.tx() as conn:
+            generation = self.ctx.vvol(conn, vid).generation
         with open(path, "rb") as fh:
             head = fh.read(HEADER.size)
             magic, length = HEADER.unpack(head) if len(head) == HEADER.size else (b"", 0)
@@ -59,7 +75,7 @@ class ConfigDocs:
                     kind="config vvol", ref=ref, detail=f"its header claims {length} bytes"
                 )
             raw = fh.read(length)
-        return {"vvol": vid, "document": parse_document(ref, raw)}
+        return {"vvol": vid, "document": parse_document(ref, raw), "generation": generation}
 
 
 def parse_document(ref: str, raw: bytes) -> dict[str, Any]:
