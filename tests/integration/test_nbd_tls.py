@@ -118,9 +118,15 @@ def nbd_list(handle: dict[str, object], certs: str | None) -> subprocess.Complet
     )
 
 
+def with_dir(handle: dict[str, object], certs: str) -> dict[str, object]:
+    """The handle as the host side uses it once its credentials are in ``certs``."""
+    tls = handle["tls"]
+    assert isinstance(tls, dict)
+    return {**handle, "tls": {**tls, "dir": certs}}
+
+
 def qemu_io(handle: dict[str, object], certs: str, cmd: str) -> subprocess.CompletedProcess[str]:
-    nbdtls.use_dir(certs)
-    args = nbdtls.image_args(dict(handle))
+    args = nbdtls.image_args(with_dir(handle, certs))
     assert args is not None
     return run("qemu-io", *args, "-c", cmd)
 
@@ -129,12 +135,11 @@ def write_pattern(
     lab: Lab, patterns: Patterns, handle: dict[str, object], certs: str, label: str
 ) -> None:
     """Write ``label`` through the binding with qemu-img (the host's own arguments)."""
-    nbdtls.use_dir(certs)
     src = os.path.join(lab.tmp, f"{label}.raw")
     with open(src, "wb") as fh:
         fh.truncate(8 * MiB)
     patterns.write(src, label, OFFSETS)
-    out = run("qemu-img", "convert", "-n", "-f", "raw", src, *raw_target(dict(handle)))
+    out = run("qemu-img", "convert", "-n", "-f", "raw", src, *raw_target(with_dir(handle, certs)))
     assert out.returncode == 0, out.stderr
 
 
@@ -176,8 +181,7 @@ def test_tcp_nbd_opens_only_with_the_hosts_certificate(lab: Lab, patterns: Patte
     write_pattern(lab, patterns, ha, certs_a, "A")
     patterns.check(va["path"], "A", OFFSETS)
     back = os.path.join(lab.tmp, "back.raw")
-    nbdtls.use_dir(certs_a)
-    out = run("qemu-img", "convert", *raw_source(ha), "-O", "raw", back)
+    out = run("qemu-img", "convert", *raw_source(with_dir(ha, certs_a)), "-O", "raw", back)
     assert out.returncode == 0, out.stderr
     patterns.check(back, "A", OFFSETS)
     # and B's works at B's daemon

@@ -75,30 +75,30 @@ def test_host_writes_credentials_privately_and_fetches_only_when_stale(tmp_path:
             Fake.calls += 1
             return {**creds, "host": host}
 
-    nbdtls.use_dir(d)
-    nbdtls.ensure(Fake(), "kvm1", [{"protocol": "nbd", "tls": None}])  # type: ignore[arg-type]
+    nbdtls.ensure(Fake(), "kvm1", [{"protocol": "nbd", "tls": None}], d)  # type: ignore[arg-type]
     assert Fake.calls == 0 and not os.path.exists(d)
     handle = {"protocol": "nbd", "tls": {"identity": "I1"}}
-    nbdtls.ensure(Fake(), "kvm1", [handle])  # type: ignore[arg-type]
-    nbdtls.ensure(Fake(), "kvm1", [handle])  # type: ignore[arg-type]
+    nbdtls.ensure(Fake(), "kvm1", [handle], d)  # type: ignore[arg-type]
+    nbdtls.ensure(Fake(), "kvm1", [handle], d)  # type: ignore[arg-type]
     assert Fake.calls == 1 and nbdtls.current_identity(d) == "I1"
     assert stat.S_IMODE(os.stat(d).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(f"{d}/client-key.pem").st_mode) == 0o600
     creds["identity"] = "I2"
-    nbdtls.ensure(Fake(), "kvm1", [{"protocol": "nbd", "tls": {"identity": "I2"}}])  # type: ignore[arg-type]
+    nbdtls.ensure(Fake(), "kvm1", [{"protocol": "nbd", "tls": {"identity": "I2"}}], d)  # type: ignore[arg-type]
+    assert handle["tls"] == {"identity": "I1", "dir": d}  # image_args finds the credentials
     assert Fake.calls == 2 and nbdtls.current_identity(d) == "I2"
 
 
 def test_qemu_img_arguments_name_the_client_credentials() -> None:
-    nbdtls.use_dir("/etc/pki/a,b")
-    assert raw_target(HANDLE) == [
+    handle = {**HANDLE, "tls": {**HANDLE["tls"], "dir": "/etc/pki/a,b"}}
+    assert raw_target(handle) == [
         "--object",
         "tls-creds-x509,id=vvtls0,dir=/etc/pki/a,,b,endpoint=client",
         "--target-image-opts",
         "driver=raw,file.driver=nbd,file.server.type=inet,file.server.host=127.0.0.1,"
         "file.server.port=41234,file.export=vv-1111.kvm1,file.tls-creds=vvtls0",
     ]
-    assert raw_source(HANDLE)[2] == "--image-opts"
+    assert raw_source(handle)[2] == "--image-opts"
     plain = {**HANDLE, "tls": None}
     assert raw_source(plain) == ["-f", "raw", HANDLE["uri"]]
 
@@ -119,3 +119,18 @@ def test_disk_source_says_tls_yes() -> None:
 )
 def test_host_of_export_name(key: str, host: str | None) -> None:
     assert host_of_key(key) == host
+
+
+def test_offline_redo_nodes_name_the_client_credentials() -> None:
+    """qemu-img commit/convert of redo layers over TLS: each nbd node names the
+    credentials object, which is defined once."""
+    handle = {**HANDLE, "tls": {**HANDLE["tls"], "dir": "/etc/pki/h"}}
+    from vvhost.host import domainxml as dx
+
+    assert dx.blockdev(handle)["tls-creds"] == "vvtls0"
+    assert "tls-creds" not in dx.blockdev({**HANDLE, "tls": None})
+    assert nbdtls.objects([{**HANDLE, "tls": None}, handle]) == [
+        "--object",
+        "tls-creds-x509,id=vvtls0,dir=/etc/pki/h,endpoint=client",
+    ]
+    assert nbdtls.objects([{**HANDLE, "tls": None}]) == []

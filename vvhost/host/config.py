@@ -58,7 +58,6 @@ class HostConfig:
             libvirt=sec.get("libvirt", cls.libvirt),
             nbd_tls_dir=sec.get("nbd_tls_dir", cls.nbd_tls_dir),
         )
-        nbdtls.use_dir(conf.nbd_tls_dir)
         return conf
 
     def save(self, path: str) -> None:

@@ -21,6 +21,8 @@ from typing import Any
 
 from ..errors import InvalidInput
 
+TLS_OBJECT_ID = "vvtls0"  # the qemu-img --object holding a host's NBD client credentials
+
 NS = "https://vvhost.org/xmlns/vm/1"
 MAX_XML = 1 << 20
 ET.register_namespace("vvhost", NS)
@@ -380,7 +382,10 @@ def blockdev(handle: dict[str, Any]) -> dict[str, Any]:
         server = {"type": "unix", "path": src["socket"]}
     else:
         server = {"type": "inet", "host": src["host_name"], "port": src["port"]}
-    return {"driver": "nbd", "server": server, "export": src["name"]}
+    node = {"driver": "nbd", "server": server, "export": src["name"]}
+    if handle.get("tls"):
+        node["tls-creds"] = TLS_OBJECT_ID  # defined by nbdtls.objects()
+    return node
 
 
 def copy_dest_xml(handle: dict[str, Any]) -> str:

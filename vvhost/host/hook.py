@@ -36,10 +36,11 @@ from .config import HOOK_TIMEOUT, HostConfig
 
 
 def ensure_bound(
-    client: Client, host: str, vm: dx.VmMeta, pe: str | None
+    client: Client, host: str, vm: dx.VmMeta, pe: str | None, tls_dir: str | None
 ) -> tuple[dict[str, dict[str, object]], list[str]]:
     """Bind what is not bound yet (every disk's top and layers); return vvol -> handle
-    and the vvols this call bound."""
+    and the vvols this call bound.  ``tls_dir``: where this host keeps its NBD
+    client credentials (None: the bindings are for another host, fetch nothing)."""
     existing = {b["vvol"]: b for b in client.bindings(host=host)}
     wanted = vm.all_vvols()
     missing = [v for v in wanted if v not in existing]
@@ -54,7 +55,8 @@ def ensure_bound(
                 detail=f"cannot bind vvol {failed[0]['vvol']}: {failed[0]['error']['message']}"
             )
         existing.update({r["handle"]["vvol"]: r["handle"] for r in results})
-    nbdtls.ensure(client, host, [existing[v] for v in wanted])
+    if tls_dir is not None:
+        nbdtls.ensure(client, host, [existing[v] for v in wanted], tls_dir)
     return {v: existing[v] for v in wanted}, made
 
 
@@ -128,7 +130,7 @@ def act(
         undo(client, conf.name, [v for v in vm.all_vvols() if v in bound])
         return
     pe = incoming_pe(client, conf, vm) if op == "migrate" else vm.pe or conf.pe
-    handles, made = ensure_bound(client, conf.name, vm, pe)
+    handles, made = ensure_bound(client, conf.name, vm, pe, conf.nbd_tls_dir)
     try:
         if op in ("migrate", "restore"):
             if op == "migrate" and pe:

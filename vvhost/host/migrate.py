@@ -229,7 +229,7 @@ class Migration:
         if self._dest_domain() is not None:
             raise AlreadyExists(kind="VM", ref=f"{self.name} on {host}")
         start = time.monotonic()
-        handles, made = ensure_bound(self.client, host, meta, meta.pe)
+        handles, made = ensure_bound(self.client, host, meta, meta.pe, None)
         try:
             dx.point_sources(root, meta, handles)
         finally:

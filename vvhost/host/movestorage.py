@@ -40,6 +40,7 @@ import libvirt
 from ..errors import CapacityExceeded, InvalidInput, NotFound, VvhostError
 from ..faults import host_fault as fault
 from . import domainxml as dx
+from . import nbdtls
 from .pending import MoveRec, Rec
 from .vmdoc import VmDoc
 from .vmop import VmOps
@@ -301,6 +302,7 @@ class StorageMover:
         )
         for disk in disks:
             handle = self.client.bind_one(rec.new[disk.target], self.host, pe=pe)
+            nbdtls.ensure(self.client, self.host, [handle], self.vms.conf.nbd_tls_dir)
             try:
                 dom.blockCopy(disk.target, dx.copy_dest_xml(handle), None, flags)
             except libvirt.libvirtError as exc:

@@ -26,29 +26,20 @@ from typing import Any
 
 from ..client import Client
 from ..errors import InvalidInput
+from .domainxml import TLS_OBJECT_ID
 
 DEFAULT_DIR = "/etc/pki/vvhost/nbd"
-OBJECT_ID = "vvtls0"
+OBJECT_ID = TLS_OBJECT_ID
 _FILES = (("ca-cert.pem", "ca_cert", 0o644), ("client-cert.pem", "client_cert", 0o644))
-_state = {"dir": DEFAULT_DIR}
-
-
-def use_dir(directory: str) -> None:
-    """Use ``directory`` for this process (set from the host configuration)."""
-    _state["dir"] = directory
-
-
-def cert_dir() -> str:
-    return _state["dir"]
 
 
 def needs_tls(handle: dict[str, Any]) -> bool:
     return bool(handle.get("protocol") == "nbd" and handle.get("tls"))
 
 
-def current_identity(directory: str | None = None) -> str | None:
+def current_identity(directory: str) -> str | None:
     try:
-        with open(os.path.join(directory or cert_dir(), "identity"), encoding="utf-8") as fh:
+        with open(os.path.join(directory, "identity"), encoding="utf-8") as fh:
             return fh.read().strip() or None
     except OSError:
         return None
@@ -78,18 +69,34 @@ def write(directory: str, creds: dict[str, str]) -> None:
         ) from None
 
 
-def fetch(client: Client, host: str, directory: str | None = None) -> str:
+def fetch(client: Client, host: str, directory: str) -> str:
     """Fetch this host's credentials into ``directory``; returns the identity."""
     creds = client.host_nbd_credentials(host)
-    write(directory or cert_dir(), creds)
+    write(directory, creds)
     return str(creds["identity"])
 
 
-def ensure(client: Client, host: str, handles: Iterable[dict[str, Any]]) -> None:
-    """Make the credentials current for every handle that needs TLS."""
-    wanted = {str(h["tls"]["identity"]) for h in handles if needs_tls(h)}
-    if wanted and current_identity() not in wanted:
-        fetch(client, host)
+def ensure(client: Client, host: str, handles: Iterable[dict[str, Any]], directory: str) -> None:
+    """Make the credentials in ``directory`` current for every handle that needs
+    TLS, and note the directory in those handles (``image_args`` reads it)."""
+    tls = [h for h in handles if needs_tls(h)]
+    wanted = {str(h["tls"]["identity"]) for h in tls}
+    if wanted and current_identity(directory) not in wanted:
+        fetch(client, host, directory)
+    for h in tls:
+        h["tls"] = {**h["tls"], "dir": directory}
+
+
+def _object(handle: dict[str, Any]) -> str:
+    directory = str(handle["tls"].get("dir") or DEFAULT_DIR)
+    return f"tls-creds-x509,id={OBJECT_ID},dir={_esc(directory)},endpoint=client"
+
+
+def objects(handles: Iterable[dict[str, Any]]) -> list[str]:
+    """The ``--object`` arguments for nodes built by ``domainxml.blockdev`` from
+    ``handles`` (their ``tls-creds`` names this object); empty without TLS."""
+    tls = [h for h in handles if needs_tls(h)]
+    return ["--object", _object(tls[0])] if tls else []
 
 
 def _esc(value: str) -> str:
@@ -103,7 +110,7 @@ def image_args(handle: dict[str, Any], option: str = "--image-opts") -> list[str
     if not needs_tls(handle):
         return None
     host, _, port = str(handle["uri"])[len("nbd://") :].split("/")[0].rpartition(":")
-    obj = f"tls-creds-x509,id={OBJECT_ID},dir={_esc(cert_dir())},endpoint=client"
+    obj = _object(handle)
     opts = (
         f"driver=raw,file.driver=nbd,file.server.type=inet,file.server.host={host},"
         f"file.server.port={port},file.export={_esc(handle['export'])},"

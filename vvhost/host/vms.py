@@ -156,7 +156,7 @@ class VmManager:
     def bound_here(self, vvol: str, pe: str | None) -> Iterator[dict[str, Any]]:
         """A binding of ``vvol`` on this host for the duration of a ``with`` block."""
         handle = self.client.bind_one(vvol, self.conf.name, pe=pe)
-        nbdtls.ensure(self.client, self.conf.name, [handle])
+        nbdtls.ensure(self.client, self.conf.name, [handle], self.conf.nbd_tls_dir)
         try:
             yield handle
         finally:
@@ -172,7 +172,9 @@ class VmManager:
     def _point_sources(self, root: dx.ET.Element, meta: dx.VmMeta) -> None:
         """Set each disk's source to where the vvol binds on this host (the binding
         is made and dropped again; LUN hints keep it at the same place next time)."""
-        handles, made = ensure_bound(self.client, self.conf.name, meta, meta.pe)
+        handles, made = ensure_bound(
+            self.client, self.conf.name, meta, meta.pe, self.conf.nbd_tls_dir
+        )
         try:
             dx.point_sources(root, meta, handles)
         finally:
@@ -302,6 +304,11 @@ class VmManager:
         running = bool(dom.isActive())
         if running and fix_gpt:
             raise InUse(kind="VM", ref=name, reason="it is running; --fix-gpt needs it stopped")
+        if fix_gpt and "path" not in self.client.vvol(vvol):
+            raise InvalidInput(
+                detail="--fix-gpt edits the vvol's data on the control plane's machine: run it "
+                "there as an administrator (a host's view has no array paths)"
+            )
         if meta.layers.get(target):
             raise InvalidInput(
                 detail=f"disk {target} of {name} is a redo chain; delete its snapshots first"

@@ -105,9 +105,10 @@ def compare(
     return None if done.returncode == 0 else last_line(done.stdout)
 
 
-def commit(image: str) -> None:
-    """Write the top layer of ``image`` into its backing and keep the layer (``-d``)."""
-    run("commit", "-d", image)
+def commit(image: str, objects: Sequence[str] = ()) -> None:
+    """Write the top layer of ``image`` into its backing and keep the layer (``-d``);
+    ``objects``: ``--object`` arguments the image needs (TLS credentials)."""
+    run("commit", *objects, "-d", image)
 
 
 def resize(image: str, size: int | str, fmt: str = "raw") -> None:
