@@ -110,16 +110,21 @@ class VmCloner:
                 "to hang from; take one and clone with --snapshot"
             )
         tag = uuid.uuid4().hex[:8]
-        temps: dict[str, str] = {}
-        try:
+        targets = list(doc.disks)
+        made: list[str] = []
+        try:  # one snapshot group: only the array's cut waits for the paused guest
+            prepared = self.client.snapshot_prepare(
+                [doc.disks[t] for t in targets],
+                [f"{doc.name}.{t}@clone-{tag}" for t in targets],
+            )
+            made = [p["id"] for p in prepared]
             with Stun(dom, quiesce=False):
-                for target, vvol in doc.disks.items():
-                    snap = self.client.vvol_snapshot(vvol, name=f"{doc.name}.{target}@clone-{tag}")
-                    temps[target] = snap["id"]
+                self.client.snapshot_cut(made)
+            self.client.snapshot_commit(made)
         except BaseException:
-            self.ops.drop(list(temps.values()))
+            self.ops.discard(made)
             raise
-        return temps, list(temps.values())
+        return dict(zip(targets, made, strict=True)), made
 
     def _copy(
         self, new: str, doc: VmDoc, sources: dict[str, str], linked: bool, made: list[str]
