@@ -3,11 +3,14 @@ errors with stable exit codes, and nothing half-done after bad input."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -210,3 +213,46 @@ def test_quickstart_cleanup_unmounts_what_a_killed_run_left(tmp_path: str) -> No
         assert _mounts_of(state) == [] and _loops_of(state) == [] and not os.path.exists(state)
     finally:
         release(state)
+
+
+def test_quickstart_interrupted_leaves_nothing_mounted(tmp_path: str) -> None:
+    """Ctrl-C in the middle of the tour: the host, the control plane and its endpoint
+    daemons stop, the XFS image is unmounted and its loop device detached."""
+    if loop_capability("xfs"):
+        pytest.skip(f"no XFS loop mount here: {loop_capability('xfs')}")
+    state = os.path.join(tmp_path, "qs")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vvhost", "quickstart", "--state-dir", state],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    seen = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("$ vvhost pe create"):  # mounted, serving, an endpoint next
+                break
+        assert _mounts_of(state) and _loops_of(state), "".join(seen)
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0
+    assert "Traceback" not in rest, rest
+    assert "Unmounted the XFS image and detached its loop device." in rest, rest
+    assert _mounts_of(state) == [] and _loops_of(state) == []
+    pids = glob.glob(os.path.join(state, "control", "pe", "*", "pid"))
+    assert pids == []  # every endpoint daemon stopped (and its pidfile removed)
+    done = subprocess.run(
+        [sys.executable, "-m", "vvhost", "quickstart", "--state-dir", state, "--cleanup"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0 and not os.path.exists(state)

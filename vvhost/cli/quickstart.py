@@ -106,8 +106,6 @@ def run_quickstart(state_dir: str | None, keep: bool, cleanup: bool) -> None:
                 click.secho(
                     "Stopped the VM host, the control plane and its endpoint daemons.", fg="cyan"
                 )
-        if array:
-            click.secho("Unmounted the XFS image and detached its loop device.", fg="cyan")
     finally:
         if not keep and state_dir is None:
             shutil.rmtree(state, ignore_errors=True)
@@ -120,7 +118,8 @@ def reflink_array(stack: contextlib.ExitStack, state: str) -> str | None:
     if reason:
         note(f"no XFS loop mount here ({reason}): the array stays on this filesystem")
         return None
-    mnt = stack.enter_context(LoopFs(state, "xfs", "2G"))
+    stack.callback(click.secho, "Unmounted the XFS image and detached its loop device.", fg="cyan")
+    mnt = stack.enter_context(LoopFs(state, "xfs", "2G"))  # unmounted before the line above
     click.secho(f"Loop-mounted a 2G XFS image (reflink) on {mnt} for the array", fg="cyan")
     return os.path.join(mnt, "array")
 
