@@ -458,7 +458,7 @@ def _snapshot_group(vm: VmCase, point: FaultPoint) -> None:
             cmd.kill()
             cmd.wait()
         os.unlink(mark)
-        lab.server = ServerProcess(state, sock, private_tgtd=True).start()
+        lab.server.start()  # the same object: the lab's teardown stops this process
         lab.api = lab.server.client()
     report = lab.api.audit()
     assert report["ok"], report["problems"]
