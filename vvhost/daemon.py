@@ -121,6 +121,16 @@ class ServerProcess:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
 
+    def signal(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Send ``sig`` (as a service manager or Ctrl-C would) and return the exit status."""
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the control plane, then any endpoint daemon it left behind (after a
         crash, or with --keep-endpoints), by the PIDs recorded in the state dir."""

@@ -4,6 +4,14 @@ STATE_DIR/
   catalog.db (+ -wal, -shm)   the catalog (SQLite, WAL)
   serve.lock                   flock held while a daemon owns the state dir
   arrays/local/vvols/          the default ``dir`` array
+
+Shutdown on SIGTERM or SIGINT (the handlers are ours from the first line on;
+the ASGI servers are told not to touch signals, so nothing re-raises them):
+
+  1. the unix and TCP listeners stop (in-flight requests finish)
+  2. the unix socket is removed
+  3. the endpoint daemons stop (left running with --keep-endpoints)
+  4. the catalog is closed, the state dir lock released, exit status 0
 """
 
 from __future__ import annotations
@@ -12,9 +20,12 @@ import contextlib
 import errno
 import fcntl
 import os
+import signal
 import socket
 import threading
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from types import FrameType
 from typing import IO
 
 import uvicorn
@@ -87,6 +98,43 @@ class Listen:
         return cls(host.strip("[]"), int(port), cert, key)
 
 
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signals to :class:`Shutdown`."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class Shutdown:
+    """SIGTERM/SIGINT handlers that ask every registered server to exit; a second
+    signal makes them stop waiting for in-flight requests."""
+
+    signals: list[int] = field(default_factory=list)
+    servers: list[uvicorn.Server] = field(default_factory=list)
+
+    def install(self) -> Shutdown:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.handle)
+        return self
+
+    def handle(self, sig: int, _frame: FrameType | None) -> None:
+        self.signals.append(sig)
+        for server in self.servers:
+            server.force_exit = server.should_exit
+            server.should_exit = True
+
+    def add(self, server: uvicorn.Server) -> uvicorn.Server:
+        self.servers.append(server)
+        server.should_exit = bool(self.signals)
+        return server
+
+    @property
+    def requested(self) -> bool:
+        return bool(self.signals)
+
+
 def serve(
     state_dir: str,
     socket_path: str,
@@ -96,17 +144,21 @@ def serve(
     listen: Listen | None = None,
 ) -> None:
     """Serve the API on the unix socket (admin) and, with ``listen``, on TCP+TLS
-    (bearer tokens) from a second thread; stop both on SIGTERM/SIGINT."""
+    (bearer tokens) from a second thread; stop both on SIGTERM/SIGINT, then the
+    endpoint daemons (unless ``keep_endpoints``), and return."""
+    shutdown = Shutdown().install()
     lock = lock_state_dir(state_dir)
     service = Service(Config.from_env(state_dir, db_url))
     try:
         service.start()
+        if shutdown.requested:
+            return
         sock = bind_unix(socket_path)
         tcp: uvicorn.Server | None = None
         thread: threading.Thread | None = None
         try:
             if listen is not None:
-                tcp = uvicorn.Server(
+                tcp = _Server(
                     uvicorn.Config(
                         create_app(service, bearer(service)),
                         host=listen.host,
@@ -118,6 +170,7 @@ def serve(
                         timeout_graceful_shutdown=10,
                     )
                 )
+                shutdown.add(tcp)
                 thread = threading.Thread(target=tcp.run, name="tcp-api", daemon=True)
                 thread.start()
             config = uvicorn.Config(
@@ -126,7 +179,7 @@ def serve(
                 access_log=False,
                 timeout_graceful_shutdown=10,
             )
-            uvicorn.Server(config).run(sockets=[sock])
+            shutdown.add(_Server(config)).run(sockets=[sock])
         finally:
             if tcp is not None and thread is not None:
                 tcp.should_exit = True

@@ -35,3 +35,21 @@ def snaplab(request: pytest.FixtureRequest, tmp_path: str, guest: GuestImage) ->
     finally:
         if array_dir:
             shutil.rmtree(array_dir, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """After a run of the crash point test: how many declared points passed."""
+    from vvhost import faults
+
+    marker = "test_crash_points.py::test_crash_point["
+    ran = [
+        r
+        for key in ("passed", "failed", "error")
+        for r in terminalreporter.stats.get(key, [])
+        if marker in getattr(r, "nodeid", "") and getattr(r, "when", "call") == "call"
+    ]
+    if ran:
+        passed = {r.nodeid for r in ran if r.passed}
+        terminalreporter.write_line(
+            f"crash points covered: {len(passed)} of {len(faults.points())}"
+        )

@@ -3,16 +3,21 @@ errors with stable exit codes, and nothing half-done after bad input."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from tests.patterns import CHUNK, Patterns
 from vvhost.daemon import ServerProcess
+from vvhost.loopfs import LoopFs, loop_capability, release
 
 
 class Cli:
@@ -136,6 +141,16 @@ def test_unreachable_control_plane(tmp_path: str) -> None:
     assert out.stderr.count("\n") == 1
 
 
+def _loops_of(state: str) -> list[str]:
+    out = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=False).stdout
+    return [line for line in out.splitlines() if state in line]
+
+
+def _mounts_of(state: str) -> list[str]:
+    with open("/proc/self/mounts") as fh:
+        return [line for line in fh if state in line]
+
+
 def test_quickstart_runs_clean(tmp_path: str) -> None:
     state = os.path.join(tmp_path, "qs")
     out = subprocess.run(
@@ -143,14 +158,97 @@ def test_quickstart_runs_clean(tmp_path: str) -> None:
         capture_output=True,
         text=True,
         check=False,
-        timeout=600,
+        timeout=900,
     )
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert out.stdout.count("ok: every command the guest ran on its vvols succeeded") == 3
-    assert "VVTEST verify vda A 1 8 ok" in out.stdout and "iscsi://" in out.stdout
-    assert "VVTEST verify vda Z 1 8 ok" in out.stdout and "└── before" in out.stdout
-    assert out.stdout.rstrip().count("VVTEST verify vda A 1 8 ok") == 2  # after the revert
-    assert "consistent" in out.stdout and "FAILED" not in out.stdout
+    text = out.stdout
+    assert out.returncode == 0, text + out.stderr
+    assert "VVTEST verify vda A 1 8 ok" in text and "iscsi://" in text
+    assert "VVTEST verify vda Z 1 8 ok" in text and "└── before" in text
+    assert "consistent" in text and "FAILED" not in text
+    if loop_capability("xfs") is None:
+        # the array on a loop-mounted XFS: array COW snapshots, not qcow2 layers
+        assert "snapshot mode: COW" in text and "snapshot mode: redo" not in text
+        stun = re.search(r"^stun time: (\d+(?:\.\d+)?) ms$", text, re.M)
+        assert stun and 0 < float(stun.group(1)) < 5000, text
+        assert re.search(r"^mode\s+cow$", text, re.M), text
+        assert "$ vvhost vm clone demo demo-clone --snapshot before --linked" in text
+        assert re.search(r"^reverted in \d+ ms$", text, re.M)
+        # boots: first write, the running snapshot, Z, the clone, after the revert
+        assert text.count("ok: every command the guest ran on its vvols succeeded") == 5
+        assert "Unmounted the XFS image and detached its loop device." in text
+    else:
+        assert "snapshot mode: redo" in text
+        assert text.count("ok: every command the guest ran on its vvols succeeded") == 3
+    # the guest verifies its pattern after the revert (the last boot's report)
+    after_revert = text.rsplit("$ vvhost vm revert demo before", 1)[1]
+    assert "VVTEST verify vda A 1 8 ok" in after_revert
+    assert "VVTEST verify vdb B 4 4 ok" in after_revert
+    assert "VVTEST verify vda Z" not in after_revert
+    assert _loops_of(state) == [] and _mounts_of(state) == []
+    done = subprocess.run(
+        [sys.executable, "-m", "vvhost", "quickstart", "--state-dir", state, "--cleanup"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0 and not os.path.exists(state)
+
+
+def test_quickstart_cleanup_unmounts_what_a_killed_run_left(tmp_path: str) -> None:
+    """A quickstart killed -9 with its XFS mounted: --cleanup unmounts and detaches."""
+    if loop_capability("xfs"):
+        pytest.skip(f"no XFS loop mount here: {loop_capability('xfs')}")
+    state = os.path.join(tmp_path, "qs")
+    mnt = LoopFs(state, "xfs", "512M").__enter__()  # what the killed run left mounted
+    try:
+        assert _mounts_of(state) and _loops_of(state)
+        done = subprocess.run(
+            [sys.executable, "-m", "vvhost", "quickstart", "--state-dir", state, "--cleanup"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert f"unmounted {mnt}" in done.stdout
+        assert _mounts_of(state) == [] and _loops_of(state) == [] and not os.path.exists(state)
+    finally:
+        release(state)
+
+
+def test_quickstart_interrupted_leaves_nothing_mounted(tmp_path: str) -> None:
+    """Ctrl-C in the middle of the tour: the host, the control plane and its endpoint
+    daemons stop, the XFS image is unmounted and its loop device detached."""
+    if loop_capability("xfs"):
+        pytest.skip(f"no XFS loop mount here: {loop_capability('xfs')}")
+    state = os.path.join(tmp_path, "qs")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vvhost", "quickstart", "--state-dir", state],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    seen = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("$ vvhost pe create"):  # mounted, serving, an endpoint next
+                break
+        assert _mounts_of(state) and _loops_of(state), "".join(seen)
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0
+    assert "Traceback" not in rest, rest
+    assert "Unmounted the XFS image and detached its loop device." in rest, rest
+    assert _mounts_of(state) == [] and _loops_of(state) == []
+    pids = glob.glob(os.path.join(state, "control", "pe", "*", "pid"))
+    assert pids == []  # every endpoint daemon stopped (and its pidfile removed)
     done = subprocess.run(
         [sys.executable, "-m", "vvhost", "quickstart", "--state-dir", state, "--cleanup"],
         capture_output=True,

@@ -1,10 +1,25 @@
 """The quickstart tour: a private control plane, a private libvirtd "host" with the
 vvhost hook, an iSCSI endpoint, a datastore and a VM with two vvol disks.  Every
 step is a real ``vvhost`` command; the guest writes and verifies its data itself,
-and the bindings are shown appearing while it runs and disappearing when it stops."""
+and the bindings are shown appearing while it runs and disappearing when it stops.
+
+    STATE/
+      control/              vvhost serve's state dir (catalog, endpoint daemons)
+      loopfs-XXXX/mnt/      a small XFS (reflink) on a loop device, where the
+        array/              machine can loop-mount: the array of container gold
+      hosts/kvm1/           the private libvirtd
+      vvhost.sock, kvm1.conf, demo.serial, demo-clone.serial
+
+On XFS the tour shows COW mode (array snapshots by reflink): a snapshot of the
+running VM with its stun time, a linked clone, an instant revert.  Without a loop
+mount the array sits in STATE on the machine's filesystem: redo mode (qcow2
+layers), and the tour says so.  Exit, Ctrl-C and ``--cleanup`` unmount the XFS
+and detach its loop device.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -24,6 +39,7 @@ from ..guest import build_guest, guest_cmdline, parse_serial
 from ..host.config import HostConfig
 from ..host.install import install
 from ..labhost import LibvirtHost
+from ..loopfs import LoopFs, loop_capability, release
 
 HOST = "kvm1"
 HOST_IQN = "iqn.2026-11.org.example:kvm1"
@@ -64,34 +80,59 @@ def run_quickstart(state_dir: str | None, keep: bool, cleanup: bool) -> None:
         os.path.join(state, "control"), os.path.join(state, "vvhost.sock"), private_tgtd=True
     )
     lab = LibvirtHost(HOST, os.path.join(state, "hosts", HOST))
-    click.secho(f"Starting vvhost serve and a private libvirtd host {HOST!r} in {state}", fg="cyan")
-    server.start()
     try:
-        lab.start()
-        conf = os.path.join(state, f"{HOST}.conf")
-        HostConfig(
-            name=HOST, server=f"unix://{server.socket}", libvirt=lab.uri, protocol="iscsi"
-        ).save(conf)
-        install(lab.hooks_dir, conf)
-        lab.sighup()  # returns once libvirtd has reread its hooks
-        tour(Tour(server.socket, conf), lab, state)
-        where(server, lab, conf, state)
-        if keep:
-            click.secho("Everything keeps running until you press Ctrl-C.", fg="cyan")
-            wait_for_interrupt()
+        with contextlib.ExitStack() as stack:
+            array = reflink_array(stack, state)
+            click.secho(
+                f"Starting vvhost serve and a private libvirtd host {HOST!r} in {state}", fg="cyan"
+            )
+            server.start()
+            try:
+                lab.start()
+                conf = os.path.join(state, f"{HOST}.conf")
+                HostConfig(
+                    name=HOST, server=f"unix://{server.socket}", libvirt=lab.uri, protocol="iscsi"
+                ).save(conf)
+                install(lab.hooks_dir, conf)
+                lab.sighup()  # returns once libvirtd has reread its hooks
+                tour(Tour(server.socket, conf), lab, state, array)
+                where(server, lab, conf, state)
+                if keep:
+                    click.secho("Everything keeps running until you press Ctrl-C.", fg="cyan")
+                    wait_for_interrupt()
+            finally:
+                lab.stop()
+                server.stop()
+                click.secho(
+                    "Stopped the VM host, the control plane and its endpoint daemons.", fg="cyan"
+                )
     finally:
-        lab.stop()
-        server.stop()
-        click.secho("Stopped the VM host, the control plane and its endpoint daemons.", fg="cyan")
         if not keep and state_dir is None:
             shutil.rmtree(state, ignore_errors=True)
 
 
-def tour(t: Tour, lab: LibvirtHost, state: str) -> None:
-    t.run("container", "create", "gold", "--capacity", "4G")
+def reflink_array(stack: contextlib.ExitStack, state: str) -> str | None:
+    """A directory on a fresh loop-mounted XFS (unmounted when ``stack`` closes),
+    or None (with the reason shown) where this machine cannot loop-mount."""
+    reason = loop_capability("xfs")
+    if reason:
+        note(f"no XFS loop mount here ({reason}): the array stays on this filesystem")
+        return None
+    stack.callback(click.secho, "Unmounted the XFS image and detached its loop device.", fg="cyan")
+    mnt = stack.enter_context(LoopFs(state, "xfs", "2G"))  # unmounted before the line above
+    click.secho(f"Loop-mounted a 2G XFS image (reflink) on {mnt} for the array", fg="cyan")
+    return os.path.join(mnt, "array")
+
+
+def tour(t: Tour, lab: LibvirtHost, state: str, array: str | None) -> None:
+    if array:
+        t.run("array", "add", "xfs", "--path", array)
+        t.run("container", "create", "gold", "--capacity", "4G", "--array", "xfs")
+    else:
+        t.run("container", "create", "gold", "--capacity", "4G")
     t.run("host", "add", HOST, "--iqn", HOST_IQN)
     t.run("pe", "create", "iscsi0", "--protocol", "iscsi", "--portal", f"127.0.0.1:{free_port()}")
-    ds = t.run("datastore", "create", "ds1", "--capacity", "2G")
+    ds = t.run("datastore", "create", "ds1", "--capacity", "2G", "--container", "gold")
     t.run("datastore", "resolve", ds, "--host", HOST)
     note("building the test guest (a Debian cloud kernel and a busybox initramfs; cached)")
     guest = build_guest()
@@ -126,11 +167,15 @@ def tour(t: Tour, lab: LibvirtHost, state: str) -> None:
     note("the guest powered off; the hook's release unbound the LUNs")
     t.run("binding", "list")
     t.run("vm", "show", "demo")
-    snapshots(t, lab, serial)
+    if array:
+        cow_snapshots(t, lab, state, serial)
+    else:
+        redo_snapshots(t, lab, serial)
     t.run("audit")
 
 
-def snapshots(t: Tour, lab: LibvirtHost, serial: str) -> None:
+def redo_snapshots(t: Tour, lab: LibvirtHost, serial: str) -> None:
+    note("snapshot mode: redo (no reflink on this array: each snapshot is a qcow2 layer)")
     note("a VM snapshot of both disks, then the guest overwrites vda with Z")
     t.run("vm", "snapshot", "demo", "before", "--description", "A and B written")
     set_cmdline(lab, "demo", ["write:vda:Z:1:8", "verify:vda:Z:1:8"])
@@ -142,11 +187,53 @@ def snapshots(t: Tour, lab: LibvirtHost, serial: str) -> None:
     boot(t, "demo", serial, lab)
 
 
-def set_cmdline(lab: LibvirtHost, name: str, cmds: list[str]) -> None:
+def cow_snapshots(t: Tour, lab: LibvirtHost, state: str, serial: str) -> None:
+    note("snapshot mode: COW (the array on XFS snapshots each disk by reflink)")
+    set_cmdline(lab, "demo", ["verify:vda:A:1:8", "verify:vdb:B:4:4"], keep_running=True)
+    t.run("vm", "start", "demo")
+    wait_serial(serial, "VVTEST END")
+    note("a VM snapshot of the running VM: paused only while the arrays cut (the stun)")
+    out = t.run("vm", "snapshot", "demo", "before", "--description", "A and B written")
+    stun = re.search(r"^stun_ms\s+(\S+)", out, re.M)
+    click.secho(f"stun time: {stun.group(1) if stun else '?'} ms", fg="green")
+    t.run("vm", "stop", "demo", "--force")
+    report(serial)
+    note("the guest overwrites vda with Z")
+    set_cmdline(lab, "demo", ["write:vda:Z:1:8", "verify:vda:Z:1:8"])
+    boot(t, "demo", serial, lab)
+    t.run("vm", "snapshots", "demo", "--tree")
+    note("a linked clone of the snapshot: its disks share the snapshot's blocks (reflink)")
+    clone_serial = os.path.join(state, "demo-clone.serial")
+    t.run("vm", "clone", "demo", "demo-clone", "--snapshot", "before", "--linked",
+          "--serial-log", clone_serial)  # fmt: skip
+    set_cmdline(lab, "demo-clone", ["verify:vda:A:1:8", "verify:vdb:B:4:4"])
+    boot(t, "demo-clone", clone_serial, lab)
+    t.run("vm", "delete", "demo-clone")
+    note("revert to the snapshot (an array reflink, no copy): the guest finds A, not Z")
+    started = time.monotonic()
+    t.run("vm", "revert", "demo", "before")
+    click.secho(f"reverted in {(time.monotonic() - started) * 1000:.0f} ms", fg="green")
+    set_cmdline(lab, "demo", ["verify:vda:A:1:8", "verify:vdb:B:4:4"])
+    boot(t, "demo", serial, lab)
+
+
+def wait_serial(serial: str, line: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(FileNotFoundError), open(serial, errors="replace") as fh:
+            if line in fh.read():
+                return
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"the guest did not say {line!r} within {timeout:g} s")
+        time.sleep(0.2)
+
+
+def set_cmdline(lab: LibvirtHost, name: str, cmds: list[str], keep_running: bool = False) -> None:
     """What `virsh edit` would do: give the guest other commands for its next boot."""
     conn = lab.connect()
     xml = conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-    new = re.sub(r"<cmdline>.*?</cmdline>", f"<cmdline>{guest_cmdline(cmds)}</cmdline>", xml)
+    line = guest_cmdline(cmds, keep_running=keep_running)
+    new = re.sub(r"<cmdline>.*?</cmdline>", f"<cmdline>{line}</cmdline>", xml)
     conn.defineXML(new)
 
 
@@ -161,15 +248,20 @@ def boot(t: Tour, name: str, serial: str, lab: LibvirtHost) -> dict[str, Any]:
         if time.monotonic() > deadline:
             raise click.ClickException(f"VM {name} did not power off within 120 s")
         time.sleep(0.2)
+    return report(serial)
+
+
+def report(serial: str) -> dict[str, Any]:
+    """Show what the guest printed; fail the tour if it reported a failure."""
     with open(serial, errors="replace") as fh:
-        report = parse_serial(fh.read())
+        result = parse_serial(fh.read())
     note("what the guest printed on its serial console:")
-    for line in report.lines:
+    for line in result.lines:
         click.echo(f"  VVTEST {line}")
-    if not report.ok:
+    if not result.ok:
         raise click.ClickException("the guest reported a failure")
     click.secho("ok: every command the guest ran on its vvols succeeded", fg="green")
-    return {"ok": report.ok}
+    return {"ok": result.ok}
 
 
 def where(server: ServerProcess, lab: LibvirtHost, conf: str, state: str) -> None:
@@ -196,9 +288,11 @@ def wait_for_interrupt() -> None:
 
 
 def remove(state: str) -> None:
-    """--cleanup: stop endpoint daemons a crashed run left (by their pidfiles), then
-    delete the state directory."""
+    """--cleanup: stop endpoint daemons a crashed run left (by their pidfiles), unmount
+    its XFS image and detach the loop device, then delete the state directory."""
     server = ServerProcess(os.path.join(state, "control"))
     server.stop_endpoint_daemons()
+    for mnt in release(state):
+        click.echo(f"unmounted {mnt}")
     shutil.rmtree(state, ignore_errors=True)
     click.echo(f"removed {state}")
