@@ -398,6 +398,14 @@ def _vm_revert(vm: VmCase, point: FaultPoint) -> None:
     vm.delete()
 
 
+def _vm_lease(vm: VmCase, point: FaultPoint) -> None:
+    """Killed holding the VM's lease, before any work: the next command of this host
+    takes the lease over at once (its owner's process is gone) and works."""
+    vm.killed_at(point.name, "vm", "snapshot", vm.name, "s1")
+    assert vm.points() == []
+    vm.finish_running()
+
+
 def _redo_snapshot(vm: VmCase, point: FaultPoint) -> None:
     vm.killed_at(point.name, "vm", "snapshot", vm.name, "s1")
     assert vm.points() == ["s1"]  # the guest already writes to the new layers: kept
@@ -478,6 +486,7 @@ HostRun = Callable[[VmCase, FaultPoint], None]
 HOST: dict[str, tuple[str, HostRun]] = {
     "vm-snapshot": ("cow", _vm_snapshot),
     "vm-revert": ("cow", _vm_revert),
+    "vm-lease": ("cow", _vm_lease),
     "move-storage": ("cow", _move_storage),
     "snapshot-group": ("cow", _snapshot_group),  # a control-plane point reached by a VM
     "redo-snapshot": ("redo", _redo_snapshot),
