@@ -15,9 +15,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from tests.patterns import CHUNK, Patterns
-from tests.tlsfixtures import make_certs
+from tests.tlsfixtures import start_tls_plane
 from vvhost.client import Client
-from vvhost.daemon import ServerProcess, free_port
+from vvhost.daemon import ServerProcess
 
 
 @dataclass
@@ -35,14 +35,8 @@ class Tls:
 
 @contextmanager
 def tls_lab(tmp_path: str, patterns: Patterns) -> Iterator[Tls]:
-    certs = make_certs(os.path.join(tmp_path, "tls"))
-    port = free_port()
-    server = ServerProcess(
-        os.path.join(tmp_path, "state"),
-        os.path.join(tmp_path, "s.sock"),
-        private_tgtd=True,
-        args=["--listen", f"127.0.0.1:{port}", "--tls-cert", certs.cert, "--tls-key", certs.key],
-    ).start()
+    tls = start_tls_plane(tmp_path)
+    server = tls.server
     admin = server.client()
     try:
         admin.tenant_create("alpha")
@@ -60,8 +54,8 @@ def tls_lab(tmp_path: str, patterns: Patterns) -> Iterator[Tls]:
         t = Tls(
             server,
             admin,
-            f"https://127.0.0.1:{port}",
-            certs.ca,
+            tls.url,
+            tls.ca,
             tokens,
             {"ds-a": ds_a, "ds-b": ds_b},
         )

@@ -6,6 +6,8 @@ import os
 import subprocess
 from dataclasses import dataclass
 
+from vvhost.daemon import ServerProcess, free_port
+
 
 @dataclass(frozen=True)
 class Certs:
@@ -72,3 +74,26 @@ def make_certs(directory: str) -> Certs:
         ext,
     )
     return Certs(ca=ca, cert=cert, key=key)
+
+
+@dataclass(frozen=True)
+class TlsPlane:
+    """A ``vvhost serve`` with a TCP+TLS listener (and its root-only unix socket)."""
+
+    server: ServerProcess
+    url: str
+    ca: str
+
+
+def start_tls_plane(tmp_path: str, private_tgtd: bool = True) -> TlsPlane:
+    """Start a control plane under TMP_PATH/state listening on 127.0.0.1 with TLS;
+    the caller stops ``server``."""
+    certs = make_certs(os.path.join(tmp_path, "api-tls"))
+    port = free_port()
+    server = ServerProcess(
+        os.path.join(tmp_path, "state"),
+        os.path.join(tmp_path, "s.sock"),
+        private_tgtd=private_tgtd,
+        args=["--listen", f"127.0.0.1:{port}", "--tls-cert", certs.cert, "--tls-key", certs.key],
+    ).start()
+    return TlsPlane(server, f"https://127.0.0.1:{port}", certs.ca)

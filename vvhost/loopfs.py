@@ -107,6 +107,17 @@ class LoopFs:
             if done.returncode != 0:
                 raise OSError(f"{' '.join(cmd)} failed: {done.stderr.strip()}")
 
+    def unmount(self) -> None:
+        """Unmount (the loop device goes with it); ``mount`` brings it back."""
+        done = _run("umount", self.mountpoint)
+        if done.returncode != 0:
+            raise OSError(f"umount {self.mountpoint} failed: {done.stderr.strip()}")
+
+    def mount(self) -> None:
+        done = _run("mount", "-o", "loop", self.image, self.mountpoint)
+        if done.returncode != 0:
+            raise OSError(f"mount {self.image} failed: {done.stderr.strip()}")
+
     def cleanup(self) -> None:
         """Unmount, detach and delete; safe to call more than once."""
         if self.mountpoint and _mounted(self.mountpoint):

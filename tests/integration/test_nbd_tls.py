@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.patterns import CHUNK, Patterns
-from tests.tlsfixtures import make_certs
+from tests.tlsfixtures import start_tls_plane
 from vvhost.client import Client
 from vvhost.daemon import ServerProcess, free_port
 from vvhost.host import nbdtls
@@ -64,15 +64,10 @@ class Lab:
 
 @pytest.fixture
 def lab(tmp_path: str) -> Iterator[Lab]:
-    certs = make_certs(os.path.join(tmp_path, "api-tls"))
-    port = free_port()
-    server = ServerProcess(
-        os.path.join(tmp_path, "state"),
-        os.path.join(tmp_path, "s.sock"),
-        args=["--listen", f"127.0.0.1:{port}", "--tls-cert", certs.cert, "--tls-key", certs.key],
-    ).start()
+    tls = start_tls_plane(tmp_path, private_tgtd=False)
+    server = tls.server
     admin = server.client()
-    lab = Lab(server, admin, f"https://127.0.0.1:{port}", certs.ca, str(tmp_path), {})
+    lab = Lab(server, admin, tls.url, tls.ca, str(tmp_path), {})
     try:
         for h in ("ha", "hb"):
             lab.tokens[h] = admin.host_add(h)["token"]

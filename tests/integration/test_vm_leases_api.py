@@ -7,7 +7,6 @@ cannot be replaced."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -15,9 +14,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.tlsfixtures import make_certs
+from tests.tlsfixtures import start_tls_plane
 from vvhost.client import Client
-from vvhost.daemon import ServerProcess, free_port
+from vvhost.daemon import ServerProcess
 from vvhost.errors import (
     Forbidden,
     LeaseLost,
@@ -43,14 +42,8 @@ class Plane:
 
 @pytest.fixture
 def plane(tmp_path: str) -> Iterator[Plane]:
-    certs = make_certs(os.path.join(tmp_path, "tls"))
-    port = free_port()
-    server = ServerProcess(
-        os.path.join(tmp_path, "state"),
-        os.path.join(tmp_path, "s.sock"),
-        private_tgtd=True,
-        args=["--listen", f"127.0.0.1:{port}", "--tls-cert", certs.cert, "--tls-key", certs.key],
-    ).start()
+    tls = start_tls_plane(tmp_path)
+    server = tls.server
     admin = server.client()
     try:
         admin.tenant_create("alpha")
@@ -62,7 +55,7 @@ def plane(tmp_path: str) -> Iterator[Plane]:
         admin.container_create("shared", "2G")
         admin.datastore_create("ds-a", "1G", ["shared"], tenant="alpha")
         admin.datastore_create("ds-b", "1G", ["shared"], tenant="beta")
-        p = Plane(server, admin, f"https://127.0.0.1:{port}", certs.ca, tokens, "")
+        p = Plane(server, admin, tls.url, tls.ca, tokens, "")
         with closing(p.host("ha")) as a:
             cfg = a.vvol_create(None, "1M", type="config", name="vm1.config", datastore="ds-a")
             a.config_put(cfg["id"], {"name": "vm1", "points": []})
