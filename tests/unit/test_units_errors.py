@@ -94,3 +94,20 @@ def test_every_error_class_has_a_distinct_code_and_exit_class() -> None:
     classes = list(ERRORS_BY_CODE.values())
     assert len({c.code for c in classes}) == len(classes)
     assert all(issubclass(c, VvhostError) and 1 <= c.exit_code <= 7 for c in classes)
+
+
+@pytest.mark.parametrize("portal", ["127.0.0.1:١٢٣٤", "127.0.0.1:３２６０", "host:²"])
+def test_portals_take_ascii_digits_only(portal: str) -> None:
+    from vvhost.service.endpoints import parse_portal
+
+    with pytest.raises(InvalidInput):
+        parse_portal(portal)
+    assert parse_portal("127.0.0.1:3260") == "127.0.0.1:3260"
+
+
+def test_initiator_names_take_ascii_digits_only() -> None:
+    from vvhost.service.hosts import check_iqn
+
+    with pytest.raises(InvalidInput):
+        check_iqn("iqn.２０２６-11.test:h")
+    assert check_iqn("iqn.2026-11.test:h") == "iqn.2026-11.test:h"

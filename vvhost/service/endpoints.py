@@ -34,7 +34,7 @@ from ..units import check_name
 from .context import Context
 
 log = logging.getLogger("vvhost.endpoints")
-_PORTAL = re.compile(r"^(?P<host>[A-Za-z0-9.-]{1,253}|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
+_PORTAL = re.compile(r"^(?P<host>[A-Za-z0-9.-]{1,253}|\[[0-9a-fA-F:]+\]):(?P<port>[0-9]{1,5})$")
 
 
 class RefreshFailed(EndpointError):

@@ -28,7 +28,7 @@ from .tenancy import TenantOps
 
 _HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}")
 _IQN = re.compile(
-    r"(iqn\.\d{4}-\d{2}\.[a-z0-9.-]+(:[^\s]+)?|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]{16,32})"
+    r"(iqn\.[0-9]{4}-[0-9]{2}\.[a-z0-9.-]+(:[^\s]+)?|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]{16,32})"
 )
 
 
