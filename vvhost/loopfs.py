@@ -3,7 +3,7 @@ filesystem has none (the quickstart; tests too).
 
     DIR/
       loopfs-XXXX/          made by LoopFs
-        fs.img              sparse image (mkfs.xfs -m reflink=1, or mkfs.btrfs)
+        fs.img              sparse image (mkfs.xfs -m reflink=1, mkfs.btrfs or mkfs.ext4)
         mnt/                ``mount -o loop fs.img mnt``; what ``with LoopFs(...)`` yields
 
 Leaving the ``with`` block unmounts (a few ``umount`` tries, then ``umount -l``),
@@ -25,6 +25,7 @@ from types import TracebackType
 MKFS = {
     "xfs": ["mkfs.xfs", "-q", "-f", "-m", "reflink=1"],
     "btrfs": ["mkfs.btrfs", "-q", "-f"],
+    "ext4": ["mkfs.ext4", "-q", "-F", "-m", "0"],  # no reflink; small ones fill up fast
 }
 
 
