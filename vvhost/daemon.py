@@ -48,7 +48,7 @@ class ServerProcess:
             *self.args,
         ]
         if self.private_tgtd:
-            argv = self._in_private_mounts(argv)
+            argv = self.in_private_mounts(argv)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 argv,
@@ -60,7 +60,7 @@ class ServerProcess:
         self.wait_ready(timeout)
         return self
 
-    def _in_private_mounts(self, argv: list[str]) -> list[str]:
+    def in_private_mounts(self, argv: list[str]) -> list[str]:
         """Run in a private mount namespace where /run/tgtd (tgtd's fixed control socket
         directory) is a directory of this state dir, so its tgtd instances stay private."""
         private = os.path.join(self.state_dir, "run-tgtd")

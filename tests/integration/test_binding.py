@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.patterns import Patterns
+from tests.runner import run
 from vvhost.client import Client
 from vvhost.daemon import ServerProcess, free_port
 from vvhost.errors import InUse
@@ -23,15 +24,6 @@ from vvhost.faults import FAULT_ENV, FAULT_MARK
 QEMU_IQN = "iqn.2008-11.org.linux-kvm"  # what qemu-img/qemu-io log in as
 OTHER_IQN = "iqn.2026-11.test.vvhost:other"
 MiB = 1 << 20
-
-
-def run(*argv: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run(
-        argv, capture_output=True, text=True, errors="replace", check=False, timeout=60
-    )
-    if ok:
-        assert out.returncode == 0, f"{argv}: {out.stdout} {out.stderr}"
-    return out
 
 
 def qemu_io(uri: str, command: str, ok: bool = True) -> subprocess.CompletedProcess[str]:

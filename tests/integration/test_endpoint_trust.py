@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.patterns import Patterns
+from tests.runner import run
 from vvhost.client import Client
 from vvhost.daemon import ServerProcess, free_port
 from vvhost.errors import EndpointError
@@ -35,15 +36,6 @@ QEMU_IQN = "iqn.2008-11.org.linux-kvm"  # what qemu-img/qemu-io log in as
 OLD_IQN = "iqn.2026-11.test.vvhost:old"
 NEW_IQN = "iqn.2026-11.test.vvhost:new"
 MiB = 1 << 20
-
-
-def run(*argv: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run(
-        argv, capture_output=True, text=True, errors="replace", check=False, timeout=60
-    )
-    if ok:
-        assert out.returncode == 0, f"{argv}: {out.stdout} {out.stderr}"
-    return out
 
 
 @dataclass
@@ -339,24 +331,9 @@ def test_audit_reports_and_restart_repairs_a_foreign_acl(iscsi_plane: Plane) -> 
 # -- tgtd: never drive a daemon vvhost did not start ----------------------------------------
 def _foreign_tgtd(plane: Plane, port: int, portal: str) -> subprocess.Popen[bytes]:
     """A tgtd vvhost did not start, on control port ``port`` of the plane's /run/tgtd."""
-    private = os.path.join(plane.server.state_dir, "run-tgtd")
-    script = 'mount --bind "$0" /run/tgtd && exec "$@"'
-    argv = [
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        script,
-        private,
-        "tgtd",
-        "-f",
-        "-C",
-        str(port),
-        "--iscsi",
-        f"portal={portal}",
-    ]
+    argv = plane.server.in_private_mounts(
+        ["tgtd", "-f", "-C", str(port), "--iscsi", f"portal={portal}"]
+    )
     log = open(os.path.join(plane.tmp, "foreign-tgtd.log"), "ab")  # noqa: SIM115
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     log.close()

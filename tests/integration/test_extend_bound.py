@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.runner import run
 from vvhost.client import Client
 from vvhost.daemon import ServerProcess, free_port
 from vvhost.faults import FAULT_ENV, FAULT_MARK
@@ -30,15 +31,6 @@ QEMU_IQN = "iqn.2008-11.org.linux-kvm"  # h1's initiator: what qemu-img/qemu-io 
 OTHER_IQN = "iqn.2026-11.test.vvhost:other"
 MiB = 1 << 20
 OLD, NEW = 64 * MiB, 96 * MiB
-
-
-def run(*argv: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run(
-        argv, capture_output=True, text=True, errors="replace", check=False, timeout=60
-    )
-    if ok:
-        assert out.returncode == 0, f"{argv}: {out.stdout} {out.stderr}"
-    return out
 
 
 @dataclass
