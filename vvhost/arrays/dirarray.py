@@ -24,6 +24,7 @@ from .. import bitmap, fsutil
 from ..errors import ArrayOffline, BackendError
 from . import identity
 from .base import Progress
+from .sources import FileSource
 
 SUFFIX = ".raw"
 PART = ".part"
@@ -70,6 +71,9 @@ class DirArray:
 
     def locate(self, vvol_id: str) -> str:
         return os.path.join(self.vdir, vvol_id + SUFFIX)
+
+    def source(self, vvol_id: str) -> FileSource:
+        return FileSource(self.locate(vvol_id))
 
     def exists(self, vvol_id: str) -> bool:
         return os.path.exists(self.locate(vvol_id))

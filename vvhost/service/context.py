@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from ..arrays import ArrayBackend, open_backend
+from ..arrays.sources import DataSource
 from ..catalog import repo, vvolrepo
 from ..catalog.db import Database, sqlite_url
 from ..errors import (
@@ -140,6 +141,15 @@ class Context:
                 degraded = self._degraded.get(array.id, degraded)
             return replace(array, state="degraded", reason=degraded)
         return array
+
+    def source(self, v: Vvol) -> DataSource:
+        """Where a daemon finds ``v``'s data: its array must be online and the
+        volume there (one clear error otherwise)."""
+        backend = self.backend(v.array)
+        backend.check()
+        if not backend.exists(v.id):
+            raise DataMissing(ref=v.name or v.id, array=backend.name, path=v.id)
+        return backend.source(v.id)
 
     def data_path(self, v: Vvol) -> str:
         """The path of ``v``'s data for reading or presenting it: its array must be
