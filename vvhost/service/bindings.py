@@ -105,6 +105,9 @@ class BindingOps:
                     elif p.new:
                         bindrepo.set_binding(conn, p.binding, state=ACTIVE, op=None)
             self.manager.release_readonly([p.binding.vvol for p in failed if p.binding.readonly])
+            failed += self._grant_rbd(
+                host, [p for p in plans if p.new and p not in failed], refs, results
+            )
         for p in plans:
             if p not in failed:
                 bound = replace(p.binding, state=ACTIVE, op=None)
@@ -114,6 +117,35 @@ class BindingOps:
                     "handle": self._handle(bound, p.pe, p.attachment),
                 }
         return [r for r in results if r is not None]
+
+    def _grant_rbd(
+        self, host: str, plans: list[_Plan], refs: list[str], results: list[dict[str, Any] | None]
+    ) -> list[_Plan]:
+        """Give the host's Ceph identity the namespaces its new rbd bindings need; if
+        that fails, those bindings are undone (endpoint entry and row) and failed."""
+        rbd = [p for p in plans if p.pe.protocol == "rbd"]
+        if not rbd:
+            return []
+        try:
+            self.manager.rbd.sync(host)
+            return []
+        except VvhostError as exc:
+            err = exc
+        for p in rbd:
+            with self.manager.lock([p.pe.id]), contextlib.suppress(VvhostError):
+                self.manager.get(p.pe).detach(p.attachment.key)
+            results[p.index] = _error(refs[p.index], err)
+        with self.ctx.db.tx() as conn:
+            for p in rbd:
+                bindrepo.delete_binding(conn, p.binding)
+        with contextlib.suppress(VvhostError):  # back to what the remaining bindings need
+            self.manager.rbd.sync(host)
+        return rbd
+
+    def _revoke_rbd(self, host: str, pes: list[Pe]) -> None:
+        """After bindings through rbd endpoints went: the identity shrinks (or goes)."""
+        if any(pe.protocol == "rbd" for pe in pes):
+            self.manager.rbd.sync(host)
 
     @staticmethod
     def _reuse(b: Binding, chosen: Pe | None, ref: str) -> Binding:
@@ -255,6 +287,12 @@ class BindingOps:
                     else:
                         bindrepo.set_binding(conn, b, state=ACTIVE, op=None)
             self.manager.release_readonly([b.vvol for b in gone if b.readonly])
+            try:
+                self._revoke_rbd(host, [pe for _i, b, pe in drops if b in gone])
+            except VvhostError as exc:  # the bindings are gone; the access is not yet
+                for i, b, _pe in drops:
+                    if b in gone:
+                        results[i] = _error(refs[i], exc)
         return [r for r in results if r is not None]
 
     # -- rebind ---------------------------------------------------------------------------
@@ -307,6 +345,7 @@ class BindingOps:
                 bindrepo.delete_binding(conn, old)
             if old.readonly:
                 self.manager.release_readonly([old.vvol])
+            self._revoke_rbd(host, [old_plan.pe, target])
         return self._handle(replace(new, state=ACTIVE, op=None), target, att)
 
     # -- reading --------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from ..tools import EndpointError
 from ..tools.tgtd_ipc import holder
 from ..units import check_name
 from .context import Context
+from .rbdaccess import RbdAccess
 
 log = logging.getLogger("vvhost.endpoints")
 _PORTAL = re.compile(r"^(?P<host>[A-Za-z0-9.-]{1,253}|\[[0-9a-fA-F:]+\]):(?P<port>[0-9]{1,5})$")
@@ -123,6 +124,7 @@ class EndpointManager:
         self.errors: dict[str, str] = {}  # PE name -> why its daemon did not start
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.rbd = RbdAccess(ctx, self.get)  # hosts' Ceph identities (rbd endpoints)
 
     def get(self, pe: Pe) -> Endpoint:
         with self._guard:
@@ -349,6 +351,11 @@ class PeOps:
                 raise InvalidInput(detail="a file endpoint needs an absolute --path DIR")
         elif path is not None:
             raise InvalidInput(detail=f"--path is for file endpoints, not {protocol}")
+        if protocol == "rbd":
+            if array is None:
+                raise InvalidInput(detail="an rbd endpoint needs --array (an RBD array)")
+            if portal is not None:
+                raise InvalidInput(detail="an rbd endpoint has no portal: hosts reach Ceph")
         with self.ctx.db.tx() as conn:
             if bindrepo.get_pe(conn, name) is not None:
                 raise AlreadyExists(kind="protocol endpoint", ref=name)
@@ -362,6 +369,11 @@ class PeOps:
                 found = repo.get_array(conn, array)
                 if found is None:
                     raise NotFound(kind="array", ref=array)
+                if protocol == "rbd" and found.backend != "rbd":
+                    raise InvalidInput(
+                        detail=f"array {found.name} is a {found.backend} array; "
+                        "an rbd endpoint serves RBD arrays only"
+                    )
                 array_id = found.id
             if protocol == "iscsi":
                 config["control_port"] = _free_control_port(

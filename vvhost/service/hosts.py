@@ -7,6 +7,12 @@ with it, daemons first, then the catalog:
     1. every iSCSI target made for it is deleted from its endpoint's tgtd
        (ACL, LUNs, sessions), so its initiator name reaches nothing
     2. its row, tokens, target rows and LUN hints go in one transaction
+    3. its NBD credentials and its Ceph identities (client.vvhost-<host>, on
+       every cluster an rbd endpoint reaches) are revoked
+
+Rotating a host's token also rotates its data-path credentials: a new NBD
+certificate identity and a new cephx key for each Ceph identity (same caps),
+so the old ones are refused from then on.
 
 A host added later under the same name starts from nothing: new targets whose
 ACL is its own initiator name.
@@ -83,6 +89,8 @@ class HostOps:
             self.get(conn, name)
             out = {"name": name, "token": self.tokens.issue(conn, HOST, name)}
         self.revoke(name, False)  # the old NBD certificate goes with the old token
+        if self.endpoints is not None:  # and the old cephx keys
+            self.endpoints.rbd.revoke(name, False)
         return out
 
     def get(self, conn: Any, name: str) -> Host:
@@ -121,3 +129,5 @@ class HostOps:
                 bindrepo.drop_host_hints(conn, name)
                 tenancy.delete_tokens(conn, HOST, name)
         self.revoke(name, True)
+        if self.endpoints is not None:
+            self.endpoints.rbd.revoke(name, True)
