@@ -270,7 +270,7 @@ class NbdEndpoint:
         if secret in self._secrets:
             self.api.del_object(secret)
             self._secrets.discard(secret)
-        self.api.add_secret(secret, key)
+        self.api.add_secret(secret, key, base64=True)
         self._secrets.add(secret)
 
     def _prune(self) -> None:

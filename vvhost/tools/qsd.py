@@ -144,9 +144,12 @@ class StorageDaemonApi:
         """Open ``path`` as raw node ``node`` (see the module docstring for the options)."""
         self.qmp.cmd("blockdev-add", **self.file_node_args(node, path, readonly=readonly))
 
-    def add_secret(self, obj_id: str, data: str) -> None:
-        """A ``secret`` object holding ``data`` (sent over the QMP socket only)."""
-        self.qmp.cmd("object-add", **{"qom-type": "secret", "id": obj_id}, data=data)
+    def add_secret(self, obj_id: str, data: str, *, base64: bool = False) -> None:
+        """A ``secret`` object holding ``data`` (sent over the QMP socket only).
+        ``base64``: ``data`` is base64 of the secret (QEMU's rbd driver hands
+        librados the secret base64-encoded again, so a cephx key goes in this way)."""
+        fmt = {"format": "base64"} if base64 else {}
+        self.qmp.cmd("object-add", **{"qom-type": "secret", "id": obj_id}, data=data, **fmt)
 
     def del_object(self, obj_id: str) -> None:
         self.qmp.cmd("object-del", id=obj_id)

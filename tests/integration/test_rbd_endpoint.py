@@ -1,0 +1,465 @@
+"""Endpoints serving RBD images, against a real Ceph cluster, qemu-storage-daemon,
+tgtd (tgt-rbd) and QEMU's own librbd driver.
+
+- the ``rbd`` endpoint: a binding hands the host a handle and a Ceph identity
+  (``client.vvhost-HOST``) whose caps reach only its bindings' namespaces;
+  qemu-img/qemu-io read and write through the handle; another tenant's host
+  cannot open, list or write the image; token rotation refuses the old key at
+  once; the identity goes with the last binding and with the host; audit
+  reports an identity that matches no host
+- ``nbd`` and ``iscsi`` serving RBD images (pattern checked), iSCSI refusing
+  an image in a namespace (tgt-rbd has no namespaces), ``file`` refusing RBD
+
+The RBD array here is ``ImageArray``, a test-only stand-in that makes plain
+images with the rbd module, one RADOS namespace per storage container, and
+hands out ``RbdSource``s as the real backend does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tests.patterns import CHUNK, Patterns, chunk_bytes
+from tests.runner import run
+from vvhost.arrays.sources import RbdSource
+from vvhost.catalog import repo, vvolrepo
+from vvhost.daemon import free_port
+from vvhost.errors import InvalidInput, NotFound
+from vvhost.model import Array
+from vvhost.pe import cephaccess
+from vvhost.service import Service
+from vvhost.service.context import Config
+from vvhost.service.pe_audit import audit_acls
+
+if TYPE_CHECKING:
+    from vvhost.cephlab import CephLab
+
+MiB = 1 << 20
+SIZE = 8 * MiB
+OFFSETS = [0, 3 * MiB, SIZE - CHUNK]
+QEMU_IQN = "iqn.2008-11.org.linux-kvm"
+
+
+class ImageArray:
+    """Test-only RBD array: images ``vv-<vvol id>`` in pool ``pool``, in the
+    namespace of each vvol's container (``flat`` containers: the default one)."""
+
+    kind = "rbd"
+
+    def __init__(self, lab: CephLab, pool: str, container_of: Any, flat: set[str]) -> None:
+        self.name = "ceph1"
+        self.lab = lab
+        self.pool = pool
+        self.container_of = container_of
+        self.flat = flat
+        self.spaces: dict[str, str] = {}
+
+    @contextmanager
+    def _ioctx(self, namespace: str) -> Iterator[Any]:
+        with self.lab.admin() as ceph, ceph.ioctx(self.pool, namespace) as ioctx:
+            yield ioctx
+
+    def _space(self, vvol_id: str) -> str:
+        if vvol_id not in self.spaces:
+            container = self.container_of(vvol_id)
+            self.spaces[vvol_id] = "" if container in self.flat else container
+        return self.spaces[vvol_id]
+
+    # what the control plane asks of an array while binding
+    def offline(self) -> str | None:
+        return None
+
+    def check(self) -> None:
+        return None
+
+    def probe(self) -> dict[str, bool]:
+        return {"instant": True, "namespaces": True}
+
+    def free_bytes(self) -> int:
+        return 1 << 40
+
+    def close(self) -> None:
+        return None
+
+    def exists(self, vvol_id: str) -> bool:
+        import rbd
+
+        with self._ioctx(self._space(vvol_id)) as ioctx:
+            return f"vv-{vvol_id}" in rbd.RBD().list(ioctx)
+
+    def create(self, vvol_id: str, size: int, space: str | None = None) -> None:
+        import rbd
+
+        ns = self._space(vvol_id) if space is None else space
+        self.spaces[vvol_id] = ns
+        with self.lab.admin() as ceph:
+            if ns:
+                with ceph.ioctx(self.pool) as ioctx:
+                    if not rbd.RBD().namespace_exists(ioctx, ns):
+                        rbd.RBD().namespace_create(ioctx, ns)
+            with ceph.ioctx(self.pool, ns) as ioctx:
+                rbd.RBD().create(ioctx, f"vv-{vvol_id}", size, old_format=False)
+
+    def remove(self, vvol_id: str) -> None:
+        import rbd
+
+        with self._ioctx(self._space(vvol_id)) as ioctx:
+            rbd.RBD().remove(ioctx, f"vv-{vvol_id}")
+
+    def resize(self, vvol_id: str, size: int) -> None:
+        with self.image(vvol_id) as img:
+            img.resize(size)
+
+    def used(self, vvol_id: str) -> int:
+        return 0
+
+    def locate(self, vvol_id: str) -> str:
+        return self.source(vvol_id).label()
+
+    def source(self, vvol_id: str) -> RbdSource:
+        return RbdSource(
+            pool=self.pool,
+            namespace=self._space(vvol_id),
+            image=f"vv-{vvol_id}",
+            conf=self.lab.conf,
+            user="admin",
+            keyring=self.lab.admin_keyring,
+        )
+
+    @contextmanager
+    def image(self, vvol_id: str) -> Iterator[Any]:
+        import rbd
+
+        with self._ioctx(self._space(vvol_id)) as ioctx, rbd.Image(ioctx, f"vv-{vvol_id}") as img:
+            yield img
+
+
+@dataclass
+class Lab:
+    svc: Service
+    array: ImageArray
+    ceph: CephLab
+    tmp: str
+    vvols: dict[str, str]  # name -> id
+
+    def write(self, name: str, label: str) -> None:
+        with self.array.image(self.vvols[name]) as img:
+            for off in OFFSETS:
+                img.write(chunk_bytes(label, off), off)
+            img.flush()
+
+    def check(self, name: str, label: str) -> None:
+        with self.array.image(self.vvols[name]) as img:
+            for off in OFFSETS:
+                assert img.read(off, CHUNK) == chunk_bytes(label, off), f"{name} at {off}"
+
+    def bind(self, name: str, host: str, pe: str) -> dict[str, Any]:
+        [result] = self.svc.bindings.bind([self.vvols[name]], host, pe)
+        assert result["ok"], result
+        return dict(result["handle"])
+
+    def bind_error(self, name: str, host: str, pe: str) -> str:
+        [result] = self.svc.bindings.bind([self.vvols[name]], host, pe)
+        assert not result["ok"], result
+        return str(result["error"]["message"])
+
+
+@pytest.fixture
+def lab(ceph_cluster: CephLab, ceph_pool: str, tmp_path: str) -> Iterator[Lab]:
+    svc = Service(Config(state_dir=os.path.join(tmp_path, "state")))
+    svc.start()
+
+    def container_of(vvol_id: str) -> str:
+        with svc.ctx.db.tx() as conn:
+            v = vvolrepo.get(conn, vvol_id)
+        assert v is not None
+        return v.container
+
+    flat: set[str] = set()
+    array = ImageArray(ceph_cluster, ceph_pool, container_of, flat)
+    arr = Array(
+        id=str(uuid.uuid4()),
+        name=array.name,
+        backend="rbd",
+        path=f"rbd:{ceph_pool}",
+        capabilities=array.probe(),
+        created=time.time(),
+    )
+    with svc.ctx.db.tx() as conn:
+        repo.insert_array(conn, arr)
+    svc.ctx._backends[arr.id] = array  # type: ignore[assignment]  # the test's array
+    hosts_made: list[str] = []
+    try:
+        svc.tenants.create("ta")
+        svc.tenants.create("tb")
+        svc.containers.create("ca", "1G", [array.name], tenant="ta")
+        svc.containers.create("cb", "1G", [array.name], tenant="tb")
+        flat.add(svc.containers.create("cflat", "1G", [array.name], tenant="ta").id)
+        svc.containers.create("local", "1G")  # on the default dir array
+        vvols = {
+            "va": svc.vvols.create("ca", SIZE, name="va")["id"],
+            "vb": svc.vvols.create("cb", SIZE, name="vb")["id"],
+            "vflat": svc.vvols.create("cflat", SIZE, name="vflat")["id"],
+            "vdir": svc.vvols.create("local", SIZE, name="vdir")["id"],
+        }
+        for host, tenant, iqn in (("ha", "ta", QEMU_IQN), ("hb", "tb", None), ("hx", None, None)):
+            svc.hosts.add(host, iqn, tenant)
+            hosts_made.append(host)
+        svc.pes.create("rbd1", "rbd", array=array.name)
+        yield Lab(svc, array, ceph_cluster, str(tmp_path), vvols)
+    finally:
+        for b in svc.bindings.listing():
+            svc.bindings.unbind([b["vvol"]], b["host"], drop_all=True)
+        with ceph_cluster.admin() as ceph:
+            for name in ceph.auth_ls():
+                if cephaccess.host_of(name) is not None:
+                    ceph.auth_rm(name)
+        svc.close()
+
+
+# -- reading and writing through a handle, as a host would ------------------------------------
+def rbd_spec(handle: dict[str, Any]) -> tuple[list[str], str]:
+    """(--object arguments, json: image spec) opening the handle with QEMU's librbd
+    driver: the monitors and the key from the handle, nothing from the cluster's files."""
+    host, _, port = handle["monitors"][0].rpartition(":")
+    spec = {
+        "driver": "raw",
+        "file": {
+            "driver": "rbd",
+            "pool": handle["pool"],
+            "image": handle["image"],
+            "user": handle["user"],
+            "server": [{"host": host, "port": port}],
+            "key-secret": "sec0",
+            "auth-client-required": ["cephx"],
+            **({"namespace": handle["namespace"]} if handle["namespace"] else {}),
+            **({"snapshot": handle["snap"]} if handle["snap"] else {}),
+        },
+    }
+    return ["--object", f"secret,id=sec0,data={handle['key']},format=base64"], "json:" + json.dumps(spec)
+
+
+def read_all(handle: dict[str, Any], out: str, ok: bool = True) -> Any:
+    objects, spec = rbd_spec(handle)
+    return run("qemu-img", "convert", *objects, "-O", "raw", spec, out, ok=ok)
+
+
+def qemu_io(handle: dict[str, Any], command: str, ok: bool = True) -> Any:
+    objects, spec = rbd_spec(handle)
+    return run("qemu-io", *objects, "-c", command, spec, ok=ok)
+
+
+def check_file(path: str, label: str, offsets: list[int] = OFFSETS) -> None:
+    Patterns().check(path, label, offsets)
+
+
+def open_as(lab: Lab, user: str, key: str, name: str) -> str:
+    """Try to open vvol ``name``'s image as ``client.<user>`` with ``key`` (read,
+    write 512 bytes at 0, list the namespace); "ok", "denied" when the cluster
+    refused, else the class of the error."""
+    import rados
+    import rbd
+
+    src = lab.array.source(lab.vvols[name])
+    conf = {"key": key, "mon_host": lab.ceph.mon_host, "client_mount_timeout": "5",
+            "rados_mon_op_timeout": "5", "rados_osd_op_timeout": "5"}  # fmt: skip
+
+    def why(exc: Exception) -> str:
+        name = type(exc).__name__
+        return "denied" if name in ("PermissionError", "PermissionDeniedError") else name
+
+    minimal = os.path.join(lab.tmp, "client.conf")  # no cluster files: the monitors only
+    with open(minimal, "w", encoding="ascii") as fh:
+        fh.write(f"[global]\nmon_host = {lab.ceph.mon_host}\n")
+    handle = rados.Rados(conffile=minimal, rados_id=user, conf=conf)
+    try:
+        handle.connect(timeout=5)
+    except rados.Error as exc:
+        return why(exc)
+    try:
+        with handle.open_ioctx(src.pool) as ioctx:
+            ioctx.set_namespace(src.namespace)
+            try:
+                with rbd.Image(ioctx, src.image) as img:
+                    img.read(0, 4096)
+                    img.write(b"x" * 512, 0)
+            except (rbd.Error, rados.Error) as exc:
+                return why(exc)
+            try:
+                rbd.RBD().list(ioctx)
+            except (rbd.Error, rados.Error) as exc:
+                return "list:" + why(exc)
+    finally:
+        handle.shutdown()
+    return "ok"
+
+
+# -- the rbd endpoint --------------------------------------------------------------------------
+def test_rbd_handle_reads_and_writes_through_librbd(lab: Lab) -> None:
+    lab.write("va", "a1")
+    handle = lab.bind("va", "ha", "rbd1")
+    src = lab.array.source(lab.vvols["va"])
+    assert handle["protocol"] == "rbd"
+    assert handle["uri"] == f"rbd:{src.pool}/{src.namespace}/{src.image}"
+    assert (handle["pool"], handle["namespace"], handle["image"], handle["snap"]) == (
+        src.pool, src.namespace, src.image, None)  # fmt: skip
+    assert handle["user"] == "vvhost-ha" and handle["key"] and not handle["readonly"]
+    assert handle["monitors"] and all(":" in m for m in handle["monitors"])
+    with lab.ceph.admin() as ceph:
+        caps = ceph.auth_caps_of("client.vvhost-ha")
+    assert caps == {
+        "mon": "profile rbd",
+        "osd": f"profile rbd pool={src.pool} namespace={src.namespace}",
+    }
+
+    out = os.path.join(lab.tmp, "va.raw")
+    read_all(handle, out)
+    check_file(out, "a1")
+    qemu_io(handle, f"write -P 0x5a {MiB} {CHUNK}")
+    with lab.array.image(lab.vvols["va"]) as img:
+        assert img.read(MiB, CHUNK) == b"\x5a" * CHUNK
+    lab.check("va", "a1")
+
+    # a second binding of the host in another container's namespace widens the caps
+    # only by that namespace; unbinding it narrows them again
+    handle2 = lab.bind("vflat", "ha", "rbd1")
+    assert handle2["key"] == handle["key"] and handle2["namespace"] == ""
+    with lab.ceph.admin() as ceph:
+        osd = ceph.auth_caps_of("client.vvhost-ha")["osd"]
+    assert osd == (f'profile rbd pool={src.pool} namespace="", '
+                   f"profile rbd pool={src.pool} namespace={src.namespace}")  # fmt: skip
+    lab.svc.bindings.unbind([lab.vvols["vflat"]], "ha")
+    with lab.ceph.admin() as ceph:
+        osd = ceph.auth_caps_of("client.vvhost-ha")["osd"]
+    assert osd == f"profile rbd pool={src.pool} namespace={src.namespace}"
+
+
+def test_another_tenants_host_cannot_reach_the_image(lab: Lab) -> None:
+    lab.write("va", "mine")
+    ha = lab.bind("va", "ha", "rbd1")
+    hb = lab.bind("vb", "hb", "rbd1")
+    assert ha["key"] != hb["key"]
+    # host B's identity, aimed at host A's image in tenant A's namespace
+    stolen = dict(ha, user=hb["user"], key=hb["key"])
+    assert read_all(stolen, os.path.join(lab.tmp, "x.raw"), ok=False).returncode != 0
+    assert open_as(lab, "vvhost-hb", hb["key"], "va") == "denied"
+    assert open_as(lab, "vvhost-ha", ha["key"], "vb") == "denied"
+    assert open_as(lab, "vvhost-ha", ha["key"], "va") == "ok"
+    with lab.array.image(lab.vvols["va"]) as img:
+        assert img.read(0, 512) == b"x" * 512
+        assert img.read(3 * MiB, CHUNK) == chunk_bytes("mine", 3 * MiB)
+    # the control plane refuses to hand host A another tenant's vvol at all
+    assert "belongs to tenant ta" in lab.bind_error("vb", "ha", "rbd1")
+    # and an rbd endpoint serves only its own array
+    assert "serves array" in lab.bind_error("vdir", "ha", "rbd1")
+
+
+def test_token_rotation_refuses_the_old_key_at_once(lab: Lab) -> None:
+    lab.write("va", "r1")
+    old = lab.bind("va", "ha", "rbd1")
+    assert open_as(lab, "vvhost-ha", old["key"], "va") == "ok"
+    lab.svc.hosts.rotate_token("ha")
+    assert open_as(lab, "vvhost-ha", old["key"], "va") == "denied"
+    [new] = [b for b in lab.svc.bindings.listing(host="ha")]
+    assert new["key"] and new["key"] != old["key"]
+    out = os.path.join(lab.tmp, "r1.raw")
+    read_all(new, out)
+    check_file(out, "r1", OFFSETS[1:])  # open_as wrote 512 bytes at 0
+
+
+def test_identity_goes_with_the_last_binding_and_with_the_host(lab: Lab) -> None:
+    def key(host: str) -> str | None:
+        with lab.ceph.admin() as ceph:
+            try:
+                return str(ceph.auth_get_key(f"client.vvhost-{host}"))
+            except NotFound:
+                return None
+
+    h1 = lab.bind("va", "ha", "rbd1")
+    lab.bind("va", "ha", "rbd1")  # refcount 2
+    lab.svc.bindings.unbind([lab.vvols["va"]], "ha")
+    assert key("ha") == h1["key"]  # one reference left
+    lab.svc.bindings.unbind([lab.vvols["va"]], "ha")
+    assert key("ha") is None
+    assert open_as(lab, "vvhost-ha", h1["key"], "va") == "denied"
+
+    h2 = lab.bind("vflat", "hx", "rbd1")
+    assert key("hx") == h2["key"]
+    lab.svc.bindings.unbind([lab.vvols["vflat"]], "hx", drop_all=True)
+    assert key("hx") is None
+    # an identity vvhost made but the catalog lost (a crash) goes with its host
+    with lab.ceph.admin() as ceph:
+        ceph.auth_get_or_create("client.vvhost-hx", cephaccess.caps_for({lab.array.pool: {""}}))
+    problems = audit_acls(lab.svc.ctx, lab.svc.endpoints)  # what `vvhost audit` adds
+    assert any("identity client.vvhost-hx has caps" in p for p in problems), problems
+    lab.svc.hosts.remove("hx")
+    assert key("hx") is None
+
+    # one no host matches is reported by audit
+    with lab.ceph.admin() as ceph:
+        ceph.auth_get_or_create("client.vvhost-ghost", {"mon": "profile rbd"})
+    problems = audit_acls(lab.svc.ctx, lab.svc.endpoints)
+    assert any("identity client.vvhost-ghost matches no host" in p for p in problems), problems
+    assert not any("vvhost-ha" in p or "vvhost-hx" in p for p in problems), problems
+
+
+# -- the other endpoints serving RBD -----------------------------------------------------------
+def test_nbd_serves_an_rbd_image_in_a_namespace(lab: Lab) -> None:
+    lab.write("va", "n1")
+    lab.svc.pes.create("nbd1", "nbd")
+    handle = lab.bind("va", "ha", "nbd1")
+    out = os.path.join(lab.tmp, "n1.raw")
+    run("qemu-img", "convert", "-f", "raw", "-O", "raw", handle["uri"], out)
+    check_file(out, "n1")
+    run("qemu-io", "-f", "raw", "-c", f"write -P 0x3c {2 * MiB} {CHUNK}", handle["uri"])
+    with lab.array.image(lab.vvols["va"]) as img:
+        assert img.read(2 * MiB, CHUNK) == b"\x3c" * CHUNK
+    # the vvol grows (as extend does it: the array, the catalog, then the endpoints):
+    # the export shows the size the catalog has; nothing stats the image
+    lab.array.resize(lab.vvols["va"], SIZE * 2)
+    with lab.svc.ctx.db.tx() as conn:
+        vvolrepo.force(conn, lab.vvols["va"], size=SIZE * 2)
+    assert lab.svc.endpoints.refresh(lab.vvols["va"]) == (1, [])
+    info = json.loads(run("qemu-img", "info", "--output=json", handle["uri"]).stdout)
+    assert info["virtual-size"] == SIZE * 2
+    lab.svc.bindings.unbind([lab.vvols["va"]], "ha")
+    with lab.svc.ctx.db.tx() as conn:
+        pe = lab.svc.pes.get(conn, "nbd1")
+    assert lab.svc.endpoints.get(pe).present() == set()
+
+
+def test_iscsi_serves_an_rbd_image_and_refuses_a_namespace(lab: Lab) -> None:
+    lab.write("vflat", "i1")
+    lab.svc.pes.create("iscsi1", "iscsi", portal=f"127.0.0.1:{free_port()}")
+    handle = lab.bind("vflat", "ha", "iscsi1")
+    out = os.path.join(lab.tmp, "i1.raw")
+    run("qemu-img", "convert", "-f", "raw", "-O", "raw", handle["uri"], out)
+    check_file(out, "i1")
+    run("qemu-io", "-f", "raw", "-c", f"write -P 0x7e {MiB} {CHUNK}", handle["uri"])
+    with lab.array.image(lab.vvols["vflat"]) as img:
+        assert img.read(MiB, CHUNK) == b"\x7e" * CHUNK
+    message = lab.bind_error("va", "ha", "iscsi1")
+    assert "has no RADOS namespaces" in message and "\n" not in message
+
+
+def test_file_endpoint_refuses_rbd(lab: Lab) -> None:
+    lab.svc.pes.create("file1", "file", path=os.path.join(lab.tmp, "nfs"))
+    message = lab.bind_error("va", "ha", "file1")
+    assert message.startswith("file endpoint file1 serves files only, not rbd data")
+    assert os.listdir(os.path.join(lab.tmp, "nfs")) == []
+
+
+def test_rbd_endpoint_needs_an_rbd_array(lab: Lab) -> None:
+    with pytest.raises(InvalidInput, match="needs --array"):
+        lab.svc.pes.create("rbd2", "rbd")
+    with pytest.raises(InvalidInput, match="serves RBD arrays only"):
+        lab.svc.pes.create("rbd2", "rbd", array="local")
