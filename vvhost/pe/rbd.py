@@ -133,7 +133,11 @@ class RbdEndpoint:
     def handle(self, a: Attachment) -> dict[str, Any]:
         src = self._source(a)
         host = a.host or ""
-        secret, monitors, mon_host = cephaccess.access(Cluster.of(src), host)
+        error = None
+        try:
+            secret, monitors, mon_host = cephaccess.access(Cluster.of(src), host)
+        except VvhostError as exc:  # a listing still shows the binding, and why
+            secret, monitors, mon_host, error = None, [], "", exc.message
         spec = "/".join(p for p in (src.pool, src.namespace, src.image) if p)
         return {
             "uri": f"rbd:{spec}" + (f"@{src.snap}" if src.snap else ""),
@@ -146,4 +150,5 @@ class RbdEndpoint:
             "user": cephaccess.client_id(host),
             "key": secret,
             "readonly": a.readonly,
+            **({"error": error} if error else {}),
         }

@@ -263,6 +263,7 @@ class EndpointManager:
         with self.ctx.db.tx() as conn:  # a crash between unbind and its release
             readonly = [v.id for v in vvolrepo.listing(conn) if v.readonly]
         self.release_readonly(readonly)
+        self.rbd.sync_all()  # a crash between a binding change and its Ceph identity
         self._thread = threading.Thread(target=self._supervise, name="pe-supervisor", daemon=True)
         self._thread.start()
 

@@ -75,6 +75,29 @@ class RbdAccess:
         for cluster in clusters:
             cephaccess.grant(cluster, host, wanted.get(cluster, {}))
 
+    def sync_all(self) -> None:
+        """At start: every host with rbd bindings or an identity gets exactly what
+        its bindings need (a crash between a binding change and its sync). An
+        identity whose host is gone stays for ``audit`` to report: it may belong
+        to another control plane sharing the cluster."""
+        clusters = self.clusters()
+        if not clusters:
+            return
+        present: set[str] = set()
+        for cluster in clusters:
+            try:
+                present |= set(cephaccess.identities(cluster))
+            except VvhostError as exc:
+                log.error("cannot list the ceph identities on %s: %s", cluster.conf, exc)
+        with self.ctx.db.tx() as conn:
+            hosts = [h.name for h in bindrepo.list_hosts(conn)]
+        for host in hosts:
+            try:
+                if host in present or self.wanted(host):
+                    self.sync(host)
+            except VvhostError as exc:
+                log.error("ceph identity of host %s not reconciled: %s", host, exc)
+
     def revoke(self, host: str, removed: bool) -> None:
         """Host removed: its identities go. Token rotated: each gets a new key (the
         old one is refused at once), so its bindings' handles carry the new one."""
