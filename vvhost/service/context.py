@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from ..arrays import ArrayBackend, open_backend
-from ..arrays.sources import DataSource
+from ..arrays.sources import DataSource, file_path
 from ..catalog import repo, vvolrepo
 from ..catalog.db import Database, sqlite_url
 from ..errors import (
@@ -109,9 +109,6 @@ class Context:
         with self._guard:
             self._backends.pop(array_id, None)
 
-    def path(self, v: Vvol) -> str:
-        return self.backend(v.array).locate(v.id)
-
     def probe(self, array: Array) -> bool:
         """Look at an array's capabilities again; a failure makes it ``degraded``
         (never fatal), an offline array is left as it is.  True when probed."""
@@ -152,14 +149,10 @@ class Context:
         return backend.source(v.id)
 
     def data_path(self, v: Vvol) -> str:
-        """The path of ``v``'s data for reading or presenting it: its array must be
-        online and the file there (one clear error otherwise)."""
-        backend = self.backend(v.array)
-        backend.check()
-        path = backend.locate(v.id)
-        if not os.path.exists(path):
-            raise DataMissing(ref=v.name or v.id, array=backend.name, path=path)
-        return path
+        """The file of ``v``'s data, for endpoints that serve files."""
+        return file_path(self.source(v), "this endpoint")
+
+    path = data_path
 
     # -- lookups ----------------------------------------------------------------------
     def vvol(self, conn: Connection, ref: str, tenant: str | None = None) -> Vvol:
