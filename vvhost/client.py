@@ -94,6 +94,9 @@ class Client:
     def array(self, ref: str) -> dict[str, Any]:
         return self.call("GET", f"/v1/arrays/{ref}")
 
+    def array_reap(self, ref: str) -> dict[str, Any]:
+        return self.call("POST", f"/v1/arrays/{ref}/reap")
+
     def array_delete(self, ref: str) -> None:
         self.call("DELETE", f"/v1/arrays/{ref}")
 

@@ -55,6 +55,12 @@ def array_delete(svc: Svc, p: Caller, ref: Ref) -> None:
     svc.arrays.delete(ref)
 
 
+@router.post("/arrays/{ref}/reap", response_model=None)
+def array_reap(svc: Svc, p: Caller, ref: Ref) -> dict[str, Any]:
+    svc.authz.admin(p)
+    return svc.maintenance.reap(ref)
+
+
 @router.get("/containers", response_model=None)
 def containers(svc: Svc, p: Caller) -> list[dict[str, Any]]:
     svc.authz.admin(p)

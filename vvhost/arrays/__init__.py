@@ -47,7 +47,7 @@ def kind(backend: str) -> BackendKind:
     entry = BACKENDS.get(backend)
     if entry is None:
         raise InvalidInput(
-            detail=f"unknown array backend {backend!r} (known: {', '.join(BACKENDS)})"
+            detail=f"unknown backend {backend!r} for an array (known: {', '.join(BACKENDS)})"
         )
     return entry
 

@@ -73,6 +73,16 @@ def array_show(s: Session, ref: str, as_json: bool) -> None:
     output.show(s.client.array(ref), as_json)
 
 
+@array.command("reap")
+@click.argument("ref")
+@json_option
+@pass_session
+def array_reap(s: Session, ref: str, as_json: bool) -> None:
+    """Purge at once what the array keeps for nobody (RBD: images in the trash and
+    images retired by reverts that no snapshot or clone needs any more)."""
+    output.show(s.client.array_reap(ref), as_json)
+
+
 @array.command("delete")
 @click.argument("ref")
 @pass_session

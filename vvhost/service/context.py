@@ -103,11 +103,22 @@ class Context:
         """Open (or reopen) an array's backend; done outside catalog transactions so
         lookups inside them never need a second one."""
         with self._guard:
+            old = self._backends.get(array.id)
             self._backends[array.id] = open_backend(array)
+        if old is not None:
+            old.close()
 
     def forget_backend(self, array_id: str) -> None:
         with self._guard:
-            self._backends.pop(array_id, None)
+            backend = self._backends.pop(array_id, None)
+        if backend is not None:
+            backend.close()
+
+    def close_backends(self) -> None:
+        with self._guard:
+            backends, self._backends = list(self._backends.values()), {}
+        for backend in backends:
+            backend.close()
 
     def probe(self, array: Array) -> bool:
         """Look at an array's capabilities again; a failure makes it ``degraded``
@@ -152,7 +163,9 @@ class Context:
         """The file of ``v``'s data, for endpoints that serve files."""
         return file_path(self.source(v), "this endpoint")
 
-    path = data_path
+    def path(self, v: Vvol) -> str:
+        """The file of ``v``'s data, without looking whether it is there."""
+        return file_path(self.backend(v.array).source(v.id), "this endpoint")
 
     # -- lookups ----------------------------------------------------------------------
     def vvol(self, conn: Connection, ref: str, tenant: str | None = None) -> Vvol:

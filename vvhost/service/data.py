@@ -261,7 +261,9 @@ def changed(ctx: Context, v: Vvol, base: Vvol | None, chunk: int, method: str | 
             ctx.source(base)
         return backend.changed(v.id, base.id if base else None, chunk, method)
     if method not in (None, "compare"):
-        raise InvalidInput(detail=f"{method} cannot compare vvols on two different arrays")
+        raise InvalidInput(
+            detail=f"{method} needs both vvols on the same filesystem (one array); use compare"
+        )
     ctx.source(base)
     with backend.open(v.id) as a, ctx.backend(base.array).open(base.id) as b:
         try:
