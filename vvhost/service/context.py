@@ -3,6 +3,7 @@ journal with its fault points, and the progress of running copies."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -41,6 +42,9 @@ class Config:
     # "op:step": pause forever when that journal step is reached (crash tests kill -9 then).
     fault_at: str | None = None
     oui: str = DEFAULT_OUI  # IEEE OUI inside datastore ids (naa.6 + OUI + ...)
+    # The default array ("local") when it is first made: {"backend": B, **settings};
+    # None: a dir array under STATE/arrays/local.
+    default_array: dict[str, str] | None = None
 
     @classmethod
     def from_env(cls, state_dir: str, db_url: str | None = None) -> Config:
@@ -49,7 +53,24 @@ class Config:
             db_url=db_url,
             fault_at=os.environ.get(FAULT_ENV) or None,
             oui=os.environ.get("VVHOST_OUI") or DEFAULT_OUI,
+            default_array=parse_array_spec(os.environ.get(DEFAULT_ARRAY_ENV)),
         )
+
+
+DEFAULT_ARRAY_ENV = "VVHOST_DEFAULT_ARRAY"
+
+
+def parse_array_spec(text: str | None) -> dict[str, str] | None:
+    """``{"backend": "rbd", "pool": ...}`` (JSON) for the default array, or None."""
+    if not text:
+        return None
+    try:
+        spec = json.loads(text)
+    except ValueError:
+        raise InvalidInput(detail=f"{DEFAULT_ARRAY_ENV} is not JSON: {text!r}") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("backend"), str):
+        raise InvalidInput(detail=f'{DEFAULT_ARRAY_ENV} needs {{"backend": ..., settings}}')
+    return {str(k): str(v) for k, v in spec.items()}
 
 
 class Progress:

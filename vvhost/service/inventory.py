@@ -39,8 +39,11 @@ class ArrayOps:
         with self.ctx.db.tx() as conn:
             if repo.get_array(conn, DEFAULT_ARRAY) is not None:
                 return
-        home = os.path.join(self.ctx.config.state_dir, "arrays", DEFAULT_ARRAY)
-        self.add(DEFAULT_ARRAY, "dir", {"path": home})
+        spec = dict(self.ctx.config.default_array or {})
+        backend = spec.pop("backend", "dir")
+        if backend == "dir" and not spec:
+            spec = {"path": os.path.join(self.ctx.config.state_dir, "arrays", DEFAULT_ARRAY)}
+        self.add(DEFAULT_ARRAY, backend, spec)
 
     def reprobe(self) -> None:
         """Capabilities are detected, not assumed: look again at every start.  An
