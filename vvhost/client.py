@@ -85,13 +85,17 @@ class Client:
     def arrays(self) -> list[dict[str, Any]]:
         return self.call("GET", "/v1/arrays")
 
-    def array_add(self, name: str, backend: str, path: str) -> dict[str, Any]:
-        return self.call(
-            "POST", "/v1/arrays", json={"name": name, "backend": backend, "path": path}
-        )
+    def array_add(self, name: str, backend: str, settings: dict[str, str] | str) -> dict[str, Any]:
+        """``settings``: the backend's record; a plain string is a ``dir`` path."""
+        record = {"path": settings} if isinstance(settings, str) else settings
+        body = {"name": name, "backend": backend, "settings": record}
+        return self.call("POST", "/v1/arrays", json=body)
 
     def array(self, ref: str) -> dict[str, Any]:
         return self.call("GET", f"/v1/arrays/{ref}")
+
+    def array_reap(self, ref: str) -> dict[str, Any]:
+        return self.call("POST", f"/v1/arrays/{ref}/reap")
 
     def array_delete(self, ref: str) -> None:
         self.call("DELETE", f"/v1/arrays/{ref}")
