@@ -30,6 +30,8 @@ import pytest
 
 from tests.patterns import CHUNK, Patterns, chunk_bytes
 from tests.runner import run
+from vvhost.arrays.base import Space
+from vvhost.arrays.settings import RbdSettings
 from vvhost.arrays.sources import RbdSource
 from vvhost.catalog import repo, vvolrepo
 from vvhost.daemon import free_port
@@ -99,7 +101,7 @@ class ImageArray:
     def create(self, vvol_id: str, size: int, space: str | None = None) -> None:
         import rbd
 
-        ns = self._space(vvol_id) if space is None else space
+        ns = self._space(vvol_id) if space is None else ("" if space in self.flat else space)
         self.spaces[vvol_id] = ns
         with self.lab.admin() as ceph:
             if ns:
@@ -119,11 +121,12 @@ class ImageArray:
         with self.image(vvol_id) as img:
             img.resize(size)
 
-    def used(self, vvol_id: str) -> int:
-        return 0
+    def locator(self, vvol_id: str) -> dict[str, Any]:
+        return {"image": f"vv-{vvol_id}"}
 
-    def locate(self, vvol_id: str) -> str:
-        return self.source(vvol_id).label()
+    def space(self, vvol_id: str) -> Space:
+        with self.image(vvol_id) as img:
+            return Space(provisioned=img.size(), allocated=img.size())
 
     def source(self, vvol_id: str) -> RbdSource:
         return RbdSource(
@@ -190,7 +193,7 @@ def lab(ceph_cluster: CephLab, ceph_pool: str, tmp_path: str) -> Iterator[Lab]:
         id=str(uuid.uuid4()),
         name=array.name,
         backend="rbd",
-        path=f"rbd:{ceph_pool}",
+        settings=RbdSettings(ceph_pool, ceph_cluster.conf, "admin", ceph_cluster.admin_keyring),
         capabilities=array.probe(),
         created=time.time(),
     )
@@ -245,7 +248,8 @@ def rbd_spec(handle: dict[str, Any]) -> tuple[list[str], str]:
             **({"snapshot": handle["snap"]} if handle["snap"] else {}),
         },
     }
-    return ["--object", f"secret,id=sec0,data={handle['key']},format=base64"], "json:" + json.dumps(spec)
+    secret = f"secret,id=sec0,data={handle['key']},format=base64"
+    return ["--object", secret], "json:" + json.dumps(spec)
 
 
 def read_all(handle: dict[str, Any], out: str, ok: bool = True) -> Any:
