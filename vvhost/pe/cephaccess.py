@@ -7,6 +7,11 @@
 
 A namespace is a storage container on an RBD array, so a host's key reaches
 its own tenant's containers and nothing else; the cluster itself enforces it.
+Within one such namespace a key may write every image: ``profile
+rbd-read-only`` for namespaces where a host has only snapshot bindings would
+be tighter, but QEMU 7.2's rbd driver then fails to open even a snapshot
+("error reading header ...: Operation not permitted"; librbd's own read-only
+open works), so read-only stays the binding's and QEMU's business.
 ``grant`` makes the caps exactly what the caller computed (creating the
 identity on first need, removing it when nothing is left), ``rotate`` gives
 the identity a new key (the old one is refused from then on), ``drop``
