@@ -380,13 +380,17 @@ def test_token_rotation_refuses_the_old_key_at_once(lab: Lab) -> None:
     check_file(out, "r1", OFFSETS[1:])  # open_as wrote 512 bytes at 0
 
 
+def ceph_key(lab: Lab, host: str) -> str | None:
+    with lab.ceph.admin() as ceph:
+        try:
+            return str(ceph.auth_get_key(f"client.vvhost-{host}"))
+        except NotFound:
+            return None
+
+
 def test_identity_goes_with_the_last_binding_and_with_the_host(lab: Lab) -> None:
     def key(host: str) -> str | None:
-        with lab.ceph.admin() as ceph:
-            try:
-                return str(ceph.auth_get_key(f"client.vvhost-{host}"))
-            except NotFound:
-                return None
+        return ceph_key(lab, host)
 
     lab.bind("va", "ha", "rbd1")
     with lab.ceph.admin() as ceph:  # lost behind the catalog's back (a crash, a slip)
@@ -444,6 +448,22 @@ def test_nbd_serves_an_rbd_image_in_a_namespace(lab: Lab) -> None:
     with lab.svc.ctx.db.tx() as conn:
         pe = lab.svc.pes.get(conn, "nbd1")
     assert lab.svc.endpoints.get(pe).present() == set()
+
+
+def test_rebind_between_nbd_and_rbd_moves_the_access(lab: Lab) -> None:
+    lab.write("va", "m1")
+    lab.svc.pes.create("nbd1", "nbd")
+    lab.bind("va", "ha", "nbd1")
+    assert ceph_key(lab, "ha") is None  # nbd needs no Ceph identity
+    moved = lab.svc.bindings.rebind(lab.vvols["va"], "ha", "rbd1")
+    assert moved["protocol"] == "rbd" and moved["key"] == ceph_key(lab, "ha")
+    out = os.path.join(lab.tmp, "m1.raw")
+    read_all(moved, out)
+    check_file(out, "m1")
+    back = lab.svc.bindings.rebind(lab.vvols["va"], "ha", "nbd1")
+    assert back["protocol"] == "nbd" and ceph_key(lab, "ha") is None
+    run("qemu-img", "convert", "-f", "raw", "-O", "raw", back["uri"], out)
+    check_file(out, "m1")
 
 
 def test_iscsi_serves_an_rbd_image_and_refuses_a_namespace(lab: Lab) -> None:
