@@ -51,32 +51,23 @@ OFFSETS = [0, 3 * MiB, SIZE - CHUNK]
 QEMU_IQN = "iqn.2008-11.org.linux-kvm"
 
 
-class ImageArray:
-    """Test-only RBD array: images ``vv-<vvol id>`` in pool ``pool``, in the
-    namespace of each vvol's container (``flat`` containers: the default one)."""
+class FlatArray:
+    """Test-only RBD array whose images sit in the pool's default namespace (the
+    real backend gives every container a namespace), to show what tgt-rbd can
+    serve: images ``vv-<vvol id>`` made with the rbd module."""
 
     kind = "rbd"
 
-    def __init__(self, lab: CephLab, pool: str, container_of: Any, flat: set[str]) -> None:
-        self.name = "ceph1"
+    def __init__(self, lab: CephLab, pool: str) -> None:
+        self.name = "flat1"
         self.lab = lab
         self.pool = pool
-        self.container_of = container_of
-        self.flat = flat
-        self.spaces: dict[str, str] = {}
 
     @contextmanager
-    def _ioctx(self, namespace: str) -> Iterator[Any]:
-        with self.lab.admin() as ceph, ceph.ioctx(self.pool, namespace) as ioctx:
+    def _ioctx(self) -> Iterator[Any]:
+        with self.lab.admin() as ceph, ceph.ioctx(self.pool) as ioctx:
             yield ioctx
 
-    def _space(self, vvol_id: str) -> str:
-        if vvol_id not in self.spaces:
-            container = self.container_of(vvol_id)
-            self.spaces[vvol_id] = "" if container in self.flat else container
-        return self.spaces[vvol_id]
-
-    # what the control plane asks of an array while binding
     def offline(self) -> str | None:
         return None
 
@@ -84,7 +75,7 @@ class ImageArray:
         return None
 
     def probe(self) -> dict[str, bool]:
-        return {"instant": True, "namespaces": True}
+        return {"instant": True, "namespaces": False}
 
     def free_bytes(self) -> int:
         return 1 << 40
@@ -95,73 +86,77 @@ class ImageArray:
     def exists(self, vvol_id: str) -> bool:
         import rbd
 
-        with self._ioctx(self._space(vvol_id)) as ioctx:
+        with self._ioctx() as ioctx:
             return f"vv-{vvol_id}" in rbd.RBD().list(ioctx)
 
-    def create(self, vvol_id: str, size: int, space: str | None = None) -> None:
+    def create(self, vvol_id: str, size: int, space: str) -> None:
         import rbd
 
-        ns = self._space(vvol_id) if space is None else ("" if space in self.flat else space)
-        self.spaces[vvol_id] = ns
-        with self.lab.admin() as ceph:
-            if ns:
-                with ceph.ioctx(self.pool) as ioctx:
-                    if not rbd.RBD().namespace_exists(ioctx, ns):
-                        rbd.RBD().namespace_create(ioctx, ns)
-            with ceph.ioctx(self.pool, ns) as ioctx:
-                rbd.RBD().create(ioctx, f"vv-{vvol_id}", size, old_format=False)
+        with self._ioctx() as ioctx:
+            rbd.RBD().create(ioctx, f"vv-{vvol_id}", size, old_format=False)
 
     def remove(self, vvol_id: str) -> None:
         import rbd
 
-        with self._ioctx(self._space(vvol_id)) as ioctx:
+        with self._ioctx() as ioctx:
             rbd.RBD().remove(ioctx, f"vv-{vvol_id}")
-
-    def resize(self, vvol_id: str, size: int) -> None:
-        with self.image(vvol_id) as img:
-            img.resize(size)
 
     def locator(self, vvol_id: str) -> dict[str, Any]:
         return {"image": f"vv-{vvol_id}"}
 
     def space(self, vvol_id: str) -> Space:
-        with self.image(vvol_id) as img:
-            return Space(provisioned=img.size(), allocated=img.size())
+        return Space(provisioned=SIZE, allocated=SIZE)
 
     def source(self, vvol_id: str) -> RbdSource:
         return RbdSource(
             pool=self.pool,
-            namespace=self._space(vvol_id),
+            namespace="",
             image=f"vv-{vvol_id}",
             conf=self.lab.conf,
             user="admin",
             keyring=self.lab.admin_keyring,
         )
 
-    @contextmanager
-    def image(self, vvol_id: str) -> Iterator[Any]:
-        import rbd
 
-        with self._ioctx(self._space(vvol_id)) as ioctx, rbd.Image(ioctx, f"vv-{vvol_id}") as img:
+@contextmanager
+def opened(ceph_lab: CephLab, src: RbdSource) -> Iterator[Any]:
+    """The image (or snapshot) of ``src``, opened as the cluster's admin."""
+    import rbd
+
+    with ceph_lab.admin() as ceph, ceph.ioctx(src.pool, src.namespace) as ioctx:
+        with rbd.Image(ioctx, src.image, snapshot=src.snap) as img:
             yield img
 
 
 @dataclass
 class Lab:
     svc: Service
-    array: ImageArray
     ceph: CephLab
+    pool: str
     tmp: str
     vvols: dict[str, str]  # name -> id
 
+    def source(self, name: str) -> RbdSource:
+        with self.svc.ctx.db.tx() as conn:
+            v = vvolrepo.get(conn, self.vvols[name])
+        assert v is not None
+        src = self.svc.ctx.source(v)
+        assert isinstance(src, RbdSource)
+        return src
+
+    @contextmanager
+    def image(self, name: str) -> Iterator[Any]:
+        with opened(self.ceph, self.source(name)) as img:
+            yield img
+
     def write(self, name: str, label: str) -> None:
-        with self.array.image(self.vvols[name]) as img:
+        with self.image(name) as img:
             for off in OFFSETS:
                 img.write(chunk_bytes(label, off), off)
             img.flush()
 
     def check(self, name: str, label: str) -> None:
-        with self.array.image(self.vvols[name]) as img:
+        with self.image(name) as img:
             for off in OFFSETS:
                 assert img.read(off, CHUNK) == chunk_bytes(label, off), f"{name} at {off}"
 
@@ -176,49 +171,63 @@ class Lab:
         return str(result["error"]["message"])
 
 
-@pytest.fixture
-def lab(ceph_cluster: CephLab, ceph_pool: str, tmp_path: str) -> Iterator[Lab]:
-    svc = Service(Config(state_dir=os.path.join(tmp_path, "state")))
-    svc.start()
-
-    def container_of(vvol_id: str) -> str:
-        with svc.ctx.db.tx() as conn:
-            v = vvolrepo.get(conn, vvol_id)
-        assert v is not None
-        return v.container
-
-    flat: set[str] = set()
-    array = ImageArray(ceph_cluster, ceph_pool, container_of, flat)
+def add_array(svc: Service, name: str, settings: RbdSettings, backend: Any = None) -> None:
+    """Register an RBD array: the real backend claims its pool; ``backend``: a
+    test-only one instead. (``ArrayOps.add`` does the same once it speaks the
+    backend's claim/release.)"""
     arr = Array(
         id=str(uuid.uuid4()),
-        name=array.name,
+        name=name,
         backend="rbd",
-        settings=RbdSettings(ceph_pool, ceph_cluster.conf, "admin", ceph_cluster.admin_keyring),
-        capabilities=array.probe(),
+        settings=settings,
+        capabilities={"instant": True},
         created=time.time(),
     )
+    if backend is None:
+        from vvhost.arrays.rbdarray import RbdArray
+
+        claimer = RbdArray(name, settings, arr.id)
+        try:
+            claimer.claim(arr.id)
+        finally:
+            claimer.close()
     with svc.ctx.db.tx() as conn:
         repo.insert_array(conn, arr)
-    svc.ctx._backends[arr.id] = array  # type: ignore[assignment]  # the test's array
-    hosts_made: list[str] = []
+    if backend is None:
+        svc.ctx.register(arr)
+    else:
+        svc.ctx._backends[arr.id] = backend  # the test's stand-in
+
+
+@pytest.fixture
+def lab(ceph_cluster: CephLab, ceph_pool: str, tmp_path: str) -> Iterator[Lab]:
+    flat_pool = f"{ceph_pool}-flat"
+    ceph_cluster.create_pool(flat_pool)
+    svc = Service(Config(state_dir=os.path.join(tmp_path, "state")))
+    svc.start()
+    lab_conf = (ceph_cluster.conf, "admin", ceph_cluster.admin_keyring)
     try:
+        add_array(svc, "ceph1", RbdSettings(ceph_pool, *lab_conf))
+        add_array(
+            svc, "flat1", RbdSettings(flat_pool, *lab_conf), FlatArray(ceph_cluster, flat_pool)
+        )
         svc.tenants.create("ta")
         svc.tenants.create("tb")
-        svc.containers.create("ca", "1G", [array.name], tenant="ta")
-        svc.containers.create("cb", "1G", [array.name], tenant="tb")
-        flat.add(svc.containers.create("cflat", "1G", [array.name], tenant="ta").id)
+        svc.containers.create("ca", "1G", ["ceph1"], tenant="ta")
+        svc.containers.create("ca2", "1G", ["ceph1"], tenant="ta")
+        svc.containers.create("cb", "1G", ["ceph1"], tenant="tb")
+        svc.containers.create("cflat", "1G", ["flat1"], tenant="ta")
         svc.containers.create("local", "1G")  # on the default dir array
         vvols = {
-            "va": svc.vvols.create("ca", SIZE, name="va")["id"],
-            "vb": svc.vvols.create("cb", SIZE, name="vb")["id"],
-            "vflat": svc.vvols.create("cflat", SIZE, name="vflat")["id"],
-            "vdir": svc.vvols.create("local", SIZE, name="vdir")["id"],
-        }
+            name: svc.vvols.create(container, SIZE, name=name)["id"]
+            for name, container in (
+                ("va", "ca"), ("va2", "ca2"), ("vb", "cb"), ("vflat", "cflat"), ("vdir", "local")
+            )
+        }  # fmt: skip
         for host, tenant, iqn in (("ha", "ta", QEMU_IQN), ("hb", "tb", None), ("hx", None, None)):
             svc.hosts.add(host, iqn, tenant)
-            hosts_made.append(host)
-        svc.pes.create("rbd1", "rbd", array=array.name)
-        yield Lab(svc, array, ceph_cluster, str(tmp_path), vvols)
+        svc.pes.create("rbd1", "rbd", array="ceph1")
+        yield Lab(svc, ceph_cluster, ceph_pool, str(tmp_path), vvols)
     finally:
         for b in svc.bindings.listing():
             svc.bindings.unbind([b["vvol"]], b["host"], drop_all=True)
@@ -227,6 +236,7 @@ def lab(ceph_cluster: CephLab, ceph_pool: str, tmp_path: str) -> Iterator[Lab]:
                 if cephaccess.host_of(name) is not None:
                     ceph.auth_rm(name)
         svc.close()
+        ceph_cluster.delete_pool(flat_pool)
 
 
 # -- reading and writing through a handle, as a host would ------------------------------------
@@ -273,7 +283,7 @@ def open_as(lab: Lab, user: str, key: str, name: str) -> str:
     import rados
     import rbd
 
-    src = lab.array.source(lab.vvols[name])
+    src = lab.source(name)
     conf = {"key": key, "mon_host": lab.ceph.mon_host, "client_mount_timeout": "5",
             "rados_mon_op_timeout": "5", "rados_osd_op_timeout": "5"}  # fmt: skip
 
@@ -311,7 +321,7 @@ def open_as(lab: Lab, user: str, key: str, name: str) -> str:
 def test_rbd_handle_reads_and_writes_through_librbd(lab: Lab) -> None:
     lab.write("va", "a1")
     handle = lab.bind("va", "ha", "rbd1")
-    src = lab.array.source(lab.vvols["va"])
+    src = lab.source("va")
     assert handle["protocol"] == "rbd"
     assert handle["uri"] == f"rbd:{src.pool}/{src.namespace}/{src.image}"
     assert (handle["pool"], handle["namespace"], handle["image"], handle["snap"]) == (
@@ -329,19 +339,21 @@ def test_rbd_handle_reads_and_writes_through_librbd(lab: Lab) -> None:
     read_all(handle, out)
     check_file(out, "a1")
     qemu_io(handle, f"write -P 0x5a {MiB} {CHUNK}")
-    with lab.array.image(lab.vvols["va"]) as img:
+    with lab.image("va") as img:
         assert img.read(MiB, CHUNK) == b"\x5a" * CHUNK
     lab.check("va", "a1")
 
     # a second binding of the host in another container's namespace widens the caps
     # only by that namespace; unbinding it narrows them again
-    handle2 = lab.bind("vflat", "ha", "rbd1")
-    assert handle2["key"] == handle["key"] and handle2["namespace"] == ""
+    handle2 = lab.bind("va2", "ha", "rbd1")
+    ns2 = lab.source("va2").namespace
+    assert handle2["key"] == handle["key"] and handle2["namespace"] == ns2 != src.namespace
     with lab.ceph.admin() as ceph:
         osd = ceph.auth_caps_of("client.vvhost-ha")["osd"]
-    assert osd == (f'profile rbd pool={src.pool} namespace="", '
-                   f"profile rbd pool={src.pool} namespace={src.namespace}")  # fmt: skip
-    lab.svc.bindings.unbind([lab.vvols["vflat"]], "ha")
+    assert osd == ", ".join(
+        f"profile rbd pool={src.pool} namespace={ns}" for ns in sorted([ns2, src.namespace])
+    )
+    lab.svc.bindings.unbind([lab.vvols["va2"]], "ha")
     with lab.ceph.admin() as ceph:
         osd = ceph.auth_caps_of("client.vvhost-ha")["osd"]
     assert osd == f"profile rbd pool={src.pool} namespace={src.namespace}"
@@ -358,7 +370,7 @@ def test_another_tenants_host_cannot_reach_the_image(lab: Lab) -> None:
     assert open_as(lab, "vvhost-hb", hb["key"], "va") == "denied"
     assert open_as(lab, "vvhost-ha", ha["key"], "vb") == "denied"
     assert open_as(lab, "vvhost-ha", ha["key"], "va") == "ok"
-    with lab.array.image(lab.vvols["va"]) as img:
+    with lab.image("va") as img:
         assert img.read(0, 512) == b"x" * 512
         assert img.read(3 * MiB, CHUNK) == chunk_bytes("mine", 3 * MiB)
     # the control plane refuses to hand host A another tenant's vvol at all
@@ -405,13 +417,13 @@ def test_identity_goes_with_the_last_binding_and_with_the_host(lab: Lab) -> None
     assert key("ha") is None
     assert open_as(lab, "vvhost-ha", h1["key"], "va") == "denied"
 
-    h2 = lab.bind("vflat", "hx", "rbd1")
+    h2 = lab.bind("va2", "hx", "rbd1")  # a host of no tenant
     assert key("hx") == h2["key"]
-    lab.svc.bindings.unbind([lab.vvols["vflat"]], "hx", drop_all=True)
+    lab.svc.bindings.unbind([lab.vvols["va2"]], "hx", drop_all=True)
     assert key("hx") is None
     # an identity vvhost made but the catalog lost (a crash) goes with its host
     with lab.ceph.admin() as ceph:
-        ceph.auth_get_or_create("client.vvhost-hx", cephaccess.caps_for({lab.array.pool: {""}}))
+        ceph.auth_get_or_create("client.vvhost-hx", cephaccess.caps_for({lab.pool: {""}}))
     problems = audit_acls(lab.svc.ctx, lab.svc.endpoints)  # what `vvhost audit` adds
     assert any("identity client.vvhost-hx has caps" in p for p in problems), problems
     lab.svc.hosts.remove("hx")
@@ -434,14 +446,10 @@ def test_nbd_serves_an_rbd_image_in_a_namespace(lab: Lab) -> None:
     run("qemu-img", "convert", "-f", "raw", "-O", "raw", handle["uri"], out)
     check_file(out, "n1")
     run("qemu-io", "-f", "raw", "-c", f"write -P 0x3c {2 * MiB} {CHUNK}", handle["uri"])
-    with lab.array.image(lab.vvols["va"]) as img:
+    with lab.image("va") as img:
         assert img.read(2 * MiB, CHUNK) == b"\x3c" * CHUNK
-    # the vvol grows (as extend does it: the array, the catalog, then the endpoints):
-    # the export shows the size the catalog has; nothing stats the image
-    lab.array.resize(lab.vvols["va"], SIZE * 2)
-    with lab.svc.ctx.db.tx() as conn:
-        vvolrepo.force(conn, lab.vvols["va"], size=SIZE * 2)
-    assert lab.svc.endpoints.refresh(lab.vvols["va"]) == (1, [])
+    # the vvol grows: the export shows the size the catalog has (nothing stats the image)
+    assert lab.svc.vvols.extend(lab.vvols["va"], SIZE * 2)["size"] == SIZE * 2
     info = json.loads(run("qemu-img", "info", "--output=json", handle["uri"]).stdout)
     assert info["virtual-size"] == SIZE * 2
     lab.svc.bindings.unbind([lab.vvols["va"]], "ha")
@@ -474,7 +482,7 @@ def test_iscsi_serves_an_rbd_image_and_refuses_a_namespace(lab: Lab) -> None:
     run("qemu-img", "convert", "-f", "raw", "-O", "raw", handle["uri"], out)
     check_file(out, "i1")
     run("qemu-io", "-f", "raw", "-c", f"write -P 0x7e {MiB} {CHUNK}", handle["uri"])
-    with lab.array.image(lab.vvols["vflat"]) as img:
+    with lab.image("vflat") as img:
         assert img.read(MiB, CHUNK) == b"\x7e" * CHUNK
     message = lab.bind_error("va", "ha", "iscsi1")
     assert "has no RADOS namespaces" in message and "\n" not in message
