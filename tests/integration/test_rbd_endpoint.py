@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,7 +35,7 @@ from vvhost.arrays.base import Space
 from vvhost.arrays.settings import RbdSettings
 from vvhost.arrays.sources import RbdSource
 from vvhost.catalog import repo, vvolrepo
-from vvhost.daemon import free_port
+from vvhost.daemon import ServerProcess, free_port
 from vvhost.errors import InvalidInput, NotFound
 from vvhost.model import Array
 from vvhost.pe import cephaccess
@@ -500,3 +501,29 @@ def test_rbd_endpoint_needs_an_rbd_array(lab: Lab) -> None:
         lab.svc.pes.create("rbd2", "rbd")
     with pytest.raises(InvalidInput, match="serves RBD arrays only"):
         lab.svc.pes.create("rbd2", "rbd", array="local")
+
+
+def test_pe_create_rbd_errors_through_the_cli(tmp_path: str) -> None:
+    """Bad input to ``vvhost pe create --protocol rbd``: one line on stderr, a stable
+    exit code, no endpoint left behind."""
+    server = ServerProcess(
+        os.path.join(tmp_path, "state"), os.path.join(tmp_path, "s.sock")
+    ).start()
+
+    def cli(*args: str) -> Any:
+        return run(sys.executable, "-m", "vvhost", "--socket", server.socket, *args, ok=False)
+
+    try:
+        for args, text in (
+            ([], "an rbd endpoint needs --array (an RBD array)"),
+            (["--array", "local"], "array local is a dir array; an rbd endpoint serves RBD"),
+            (["--array", "nowhere"], "nowhere"),
+            (["--array", "local", "--portal", "127.0.0.1:1"], "rbd endpoint has no portal"),
+        ):  # fmt: skip
+            out = cli("pe", "create", "r1", "--protocol", "rbd", *args)
+            assert out.returncode != 0 and text in out.stderr, out.stderr
+            assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+        listed = json.loads(cli("pe", "list", "--json").stdout)
+        assert listed == []
+    finally:
+        server.stop()
