@@ -67,13 +67,15 @@ class RbdAccess:
                 grants.setdefault(src.pool, set()).add(src.namespace)
         return out
 
-    def sync(self, host: str) -> None:
-        """Make the host's identity on every cluster reach exactly what it needs."""
+    def sync(self, host: str, only: list[Cluster] | None = None) -> None:
+        """Make the host's identity on every cluster (or those in ``only``) reach
+        exactly what it needs."""
         wanted = self.wanted(host)
         clusters = self.clusters()
         clusters += [c for c in wanted if c not in clusters]
         for cluster in clusters:
-            cephaccess.grant(cluster, host, wanted.get(cluster, {}))
+            if only is None or cluster in only:
+                cephaccess.grant(cluster, host, wanted.get(cluster, {}))
 
     def sync_all(self) -> None:
         """At start: every host with rbd bindings or an identity gets exactly what
@@ -84,9 +86,11 @@ class RbdAccess:
         if not clusters:
             return
         present: set[str] = set()
+        reachable: list[Cluster] = []  # an unreachable one is not waited for per host
         for cluster in clusters:
             try:
                 present |= set(cephaccess.identities(cluster))
+                reachable.append(cluster)
             except VvhostError as exc:
                 log.error("cannot list the ceph identities on %s: %s", cluster.conf, exc)
         with self.ctx.db.tx() as conn:
@@ -94,7 +98,7 @@ class RbdAccess:
         for host in hosts:
             try:
                 if host in present or self.wanted(host):
-                    self.sync(host)
+                    self.sync(host, only=reachable)
             except VvhostError as exc:
                 log.error("ceph identity of host %s not reconciled: %s", host, exc)
 
@@ -102,14 +106,10 @@ class RbdAccess:
         """Host removed: its identities go. Token rotated: each gets a new key (the
         old one is refused at once), so its bindings' handles carry the new one."""
         for cluster in self.clusters():
-            try:
-                if removed:
-                    cephaccess.drop(cluster, host)
-                else:
-                    cephaccess.rotate(cluster, host)
-            except VvhostError as exc:
-                log.error("revoking the ceph identity of host %s failed: %s", host, exc)
-                raise
+            if removed:
+                cephaccess.drop(cluster, host)
+            else:
+                cephaccess.rotate(cluster, host)
 
     def audit(self) -> list[str]:
         problems: list[str] = []
