@@ -36,7 +36,7 @@ from vvhost.arrays.settings import RbdSettings
 from vvhost.arrays.sources import RbdSource
 from vvhost.catalog import repo, vvolrepo
 from vvhost.daemon import ServerProcess, free_port
-from vvhost.errors import InvalidInput, NotFound
+from vvhost.errors import InvalidInput, NotFound, VvhostError
 from vvhost.model import Array
 from vvhost.pe import cephaccess
 from vvhost.service import Service
@@ -391,6 +391,32 @@ def test_token_rotation_refuses_the_old_key_at_once(lab: Lab) -> None:
     out = os.path.join(lab.tmp, "r1.raw")
     read_all(new, out)
     check_file(out, "r1", OFFSETS[1:])  # open_as wrote 512 bytes at 0
+
+
+def test_unreachable_cluster_changes_nothing(lab: Lab) -> None:
+    """Rotating the token of a host with a Ceph identity on a cluster that does not
+    answer fails in one error and changes nothing: the old token still works and
+    the key is the same (a new token never hides a key left valid)."""
+    handle = lab.bind("va", "ha", "rbd1")
+    token = lab.svc.hosts.rotate_token("ha")["token"]
+    key = ceph_key(lab, "ha")
+    assert key and key != handle["key"]
+    record = os.path.join(lab.tmp, "state", "pe", "rbd1", "cluster.json")
+    with open(record, encoding="utf-8") as fh:
+        saved = fh.read()
+    dead = os.path.join(lab.tmp, "dead.conf")
+    with open(dead, "w", encoding="ascii") as fh:
+        fh.write(f"[global]\nmon_host = 127.0.0.1:{free_port()}\n")
+    with open(record, "w", encoding="utf-8") as fh:
+        json.dump(dict(json.loads(saved), conf=dead), fh)
+    try:
+        with pytest.raises(VvhostError, match="ceph cluster"):
+            lab.svc.hosts.rotate_token("ha")
+        assert lab.svc.tenants.authenticate(token).name == "ha"
+    finally:
+        with open(record, "w", encoding="utf-8") as fh:
+            fh.write(saved)
+    assert ceph_key(lab, "ha") == key
 
 
 def ceph_key(lab: Lab, host: str) -> str | None:
