@@ -360,6 +360,28 @@ def test_rbd_handle_reads_and_writes_through_librbd(lab: Lab) -> None:
     assert osd == f"profile rbd pool={src.pool} namespace={src.namespace}"
 
 
+def test_linked_clone_in_another_container_reads_its_parent(lab: Lab) -> None:
+    """A linked clone in container ca2 of a snapshot in ca reads its unwritten
+    ranges from the parent image in ca's namespace, with the host's own key: the
+    caps name both namespaces, and no more."""
+    lab.write("va", "p1")
+    snap = lab.svc.cow.snapshot(lab.vvols["va"], name="va@s1")["id"]
+    lab.write("va", "p2")  # the snapshot keeps p1
+    clone = lab.svc.cow.clone(snap, linked=True, container="ca2", name="vc")["id"]
+    lab.vvols["vc"] = clone
+    src, parent_ns = lab.source("vc"), lab.source("va").namespace
+    assert src.namespace == lab.source("va2").namespace != parent_ns
+    handle = lab.bind("vc", "ha", "rbd1")
+    with lab.ceph.admin() as ceph:
+        osd = ceph.auth_caps_of("client.vvhost-ha")["osd"]
+    assert osd == ", ".join(
+        f"profile rbd pool={src.pool} namespace={ns}" for ns in sorted([parent_ns, src.namespace])
+    )
+    out = os.path.join(lab.tmp, "vc.raw")
+    read_all(handle, out)
+    check_file(out, "p1")
+
+
 def test_another_tenants_host_cannot_reach_the_image(lab: Lab) -> None:
     lab.write("va", "mine")
     ha = lab.bind("va", "ha", "rbd1")

@@ -3,7 +3,9 @@
     client.vvhost-<host>   one per host and cluster, made by vvhost only
       mon  'profile rbd'
       osd  'profile rbd pool=P namespace=NS1, profile rbd pool=P namespace=NS2, ...'
-             exactly the (pool, namespace) pairs of the host's rbd bindings
+             exactly the (pool, namespace) pairs of the host's rbd bindings, and of
+             the parents of their images (a linked clone in container B of an image
+             in container A reads unwritten ranges from A: see ``parent_spaces``)
 
 A namespace is a storage container on an RBD array, so a host's key reaches
 its own tenant's containers and nothing else; the cluster itself enforces it.
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..arrays.sources import RbdSource
-from ..errors import NotFound
+from ..errors import CephError, NotFound
 
 PREFIX = "vvhost-"  # client ids vvhost makes: client.vvhost-<host>
 DEFAULT_NS = '""'  # the pool's default namespace only (a bare pool= would be every one)
@@ -84,6 +86,62 @@ class Cluster:
 
         client = CephClient(conf=self.conf, user=self.user or "admin", keyring=self.keyring)
         return Ceph(client)
+
+
+def parent_spaces(cluster: Cluster, sources: list[RbdSource]) -> set[tuple[str, str]]:
+    """(pool, namespace) of every ancestor image of ``sources`` (clone parents,
+    their parents, ...) outside the sources' own places: librbd reads a clone's
+    unwritten ranges from its parent with the client's own key."""
+    found: set[tuple[str, str]] = set()
+    with cluster.admin() as ceph:
+        for src in sources:
+            at: tuple[str, str, str, str | None] | None = (
+                src.pool, src.namespace, src.image, src.snap
+            )  # fmt: skip
+            for _depth in range(64):  # clone chains are bounded; never loop forever
+                if at is None:
+                    break
+                at = _parent(ceph, *at)
+                if at is not None:
+                    found.add((at[0], at[1]))
+    return found
+
+
+def _parent(
+    ceph: Any, pool: str, ns: str, image: str, snap: str | None
+) -> tuple[str, str, str, str | None] | None:
+    """(pool, namespace, image, snapshot) of the parent of ``image@snap``; None
+    without one. A parent snapshot gone to the trash (clone v2) cannot be opened
+    by name: the parent image's own parent is then read at its head."""
+    import rbd
+
+    with ceph.ioctx(pool, ns) as ioctx:
+        for point in dict.fromkeys([snap, None]):
+            try:
+                img = rbd.Image(ioctx, image, snapshot=point, read_only=True)
+            except rbd.ImageNotFound:
+                continue  # no such snapshot (or image): try the head, then give up
+            except rbd.Error as exc:
+                raise _failed(ceph, f"opening {pool}/{ns}/{image}: {exc}") from None
+            try:
+                spec = img.get_parent_image_spec()
+            except rbd.ImageNotFound:
+                return None  # no parent
+            except rbd.Error as exc:
+                raise _failed(ceph, f"reading the parent of {pool}/{ns}/{image}: {exc}") from None
+            finally:
+                img.close()
+            return (
+                str(spec["pool_name"]),
+                str(spec["pool_namespace"]),
+                str(spec["image_name"]),
+                str(spec["snap_name"]) or None,
+            )
+    return None
+
+
+def _failed(ceph: Any, detail: str) -> CephError:
+    return CephError(cluster=ceph.client.label(), detail=detail, errno=0)
 
 
 def _caps(ceph: Any, host: str) -> dict[str, str] | None:

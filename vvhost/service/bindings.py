@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from ..catalog import bindrepo
-from ..errors import Busy, InUse, InvalidInput, NotFound, VvhostError
+from ..errors import Busy, EndpointError, InUse, InvalidInput, NotFound, VvhostError
 from ..model import ACTIVE, ATTACHING, DETACHING, Binding, Host, Pe, Vvol
 from ..pe import Attachment, secondary_id
 from ..pe.iscsi import allocate_lun, target_name
@@ -129,8 +129,10 @@ class BindingOps:
         try:
             self.manager.rbd.sync(host)
             return []
-        except VvhostError as exc:
-            err = exc
+        except Exception as exc:  # whatever failed, the new bindings are undone
+            err = (
+                exc if isinstance(exc, VvhostError) else EndpointError(tool="ceph", detail=str(exc))
+            )
         for p in rbd:
             with self.manager.lock([p.pe.id]), contextlib.suppress(VvhostError):
                 self.manager.get(p.pe).detach(p.attachment.key)

@@ -58,13 +58,19 @@ class RbdAccess:
                 if b.pe in rbd_pes and b.state in (ACTIVE, ATTACHING)
             ]
             vvols = [vvolrepo.get(conn, b.vvol) for b in rows]
+        sources: dict[Cluster, list[RbdSource]] = {}
         for v in vvols:
             if v is None:
                 continue
             src = self.ctx.backend(v.array).source(v.id)
             if isinstance(src, RbdSource):
-                grants = out.setdefault(Cluster.of(src), {})
+                sources.setdefault(Cluster.of(src), []).append(src)
+        for cluster, found in sources.items():
+            grants = out.setdefault(cluster, {})
+            for src in found:
                 grants.setdefault(src.pool, set()).add(src.namespace)
+            for pool, ns in cephaccess.parent_spaces(cluster, found):
+                grants.setdefault(pool, set()).add(ns)
         return out
 
     def sync(self, host: str, only: list[Cluster] | None = None) -> None:
