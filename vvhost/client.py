@@ -72,6 +72,16 @@ class Client:
             raise from_wire(payload if isinstance(payload, dict) else {}, resp.status_code)
         return payload
 
+    @staticmethod
+    def _raise(resp: httpx.Response) -> None:
+        try:
+            payload = resp.json()
+        except ValueError:
+            raise InternalError(
+                detail=f"HTTP {resp.status_code} with a body that is not JSON"
+            ) from None
+        raise from_wire(payload if isinstance(payload, dict) else {}, resp.status_code)
+
     # -- the API, one method per route ----------------------------------------------------
     def health(self) -> dict[str, Any]:
         return self.call("GET", "/v1/health")
@@ -227,6 +237,36 @@ class Client:
             f"/v1/vvols/{ref}/bitmap",
             params={"base": base, "chunk": chunk, "method": method},
         )
+
+    def vvol_read(self, ref: str, offset: int, length: int) -> bytes:
+        """Bytes of a vvol's data, from any machine and on any array."""
+        if not ref:
+            raise InvalidInput(detail="the vvol name or id is empty")
+        try:
+            resp = self.http.get(
+                f"/v1/vvols/{ref}/data", params={"offset": offset, "length": length}
+            )
+        except httpx.TransportError as exc:
+            raise Unreachable(address=self.address, detail=str(exc) or type(exc).__name__) from exc
+        if resp.status_code >= 400:
+            self._raise(resp)
+        return resp.content
+
+    def vvol_write(self, ref: str, offset: int, data: bytes, zero: int = 0) -> dict[str, Any]:
+        """Write into a writable vvol no host has bound (at most 1 MiB a call), or
+        with ``zero`` make that many bytes read as zeros."""
+        try:
+            resp = self.http.put(
+                f"/v1/vvols/{ref}/data",
+                params={"offset": offset, "zero": zero},
+                content=data,
+                headers={"content-type": "application/octet-stream"},
+            )
+        except httpx.TransportError as exc:
+            raise Unreachable(address=self.address, detail=str(exc) or type(exc).__name__) from exc
+        if resp.status_code >= 400:
+            self._raise(resp)
+        return dict(resp.json())
 
     def vvol_copy_diffs(
         self, ref: str, base: str, to: str, op_id: str | None = None

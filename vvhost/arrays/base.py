@@ -202,3 +202,7 @@ class ArrayBackend(Protocol):
 
     def reap(self) -> list[str]:
         """Purge data nothing needs any more (RBD: trash); returns what went."""
+
+    def audit(self) -> list[str]:
+        """What the array holds that no volume accounts for (beyond ``list_ids``
+        and ``partials``): RBD snapshots no vvol is, trash not purged, ..."""

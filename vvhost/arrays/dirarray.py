@@ -346,6 +346,9 @@ class DirArray:
     def reap(self) -> list[str]:
         return []  # a file is gone when removed
 
+    def audit(self) -> list[str]:
+        return []  # every file is a volume or a partial (list_ids, partials)
+
     def set_readonly(self, vvol_id: str, readonly: bool) -> None:
         self.check()
         os.chmod(self.locate(vvol_id), 0o400 if readonly else 0o600)

@@ -153,6 +153,38 @@ class DataOps:
         self.ctx.source(v)
         return v
 
+    # -- reading and writing data (the same from any machine, on any array) -------------
+    def read(self, ref: str, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes of the vvol from ``offset`` (less at its end)."""
+        with self.ctx.db.tx() as conn:
+            v = self.ctx.ready(self.ctx.vvol(conn, ref))
+        _check_window(v, offset, length)
+        self.ctx.source(v)
+        with self.ctx.backend(v.array).open(v.id) as io:
+            return io.read(offset, min(length, v.size - offset))
+
+    def write(self, ref: str, offset: int, data: bytes, zero: int = 0) -> dict[str, Any]:
+        """Write ``data`` at ``offset`` into a writable vvol no host has bound; or,
+        with ``zero``, make that many bytes from ``offset`` read as zeros."""
+        with self.ctx.db.tx() as conn:
+            vid = self.ctx.vvol(conn, ref).id
+        with self.ctx.locks.hold([vid]):
+            with self.ctx.db.tx() as conn:
+                v = self.vvols._writable(conn, vid, "write into it", None)
+                ensure_unbound(conn, v, "write into it")
+            length = zero or len(data)
+            if zero and data:
+                raise InvalidInput(detail="write data or zeros, not both")
+            if offset < 0 or offset + length > v.size:
+                raise InvalidInput(detail=f"the write ends past the vvol's {v.size} bytes")
+            with self.ctx.backend(v.array).open(v.id, writable=True) as io:
+                if zero:
+                    io.zero(offset, zero)
+                else:
+                    io.write(offset, data)
+                io.flush()
+        return {"vvol": v.id, "offset": offset, "bytes": length}
+
     # -- bitmaps ------------------------------------------------------------------------
     def bitmap(
         self,
@@ -211,6 +243,16 @@ class DataOps:
                 return finish_copy_diffs(self.ctx, entry)
             finally:
                 self.ctx.progress.drop(op)
+
+
+MAX_WINDOW = 16 << 20  # bytes one read or write of data may move
+
+
+def _check_window(v: Vvol, offset: int, length: int) -> None:
+    if offset < 0 or length < 0 or offset > v.size:
+        raise InvalidInput(detail=f"offset {offset} is outside the vvol's {v.size} bytes")
+    if length > MAX_WINDOW:
+        raise InvalidInput(detail=f"at most {MAX_WINDOW} bytes at a time, not {length}")
 
 
 def finish_copy_diffs(ctx: Context, entry: JournalEntry) -> dict[str, Any]:

@@ -133,6 +133,7 @@ def audit(ctx: Context, endpoints: EndpointManager | None = None) -> dict[str, A
             problems.append(f"array {a.name}: vvol {missing} has no data")
         for vid in backend.partials():
             problems.append(f"array {a.name}: half-written copy of {vid}")
+        problems += [f"array {a.name}: {p}" for p in backend.audit()]
     return {
         "ok": not problems,
         "problems": problems,
