@@ -91,7 +91,10 @@ class RbdArray:
         for pool in self.cluster.mon("df").get("pools", []):
             if pool.get("name") == self.settings.pool:
                 return int(pool["stats"]["max_avail"])
-        raise BackendError(array=self.name, detail=f"pool {self.settings.pool!r} not in ceph df")
+        # a pool the manager has not reported yet: raw free space over its replica count
+        copies = int(self.cluster.mon("osd pool get", pool=self.settings.pool, var="size")["size"])
+        raw = int(self.cluster.handle().get_cluster_stats()["kb_avail"]) * 1024
+        return raw // max(copies, 1)
 
     def close(self) -> None:
         self.flattener.close()
@@ -313,7 +316,7 @@ class RbdArray:
             entry = dataclasses.replace(entry, image_id=image_id, clone_of=None)
             self.index.put(new_id, entry)
         if not linked:
-            self.images.flatten(entry.ref(), _progress(progress))
+            self.images.flatten(entry.ref(), progress)
         with self._lock:
             self.index.put(new_id, dataclasses.replace(entry, state="ready"))
         if linked:
@@ -418,8 +421,7 @@ class RbdArray:
         if not chain or chain[-1][0] != vvol_id:
             raise InvalidInput(detail=f"copy_in of {vvol_id!r} needs a chain ending with it")
         with self._lock:
-            if self.index.entry(vvol_id) is not None:
-                self.remove(vvol_id)  # what a crashed attempt left
+            self._drop_earlier_copy(vvol_id, [pid for pid, _ in chain[:-1]])
             ns = self._space(space)
             snaps = [pid for pid, _ in chain[:-1]]
             entry = Entry("image", ns, rbdnames.image(vvol_id), chain=snaps)
@@ -441,7 +443,19 @@ class RbdArray:
             done += data.size
             if progress is not None:
                 progress(done, total)
-        self.index.put(vvol_id, dataclasses.replace(entry, state="ready", chain=[]))
+        self.index.put(vvol_id, dataclasses.replace(entry, state="ready"))
+
+    def _drop_earlier_copy(self, vvol_id: str, snaps: list[str]) -> None:
+        """Remove what an earlier copy_in of ``vvol_id`` made: the image and the
+        snapshot vvols on it that either chain names."""
+        prior = self.index.entry(vvol_id)
+        if prior is None:
+            return
+        for sid in dict.fromkeys([*prior.chain, *snaps]):
+            snap = self.index.entry(sid)
+            if snap is not None and snap.kind == "snap" and snap.image_id == prior.image_id:
+                self._remove_snap(sid, snap)
+        self.remove(vvol_id)
 
     def _copy_point(self, entry: Entry, prev: VolumeIO | None, data: VolumeIO) -> None:
         with ceph(self.name, f"copying into {entry.image}"):
@@ -472,14 +486,3 @@ class RbdArray:
 
 def _point(entry: Entry) -> rbddiff.Point:
     return rbddiff.Point(entry.ns, entry.image_id, entry.snap)
-
-
-def _progress(progress: Progress | None) -> Any:
-    if progress is None:
-        return None
-
-    def step(done: int, total: int) -> int:
-        progress(done, total)
-        return 0
-
-    return step
