@@ -7,6 +7,7 @@ itself with the librbd bindings (parents, namespaces, trash).
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -443,3 +444,65 @@ def test_offline_and_claims(ceph_cluster: Any, ceph_pool: str, tmp_path: Any) ->
         assert time.monotonic() - started < 30
     finally:
         unreachable.close()
+
+
+def test_a_crash_mid_clone_leaves_only_what_recovery_finds(
+    array: RbdArray, pool_io: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    array.create("v1", SIZE, "c1")
+    put(array, "v1", "a", [0])
+
+    def crash(*args: Any) -> None:
+        raise RuntimeError("killed")
+
+    # the clone image exists, its cut point was not yet dropped: the process dies here
+    monkeypatch.setattr(array.images, "snap_remove", crash)
+    with pytest.raises(RuntimeError):
+        array.clone("v1", "c", "c1", linked=True)
+    monkeypatch.undo()
+    assert array.partials() == ["c"] and "c" not in array.list_ids()
+    pool_io.set_namespace("c1")
+    with rbd.Image(pool_io, "vv-v1", read_only=True) as img:
+        assert [s["name"] for s in img.list_snaps()] == ["vc-c"]
+    array.remove("c")  # what recovery does with a partial
+    array.reap()
+    assert names(pool_io, "c1") == ["vv-v1"] and trash(pool_io, "c1") == []
+    with rbd.Image(pool_io, "vv-v1", read_only=True) as img:
+        assert list(img.list_snaps()) == []
+    # a revert staged but never committed: undo finds it by the operation id alone
+    array.snapshot("v1", "s1")
+    array.revert("v1", "s1", "op-9")
+    other = RbdArray("r1", array.settings, "array-1")  # a restarted control plane
+    try:
+        other.revert_undo("v1", "op-9")
+    finally:
+        other.close()
+    assert "vv-v1.r-op-9" not in names(pool_io, "c1")
+    check(array, "v1", "a", [0])
+
+
+def test_many_threads_share_one_array(array: RbdArray) -> None:
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            vid = f"t{n}"
+            array.create(vid, SIZE, f"c{n % 2}")
+            put(array, vid, f"w{n}", [0, 4 * MiB])
+            array.snapshot(vid, f"{vid}s")
+            put(array, vid, f"x{n}", [0])
+            array.clone(f"{vid}s", f"{vid}c", f"c{n % 2}", linked=True)
+        except BaseException as exc:  # collected and re-raised in the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+    for n in range(4):
+        check(array, f"t{n}", f"x{n}", [0])
+        check(array, f"t{n}s", f"w{n}", [0, 4 * MiB])
+        check(array, f"t{n}c", f"w{n}", [0, 4 * MiB])
+    assert len(array.list_ids()) == 12

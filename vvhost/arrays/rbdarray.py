@@ -26,7 +26,7 @@ from typing import Any
 
 from ..errors import ArrayOffline, BackendError, DataMissing, InUse, InvalidInput, ReadOnly
 from . import rbddiff, rbdindex, rbdio, rbdnames, rbdranges
-from .base import Changed, Progress, Space, VolumeIO
+from .base import ArrayBackend, Changed, Progress, Space, VolumeIO
 from .rbdconn import Cluster
 from .rbdflatten import MAX_CLONE_DEPTH, Flattener, depth
 from .rbdindex import Entry, Image, Index
@@ -486,3 +486,8 @@ class RbdArray:
 
 def _point(entry: Entry) -> rbddiff.Point:
     return rbddiff.Point(entry.ns, entry.image_id, entry.snap)
+
+
+def _conforms(array: RbdArray) -> ArrayBackend:
+    """The class implements every verb of the interface (checked by mypy)."""
+    return array
