@@ -19,6 +19,7 @@ rados = pytest.importorskip("rados")
 rbd = pytest.importorskip("rbd")
 
 from tests.patterns import CHUNK, chunk_bytes  # noqa: E402
+from vvhost.arrays import rbdaudit  # noqa: E402
 from vvhost.arrays.rbdarray import RbdArray  # noqa: E402
 from vvhost.arrays.rbdflatten import MAX_CLONE_DEPTH  # noqa: E402
 from vvhost.arrays.settings import RbdSettings  # noqa: E402
@@ -506,3 +507,25 @@ def test_many_threads_share_one_array(array: RbdArray) -> None:
         check(array, f"t{n}s", f"w{n}", [0, 4 * MiB])
         check(array, f"t{n}c", f"w{n}", [0, 4 * MiB])
     assert len(array.list_ids()) == 12
+
+
+def test_audit_compares_index_and_pool(array: RbdArray, pool_io: Any) -> None:
+    array.create("v1", SIZE, "c1")
+    array.snapshot("v1", "s1")
+    clean = rbdaudit.report(array)
+    assert all(not found for found in clean.values()), clean
+    pool_io.set_namespace("c1")
+    rbd.RBD().create(pool_io, "vv-stray", MiB)  # an image nobody recorded
+    with rbd.Image(pool_io, "vv-v1") as img:
+        img.create_snap("vs-ghost")  # a snapshot nobody recorded
+    array.create("v2", SIZE, "c1")
+    array.remove("v2")  # in the trash until reaped
+    found = rbdaudit.report(array)
+    assert found["images_without_entries"] == ["c1/vv-stray"]
+    assert found["stale_snapshots"] == ["c1/vv-v1@vs-ghost"]
+    assert found["trash"] == ["c1/vv-v2"]
+    assert found["entries_without_data"] == [] and found["partials"] == []
+    with rbd.Image(pool_io, "vv-v1") as img:
+        img.remove_snap("vs-s1")  # the data of a recorded snapshot vanished
+    assert rbdaudit.report(array)["entries_without_data"] == ["s1"]
+    rbd.RBD().remove(pool_io, "vv-stray")

@@ -208,6 +208,10 @@ class RbdArray:
 
     def _remove_image(self, vvol_id: str, entry: Entry) -> None:
         image = entry.ref() if entry.image_id else self._found(entry.ns, entry.image)
+        job = self.flattener.status(vvol_id)
+        if job is not None and job["state"] == "running":
+            reason = f"being flattened ({job['done']}/{job['total']} objects)"
+            raise InUse(kind="vvol", ref=vvol_id, reason=reason)
         if image is not None:
             busy = self.images.watchers(image)
             if busy:
