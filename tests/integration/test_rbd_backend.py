@@ -7,6 +7,8 @@ itself with the librbd bindings (parents, namespaces, trash).
 
 from __future__ import annotations
 
+import json
+import subprocess
 import threading
 import time
 import uuid
@@ -23,7 +25,7 @@ from vvhost.arrays import rbdaudit  # noqa: E402
 from vvhost.arrays.rbdarray import RbdArray  # noqa: E402
 from vvhost.arrays.rbdflatten import MAX_CLONE_DEPTH  # noqa: E402
 from vvhost.arrays.settings import RbdSettings  # noqa: E402
-from vvhost.errors import ArrayOffline, InUse, ReadOnly  # noqa: E402
+from vvhost.errors import ArrayOffline, DataMissing, InUse, InvalidInput, ReadOnly  # noqa: E402
 
 MiB = 1 << 20
 SIZE = 64 * MiB
@@ -529,3 +531,50 @@ def test_audit_compares_index_and_pool(array: RbdArray, pool_io: Any) -> None:
         img.remove_snap("vs-s1")  # the data of a recorded snapshot vanished
     assert rbdaudit.report(array)["entries_without_data"] == ["s1"]
     rbd.RBD().remove(pool_io, "vv-stray")
+
+
+def qemu_spec(src: Any) -> str:
+    node = {"driver": "rbd", "pool": src.pool, "image": src.image, "conf": src.conf}
+    if src.namespace:
+        node["namespace"] = src.namespace
+    if src.snap:
+        node["snapshot"] = src.snap
+    if src.user:
+        node["user"] = src.user
+    return "json:" + json.dumps({"driver": "raw", "file": node})
+
+
+def test_sources_open_in_qemu(array: RbdArray, tmp_path: Any) -> None:
+    array.create("v1", 8 * MiB, "c1")
+    put(array, "v1", "old", [0, 4 * MiB])
+    array.snapshot("v1", "s1")
+    put(array, "v1", "new", [0])
+    for vid, label in (("s1", "old"), ("v1", "new")):
+        out = tmp_path / f"{vid}.raw"
+        subprocess.run(
+            ["qemu-img", "convert", "-O", "raw", qemu_spec(array.source(vid)), str(out)],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        data = out.read_bytes()
+        assert len(data) == 8 * MiB
+        assert data[:CHUNK] == chunk_bytes(label, 0)
+        assert data[4 * MiB : 4 * MiB + CHUNK] == chunk_bytes("old", 4 * MiB)
+
+
+def test_bad_input_is_one_clear_error(array: RbdArray) -> None:
+    with pytest.raises(InvalidInput) as err:
+        array.create("v1", SIZE, "no/slash")
+    assert "no/slash" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(DataMissing):
+        array.open("ghost").__enter__()
+    array.create("v1", SIZE, "c1")
+    array.snapshot("v1", "s1")
+    with pytest.raises(ReadOnly):
+        array.resize("s1", 2 * SIZE)
+    with pytest.raises(InvalidInput):
+        array.snapshot("s1", "s2")  # snapshots of snapshots: snapshot the base
+    with pytest.raises(InvalidInput):
+        array.changed("v1", "s1", CHUNK, method="fiemap")
+    assert array.list_ids() == ["s1", "v1"] and array.partials() == []
