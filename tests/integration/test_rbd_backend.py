@@ -203,13 +203,20 @@ def test_clones_linked_share_data_full_copies_it(array: RbdArray, pool_io: Any) 
     assert spec is not None and (spec["pool_namespace"], spec["image_name"]) == ("c1", "vv-v1")
     assert spec["snap_name"] == "vs-s1"  # shares the snapshot's data: nothing copied
     assert array.space("lc").allocated == 0
-    # a linked clone of the live vvol: cut point made for it, in the trash namespace
+    # a linked clone of the live vvol: of a cut point made for it and owned by it
     array.clone("v1", "live", "c1", linked=True)
     check(array, "live", "later", [0])
     check(array, "live", "base", [12 * MiB])
     spec = image_spec(pool_io, "c1", array.locator("live")["image_id"])
     assert spec is not None and spec["image_name"] == "vv-v1"
     pool_io.set_namespace("c1")
+    with rbd.Image(pool_io, "vv-v1", read_only=True) as img:
+        user = [s["name"] for s in img.list_snaps() if s["namespace"] == 0]
+    assert user == ["vs-s1", "vc-live"]
+    assert array.changed("live", "v1", CHUNK).ranges == []  # exact: diffed from the cut point
+    put(array, "live", "own", [4 * MiB])
+    assert array.changed("live", "s1", CHUNK).ranges == [(0, CHUNK), (4 * MiB, CHUNK)]
+    array.remove("live")
     with rbd.Image(pool_io, "vv-v1", read_only=True) as img:
         user = [s["name"] for s in img.list_snaps() if s["namespace"] == 0]
     assert user == ["vs-s1"]
@@ -455,11 +462,14 @@ def test_a_crash_mid_clone_leaves_only_what_recovery_finds(
     array.create("v1", SIZE, "c1")
     put(array, "v1", "a", [0])
 
+    real_clone = array.images.clone
+
     def crash(*args: Any) -> None:
+        real_clone(*args)
         raise RuntimeError("killed")
 
-    # the clone image exists, its cut point was not yet dropped: the process dies here
-    monkeypatch.setattr(array.images, "snap_remove", crash)
+    # the clone image and its cut point exist, the index does not say so: the process dies
+    monkeypatch.setattr(array.images, "clone", crash)
     with pytest.raises(RuntimeError):
         array.clone("v1", "c", "c1", linked=True)
     monkeypatch.undo()

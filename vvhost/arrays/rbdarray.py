@@ -2,8 +2,8 @@
 
     vvol              image  pool/<space>/vv-<id>            (index: vvol:<id> -> image id)
     snapshot vvol     RBD snapshot vv-<base>@vs-<id>           (index: its image and snap)
-    linked clone      clone v2 of a snapshot (of a live vvol: of vc-<clone>, cut for it
-                      and moved to the trash namespace at once, so it lives with the clone)
+    linked clone      clone v2 of a snapshot (of a live vvol: of vc-<clone>, a snapshot cut
+                      for it that the clone owns: it goes when the clone does)
     full clone        linked clone, then flattened (the copy runs with progress)
     revert            clone of the snapshot staged as vv-<id>.r-<op>; the commit points the
                       vvol at it in one index write and retires the old image, which stays
@@ -315,12 +315,13 @@ class RbdArray:
             if cut is not None:
                 self.images.snap_create(cut, point)
             image_id = self.images.clone(src.ref(), point, ns, entry.image)
-            if cut is not None:
-                self.images.snap_remove(cut, point)  # to the trash namespace, kept by the clone
-            entry = dataclasses.replace(entry, image_id=image_id, clone_of=None)
+            entry = dataclasses.replace(entry, image_id=image_id)
             self.index.put(new_id, entry)
         if not linked:
             self.images.flatten(entry.ref(), progress)
+            if cut is not None:  # the copy no longer reads its cut point
+                self.images.snap_remove(cut, point)
+                entry = dataclasses.replace(entry, clone_of=None)
         with self._lock:
             self.index.put(new_id, dataclasses.replace(entry, state="ready"))
         if linked:

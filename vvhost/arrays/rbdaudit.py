@@ -31,6 +31,11 @@ def report(array: RbdArray) -> dict[str, list[str]]:
     known_snaps: set[tuple[str, str | None]] = {
         (e.image_id, e.snap) for e in entries.values() if e.snap
     }
+    known_snaps |= {
+        (e.clone_of.image_id, rbdnames.clone_point(vid))
+        for vid, e in entries.items()
+        if e.clone_of is not None
+    }
     out: dict[str, list[str]] = {
         "images_without_entries": [],
         "entries_without_data": [],
