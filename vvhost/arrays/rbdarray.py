@@ -2,8 +2,8 @@
 
     vvol              image  pool/<space>/vv-<id>            (index: vvol:<id> -> image id)
     snapshot vvol     RBD snapshot vv-<base>@vs-<id>           (index: its image and snap)
-    linked clone      clone v2 of a snapshot (of a live vvol: of vc-<clone>, cut for it
-                      and moved to the trash namespace at once, so it lives with the clone)
+    linked clone      clone v2 of a snapshot (of a live vvol: of vc-<clone>, a snapshot cut
+                      for it that the clone owns: it goes when the clone does)
     full clone        linked clone, then flattened (the copy runs with progress)
     revert            clone of the snapshot staged as vv-<id>.r-<op>; the commit points the
                       vvol at it in one index write and retires the old image, which stays
@@ -26,7 +26,7 @@ from typing import Any
 
 from ..errors import ArrayOffline, BackendError, DataMissing, InUse, InvalidInput, ReadOnly
 from . import rbddiff, rbdindex, rbdio, rbdnames, rbdranges
-from .base import Changed, Progress, Space, VolumeIO
+from .base import ArrayBackend, Changed, Progress, Space, VolumeIO
 from .rbdconn import Cluster
 from .rbdflatten import MAX_CLONE_DEPTH, Flattener, depth
 from .rbdindex import Entry, Image, Index
@@ -91,7 +91,10 @@ class RbdArray:
         for pool in self.cluster.mon("df").get("pools", []):
             if pool.get("name") == self.settings.pool:
                 return int(pool["stats"]["max_avail"])
-        raise BackendError(array=self.name, detail=f"pool {self.settings.pool!r} not in ceph df")
+        # a pool the manager has not reported yet: raw free space over its replica count
+        copies = int(self.cluster.mon("osd pool get", pool=self.settings.pool, var="size")["size"])
+        raw = int(self.cluster.handle().get_cluster_stats()["kb_avail"]) * 1024
+        return raw // max(copies, 1)
 
     def close(self) -> None:
         self.flattener.close()
@@ -205,6 +208,10 @@ class RbdArray:
 
     def _remove_image(self, vvol_id: str, entry: Entry) -> None:
         image = entry.ref() if entry.image_id else self._found(entry.ns, entry.image)
+        job = self.flattener.status(vvol_id)
+        if job is not None and job["state"] == "running":
+            reason = f"being flattened ({job['done']}/{job['total']} objects)"
+            raise InUse(kind="vvol", ref=vvol_id, reason=reason)
         if image is not None:
             busy = self.images.watchers(image)
             if busy:
@@ -308,12 +315,13 @@ class RbdArray:
             if cut is not None:
                 self.images.snap_create(cut, point)
             image_id = self.images.clone(src.ref(), point, ns, entry.image)
-            if cut is not None:
-                self.images.snap_remove(cut, point)  # to the trash namespace, kept by the clone
-            entry = dataclasses.replace(entry, image_id=image_id, clone_of=None)
+            entry = dataclasses.replace(entry, image_id=image_id)
             self.index.put(new_id, entry)
         if not linked:
-            self.images.flatten(entry.ref(), _progress(progress))
+            self.images.flatten(entry.ref(), progress)
+            if cut is not None:  # the copy no longer reads its cut point
+                self.images.snap_remove(cut, point)
+                entry = dataclasses.replace(entry, clone_of=None)
         with self._lock:
             self.index.put(new_id, dataclasses.replace(entry, state="ready"))
         if linked:
@@ -418,8 +426,7 @@ class RbdArray:
         if not chain or chain[-1][0] != vvol_id:
             raise InvalidInput(detail=f"copy_in of {vvol_id!r} needs a chain ending with it")
         with self._lock:
-            if self.index.entry(vvol_id) is not None:
-                self.remove(vvol_id)  # what a crashed attempt left
+            self._drop_earlier_copy(vvol_id, [pid for pid, _ in chain[:-1]])
             ns = self._space(space)
             snaps = [pid for pid, _ in chain[:-1]]
             entry = Entry("image", ns, rbdnames.image(vvol_id), chain=snaps)
@@ -441,7 +448,19 @@ class RbdArray:
             done += data.size
             if progress is not None:
                 progress(done, total)
-        self.index.put(vvol_id, dataclasses.replace(entry, state="ready", chain=[]))
+        self.index.put(vvol_id, dataclasses.replace(entry, state="ready"))
+
+    def _drop_earlier_copy(self, vvol_id: str, snaps: list[str]) -> None:
+        """Remove what an earlier copy_in of ``vvol_id`` made: the image and the
+        snapshot vvols on it that either chain names."""
+        prior = self.index.entry(vvol_id)
+        if prior is None:
+            return
+        for sid in dict.fromkeys([*prior.chain, *snaps]):
+            snap = self.index.entry(sid)
+            if snap is not None and snap.kind == "snap" and snap.image_id == prior.image_id:
+                self._remove_snap(sid, snap)
+        self.remove(vvol_id)
 
     def _copy_point(self, entry: Entry, prev: VolumeIO | None, data: VolumeIO) -> None:
         with ceph(self.name, f"copying into {entry.image}"):
@@ -474,12 +493,6 @@ def _point(entry: Entry) -> rbddiff.Point:
     return rbddiff.Point(entry.ns, entry.image_id, entry.snap)
 
 
-def _progress(progress: Progress | None) -> Any:
-    if progress is None:
-        return None
-
-    def step(done: int, total: int) -> int:
-        progress(done, total)
-        return 0
-
-    return step
+def _conforms(array: RbdArray) -> ArrayBackend:
+    """The class implements every verb of the interface (checked by mypy)."""
+    return array

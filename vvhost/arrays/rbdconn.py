@@ -50,6 +50,7 @@ class Cluster:
             "rados_mon_op_timeout": str(MON_OP_TIMEOUT),
             "rados_osd_op_timeout": str(OSD_OP_TIMEOUT),
             "rbd_default_clone_format": "2",
+            "admin_socket": "",  # several clients in one process must not share one
         }
         if self.settings.keyring:
             conf["keyring"] = self.settings.keyring

@@ -81,6 +81,7 @@ class Flattener:
 
         try:
             flatten(self.cluster, image, step)
+            job.done = job.total  # librbd counts objects from 0
             job.state = "done"
         except Exception as exc:  # the job records any failure; the thread must not die loud
             job.state, job.error = "failed", str(exc) or type(exc).__name__

@@ -5,8 +5,7 @@
     pool/<space>/vv-<vvol>                       a vvol's image
     pool/<space>/vv-<vvol>@vs-<snap>             a snapshot vvol: an RBD snapshot of its base
     pool/<space>/vv-<vvol>@vc-<clone>            the point a linked clone of a live vvol was
-                                                 cut from (moved to the trash namespace at
-                                                 once: it lives exactly as long as the clone)
+                                                 cut from (owned by the clone: removed with it)
     pool/<space>/vv-<vvol>.r-<op>                the data a revert staged (operation ``op``)
 
 Nothing is named at random, so whatever a crash leaves half-made is found again

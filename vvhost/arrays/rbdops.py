@@ -185,9 +185,20 @@ class Images:
                 img.resize(size)
 
     def flatten(self, ref: Image, progress: Any = None) -> None:
+        """Copy the parents' data into the image; ``progress(done, total)`` in objects."""
+        seen = [0]
+
+        def step(done: int, total: int) -> int:
+            seen[0] = total
+            if progress is not None:
+                progress(done, total)
+            return 0
+
         with ceph(self.array, f"flattening {ref.name}"), self.open(ref, writable=True) as img:
             try:
                 img.get_parent_image_spec()
             except rbd.ImageNotFound:
                 return
-            img.flatten(on_progress=progress)
+            img.flatten(on_progress=step)
+        if progress is not None and seen[0]:
+            progress(seen[0], seen[0])  # librbd counts objects from 0

@@ -1,8 +1,10 @@
 """Byte ranges as (offset, length) pairs: merging, chunk alignment, intersection.
 
-input  (0,10) (5,10) (40,1)           chunk 16, limit 50
-merge  (0,15) (40,1)
-align  (0,16) (32,18)                 every range widened to whole chunks, cut at limit
+    input  (0,10) (5,10) (40,1)           chunk 16, limit 45
+    merge  (0,15) (40,1)
+    align  (0,16) (32,13)                 every range widened to whole chunks, cut at limit
+
+Ranges from librbd may overlap or touch; every function here accepts that.
 """
 
 from __future__ import annotations
