@@ -69,6 +69,14 @@ def _keyring(entity: str, key: str, caps: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Manager modules never loaded: none a lab needs and none Ceph keeps always on
+# (disabling one of those is a MGR_MODULE_ERROR); they cost memory and CPU.
+_MGR_DISABLED = " ".join(
+    ["alerts", "diskprediction_local", "influx", "insights", "localpool", "mirroring", "nfs"]
+    + ["osd_perf_query", "osd_support", "prometheus", "restful", "selftest", "snap_schedule"]
+    + ["stats", "telegraf", "test_orchestrator", "zabbix"]
+)
+
 _ALL = {"mon": "allow *", "osd": "allow *", "mgr": "allow *", "mds": "allow *"}
 
 
@@ -78,7 +86,7 @@ class CephLab:
 
     workdir: str
     osd_size: int = 10 * GiB  # the sparse BlueStore file (a size, not disk used)
-    osd_memory: int = 512 << 20  # osd_memory_target
+    osd_memory: int = 896 << 20  # osd_memory_target (Ceph's minimum)
     ready_timeout: float = 180.0
     mon_ports: tuple[int, int] = (0, 0)  # (msgr2, msgr1), chosen at start
     fsid: str = ""
@@ -288,8 +296,6 @@ auth_service_required = cephx
 auth_client_required = cephx
 auth_allow_insecure_global_id_reclaim = false
 run_dir = {d}/run
-admin_socket = {d}/run/$cluster-$name.asok
-log_file = {d}/log/$name.log
 mon_cluster_log_file = {d}/log/cluster.log
 crash_dir = {d}/crash
 log_to_stderr = false
@@ -307,6 +313,7 @@ mon_data_avail_warn = 2
 mon_data_avail_crit = 1
 mon_max_pg_per_osd = 1000
 mgr_stats_period = 1
+mgr_initial_modules = iostat
 mgr_tick_period = 1
 paxos_propose_interval = 0.1
 paxos_min_wait = 0.01
@@ -315,15 +322,21 @@ paxos_min_wait = 0.01
 keyring = {self.admin_keyring}
 
 [mon]
+admin_socket = {d}/run/$cluster-$name.asok
+log_file = {d}/log/$name.log
 mon_data = {d}/mon/$id
 keyring = {d}/mon/$id/keyring
 
 [mgr]
+admin_socket = {d}/run/$cluster-$name.asok
+log_file = {d}/log/$name.log
 mgr_data = {d}/mgr/$id
 keyring = {d}/mgr/$id/keyring
-mgr_initial_modules = iostat
+mgr_disabled_modules = {_MGR_DISABLED}
 
 [osd]
+admin_socket = {d}/run/$cluster-$name.asok
+log_file = {d}/log/$name.log
 osd_data = {d}/osd/$id
 keyring = {d}/osd/$id/keyring
 osd_objectstore = bluestore
@@ -333,7 +346,8 @@ bluestore_block_size = {self.osd_size}
 bluestore_fsck_on_mkfs = false
 bluestore_fsck_on_mount = false
 osd_memory_target = {self.osd_memory}
-osd_memory_cache_min = {64 << 20}
+bluestore_cache_autotune = false
+bluestore_cache_size = {128 << 20}
 osd_op_num_shards = 1
 osd_op_num_threads_per_shard = 2
 """
