@@ -26,7 +26,7 @@ from vvhost import labpids
 from vvhost.cephlab import CephLab, new_key
 from vvhost.daemon import free_port
 from vvhost.errors import CephDenied, CephError, CephUnreachable, NotFound
-from vvhost.tools.ceph import Ceph, CephClient, rbd_caps
+from vvhost.tools.ceph import Ceph, CephClient, keyring_text, rbd_caps
 
 DEFAULT_MON_PORTS = {3300, 6789}
 
@@ -114,12 +114,15 @@ def test_rbd_image_in_a_namespace_keeps_its_pattern(ceph_cluster: CephLab, ceph_
 
 
 def _identity(ceph: Ceph, tmp_path: Path, pool: str, namespaces: list[str]) -> CephClient:
-    """A new ``client.host-*`` limited to ``namespaces`` of ``pool``; its keyring in tmp_path."""
+    """A new ``client.host-*`` limited to ``namespaces`` of ``pool``, as a host gets it:
+    the monitors' minimal ceph.conf and a keyring with its one key (in tmp_path)."""
     user = f"host-{uuid.uuid4().hex[:8]}"
     key = ceph.auth_get_or_create(f"client.{user}", rbd_caps(pool, namespaces))
     keyring = tmp_path / f"{user}.keyring"
-    keyring.write_text(f"[client.{user}]\n\tkey = {key}\n")
-    return CephClient(conf=ceph.client.conf, user=user, keyring=str(keyring), timeout=5)
+    keyring.write_text(keyring_text(f"client.{user}", key))
+    conf = tmp_path / f"{user}.conf"
+    conf.write_text(ceph.minimal_conf())
+    return CephClient(conf=str(conf), user=user, keyring=str(keyring), timeout=5)
 
 
 def _denied(call: Any) -> int:
