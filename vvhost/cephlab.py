@@ -6,7 +6,8 @@ One monitor, one manager and one OSD (BlueStore on a sparse file), all on
 
     workdir/
       ceph.conf                    fsid, mon_host, size-1 pools, small memory, paths below
-      ceph.client.admin.keyring    the admin key ([client] keyring = this file)
+      ceph.client.admin.keyring    the admin key ([client] keyring = ceph.client.$id.keyring,
+                                   so a keyring put at keyring_path(user) is found too)
       bootstrap/                   mon. + client.admin + mgr.x keys, monmap (mkfs input)
       mon/a/                       monitor store (mon --mkfs)
       mgr/x/keyring
@@ -110,6 +111,10 @@ class CephLab:
     def mon_host(self) -> str:
         v2, v1 = self.mon_ports
         return f"[v2:127.0.0.1:{v2},v1:127.0.0.1:{v1}]"
+
+    def keyring_path(self, user: str) -> str:
+        """Where a client's keyring goes so that the lab's ceph.conf finds it for ``user``."""
+        return os.path.join(self.workdir, f"ceph.client.{user}.keyring")
 
     def _path(self, *parts: str) -> str:
         return os.path.join(self.workdir, *parts)
@@ -319,7 +324,7 @@ paxos_propose_interval = 0.1
 paxos_min_wait = 0.01
 
 [client]
-keyring = {self.admin_keyring}
+keyring = {d}/$cluster.$name.keyring
 
 [mon]
 admin_socket = {d}/run/$cluster-$name.asok

@@ -9,6 +9,7 @@ fencing cuts a connected client off; stopping leaves no process behind.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -396,3 +397,59 @@ def test_a_running_owner_keeps_its_lab(ceph_cluster: CephLab) -> None:
     assert set(ceph_cluster.pids()) == {"mon.a", "mgr.x", "osd.0"}
     with ceph_cluster.admin() as ceph:
         assert ceph.health() == "HEALTH_OK"
+
+
+def _qemu_io(pool: str, namespace: str, image: str, conf: str, user: str, *cmds: str) -> Any:
+    spec = json.dumps(
+        {
+            "driver": "raw",
+            "file": {
+                "driver": "rbd",
+                "pool": pool,
+                "namespace": namespace,
+                "image": image,
+                "conf": conf,
+                "user": user,
+            },
+        }
+    )
+    argv = ["qemu-io"] + [arg for c in cmds for arg in ("-c", c)] + [f"json:{spec}"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_qemu_opens_only_its_namespace_with_a_host_key(
+    ceph_cluster: CephLab, ceph_pool: str
+) -> None:
+    """QEMU's own librbd driver, with the lab's ceph.conf and a keyring at keyring_path."""
+    user = f"host-{uuid.uuid4().hex[:8]}"
+    with ceph_cluster.admin() as ceph:
+        _make_image(ceph, ceph_pool, "ns-a", "a0", "tenant-a")
+        _make_image(ceph, ceph_pool, "ns-b", "b0", "tenant-b")
+        key = ceph.auth_get_or_create(f"client.{user}", rbd_caps(ceph_pool, ["ns-a"]))
+    Path(ceph_cluster.keyring_path(user)).write_text(keyring_text(f"client.{user}", key))
+    try:
+        off = OFFSETS[1]
+        done = _qemu_io(
+            ceph_pool,
+            "ns-a",
+            "a0",
+            ceph_cluster.conf,
+            user,
+            f"write -P 0x5a {off} 64k",
+            f"read -P 0x5a {off} 64k",
+            f"read -P 0 {OFFSETS[2] + CHUNK} 64k",
+        )
+        assert done.returncode == 0 and "Pattern verification failed" not in done.stdout, done
+        refused = _qemu_io(ceph_pool, "ns-b", "b0", ceph_cluster.conf, user, "read 0 64k")
+        assert refused.returncode != 0 and "not permitted" in refused.stderr, refused
+        with ceph_cluster.admin() as ceph, ceph.ioctx(ceph_pool, "ns-a") as ioctx:
+            with rbd.Image(ioctx, "a0", read_only=True) as image:
+                assert image.read(off, CHUNK) == b"\x5a" * CHUNK
+                assert image.read(OFFSETS[0], CHUNK) == chunk_bytes("tenant-a", OFFSETS[0])
+        with ceph_cluster.admin() as ceph, ceph.ioctx(ceph_pool, "ns-b") as ioctx:
+            with rbd.Image(ioctx, "b0", read_only=True) as image:
+                _check(image, "tenant-b")
+    finally:
+        os.unlink(ceph_cluster.keyring_path(user))
+        with ceph_cluster.admin() as ceph:
+            ceph.auth_rm(f"client.{user}")
