@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import base64
 import os
+import random
+import socket
 import struct
 import subprocess
 import time
@@ -43,7 +45,6 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from . import labpids
-from .daemon import free_port
 from .errors import CephError, InternalError
 from .tools.ceph import Ceph, CephClient
 
@@ -390,11 +391,38 @@ def _not_ready(status: dict[str, object]) -> str:
 
 
 def _two_free_ports() -> tuple[int, int]:
-    first = free_port()
-    second = free_port()
-    while second == first:
-        second = free_port()
-    return first, second
+    """Two ports on 127.0.0.1 free right now, below the kernel's ephemeral range.
+
+    Ports from the ephemeral range (what binding port 0 gives) are also handed
+    to outgoing connections, which could take one between this check and the
+    monitor's bind; below that range only listeners compete.
+    """
+    low = _ephemeral_low()
+    rng = random.SystemRandom()
+    found: list[int] = []
+    while len(found) < 2:
+        port = rng.randrange(max(1024, low - 12000), low)
+        if port in found or port in (3300, 6789) or not _bindable(port):
+            continue
+        found.append(port)
+    return found[0], found[1]
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _write(path: str, text: str) -> None:
