@@ -279,7 +279,7 @@ def test_an_unreachable_cluster_fails_in_seconds(ceph_cluster: CephLab, tmp_path
     missing = CephClient(conf=str(tmp_path / "nope.conf"), timeout=3)
     with pytest.raises(CephError) as info2:
         Ceph(missing).connect()
-    assert "nope.conf" in str(info2.value)
+    assert str(info2.value).endswith(f"no ceph.conf at {tmp_path / 'nope.conf'}")
 
     wrong = tmp_path / "wrong.keyring"
     wrong.write_text(f"[client.admin]\n\tkey = {new_key()}\n")

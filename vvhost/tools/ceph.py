@@ -110,6 +110,13 @@ class Ceph:
                 conffile=self.client.conf or "", rados_id=self.client.user, conf=conf
             )
         except rados.Error as exc:
+            if _errno(exc) == errno.ENOENT:
+                where = self.client.conf or "/etc/ceph/ceph.conf"
+                raise CephError(
+                    cluster=self.client.label(),
+                    detail=f"no ceph.conf at {where}",
+                    errno=errno.ENOENT,
+                ) from None
             raise self._error(exc, "reading the configuration") from None
         try:
             handle.connect(timeout=int(t))
