@@ -359,6 +359,23 @@ osd_op_num_threads_per_shard = 2
 """
 
 
+def capability(workdir: str) -> str:
+    """Why a lab cannot run under ``workdir`` on this machine ("" when it can).
+
+    BlueStore opens its file with O_DIRECT, which some filesystems (older
+    tmpfs, some FUSE ones) refuse.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, ".odirect-probe")
+    try:
+        fd = os.open(probe, os.O_RDWR | os.O_CREAT | os.O_DIRECT, 0o600)
+    except OSError as exc:
+        return f"the filesystem of {workdir} refuses O_DIRECT ({exc.strerror}), BlueStore needs it"
+    os.close(fd)
+    os.unlink(probe)
+    return ""
+
+
 def _not_ready(status: dict[str, object]) -> str:
     """Why the cluster is not ready yet ("" when it is)."""
     health = status.get("health")
