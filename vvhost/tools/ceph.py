@@ -39,7 +39,7 @@ import rados
 
 from ..errors import CephDenied, CephError, CephUnreachable, NotFound
 
-__all__ = ["Ceph", "CephClient", "rbd_caps"]
+__all__ = ["Ceph", "CephClient", "keyring_text", "rbd_caps"]
 
 _UNREACHABLE = {errno.ETIMEDOUT, errno.ENOTCONN, errno.ECONNREFUSED, errno.ESHUTDOWN}
 _DENIED = {errno.EACCES, errno.EPERM}
@@ -66,6 +66,11 @@ def rbd_caps(pool: str, namespaces: list[str]) -> dict[str, str]:
     """
     osd = ", ".join(f"profile rbd pool={pool} namespace={ns}" for ns in namespaces)
     return {"mon": "profile rbd", "osd": osd}
+
+
+def keyring_text(entity: str, key: str) -> str:
+    """A keyring file holding one key (what a host gets next to its minimal ceph.conf)."""
+    return f"[{entity}]\n\tkey = {key}\n"
 
 
 def _caps_list(caps: dict[str, str]) -> list[str]:
@@ -105,6 +110,13 @@ class Ceph:
                 conffile=self.client.conf or "", rados_id=self.client.user, conf=conf
             )
         except rados.Error as exc:
+            if _errno(exc) == errno.ENOENT:
+                where = self.client.conf or "/etc/ceph/ceph.conf"
+                raise CephError(
+                    cluster=self.client.label(),
+                    detail=f"no ceph.conf at {where}",
+                    errno=errno.ENOENT,
+                ) from None
             raise self._error(exc, "reading the configuration") from None
         try:
             handle.connect(timeout=int(t))
