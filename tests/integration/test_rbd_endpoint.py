@@ -399,7 +399,9 @@ def test_another_tenants_host_cannot_reach_the_image(lab: Lab) -> None:
     # the control plane refuses to hand host A another tenant's vvol at all
     assert "belongs to tenant ta" in lab.bind_error("vb", "ha", "rbd1")
     # and an rbd endpoint serves only its own array
-    assert "serves array" in lab.bind_error("vdir", "ha", "rbd1")
+    assert "endpoint rbd1 serves array ceph1 only; vvol vdir is on array local" == lab.bind_error(
+        "vdir", "ha", "rbd1"
+    )
 
 
 def test_token_rotation_refuses_the_old_key_at_once(lab: Lab) -> None:

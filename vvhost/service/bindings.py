@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from ..catalog import bindrepo
+from ..catalog import bindrepo, repo
 from ..errors import Busy, EndpointError, InUse, InvalidInput, NotFound, VvhostError
 from ..model import ACTIVE, ATTACHING, DETACHING, Binding, Host, Pe, Vvol
 from ..pe import Attachment, secondary_id
@@ -175,7 +175,7 @@ class BindingOps:
     ) -> Binding:
         """Decide a new binding's secondary id.  ``luns`` carries the LUNs in use per
         (PE, target) across one batch, so a batch reads them once."""
-        check_reach(pe, v, h)
+        check_reach(conn, pe, v, h)
         tid = None
         if pe.protocol == "iscsi":
             tid, secondary = self._allocate_lun(conn, pe, v, h, shared, luns, hints)
@@ -390,13 +390,14 @@ def _check_batch(refs: list[str], what: str) -> None:
         raise InvalidInput(detail=f"{what} takes 1 to {MAX_BATCH} vvols")
 
 
-def check_reach(pe: Pe, v: Vvol, h: Host) -> None:
+def check_reach(conn: Connection, pe: Pe, v: Vvol, h: Host) -> None:
     """An endpoint made for one array serves that array's vvols only; an rbd
     endpoint hands a host a Ceph identity, so only its own tenant's vvols."""
     if pe.array is not None and pe.array != v.array:
+        mine, theirs = repo.get_array(conn, pe.array), repo.get_array(conn, v.array)
         raise InvalidInput(
-            detail=f"endpoint {pe.name} serves array {pe.array} only; "
-            f"vvol {v.name or v.id} is on array {v.array}"
+            detail=f"endpoint {pe.name} serves array {mine.name if mine else pe.array} only; "
+            f"vvol {v.name or v.id} is on array {theirs.name if theirs else v.array}"
         )
     if pe.protocol == "rbd" and h.tenant is not None and v.tenant != h.tenant:
         raise InvalidInput(
