@@ -408,6 +408,25 @@ def test_clones_past_the_depth_limit_flatten_in_background(array: RbdArray, pool
     check(array, last, "root", [0, 32 * MiB])
 
 
+def test_reap_resumes_flattening_after_a_restart(
+    array: RbdArray, pool_io: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    array.create("g0", SIZE, "c1")
+    put(array, "g0", "root", [0])
+    monkeypatch.setattr(array.flattener, "start", lambda *args: None)  # died before flattening
+    for gen in range(1, MAX_CLONE_DEPTH + 2):
+        array.clone(f"g{gen - 1}", f"g{gen}", "c1", linked=True)
+    monkeypatch.undo()
+    last = f"g{MAX_CLONE_DEPTH + 1}"
+    assert image_spec(pool_io, "c1", array.locator(last)["image_id"]) is not None
+    array.reap()
+    status = array.wait_flatten(last, timeout=120)
+    assert status is not None and status["state"] == "done"
+    assert image_spec(pool_io, "c1", array.locator(last)["image_id"]) is None
+    assert array.flatten_status(f"g{MAX_CLONE_DEPTH}") is None  # at the limit: stays linked
+    check(array, last, "root", [0])
+
+
 def test_offline_and_claims(ceph_cluster: Any, ceph_pool: str, tmp_path: Any) -> None:
     settings = RbdSettings(
         pool=ceph_pool, conf=ceph_cluster.conf, keyring=ceph_cluster.admin_keyring

@@ -88,13 +88,7 @@ class RbdArray:
 
     def free_bytes(self) -> int:
         self._ready()
-        for pool in self.cluster.mon("df").get("pools", []):
-            if pool.get("name") == self.settings.pool:
-                return int(pool["stats"]["max_avail"])
-        # a pool the manager has not reported yet: raw free space over its replica count
-        copies = int(self.cluster.mon("osd pool get", pool=self.settings.pool, var="size")["size"])
-        raw = int(self.cluster.handle().get_cluster_stats()["kb_avail"]) * 1024
-        return raw // max(copies, 1)
+        return self.cluster.free_bytes()
 
     def close(self) -> None:
         self.flattener.close()
@@ -330,7 +324,7 @@ class RbdArray:
 
     def _bound_depth(self, vvol_id: str, image: Image) -> None:
         with ceph(self.name, f"measuring the clone depth of {image.name}"):
-            if depth(self.cluster, image) > MAX_CLONE_DEPTH:
+            if depth(self.cluster, image, MAX_CLONE_DEPTH + 1) > MAX_CLONE_DEPTH:
                 self.flattener.start(vvol_id, image)
 
     def flatten_status(self, vvol_id: str) -> dict[str, Any] | None:
@@ -471,7 +465,8 @@ class RbdArray:
 
     def reap(self) -> list[str]:
         """Trash retired images nobody needs any more, then purge the trash of what no
-        clone reads; returns the images purged."""
+        clone reads; returns the images purged.  Also restarts the background flatten
+        of images deeper than the limit that no flatten here has handled."""
         self._ready()
         gone: list[str] = []
         with self._lock:
@@ -486,6 +481,10 @@ class RbdArray:
                 gone += purged
                 if not purged:
                     break
+            images = [(vid, e.ref()) for vid, e in self.index.entries().items() if _writable(e)]
+        for vid, image in images:  # too deep and not flattened here (e.g. after a restart)
+            if self.flattener.status(vid) is None:
+                self._bound_depth(vid, image)
         return gone
 
 
@@ -496,3 +495,7 @@ def _point(entry: Entry) -> rbddiff.Point:
 def _conforms(array: RbdArray) -> ArrayBackend:
     """The class implements every verb of the interface (checked by mypy)."""
     return array
+
+
+def _writable(entry: Entry) -> bool:
+    return entry.kind == "image" and entry.ready and bool(entry.image_id)

@@ -126,6 +126,17 @@ class Cluster:
             raise BackendError(array=self.array, detail=f"ceph {prefix}: {err or ret}")
         return json.loads(out)
 
+    def free_bytes(self) -> int:
+        """What the pool can still take (``ceph df`` max_avail)."""
+        pool = self.settings.pool
+        for found in self.mon("df").get("pools", []):
+            if found.get("name") == pool:
+                return int(found["stats"]["max_avail"])
+        # a pool the manager has not reported yet: raw free space over its replica count
+        copies = int(self.mon("osd pool get", pool=pool, var="size")["size"])
+        raw = int(self.handle().get_cluster_stats()["kb_avail"]) * 1024
+        return raw // max(copies, 1)
+
     def close(self) -> None:
         with self._lock:
             handle, self._rados = self._rados, None
