@@ -44,7 +44,6 @@ from types import TracebackType
 from . import labpids
 from .daemon import free_port
 from .errors import CephError, InternalError
-from .tools import run
 from .tools.ceph import Ceph, CephClient
 
 MON_ID = "a"
@@ -225,37 +224,12 @@ class CephLab:
             + _keyring(f"mgr.{MGR_ID}", mgr_key, mgr_caps),
         )
         monmap = self._path("bootstrap", "monmap")
-        run(
-            "monmaptool",
-            [
-                "monmaptool",
-                "--create",
-                "--clobber",
-                "--fsid",
-                self.fsid,
-                "--addv",
-                MON_ID,
-                self.mon_host,
-                monmap,
-            ],
-            timeout=30,
+        mon = ["ceph-mon", "--mkfs", "-i", MON_ID, "-c", self.conf, "--monmap", monmap]
+        self._tool(
+            ["monmaptool", "--create", "--clobber", "--fsid", self.fsid]
+            + ["--addv", MON_ID, self.mon_host, monmap]
         )
-        run(
-            "ceph-mon",
-            [
-                "ceph-mon",
-                "--mkfs",
-                "-i",
-                MON_ID,
-                "-c",
-                self.conf,
-                "--monmap",
-                monmap,
-                "--keyring",
-                boot,
-            ],
-            timeout=60,
-        )
+        self._tool(mon + ["--keyring", boot])
 
     def _add_osd(self, ceph: Ceph) -> None:
         osd_uuid = str(uuid.uuid4())
@@ -267,12 +241,33 @@ class CephLab:
         if osd_id != OSD_ID:
             raise InternalError(detail=f"ceph gave OSD id {osd_id}, expected {OSD_ID}")
         _write(self._path("osd", str(OSD_ID), "keyring"), _keyring(f"osd.{OSD_ID}", key, {}))
-        run(
-            "ceph-osd",
-            ["ceph-osd", "--mkfs", "-i", str(OSD_ID), "--osd-uuid", osd_uuid, "-c", self.conf],
-            timeout=120,
+        self._tool(
+            ["ceph-osd", "--mkfs", "-i", str(OSD_ID), "--osd-uuid", osd_uuid, "-c", self.conf]
         )
         self._spawn(f"osd.{OSD_ID}", ["ceph-osd", "-f", "-i", str(OSD_ID), "-c", self.conf])
+
+    def _tool(self, argv: list[str], timeout: float = 120.0) -> None:
+        """Run a Ceph setup tool; on failure, its last error line (Ceph logs much before it)."""
+        log = self._path("log", f"{os.path.basename(argv[0])}.out")
+        try:
+            with open(log, "ab") as out:
+                proc = subprocess.run(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.PIPE,
+                    timeout=timeout,
+                    check=False,
+                )
+                out.write(proc.stderr)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise CephError(cluster=self.conf, detail=f"{argv[0]}: {exc}", errno=0) from None
+        if proc.returncode != 0:
+            lines = [ln.strip() for ln in proc.stderr.decode(errors="replace").splitlines()]
+            lines = [ln for ln in lines if ln] or [f"exit status {proc.returncode}"]
+            errors = [ln for ln in lines if "error" in ln.lower()]
+            detail = (errors or lines)[-1]
+            raise CephError(cluster=self.conf, detail=f"{argv[0]}: {detail} (see {log})", errno=0)
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = self._path("log", f"{name}.out")

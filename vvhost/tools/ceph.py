@@ -152,15 +152,26 @@ class Ceph:
 
     def command(self, prefix: str, inbuf: bytes = b"", **args: Any) -> Any:
         """Send one monitor command; return its decoded JSON reply (None when empty)."""
-        out = self.command_raw(prefix, inbuf, **{"format": "json", **args})
-        if not out.strip():
-            return None
-        try:
-            return json.loads(out)
-        except ValueError:
-            raise CephError(
-                cluster=self.client.label(), detail=f"{prefix}: reply is not JSON", errno=0
-            ) from None
+        docs = self.command_docs(prefix, inbuf, **args)
+        return docs[0] if docs else None
+
+    def command_docs(self, prefix: str, inbuf: bytes = b"", **args: Any) -> list[Any]:
+        """Every JSON document of a reply (``osd blocklist ls`` prints two in a row)."""
+        text = self.command_raw(prefix, inbuf, **{"format": "json", **args}).decode()
+        decoder = json.JSONDecoder()
+        docs, pos = [], 0
+        while pos < len(text):
+            if text[pos].isspace():
+                pos += 1
+                continue
+            try:
+                doc, pos = decoder.raw_decode(text, pos)
+            except ValueError:
+                raise CephError(
+                    cluster=self.client.label(), detail=f"{prefix}: reply is not JSON", errno=0
+                ) from None
+            docs.append(doc)
+        return docs
 
     def command_raw(self, prefix: str, inbuf: bytes = b"", **args: Any) -> bytes:
         cmd = json.dumps({"prefix": prefix, **args})
@@ -211,7 +222,8 @@ class Ceph:
     def auth_get_or_create(self, entity: str, caps: dict[str, str]) -> str:
         """The key of ``entity`` (``client.NAME``), created with ``caps`` if it is new.
 
-        An existing entity keeps its caps (use :meth:`auth_caps` to change them).
+        An existing entity with other caps is refused by the monitors (a
+        :class:`CephError`): change caps with :meth:`auth_caps`.
         """
         reply = self.command("auth get-or-create", entity=entity, caps=_caps_list(caps))
         return str(reply[0]["key"])
@@ -260,8 +272,9 @@ class Ceph:
         self.command("osd blocklist", blocklistop="rm", addr=_one_addr(addr))
 
     def blocklist_ls(self) -> list[str]:
-        reply = self.command("osd blocklist ls") or []
-        return sorted(str(e["addr"]) for e in reply)
+        """Fenced addresses (``IP:PORT/NONCE``); the reply is a list of clients, then of ranges."""
+        docs = self.command_docs("osd blocklist ls")
+        return sorted(str(e["addr"]) for doc in docs for e in doc)
 
     # -- monitors ---------------------------------------------------------------------
 

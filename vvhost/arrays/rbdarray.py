@@ -1,0 +1,501 @@
+"""The ``rbd`` array: vvols as Ceph RBD images in one pool, a RADOS namespace per space.
+
+    vvol              image  pool/<space>/vv-<id>            (index: vvol:<id> -> image id)
+    snapshot vvol     RBD snapshot vv-<base>@vs-<id>           (index: its image and snap)
+    linked clone      clone v2 of a snapshot (of a live vvol: of vc-<clone>, a snapshot cut
+                      for it that the clone owns: it goes when the clone does)
+    full clone        linked clone, then flattened (the copy runs with progress)
+    revert            clone of the snapshot staged as vv-<id>.r-<op>; the commit points the
+                      vvol at it in one index write and retires the old image, which stays
+                      while snapshot vvols read it; images nobody needs go to the RBD trash,
+                      the reaper purges what no clone reads any more
+
+Names come from vvol and operation ids (rbdnames.py), and the index (rbdindex.py)
+is written before an image or snapshot is made, so recovery finds every
+leftover.  One lock serialises the index decisions of this process; data
+copies (full clones, copy_in) run outside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from ..errors import ArrayOffline, BackendError, DataMissing, InUse, InvalidInput, ReadOnly
+from . import rbddiff, rbdindex, rbdio, rbdnames, rbdranges
+from .base import ArrayBackend, Changed, Progress, Space, VolumeIO
+from .rbdconn import Cluster
+from .rbdflatten import MAX_CLONE_DEPTH, Flattener, depth
+from .rbdindex import Entry, Image, Index
+from .rbdops import Images, ceph
+from .settings import RbdSettings
+from .sources import RbdSource
+
+# purge passes per reap: a clone purged in one pass frees its parent for the next
+PURGE_PASSES = MAX_CLONE_DEPTH + 2
+
+
+class RbdArray:
+    kind = "rbd"
+
+    def __init__(self, name: str, settings: RbdSettings, array_id: str | None = None) -> None:
+        self.name = name
+        self.settings = settings
+        self.array_id = array_id
+        self.cluster = Cluster(name, settings)
+        self.index = Index(self.cluster)
+        self.images = Images(self.cluster)
+        self.flattener = Flattener(self.cluster)
+        self._lock = threading.RLock()
+        self._checked = False
+
+    # -- state ------------------------------------------------------------------------
+    def offline(self) -> str | None:
+        try:
+            owner = self.cluster.marker()
+        except (ArrayOffline, BackendError) as exc:
+            self._checked = False
+            return str(exc.fields.get("reason") or exc.fields.get("detail") or exc)
+        if self.array_id is None or owner == self.array_id:
+            return None
+        self._checked = False
+        if owner is None:
+            return f"pool {self.settings.pool!r} is not marked as this array's"
+        return f"pool {self.settings.pool!r} belongs to array {owner}"
+
+    def check(self) -> None:
+        reason = self.offline()
+        if reason is not None:
+            raise ArrayOffline(array=self.name, reason=reason)
+        self._checked = True
+
+    def _ready(self) -> None:
+        if not self._checked:
+            self.check()
+
+    def claim(self, array_id: str) -> None:
+        """Mark the pool as array ``array_id``'s (``InUse`` when another array holds it)."""
+        self.cluster.claim(array_id)
+        self.array_id = array_id
+        self._checked = False
+
+    def probe(self) -> dict[str, bool]:
+        self._ready()
+        return {"instant": True, "namespaces": True, "sparse": True, "reflink": False}
+
+    def free_bytes(self) -> int:
+        self._ready()
+        return self.cluster.free_bytes()
+
+    def close(self) -> None:
+        self.flattener.close()
+        self.cluster.close()
+        self._checked = False
+
+    # -- lookups ----------------------------------------------------------------------
+    def _entry(self, vvol_id: str) -> Entry:
+        entry = self.index.entry(vvol_id)
+        if entry is None or not entry.ready:
+            raise DataMissing(ref=vvol_id, array=self.name, path=f"rbd:{self.settings.pool}")
+        return entry
+
+    def _space(self, space: str) -> str:
+        ns = rbdnames.namespace(space)
+        self.images.ensure_namespace(ns)
+        self.index.apply(put={rbdindex.space_key(ns): ""})
+        return ns
+
+    def locator(self, vvol_id: str) -> dict[str, Any]:
+        """What the catalog keeps about where a vvol lives (image id, not only the name)."""
+        e = self._entry(vvol_id)
+        return {
+            "pool": self.settings.pool,
+            "namespace": e.ns,
+            "image": e.image,
+            "image_id": e.image_id,
+            "snap": e.snap,
+        }
+
+    def source(self, vvol_id: str) -> RbdSource:
+        e = self._entry(vvol_id)
+        s = self.settings
+        return RbdSource(s.pool, e.ns, e.image, e.snap, s.conf, s.user, s.keyring)
+
+    def exists(self, vvol_id: str) -> bool:
+        self._ready()
+        entry = self.index.entry(vvol_id)
+        return entry is not None and entry.ready
+
+    def list_ids(self) -> list[str]:
+        self._ready()
+        return sorted(vid for vid, e in self.index.entries().items() if e.ready)
+
+    def partials(self) -> list[str]:
+        self._ready()
+        return sorted(vid for vid, e in self.index.entries().items() if not e.ready)
+
+    # -- volumes ----------------------------------------------------------------------
+    def create(self, vvol_id: str, size: int, space: str) -> None:
+        self._ready()
+        with self._lock:
+            if self.exists(vvol_id):
+                return
+            ns = self._space(space)
+            entry = Entry("image", ns, rbdnames.image(vvol_id))
+            self.index.put(vvol_id, entry)
+            image_id = self.images.create(ns, entry.image, size)
+            self.images.resize(Image(ns, entry.image, image_id), size)
+            self.index.put(vvol_id, dataclasses.replace(entry, image_id=image_id, state="ready"))
+
+    def resize(self, vvol_id: str, size: int) -> None:
+        self._ready()
+        entry = self._entry(vvol_id)
+        if entry.kind != "image":
+            raise ReadOnly(ref=vvol_id, action="resize")
+        self.images.resize(entry.ref(), size)
+
+    def set_readonly(self, vvol_id: str, readonly: bool) -> None:
+        self._ready()
+        with self._lock:
+            entry = self._entry(vvol_id)
+            if entry.kind == "image" and entry.readonly != readonly:
+                self.index.put(vvol_id, dataclasses.replace(entry, readonly=readonly))
+
+    @contextlib.contextmanager
+    def open(self, vvol_id: str, writable: bool = False) -> Iterator[VolumeIO]:
+        self._ready()
+        entry = self._entry(vvol_id)
+        if writable and (entry.kind != "image" or entry.readonly):
+            raise ReadOnly(ref=vvol_id, action="open it for writing")
+        with ceph(self.name, f"opening {entry.image}"):
+            with self.images.open(entry.ref(), entry.snap, writable) as img:
+                yield rbdio.RbdVolume(img)
+
+    def space(self, vvol_id: str) -> Space:
+        self._ready()
+        entry = self._entry(vvol_id)
+        with ceph(self.name, f"measuring {entry.image}"):
+            return rbddiff.space(self.cluster, _point(entry))
+
+    def remove(self, vvol_id: str) -> None:
+        """Snapshots: the RBD snapshot goes (to the trash namespace while clones read it).
+        Images: refused while a client has them open; otherwise retired while snapshot
+        vvols read them, else moved to the RBD trash (purged by ``reap``)."""
+        self._ready()
+        with self._lock:
+            entry = self.index.entry(vvol_id)
+            if entry is None:
+                return
+            if entry.kind == "snap":
+                self._remove_snap(vvol_id, entry)
+            else:
+                self._remove_image(vvol_id, entry)
+
+    def _remove_snap(self, vvol_id: str, entry: Entry) -> None:
+        if entry.snap is not None and entry.image_id:
+            self.images.snap_remove(entry.ref(), entry.snap)
+        self.index.apply(drop=[rbdindex.vvol_key(vvol_id)])
+        self._release(entry.ref())
+
+    def _remove_image(self, vvol_id: str, entry: Entry) -> None:
+        image = entry.ref() if entry.image_id else self._found(entry.ns, entry.image)
+        job = self.flattener.status(vvol_id)
+        if job is not None and job["state"] == "running":
+            reason = f"being flattened ({job['done']}/{job['total']} objects)"
+            raise InUse(kind="vvol", ref=vvol_id, reason=reason)
+        if image is not None:
+            busy = self.images.watchers(image)
+            if busy:
+                raise InUse(
+                    kind="vvol", ref=vvol_id, reason=f"rbd image {entry.image} is open by {busy[0]}"
+                )
+        for op, staged in self.index.staged(vvol_id).items():
+            self.images.remove(staged)
+            self.index.apply(drop=[rbdindex.staged_key(vvol_id, op)])
+        if entry.clone_of is not None:
+            self.images.snap_remove(entry.clone_of, rbdnames.clone_point(vvol_id))
+        drops = [rbdindex.vvol_key(vvol_id)]
+        if not entry.ready:  # a half-made copy_in: its snapshots were never handed out
+            drops += [rbdindex.vvol_key(sid) for sid in entry.chain]
+        put: dict[str, rbdindex.Record] = {}
+        if image is not None:
+            put[rbdindex.retired_key(image.image_id)] = image
+        self.index.apply(put=put, drop=drops)
+        if image is not None:
+            self._release(image)
+
+    def _found(self, ns: str, name: str) -> Image | None:
+        image_id = self.images.lookup(ns, name)
+        return None if image_id is None else Image(ns, name, image_id)
+
+    def _release(self, image: Image) -> bool:
+        """Trash a retired image once no vvol uses it and no snapshot vvol reads it."""
+        key = rbdindex.retired_key(image.image_id)
+        if key not in {rbdindex.retired_key(i) for i in self.index.retired()}:
+            return False
+        if rbdindex.users(self.index.entries(), image.image_id):
+            return False
+        if self.images.watchers(image):
+            return False  # stays retired: the reaper tries again
+        self.images.trash(image)
+        self.index.apply(drop=[key])
+        return True
+
+    # -- points in time ---------------------------------------------------------------
+    def snapshot(self, vvol_id: str, snap_id: str) -> str:
+        self.prepare_snapshot(vvol_id, snap_id)
+        self.cut_snapshot(vvol_id, snap_id)
+        self.commit_snapshot(snap_id)
+        return "rbd-snap"
+
+    def prepare_snapshot(self, vvol_id: str, snap_id: str) -> None:
+        """Record the snapshot-to-be (so a crash leaves it findable); no data moves."""
+        self._ready()
+        with self._lock:
+            base = self._entry(vvol_id)
+            if base.kind != "image":
+                raise InvalidInput(detail=f"vvol {vvol_id!r} is a snapshot: snapshot its base")
+            known = self.index.entry(snap_id)
+            if known is not None:
+                if known.image_id != base.image_id:
+                    raise InvalidInput(detail=f"snapshot {snap_id!r} exists on another vvol")
+                return
+            snap = Entry("snap", base.ns, base.image, base.image_id, rbdnames.snap(snap_id))
+            self.index.put(snap_id, snap)
+
+    def cut_snapshot(self, vvol_id: str, snap_id: str) -> None:
+        entry = self.index.entry(snap_id)
+        if entry is None or entry.snap is None:
+            raise InvalidInput(detail=f"snapshot {snap_id!r} of {vvol_id!r} was not prepared")
+        self.images.snap_create(entry.ref(), entry.snap)
+
+    def commit_snapshot(self, snap_id: str) -> None:
+        with self._lock:
+            entry = self.index.entry(snap_id)
+            if entry is None or entry.snap is None:
+                raise InvalidInput(detail=f"snapshot {snap_id!r} was not prepared")
+            if not entry.ready:
+                self.index.put(snap_id, dataclasses.replace(entry, state="ready"))
+
+    def abort_snapshot(self, snap_id: str) -> None:
+        self._ready()
+        with self._lock:
+            entry = self.index.entry(snap_id)
+            if entry is not None and entry.kind == "snap":
+                self._remove_snap(snap_id, entry)
+
+    def clone(
+        self, src_id: str, new_id: str, space: str, linked: bool, progress: Progress | None = None
+    ) -> str:
+        """Linked: an RBD clone (v2) of the snapshot, or of a point cut for it from a live
+        vvol.  Full: the same clone flattened (data copied, progress reported)."""
+        self._ready()
+        how = "rbd-clone" if linked else "rbd-copy"
+        with self._lock:
+            known = self.index.entry(new_id)
+            if known is not None and known.ready:
+                return how
+            src = self._entry(src_id)
+            ns = self._space(space)
+            if src.kind == "snap" and src.snap is not None:
+                point, cut = src.snap, None
+            else:
+                point, cut = rbdnames.clone_point(new_id), src.ref()
+            entry = Entry("image", ns, rbdnames.image(new_id), clone_of=cut)
+            self.index.put(new_id, entry)
+            if cut is not None:
+                self.images.snap_create(cut, point)
+            image_id = self.images.clone(src.ref(), point, ns, entry.image)
+            entry = dataclasses.replace(entry, image_id=image_id)
+            self.index.put(new_id, entry)
+        if not linked:
+            self.images.flatten(entry.ref(), progress)
+            if cut is not None:  # the copy no longer reads its cut point
+                self.images.snap_remove(cut, point)
+                entry = dataclasses.replace(entry, clone_of=None)
+        with self._lock:
+            self.index.put(new_id, dataclasses.replace(entry, state="ready"))
+        if linked:
+            self._bound_depth(new_id, entry.ref())
+        return how
+
+    def _bound_depth(self, vvol_id: str, image: Image) -> None:
+        with ceph(self.name, f"measuring the clone depth of {image.name}"):
+            if depth(self.cluster, image, MAX_CLONE_DEPTH + 1) > MAX_CLONE_DEPTH:
+                self.flattener.start(vvol_id, image)
+
+    def flatten_status(self, vvol_id: str) -> dict[str, Any] | None:
+        """Progress of a background flatten of the vvol (None: none started here)."""
+        return self.flattener.status(vvol_id)
+
+    def wait_flatten(self, vvol_id: str, timeout: float | None = None) -> dict[str, Any] | None:
+        return self.flattener.wait(vvol_id, timeout)
+
+    def revert(self, vvol_id: str, snap_id: str, op: str, progress: Progress | None = None) -> None:
+        """Stage a clone of the snapshot as the vvol's next image (constant time)."""
+        self._ready()
+        with self._lock:
+            base, snap = self._entry(vvol_id), self._entry(snap_id)
+            if base.kind != "image" or snap.kind != "snap" or snap.snap is None:
+                raise InvalidInput(detail=f"cannot revert {vvol_id!r} to {snap_id!r}")
+            if op in self.index.staged(vvol_id):
+                staged = self.index.staged(vvol_id)[op]
+                if staged.image_id:
+                    return
+            staged = Image(base.ns, rbdnames.staged(vvol_id, op))
+            self.index.apply(put={rbdindex.staged_key(vvol_id, op): staged})
+            image_id = self.images.clone(snap.ref(), snap.snap, base.ns, staged.name)
+            staged = dataclasses.replace(staged, image_id=image_id)
+            self.index.apply(put={rbdindex.staged_key(vvol_id, op): staged})
+        if progress is not None:
+            progress(1, 1)
+
+    def revert_commit(self, vvol_id: str, op: str) -> None:
+        self._ready()
+        with self._lock:
+            staged = self.index.staged(vvol_id).get(op)
+            if staged is None:
+                return  # committed already (or never staged): nothing to do
+            base = self._entry(vvol_id)
+            if not staged.image_id:
+                raise BackendError(array=self.name, detail=f"revert {op} of {vvol_id} is unstaged")
+            old = base.ref()
+            new = dataclasses.replace(base, image=staged.name, image_id=staged.image_id)
+            self.index.apply(
+                put={rbdindex.vvol_key(vvol_id): new, rbdindex.retired_key(old.image_id): old},
+                drop=[rbdindex.staged_key(vvol_id, op)],
+            )
+            self._release(old)
+        self._bound_depth(vvol_id, new.ref())
+
+    def revert_undo(self, vvol_id: str, op: str) -> None:
+        self._ready()
+        with self._lock:
+            staged = self.index.staged(vvol_id).get(op)
+            if staged is None:
+                return
+            self.images.remove(staged)
+            self.index.apply(drop=[rbdindex.staged_key(vvol_id, op)])
+
+    # -- data movement ----------------------------------------------------------------
+    def changed(
+        self, vvol_id: str, base_id: str | None, chunk: int, method: str | None = None
+    ) -> Changed:
+        self._ready()
+        if method not in (None, "fast-diff", "allocation"):
+            raise InvalidInput(detail=f"rbd arrays find changes by fast-diff, not {method}")
+        entry = self._entry(vvol_id)
+        base = None if base_id is None else _point(self._entry(base_id))
+        with ceph(self.name, f"diffing {entry.image}"):
+            with self.images.open(entry.ref(), entry.snap) as img:
+                size, obj = int(img.size()), int(img.stat()["obj_size"])
+            whole = chunk % obj == 0
+            ranges, how = rbddiff.changed(self.cluster, _point(entry), base, whole)
+        return Changed(rbdranges.align(ranges, chunk, size), how)
+
+    def write_ranges(
+        self,
+        src: VolumeIO,
+        vvol_id: str,
+        ranges: Sequence[tuple[int, int]],
+        progress: Progress | None = None,
+    ) -> int:
+        with self.open(vvol_id, writable=True) as dst:
+            with ceph(self.name, f"writing {vvol_id}"):
+                return rbdio.copy_ranges(src, dst, ranges, progress)
+
+    def copy_in(
+        self,
+        vvol_id: str,
+        space: str,
+        chain: Sequence[tuple[str, VolumeIO]],
+        progress: Progress | None = None,
+    ) -> None:
+        """One image for the whole chain: each point written as what differs from the one
+        before, then snapshotted; the last point is the vvol itself."""
+        self._ready()
+        if not chain or chain[-1][0] != vvol_id:
+            raise InvalidInput(detail=f"copy_in of {vvol_id!r} needs a chain ending with it")
+        with self._lock:
+            self._drop_earlier_copy(vvol_id, [pid for pid, _ in chain[:-1]])
+            ns = self._space(space)
+            snaps = [pid for pid, _ in chain[:-1]]
+            entry = Entry("image", ns, rbdnames.image(vvol_id), chain=snaps)
+            self.index.put(vvol_id, entry)
+            image_id = self.images.create(ns, entry.image, chain[0][1].size)
+            entry = dataclasses.replace(entry, image_id=image_id)
+            self.index.put(vvol_id, entry)
+        total = sum(data.size for _, data in chain)
+        done = 0
+        prev: VolumeIO | None = None
+        for point_id, data in chain:
+            self._copy_point(entry, prev, data)
+            if point_id != vvol_id:
+                snap = Entry("snap", ns, entry.image, image_id, rbdnames.snap(point_id))
+                self.index.put(point_id, snap)
+                self.images.snap_create(entry.ref(), snap.snap or "")
+                self.index.put(point_id, dataclasses.replace(snap, state="ready"))
+            prev = data
+            done += data.size
+            if progress is not None:
+                progress(done, total)
+        self.index.put(vvol_id, dataclasses.replace(entry, state="ready"))
+
+    def _drop_earlier_copy(self, vvol_id: str, snaps: list[str]) -> None:
+        """Remove what an earlier copy_in of ``vvol_id`` made: the image and the
+        snapshot vvols on it that either chain names."""
+        prior = self.index.entry(vvol_id)
+        if prior is None:
+            return
+        for sid in dict.fromkeys([*prior.chain, *snaps]):
+            snap = self.index.entry(sid)
+            if snap is not None and snap.kind == "snap" and snap.image_id == prior.image_id:
+                self._remove_snap(sid, snap)
+        self.remove(vvol_id)
+
+    def _copy_point(self, entry: Entry, prev: VolumeIO | None, data: VolumeIO) -> None:
+        with ceph(self.name, f"copying into {entry.image}"):
+            self.images.resize(entry.ref(), data.size)
+            ranges = list(data.extents()) if prev is None else rbdio.differing(prev, data)
+            with self.images.open(entry.ref(), writable=True) as img:
+                rbdio.copy_ranges(data, rbdio.RbdVolume(img), ranges)
+
+    def reap(self) -> list[str]:
+        """Trash retired images nobody needs any more, then purge the trash of what no
+        clone reads; returns the images purged.  Also restarts the background flatten
+        of images deeper than the limit that no flatten here has handled."""
+        self._ready()
+        gone: list[str] = []
+        with self._lock:
+            for image in self.index.retired().values():
+                if not self.images.exists(image):
+                    self.index.apply(drop=[rbdindex.retired_key(image.image_id)])
+                    continue
+                self._release(image)
+            for _ in range(PURGE_PASSES):
+                spaces = self.index.spaces()
+                purged = [name for ns in spaces for name in self.images.purge_trash(ns)]
+                gone += purged
+                if not purged:
+                    break
+            images = [(vid, e.ref()) for vid, e in self.index.entries().items() if _writable(e)]
+        for vid, image in images:  # too deep and not flattened here (e.g. after a restart)
+            if self.flattener.status(vid) is None:
+                self._bound_depth(vid, image)
+        return gone
+
+
+def _point(entry: Entry) -> rbddiff.Point:
+    return rbddiff.Point(entry.ns, entry.image_id, entry.snap)
+
+
+def _conforms(array: RbdArray) -> ArrayBackend:
+    """The class implements every verb of the interface (checked by mypy)."""
+    return array
+
+
+def _writable(entry: Entry) -> bool:
+    return entry.kind == "image" and entry.ready and bool(entry.image_id)
