@@ -341,6 +341,10 @@ class RbdArray:
             if depth(self.cluster, image, MAX_CLONE_DEPTH + 1) > MAX_CLONE_DEPTH:
                 self.flattener.start(vvol_id, image)
 
+    def background(self, vvol_id: str) -> dict[str, Any] | None:
+        status = self.flatten_status(vvol_id)
+        return None if status is None else {"work": "flatten", **status}
+
     def flatten_status(self, vvol_id: str) -> dict[str, Any] | None:
         """Progress of a background flatten of the vvol (None: none started here)."""
         return self.flattener.status(vvol_id)
