@@ -44,6 +44,8 @@ def test_cluster_is_healthy_on_private_ports(ceph_cluster: CephLab) -> None:
         assert ports == set(ceph_cluster.mon_ports)
         assert not ports & DEFAULT_MON_PORTS
         assert "127.0.0.1" in addrs
+        assert ceph.mon_endpoints() == [("127.0.0.1", ceph_cluster.mon_ports[1])]
+        assert ceph.mon_endpoints("v2") == [("127.0.0.1", ceph_cluster.mon_ports[0])]
         assert ceph.command("osd dump")["require_min_compat_client"] == "mimic"
         minimal = ceph.minimal_conf()
         assert ceph.fsid() == ceph_cluster.fsid and ceph_cluster.fsid in minimal
