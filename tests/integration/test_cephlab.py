@@ -44,12 +44,36 @@ def test_cluster_is_healthy_on_private_ports(ceph_cluster: CephLab) -> None:
         assert ports == set(ceph_cluster.mon_ports)
         assert not ports & DEFAULT_MON_PORTS
         assert "127.0.0.1" in addrs
+        assert ceph.mon_endpoints() == [("127.0.0.1", ceph_cluster.mon_ports[1])]
+        assert ceph.mon_endpoints("v2") == [("127.0.0.1", ceph_cluster.mon_ports[0])]
         assert ceph.command("osd dump")["require_min_compat_client"] == "mimic"
         minimal = ceph.minimal_conf()
         assert ceph.fsid() == ceph_cluster.fsid and ceph_cluster.fsid in minimal
     assert os.path.dirname(ceph_cluster.conf) == ceph_cluster.workdir
     assert ceph_cluster.startup_seconds > 0
     print(f"cluster ready in {ceph_cluster.startup_seconds:.1f}s")
+
+
+def test_pools_are_made_for_rbd_and_removed(ceph_cluster: CephLab) -> None:
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    ceph_cluster.create_pool(name)
+    ceph_cluster.create_pool(name)  # again: nothing changes
+    with ceph_cluster.admin() as ceph:
+        assert ceph.pool_exists(name)
+        pools = {p["pool_name"]: p for p in ceph.command("osd pool ls", detail="detail")}
+        assert pools[name]["size"] == 1 and pools[name]["pg_num"] == 8
+        assert set(pools[name]["application_metadata"]) == {"rbd"}
+        with ceph.ioctx(name) as ioctx:  # rbd pool init ran
+            assert rbd.RBD().list(ioctx) == []
+            assert "rbd_info" in {o.key for o in ioctx.list_objects()}
+    ceph_cluster.delete_pool(name)
+    ceph_cluster.delete_pool(name)  # a missing pool is fine
+    with ceph_cluster.admin() as ceph:
+        assert not ceph.pool_exists(name)
+        with pytest.raises(NotFound):
+            with ceph.ioctx(name):
+                pass
+        assert ceph.health() == "HEALTH_OK"
 
 
 # -- RBD data in a namespace ---------------------------------------------------------------

@@ -37,8 +37,8 @@ def array(ceph_cluster: Any, ceph_pool: str) -> Iterator[RbdArray]:
     settings = RbdSettings(
         pool=ceph_pool, conf=ceph_cluster.conf, keyring=ceph_cluster.admin_keyring
     )
-    arr = RbdArray("r1", settings, None)
-    arr.claim("array-1")
+    arr = RbdArray("r1", settings, "array-1")
+    arr.claim()
     try:
         yield arr
     finally:
@@ -408,18 +408,37 @@ def test_clones_past_the_depth_limit_flatten_in_background(array: RbdArray, pool
     check(array, last, "root", [0, 32 * MiB])
 
 
+def test_reap_resumes_flattening_after_a_restart(
+    array: RbdArray, pool_io: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    array.create("g0", SIZE, "c1")
+    put(array, "g0", "root", [0])
+    monkeypatch.setattr(array.flattener, "start", lambda *args: None)  # died before flattening
+    for gen in range(1, MAX_CLONE_DEPTH + 2):
+        array.clone(f"g{gen - 1}", f"g{gen}", "c1", linked=True)
+    monkeypatch.undo()
+    last = f"g{MAX_CLONE_DEPTH + 1}"
+    assert image_spec(pool_io, "c1", array.locator(last)["image_id"]) is not None
+    array.reap()
+    status = array.wait_flatten(last, timeout=120)
+    assert status is not None and status["state"] == "done"
+    assert image_spec(pool_io, "c1", array.locator(last)["image_id"]) is None
+    assert array.flatten_status(f"g{MAX_CLONE_DEPTH}") is None  # at the limit: stays linked
+    check(array, last, "root", [0])
+
+
 def test_offline_and_claims(ceph_cluster: Any, ceph_pool: str, tmp_path: Any) -> None:
     settings = RbdSettings(
         pool=ceph_pool, conf=ceph_cluster.conf, keyring=ceph_cluster.admin_keyring
     )
-    first = RbdArray("r1", settings, None)
+    first = RbdArray("r1", settings, "array-1")
     other = RbdArray("r2", settings, "array-2")
     try:
-        first.claim("array-1")
-        first.claim("array-1")  # again: fine
+        first.claim()
+        first.claim()  # again: fine
         assert first.offline() is None
         with pytest.raises(InUse) as err:
-            other.claim("array-2")
+            other.claim()
         assert "array-1" in str(err.value)
         assert "belongs to array array-1" in (other.offline() or "")
         with pytest.raises(ArrayOffline):

@@ -59,12 +59,14 @@ def _status(health: str = "HEALTH_OK", clean: int = 9, total: int = 9) -> dict[s
 
 
 def test_ready_means_healthy_with_every_pg_clean() -> None:
-    assert _not_ready(_status()) == ""
-    assert _not_ready(_status(health="HEALTH_WARN")).startswith("HEALTH_WARN")
-    assert _not_ready(_status(clean=8)) == "8 of 9 PGs active+clean"
+    assert _not_ready(_status(), 9) == ""
+    assert _not_ready(_status(health="HEALTH_WARN"), 9).startswith("HEALTH_WARN")
+    assert _not_ready(_status(health="HEALTH_WARN"), 9, healthy=False) == ""
+    assert _not_ready(_status(clean=8), 9) == "8 of 9 PGs active+clean"
+    assert _not_ready(_status(), 17) == "9 of 17 PGs reported"  # a new pool not counted yet
     no_osd = _status()
     no_osd["osdmap"] = {"num_up_osds": 0, "num_in_osds": 1}
-    assert "OSD" in _not_ready(no_osd)
+    assert "OSD" in _not_ready(no_osd, 9)
 
 
 def test_ceph_errors_survive_the_wire() -> None:

@@ -37,7 +37,7 @@ def _view(p: Principal, out: Any) -> Any:
     if isinstance(out, list):
         return [_view(p, item) for item in out]
     if isinstance(out, dict):
-        return {k: v for k, v in out.items() if k not in ("path", "where")}
+        return {k: v for k, v in out.items() if k not in ("path", "where", "locator")}
     return out
 
 

@@ -203,6 +203,10 @@ class ArrayBackend(Protocol):
     def reap(self) -> list[str]:
         """Purge data nothing needs any more (RBD: trash); returns what went."""
 
+    def background(self, vvol_id: str) -> dict[str, Any] | None:
+        """Work the array does on its own for the volume, with its progress (RBD:
+        flattening a clone deeper than the limit); None when there is none."""
+
     def audit(self) -> list[str]:
         """What the array holds that no volume accounts for (beyond ``list_ids``
         and ``partials``): RBD snapshots no vvol is, trash not purged, ..."""

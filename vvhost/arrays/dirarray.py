@@ -346,6 +346,9 @@ class DirArray:
     def reap(self) -> list[str]:
         return []  # a file is gone when removed
 
+    def background(self, vvol_id: str) -> dict[str, Any] | None:
+        return None  # a file has nothing going on by itself
+
     def audit(self) -> list[str]:
         return []  # every file is a volume or a partial (list_ids, partials)
 

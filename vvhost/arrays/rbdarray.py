@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import ArrayOffline, BackendError, DataMissing, InUse, InvalidInput, ReadOnly
-from . import rbddiff, rbdindex, rbdio, rbdnames, rbdranges
+from . import rbdaudit, rbddiff, rbdindex, rbdio, rbdnames, rbdranges
 from .base import ArrayBackend, Changed, Progress, Space, VolumeIO
 from .rbdconn import Cluster
 from .rbdflatten import MAX_CLONE_DEPTH, Flattener, depth
@@ -76,11 +76,25 @@ class RbdArray:
         if not self._checked:
             self.check()
 
-    def claim(self, array_id: str) -> None:
-        """Mark the pool as array ``array_id``'s (``InUse`` when another array holds it)."""
-        self.cluster.claim(array_id)
-        self.array_id = array_id
+    def claim(self) -> None:
+        """Mark the pool as this array's (``InUse`` when another array holds it)."""
+        assert self.array_id is not None
+        self.cluster.claim(self.array_id)
         self._checked = False
+
+    def release(self) -> None:
+        """Take the pool's mark back, unless it still holds volumes or trash."""
+        if self.array_id is None or self.index.entries() or self.index.retired():
+            return
+        self.cluster.unclaim(self.array_id)
+
+    def audit(self) -> list[str]:
+        found = rbdaudit.report(self)
+        return [
+            f"{what.replace('_', ' ')}: {', '.join(items)}"
+            for what, items in found.items()
+            if items and what != "partials"  # partials are reported through partials()
+        ]
 
     def probe(self) -> dict[str, bool]:
         self._ready()
@@ -88,13 +102,7 @@ class RbdArray:
 
     def free_bytes(self) -> int:
         self._ready()
-        for pool in self.cluster.mon("df").get("pools", []):
-            if pool.get("name") == self.settings.pool:
-                return int(pool["stats"]["max_avail"])
-        # a pool the manager has not reported yet: raw free space over its replica count
-        copies = int(self.cluster.mon("osd pool get", pool=self.settings.pool, var="size")["size"])
-        raw = int(self.cluster.handle().get_cluster_stats()["kb_avail"]) * 1024
-        return raw // max(copies, 1)
+        return self.cluster.free_bytes()
 
     def close(self) -> None:
         self.flattener.close()
@@ -330,8 +338,12 @@ class RbdArray:
 
     def _bound_depth(self, vvol_id: str, image: Image) -> None:
         with ceph(self.name, f"measuring the clone depth of {image.name}"):
-            if depth(self.cluster, image) > MAX_CLONE_DEPTH:
+            if depth(self.cluster, image, MAX_CLONE_DEPTH + 1) > MAX_CLONE_DEPTH:
                 self.flattener.start(vvol_id, image)
+
+    def background(self, vvol_id: str) -> dict[str, Any] | None:
+        status = self.flatten_status(vvol_id)
+        return None if status is None else {"work": "flatten", **status}
 
     def flatten_status(self, vvol_id: str) -> dict[str, Any] | None:
         """Progress of a background flatten of the vvol (None: none started here)."""
@@ -471,7 +483,8 @@ class RbdArray:
 
     def reap(self) -> list[str]:
         """Trash retired images nobody needs any more, then purge the trash of what no
-        clone reads; returns the images purged."""
+        clone reads; returns the images purged.  Also restarts the background flatten
+        of images deeper than the limit that no flatten here has handled."""
         self._ready()
         gone: list[str] = []
         with self._lock:
@@ -486,6 +499,10 @@ class RbdArray:
                 gone += purged
                 if not purged:
                     break
+            images = [(vid, e.ref()) for vid, e in self.index.entries().items() if _writable(e)]
+        for vid, image in images:  # too deep and not flattened here (e.g. after a restart)
+            if self.flattener.status(vid) is None:
+                self._bound_depth(vid, image)
         return gone
 
 
@@ -496,3 +513,7 @@ def _point(entry: Entry) -> rbddiff.Point:
 def _conforms(array: RbdArray) -> ArrayBackend:
     """The class implements every verb of the interface (checked by mypy)."""
     return array
+
+
+def _writable(entry: Entry) -> bool:
+    return entry.kind == "image" and entry.ready and bool(entry.image_id)

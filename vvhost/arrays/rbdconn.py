@@ -118,6 +118,18 @@ class Cluster:
         if owner != array_id:
             raise InUse(kind="pool", ref=self.settings.pool, reason=f"it belongs to array {owner}")
 
+    def unclaim(self, array_id: str) -> None:
+        """Remove the pool's marker if it is ``array_id``'s."""
+        if self.marker() != array_id:
+            return
+        with self.ioctx() as io:
+            try:
+                io.remove_object(rbdnames.MARKER)
+            except rados.ObjectNotFound:
+                pass
+            except rados.Error as exc:
+                raise BackendError(array=self.array, detail=f"unmarking the pool: {exc}") from None
+
     def mon(self, prefix: str, **args: Any) -> Any:
         """A monitor command's JSON answer."""
         cmd = json.dumps({"prefix": prefix, "format": "json", **args})
@@ -125,6 +137,17 @@ class Cluster:
         if ret != 0:
             raise BackendError(array=self.array, detail=f"ceph {prefix}: {err or ret}")
         return json.loads(out)
+
+    def free_bytes(self) -> int:
+        """What the pool can still take (``ceph df`` max_avail)."""
+        pool = self.settings.pool
+        for found in self.mon("df").get("pools", []):
+            if found.get("name") == pool:
+                return int(found["stats"]["max_avail"])
+        # a pool the manager has not reported yet: raw free space over its replica count
+        copies = int(self.mon("osd pool get", pool=pool, var="size")["size"])
+        raw = int(self.handle().get_cluster_stats()["kb_avail"]) * 1024
+        return raw // max(copies, 1)
 
     def close(self) -> None:
         with self._lock:

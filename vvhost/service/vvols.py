@@ -145,8 +145,10 @@ class VvolOps:
             "tenant": v.tenant,
             "created": v.created,
             **_where(backend, v),
+            "locator": v.locator,
             "failure": v.failure,
             "problem": problem,
+            "background": backend.background(v.id) if offline is None else None,
         }
 
     def show(self, ref: str) -> dict[str, Any]:

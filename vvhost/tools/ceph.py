@@ -20,7 +20,8 @@ text::
     auth_caps / auth_rm         auth caps / auth rm
     auth_ls / auth_get_key      auth ls (names only) / auth get-key
     blocklist_add/rm/ls         osd blocklist add|rm|ls
-    mon_addrs / minimal_conf    mon dump / config generate-minimal-conf
+    mon_addrs / mon_endpoints   mon dump
+    minimal_conf                config generate-minimal-conf
 
 Short timeouts (``timeout`` seconds, 10 by default) make an unreachable
 cluster fail in seconds with :class:`CephUnreachable` instead of hanging.
@@ -297,6 +298,20 @@ class Ceph:
             vec = mon.get("public_addrs", {}).get("addrvec", [])
             parts = [f"{a['type']}:{a['addr']}/{a.get('nonce', 0)}" for a in vec]
             out.append("[" + ",".join(parts) + "]")
+        return out
+
+    def mon_endpoints(self, msgr: str = "v1") -> list[tuple[str, int]]:
+        """(IP, port) of each monitor for protocol ``msgr`` (``v1`` or ``v2``).
+
+        A plain ``IP:PORT`` (libvirt ``<host name= port=>``, QEMU ``server``)
+        is read by librados as msgr v1 unless the port is 3300: hand out v1.
+        """
+        out = []
+        for mon in self.command("mon dump").get("mons", []):
+            for a in mon.get("public_addrs", {}).get("addrvec", []):
+                if a.get("type") == msgr:
+                    ip, port = str(a["addr"]).rsplit(":", 1)
+                    out.append((ip.strip("[]"), int(port)))
         return out
 
     def minimal_conf(self) -> str:
