@@ -10,9 +10,7 @@ tgtd (tgt-rbd) and QEMU's own librbd driver.
 - ``nbd`` and ``iscsi`` serving RBD images (pattern checked), iSCSI refusing
   an image in a namespace (tgt-rbd has no namespaces), ``file`` refusing RBD
 
-The RBD array here is ``ImageArray``, a test-only stand-in that makes plain
-images with the rbd module, one RADOS namespace per storage container, and
-hands out ``RbdSource``s as the real backend does.
+The RBD array is the real backend (one RADOS namespace per storage container).
 """
 
 from __future__ import annotations
@@ -20,8 +18,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,14 +27,13 @@ import pytest
 
 from tests.patterns import CHUNK, Patterns, chunk_bytes
 from tests.runner import run
-from vvhost.arrays.base import Space
 from vvhost.arrays.settings import RbdSettings
 from vvhost.arrays.sources import RbdSource
-from vvhost.catalog import repo, vvolrepo
+from vvhost.catalog import vvolrepo
 from vvhost.daemon import ServerProcess, free_port
 from vvhost.errors import InvalidInput, NotFound, VvhostError
-from vvhost.model import Array
-from vvhost.pe import cephaccess
+from vvhost.pe import Attachment, cephaccess
+from vvhost.pe.iscsi import DEFAULT_IQN_PREFIX, IscsiEndpoint, target_name
 from vvhost.service import Service
 from vvhost.service.context import Config
 from vvhost.service.pe_audit import audit_acls
@@ -50,73 +45,6 @@ MiB = 1 << 20
 SIZE = 8 * MiB
 OFFSETS = [0, 3 * MiB, SIZE - CHUNK]
 QEMU_IQN = "iqn.2008-11.org.linux-kvm"
-
-
-class FlatArray:
-    """Test-only RBD array whose images sit in the pool's default namespace (the
-    real backend gives every container a namespace), to show what tgt-rbd can
-    serve: images ``vv-<vvol id>`` made with the rbd module."""
-
-    kind = "rbd"
-
-    def __init__(self, lab: CephLab, pool: str) -> None:
-        self.name = "flat1"
-        self.lab = lab
-        self.pool = pool
-
-    @contextmanager
-    def _ioctx(self) -> Iterator[Any]:
-        with self.lab.admin() as ceph, ceph.ioctx(self.pool) as ioctx:
-            yield ioctx
-
-    def offline(self) -> str | None:
-        return None
-
-    def check(self) -> None:
-        return None
-
-    def probe(self) -> dict[str, bool]:
-        return {"instant": True, "namespaces": False}
-
-    def free_bytes(self) -> int:
-        return 1 << 40
-
-    def close(self) -> None:
-        return None
-
-    def exists(self, vvol_id: str) -> bool:
-        import rbd
-
-        with self._ioctx() as ioctx:
-            return f"vv-{vvol_id}" in rbd.RBD().list(ioctx)
-
-    def create(self, vvol_id: str, size: int, space: str) -> None:
-        import rbd
-
-        with self._ioctx() as ioctx:
-            rbd.RBD().create(ioctx, f"vv-{vvol_id}", size, old_format=False)
-
-    def remove(self, vvol_id: str) -> None:
-        import rbd
-
-        with self._ioctx() as ioctx:
-            rbd.RBD().remove(ioctx, f"vv-{vvol_id}")
-
-    def locator(self, vvol_id: str) -> dict[str, Any]:
-        return {"image": f"vv-{vvol_id}"}
-
-    def space(self, vvol_id: str) -> Space:
-        return Space(provisioned=SIZE, allocated=SIZE)
-
-    def source(self, vvol_id: str) -> RbdSource:
-        return RbdSource(
-            pool=self.pool,
-            namespace="",
-            image=f"vv-{vvol_id}",
-            conf=self.lab.conf,
-            user="admin",
-            keyring=self.lab.admin_keyring,
-        )
 
 
 @contextmanager
@@ -172,57 +100,23 @@ class Lab:
         return str(result["error"]["message"])
 
 
-def add_array(svc: Service, name: str, settings: RbdSettings, backend: Any = None) -> None:
-    """Register an RBD array: the real backend claims its pool; ``backend``: a
-    test-only one instead. (``ArrayOps.add`` does the same once it speaks the
-    backend's claim/release.)"""
-    arr = Array(
-        id=str(uuid.uuid4()),
-        name=name,
-        backend="rbd",
-        settings=settings,
-        capabilities={"instant": True},
-        created=time.time(),
-    )
-    if backend is None:
-        from vvhost.arrays.rbdarray import RbdArray
-
-        claimer = RbdArray(name, settings, arr.id)
-        try:
-            claimer.claim(arr.id)
-        finally:
-            claimer.close()
-    with svc.ctx.db.tx() as conn:
-        repo.insert_array(conn, arr)
-    if backend is None:
-        svc.ctx.register(arr)
-    else:
-        svc.ctx._backends[arr.id] = backend  # the test's stand-in
-
-
 @pytest.fixture
 def lab(ceph_cluster: CephLab, ceph_pool: str, tmp_path: str) -> Iterator[Lab]:
-    flat_pool = f"{ceph_pool}-flat"
-    ceph_cluster.create_pool(flat_pool)
     svc = Service(Config(state_dir=os.path.join(tmp_path, "state")))
     svc.start()
     lab_conf = (ceph_cluster.conf, "admin", ceph_cluster.admin_keyring)
     try:
-        add_array(svc, "ceph1", RbdSettings(ceph_pool, *lab_conf))
-        add_array(
-            svc, "flat1", RbdSettings(flat_pool, *lab_conf), FlatArray(ceph_cluster, flat_pool)
-        )
+        svc.arrays.add("ceph1", "rbd", RbdSettings(ceph_pool, *lab_conf).to_dict())
         svc.tenants.create("ta")
         svc.tenants.create("tb")
         svc.containers.create("ca", "1G", ["ceph1"], tenant="ta")
         svc.containers.create("ca2", "1G", ["ceph1"], tenant="ta")
         svc.containers.create("cb", "1G", ["ceph1"], tenant="tb")
-        svc.containers.create("cflat", "1G", ["flat1"], tenant="ta")
         svc.containers.create("local", "1G")  # on the default dir array
         vvols = {
             name: svc.vvols.create(container, SIZE, name=name)["id"]
             for name, container in (
-                ("va", "ca"), ("va2", "ca2"), ("vb", "cb"), ("vflat", "cflat"), ("vdir", "local")
+                ("va", "ca"), ("va2", "ca2"), ("vb", "cb"), ("vdir", "local")
             )
         }  # fmt: skip
         for host, tenant, iqn in (("ha", "ta", QEMU_IQN), ("hb", "tb", None), ("hx", None, None)):
@@ -237,7 +131,6 @@ def lab(ceph_cluster: CephLab, ceph_pool: str, tmp_path: str) -> Iterator[Lab]:
                 if cephaccess.host_of(name) is not None:
                     ceph.auth_rm(name)
         svc.close()
-        ceph_cluster.delete_pool(flat_pool)
 
 
 # -- reading and writing through a handle, as a host would ------------------------------------
@@ -399,9 +292,8 @@ def test_another_tenants_host_cannot_reach_the_image(lab: Lab) -> None:
     # the control plane refuses to hand host A another tenant's vvol at all
     assert "belongs to tenant ta" in lab.bind_error("vb", "ha", "rbd1")
     # and an rbd endpoint serves only its own array
-    assert "endpoint rbd1 serves array ceph1 only; vvol vdir is on array local" == lab.bind_error(
-        "vdir", "ha", "rbd1"
-    )
+    refused = lab.bind_error("vdir", "ha", "rbd1")
+    assert refused == "endpoint rbd1 serves array ceph1 only; vvol vdir is on array local"
 
 
 def test_token_rotation_refuses_the_old_key_at_once(lab: Lab) -> None:
@@ -526,15 +418,40 @@ def test_rebind_between_nbd_and_rbd_moves_the_access(lab: Lab) -> None:
 
 
 def test_iscsi_serves_an_rbd_image_and_refuses_a_namespace(lab: Lab) -> None:
-    lab.write("vflat", "i1")
+    """tgt-rbd opens images in a pool's default namespace only, and the RBD array
+    keeps every container in a namespace of its own: so the endpoint is shown an
+    image in the default namespace directly, and a vvol's binding is refused."""
+    import rbd
+
+    with lab.ceph.admin() as ceph, ceph.ioctx(lab.pool) as ioctx:
+        rbd.RBD().create(ioctx, "flat", SIZE, old_format=False)
+    conf, keyring = lab.ceph.conf, lab.ceph.admin_keyring
+    src = RbdSource(lab.pool, "", "flat", None, conf, "admin", keyring)
+    with opened(lab.ceph, src) as img:
+        for off in OFFSETS:
+            img.write(chunk_bytes("i1", off), off)
     lab.svc.pes.create("iscsi1", "iscsi", portal=f"127.0.0.1:{free_port()}")
-    handle = lab.bind("vflat", "ha", "iscsi1")
-    out = os.path.join(lab.tmp, "i1.raw")
-    run("qemu-img", "convert", "-f", "raw", "-O", "raw", handle["uri"], out)
-    check_file(out, "i1")
-    run("qemu-io", "-f", "raw", "-c", f"write -P 0x7e {MiB} {CHUNK}", handle["uri"])
-    with lab.image("vflat") as img:
-        assert img.read(MiB, CHUNK) == b"\x7e" * CHUNK
+    with lab.svc.ctx.db.tx() as conn:
+        ep = lab.svc.endpoints.get(lab.svc.pes.get(conn, "iscsi1"))
+    assert isinstance(ep, IscsiEndpoint)
+    a = Attachment(
+        key="1/1", secondary_id="1", source=src, size=SIZE, readonly=False, vvol="flat",
+        tid=1, target_iqn=target_name(DEFAULT_IQN_PREFIX, "iscsi1", "ha"), initiator=QEMU_IQN,
+        host="ha",
+    )  # fmt: skip
+    ep.attach(a)
+    try:
+        assert ep.present() == {"1/1"} and ep.stale([a]) == []
+        uri = ep.handle(a)["uri"]
+        out = os.path.join(lab.tmp, "i1.raw")
+        run("qemu-img", "convert", "-f", "raw", "-O", "raw", uri, out)
+        check_file(out, "i1")
+        run("qemu-io", "-f", "raw", "-c", f"write -P 0x7e {MiB} {CHUNK}", uri)
+        with opened(lab.ceph, src) as img:
+            assert img.read(MiB, CHUNK) == b"\x7e" * CHUNK
+    finally:
+        ep.detach(a.key)
+        ep.drop_target(1)
     message = lab.bind_error("va", "ha", "iscsi1")
     assert "has no RADOS namespaces" in message and "\n" not in message
 
