@@ -12,7 +12,12 @@ cd "$(dirname "$(readlink -f "$0")")"
 DEBS=(python3 python3-venv python3-dev gcc util-linux e2fsprogs xfsprogs btrfs-progs
       qemu-utils qemu-system-common qemu-system-x86 qemu-block-extra tgt libiscsi-bin
       libnbd-bin openssl libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
-      libparted-dev parted iproute2)
+      libparted-dev parted iproute2
+      ceph-mon ceph-osd ceph-mgr ceph-common python3-rbd python3-rados tgt-rbd)
+# The librados/librbd bindings (python3-rados, python3-rbd) exist only for
+# Debian's own interpreter, so the virtualenv is built from it and sees its
+# system site-packages.
+PYTHON=/usr/bin/python3
 VENV=.venv
 
 need_debs() {
@@ -24,17 +29,19 @@ need_debs() {
     if [ ${#missing[@]} -gt 0 ]; then
         echo "run.sh: installing Debian packages: ${missing[*]}"
         export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq
-        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        apt-get -o DPkg::Lock::Timeout=600 update -qq
+        apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
+            "${missing[@]}" >/dev/null
     fi
 }
 
 need_venv() {
     local stamp="$VENV/.vvhost-stamp" want
-    want=$(sha256sum setup.py run.sh | sha256sum | cut -c1-16)
-    if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    want=$( { sha256sum setup.py run.sh; readlink -f "$PYTHON"; } | sha256sum | cut -c1-16)
+    if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] \
+        || ! "$VENV/bin/python" -c 'import rados, rbd' 2>/dev/null; then
         echo "run.sh: preparing $VENV"
-        python3 -m venv "$VENV"
+        "$PYTHON" -m venv --clear --system-site-packages "$VENV"
         "$VENV/bin/pip" install -q --upgrade pip
         "$VENV/bin/pip" install -q -e '.[test]' tox ruff mypy
         echo "$want" > "$stamp"

@@ -6,6 +6,8 @@
 - ``service``: an in-process control plane on ``fs_dir``.
 - ``api``: an API client against that service, in-process and over a real unix
   socket served by a ``vvhost serve`` child process: the contract tests run on both.
+- ``ceph_cluster``, ``ceph_pool``: a private Ceph cluster per session and a
+  fresh RBD pool per test (``tests/cephfixtures.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from vvhost.api.app import create_app
 from vvhost.client import Client
 from vvhost.daemon import ServerProcess
 from vvhost.service import Config, Service
+
+pytest_plugins = ["tests.cephfixtures"]
 
 
 @pytest.fixture(scope="session")

@@ -250,3 +250,29 @@ class Corrupt(VvhostError):
 
 
 ERRORS_BY_CODE.update({cls.code: cls for cls in (Conflict, Corrupt)})
+
+
+class CephError(BackendError):
+    """A Ceph cluster refused or failed a request (librados/librbd, never CLI output)."""
+
+    code = "ceph-error"
+    template = "ceph cluster {cluster}: {detail}"
+
+
+class CephUnreachable(CephError):
+    """No monitor of the cluster answered within the client's timeouts."""
+
+    code = "ceph-unreachable"
+    status = 503
+    template = "cannot reach the ceph cluster {cluster}: {detail}"
+
+
+class CephDenied(CephError):
+    """The cluster refused the client's key or capabilities."""
+
+    code = "ceph-denied"
+    status = 403
+    template = "ceph cluster {cluster} refused {user}: {detail}"
+
+
+ERRORS_BY_CODE.update({cls.code: cls for cls in (CephError, CephUnreachable, CephDenied)})

@@ -1,0 +1,47 @@
+"""Ceph fixtures: one private cluster per test session, a fresh pool per test.
+
+- ``ceph_cluster`` (session): a :class:`vvhost.cephlab.CephLab` (1 mon, 1 mgr,
+  1 OSD on a sparse file, 127.0.0.1, free ports) under the session's temporary
+  directory; stopped by PID at the end of the session. Before starting it,
+  labs of earlier sessions whose pytest process died are stopped by PID.
+- ``ceph_pool``: a new RBD pool (``rbd`` application, ``rbd pool init``) for
+  one test, deleted afterwards (about half a second each way).
+
+The Ceph packages come from ``./run.sh setup``; a missing daemon or binding is
+an error here, not a skip. ``vvhost.cephlab`` (and with it librados) is only
+imported when a test asks for a cluster.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from vvhost.cephlab import CephLab
+
+
+@pytest.fixture(scope="session")
+def ceph_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephLab]:
+    from vvhost import labpids
+    from vvhost.cephlab import CephLab
+
+    root = str(tmp_path_factory.getbasetemp().parent)
+    labpids.reap_orphans(sorted(glob.glob(os.path.join(root, "pytest-*", "ceph*"))))
+    with CephLab(str(tmp_path_factory.mktemp("ceph"))) as lab:
+        yield lab
+
+
+@pytest.fixture
+def ceph_pool(ceph_cluster: CephLab) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    ceph_cluster.create_pool(name)
+    try:
+        yield name
+    finally:
+        ceph_cluster.delete_pool(name)
