@@ -4,6 +4,7 @@ arguments, read-only handling and "same data" - each class through the one table
 from __future__ import annotations
 
 import base64
+import json
 import os
 import stat
 import uuid
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from vvhost.errors import InvalidInput
-from vvhost.host import cephsecret
+from vvhost.host import cephsecret, qemuwrap
 from vvhost.host import domainxml as dx
 from vvhost.host import handles as hd
 from vvhost.host.handles import FileHandle, HostAccess
@@ -179,8 +180,8 @@ def test_rbd_snapshot_is_read_only_everywhere(tmp_path: str) -> None:
     assert h.readonly
     root = disk_root()
     dx.set_source(root, "vda", raw)
-    src = root.find("devices/disk/source")
-    assert src is not None and src.get("snapshot") == "s1"
+    src = root.find("devices/disk/source/snapshot")
+    assert src is not None and src.get("name") == "s1"
     assert root.find("devices/disk/readonly") is not None
     assert dx.same_source(dx.disk_source(dx.parse(dx.tostring(root)), "vda"), raw)
     assert h.blockdev()["snapshot"] == "s1" and h.blockdev()["read-only"] is True
@@ -278,3 +279,38 @@ def test_redo_chain_over_rbd_spells_backing_stores() -> None:
         "vvpool/tenant-a/vv-1",
     ]
     assert dx.same_chain(root, "vda", [top, dict(RBD)])
+
+
+def test_rbd_in_a_namespace_runs_the_wrapper_emulator() -> None:
+    root = disk_root()
+    dx.set_source(root, "vda", {**RBD, "namespace": ""})
+    assert root.find("devices/emulator") is None  # the default namespace: plain QEMU
+    dx.set_source(root, "vda", dict(RBD))
+    assert root.findtext("devices/emulator") == qemuwrap.PATH == "/etc/libvirt/hooks/vvhost-qemu"
+    dx.set_source(root, "vda", dict(RBD))
+    assert len(root.findall("devices/emulator")) == 1
+
+
+def test_wrapper_makes_libvirts_rbd_namespace_explicit() -> None:
+    lib = {"driver": "rbd", "pool": "P", "image": "tenant-a/vv-1", "user": "u", "node-name": "n"}
+    other = {"driver": "file", "filename": "/a/b"}
+    argv = ["-name", "x", "-blockdev", json.dumps(lib), "-blockdev", json.dumps(other)]
+    out = qemuwrap.rewrite(argv)
+    assert out[:2] == ["-name", "x"] and out[4:] == argv[4:]
+    node = json.loads(out[3])
+    assert node == {**lib, "namespace": "tenant-a", "image": "vv-1"}
+    assert list(node)[:4] == ["driver", "pool", "namespace", "image"]
+    plain = ["-blockdev", json.dumps({"driver": "rbd", "pool": "P", "image": "vv-1"})]
+    assert qemuwrap.rewrite(plain) == plain
+    assert qemuwrap.rewrite(["-blockdev", "driver=file,filename=/x"]) == [
+        "-blockdev",
+        "driver=file,filename=/x",
+    ]
+
+
+def test_installed_wrapper_is_a_standalone_script(tmp_path: str) -> None:
+    path = qemuwrap.install(str(tmp_path))
+    assert path.endswith("/vvhost-qemu") and os.access(path, os.X_OK)
+    text = Path(path).read_text()
+    assert text.startswith("#!/usr/bin/python3 -I\n") and "import vvhost" not in text
+    assert "from vvhost" not in text

@@ -182,6 +182,7 @@ def set_chain(root: ET.Element, target: str, handles: list[dict[str, Any]]) -> N
         driver.set("type", "qcow2" if len(handles) > 1 else "raw")
     _fill(disk, handles[0])
     _set_readonly(disk, hd.of(handles[0]).readonly)
+    _set_emulator(root, handles)
     holder = disk
     for i, handle in enumerate(handles[1:], start=1):
         store = ET.Element("backingStore")
@@ -198,6 +199,22 @@ def _place(holder: ET.Element, store: ET.Element) -> None:
     kids = list(holder)
     src = holder.find("source")
     holder.insert(kids.index(src) + 1 if src is not None else len(kids), store)
+
+
+def _set_emulator(root: ET.Element, handles: list[dict[str, Any]]) -> None:
+    """A disk libvirt cannot describe to the default QEMU names the wrapper that
+    can open it (see host/qemuwrap.py); the domain keeps it afterwards."""
+    wanted = {e for e in (hd.of(h).emulator() for h in handles) if e}
+    if not wanted:
+        return
+    devices = root.find("devices")
+    if devices is None:
+        devices = ET.SubElement(root, "devices")
+    emulator = devices.find("emulator")
+    if emulator is None:
+        emulator = ET.Element("emulator")
+        devices.insert(0, emulator)
+    emulator.text = sorted(wanted)[0]
 
 
 def _set_readonly(disk: ET.Element, readonly: bool) -> None:

@@ -12,6 +12,7 @@ what each consumer on the host speaks::
                       image_args()   qemu-img/qemu-io arguments opening it as raw
                       prepare(...)   local credential files it needs (NBD TLS, Ceph key)
                       secrets()      libvirt secrets a domain using it needs
+                      emulator()     a QEMU wrapper the domain needs, if any
 
 ``key`` and ``read_key`` agree on one flat shape per protocol, so "does this
 disk open that binding" is a dict comparison, whichever side it comes from.
@@ -111,6 +112,11 @@ class Handle(ABC):
     @abstractmethod
     def source_element(self) -> ET.Element:
         """The ``<source>`` element that opens this handle."""
+
+    def emulator(self) -> str | None:
+        """The ``<emulator>`` a domain with this disk must run, when the default
+        QEMU cannot open it as libvirt describes it (None: the default will do)."""
+        return None
 
     def secrets(self) -> list[LibvirtSecret]:
         """libvirt secrets a domain opening this handle needs (defined before it starts)."""

@@ -5,10 +5,12 @@ host's own Ceph identity, whose caps reach only its tenant's namespaces.
               "image", "snap": SNAP | None, "monitors": ["H:P", ...],
               "user": "vvhost-HOST", "key": "<cephx key, base64>", "readonly": bool}
     libvirt  <disk type='network'>
-               <source protocol='rbd' name='POOL/NS/IMAGE' [snapshot='SNAP']>
-                 <host name=H port=P/>...
+               <source protocol='rbd' name='POOL/NS/IMAGE'>
+                 [<snapshot name='SNAP'/>] <host name=H port=P/>...
                  <auth username='vvhost-HOST'><secret type='ceph' uuid=U/></auth>
                </source>          (U: host/cephsecret.py, defined before the domain starts)
+             libvirt 9.0 hands QEMU image=NS/IMAGE: with a namespace the domain runs
+             host/qemuwrap.py as its <emulator>, which makes the namespace explicit
     QEMU     {"driver": "rbd", "pool", "namespace", "image", "snapshot", "user",
               "server": [{"host", "port"}], "auth-client-required": ["cephx"],
               "key-secret": "vvrbd-USER"}  + --object secret,id=vvrbd-USER,
@@ -26,7 +28,7 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from ...errors import InvalidInput
-from .. import cephsecret
+from .. import cephsecret, qemuwrap
 from .base import Handle, HostAccess, ImageObject, LibvirtSecret, esc, split_hostport
 
 
@@ -90,22 +92,26 @@ class RbdHandle(Handle):
 
     @classmethod
     def read_key(cls, src: ET.Element) -> dict[str, str]:
+        snap = src.find("snapshot")
         return {
             "protocol": "rbd",
             "name": src.get("name", ""),
-            "snapshot": src.get("snapshot", ""),
+            "snapshot": snap.get("name", "") if snap is not None else "",
         }
 
     # -- libvirt ----------------------------------------------------------------------------
     def source_element(self) -> ET.Element:
         src = ET.Element("source", protocol="rbd", name=self.name)
         if self.snap:
-            src.set("snapshot", self.snap)
+            ET.SubElement(src, "snapshot", name=self.snap)
         for host, port in self.monitors():
             ET.SubElement(src, "host", name=host, port=port)
         auth = ET.SubElement(src, "auth", username=self.user)
         ET.SubElement(auth, "secret", type="ceph", uuid=cephsecret.secret_uuid(self.user))
         return src
+
+    def emulator(self) -> str | None:
+        return qemuwrap.PATH if self.namespace else None
 
     def secrets(self) -> list[LibvirtSecret]:
         return [cephsecret.CephSecret(self.user, self._field("key"))]
