@@ -36,8 +36,9 @@ from vvhost.guest import GuestImage, guest_cmdline, parse_serial, pattern_bytes
 from vvhost.host import cephsecret, qemuwrap
 from vvhost.host import domainxml as dx
 from vvhost.host import handles as hd
+from vvhost.host.config import HostConfig
 from vvhost.host.handles import HostAccess
-from vvhost.host.vms import raw_source, raw_target
+from vvhost.host.vms import VmError, VmManager, raw_source, raw_target
 from vvhost.labhost import LibvirtHost
 from vvhost.tools import qemuimg
 from vvhost.tools.ceph import rbd_caps
@@ -204,6 +205,85 @@ def test_guest_boots_from_rbd_namespace_as_the_hosts_identity(
             assert not cephsecret.remove(conn, USER)
         finally:
             conn.close()
+    finally:
+        with ceph_cluster.admin() as ceph:
+            ceph.auth_rm(f"client.{USER}")
+
+
+class RbdBindings:
+    """The three binding calls ``VmManager.start`` makes, answered with the handle
+    an rbd endpoint gives (that endpoint is not part of this test): what was
+    bound, and how often."""
+
+    def __init__(self, handles: dict[str, dict[str, Any]]) -> None:
+        self.handles = handles
+        self.bound: set[str] = set()
+        self.calls: list[str] = []
+
+    def bindings(self, host: str | None = None, vvol: str | None = None) -> list[dict[str, Any]]:
+        return [dict(self.handles[v], vvol=v) for v in sorted(self.bound)]
+
+    def bind(self, vvols: list[str], host: str, pe: str | None = None) -> list[dict[str, Any]]:
+        self.calls.append("bind")
+        self.bound |= set(vvols)
+        return [{"ok": True, "handle": dict(self.handles[v], vvol=v)} for v in vvols]
+
+    def unbind(self, vvols: list[str], host: str, drop_all: bool = False) -> list[dict[str, Any]]:
+        self.calls.append("unbind")
+        self.bound -= set(vvols)
+        return []
+
+
+def test_vm_start_defines_the_hosts_ceph_secret_first(
+    ceph_cluster: CephLab, ceph_pool: str, kvm1: LibvirtHost, guest: GuestImage, tmp_path: Path
+) -> None:
+    """``vvhost vm start`` of a domain on an rbd disk defines the host's secret
+    before libvirt starts it (the hook may not), and keeps the binding it made for
+    the running VM; a failed start drops it again."""
+    tmp = str(tmp_path)
+    make_image(ceph_cluster, ceph_pool, "tenant-a", "vv-a")
+    with ceph_cluster.admin() as ceph:
+        key = ceph.auth_get_or_create(f"client.{USER}", rbd_caps(ceph_pool, ["tenant-a"]))
+    try:
+        handle = handle_for(ceph_cluster, ceph_pool, "tenant-a", "vv-a", key)
+        api = RbdBindings({"vv-a": handle})
+        conf = HostConfig(
+            name="kvm1",
+            libvirt=kvm1.uri,
+            nbd_tls_dir=os.path.join(tmp, "nbd"),
+            ceph_dir=os.path.join(tmp, "ceph"),
+        )
+        vms = VmManager(conf, api, kvm1.uri)  # type: ignore[arg-type]
+        try:
+            cmds = ["write:vda:C:1:2", "verify:vda:C:1:2"]
+            vms.conn.defineXML(domain_xml(tmp, guest, handle, cmds))
+            with pytest.raises(libvirt.libvirtError):
+                vms.conn.secretLookupByUUIDString(cephsecret.secret_uuid(USER))
+            vms.start("rbdvm")
+            assert vms.conn.secretLookupByUUIDString(cephsecret.secret_uuid(USER))
+            assert api.bound == {"vv-a"}  # for the running VM (its release drops it)
+            dom = vms.domain("rbdvm")
+            deadline = time.monotonic() + 120
+            while dom.isActive():
+                assert time.monotonic() < deadline, "the guest did not power off"
+                time.sleep(0.2)
+            report = parse_serial(Path(tmp, "rbdvm.serial").read_text(errors="replace"))
+            assert report.ok and all(report.results[c] == "ok" for c in cmds), report
+            assert read_image(ceph_cluster, ceph_pool, "tenant-a", "vv-a", MiB, 2 * MiB) == (
+                pattern_bytes("C", 1, 2)
+            )
+
+            # a start that fails (the identity lost its caps) leaves nothing bound
+            api.bound.clear()
+            with ceph_cluster.admin() as ceph:
+                ceph.auth_caps(f"client.{USER}", rbd_caps(ceph_pool, ["tenant-b"]))
+            with pytest.raises(VmError, match="did not start"):
+                vms.start("rbdvm")
+            assert api.bound == set() and api.calls[-2:] == ["bind", "unbind"]
+            dom.undefine()
+            assert cephsecret.remove(vms.conn, USER)
+        finally:
+            vms.close()
     finally:
         with ceph_cluster.admin() as ceph:
             ceph.auth_rm(f"client.{USER}")
