@@ -303,6 +303,9 @@ class StorageMover:
         )
         for disk in disks:
             handle = self.client.bind_one(rec.new[disk.target], self.host, pe=pe)
+            why = hd.of(handle).hotplug_problem()
+            if why:
+                raise MoveFailed(vm=doc.name, reason=f"block copy of disk {disk.target}: {why}")
             hd.prepare([handle], self.vms.access)
             cephsecret.define_all(self.vms.conn, hd.secrets([handle]))
             try:

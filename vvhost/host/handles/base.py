@@ -118,6 +118,11 @@ class Handle(ABC):
         QEMU cannot open it as libvirt describes it (None: the default will do)."""
         return None
 
+    def hotplug_problem(self) -> str:
+        """Why libvirt cannot add this handle to a running domain (block copy
+        destination, snapshot overlay); empty when it can."""
+        return ""
+
     def secrets(self) -> list[LibvirtSecret]:
         """libvirt secrets a domain opening this handle needs (defined before it starts)."""
         return []

@@ -113,6 +113,14 @@ class RbdHandle(Handle):
     def emulator(self) -> str | None:
         return qemuwrap.PATH if self.namespace else None
 
+    def hotplug_problem(self) -> str:
+        if not self.namespace:
+            return ""
+        return (
+            "libvirt 9.0 cannot open an RBD image in a RADOS namespace for a running domain "
+            "(its nodes added over QMP miss the namespace); stop the VM first"
+        )
+
     def secrets(self) -> list[LibvirtSecret]:
         return [cephsecret.CephSecret(self.user, self._field("key"))]
 
