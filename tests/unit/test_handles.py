@@ -236,6 +236,10 @@ def test_rbd_handle_without_monitors_or_user_is_refused() -> None:
         hd.of({**RBD, "monitors": []}).blockdev()
     with pytest.raises(InvalidInput, match="no user"):
         hd.of({**RBD, "user": None}).blockdev()
+    # the endpoint could not reach the cluster when it made the handle: its reason shows
+    broken = {**RBD, "key": None, "error": "cannot reach Ceph at mon 127.0.0.1:1"}
+    with pytest.raises(InvalidInput, match="has no key: cannot reach Ceph"):
+        hd.secrets([broken])
 
 
 def test_ceph_secret_is_stable_and_holds_the_raw_key() -> None:

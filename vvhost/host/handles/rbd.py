@@ -39,7 +39,8 @@ class RbdHandle(Handle):
     def _field(self, name: str) -> str:
         value = self.raw.get(name)
         if not value or not isinstance(value, str):
-            raise InvalidInput(detail=f"rbd binding {self.raw.get('uri')} has no {name}")
+            why = f": {self.raw['error']}" if self.raw.get("error") else ""
+            raise InvalidInput(detail=f"rbd binding {self.raw.get('uri')} has no {name}{why}")
         return value
 
     @property
