@@ -33,7 +33,7 @@ import rbd
 
 from vvhost.cephlab import CephLab
 from vvhost.guest import GuestImage, guest_cmdline, parse_serial, pattern_bytes
-from vvhost.host import cephsecret, qemuwrap
+from vvhost.host import cephsecret, libvirtsecrets, qemuwrap
 from vvhost.host import domainxml as dx
 from vvhost.host import handles as hd
 from vvhost.host.config import HostConfig
@@ -163,8 +163,8 @@ def test_guest_boots_from_rbd_namespace_as_the_hosts_identity(
         # libvirt: the host's Ceph key as a secret, then the guest on the rbd disk
         conn = libvirt.open(kvm1.uri)
         try:
-            cephsecret.define_all(conn, hd.secrets([handle]))
-            cephsecret.define_all(conn, hd.secrets([handle]))  # idempotent
+            libvirtsecrets.define_all(conn, hd.secrets([handle]))
+            libvirtsecrets.define_all(conn, hd.secrets([handle]))  # idempotent
             cmds = ["verify:vda:A:0:4", "write:vda:B:4:2", "verify:vda:B:4:2"]
             argv = run_to_end(conn, domain_xml(tmp, guest, handle, cmds), kvm1)
             report = parse_serial(Path(tmp, "rbdvm.serial").read_text(errors="replace"))

@@ -11,10 +11,10 @@ An ``rbd`` binding handle carries the host's own Ceph identity: ``user``
     ceph_dir/  0700   host.conf ``ceph_dir`` (default /etc/vvhost/ceph)
       USER.key 0600   the key, base64: qemu-img's ``--object secret,file=...,format=base64``
 
-Defining the libvirt secret calls libvirt, so it is done by the ``vvhost vm``
-commands that create, define or start domains, never by the hook (a hook that
-calls its own libvirtd deadlocks). Both steps are idempotent: the secret's value
-and the file are rewritten only when the key differs.
+Defining the libvirt secret (host/libvirtsecrets.py) calls libvirt, so it is
+done by the ``vvhost vm`` commands that create, define or start domains, never
+by the hook (a hook that calls its own libvirtd deadlocks). Both steps are
+idempotent; the file is rewritten only when the key differs.
 """
 
 from __future__ import annotations
@@ -25,34 +25,15 @@ import contextlib
 import os
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
 
 import libvirt
 
-from ..errors import InvalidInput, VvhostError
+from ..errors import InvalidInput
+from . import libvirtsecrets
 
 DEFAULT_DIR = "/etc/vvhost/ceph"
 _NAMESPACE = uuid.UUID("6c1f4d0e-2b8a-5b7e-9a53-7a8d1c0e6f21")
-
-
-class SecretError(VvhostError):
-    code = "libvirt-secret"
-    status = 502
-    exit_code = 6
-    template = "libvirt secret {uuid}: {detail}"
-
-
-class LibvirtSecret(Protocol):
-    """A secret a domain's disk refers to by UUID, defined on the host's libvirtd."""
-
-    @property
-    def uuid(self) -> str: ...
-
-    def xml(self) -> str: ...
-
-    def value(self) -> bytes: ...
 
 
 def secret_uuid(user: str) -> str:
@@ -95,34 +76,9 @@ class CephSecret:
         return key_bytes(self.key)
 
 
-def define(conn: libvirt.virConnect, secret: LibvirtSecret) -> None:
-    """Make libvirtd hold ``secret`` (defined if missing, value set)."""
-    try:
-        try:
-            found = conn.secretLookupByUUIDString(secret.uuid)
-        except libvirt.libvirtError:
-            found = conn.secretDefineXML(secret.xml(), 0)
-        found.setValue(secret.value(), 0)
-    except libvirt.libvirtError as exc:
-        raise SecretError(uuid=secret.uuid, detail=str(exc.get_error_message())) from None
-
-
-def define_all(conn: libvirt.virConnect, secrets: Iterable[LibvirtSecret]) -> None:
-    for secret in {s.uuid: s for s in secrets}.values():
-        define(conn, secret)
-
-
 def remove(conn: libvirt.virConnect, user: str) -> bool:
     """Drop Ceph user ``user``'s secret from libvirtd; False if there was none."""
-    try:
-        found = conn.secretLookupByUUIDString(secret_uuid(user))
-    except libvirt.libvirtError:
-        return False
-    try:
-        found.undefine()
-    except libvirt.libvirtError as exc:
-        raise SecretError(uuid=found.UUIDString(), detail=str(exc.get_error_message())) from None
-    return True
+    return libvirtsecrets.remove(conn, secret_uuid(user))
 
 
 def key_path(directory: str, user: str) -> str:

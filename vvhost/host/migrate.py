@@ -47,9 +47,9 @@ from typing import Any
 import libvirt
 
 from ..errors import AlreadyExists, InvalidInput, NotFound, VvhostError
-from . import cephsecret
 from . import domainxml as dx
 from . import handles as hd
+from . import libvirtsecrets
 from .hook import ensure_bound, undo
 from .vmdoc import VmDoc
 from .vms import VmManager
@@ -195,7 +195,7 @@ class Migration:
             return
         handles, made = ensure_bound(self.client, host, meta, meta.pe, None)
         try:
-            cephsecret.define_all(self.dest, hd.secrets(handles.values()))
+            libvirtsecrets.define_all(self.dest, hd.secrets(handles.values()))
         except VvhostError as exc:
             raise self.fail(f"cannot give the destination its disk secrets: {exc}") from None
         finally:
@@ -258,8 +258,8 @@ class Migration:
         handles, made = ensure_bound(self.client, host, meta, meta.pe, None)
         try:
             dx.point_sources(root, meta, handles)
-            cephsecret.define_all(self.dest, hd.secrets(handles.values()))
-        except cephsecret.SecretError as exc:
+            libvirtsecrets.define_all(self.dest, hd.secrets(handles.values()))
+        except libvirtsecrets.SecretError as exc:
             raise self.fail(f"cannot give the destination its disk secrets: {exc}") from None
         finally:
             undo(self.client, host, made)

@@ -39,9 +39,9 @@ import libvirt
 
 from ..errors import CapacityExceeded, InvalidInput, NotFound, VvhostError
 from ..faults import host_fault as fault
-from . import cephsecret
 from . import domainxml as dx
 from . import handles as hd
+from . import libvirtsecrets
 from .pending import MoveRec, Rec
 from .vmdoc import VmDoc
 from .vmop import VmOps
@@ -307,7 +307,7 @@ class StorageMover:
             if why:
                 raise MoveFailed(vm=doc.name, reason=f"block copy of disk {disk.target}: {why}")
             hd.prepare([handle], self.vms.access)
-            cephsecret.define_all(self.vms.conn, hd.secrets([handle]))
+            libvirtsecrets.define_all(self.vms.conn, hd.secrets([handle]))
             try:
                 dom.blockCopy(disk.target, dx.copy_dest_xml(handle), None, flags)
             except libvirt.libvirtError as exc:

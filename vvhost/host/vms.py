@@ -21,9 +21,9 @@ from ..client import Client
 from ..errors import AlreadyExists, InUse, InvalidInput, NotFound, VvhostError
 from ..tools import qemuimg
 from ..units import parse_size
-from . import cephsecret
 from . import domainxml as dx
 from . import handles as hd
+from . import libvirtsecrets
 from .config import HostConfig
 from .hook import ensure_bound, undo
 from .vmdoc import VmDoc
@@ -180,7 +180,7 @@ class VmManager:
         handles, made = ensure_bound(self.client, self.conf.name, meta, meta.pe, self.access)
         try:
             dx.point_sources(root, meta, handles)
-            cephsecret.define_all(self.conn, hd.secrets(handles.values()))
+            libvirtsecrets.define_all(self.conn, hd.secrets(handles.values()))
         finally:
             undo(self.client, self.conf.name, made)
 
@@ -276,7 +276,7 @@ class VmManager:
             return []
         handles, made = ensure_bound(self.client, self.conf.name, meta, meta.pe, self.access)
         try:
-            cephsecret.define_all(self.conn, hd.secrets(handles.values()))
+            libvirtsecrets.define_all(self.conn, hd.secrets(handles.values()))
         except BaseException:
             undo(self.client, self.conf.name, made)
             raise

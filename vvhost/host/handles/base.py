@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ...errors import InvalidInput
-from ..cephsecret import LibvirtSecret
+from ..libvirtsecrets import LibvirtSecret
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ host's own Ceph identity, whose caps reach only its tenant's namespaces.
                <source protocol='rbd' name='POOL/NS/IMAGE'>
                  [<snapshot name='SNAP'/>] <host name=H port=P/>...
                  <auth username='vvhost-HOST'><secret type='ceph' uuid=U/></auth>
-               </source>          (U: host/cephsecret.py, defined before the domain starts)
+               </source>          (U: host/cephsecret.py; defined before the domain starts)
              libvirt 9.0 hands QEMU image=NS/IMAGE: with a namespace the domain runs
              host/qemuwrap.py as its <emulator>, which makes the namespace explicit
     QEMU     {"driver": "rbd", "pool", "namespace", "image", "snapshot", "user",
