@@ -527,6 +527,12 @@ def test_rbd_endpoint_through_the_cli(ceph_cluster: CephLab, ceph_pool: str, tmp
         out = os.path.join(tmp_path, "cli.raw")
         read_all(handle, out)
         check_file(out, "cli")
+        # a crash of the control plane: the binding, its handle and its key survive it
+        server.kill()
+        server = ServerProcess(server.state_dir, server.socket).start()
+        [again] = json.loads(cli("binding", "list", "--host", "ha", "--json").stdout)
+        assert (again["uri"], again["key"]) == (handle["uri"], handle["key"])
+        assert json.loads(cli("pe", "show", "rbd1", "--json").stdout)["alive"] is True
         audit = json.loads(cli("audit", "--json").stdout)
         assert not [p for p in audit["problems"] if "vvhost-" in p], audit["problems"]
         cli("vvol", "unbind", "va", "--host", "ha")
