@@ -12,6 +12,7 @@ not vvhost's business.  Nothing is changed here.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 import rbd
@@ -69,7 +70,11 @@ def _walk(
 ) -> None:
     with array.cluster.ioctx(ns) as io:
         images = [(str(i["id"]), str(i["name"])) for i in rbd.RBD().list2(io)]
-        trashed = [str(t["name"]) for t in rbd.RBD().trash_list(io)]
+        trashed = [
+            str(t["name"])
+            for t in rbd.RBD().trash_list(io)
+            if rbdnames.ours(str(t["name"])) and _overdue(io, t)
+        ]
         for image_id, name in images:
             if not rbdnames.ours(name):
                 continue
@@ -82,7 +87,22 @@ def _walk(
                         continue
                     if (image_id, str(snap["name"])) not in known_snaps:
                         out["stale_snapshots"].append(f"{label}@{snap['name']}")
-    out["trash"] += [f"{ns}/{n}" if ns else n for n in trashed if rbdnames.ours(n)]
+    out["trash"] += [f"{ns}/{n}" if ns else n for n in trashed]
+
+
+TRASH_GRACE = 300.0  # seconds the reaper has to purge a trashed image nothing reads
+
+
+def _overdue(io: Any, entry: dict[str, Any]) -> bool:
+    """A trashed image no clone reads, there for longer than the reaper needs."""
+    deleted = entry.get("deletion_time")
+    if deleted is not None and time.time() - deleted.timestamp() < TRASH_GRACE:
+        return False
+    try:
+        with rbd.Image(io, image_id=str(entry["id"]), read_only=True) as img:
+            return not list(img.list_children2())
+    except rbd.Error:
+        return True
 
 
 def _has(array: RbdArray, ns: str, image_id: str, snap: str | None) -> bool:
