@@ -134,8 +134,9 @@ class FuseExports:
                 return
             self._close()
             os.makedirs(self.fusedir, exist_ok=True)
+            before = self.daemon.pid if self.daemon.alive() else None
             self.daemon.start()
-            if not self.daemon.adopted:
+            if not self.daemon.adopted and self.daemon.pid != before:  # spawned just now
                 self.sweep()
             self._load()
 
