@@ -365,11 +365,12 @@ def test_remove_order_never_loses_data_and_reap_purges(array: RbdArray, pool_io:
     array.reap()
     check(array, "s1", "a", [0, 4 * MiB])
     check(array, "cl", "a", [0, 4 * MiB])
-    # then the snapshot: the clone still reads it (trash namespace), image in the trash
+    # then the snapshot: the clone still reads it (trash namespace), the image stays retired
     array.remove("s1")
     assert array.reap() == []  # the clone still needs the image
     check(array, "cl", "a", [0, 4 * MiB])
-    assert trash(pool_io, "c1") == ["vv-v1"]
+    assert names(pool_io, "c1") == ["vv-cl", "vv-v1"] and trash(pool_io, "c1") == []
+    assert rbdaudit.report(array)["images_without_entries"] == []  # retired: recorded
     # the clone last: everything goes
     array.remove("cl")
     gone = array.reap()

@@ -34,7 +34,6 @@ from .rbdops import Images, ceph
 from .settings import RbdSettings
 from .sources import RbdSource
 
-# purge passes per reap: a clone purged in one pass frees its parent for the next
 PURGE_PASSES = MAX_CLONE_DEPTH + 2
 
 
@@ -231,15 +230,22 @@ class RbdArray:
         image_id = self.images.lookup(ns, name)
         return None if image_id is None else Image(ns, name, image_id)
 
+    def _reap(self, image: Image) -> bool:
+        if not self.images.exists(image):
+            self.index.apply(drop=[rbdindex.retired_key(image.image_id)])
+            return True
+        return self._release(image)
+
     def _release(self, image: Image) -> bool:
-        """Trash a retired image once no vvol uses it and no snapshot vvol reads it."""
+        """Trash a retired image once no vvol uses it, no snapshot vvol reads it and no
+        clone (not even one in the trash) has it as parent; until then it stays retired."""
         key = rbdindex.retired_key(image.image_id)
         if key not in {rbdindex.retired_key(i) for i in self.index.retired()}:
             return False
         if rbdindex.users(self.index.entries(), image.image_id):
             return False
-        if self.images.watchers(image):
-            return False  # stays retired: the reaper tries again
+        if self.images.has_children(image) or self.images.watchers(image):
+            return False  # the reaper tries again
         self.images.trash(image)
         self.index.apply(drop=[key])
         return True
@@ -470,16 +476,12 @@ class RbdArray:
         self._ready()
         gone: list[str] = []
         with self._lock:
-            for image in self.index.retired().values():
-                if not self.images.exists(image):
-                    self.index.apply(drop=[rbdindex.retired_key(image.image_id)])
-                    continue
-                self._release(image)
-            for _ in range(PURGE_PASSES):
+            for _ in range(PURGE_PASSES):  # a clone purged in one pass frees its parent next
+                released = [image for image in self.index.retired().values() if self._reap(image)]
                 spaces = self.index.spaces()
                 purged = [name for ns in spaces for name in self.images.purge_trash(ns)]
                 gone += purged
-                if not purged:
+                if not released and not purged:
                     break
             images = [(vid, e.ref()) for vid, e in self.index.entries().items() if _writable(e)]
         for vid, image in images:  # too deep and not flattened here (e.g. after a restart)

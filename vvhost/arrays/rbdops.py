@@ -143,7 +143,7 @@ class Images:
                 return False
 
     def trash(self, ref: Image) -> None:
-        """Move an image to the RBD trash (its user snapshots removed first)."""
+        """Move an image nothing needs to the RBD trash (its user snapshots removed first)."""
         for snap in self.user_snaps(ref) if self.exists(ref) else []:
             self.snap_remove(ref, snap)
         with self.cluster.ioctx(ref.ns) as io, ceph(self.array, f"moving {ref.name} to trash"):
