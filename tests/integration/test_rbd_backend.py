@@ -183,6 +183,8 @@ def test_snapshot_keeps_its_point_and_is_read_only(array: RbdArray) -> None:
     check(array, "s2", "new", [0, 8 * MiB])
     assert sorted(array.list_ids()) == ["s1", "s2", "v1"]
     array.prepare_snapshot("v1", "s3")
+    with pytest.raises(InvalidInput):
+        array.commit_snapshot("s3")  # never cut: nothing to commit
     array.cut_snapshot("v1", "s3")
     array.abort_snapshot("s3")
     array.abort_snapshot("s3")

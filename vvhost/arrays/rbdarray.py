@@ -284,6 +284,8 @@ class RbdArray:
             if entry is None or entry.snap is None:
                 raise InvalidInput(detail=f"snapshot {snap_id!r} was not prepared")
             if not entry.ready:
+                if entry.snap not in self.images.user_snaps(entry.ref()):
+                    raise InvalidInput(detail=f"snapshot {snap_id!r} was not cut")
                 self.index.put(snap_id, dataclasses.replace(entry, state="ready"))
 
     def abort_snapshot(self, snap_id: str) -> None:
