@@ -25,7 +25,7 @@ from vvhost.arrays import rbdaudit  # noqa: E402
 from vvhost.arrays.rbdarray import RbdArray  # noqa: E402
 from vvhost.arrays.rbdflatten import MAX_CLONE_DEPTH  # noqa: E402
 from vvhost.arrays.settings import RbdSettings  # noqa: E402
-from vvhost.errors import ArrayOffline, DataMissing, InUse, InvalidInput, ReadOnly  # noqa: E402
+from vvhost.errors import ArrayOffline, BackendError, DataMissing, InUse, InvalidInput, ReadOnly  # noqa: E402
 
 MiB = 1 << 20
 SIZE = 64 * MiB
@@ -328,6 +328,15 @@ def test_copy_in_keeps_every_point(array: RbdArray) -> None:
     array.copy_in("m", "c3", [("m1", p1), ("m", p2)])
     assert sorted(array.list_ids()) == ["m", "m1"]
     check(array, "m", "y", [16 * MiB])
+    # a vvol id whose earlier image snapshots still read is never written again
+    array.snapshot("m", "keep")
+    array.remove("m1")
+    array.remove("m")
+    with pytest.raises(BackendError):
+        array.copy_in("m", "c3", [("m", p1)])
+    check(array, "keep", "y", [16 * MiB])
+    array.remove("keep")
+    array.copy_in("m", "c3", [("m1", p1), ("m", p2)])
     array.resize("m", p3.size)
     assert array.write_ranges(p3, "m", [(100 * MiB, CHUNK)]) == CHUNK
     check(array, "m", "z", [100 * MiB])

@@ -144,6 +144,7 @@ class RbdArray:
                 return
             ns = self._space(space)
             entry = Entry("image", ns, rbdnames.image(vvol_id))
+            self._name_free(vvol_id, entry)
             self.index.put(vvol_id, entry)
             image_id = self.images.create(ns, entry.image, size)
             self.images.resize(Image(ns, entry.image, image_id), size)
@@ -225,6 +226,20 @@ class RbdArray:
         self.index.apply(put=put, drop=drops)
         if image is not None:
             self._release(image)
+
+    def _name_free(self, vvol_id: str, entry: Entry) -> None:
+        """Refuse to reuse an image name whose image other volumes still read (a removed
+        vvol's retired image): an image of that name may only be a crashed attempt's."""
+        found = self._found(entry.ns, entry.image)
+        if found is None:
+            return
+        others = [v for v in rbdindex.users(self.index.entries(), found.image_id) if v != vvol_id]
+        if others or found.image_id in self.index.retired():
+            raise BackendError(
+                array=self.name,
+                detail=f"image {entry.image} of an earlier {vvol_id} is still read by "
+                f"{', '.join(others) or 'clones'}; remove those first",
+            )
 
     def _found(self, ns: str, name: str) -> Image | None:
         image_id = self.images.lookup(ns, name)
@@ -432,6 +447,7 @@ class RbdArray:
             ns = self._space(space)
             snaps = [pid for pid, _ in chain[:-1]]
             entry = Entry("image", ns, rbdnames.image(vvol_id), chain=snaps)
+            self._name_free(vvol_id, entry)
             self.index.put(vvol_id, entry)
             image_id = self.images.create(ns, entry.image, chain[0][1].size)
             entry = dataclasses.replace(entry, image_id=image_id)
