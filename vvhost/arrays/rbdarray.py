@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import ArrayOffline, BackendError, DataMissing, InUse, InvalidInput, ReadOnly
-from . import rbddiff, rbdindex, rbdio, rbdnames, rbdranges
+from . import rbdcopy, rbddiff, rbdindex, rbdio, rbdnames, rbdranges
 from .base import ArrayBackend, Changed, Progress, Space, VolumeIO
 from .rbdconn import Cluster
 from .rbdflatten import MAX_CLONE_DEPTH, Flattener, depth
@@ -452,20 +452,8 @@ class RbdArray:
             image_id = self.images.create(ns, entry.image, chain[0][1].size)
             entry = dataclasses.replace(entry, image_id=image_id)
             self.index.put(vvol_id, entry)
-        total = sum(data.size for _, data in chain)
-        done = 0
-        prev: VolumeIO | None = None
-        for point_id, data in chain:
-            self._copy_point(entry, prev, data)
-            if point_id != vvol_id:
-                snap = Entry("snap", ns, entry.image, image_id, rbdnames.snap(point_id))
-                self.index.put(point_id, snap)
-                self.images.snap_create(entry.ref(), snap.snap or "")
-                self.index.put(point_id, dataclasses.replace(snap, state="ready"))
-            prev = data
-            done += data.size
-            if progress is not None:
-                progress(done, total)
+        with ceph(self.name, f"copying into {entry.image}"):
+            rbdcopy.write_chain(self.images, self.index, entry, chain, progress)
         self.index.put(vvol_id, dataclasses.replace(entry, state="ready"))
 
     def _drop_earlier_copy(self, vvol_id: str, snaps: list[str]) -> None:
@@ -479,13 +467,6 @@ class RbdArray:
             if snap is not None and snap.kind == "snap" and snap.image_id == prior.image_id:
                 self._remove_snap(sid, snap)
         self.remove(vvol_id)
-
-    def _copy_point(self, entry: Entry, prev: VolumeIO | None, data: VolumeIO) -> None:
-        with ceph(self.name, f"copying into {entry.image}"):
-            self.images.resize(entry.ref(), data.size)
-            ranges = list(data.extents()) if prev is None else rbdio.differing(prev, data)
-            with self.images.open(entry.ref(), writable=True) as img:
-                rbdio.copy_ranges(data, rbdio.RbdVolume(img), ranges)
 
     def reap(self) -> list[str]:
         """Trash retired images nobody needs any more, then purge the trash of what no
