@@ -20,6 +20,7 @@ from . import (
     catalog_scale,
     convert,
     cow_ops,
+    rbd_ops,
     remote_api,
     vm_boot,
     vm_migrate,
@@ -40,6 +41,7 @@ GROUPS: dict[str, Callable[..., list[Result]]] = {
     "vm-snapshot": vm_snapshot.run,
     "vm-migrate": vm_migrate.run,
     "vm-move-storage": vm_move_storage.run,
+    "rbd": rbd_ops.run,
 }
 
 

@@ -8,7 +8,8 @@
   one test, deleted afterwards (about half a second each way).
 
 The Ceph packages come from ``./run.sh setup``; a missing daemon or binding is
-an error here, not a skip. ``vvhost.cephlab`` (and with it librados) is only
+an error here, not a skip. The only skip: a temporary directory on a
+filesystem without O_DIRECT (BlueStore needs it). ``vvhost.cephlab`` (and with it librados) is only
 imported when a test asks for a cluster.
 """
 
@@ -29,11 +30,15 @@ if TYPE_CHECKING:
 @pytest.fixture(scope="session")
 def ceph_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephLab]:
     from vvhost import labpids
-    from vvhost.cephlab import CephLab
+    from vvhost.cephlab import CephLab, capability
 
     root = str(tmp_path_factory.getbasetemp().parent)
     labpids.reap_orphans(sorted(glob.glob(os.path.join(root, "pytest-*", "ceph*"))))
-    with CephLab(str(tmp_path_factory.mktemp("ceph"))) as lab:
+    workdir = str(tmp_path_factory.mktemp("ceph"))
+    reason = capability(workdir)
+    if reason:
+        pytest.skip(f"no private Ceph cluster on this machine: {reason}")
+    with CephLab(workdir) as lab:
         yield lab
 
 

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -25,6 +26,7 @@ from vvhost.api.app import create_app
 from vvhost.client import Client
 from vvhost.daemon import ServerProcess
 from vvhost.service import Config, Service
+from vvhost.service.context import DEFAULT_ARRAY_ENV
 
 pytest_plugins = ["tests.cephfixtures"]
 
@@ -38,11 +40,7 @@ def xfs_mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield mnt
 
 
-@pytest.fixture(params=["ext4", "xfs"])
-def fs_dir(request: pytest.FixtureRequest, tmp_path: str) -> Iterator[str]:
-    if request.param == "ext4":
-        yield str(tmp_path)
-        return
+def _on_xfs(request: pytest.FixtureRequest) -> Iterator[str]:
     mnt = request.getfixturevalue("xfs_mount")
     path = os.path.join(mnt, uuid.uuid4().hex[:12])
     os.mkdir(path)
@@ -52,9 +50,42 @@ def fs_dir(request: pytest.FixtureRequest, tmp_path: str) -> Iterator[str]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture(params=["ext4", "xfs"])
+def fs_dir(request: pytest.FixtureRequest, tmp_path: str) -> Iterator[str]:
+    if request.param == "ext4":
+        yield str(tmp_path)
+        return
+    yield from _on_xfs(request)
+
+
+@pytest.fixture(params=["ext4", "xfs", "rbd"])
+def plane_dir(request: pytest.FixtureRequest, tmp_path: str) -> Iterator[str]:
+    """The contract tests' control plane: its state directory on ext4 or XFS, and its
+    default array there (``dir``) or, with ``rbd``, a pool of the test cluster."""
+    if request.param == "xfs":
+        yield from _on_xfs(request)
+        return
+    yield str(tmp_path)
+
+
 @pytest.fixture
-def service(fs_dir: str) -> Iterator[Service]:
-    svc = Service(Config(state_dir=os.path.join(fs_dir, "state")))
+def default_array(
+    request: pytest.FixtureRequest, plane_dir: str, patterns: Patterns
+) -> dict[str, str] | None:
+    """The default array's spec (``VVHOST_DEFAULT_ARRAY``): None (a dir array in the
+    state directory) except for ``plane_dir`` rbd: a fresh pool of the test cluster."""
+    if request.node.callspec.params.get("plane_dir") != "rbd":
+        return None
+    lab = request.getfixturevalue("ceph_cluster")
+    pool = request.getfixturevalue("ceph_pool")
+    patterns.ceph = (lab.conf, lab.admin_keyring)
+    return {"backend": "rbd", "pool": pool, "conf": lab.conf, "keyring": lab.admin_keyring}
+
+
+@pytest.fixture
+def service(plane_dir: str, default_array: dict[str, str] | None) -> Iterator[Service]:
+    state = os.path.join(plane_dir, "state")
+    svc = Service(Config(state_dir=state, default_array=default_array))
     svc.start()
     try:
         yield svc
@@ -63,10 +94,12 @@ def service(fs_dir: str) -> Iterator[Service]:
 
 
 @pytest.fixture(params=["in-process", "socket"])
-def api(request: pytest.FixtureRequest, fs_dir: str) -> Iterator[Client]:
-    state = os.path.join(fs_dir, "state")
+def api(
+    request: pytest.FixtureRequest, plane_dir: str, default_array: dict[str, str] | None
+) -> Iterator[Client]:
+    state = os.path.join(plane_dir, "state")
     if request.param == "in-process":
-        svc = Service(Config(state_dir=state))
+        svc = Service(Config(state_dir=state, default_array=default_array))
         svc.start()
         client = Client.in_process(create_app(svc))
         try:
@@ -75,7 +108,8 @@ def api(request: pytest.FixtureRequest, fs_dir: str) -> Iterator[Client]:
             client.close()
             svc.close()
         return
-    server = ServerProcess(state, socket_path=os.path.join(fs_dir, "s.sock")).start()
+    env = {DEFAULT_ARRAY_ENV: json.dumps(default_array)} if default_array else {}
+    server = ServerProcess(state, socket_path=os.path.join(plane_dir, "s.sock"), env=env).start()
     client = server.client()
     try:
         yield client

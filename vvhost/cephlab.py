@@ -6,7 +6,8 @@ One monitor, one manager and one OSD (BlueStore on a sparse file), all on
 
     workdir/
       ceph.conf                    fsid, mon_host, size-1 pools, small memory, paths below
-      ceph.client.admin.keyring    the admin key ([client] keyring = this file)
+      ceph.client.admin.keyring    the admin key ([client] keyring = ceph.client.$id.keyring,
+                                   so a keyring put at keyring_path(user) is found too)
       bootstrap/                   mon. + client.admin + mgr.x keys, monmap (mkfs input)
       mon/a/                       monitor store (mon --mkfs)
       mgr/x/keyring
@@ -34,6 +35,8 @@ from __future__ import annotations
 
 import base64
 import os
+import random
+import socket
 import struct
 import subprocess
 import time
@@ -42,7 +45,6 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from . import labpids
-from .daemon import free_port
 from .errors import CephError, InternalError
 from .tools.ceph import Ceph, CephClient
 
@@ -69,6 +71,14 @@ def _keyring(entity: str, key: str, caps: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Manager modules never loaded: none a lab needs and none Ceph keeps always on
+# (disabling one of those is a MGR_MODULE_ERROR); they cost memory and CPU.
+_MGR_DISABLED = " ".join(
+    ["alerts", "diskprediction_local", "influx", "insights", "localpool", "mirroring", "nfs"]
+    + ["osd_perf_query", "osd_support", "prometheus", "restful", "selftest", "snap_schedule"]
+    + ["stats", "telegraf", "test_orchestrator", "zabbix"]
+)
+
 _ALL = {"mon": "allow *", "osd": "allow *", "mgr": "allow *", "mds": "allow *"}
 
 
@@ -78,7 +88,7 @@ class CephLab:
 
     workdir: str
     osd_size: int = 10 * GiB  # the sparse BlueStore file (a size, not disk used)
-    osd_memory: int = 512 << 20  # osd_memory_target
+    osd_memory: int = 896 << 20  # osd_memory_target (Ceph's minimum)
     ready_timeout: float = 180.0
     mon_ports: tuple[int, int] = (0, 0)  # (msgr2, msgr1), chosen at start
     fsid: str = ""
@@ -102,6 +112,10 @@ class CephLab:
     def mon_host(self) -> str:
         v2, v1 = self.mon_ports
         return f"[v2:127.0.0.1:{v2},v1:127.0.0.1:{v1}]"
+
+    def keyring_path(self, user: str) -> str:
+        """Where a client's keyring goes so that the lab's ceph.conf finds it for ``user``."""
+        return os.path.join(self.workdir, f"ceph.client.{user}.keyring")
 
     def _path(self, *parts: str) -> str:
         return os.path.join(self.workdir, *parts)
@@ -160,7 +174,7 @@ class CephLab:
             ceph.pool_application_enable(name, "rbd")
             with ceph.ioctx(name) as ioctx:
                 rbd.RBD().pool_init(ioctx, False)
-            self.wait_ready(ceph)
+            self.wait_ready(ceph, healthy=False)
 
     def delete_pool(self, name: str) -> None:
         with self.admin() as ceph:
@@ -168,21 +182,21 @@ class CephLab:
 
     # -- readiness ----------------------------------------------------------------------
 
-    def wait_ready(self, ceph: Ceph, timeout: float | None = None) -> None:
-        """Wait for HEALTH_OK, the OSD up and in, the manager available, all PGs active+clean."""
-        deadline = time.monotonic() + (timeout or self.ready_timeout)
+    def wait_ready(self, ceph: Ceph, timeout: float | None = None, healthy: bool = True) -> None:
+        """Wait for the OSD up and in, the manager available and every PG of every pool
+        active+clean; with ``healthy`` also for HEALTH_OK (not after start, where a
+        transient warning such as slow requests on a busy machine must not fail a test)."""
+        limit = timeout or self.ready_timeout
+        deadline = time.monotonic() + limit
         why = "not asked yet"
         while time.monotonic() < deadline:
             self._check_alive()
-            why = _not_ready(ceph.status())
+            pgs = sum(int(p["pg_num"]) for p in ceph.command("osd pool ls", detail="detail"))
+            why = _not_ready(ceph.status(), pgs, healthy)
             if not why:
                 return
             time.sleep(0.5)
-        raise CephError(
-            cluster=self.conf,
-            detail=f"not ready after {timeout or self.ready_timeout:g}s: {why}",
-            errno=0,
-        )
+        raise CephError(cluster=self.conf, detail=f"not ready after {limit:g}s: {why}", errno=0)
 
     def _check_alive(self) -> None:
         for name, proc in self.procs.items():
@@ -288,8 +302,6 @@ auth_service_required = cephx
 auth_client_required = cephx
 auth_allow_insecure_global_id_reclaim = false
 run_dir = {d}/run
-admin_socket = {d}/run/$cluster-$name.asok
-log_file = {d}/log/$name.log
 mon_cluster_log_file = {d}/log/cluster.log
 crash_dir = {d}/crash
 log_to_stderr = false
@@ -307,23 +319,30 @@ mon_data_avail_warn = 2
 mon_data_avail_crit = 1
 mon_max_pg_per_osd = 1000
 mgr_stats_period = 1
+mgr_initial_modules = iostat
 mgr_tick_period = 1
 paxos_propose_interval = 0.1
 paxos_min_wait = 0.01
 
 [client]
-keyring = {self.admin_keyring}
+keyring = {d}/$cluster.$name.keyring
 
 [mon]
+admin_socket = {d}/run/$cluster-$name.asok
+log_file = {d}/log/$name.log
 mon_data = {d}/mon/$id
 keyring = {d}/mon/$id/keyring
 
 [mgr]
+admin_socket = {d}/run/$cluster-$name.asok
+log_file = {d}/log/$name.log
 mgr_data = {d}/mgr/$id
 keyring = {d}/mgr/$id/keyring
-mgr_initial_modules = iostat
+mgr_disabled_modules = {_MGR_DISABLED}
 
 [osd]
+admin_socket = {d}/run/$cluster-$name.asok
+log_file = {d}/log/$name.log
 osd_data = {d}/osd/$id
 keyring = {d}/osd/$id/keyring
 osd_objectstore = bluestore
@@ -333,18 +352,36 @@ bluestore_block_size = {self.osd_size}
 bluestore_fsck_on_mkfs = false
 bluestore_fsck_on_mount = false
 osd_memory_target = {self.osd_memory}
-osd_memory_cache_min = {64 << 20}
+bluestore_cache_autotune = false
+bluestore_cache_size = {128 << 20}
 osd_op_num_shards = 1
 osd_op_num_threads_per_shard = 2
 """
 
 
-def _not_ready(status: dict[str, object]) -> str:
-    """Why the cluster is not ready yet ("" when it is)."""
+def capability(workdir: str) -> str:
+    """Why a lab cannot run under ``workdir`` on this machine ("" when it can).
+
+    BlueStore opens its file with O_DIRECT, which some filesystems (older
+    tmpfs, some FUSE ones) refuse.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, ".odirect-probe")
+    try:
+        fd = os.open(probe, os.O_RDWR | os.O_CREAT | os.O_DIRECT, 0o600)
+    except OSError as exc:
+        return f"the filesystem of {workdir} refuses O_DIRECT ({exc.strerror}), BlueStore needs it"
+    os.close(fd)
+    os.unlink(probe)
+    return ""
+
+
+def _not_ready(status: dict[str, object], pgs: int, healthy: bool = True) -> str:
+    """Why the cluster is not ready yet ("" when it is); ``pgs``: PGs the pools have."""
     health = status.get("health")
     checks = health.get("checks", {}) if isinstance(health, dict) else {}
     state = health.get("status") if isinstance(health, dict) else None
-    if state != "HEALTH_OK":
+    if healthy and state != "HEALTH_OK":
         return f"{state}: {', '.join(sorted(checks)) if isinstance(checks, dict) else checks}"
     osdmap = status.get("osdmap")
     if (
@@ -365,17 +402,46 @@ def _not_ready(status: dict[str, object]) -> str:
         for s in pgmap.get("pgs_by_state", [])
         if s.get("state_name") == "active+clean"
     )
+    if total != pgs:
+        return f"{total} of {pgs} PGs reported"
     if clean != total:
         return f"{clean} of {total} PGs active+clean"
     return ""
 
 
 def _two_free_ports() -> tuple[int, int]:
-    first = free_port()
-    second = free_port()
-    while second == first:
-        second = free_port()
-    return first, second
+    """Two ports on 127.0.0.1 free right now, below the kernel's ephemeral range.
+
+    Ports from the ephemeral range (what binding port 0 gives) are also handed
+    to outgoing connections, which could take one between this check and the
+    monitor's bind; below that range only listeners compete.
+    """
+    low = _ephemeral_low()
+    rng = random.SystemRandom()
+    found: list[int] = []
+    while len(found) < 2:
+        port = rng.randrange(max(1024, low - 12000), low)
+        if port in found or port in (3300, 6789) or not _bindable(port):
+            continue
+        found.append(port)
+    return found[0], found[1]
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _write(path: str, text: str) -> None:

@@ -72,6 +72,16 @@ class Client:
             raise from_wire(payload if isinstance(payload, dict) else {}, resp.status_code)
         return payload
 
+    @staticmethod
+    def _raise(resp: httpx.Response) -> None:
+        try:
+            payload = resp.json()
+        except ValueError:
+            raise InternalError(
+                detail=f"HTTP {resp.status_code} with a body that is not JSON"
+            ) from None
+        raise from_wire(payload if isinstance(payload, dict) else {}, resp.status_code)
+
     # -- the API, one method per route ----------------------------------------------------
     def health(self) -> dict[str, Any]:
         return self.call("GET", "/v1/health")
@@ -85,13 +95,17 @@ class Client:
     def arrays(self) -> list[dict[str, Any]]:
         return self.call("GET", "/v1/arrays")
 
-    def array_add(self, name: str, backend: str, path: str) -> dict[str, Any]:
-        return self.call(
-            "POST", "/v1/arrays", json={"name": name, "backend": backend, "path": path}
-        )
+    def array_add(self, name: str, backend: str, settings: dict[str, str] | str) -> dict[str, Any]:
+        """``settings``: the backend's record; a plain string is a ``dir`` path."""
+        record = {"path": settings} if isinstance(settings, str) else settings
+        body = {"name": name, "backend": backend, "settings": record}
+        return self.call("POST", "/v1/arrays", json=body)
 
     def array(self, ref: str) -> dict[str, Any]:
         return self.call("GET", f"/v1/arrays/{ref}")
+
+    def array_reap(self, ref: str) -> dict[str, Any]:
+        return self.call("POST", f"/v1/arrays/{ref}/reap")
 
     def array_delete(self, ref: str) -> None:
         self.call("DELETE", f"/v1/arrays/{ref}")
@@ -223,6 +237,36 @@ class Client:
             f"/v1/vvols/{ref}/bitmap",
             params={"base": base, "chunk": chunk, "method": method},
         )
+
+    def vvol_read(self, ref: str, offset: int, length: int) -> bytes:
+        """Bytes of a vvol's data, from any machine and on any array."""
+        if not ref:
+            raise InvalidInput(detail="the vvol name or id is empty")
+        try:
+            resp = self.http.get(
+                f"/v1/vvols/{ref}/data", params={"offset": offset, "length": length}
+            )
+        except httpx.TransportError as exc:
+            raise Unreachable(address=self.address, detail=str(exc) or type(exc).__name__) from exc
+        if resp.status_code >= 400:
+            self._raise(resp)
+        return resp.content
+
+    def vvol_write(self, ref: str, offset: int, data: bytes, zero: int = 0) -> dict[str, Any]:
+        """Write into a writable vvol no host has bound (at most 1 MiB a call), or
+        with ``zero`` make that many bytes read as zeros."""
+        try:
+            resp = self.http.put(
+                f"/v1/vvols/{ref}/data",
+                params={"offset": offset, "zero": zero},
+                content=data,
+                headers={"content-type": "application/octet-stream"},
+            )
+        except httpx.TransportError as exc:
+            raise Unreachable(address=self.address, detail=str(exc) or type(exc).__name__) from exc
+        if resp.status_code >= 400:
+            self._raise(resp)
+        return dict(resp.json())
 
     def vvol_copy_diffs(
         self, ref: str, base: str, to: str, op_id: str | None = None

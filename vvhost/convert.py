@@ -22,9 +22,11 @@ onto it: data copied from the layer file, zero clusters punched::
     02-s2.qcow2 -> replay its clusters onto N  snapshot N@s2
     03-current  -> replay its clusters onto N  (N's current state)
 
-Both run on the machine holding the vvol files (the ``path`` the control
-plane reports) and leave nothing behind when they fail: no layer file, no
-directory they made, no vvol or snapshot they created.
+Both run from any machine and on any array: a vvol's data moves through the
+control plane's API (``vvol read``/``write`` of its data, in windows), or, on
+the machine whose ``dir`` array holds it, straight from its file (the fast
+way).  They leave nothing behind when they fail: no layer file, no directory
+they made, no vvol or snapshot they created.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
 CHUNK = 64 << 10
 MIB = 1 << 20
 WINDOW = 4 << 20  # bytes read per step
+API_WINDOW = 1 << 20  # bytes one write through the API carries (its body limit)
 READAHEAD = 64 << 20  # bytes of reads announced ahead of the one running
 SECTOR = 512
 _ZERO = bytes(CHUNK)
@@ -59,13 +62,6 @@ _NAME_MAX = 128
 # -- errors ----------------------------------------------------------------------------------
 class DirNotEmpty(InvalidInput):
     template = "{path} is not empty: the chain is written into a new or empty directory"
-
-
-class NotReadable(InvalidInput):
-    template = (
-        "vvol {ref!r}: its file {path} cannot be {action} on this machine ({detail}); "
-        "run this where the array's directory is"
-    )
 
 
 class NotAnImage(InvalidInput):
@@ -110,7 +106,7 @@ class _Point:
     vvol: str
     name: str | None
     label: str
-    path: str
+    path: str | None  # the data file, when this machine can read it; else the API
     size: int
 
 
@@ -171,6 +167,24 @@ def snapshot_name(owner: str, label: str) -> str:
 def _compare(layer: str, raw: str) -> str | None:
     """None when the qcow2 ``layer`` (through its chain) reads like the raw file."""
     return qemuimg.compare(layer, raw, "qcow2", "raw")
+
+
+def _compare_point(client: Client, layer: str, point: _Point, scratch_dir: str) -> str | None:
+    """``_compare`` with the point's data; a point read through the API is first
+    fetched (its allocated chunks) into a sparse scratch file beside the chain."""
+    if point.path is not None:
+        return _compare(layer, point.path)
+    scratch = os.path.join(scratch_dir, f".verify-{point.vvol}.raw")
+    try:
+        with open(scratch, "wb") as fh:
+            fh.truncate(point.size)
+            ranges = client.vvol_bitmap(point.vvol, chunk="64K")["ranges"]
+            for pos, n in _windows([(int(o), int(n)) for o, n in ranges], point.size):
+                os.pwrite(fh.fileno(), client.vvol_read(point.vvol, pos, n), pos)
+        return _compare(layer, scratch)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(scratch)
 
 
 def image_chain(top: str) -> list[dict[str, Any]]:
@@ -268,15 +282,6 @@ def _round_up(n: int, unit: int) -> int:
     return (n + unit - 1) // unit * unit
 
 
-def _check_access(ref: str, path: str, mode: int) -> None:
-    action = "read" if mode == os.R_OK else "written"
-    try:
-        with open(path, "rb" if mode == os.R_OK else "r+b"):
-            pass
-    except OSError as exc:
-        raise NotReadable(ref=ref, path=path, action=action, detail=exc.strerror or "") from exc
-
-
 # -- cow -> redo -----------------------------------------------------------------------------
 def _points(client: Client, ref: str) -> list[_Point]:
     base = client.vvol(ref)
@@ -294,14 +299,23 @@ def _points(client: Client, ref: str) -> list[_Point]:
     )
     points = [
         _Point(
-            s["id"], s["name"], point_label(s["name"], base["name"], s["id"]), s["path"], s["size"]
+            s["id"],
+            s["name"],
+            point_label(s["name"], base["name"], s["id"]),
+            _local(s, os.R_OK),
+            s["size"],
         )
         for s in snaps
     ]
-    points.append(_Point(base["id"], None, "current", base["path"], base["size"]))
-    for p in points:
-        _check_access(p.name or shown, p.path, os.R_OK)
+    points.append(_Point(base["id"], None, "current", _local(base, os.R_OK), base["size"]))
     return points
+
+
+def _local(vvol: dict[str, Any], mode: int) -> str | None:
+    """The vvol's data file when this machine can open it so (the fast way, on the
+    array's own machine); None: its data goes through the control plane's API."""
+    path = vvol.get("path")
+    return path if path and os.access(path, mode) else None
 
 
 def _prepare_dir(path: str) -> bool:
@@ -324,7 +338,9 @@ def _is_zero(buf: bytes, pos: int) -> bool:
     return piece == _ZERO[: len(piece)]
 
 
-def _store(w: qcow2.Writer, offset: int, buf: bytes, first: bool, fd: int) -> tuple[int, int]:
+def _store(
+    w: qcow2.Writer, offset: int, buf: bytes, first: bool, fd: int | None
+) -> tuple[int, int]:
     """Put a window of a point (read from ``fd`` at ``offset``) into the layer: runs
     of non-zero chunks as data, copied from ``fd`` in the kernel where it can; zero
     chunks as zero clusters (left unallocated in the bottom layer, which has no
@@ -339,7 +355,7 @@ def _store(w: qcow2.Writer, offset: int, buf: bytes, first: bool, fd: int) -> tu
             end += CHUNK
         end = min(end, len(buf))
         if not is_zero:
-            w.write(offset + pos, view[pos:end], source=(fd, offset + pos))
+            w.write(offset + pos, view[pos:end], source=None if fd is None else (fd, offset + pos))
             data += end - pos
         elif not first:
             w.zero(offset + pos, end - pos)
@@ -357,7 +373,27 @@ def _windows(ranges: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
     return out
 
 
+def _write_layer_api(
+    client: Client,
+    point: _Point,
+    ranges: list[tuple[int, int]],
+    path: str,
+    backing: str | None,
+    tick: _Ticker,
+) -> tuple[qcow2.Stats, int, int]:
+    """``_write_layer`` for a point read through the control plane's API."""
+    data = zero = 0
+    with qcow2.Writer(path, point.size, backing) as w:
+        for pos, n in _windows(ranges, point.size):
+            buf = client.vvol_read(point.vvol, pos, n).ljust(n, b"\0")
+            d, z = _store(w, pos, buf, backing is None, None)
+            data, zero = data + d, zero + z
+            tick(n)
+    return w.stats, data, zero
+
+
 def _write_layer(
+    client: Client,
     point: _Point,
     ranges: list[tuple[int, int]],
     path: str,
@@ -367,6 +403,8 @@ def _write_layer(
     """Copy the chunks in ``ranges`` of the point into a new layer.  Reads are
     announced READAHEAD bytes ahead (``POSIX_FADV_WILLNEED``) so scattered chunks
     are fetched several at a time instead of one after the other."""
+    if point.path is None:
+        return _write_layer_api(client, point, ranges, path, backing, tick)
     data = zero = 0
     windows = _windows(ranges, point.size)
     with open(point.path, "rb", buffering=0) as src, qcow2.Writer(path, point.size, backing) as w:
@@ -412,7 +450,7 @@ def cow_to_redo(
             name = layer_file_name(index, len(points), point.label)
             path = os.path.join(out_dir, name)
             written.append(path)
-            stats, data, zero = _write_layer(point, plan, path, backing, tick)
+            stats, data, zero = _write_layer(client, point, plan, path, backing, tick)
             layers.append(
                 Layer(
                     file=path,
@@ -429,7 +467,7 @@ def cow_to_redo(
             backing = name
         if verify:
             for layer, point in zip(layers, points, strict=True):
-                detail = _compare(layer.file, point.path)
+                detail = _compare_point(client, layer.file, point, out_dir)
                 if detail is not None:
                     raise PointDiffers(
                         point=layer.point,
@@ -448,6 +486,36 @@ def cow_to_redo(
 
 
 # -- redo -> cow -----------------------------------------------------------------------------
+def _replay(
+    client: Client,
+    layer: _ChainLayer,
+    base: dict[str, Any],
+    dst: str | None,
+    first: bool,
+    tick: _Ticker,
+) -> None:
+    """Replay ``layer`` onto the vvol: into its file where this machine can write
+    it, else through the control plane's API."""
+    if dst is not None:
+        _apply(layer, dst, first, tick)
+        return
+    size = client.vvol(base["id"])["size"]
+    with open(layer.path, "rb", buffering=0) as s:
+        for e in layer.extents:
+            if e.zero:
+                if not first:
+                    client.vvol_write(base["id"], e.start, b"", zero=e.length)
+                continue
+            for pos in range(0, e.length, API_WINDOW):
+                n = min(API_WINDOW, e.length - pos)
+                buf = os.pread(s.fileno(), n, e.host + pos).ljust(n, b"\0")
+                if not (first and buf == _ZERO_WINDOW[:n]):
+                    client.vvol_write(base["id"], e.start + pos, buf)
+                tick(n)
+    if not first and layer.size < size:  # a layer smaller than the vvol: nothing past it
+        client.vvol_write(base["id"], layer.size, b"", zero=size - layer.size)
+
+
 def _apply(layer: _ChainLayer, dst: str, first: bool, tick: _Ticker) -> None:
     """Replay ``layer``'s own clusters onto the raw file ``dst``."""
     zeros: list[tuple[int, int]] = []
@@ -495,8 +563,8 @@ def redo_to_cow(
         base = client.vvol_create(
             container, size, name=name, metadata=metadata, datastore=datastore
         )
-        _check_access(base["name"] or base["id"], base["path"], os.W_OK)
-        _apply(chain[0], base["path"], True, tick)
+        dst = _local(base, os.W_OK)
+        _replay(client, chain[0], base, dst, True, tick)
         snaps: list[str] = []
         for below, layer in itertools.pairwise(chain):
             snap = client.vvol_snapshot(base["id"], snapshot_name(name or base["id"], below.label))
@@ -504,7 +572,7 @@ def redo_to_cow(
             if _round_up(layer.size, MIB) > size:
                 size = _round_up(layer.size, MIB)
                 client.vvol_extend(base["id"], size)
-            _apply(layer, base["path"], False, tick)
+            _replay(client, layer, base, dst, False, tick)
         return {
             "vvol": client.vvol(base["id"]),
             "snapshots": [client.vvol(s) for s in snaps],

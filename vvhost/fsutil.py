@@ -123,6 +123,11 @@ def _iter_data(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
         pos = hole
 
 
+def data_runs(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
+    """``(offset, length)`` of the data runs of an open file within ``[start, end)``."""
+    return _iter_data(fd, start, end)
+
+
 def data_segments(path: str) -> list[tuple[int, int]]:
     """Return ``(offset, length)`` of every data (non-hole) run of ``path``."""
     with open(path, "rb", buffering=0) as f:
@@ -265,7 +270,7 @@ def _punch_hole(fd: int, offset: int, length: int) -> int:
     return 0 if func(fd, mode, offset, length) == 0 else ctypes.get_errno()
 
 
-def _zero_range(fd: int, offset: int, length: int) -> None:
+def zero_range(fd: int, offset: int, length: int) -> None:
     """Make ``[offset, offset+length)`` of ``fd`` read as zeros."""
     err = _punch_hole(fd, offset, length)
     if err and err not in _UNSUPPORTED:
@@ -304,7 +309,7 @@ def write_ranges(src: str, dst: str, ranges: Ranges, progress: Progress | None =
                 copier.copy(offset, length)
             limit = min(end, os.fstat(dfd).st_size)  # past EOF reads nothing
             for offset, length in _gaps(start, limit, runs):
-                _zero_range(dfd, offset, length)
+                zero_range(dfd, offset, length)
         reach = min(size, max((end for _, end, _ in plan), default=0))
         if os.fstat(dfd).st_size < reach:
             os.ftruncate(dfd, reach)

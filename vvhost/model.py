@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .arrays.settings import ArraySettings, DirSettings
+
 VVOL_TYPES = ("data", "config", "swap", "memory", "other")
 PROTOCOLS = ("iscsi", "nbd", "file")
 
@@ -35,15 +37,25 @@ class Array:
     id: str
     name: str
     backend: str
-    path: str
+    settings: ArraySettings
     capabilities: dict[str, bool]
     created: float
     fs_id: str | None = None  # the filesystem the array was added on (see arrays/identity.py)
     state: str = "online"  # online | offline | degraded: looked at, never stored
     reason: str | None = None
 
+    @property
+    def path(self) -> str | None:
+        """The directory of a ``dir`` array; None for arrays that are not directories."""
+        return self.settings.path if isinstance(self.settings, DirSettings) else None
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["settings"] = self.settings.to_dict()
+        out["where"] = self.settings.where()
+        if self.path is not None:
+            out["path"] = self.path
+        return out
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,7 @@ class Vvol:
     datastore: str | None = None
     tenant: str | None = None
     failure: str | None = None  # why the vvol is FAILED
+    locator: dict[str, Any] | None = None  # where its array keeps it (RBD: image and snap ids)
 
     @property
     def is_snapshot(self) -> bool:

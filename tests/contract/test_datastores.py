@@ -52,13 +52,13 @@ def test_malformed_ids_are_refused(bad: str) -> None:
         make_naa("zz", 1, 1)
 
 
-def test_datastore_spans_two_arrays(api: Client, fs_dir: str) -> None:
-    api.array_add("a1", "dir", os.path.join(fs_dir, "a1"))
-    api.array_add("a2", "dir", os.path.join(fs_dir, "a2"))
+def test_datastore_spans_two_arrays(api: Client, plane_dir: str) -> None:
+    api.array_add("a1", "dir", os.path.join(plane_dir, "a1"))
+    api.array_add("a2", "dir", os.path.join(plane_dir, "a2"))
     api.container_create("c1", "1G", arrays=["a1"])
     api.container_create("c2", "1G", arrays=["a2"])
-    api.pe_create("only-a2", "file", path=os.path.join(fs_dir, "nfs2"), array="a2")
-    api.pe_create("any", "file", path=os.path.join(fs_dir, "nfs"))
+    api.pe_create("only-a2", "file", path=os.path.join(plane_dir, "nfs2"), array="a2")
+    api.pe_create("any", "file", path=os.path.join(plane_dir, "nfs"))
     api.host_add("kvm1")
     with pytest.raises(CapacityExceeded):
         api.datastore_create("huge", "3G")  # no containers can hold it: nothing is made

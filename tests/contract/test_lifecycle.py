@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
 
@@ -43,7 +42,7 @@ def test_container_lifecycle(api: Client) -> None:
     _audit_ok(api)
 
 
-def test_create_show_and_bad_sizes(api: Client) -> None:
+def test_create_show_and_bad_sizes(api: Client, patterns: Patterns) -> None:
     api.container_create("pool", "100M")
     v = api.vvol_create("pool", "64M", type="swap", name="sw", metadata={"vm": "a"})
     for key in (
@@ -59,7 +58,7 @@ def test_create_show_and_bad_sizes(api: Client) -> None:
         "state",
         "generation",
         "metadata",
-        "path",
+        "where",
     ):
         assert key in v
     assert (v["size"], v["type"], v["state"], v["metadata"]) == (
@@ -68,7 +67,7 @@ def test_create_show_and_bad_sizes(api: Client) -> None:
         "ready",
         {"vm": "a"},
     )
-    assert os.path.getsize(v["path"]) == 64 * MiB and v["used"] == 0
+    assert patterns.size(v) == 64 * MiB and v["used"] == 0
     assert api.vvol("sw")["id"] == v["id"]
     for bad in ("1000", "1.5G", "-1M", "0", "12Q"):
         with pytest.raises(InvalidInput):
@@ -85,7 +84,7 @@ def test_create_show_and_bad_sizes(api: Client) -> None:
 def test_snapshot_revert_keeps_newer(api: Client, patterns: Patterns) -> None:
     api.container_create("pool", "1G")
     v = api.vvol_create("pool", "32M", name="disk")
-    path = v["path"]
+    path = v
     offsets = [0, 3 * CHUNK, 100 * CHUNK, 500 * CHUNK - CHUNK]
     patterns.write(path, "A", offsets)
     s1 = api.vvol_snapshot("disk", name="disk@s1")
@@ -93,18 +92,18 @@ def test_snapshot_revert_keeps_newer(api: Client, patterns: Patterns) -> None:
     patterns.write(path, "B", offsets[1:3])
     s2 = api.vvol_snapshot("disk", name="disk@s2")
     patterns.write(path, "C", offsets[:2])
-    sha = {"s1": patterns.sha(s1["path"]), "s2": patterns.sha(s2["path"])}
-    patterns.check(s1["path"], "A", offsets)
-    patterns.check(s2["path"], "B", offsets[1:3])
+    sha = {"s1": patterns.digest(s1), "s2": patterns.digest(s2)}
+    patterns.check(s1, "A", offsets)
+    patterns.check(s2, "B", offsets[1:3])
 
     gen = api.vvol("disk")["generation"]
     out = api.vvol_revert("disk", "disk@s1")
-    assert patterns.sha(path) == sha["s1"]
+    assert patterns.digest(path) == sha["s1"]
     assert out["generation"] == gen + 1 and out["state"] == "ready"
     assert sorted(out["snapshots"]) == sorted([s1["id"], s2["id"]])  # s2 kept, safety gone
-    assert patterns.sha(s2["path"]) == sha["s2"]
+    assert patterns.digest(s2) == sha["s2"]
     api.vvol_revert("disk", "disk@s2")
-    assert patterns.sha(path) == sha["s2"]
+    assert patterns.digest(path) == sha["s2"]
     patterns.check(path, "B", offsets[1:3])
     with pytest.raises(ReadOnly):
         api.vvol_revert("disk@s1", "disk@s2")
@@ -116,7 +115,7 @@ def test_snapshot_revert_keeps_newer(api: Client, patterns: Patterns) -> None:
     _audit_ok(api)
 
 
-def test_snapshots_are_read_only_and_refcounted(api: Client) -> None:
+def test_snapshots_are_read_only_and_refcounted(api: Client, patterns: Patterns) -> None:
     api.container_create("pool", "1G")
     v = api.vvol_create("pool", "8M", name="d")
     s = api.vvol_snapshot("d")
@@ -137,7 +136,7 @@ def test_snapshots_are_read_only_and_refcounted(api: Client) -> None:
     api.vvol_delete(s["id"])
     assert api.vvol("d")["refs"] == 0
     api.vvol_delete("d")
-    assert not os.path.exists(v["path"])
+    assert not patterns.exists(v)
     assert api.container("pool")["provisioned"] == 0
     _audit_ok(api)
 
@@ -145,43 +144,45 @@ def test_snapshots_are_read_only_and_refcounted(api: Client) -> None:
 def test_extend_and_clones(api: Client, patterns: Patterns) -> None:
     api.container_create("pool", "200M")
     v = api.vvol_create("pool", "16M", name="d")
-    patterns.write(v["path"], "X", [0, 200 * CHUNK])
+    patterns.write(v, "X", [0, 200 * CHUNK])
     assert api.vvol_extend("d", "16M")["generation"] == v["generation"]  # same size: no change
     grown = api.vvol_extend("d", "32M")
-    assert grown["size"] == 32 * MiB and os.path.getsize(v["path"]) == 32 * MiB
+    assert grown["size"] == 32 * MiB and patterns.size(v) == 32 * MiB
     with pytest.raises(InvalidInput):
         api.vvol_extend("d", "8M")
     with pytest.raises(CapacityExceeded):
         api.vvol_extend("d", "1G")
     full = api.vvol_clone("d", name="full")
     assert full["parent"] is None and full["size"] == 32 * MiB
-    patterns.check(full["path"], "X", [0, 200 * CHUNK])
-    patterns.write(full["path"], "Y", [0])
-    patterns.check(v["path"], "X", [0])  # independent
+    patterns.check(full, "X", [0, 200 * CHUNK])
+    patterns.write(full, "Y", [0])
+    patterns.check(v, "X", [0])  # independent
     api.vvol_delete("d")  # a full clone does not hold its source
-    patterns.check(full["path"], "X", [200 * CHUNK])
+    patterns.check(full, "X", [200 * CHUNK])
     _audit_ok(api)
 
 
-def test_move_between_containers_and_arrays(api: Client, patterns: Patterns, fs_dir: str) -> None:
-    api.array_add("second", "dir", os.path.join(fs_dir, "second-array"))
+def test_move_between_containers_and_arrays(
+    api: Client, patterns: Patterns, plane_dir: str
+) -> None:
+    api.array_add("second", "dir", os.path.join(plane_dir, "second-array"))
     api.container_create("one", "1G")
     api.container_create("two", "1G")
     api.container_create("far", "1G", arrays=["second"])
     v = api.vvol_create("one", "16M", name="d")
-    patterns.write(v["path"], "A", [0, 7 * CHUNK])
+    patterns.write(v, "A", [0, 7 * CHUNK])
     s = api.vvol_snapshot("d")
-    patterns.write(v["path"], "B", [7 * CHUNK])
-    sha_v, sha_s = patterns.sha(v["path"]), patterns.sha(s["path"])
+    patterns.write(v, "B", [7 * CHUNK])
+    sha_v, sha_s = patterns.digest(v), patterns.digest(s)
 
     moved = api.vvol_move("d", "two")  # same array: catalog only
-    assert moved["container"] == "two" and moved["path"] == v["path"]
+    assert moved["container"] == "two" and moved["where"] == v["where"]
     moved = api.vvol_move("d", "far")
-    assert moved["array"] == "second" and moved["path"] != v["path"]
+    assert moved["array"] == "second" and moved["where"] != v["where"]
     snap = api.vvol(s["id"])
     assert snap["container"] == "far" and snap["array"] == "second"
-    assert patterns.sha(moved["path"]) == sha_v and patterns.sha(snap["path"]) == sha_s
-    assert not os.path.exists(v["path"]) and not os.path.exists(s["path"])
+    assert patterns.digest(moved) == sha_v and patterns.digest(snap) == sha_s
+    assert not patterns.exists(v) and not patterns.exists(s)
     assert [c["provisioned"] for c in api.containers()] == [0, 0, 32 * MiB]
     with pytest.raises(InvalidInput):
         api.vvol_move(s["id"], "one")
@@ -195,12 +196,12 @@ def test_bitmap_and_copy_diffs(api: Client, patterns: Patterns) -> None:
     api.container_create("pool", "1G")
     v = api.vvol_create("pool", "64M", name="d")
     first = [0, 10 * CHUNK, 11 * CHUNK, 900 * CHUNK]
-    patterns.write(v["path"], "A", first)
+    patterns.write(v, "A", first)
     alloc = api.vvol_bitmap("d")
     assert alloc["ranges"] == [[0, CHUNK], [10 * CHUNK, 2 * CHUNK], [900 * CHUNK, CHUNK]]
     s1 = api.vvol_snapshot("d")
     changed = [11 * CHUNK, 12 * CHUNK, 500 * CHUNK]
-    patterns.write(v["path"], "B", changed)
+    patterns.write(v, "B", changed)
     s2 = api.vvol_snapshot("d")
     diff = api.vvol_bitmap(s2["id"], base=s1["id"])
     assert diff["ranges"] == [[11 * CHUNK, 2 * CHUNK], [500 * CHUNK, CHUNK]], diff
@@ -208,7 +209,7 @@ def test_bitmap_and_copy_diffs(api: Client, patterns: Patterns) -> None:
     replica = api.vvol_clone(s1["id"], name="replica")
     result = api.vvol_copy_diffs(s2["id"], base=s1["id"], to="replica")
     assert result["bytes"] == 3 * CHUNK
-    assert patterns.sha(replica["path"]) == patterns.sha(s2["path"])
+    assert patterns.digest(replica) == patterns.digest(s2)
     with pytest.raises(ReadOnly):
         api.vvol_copy_diffs("d", base=s1["id"], to=s2["id"])
     with pytest.raises(InvalidInput):
@@ -234,24 +235,22 @@ def test_snapshot_group_prepare_cut_abort(api: Client, patterns: Patterns) -> No
     api.container_create("pool", "1G")
     disks = [api.vvol_create("pool", "16M", name=f"d{i}") for i in range(2)]
     for d in disks:
-        patterns.write(d["path"], "A", [0, 5 * CHUNK])
+        patterns.write(d, "A", [0, 5 * CHUNK])
     prepared = api.snapshot_prepare([d["id"] for d in disks], ["d0@g1", "d1@g1"])
     assert [p["base"] for p in prepared] == [d["id"] for d in disks]
     assert all(api.vvol(p["id"])["state"] == "creating" for p in prepared)
     with pytest.raises(Busy):  # a prepared snapshot cannot be used yet
         api.vvol_revert("d0", prepared[0]["id"])
     for d in disks:  # written or discarded after prepare, before the cut: in the snapshot
-        patterns.write(d["path"], "B", [5 * CHUNK])
-        punch = ["fallocate", "--punch-hole", "--offset", "0", "--length", str(CHUNK), d["path"]]
-        subprocess.run(punch, check=True)
+        patterns.write(d, "B", [5 * CHUNK])
+        patterns.discard(d, 0, CHUNK)
     cut = api.snapshot_cut([p["id"] for p in prepared])
     assert [c["state"] for c in cut] == ["creating", "creating"]
     taken = api.snapshot_commit([p["id"] for p in prepared])
     assert [t["state"] for t in taken] == ["ready", "ready"] and all(t["readonly"] for t in taken)
     for t in taken:
-        with open(t["path"], "rb") as fh:
-            assert fh.read(CHUNK) == bytes(CHUNK)
-        patterns.check(t["path"], "B", [5 * CHUNK])
+        assert patterns.read(t, 0, CHUNK) == bytes(CHUNK)
+        patterns.check(t, "B", [5 * CHUNK])
     with pytest.raises(InvalidInput):  # cut again
         api.snapshot_cut([taken[0]["id"]])
     again = api.snapshot_prepare([d["id"] for d in disks], ["d0@g2", "d1@g2"])

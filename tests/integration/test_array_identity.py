@@ -210,8 +210,8 @@ def test_move_cleanup_never_deletes_its_destination(tmp_path: str, patterns: Pat
     svc = Service(Config(state_dir=os.path.join(tmp_path, "state")))
     svc.start()
     try:
-        a1 = svc.arrays.add("a1", "dir", os.path.join(tmp_path, "a1"))
-        a2 = svc.arrays.add("a2", "dir", os.path.join(tmp_path, "a2"))
+        a1 = svc.arrays.add("a1", "dir", {"path": os.path.join(tmp_path, "a1")})
+        a2 = svc.arrays.add("a2", "dir", {"path": os.path.join(tmp_path, "a2")})
         os.rmdir(os.path.join(a2.path, "vvols"))
         os.symlink(os.path.join(a1.path, "vvols"), os.path.join(a2.path, "vvols"))
         c1 = svc.containers.create("c1", "1G", ["a1"])

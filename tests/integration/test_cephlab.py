@@ -9,6 +9,7 @@ fencing cuts a connected client off; stopping leaves no process behind.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from vvhost import labpids
 from vvhost.cephlab import CephLab, new_key
 from vvhost.daemon import free_port
 from vvhost.errors import CephDenied, CephError, CephUnreachable, NotFound
-from vvhost.tools.ceph import Ceph, CephClient, rbd_caps
+from vvhost.tools.ceph import Ceph, CephClient, keyring_text, rbd_caps
 
 DEFAULT_MON_PORTS = {3300, 6789}
 
@@ -43,12 +44,36 @@ def test_cluster_is_healthy_on_private_ports(ceph_cluster: CephLab) -> None:
         assert ports == set(ceph_cluster.mon_ports)
         assert not ports & DEFAULT_MON_PORTS
         assert "127.0.0.1" in addrs
+        assert ceph.mon_endpoints() == [("127.0.0.1", ceph_cluster.mon_ports[1])]
+        assert ceph.mon_endpoints("v2") == [("127.0.0.1", ceph_cluster.mon_ports[0])]
         assert ceph.command("osd dump")["require_min_compat_client"] == "mimic"
         minimal = ceph.minimal_conf()
         assert ceph.fsid() == ceph_cluster.fsid and ceph_cluster.fsid in minimal
     assert os.path.dirname(ceph_cluster.conf) == ceph_cluster.workdir
     assert ceph_cluster.startup_seconds > 0
     print(f"cluster ready in {ceph_cluster.startup_seconds:.1f}s")
+
+
+def test_pools_are_made_for_rbd_and_removed(ceph_cluster: CephLab) -> None:
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    ceph_cluster.create_pool(name)
+    ceph_cluster.create_pool(name)  # again: nothing changes
+    with ceph_cluster.admin() as ceph:
+        assert ceph.pool_exists(name)
+        pools = {p["pool_name"]: p for p in ceph.command("osd pool ls", detail="detail")}
+        assert pools[name]["size"] == 1 and pools[name]["pg_num"] == 8
+        assert set(pools[name]["application_metadata"]) == {"rbd"}
+        with ceph.ioctx(name) as ioctx:  # rbd pool init ran
+            assert rbd.RBD().list(ioctx) == []
+            assert "rbd_info" in {o.key for o in ioctx.list_objects()}
+    ceph_cluster.delete_pool(name)
+    ceph_cluster.delete_pool(name)  # a missing pool is fine
+    with ceph_cluster.admin() as ceph:
+        assert not ceph.pool_exists(name)
+        with pytest.raises(NotFound):
+            with ceph.ioctx(name):
+                pass
+        assert ceph.health() == "HEALTH_OK"
 
 
 # -- RBD data in a namespace ---------------------------------------------------------------
@@ -114,12 +139,15 @@ def test_rbd_image_in_a_namespace_keeps_its_pattern(ceph_cluster: CephLab, ceph_
 
 
 def _identity(ceph: Ceph, tmp_path: Path, pool: str, namespaces: list[str]) -> CephClient:
-    """A new ``client.host-*`` limited to ``namespaces`` of ``pool``; its keyring in tmp_path."""
+    """A new ``client.host-*`` limited to ``namespaces`` of ``pool``, as a host gets it:
+    the monitors' minimal ceph.conf and a keyring with its one key (in tmp_path)."""
     user = f"host-{uuid.uuid4().hex[:8]}"
     key = ceph.auth_get_or_create(f"client.{user}", rbd_caps(pool, namespaces))
     keyring = tmp_path / f"{user}.keyring"
-    keyring.write_text(f"[client.{user}]\n\tkey = {key}\n")
-    return CephClient(conf=ceph.client.conf, user=user, keyring=str(keyring), timeout=5)
+    keyring.write_text(keyring_text(f"client.{user}", key))
+    conf = tmp_path / f"{user}.conf"
+    conf.write_text(ceph.minimal_conf())
+    return CephClient(conf=str(conf), user=user, keyring=str(keyring), timeout=5)
 
 
 def _denied(call: Any) -> int:
@@ -275,7 +303,7 @@ def test_an_unreachable_cluster_fails_in_seconds(ceph_cluster: CephLab, tmp_path
     missing = CephClient(conf=str(tmp_path / "nope.conf"), timeout=3)
     with pytest.raises(CephError) as info2:
         Ceph(missing).connect()
-    assert "nope.conf" in str(info2.value)
+    assert str(info2.value).endswith(f"no ceph.conf at {tmp_path / 'nope.conf'}")
 
     wrong = tmp_path / "wrong.keyring"
     wrong.write_text(f"[client.admin]\n\tkey = {new_key()}\n")
@@ -393,3 +421,59 @@ def test_a_running_owner_keeps_its_lab(ceph_cluster: CephLab) -> None:
     assert set(ceph_cluster.pids()) == {"mon.a", "mgr.x", "osd.0"}
     with ceph_cluster.admin() as ceph:
         assert ceph.health() == "HEALTH_OK"
+
+
+def _qemu_io(pool: str, namespace: str, image: str, conf: str, user: str, *cmds: str) -> Any:
+    spec = json.dumps(
+        {
+            "driver": "raw",
+            "file": {
+                "driver": "rbd",
+                "pool": pool,
+                "namespace": namespace,
+                "image": image,
+                "conf": conf,
+                "user": user,
+            },
+        }
+    )
+    argv = ["qemu-io"] + [arg for c in cmds for arg in ("-c", c)] + [f"json:{spec}"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_qemu_opens_only_its_namespace_with_a_host_key(
+    ceph_cluster: CephLab, ceph_pool: str
+) -> None:
+    """QEMU's own librbd driver, with the lab's ceph.conf and a keyring at keyring_path."""
+    user = f"host-{uuid.uuid4().hex[:8]}"
+    with ceph_cluster.admin() as ceph:
+        _make_image(ceph, ceph_pool, "ns-a", "a0", "tenant-a")
+        _make_image(ceph, ceph_pool, "ns-b", "b0", "tenant-b")
+        key = ceph.auth_get_or_create(f"client.{user}", rbd_caps(ceph_pool, ["ns-a"]))
+    Path(ceph_cluster.keyring_path(user)).write_text(keyring_text(f"client.{user}", key))
+    try:
+        off = OFFSETS[1]
+        done = _qemu_io(
+            ceph_pool,
+            "ns-a",
+            "a0",
+            ceph_cluster.conf,
+            user,
+            f"write -P 0x5a {off} 64k",
+            f"read -P 0x5a {off} 64k",
+            f"read -P 0 {OFFSETS[2] + CHUNK} 64k",
+        )
+        assert done.returncode == 0 and "Pattern verification failed" not in done.stdout, done
+        refused = _qemu_io(ceph_pool, "ns-b", "b0", ceph_cluster.conf, user, "read 0 64k")
+        assert refused.returncode != 0 and "not permitted" in refused.stderr, refused
+        with ceph_cluster.admin() as ceph, ceph.ioctx(ceph_pool, "ns-a") as ioctx:
+            with rbd.Image(ioctx, "a0", read_only=True) as image:
+                assert image.read(off, CHUNK) == b"\x5a" * CHUNK
+                assert image.read(OFFSETS[0], CHUNK) == chunk_bytes("tenant-a", OFFSETS[0])
+        with ceph_cluster.admin() as ceph, ceph.ioctx(ceph_pool, "ns-b") as ioctx:
+            with rbd.Image(ioctx, "b0", read_only=True) as image:
+                _check(image, "tenant-b")
+    finally:
+        os.unlink(ceph_cluster.keyring_path(user))
+        with ceph_cluster.admin() as ceph:
+            ceph.auth_rm(f"client.{user}")

@@ -259,10 +259,10 @@ CP: dict[str, CpScenario] = {
     ),
     "delete:begin": CpScenario(("vvol", "delete", "d@s1"), _deleted_or_kept),
     "delete:file-removed": CpScenario(("vvol", "delete", "d@s1"), _deleted),
-    # before the commit point rolled back (also when swapped but not recorded), after it forward
-    "revert:safety-ready": CpScenario(REVERT, _reverted_to("sha_b")),
-    "revert:replaced": CpScenario(REVERT, _reverted_to("sha_b")),
+    # staged but not recorded: rolled back; once recorded, finished (also when swapped)
+    "revert:staged": CpScenario(REVERT, _reverted_to("sha_b")),
     "revert:committed": CpScenario(REVERT, _reverted_to("sha_a")),
+    "revert:replaced": CpScenario(REVERT, _reverted_to("sha_a")),
     "move:copied": CpScenario(("vvol", "move", "d", "--container", "remote"), _not_moved),
     "copy-diffs:begin": CpScenario(
         ("vvol", "copy-diffs", "d", "--base", "d@s1", "--to", "e"), _copied_or_not

@@ -37,8 +37,8 @@ def array(ceph_cluster: Any, ceph_pool: str) -> Iterator[RbdArray]:
     settings = RbdSettings(
         pool=ceph_pool, conf=ceph_cluster.conf, keyring=ceph_cluster.admin_keyring
     )
-    arr = RbdArray("r1", settings, None)
-    arr.claim("array-1")
+    arr = RbdArray("r1", settings, "array-1")
+    arr.claim()
     try:
         yield arr
     finally:
@@ -443,14 +443,14 @@ def test_offline_and_claims(ceph_cluster: Any, ceph_pool: str, tmp_path: Any) ->
     settings = RbdSettings(
         pool=ceph_pool, conf=ceph_cluster.conf, keyring=ceph_cluster.admin_keyring
     )
-    first = RbdArray("r1", settings, None)
+    first = RbdArray("r1", settings, "array-1")
     other = RbdArray("r2", settings, "array-2")
     try:
-        first.claim("array-1")
-        first.claim("array-1")  # again: fine
+        first.claim()
+        first.claim()  # again: fine
         assert first.offline() is None
         with pytest.raises(InUse) as err:
-            other.claim("array-2")
+            other.claim()
         assert "array-1" in str(err.value)
         assert "belongs to array array-1" in (other.offline() or "")
         with pytest.raises(ArrayOffline):

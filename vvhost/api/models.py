@@ -23,7 +23,7 @@ class Body(BaseModel):
 class ArrayCreate(Body):
     name: str = Field(max_length=128)
     backend: str = Field(default="dir", max_length=32)
-    path: str = Field(max_length=4096)
+    settings: dict[str, str] = Field(default_factory=dict, max_length=16)
 
 
 class ContainerCreate(Body):

@@ -40,7 +40,7 @@ def arrays(svc: Svc, p: Caller) -> list[dict[str, Any]]:
 @router.post("/arrays", status_code=201, response_model=None)
 def array_add(svc: Svc, p: Caller, body: m.ArrayCreate) -> dict[str, Any]:
     svc.authz.admin(p)
-    return svc.arrays.add(body.name, body.backend, body.path).to_dict()
+    return svc.arrays.add(body.name, body.backend, dict(body.settings)).to_dict()
 
 
 @router.get("/arrays/{ref}", response_model=None)
@@ -53,6 +53,12 @@ def array_show(svc: Svc, p: Caller, ref: Ref) -> dict[str, Any]:
 def array_delete(svc: Svc, p: Caller, ref: Ref) -> None:
     svc.authz.admin(p)
     svc.arrays.delete(ref)
+
+
+@router.post("/arrays/{ref}/reap", response_model=None)
+def array_reap(svc: Svc, p: Caller, ref: Ref) -> dict[str, Any]:
+    svc.authz.admin(p)
+    return svc.maintenance.reap(ref)
 
 
 @router.get("/containers", response_model=None)

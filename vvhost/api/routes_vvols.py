@@ -1,13 +1,14 @@
 """Routes for vvols and datastores.  A host sees and touches only its tenant's
 vvols; anything else answers 404, as if it did not exist.  A host's references
 are resolved inside its tenant to ids before the operation runs, and what it is
-shown carries no array filesystem path (:func:`_view`)."""
+shown carries no array filesystem path nor image name (:func:`_view`)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from ..model import Principal
 from ..service import Service
@@ -36,7 +37,7 @@ def _view(p: Principal, out: Any) -> Any:
     if isinstance(out, list):
         return [_view(p, item) for item in out]
     if isinstance(out, dict):
-        return {k: v for k, v in out.items() if k != "path"}
+        return {k: v for k, v in out.items() if k not in ("path", "where", "locator")}
     return out
 
 
@@ -162,6 +163,32 @@ def vvol_bitmap(
     vid = svc.authz.vvol(p, ref)
     base_id = svc.authz.vvol(p, base) if base else None
     return _view(p, svc.data.bitmap(vid, base_id, chunk, method))
+
+
+@router.get("/vvols/{ref}/data", response_model=None)
+def vvol_read(
+    svc: Svc,
+    p: Caller,
+    ref: Ref,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    length: Annotated[int, Query(ge=0)] = 0,
+) -> Response:
+    vid = svc.authz.vvol(p, ref)
+    return Response(svc.data.read(vid, offset, length), media_type="application/octet-stream")
+
+
+@router.put("/vvols/{ref}/data", response_model=None)
+async def vvol_write(
+    svc: Svc,
+    p: Caller,
+    ref: Ref,
+    request: Request,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    zero: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    vid = svc.authz.vvol(p, ref)
+    body = await request.body()
+    return await run_in_threadpool(svc.data.write, vid, offset, body, zero)
 
 
 @router.post("/vvols/{ref}/copy-diffs", response_model=None)

@@ -86,6 +86,16 @@ class ArrayBackend(Protocol):
 
     def free_bytes(self) -> int: ...
 
+    def claim(self) -> None:
+        """Mark the storage as this array's (``array add``); storage another array
+        marked, or that holds data that is not ours, is refused."""
+
+    def release(self) -> None:
+        """Take the mark back (``array delete``); storage still holding data keeps it."""
+
+    def locator(self, vvol_id: str) -> dict[str, Any]:
+        """Where the array keeps the volume, for the catalog (RBD: image and snap ids)."""
+
     def close(self) -> None:
         """Let go of connections (the control plane stops or forgets the array)."""
 
@@ -160,7 +170,9 @@ class ArrayBackend(Protocol):
         """Before commit: drop what ``revert`` staged (idempotent)."""
 
     # -- data movement ----------------------------------------------------------------
-    def changed(self, vvol_id: str, base_id: str | None, chunk: int, method: str | None = None) -> Changed:
+    def changed(
+        self, vvol_id: str, base_id: str | None, chunk: int, method: str | None = None
+    ) -> Changed:
         """Chunks that differ between ``base_id`` and ``vvol_id`` (both volumes of
         this array), or that hold data when ``base_id`` is None."""
 
@@ -180,10 +192,21 @@ class ArrayBackend(Protocol):
         attempt left."""
 
     def write_ranges(
-        self, src: VolumeIO, vvol_id: str, ranges: Sequence[tuple[int, int]],
+        self,
+        src: VolumeIO,
+        vvol_id: str,
+        ranges: Sequence[tuple[int, int]],
         progress: Progress | None = None,
     ) -> int:
         """Copy ``ranges`` of ``src`` into the volume; returns the bytes written."""
 
     def reap(self) -> list[str]:
         """Purge data nothing needs any more (RBD: trash); returns what went."""
+
+    def background(self, vvol_id: str) -> dict[str, Any] | None:
+        """Work the array does on its own for the volume, with its progress (RBD:
+        flattening a clone deeper than the limit); None when there is none."""
+
+    def audit(self) -> list[str]:
+        """What the array holds that no volume accounts for (beyond ``list_ids``
+        and ``partials``): RBD snapshots no vvol is, trash not purged, ..."""

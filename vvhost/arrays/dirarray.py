@@ -19,18 +19,23 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any
 
 from .. import bitmap, fsutil
-from ..errors import ArrayOffline, BackendError
-from . import identity
-from .base import Progress
+from ..errors import ArrayOffline, BackendError, InvalidInput
+from . import identity, volio
+from .base import Changed, Progress, Space, VolumeIO
 from .sources import FileSource
+from .volio import FileIO
 
 SUFFIX = ".raw"
 PART = ".part"
 
 
 class DirArray:
+    kind = "dir"
+
     def __init__(
         self, name: str, path: str, array_id: str | None = None, fs_id: str | None = None
     ) -> None:
@@ -39,6 +44,7 @@ class DirArray:
         self.vdir = os.path.join(path, "vvols")
         self.array_id = array_id
         self.fs_id = fs_id
+        self._reflink: bool | None = None  # found by probe()
 
     def offline(self) -> str | None:
         """Why the directory is not this array now (None: it is)."""
@@ -50,6 +56,28 @@ class DirArray:
         reason = self.offline()
         if reason is not None:
             raise ArrayOffline(array=self.name, reason=reason)
+
+    def claim(self) -> None:
+        """Write the marker naming this array into its (empty or new) directory."""
+        assert self.array_id is not None
+        try:
+            self.fs_id = identity.write_marker(self.root, self.array_id, self.name).fs_id
+        except OSError as exc:
+            raise BackendError(
+                array=self.name, detail=f"cannot mark {self.root}: {exc.strerror or exc}"
+            ) from exc
+
+    def release(self) -> None:
+        """Take back the marker (and the empty vvols directory); an array that still
+        holds files keeps its marker, so nobody adopts them unawares."""
+        marker = identity.read_marker(self.root)
+        if marker is None or marker.array_id != self.array_id:
+            return
+        with contextlib.suppress(OSError):
+            if os.path.isdir(self.vdir):
+                os.rmdir(self.vdir)
+        if not os.path.exists(self.vdir):
+            identity.remove_marker(self.root)
 
     def _ensure(self) -> None:
         self.check()
@@ -63,7 +91,8 @@ class DirArray:
     def probe(self) -> dict[str, bool]:
         self._ensure()
         try:
-            return {"reflink": fsutil.supports_reflink(self.vdir), "sparse": True}
+            reflink = self._reflink = fsutil.supports_reflink(self.vdir)
+            return {"reflink": reflink, "instant": reflink, "sparse": True, "namespaces": False}
         except OSError as exc:
             raise BackendError(
                 array=self.name, detail=f"cannot probe {self.vdir}: {exc.strerror or exc}"
@@ -75,10 +104,13 @@ class DirArray:
     def source(self, vvol_id: str) -> FileSource:
         return FileSource(self.locate(vvol_id))
 
+    def locator(self, vvol_id: str) -> dict[str, Any]:
+        return {"file": os.path.relpath(self.locate(vvol_id), self.root)}
+
     def exists(self, vvol_id: str) -> bool:
         return os.path.exists(self.locate(vvol_id))
 
-    def create(self, vvol_id: str, size: int) -> None:
+    def create(self, vvol_id: str, size: int, space: str) -> None:
         self._ensure()
         path = self.locate(vvol_id)
         try:
@@ -116,16 +148,12 @@ class DirArray:
                 array=self.name, detail=f"cannot resize {vvol_id}: {exc.strerror}"
             ) from exc
 
-    def copy_in(self, source: str, vvol_id: str, progress: Progress | None = None) -> str:
-        how = self.stage(source, vvol_id, progress)
-        self.commit_stage(vvol_id)
-        return how
-
-    def stage(
+    # -- points in time: staged copies (.part) swapped in by rename -------------------
+    def _stage(
         self, source: str, vvol_id: str, progress: Progress | None = None, sync: bool = True
     ) -> str:
         """Write a copy of ``source`` next to the volume (``.part``); the volume is
-        untouched.  ``sync`` False: ``commit_stage`` makes the copy durable."""
+        untouched.  ``sync`` False: ``_commit`` makes the copy durable."""
         self._ensure()
         part = self.locate(vvol_id) + PART
         try:
@@ -138,7 +166,7 @@ class DirArray:
             ) from exc
         return how
 
-    def commit_stage(self, vvol_id: str) -> None:
+    def _commit(self, vvol_id: str) -> None:
         """Atomically put the staged copy in place of the volume."""
         self.check()
         final = self.locate(vvol_id)
@@ -151,15 +179,14 @@ class DirArray:
                 array=self.name, detail=f"cannot replace {final}: {exc.strerror}"
             ) from exc
 
-    def restage(self, source: str, vvol_id: str) -> int:
+    def _restage(self, source: str, vvol_id: str) -> int:
         """Bring a copy staged by reflink up to date with ``source``: remap only the
         chunks whose extents differ now (found from FIEMAP, no data read); returns
         the bytes remapped."""
-        self.check()
         part = self.locate(vvol_id) + PART
         try:
             if os.path.getsize(source) != os.path.getsize(part):
-                self.stage(source, vvol_id, sync=False)
+                self._stage(source, vvol_id, sync=False)
                 return os.path.getsize(source)
             diff = bitmap.diff_chunks(source, part, method="fiemap")
             return fsutil.reflink_ranges(source, part, diff.ranges)
@@ -168,65 +195,174 @@ class DirArray:
                 array=self.name, detail=f"update of {part} from {source} failed: {exc}"
             ) from exc
 
-    def staged(self, vvol_id: str) -> bool:
+    def _staged(self, vvol_id: str) -> bool:
         return os.path.exists(self.locate(vvol_id) + PART)
 
-    def discard_stage(self, vvol_id: str) -> None:
+    def _discard(self, vvol_id: str) -> None:
         self.check()
         _unlink(self.locate(vvol_id) + PART)
 
-    def keep(self, vvol_id: str, as_id: str) -> None:
-        """Make ``as_id`` name the volume's current data (a hard link: instant).  Once
-        the volume is replaced by ``commit_stage`` the old data lives on under ``as_id``."""
+    def _reflinks(self) -> bool:
+        if self._reflink is None:
+            self._reflink = fsutil.supports_reflink(self.vdir)
+        return self._reflink
+
+    def snapshot(self, vvol_id: str, snap_id: str) -> str:
+        how = self._stage(self.locate(vvol_id), snap_id)
+        self._commit(snap_id)
+        self.set_readonly(snap_id, True)
+        return how
+
+    def prepare_snapshot(self, vvol_id: str, snap_id: str) -> None:
+        """On reflink filesystems clone now, while the guest runs: the cut then
+        only remaps what changed since."""
         self.check()
-        keep = self.locate(as_id)
+        if self._reflinks():
+            self._stage(self.locate(vvol_id), snap_id, sync=False)
+
+    def cut_snapshot(self, vvol_id: str, snap_id: str) -> None:
+        self.check()
+        if self._staged(snap_id):
+            self._restage(self.locate(vvol_id), snap_id)
+        else:
+            self._stage(self.locate(vvol_id), snap_id, sync=False)
+
+    def commit_snapshot(self, snap_id: str) -> None:
+        if not self.exists(snap_id):
+            self._commit(snap_id)
+        self.set_readonly(snap_id, True)
+
+    def abort_snapshot(self, snap_id: str) -> None:
+        self.remove(snap_id)
+
+    def clone(
+        self,
+        src_id: str,
+        new_id: str,
+        space: str,
+        linked: bool,
+        progress: Progress | None = None,
+    ) -> str:
+        """A reflink where the filesystem shares extents, a sparse copy elsewhere
+        (``linked`` changes nothing here: the catalog keeps the parent)."""
+        how = self._stage(self.locate(src_id), new_id, progress)
+        self._commit(new_id)
+        return how
+
+    def revert(self, vvol_id: str, snap_id: str, op: str, progress: Progress | None = None) -> None:
+        self._stage(self.locate(snap_id), vvol_id, progress)
+
+    def revert_commit(self, vvol_id: str, op: str) -> None:
+        """The rename is the commit point; once done there is no staged copy left."""
+        if self._staged(vvol_id):
+            self._commit(vvol_id)
+
+    def revert_undo(self, vvol_id: str, op: str) -> None:
+        self._discard(vvol_id)
+
+    # -- data movement ------------------------------------------------------------------
+    def open(self, vvol_id: str, writable: bool = False) -> AbstractContextManager[VolumeIO]:
+        self.check()
         try:
-            os.link(self.locate(vvol_id), keep)
-        except FileExistsError:
-            pass
+            return FileIO(self.locate(vvol_id), writable)
         except OSError as exc:
             raise BackendError(
-                array=self.name, detail=f"cannot keep {vvol_id}: {exc.strerror}"
+                array=self.name, detail=f"cannot open {vvol_id}: {exc.strerror}"
             ) from exc
 
-    def restore(self, vvol_id: str, from_id: str) -> None:
-        """Make the volume name ``from_id``'s data again (atomic, instant)."""
+    def changed(
+        self, vvol_id: str, base_id: str | None, chunk: int, method: str | None = None
+    ) -> Changed:
         self.check()
-        tmp = self.locate(vvol_id) + PART
-        _unlink(tmp)
+        path = self.locate(vvol_id)
         try:
-            os.link(self.locate(from_id), tmp)
-            os.replace(tmp, self.locate(vvol_id))
-            _fsync_dir(self.vdir)
+            if base_id is None:
+                return Changed(bitmap.allocated_chunks(path, chunk), "allocation")
+            diff = bitmap.diff_chunks(path, self.locate(base_id), chunk, method=method)
+        except ValueError as exc:  # e.g. fiemap asked for where extents are not shared
+            raise InvalidInput(detail=f"changed ranges of {vvol_id}: {exc}") from None
         except OSError as exc:
             raise BackendError(
-                array=self.name, detail=f"cannot restore {vvol_id}: {exc.strerror}"
+                array=self.name, detail=f"cannot read {vvol_id}: {exc.strerror or exc}"
             ) from exc
+        return Changed(diff.ranges, diff.method)
+
+    def copy_in(
+        self,
+        vvol_id: str,
+        space: str,
+        chain: Sequence[tuple[str, VolumeIO]],
+        progress: Progress | None = None,
+    ) -> None:
+        """Each point becomes its own file: earlier points read-only snapshots."""
+        self._ensure()
+        total = sum(io.size for _, io in chain)
+        base = 0
+
+        def tick(done: int, _: int) -> None:
+            if progress:
+                progress(base + done, total)
+
+        for vid, io in chain:
+            part = self.locate(vid) + PART
+            _unlink(part)
+            try:
+                if isinstance(io, FileIO):
+                    fsutil.clone_or_copy(io.path, part, tick)
+                else:
+                    with open(part, "wb") as fh:
+                        fh.truncate(io.size)
+                    with FileIO(part, writable=True) as dst:
+                        volio.copy_all(io, dst, tick)
+                os.chmod(part, 0o600)
+            except OSError as exc:
+                _unlink(part)
+                raise BackendError(
+                    array=self.name, detail=f"copy into {part} failed: {exc.strerror or exc}"
+                ) from exc
+            self._commit(vid)
+            if vid != vvol_id:
+                self.set_readonly(vid, True)
+            base += io.size
 
     def write_ranges(
         self,
-        source: str,
+        src: VolumeIO,
         vvol_id: str,
         ranges: Sequence[tuple[int, int]],
         progress: Progress | None = None,
     ) -> int:
         self.check()
         try:
-            return fsutil.write_ranges(source, self.locate(vvol_id), list(ranges), progress)
+            if isinstance(src, FileIO):
+                return fsutil.write_ranges(src.path, self.locate(vvol_id), list(ranges), progress)
+            with FileIO(self.locate(vvol_id), writable=True) as dst:
+                return volio.copy_ranges(src, dst, ranges, progress)
         except OSError as exc:
             raise BackendError(
                 array=self.name, detail=f"write into {vvol_id}: {exc.strerror}"
             ) from exc
 
+    def reap(self) -> list[str]:
+        return []  # a file is gone when removed
+
+    def background(self, vvol_id: str) -> dict[str, Any] | None:
+        return None  # a file has nothing going on by itself
+
+    def audit(self) -> list[str]:
+        return []  # every file is a volume or a partial (list_ids, partials)
+
     def set_readonly(self, vvol_id: str, readonly: bool) -> None:
         self.check()
         os.chmod(self.locate(vvol_id), 0o400 if readonly else 0o600)
 
-    def used(self, vvol_id: str) -> int:
+    def space(self, vvol_id: str) -> Space:
+        """Allocated blocks; shared reflink extents are not told apart (None)."""
         try:
-            return fsutil.allocated_bytes(self.locate(vvol_id))
+            st = os.stat(self.locate(vvol_id))
         except FileNotFoundError:
-            return 0
+            return Space(0, 0, None)
+        return Space(st.st_size, st.st_blocks * 512, None)
 
     def list_ids(self) -> list[str]:
         return self._names(SUFFIX)
@@ -241,6 +377,9 @@ class DirArray:
         except FileNotFoundError:
             return []
         return sorted(n[: -len(suffix)] for n in names if n.endswith(suffix))
+
+    def close(self) -> None:
+        pass  # nothing held open
 
     def free_bytes(self) -> int:
         self._ensure()

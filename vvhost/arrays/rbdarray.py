@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import ArrayOffline, BackendError, DataMissing, InUse, InvalidInput, ReadOnly
-from . import rbdcopy, rbddiff, rbdindex, rbdio, rbdnames, rbdranges
+from . import rbdaudit, rbdcopy, rbddiff, rbdindex, rbdio, rbdnames, rbdranges
 from .base import ArrayBackend, Changed, Progress, Space, VolumeIO
 from .rbdconn import Cluster
 from .rbdflatten import MAX_CLONE_DEPTH, Flattener, depth
@@ -75,11 +75,25 @@ class RbdArray:
         if not self._checked:
             self.check()
 
-    def claim(self, array_id: str) -> None:
-        """Mark the pool as array ``array_id``'s (``InUse`` when another array holds it)."""
-        self.cluster.claim(array_id)
-        self.array_id = array_id
+    def claim(self) -> None:
+        """Mark the pool as this array's (``InUse`` when another array holds it)."""
+        assert self.array_id is not None
+        self.cluster.claim(self.array_id)
         self._checked = False
+
+    def release(self) -> None:
+        """Take the pool's mark back, unless it still holds volumes or trash."""
+        if self.array_id is None or self.index.entries() or self.index.retired():
+            return
+        self.cluster.unclaim(self.array_id)
+
+    def audit(self) -> list[str]:
+        found = rbdaudit.report(self)
+        return [
+            f"{what.replace('_', ' ')}: {', '.join(items)}"
+            for what, items in found.items()
+            if items and what != "partials"  # partials are reported through partials()
+        ]
 
     def probe(self) -> dict[str, bool]:
         self._ready()
@@ -349,6 +363,10 @@ class RbdArray:
         with ceph(self.name, f"measuring the clone depth of {image.name}"):
             if depth(self.cluster, image, MAX_CLONE_DEPTH + 1) > MAX_CLONE_DEPTH:
                 self.flattener.start(vvol_id, image)
+
+    def background(self, vvol_id: str) -> dict[str, Any] | None:
+        status = self.flatten_status(vvol_id)
+        return None if status is None else {"work": "flatten", **status}
 
     def flatten_status(self, vvol_id: str) -> dict[str, Any] | None:
         """Progress of a background flatten of the vvol (None: none started here)."""

@@ -12,12 +12,14 @@ not vvhost's business.  Nothing is changed here.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import rbd
 
 from . import rbdnames
-from .rbdarray import RbdArray
+
+if TYPE_CHECKING:
+    from .rbdarray import RbdArray
 from .rbdops import ceph
 
 

@@ -120,6 +120,18 @@ class Cluster:
         if owner != array_id:
             raise InUse(kind="pool", ref=self.settings.pool, reason=f"it belongs to array {owner}")
 
+    def unclaim(self, array_id: str) -> None:
+        """Remove the pool's marker if it is ``array_id``'s."""
+        if self.marker() != array_id:
+            return
+        with self.ioctx() as io:
+            try:
+                io.remove_object(rbdnames.MARKER)
+            except rados.ObjectNotFound:
+                pass
+            except rados.Error as exc:
+                raise BackendError(array=self.array, detail=f"unmarking the pool: {exc}") from None
+
     def mon(self, prefix: str, **args: Any) -> Any:
         """A monitor command's JSON answer."""
         cmd = json.dumps({"prefix": prefix, "format": "json", **args})

@@ -46,8 +46,10 @@ class RbdSource:
 
     def label(self) -> str:
         """``pool/namespace/image@snap``, as ``rbd`` prints it."""
-        spec = f"{self.pool}/{self.namespace}/{self.image}" if self.namespace else (
-            f"{self.pool}/{self.image}"
+        spec = (
+            f"{self.pool}/{self.namespace}/{self.image}"
+            if self.namespace
+            else (f"{self.pool}/{self.image}")
         )
         return f"{spec}@{self.snap}" if self.snap else spec
 

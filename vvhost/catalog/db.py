@@ -80,7 +80,29 @@ def _v7_vm_leases(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=[schema.vm_leases], checkfirst=True)
 
 
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5_arrays, _v6_tenancy, _v7_vm_leases]
+def _v8_array_settings(conn: Connection) -> None:
+    """Arrays keep a per-backend settings record (JSON) instead of a path that
+    only ``dir`` filled; vvols keep where their array put them (``locator``)."""
+    _add_column(conn, "arrays", "settings", "TEXT")
+    _add_column(conn, "vvols", "locator", "TEXT")
+    columns = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(arrays)")}
+    if "path" in columns:
+        conn.exec_driver_sql(
+            "UPDATE arrays SET settings = json_object('path', path) WHERE settings IS NULL"
+        )
+        conn.exec_driver_sql("ALTER TABLE arrays DROP COLUMN path")
+
+
+MIGRATIONS: list[Migration] = [
+    _v1,
+    _v2,
+    _v3,
+    _v4,
+    _v5_arrays,
+    _v6_tenancy,
+    _v7_vm_leases,
+    _v8_array_settings,
+]
 
 
 def sqlite_url(path: str) -> str:

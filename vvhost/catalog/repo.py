@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, delete, func, select, update
 
+from ..arrays import settings_from
 from ..model import Array, Container, JournalEntry
 from .schema import arrays, container_arrays, containers, journal, vvols
 
@@ -17,7 +18,7 @@ def _array(row: Row[Any]) -> Array:
         id=row.id,
         name=row.name,
         backend=row.backend,
-        path=row.path,
+        settings=settings_from(row.backend, json.loads(row.settings or "{}")),
         capabilities=json.loads(row.capabilities),
         created=row.created,
         fs_id=row.fs_id,
@@ -30,7 +31,7 @@ def insert_array(conn: Connection, arr: Array) -> None:
             id=arr.id,
             name=arr.name,
             backend=arr.backend,
-            path=arr.path,
+            settings=json.dumps(arr.settings.to_dict()),
             capabilities=json.dumps(arr.capabilities),
             created=arr.created,
             fs_id=arr.fs_id,

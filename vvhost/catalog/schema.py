@@ -32,10 +32,10 @@ arrays = Table(
     Column("id", String(64), primary_key=True),
     Column("name", String(128), nullable=False, unique=True),
     Column("backend", String(32), nullable=False),
-    Column("path", Text, nullable=False),
     Column("capabilities", Text, nullable=False),
     Column("created", Float, nullable=False),
     Column("fs_id", Text),  # migration 5
+    Column("settings", Text),  # migration 8: the backend's settings record (JSON)
 )
 
 containers = Table(
@@ -78,6 +78,7 @@ vvols = Table(
     Column("datastore_id", String(64)),  # migration 3
     Column("tenant", String(128)),  # migration 3
     Column("failure", Text),  # migration 5
+    Column("locator", Text),  # migration 8: where the array keeps it (JSON; image ids)
     Index("ix_vvols_container", "container_id"),
     Index("ix_vvols_parent", "parent_id"),
     Index("ix_vvols_name", "name"),

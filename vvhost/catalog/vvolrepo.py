@@ -41,6 +41,7 @@ def _vvol(row: Row[Any]) -> Vvol:
         datastore=row.datastore_id,
         tenant=row.tenant,
         failure=row.failure,
+        locator=json.loads(row.locator) if row.locator else None,
     )
 
 
@@ -48,6 +49,8 @@ def _columns(values: dict[str, Any]) -> dict[str, Any]:
     out = {_COLUMN.get(k, k): v for k, v in values.items()}
     if "metadata" in out:
         out["metadata"] = json.dumps(out["metadata"], sort_keys=True)
+    if out.get("locator") is not None:
+        out["locator"] = json.dumps(out["locator"], sort_keys=True)
     return out
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from . import output
@@ -15,15 +17,32 @@ def array() -> None:
 
 @array.command("add")
 @click.argument("name")
-@click.option("--backend", default="dir", show_default=True, help="Array backend.")
-@click.option("--path", required=True, help="Directory for the dir backend.")
+@click.option("--backend", default="dir", show_default=True, help="Array backend: dir or rbd.")
+@click.option("--path", help="dir: the directory (empty or new) that holds the vvols.")
+@click.option("--pool", help="rbd: the RADOS pool.")
+@click.option("--conf", help="rbd: the cluster's ceph.conf (default /etc/ceph/ceph.conf).")
+@click.option("--user", help="rbd: the Ceph client id to use, without 'client.' (default admin).")
+@click.option("--keyring", help="rbd: the keyring holding that client's key.")
 @json_option
 @pass_session
-def array_add(s: Session, name: str, backend: str, path: str, as_json: bool) -> None:
-    """Add an array."""
-    import os
-
-    output.show(s.client.array_add(name, backend, os.path.abspath(path)), as_json)
+def array_add(
+    s: Session,
+    name: str,
+    backend: str,
+    path: str | None,
+    pool: str | None,
+    conf: str | None,
+    user: str | None,
+    keyring: str | None,
+    as_json: bool,
+) -> None:
+    """Add an array: a directory (``--path``) or an RBD pool (``--backend rbd --pool``)."""
+    given = {"path": path, "pool": pool, "conf": conf, "user": user, "keyring": keyring}
+    files = ("path", "conf", "keyring")
+    settings = {
+        k: os.path.abspath(v) if k in files else v for k, v in given.items() if v is not None
+    }
+    output.show(s.client.array_add(name, backend, settings), as_json)
 
 
 @array.command("list")
@@ -39,7 +58,7 @@ def array_list(s: Session, as_json: bool) -> None:
     for r in rows:
         r["reflink"] = r["capabilities"].get("reflink", False)
         r.setdefault("state", "online")
-    output.table(rows, ["name", "backend", "state", "reflink", "path"])
+    output.table(rows, ["name", "backend", "state", "reflink", "where"])
     for r in rows:
         if r.get("reason"):
             click.echo(f"{r['name']} is {r['state']}: {r['reason']}")
@@ -52,6 +71,16 @@ def array_list(s: Session, as_json: bool) -> None:
 def array_show(s: Session, ref: str, as_json: bool) -> None:
     """Show an array, its capabilities and free space."""
     output.show(s.client.array(ref), as_json)
+
+
+@array.command("reap")
+@click.argument("ref")
+@json_option
+@pass_session
+def array_reap(s: Session, ref: str, as_json: bool) -> None:
+    """Purge at once what the array keeps for nobody (RBD: images in the trash and
+    images retired by reverts that no snapshot or clone needs any more)."""
+    output.show(s.client.array_reap(ref), as_json)
 
 
 @array.command("delete")

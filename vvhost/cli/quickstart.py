@@ -10,7 +10,11 @@ and the bindings are shown appearing while it runs and disappearing when it stop
       hosts/kvm1/           the private libvirtd
       vvhost.sock, kvm1.conf, demo.serial, demo-clone.serial
 
-On XFS the tour shows COW mode (array snapshots by reflink): a snapshot of the
+With ``--ceph`` the array is a pool of a private single-node Ceph cluster
+(STATE/ceph/, stopped by PID at the end), the endpoint is ``rbd`` and QEMU opens
+the disks with librbd as the host's own Ceph user.
+
+On XFS or RBD the tour shows COW mode (array snapshots): a snapshot of the
 running VM with its stun time, a linked clone, an instant revert.  Without a loop
 mount the array sits in STATE on the machine's filesystem: redo mode (qcow2
 layers), and the tour says so.  Exit, Ctrl-C and ``--cleanup`` unmount the XFS
@@ -29,11 +33,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import click
 import libvirt
 
+from .. import labpids
 from ..daemon import ServerProcess, free_port
 from ..guest import build_guest, guest_cmdline, parse_serial
 from ..host.config import HostConfig
@@ -71,7 +77,17 @@ def note(text: str) -> None:
     click.secho(f"# {text}", fg="green")
 
 
-def run_quickstart(state_dir: str | None, keep: bool, cleanup: bool) -> None:
+@dataclass(frozen=True)
+class Storage:
+    """Where the tour's VM lives: an array (added by the tour) and the endpoint
+    protocol its host reaches it by."""
+
+    array_args: tuple[str, ...] | None  # ``vvhost array add`` arguments; None: default
+    protocol: str
+    cow: bool  # the array snapshots by itself (COW mode) or VM snapshots are qcow2 layers
+
+
+def run_quickstart(state_dir: str | None, keep: bool, cleanup: bool, ceph: bool = False) -> None:
     state = os.path.abspath(state_dir or tempfile.mkdtemp(prefix="vvhost-quickstart-"))
     if cleanup:
         remove(state)
@@ -82,7 +98,7 @@ def run_quickstart(state_dir: str | None, keep: bool, cleanup: bool) -> None:
     lab = LibvirtHost(HOST, os.path.join(state, "hosts", HOST))
     try:
         with contextlib.ExitStack() as stack:
-            array = reflink_array(stack, state)
+            store = ceph_array(stack, state) if ceph else reflink_array(stack, state)
             click.secho(
                 f"Starting vvhost serve and a private libvirtd host {HOST!r} in {state}", fg="cyan"
             )
@@ -91,11 +107,14 @@ def run_quickstart(state_dir: str | None, keep: bool, cleanup: bool) -> None:
                 lab.start()
                 conf = os.path.join(state, f"{HOST}.conf")
                 HostConfig(
-                    name=HOST, server=f"unix://{server.socket}", libvirt=lab.uri, protocol="iscsi"
+                    name=HOST,
+                    server=f"unix://{server.socket}",
+                    libvirt=lab.uri,
+                    protocol=store.protocol,
                 ).save(conf)
                 install(lab.hooks_dir, conf)
                 lab.sighup()  # returns once libvirtd has reread its hooks
-                tour(Tour(server.socket, conf), lab, state, array)
+                tour(Tour(server.socket, conf), lab, state, store)
                 where(server, lab, conf, state)
                 if keep:
                     click.secho("Everything keeps running until you press Ctrl-C.", fg="cyan")
@@ -111,27 +130,47 @@ def run_quickstart(state_dir: str | None, keep: bool, cleanup: bool) -> None:
             shutil.rmtree(state, ignore_errors=True)
 
 
-def reflink_array(stack: contextlib.ExitStack, state: str) -> str | None:
+def reflink_array(stack: contextlib.ExitStack, state: str) -> Storage:
     """A directory on a fresh loop-mounted XFS (unmounted when ``stack`` closes),
-    or None (with the reason shown) where this machine cannot loop-mount."""
+    or the default array (with the reason shown) where this machine cannot loop-mount."""
     reason = loop_capability("xfs")
     if reason:
         note(f"no XFS loop mount here ({reason}): the array stays on this filesystem")
-        return None
+        return Storage(None, "iscsi", cow=False)
     stack.callback(click.secho, "Unmounted the XFS image and detached its loop device.", fg="cyan")
     mnt = stack.enter_context(LoopFs(state, "xfs", "2G"))  # unmounted before the line above
     click.secho(f"Loop-mounted a 2G XFS image (reflink) on {mnt} for the array", fg="cyan")
-    return os.path.join(mnt, "array")
+    return Storage(("xfs", "--path", os.path.join(mnt, "array")), "iscsi", cow=True)
 
 
-def tour(t: Tour, lab: LibvirtHost, state: str, array: str | None) -> None:
-    if array:
-        t.run("array", "add", "xfs", "--path", array)
-        t.run("container", "create", "gold", "--capacity", "4G", "--array", "xfs")
+def ceph_array(stack: contextlib.ExitStack, state: str) -> Storage:
+    """A private single-node Ceph cluster (stopped by PID when ``stack`` closes) and
+    the arguments that make one of its pools the tour's array."""
+    from ..cephlab import CephLab
+
+    click.secho("Starting a private Ceph cluster (1 mon, 1 mgr, 1 OSD on 127.0.0.1)", fg="cyan")
+    stack.callback(click.secho, "Stopped the Ceph cluster.", fg="cyan")
+    lab = stack.enter_context(CephLab(os.path.join(state, "ceph")))
+    lab.create_pool("vvhost")
+    click.secho(f"Ceph is healthy after {lab.startup_seconds:.1f} s; conf {lab.conf}", fg="cyan")
+    args = ("ceph", "--backend", "rbd", "--pool", "vvhost", "--conf", lab.conf)
+    return Storage((*args, "--keyring", lab.admin_keyring), "rbd", cow=True)
+
+
+def tour(t: Tour, lab: LibvirtHost, state: str, store: Storage) -> None:
+    if store.array_args:
+        t.run("array", "add", *store.array_args)
+        t.run("container", "create", "gold", "--capacity", "4G", "--array", store.array_args[0])
     else:
         t.run("container", "create", "gold", "--capacity", "4G")
     t.run("host", "add", HOST, "--iqn", HOST_IQN)
-    t.run("pe", "create", "iscsi0", "--protocol", "iscsi", "--portal", f"127.0.0.1:{free_port()}")
+    if store.protocol == "rbd":
+        assert store.array_args is not None
+        note("an rbd endpoint: hosts open the images with QEMU's librbd, as their own Ceph user")
+        t.run("pe", "create", "rbd0", "--protocol", "rbd", "--array", store.array_args[0])
+    else:
+        port = free_port()
+        t.run("pe", "create", "iscsi0", "--protocol", "iscsi", "--portal", f"127.0.0.1:{port}")
     ds = t.run("datastore", "create", "ds1", "--capacity", "2G", "--container", "gold")
     t.run("datastore", "resolve", ds, "--host", HOST)
     note("building the test guest (a Debian cloud kernel and a busybox initramfs; cached)")
@@ -151,7 +190,7 @@ def tour(t: Tour, lab: LibvirtHost, state: str, array: str | None) -> None:
         "--disk",
         "32M",
         "--protocol",
-        "iscsi",
+        store.protocol,
         "--kernel",
         guest.kernel,
         "--initrd",
@@ -164,10 +203,10 @@ def tour(t: Tour, lab: LibvirtHost, state: str, array: str | None) -> None:
     note("defined, not running: nothing is bound")
     t.run("binding", "list")
     boot(t, "demo", serial, lab)
-    note("the guest powered off; the hook's release unbound the LUNs")
+    note("the guest powered off; the hook's release unbound its disks")
     t.run("binding", "list")
     t.run("vm", "show", "demo")
-    if array:
+    if store.cow:
         cow_snapshots(t, lab, state, serial)
     else:
         redo_snapshots(t, lab, serial)
@@ -188,7 +227,7 @@ def redo_snapshots(t: Tour, lab: LibvirtHost, serial: str) -> None:
 
 
 def cow_snapshots(t: Tour, lab: LibvirtHost, state: str, serial: str) -> None:
-    note("snapshot mode: COW (the array on XFS snapshots each disk by reflink)")
+    note("snapshot mode: COW (the array snapshots each disk: XFS reflinks, RBD snapshots)")
     set_cmdline(lab, "demo", ["verify:vda:A:1:8", "verify:vdb:B:4:4"], keep_running=True)
     t.run("vm", "start", "demo")
     wait_serial(serial, "VVTEST END")
@@ -202,14 +241,14 @@ def cow_snapshots(t: Tour, lab: LibvirtHost, state: str, serial: str) -> None:
     set_cmdline(lab, "demo", ["write:vda:Z:1:8", "verify:vda:Z:1:8"])
     boot(t, "demo", serial, lab)
     t.run("vm", "snapshots", "demo", "--tree")
-    note("a linked clone of the snapshot: its disks share the snapshot's blocks (reflink)")
+    note("a linked clone of the snapshot: its disks share the snapshot's blocks")
     clone_serial = os.path.join(state, "demo-clone.serial")
     t.run("vm", "clone", "demo", "demo-clone", "--snapshot", "before", "--linked",
           "--serial-log", clone_serial)  # fmt: skip
     set_cmdline(lab, "demo-clone", ["verify:vda:A:1:8", "verify:vdb:B:4:4"])
     boot(t, "demo-clone", clone_serial, lab)
     t.run("vm", "delete", "demo-clone")
-    note("revert to the snapshot (an array reflink, no copy): the guest finds A, not Z")
+    note("revert to the snapshot (the array shares the data, no copy): the guest finds A, not Z")
     started = time.monotonic()
     t.run("vm", "revert", "demo", "before")
     click.secho(f"reverted in {(time.monotonic() - started) * 1000:.0f} ms", fg="green")
@@ -239,7 +278,7 @@ def set_cmdline(lab: LibvirtHost, name: str, cmds: list[str], keep_running: bool
 
 def boot(t: Tour, name: str, serial: str, lab: LibvirtHost) -> dict[str, Any]:
     t.run("vm", "start", name)
-    note("running: the hook bound both disks through the iSCSI endpoint")
+    note("running: the hook bound both disks through the endpoint")
     t.run("binding", "list")
     conn = lab.connect()
     dom = conn.lookupByName(name)
@@ -288,10 +327,14 @@ def wait_for_interrupt() -> None:
 
 
 def remove(state: str) -> None:
-    """--cleanup: stop endpoint daemons a crashed run left (by their pidfiles), unmount
+    """--cleanup: stop endpoint and Ceph daemons a crashed run left (by their pidfiles), unmount
     its XFS image and detach the loop device, then delete the state directory."""
     server = ServerProcess(os.path.join(state, "control"))
     server.stop_endpoint_daemons()
+    ceph = os.path.join(state, "ceph")
+    if os.path.isdir(ceph):
+        for pid in labpids.reap(ceph):
+            click.echo(f"stopped Ceph daemon {pid}")
     for mnt in release(state):
         click.echo(f"unmounted {mnt}")
     shutil.rmtree(state, ignore_errors=True)

@@ -86,10 +86,15 @@ def audit(s: Session, as_json: bool) -> None:
 @click.option("--state-dir", default=None, help="Where to put the demo (default: a new temp dir).")
 @click.option("--keep", is_flag=True, help="Keep everything running until Ctrl-C, and the files.")
 @click.option("--cleanup", is_flag=True, help="Remove what a --keep run in --state-dir left.")
-def quickstart(state_dir: str | None, keep: bool, cleanup: bool) -> None:
+@click.option(
+    "--ceph",
+    is_flag=True,
+    help="Start a private Ceph cluster: the VM's disks are RBD images opened by librbd.",
+)
+def quickstart(state_dir: str | None, keep: bool, cleanup: bool, ceph: bool) -> None:
     """The tour: control plane, a libvirt host with the hook, a datastore, a VM on vvols."""
     from .quickstart import run_quickstart
 
     if cleanup and not state_dir:
         raise click.UsageError("--cleanup needs the --state-dir of the run to remove")
-    run_quickstart(state_dir, keep, cleanup)
+    run_quickstart(state_dir, keep, cleanup, ceph)

@@ -16,6 +16,7 @@ from .datastores import DatastoreOps
 from .endpoints import EndpointManager, PeOps
 from .hosts import HostOps
 from .inventory import ArrayOps, ContainerOps
+from .maintenance import ArrayMaintenance
 from .nbdcreds import NbdCredentials
 from .recovery import audit, recover
 from .tenancy import UNIX_ADMIN, Authz, TenantOps
@@ -40,6 +41,7 @@ class Service:
         self.hosts = HostOps(self.ctx, self.tenants, self.endpoints, revoke=self.nbd.revoke)
         self.pes = PeOps(self.ctx, self.endpoints)
         self.bindings = BindingOps(self.ctx, self.hosts, self.pes, self.endpoints)
+        self.maintenance = ArrayMaintenance(self.ctx)
         self.recovered: list[dict[str, str]] = []
 
     def start(self) -> None:
@@ -50,6 +52,7 @@ class Service:
         self.arrays.reprobe()
         self.recovered = recover(self.ctx)
         self.endpoints.start_all()
+        self.maintenance.start()
 
     def audit(self) -> dict[str, Any]:
         return audit(self.ctx, self.endpoints)
@@ -77,7 +80,9 @@ class Service:
     def close(self, keep_endpoints: bool = False) -> None:
         """Stop; endpoint daemons stop too unless ``keep_endpoints`` (then a later
         start adopts them and hosts keep their I/O paths meanwhile)."""
+        self.maintenance.stop()
         self.endpoints.stop_all(keep_daemons=keep_endpoints)
+        self.ctx.close_backends()
         self.ctx.db.close()
 
 

@@ -14,12 +14,12 @@ impossible.  A snapshot's document (a read-only vvol) is never replaced.
 from __future__ import annotations
 
 import json
-import os
 import struct
 from typing import Any
 
 from ..catalog import vvolrepo
 from ..errors import Corrupt, InvalidInput, ReadOnly
+from ..model import Vvol
 from .context import Context
 
 MAGIC = b"VVHCFG01"
@@ -30,18 +30,20 @@ class ConfigDocs:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
-    def _path(self, ref: str) -> tuple[str, int, str]:
+    def _config(self, ref: str) -> Vvol:
         with self.ctx.db.tx() as conn:
             v = self.ctx.ready(self.ctx.vvol(conn, ref))
         if v.type != "config":
             raise InvalidInput(detail=f"vvol {ref!r} is a {v.type} vvol, not a config vvol")
-        return self.ctx.path(v), v.size, v.id
+        self.ctx.source(v)  # online, with its data there
+        return v
 
     def put(
         self, ref: str, document: dict[str, Any], generation: int | None = None
     ) -> dict[str, Any]:
         """Write the document; with ``generation``, only if the vvol is still at it."""
-        path, size, vid = self._path(ref)
+        cfg = self._config(ref)
+        size, vid = cfg.size, cfg.id
         data = json.dumps(document, sort_keys=True).encode()
         if HEADER.size + len(data) > size:
             raise InvalidInput(
@@ -53,20 +55,18 @@ class ConfigDocs:
                 raise ReadOnly(ref=v.name or v.id, action="replace its config document")
             self.ctx.expect(v, generation)
             vvolrepo.change(conn, v)  # generation + 1, or StaleGeneration if it moved
-            fd = os.open(path, os.O_WRONLY)
-            try:
-                os.pwrite(fd, HEADER.pack(MAGIC, len(data)) + data, 0)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            with self.ctx.backend(v.array).open(v.id, writable=True) as io:
+                io.write(0, HEADER.pack(MAGIC, len(data)) + data)
+                io.flush()
         return {"vvol": vid, "bytes": len(data), "generation": v.generation + 1}
 
     def get(self, ref: str) -> dict[str, Any]:
-        path, size, vid = self._path(ref)
+        cfg = self._config(ref)
+        size, vid = cfg.size, cfg.id
         with self.ctx.db.tx() as conn:
             generation = self.ctx.vvol(conn, vid).generation
-        with open(path, "rb") as fh:
-            head = fh.read(HEADER.size)
+        with self.ctx.backend(cfg.array).open(vid) as io:
+            head = io.read(0, HEADER.size)
             magic, length = HEADER.unpack(head) if len(head) == HEADER.size else (b"", 0)
             if magic != MAGIC:
                 raise InvalidInput(detail=f"config vvol {ref!r} holds no vvhost document")
@@ -74,7 +74,7 @@ class ConfigDocs:
                 raise Corrupt(
                     kind="config vvol", ref=ref, detail=f"its header claims {length} bytes"
                 )
-            raw = fh.read(length)
+            raw = io.read(HEADER.size, length)
         return {"vvol": vid, "document": parse_document(ref, raw), "generation": generation}
 
 

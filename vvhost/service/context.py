@@ -3,6 +3,7 @@ journal with its fault points, and the progress of running copies."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -15,7 +16,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from ..arrays import ArrayBackend, open_backend
-from ..arrays.sources import DataSource
+from ..arrays.sources import DataSource, file_path
 from ..catalog import repo, vvolrepo
 from ..catalog.db import Database, sqlite_url
 from ..errors import (
@@ -41,6 +42,9 @@ class Config:
     # "op:step": pause forever when that journal step is reached (crash tests kill -9 then).
     fault_at: str | None = None
     oui: str = DEFAULT_OUI  # IEEE OUI inside datastore ids (naa.6 + OUI + ...)
+    # The default array ("local") when it is first made: {"backend": B, **settings};
+    # None: a dir array under STATE/arrays/local.
+    default_array: dict[str, str] | None = None
 
     @classmethod
     def from_env(cls, state_dir: str, db_url: str | None = None) -> Config:
@@ -49,7 +53,24 @@ class Config:
             db_url=db_url,
             fault_at=os.environ.get(FAULT_ENV) or None,
             oui=os.environ.get("VVHOST_OUI") or DEFAULT_OUI,
+            default_array=parse_array_spec(os.environ.get(DEFAULT_ARRAY_ENV)),
         )
+
+
+DEFAULT_ARRAY_ENV = "VVHOST_DEFAULT_ARRAY"
+
+
+def parse_array_spec(text: str | None) -> dict[str, str] | None:
+    """``{"backend": "rbd", "pool": ...}`` (JSON) for the default array, or None."""
+    if not text:
+        return None
+    try:
+        spec = json.loads(text)
+    except ValueError:
+        raise InvalidInput(detail=f"{DEFAULT_ARRAY_ENV} is not JSON: {text!r}") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("backend"), str):
+        raise InvalidInput(detail=f'{DEFAULT_ARRAY_ENV} needs {{"backend": ..., settings}}')
+    return {str(k): str(v) for k, v in spec.items()}
 
 
 class Progress:
@@ -103,14 +124,22 @@ class Context:
         """Open (or reopen) an array's backend; done outside catalog transactions so
         lookups inside them never need a second one."""
         with self._guard:
+            old = self._backends.get(array.id)
             self._backends[array.id] = open_backend(array)
+        if old is not None:
+            old.close()
 
     def forget_backend(self, array_id: str) -> None:
         with self._guard:
-            self._backends.pop(array_id, None)
+            backend = self._backends.pop(array_id, None)
+        if backend is not None:
+            backend.close()
 
-    def path(self, v: Vvol) -> str:
-        return self.backend(v.array).locate(v.id)
+    def close_backends(self) -> None:
+        with self._guard:
+            backends, self._backends = list(self._backends.values()), {}
+        for backend in backends:
+            backend.close()
 
     def probe(self, array: Array) -> bool:
         """Look at an array's capabilities again; a failure makes it ``degraded``
@@ -152,14 +181,12 @@ class Context:
         return backend.source(v.id)
 
     def data_path(self, v: Vvol) -> str:
-        """The path of ``v``'s data for reading or presenting it: its array must be
-        online and the file there (one clear error otherwise)."""
-        backend = self.backend(v.array)
-        backend.check()
-        path = backend.locate(v.id)
-        if not os.path.exists(path):
-            raise DataMissing(ref=v.name or v.id, array=backend.name, path=path)
-        return path
+        """The file of ``v``'s data, for endpoints that serve files."""
+        return file_path(self.source(v), "this endpoint")
+
+    def path(self, v: Vvol) -> str:
+        """The file of ``v``'s data, without looking whether it is there."""
+        return file_path(self.backend(v.array).source(v.id), "this endpoint")
 
     # -- lookups ----------------------------------------------------------------------
     def vvol(self, conn: Connection, ref: str, tenant: str | None = None) -> Vvol:

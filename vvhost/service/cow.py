@@ -5,16 +5,19 @@
      └── base@s2  snapshot, read-only, parent = base
           └── c1  linked clone, parent = base@s2   (base@s2 refs = 1)
 
-Revert of base to s1 keeps s2: stage a copy of s1 beside base → keep base's
-current data as a safety snapshot (a hard link: instant) → swap the staged copy
-in (atomic rename) → drop the safety snapshot.  Any failure before the swap is
-recorded as done restores base from the safety snapshot.
+Revert of base to s1 keeps s2: the array stages s1's data as base's next data
+(dir: a copy beside it, a reflink where it can; rbd: a clone of s1, constant
+time), then swaps it in (dir: an atomic rename; rbd: the image names).  Before
+the commit point the base is untouched and an interrupted revert drops what was
+staged; after it, recovery finishes the swap.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from ..arrays.base import Progress
 from ..catalog import bindrepo, repo, tenancy, vvolrepo
 from ..errors import InUse, InvalidInput
 from ..model import CLONE, CREATING, READY, REVERTING, SNAPSHOT, Container, JournalEntry, Vvol
@@ -43,14 +46,17 @@ class CowOps:
             base_id = self.ctx.vvol(conn, ref).id
         with self.ctx.locks.hold([base_id]):
             snap, base = self._prepare_one(ref, name, op_id, alone=True)
-            return self._fill(snap.op or "", "snapshot", snap, self.ctx.path(base))
+            backend = self.ctx.backend(base.array)
+            return self._fill(
+                snap.op or "", "snapshot", snap, lambda _: backend.snapshot(base.id, snap.id)
+            )
 
     def _refuse_torn(self, conn: Any, v: Vvol, dst_array: str, what: str) -> None:
         """A copy of a vvol that a host may be writing is only a real point in time
         when the array clones it atomically (FICLONE on a reflink array, same array);
         a sparse copy could capture a state that never existed: refuse it."""
         arr = repo.get_array(conn, v.array)
-        if dst_array == v.array and arr is not None and arr.capabilities.get("reflink"):
+        if dst_array == v.array and arr is not None and arr.capabilities.get("instant"):
             return
         writers = sorted(
             {b.host for b in bindrepo.find_bindings(conn, vvol=v.id) if not b.readonly}
@@ -75,7 +81,7 @@ class CowOps:
         op = self.ctx.new_op(op_id)
         with self.ctx.db.tx() as conn:
             base = self.ctx.ready(self.ctx.vvol(conn, ref))
-            self.ctx.data_path(base)
+            self.ctx.source(base)
             if base.is_snapshot:
                 raise InvalidInput(
                     detail=f"vvol {ref!r} is a snapshot; snapshot its base vvol instead"
@@ -109,8 +115,7 @@ class CowOps:
                 with self.ctx.locks.hold([base_id]):
                     snap, base = self._prepare_one(ref, name, None)
                     made.append(snap)
-                    if self._reflinks(snap.array):
-                        self.ctx.backend(snap.array).stage(self.ctx.path(base), snap.id, sync=False)
+                    self.ctx.backend(snap.array).prepare_snapshot(base.id, snap.id)
         except BaseException:
             self.abort_group([v.id for v in made])
             raise
@@ -133,12 +138,8 @@ class CowOps:
                             "was prepared"
                         )
 
-                for snap, base in zip(snaps, bases, strict=True):  # XFS clones one at a time
-                    backend = self.ctx.backend(snap.array)
-                    if backend.staged(snap.id):
-                        backend.restage(self.ctx.path(base), snap.id)
-                    else:
-                        backend.stage(self.ctx.path(base), snap.id, sync=False)
+                for snap, base in zip(snaps, bases, strict=True):
+                    self.ctx.backend(snap.array).cut_snapshot(base.id, snap.id)
                     self._cut.add(snap.id)
             except BaseException:
                 self.abort_group(snap_ids)
@@ -154,14 +155,12 @@ class CowOps:
                 raise InvalidInput(detail=f"snapshot {_label(snap)} was not cut")
         try:
             for snap in snaps:
-                backend = self.ctx.backend(snap.array)
-                if not backend.exists(snap.id):
-                    backend.commit_stage(snap.id)
-                backend.set_readonly(snap.id, True)
+                self.ctx.backend(snap.array).commit_snapshot(snap.id)
             self.ctx.fault("snapshot-group", "committed")
             with self.ctx.db.tx() as conn:
                 for snap in snaps:
-                    vvolrepo.force(conn, snap.id, state=READY, op=None)
+                    locator = self.ctx.backend(snap.array).locator(snap.id)
+                    vvolrepo.force(conn, snap.id, state=READY, op=None, locator=locator)
                     repo.journal_remove(conn, snap.op or "")
             self._cut.difference_update(snap_ids)
         except BaseException:
@@ -182,11 +181,6 @@ class CowOps:
                 self.ctx,
                 JournalEntry(id=v.op, op="snapshot", vvol=v.id, step="begin", args={}, created=0),
             )
-
-    def _reflinks(self, array_id: str) -> bool:
-        with self.ctx.db.tx() as conn:
-            arr = repo.get_array(conn, array_id)
-        return bool(arr and arr.capabilities.get("reflink"))
 
     def _prepared(self, conn: Any, sid: str) -> Vvol:
         v = self.ctx.vvol(conn, sid)
@@ -211,7 +205,7 @@ class CowOps:
         with self.ctx.locks.hold([src.id]):
             with self.ctx.db.tx() as conn:
                 src = self.ctx.ready(self.ctx.vvol(conn, ref))
-                self.ctx.data_path(src)
+                self.ctx.source(src)
                 c = self.vvols.containers.get(conn, container or src.container)
                 if linked and src.array not in c.arrays:
                     raise InvalidInput(
@@ -239,7 +233,23 @@ class CowOps:
                 if linked:
                     vvolrepo.add_ref(conn, src.id, 1)
                 self.ctx.journal(conn, op, "clone", clone.id, {"source": src.id})
-            return self._fill(op, "clone", clone, self.ctx.path(src))
+            return self._fill(op, "clone", clone, self._cloner(src, clone, linked))
+
+    def _cloner(self, src: Vvol, clone: Vvol, linked: bool) -> Callable[[Progress], str]:
+        """How the clone's data is made: by the array when the clone lands on the
+        source's array, else copied from the source's array into the other."""
+        if clone.array == src.array:
+            backend = self.ctx.backend(src.array)
+            return lambda tick: backend.clone(src.id, clone.id, clone.container, linked, tick)
+
+        def across(tick: Progress) -> str:
+            with self.ctx.backend(src.array).open(src.id) as io:
+                self.ctx.backend(clone.array).copy_in(
+                    clone.id, clone.container, [(clone.id, io)], tick
+                )
+            return "copy"
+
+        return across
 
     @staticmethod
     def _ds_containers(conn: Any, src: Vvol) -> list[str]:
@@ -249,18 +259,21 @@ class CowOps:
         ds = tenancy.get_datastore(conn, src.datastore)
         return ds.containers if ds else []
 
-    def _fill(self, op: str, kind: str, new: Vvol, source: str) -> dict[str, Any]:
-        """Copy ``source`` into the new vvol and make it ready (or undo everything)."""
+    def _fill(
+        self, op: str, kind: str, new: Vvol, make: Callable[[Progress], str]
+    ) -> dict[str, Any]:
+        """Make the new vvol's data with ``make`` and the vvol ready (or undo everything)."""
         entry = JournalEntry(id=op, op=kind, vvol=new.id, step="begin", args={}, created=0)
         backend = self.ctx.backend(new.array)
         try:
             with self.ctx.undo_on_error(lambda: undo_new(self.ctx, entry)):
-                backend.copy_in(source, new.id, self.ctx.progress.callback(op))
+                make(self.ctx.progress.callback(op))
                 if new.readonly:
                     backend.set_readonly(new.id, True)
                 self.ctx.fault(kind, "copied")
                 with self.ctx.db.tx() as conn:
-                    vvolrepo.force(conn, new.id, state=READY, op=None)
+                    locator = backend.locator(new.id)
+                    vvolrepo.force(conn, new.id, state=READY, op=None, locator=locator)
                     repo.journal_remove(conn, op)
                     return self.vvols.describe(conn, vvolrepo.get(conn, new.id) or new)
         finally:
@@ -280,13 +293,8 @@ class CowOps:
                 ensure_unbound(conn, base, "revert it")
                 if snap.parent != base.id or not snap.is_snapshot:
                     raise InvalidInput(detail=f"{to!r} is not a snapshot of vvol {ref!r}")
-                c = self.vvols.containers.get(conn, base.container)
-                reserve(conn, c, base.size)
-                safety = _snapshot_row(base, c, f"{_label(base)}@safety-{op[:8]}", op)
-                vvolrepo.insert(conn, safety)
-                vvolrepo.add_ref(conn, base.id, 1)
                 vvolrepo.change(conn, base, bump=False, state=REVERTING, op=op)
-                args = {"to": snap.id, "safety": safety.id}
+                args = {"to": snap.id}
                 self.ctx.journal(conn, op, "revert", base.id, args)
             entry = JournalEntry(
                 id=op, op="revert", vvol=base.id, step="begin", args=args, created=0
@@ -294,14 +302,11 @@ class CowOps:
             backend = self.ctx.backend(base.array)
             try:
                 with self.ctx.undo_on_error(lambda: undo_revert(self.ctx, entry)):
-                    # Stage the snapshot's data beside the base, keep the base's current
-                    # data as the safety snapshot (instant), then swap atomically.
-                    backend.stage(self.ctx.path(snap), base.id, self.ctx.progress.callback(op))
-                    backend.keep(base.id, safety.id)
-                    self.ctx.step(op, "revert", "safety-ready")
-                    entry = JournalEntry(**{**entry.__dict__, "step": "safety-ready"})
-                    backend.commit_stage(base.id)
-                    self.ctx.fault("revert", "replaced")
+                    # The array stages the snapshot's data as the base's next data
+                    # (dir: a copy beside it; rbd: a clone of the snapshot) ...
+                    backend.revert(base.id, snap.id, op, self.ctx.progress.callback(op))
+                    self.ctx.fault("revert", "staged")
+                    # ... from here on the revert is finished, also by recovery.
                     self.ctx.step(op, "revert", "committed")
             finally:
                 self.ctx.progress.drop(op)
@@ -332,43 +337,34 @@ def _renamed(v: Vvol, name: str) -> Vvol:
 
 
 def undo_revert(ctx: Context, entry: JournalEntry) -> None:
-    """Before the commit point: put back the base's content if it may have been
-    touched, then drop the safety snapshot and make the base ready again."""
-    base_id = entry.vvol or ""
-    safety_id = entry.args["safety"]
+    """Before the commit point: the base was never touched; drop what was staged."""
     with ctx.db.tx() as conn:
-        base = vvolrepo.get(conn, base_id)
+        base = vvolrepo.get(conn, entry.vvol or "")
     if base is not None:
-        if entry.step == "safety-ready":
-            ctx.backend(base.array).restore(base.id, safety_id)
-        ctx.backend(base.array).discard_stage(base.id)
-    _drop_safety(ctx, entry, base, bump=False)
+        ctx.backend(base.array).revert_undo(base.id, entry.id)
+    _settle(ctx, entry, base, bump=False)
 
 
 def finish_revert(ctx: Context, entry: JournalEntry) -> None:
-    """After the commit point: the base holds the snapshot's data; tidy up."""
+    """After the commit point: swap the staged data in (idempotent), then tidy up."""
     with ctx.db.tx() as conn:
         base = vvolrepo.get(conn, entry.vvol or "")
-        snap = vvolrepo.get(conn, entry.args["to"])
-        if base is not None and snap is not None and base.size != snap.size:
-            repo.reserve(conn, base.container, snap.size - base.size)
-            vvolrepo.force(conn, base.id, size=snap.size)
+    if base is not None:
+        backend = ctx.backend(base.array)
+        backend.revert_commit(base.id, entry.id)
+        ctx.fault("revert", "replaced")
+        with ctx.db.tx() as conn:
+            snap = vvolrepo.get(conn, entry.args["to"])
+            if snap is not None and base.size != snap.size:
+                repo.reserve(conn, base.container, snap.size - base.size)
+                vvolrepo.force(conn, base.id, size=snap.size)
+            vvolrepo.force(conn, base.id, locator=backend.locator(base.id))
             base = vvolrepo.get(conn, base.id)
-    _drop_safety(ctx, entry, base, bump=True)
+    _settle(ctx, entry, base, bump=True)
 
 
-def _drop_safety(ctx: Context, entry: JournalEntry, base: Vvol | None, bump: bool) -> None:
-    safety_id = entry.args["safety"]
+def _settle(ctx: Context, entry: JournalEntry, base: Vvol | None, bump: bool) -> None:
     with ctx.db.tx() as conn:
-        safety = vvolrepo.get(conn, safety_id)
-    if safety is not None:
-        ctx.backend(safety.array).remove(safety.id)
-    with ctx.db.tx() as conn:
-        safety = vvolrepo.get(conn, safety_id)
-        if safety is not None:
-            vvolrepo.add_ref(conn, safety.parent, -1)
-            repo.reserve(conn, safety.container, -safety.size)
-            vvolrepo.remove(conn, safety.id)
         if base is not None:
             gen = base.generation + (1 if bump else 0)
             vvolrepo.force(conn, base.id, state=READY, op=None, generation=gen)

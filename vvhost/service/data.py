@@ -4,9 +4,13 @@ bitmaps, and copying only the chunks that changed between two points."""
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from typing import Any
 
 from .. import bitmap
+from ..arrays import ArrayBackend, volio
+from ..arrays.base import Changed
+from ..arrays.sources import FileSource
 from ..catalog import repo, vvolrepo
 from ..errors import (
     ArrayOffline,
@@ -72,7 +76,7 @@ class DataOps:
                     )
                 dst_array = self.vvols.place(dst_c)
                 for m in members:
-                    self.ctx.data_path(m)
+                    self.ctx.source(m)
                 self._apart(v.array, dst_array, members)
                 for m in members:
                     vvolrepo.change(conn, m, bump=False, state=MOVING, op=op)
@@ -89,10 +93,9 @@ class DataOps:
             src, dst = self.ctx.backend(v.array), self.ctx.backend(dst_array)
             try:
                 with self.ctx.undo_on_error(lambda: undo_move(self.ctx, entry)):
-                    for m in members:
-                        dst.copy_in(src.locate(m.id), m.id, self.ctx.progress.callback(op))
-                        if m.readonly:
-                            dst.set_readonly(m.id, True)
+                    with ExitStack() as stack:
+                        chain = [(m.id, stack.enter_context(src.open(m.id))) for m in members]
+                        dst.copy_in(v.id, dst_c.id, chain, self.ctx.progress.callback(op))
                     self.ctx.fault("move", "copied")
                     with self.ctx.db.tx() as conn:
                         for m in members:
@@ -104,6 +107,7 @@ class DataOps:
                                 state=READY,
                                 op=None,
                                 generation=m.generation + 1,
+                                locator=dst.locator(m.id),
                             )
                         repo.reserve(conn, src_c.id, -total)
                         repo.journal_step(conn, op, "committed")
@@ -117,9 +121,9 @@ class DataOps:
         copy would be the source itself and the cleanup would delete the only copy."""
         src, dst = self.ctx.backend(src_id), self.ctx.backend(dst_id)
         for m in members:
-            if _same_file(src.locate(m.id), dst.locate(m.id)):
+            if _same_data(src, dst, m.id):
                 raise PathConflict(
-                    path=dst.locate(m.id),
+                    path=dst.source(m.id).label(),
                     reason=f"is the file of vvol {m.name or m.id} itself: arrays "
                     f"{src.name} and {dst.name} overlap, the move would lose its data",
                 )
@@ -135,7 +139,8 @@ class DataOps:
                 what="linked clones",
                 names=", ".join(c.name or c.id for c in clones),
             )
-        return [v] + [self.ctx.ready(s) for s in deps]
+        snaps = sorted((self.ctx.ready(s) for s in deps), key=lambda s: s.created)
+        return snaps + [v]  # oldest point first, the vvol itself last
 
     def _copy_target(self, conn: Any, ref: str) -> Vvol:
         """The destination of copy-diffs: writable and ready, or failed by an earlier
@@ -145,8 +150,40 @@ class DataOps:
             return self.vvols._writable(conn, ref, "copy into it", None)
         if v.readonly:
             raise ReadOnly(ref=v.name or v.id, action="copy into it")
-        self.ctx.data_path(v)
+        self.ctx.source(v)
         return v
+
+    # -- reading and writing data (the same from any machine, on any array) -------------
+    def read(self, ref: str, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes of the vvol from ``offset`` (less at its end)."""
+        with self.ctx.db.tx() as conn:
+            v = self.ctx.ready(self.ctx.vvol(conn, ref))
+        _check_window(v, offset, length)
+        self.ctx.source(v)
+        with self.ctx.backend(v.array).open(v.id) as io:
+            return io.read(offset, min(length, v.size - offset))
+
+    def write(self, ref: str, offset: int, data: bytes, zero: int = 0) -> dict[str, Any]:
+        """Write ``data`` at ``offset`` into a writable vvol no host has bound; or,
+        with ``zero``, make that many bytes from ``offset`` read as zeros."""
+        with self.ctx.db.tx() as conn:
+            vid = self.ctx.vvol(conn, ref).id
+        with self.ctx.locks.hold([vid]):
+            with self.ctx.db.tx() as conn:
+                v = self.vvols._writable(conn, vid, "write into it", None)
+                ensure_unbound(conn, v, "write into it")
+            length = zero or len(data)
+            if zero and data:
+                raise InvalidInput(detail="write data or zeros, not both")
+            if offset < 0 or offset + length > v.size:
+                raise InvalidInput(detail=f"the write ends past the vvol's {v.size} bytes")
+            with self.ctx.backend(v.array).open(v.id, writable=True) as io:
+                if zero:
+                    io.zero(offset, zero)
+                else:
+                    io.write(offset, data)
+                io.flush()
+        return {"vvol": v.id, "offset": offset, "bytes": length}
 
     # -- bitmaps ------------------------------------------------------------------------
     def bitmap(
@@ -162,21 +199,8 @@ class DataOps:
         with self.ctx.db.tx() as conn:
             v = self.ctx.vvol(conn, ref)
             b = self.ctx.vvol(conn, base) if base else None
-        path = self.ctx.data_path(v)
-        try:
-            if b is None:
-                ranges = bitmap.allocated_chunks(path, size)
-                how = "allocation"
-            else:
-                diff = bitmap.diff_chunks(path, self.ctx.data_path(b), size, method=method)
-                ranges, how = diff.ranges, diff.method
-        except ValueError as exc:  # e.g. fiemap asked for across two filesystems
-            raise InvalidInput(detail=f"bitmap of {ref!r}: {exc}") from None
-        except OSError as exc:
-            raise BackendError(
-                array=self.ctx.backend(v.array).name,
-                detail=f"cannot read vvol {ref!r}: {exc.strerror or exc}",
-            ) from exc
+        found = changed(self.ctx, v, b, size, method)
+        ranges, how = found.ranges, found.method
         return {
             "vvol": v.id,
             "base": b.id if b else None,
@@ -199,8 +223,8 @@ class DataOps:
             with self.ctx.db.tx() as conn:
                 src = self.ctx.ready(self.ctx.vvol(conn, src_ref))
                 base = self.ctx.ready(self.ctx.vvol(conn, base_ref))
-                self.ctx.data_path(src)
-                self.ctx.data_path(base)
+                self.ctx.source(src)
+                self.ctx.source(base)
                 dst = self._copy_target(conn, dst_ref)
                 ensure_unbound(conn, dst, "copy into it")
                 if dst.size < src.size:
@@ -221,6 +245,16 @@ class DataOps:
                 self.ctx.progress.drop(op)
 
 
+MAX_WINDOW = 16 << 20  # bytes one read or write of data may move
+
+
+def _check_window(v: Vvol, offset: int, length: int) -> None:
+    if offset < 0 or length < 0 or offset > v.size:
+        raise InvalidInput(detail=f"offset {offset} is outside the vvol's {v.size} bytes")
+    if length > MAX_WINDOW:
+        raise InvalidInput(detail=f"at most {MAX_WINDOW} bytes at a time, not {length}")
+
+
 def finish_copy_diffs(ctx: Context, entry: JournalEntry) -> dict[str, Any]:
     """Copy what changed; idempotent, so recovery simply runs it again.
 
@@ -235,11 +269,11 @@ def finish_copy_diffs(ctx: Context, entry: JournalEntry) -> dict[str, Any]:
     result: dict[str, Any] = {"bytes": 0, "ranges": 0, "method": None}
     if dst is not None and src is not None and base is not None:
         try:
-            source = ctx.data_path(src)
-            diff = bitmap.diff_chunks(source, ctx.data_path(base), bitmap.DEFAULT_CHUNK)
-            copied = ctx.backend(dst.array).write_ranges(
-                source, dst.id, diff.ranges, ctx.progress.callback(entry.id)
-            )
+            diff = changed(ctx, src, base, bitmap.DEFAULT_CHUNK, None)
+            with ctx.backend(src.array).open(src.id) as io:
+                copied = ctx.backend(dst.array).write_ranges(
+                    io, dst.id, diff.ranges, ctx.progress.callback(entry.id)
+                )
         except ArrayOffline:
             raise
         except (VvhostError, OSError, ValueError) as exc:
@@ -259,9 +293,36 @@ def finish_copy_diffs(ctx: Context, entry: JournalEntry) -> dict[str, Any]:
     return result
 
 
-def _same_file(a: str, b: str) -> bool:
+def changed(ctx: Context, v: Vvol, base: Vvol | None, chunk: int, method: str | None) -> Changed:
+    """The chunks of ``v`` that differ from ``base`` (or hold data): the array
+    tells when both live on it, else both are read and compared."""
+    backend = ctx.backend(v.array)
+    ctx.source(v)
+    if base is None or base.array == v.array:
+        if base is not None:
+            ctx.source(base)
+        return backend.changed(v.id, base.id if base else None, chunk, method)
+    if method not in (None, "compare"):
+        raise InvalidInput(
+            detail=f"{method} needs both vvols on the same filesystem (one array); use compare"
+        )
+    ctx.source(base)
+    with backend.open(v.id) as a, ctx.backend(base.array).open(base.id) as b:
+        try:
+            return Changed(volio.differing(a, b, chunk), "compare")
+        except OSError as exc:
+            raise BackendError(
+                array=backend.name, detail=f"cannot compare {v.id}: {exc.strerror or exc}"
+            ) from exc
+
+
+def _same_data(src: ArrayBackend, dst: ArrayBackend, vid: str) -> bool:
+    """Two arrays that are one directory (or nested) would see one file twice."""
+    a, b = src.source(vid), dst.source(vid)
+    if not isinstance(a, FileSource) or not isinstance(b, FileSource):
+        return False
     try:
-        return os.path.samefile(a, b)
+        return os.path.samefile(a.path, b.path)
     except OSError:
         return False
 
@@ -270,7 +331,7 @@ def undo_move(ctx: Context, entry: JournalEntry) -> None:
     src = ctx.backend(entry.args["src_array"])
     dst = ctx.backend(entry.args["dst_array"])
     for member in entry.args["members"]:
-        if not _same_file(src.locate(member), dst.locate(member)):
+        if not _same_data(src, dst, member):
             dst.remove(member)
     with ctx.db.tx() as conn:
         repo.reserve(conn, entry.args["dst_container"], -int(entry.args["total"]))
@@ -285,7 +346,7 @@ def finish_move(ctx: Context, entry: JournalEntry) -> None:
     src = ctx.backend(entry.args["src_array"])
     dst = ctx.backend(entry.args["dst_array"])
     for member in entry.args["members"]:
-        if _same_file(src.locate(member), dst.locate(member)):
+        if _same_data(src, dst, member):
             continue  # the source is the destination: never delete the only copy
         src.remove(member)
     with ctx.db.tx() as conn:

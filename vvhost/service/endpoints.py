@@ -370,7 +370,7 @@ class PeOps:
     def _check_file_dir(self, path: str, others: list[Pe], arrays: list[Array]) -> None:
         """A file endpoint's directory is new or empty, and neither is, holds nor lies
         in an array's directory, another endpoint's, or the control plane's state."""
-        taken = [(f"array {a.name}'s directory {a.path}", a.path) for a in arrays]
+        taken = [(f"array {a.name}'s directory {a.path}", a.path) for a in arrays if a.path]
         taken += [(f"endpoint {p.name}'s directory {p.path}", p.path) for p in others if p.path]
         taken.append(
             (

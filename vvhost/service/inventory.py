@@ -11,7 +11,8 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from ..arrays import BACKENDS, identity, open_backend
+from ..arrays import identity, open_backend, settings_from
+from ..arrays.settings import ArraySettings, DirSettings
 from ..catalog import bindrepo, repo, tenancy, vvolrepo
 from ..errors import (
     AlreadyExists,
@@ -21,6 +22,7 @@ from ..errors import (
     InvalidInput,
     NotFound,
     PathConflict,
+    VvhostError,
 )
 from ..model import Array, Container, Pe
 from ..units import check_name, parse_size
@@ -37,9 +39,11 @@ class ArrayOps:
         with self.ctx.db.tx() as conn:
             if repo.get_array(conn, DEFAULT_ARRAY) is not None:
                 return
-        self.add(
-            DEFAULT_ARRAY, "dir", os.path.join(self.ctx.config.state_dir, "arrays", DEFAULT_ARRAY)
-        )
+        spec = dict(self.ctx.config.default_array or {})
+        backend = spec.pop("backend", "dir")
+        if backend == "dir" and not spec:
+            spec = {"path": os.path.join(self.ctx.config.state_dir, "arrays", DEFAULT_ARRAY)}
+        self.add(DEFAULT_ARRAY, backend, spec)
 
     def reprobe(self) -> None:
         """Capabilities are detected, not assumed: look again at every start.  An
@@ -55,7 +59,7 @@ class ArrayOps:
     def _adopt_unmarked(self, arr: Array) -> None:
         """Arrays added before markers existed get theirs once, if their directory
         still holds the backend's files (an empty mountpoint does not)."""
-        if arr.fs_id is not None:
+        if arr.fs_id is not None or arr.path is None:
             return
         marker = identity.read_marker(arr.path)
         if marker is None and os.path.isdir(os.path.join(arr.path, "vvols")):
@@ -67,52 +71,67 @@ class ArrayOps:
             with self.ctx.db.tx() as conn:
                 repo.set_array_fs_id(conn, arr.id, marker.fs_id)
 
-    def add(self, name: str, backend: str, path: str) -> Array:
+    def add(self, name: str, backend: str, settings: dict[str, Any]) -> Array:
+        """Add an array of ``backend`` with its settings record (``dir``: path;
+        ``rbd``: pool, conf, user, keyring)."""
         check_name(name, what="array name")
-        if backend not in BACKENDS:
-            raise InvalidInput(detail=f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
+        record = settings_from(backend, settings)
+        with self.ctx.db.tx() as conn:
+            if repo.get_array(conn, name) is not None:
+                raise AlreadyExists(kind="array", ref=name)
+        if isinstance(record, DirSettings):
+            return self._add_dir(name, record.path)
+        return self._add(name, backend, record, None)
+
+    def _add(self, name: str, backend: str, record: ArraySettings, fs_id: str | None) -> Array:
+        arr = Array(
+            id=str(uuid.uuid4()),
+            name=name,
+            backend=backend,
+            settings=record,
+            capabilities={},
+            created=time.time(),
+            fs_id=fs_id,
+        )
+        opened = open_backend(arr)
+        try:
+            opened.claim()
+            arr = replace(arr, capabilities=opened.probe())
+            with self.ctx.db.tx() as conn:
+                if repo.get_array(conn, name) is not None:
+                    raise AlreadyExists(kind="array", ref=name)
+                repo.insert_array(conn, arr)
+        except BaseException:
+            with contextlib.suppress(VvhostError):
+                opened.release()
+            opened.close()
+            raise
+        opened.close()
+        self.ctx.register(arr)
+        return arr
+
+    def _add_dir(self, name: str, path: str) -> Array:
         if not os.path.isabs(path):
             raise InvalidInput(detail=f"array path {path!r} must be absolute")
         path = os.path.normpath(path)
         with self.ctx.db.tx() as conn:
-            if repo.get_array(conn, name) is not None:
-                raise AlreadyExists(kind="array", ref=name)
             self._check_apart(path, repo.list_arrays(conn), bindrepo.list_pes(conn))
         foreign = identity.foreign_reason(path)
         if foreign is not None:
             raise PathConflict(path=path, reason=foreign)
         created = not os.path.exists(path)
-        array_id = str(uuid.uuid4())
         try:
             try:
                 os.makedirs(path, exist_ok=True)
-                marker = identity.write_marker(path, array_id, name)
             except OSError as exc:
                 raise BackendError(
                     array=name, detail=f"cannot prepare {path}: {exc.strerror or exc}"
                 ) from exc
-            arr = Array(
-                id=array_id,
-                name=name,
-                backend=backend,
-                path=path,
-                capabilities={},
-                created=time.time(),
-                fs_id=marker.fs_id,
-            )
-            caps = open_backend(arr).probe()
-            arr = replace(arr, capabilities=caps)
-            with self.ctx.db.tx() as conn:
-                if repo.get_array(conn, name) is not None:
-                    raise AlreadyExists(kind="array", ref=name)
-                repo.insert_array(conn, arr)
-            self.ctx.register(arr)
+            return self._add(name, "dir", DirSettings(path), identity.fs_identity(path))
         except BaseException:
-            _unmark(path, array_id)
             if created:
                 _remove_empty_tree(path)
             raise
-        return arr
 
     def _check_apart(self, path: str, arrays: list[Array], pes: list[Pe]) -> None:
         """Arrays never overlap each other, a file endpoint's directory, or the
@@ -130,6 +149,8 @@ class ArrayOps:
         if catalog and identity.relation(path, catalog) in ("same", "contains"):
             raise PathConflict(path=path, reason=f"contains the catalog ({catalog})")
         for a in arrays:
+            if a.path is None:
+                continue
             reason = identity.overlap_reason(path, a.path, f"array {a.name}")
             if reason:
                 raise PathConflict(path=path, reason=reason)
@@ -179,8 +200,10 @@ class ArrayOps:
                     kind="array", ref=arr.name, reason=f"containers {', '.join(users)} use it"
                 )
             repo.delete_array(conn, arr.id)
+        backend = self.ctx.backend(arr.id)
+        with contextlib.suppress(VvhostError):
+            backend.release()
         self.ctx.forget_backend(arr.id)
-        _unmark(arr.path, arr.id)
 
 
 class ContainerOps:
@@ -239,7 +262,7 @@ class ContainerOps:
         out = c.to_dict()
         out["array_names"] = [names.get(a, a) for a in c.arrays]
         out["vvols"] = len(vvols)
-        out["used"] = sum(self.ctx.backend(v.array).used(v.id) for v in vvols)
+        out["used"] = sum(self.ctx.backend(v.array).space(v.id).allocated for v in vvols)
         return out
 
     def delete(self, ref: str) -> None:
@@ -264,20 +287,6 @@ class ContainerOps:
 def _sqlite_file(url: str) -> str | None:
     prefix = "sqlite:///"
     return url[len(prefix) :] if url.startswith(prefix) else None
-
-
-def _unmark(path: str, array_id: str) -> None:
-    """Take back the marker of ``array_id`` (and the empty vvols directory); an array
-    that still holds files keeps its marker, so nobody adopts them unawares."""
-    marker = identity.read_marker(path)
-    if marker is None or marker.array_id != array_id:
-        return
-    vdir = os.path.join(path, "vvols")
-    with contextlib.suppress(OSError):
-        if os.path.isdir(vdir):
-            os.rmdir(vdir)
-    if not os.path.exists(vdir):
-        identity.remove_marker(path)
 
 
 def _remove_empty_tree(path: str) -> None:

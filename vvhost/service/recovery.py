@@ -127,11 +127,13 @@ def audit(ctx: Context, endpoints: EndpointManager | None = None) -> dict[str, A
         backend = ctx.backend(a.id)
         present = set(backend.list_ids())
         for orphan in sorted(present - by_array[a.id]):
-            problems.append(f"array {a.name}: {backend.locate(orphan)} has no catalog row")
+            where = backend.source(orphan).label()
+            problems.append(f"array {a.name}: {where} has no catalog row")
         for missing in sorted(by_array[a.id] - present):
             problems.append(f"array {a.name}: vvol {missing} has no data")
         for vid in backend.partials():
             problems.append(f"array {a.name}: half-written copy of {vid}")
+        problems += [f"array {a.name}: {p}" for p in backend.audit()]
     return {
         "ok": not problems,
         "problems": problems,

@@ -13,6 +13,8 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from ..arrays import ArrayBackend
+from ..arrays.sources import FileSource
 from ..catalog import bindrepo, repo, tenancy, vvolrepo
 from ..errors import (
     BackendError,
@@ -118,7 +120,7 @@ class VvolOps:
         offline = backend.offline()
         problem = f"array {backend.name} is offline: {offline}" if offline else None
         if problem is None and v.state != CREATING and not backend.exists(v.id):
-            problem = f"its data file {backend.locate(v.id)} is missing"
+            problem = "its data is missing from the array"
         return {
             "id": v.id,
             "name": v.name,
@@ -128,7 +130,7 @@ class VvolOps:
             "array": a.name if a else v.array,
             "array_id": v.array,
             "size": v.size,
-            "used": backend.used(v.id),
+            "used": backend.space(v.id).allocated,
             "parent": v.parent,
             "relation": v.relation,
             "readonly": v.readonly,
@@ -142,9 +144,11 @@ class VvolOps:
             "datastore": v.datastore,
             "tenant": v.tenant,
             "created": v.created,
-            "path": backend.locate(v.id),
+            **_where(backend, v),
+            "locator": v.locator,
             "failure": v.failure,
             "problem": problem,
+            "background": backend.background(v.id) if offline is None else None,
         }
 
     def show(self, ref: str) -> dict[str, Any]:
@@ -250,10 +254,11 @@ class VvolOps:
             self.ctx.journal(conn, op, "create", v.id, {})
         entry = JournalEntry(id=op, op="create", vvol=v.id, step="begin", args={}, created=0)
         with self.ctx.undo_on_error(lambda: undo_new(self.ctx, entry)):
-            self.ctx.backend(array_id).create(v.id, nbytes)
+            backend = self.ctx.backend(array_id)
+            backend.create(v.id, nbytes, v.container)
             self.ctx.fault("create", "file-created")
             with self.ctx.db.tx() as conn:
-                vvolrepo.force(conn, v.id, state=READY, op=None)
+                vvolrepo.force(conn, v.id, state=READY, op=None, locator=backend.locator(v.id))
                 repo.journal_remove(conn, op)
                 return self.describe(conn, vvolrepo.get(conn, v.id) or v)
 
@@ -309,7 +314,7 @@ class VvolOps:
         if v.readonly:
             raise ReadOnly(ref=v.name or v.id, action=action)
         self.ctx.expect(v, generation)
-        self.ctx.data_path(v)  # its array is online and its data there
+        self.ctx.source(v)  # its array is online and its data there
         return v
 
     # -- metadata -----------------------------------------------------------------------
@@ -422,3 +427,15 @@ def finish_extend(ctx: Context, entry: JournalEntry) -> None:
             vvolrepo.force(conn, v.id, size=size, state=READY, op=None, generation=v.generation + 1)
     with ctx.db.tx() as conn:
         repo.journal_remove(conn, entry.id)
+
+
+def _where(backend: ArrayBackend, v: Vvol) -> dict[str, Any]:
+    """Where the data lives: ``where`` (a file path or ``pool/namespace/image@snap``),
+    ``path`` too for files; nothing while the array cannot be asked."""
+    if backend.offline() is not None or not backend.exists(v.id):
+        return {"where": None, "path": None}
+    source = backend.source(v.id)
+    return {
+        "where": source.label(),
+        "path": source.path if isinstance(source, FileSource) else None,
+    }

@@ -20,7 +20,8 @@ text::
     auth_caps / auth_rm         auth caps / auth rm
     auth_ls / auth_get_key      auth ls (names only) / auth get-key
     blocklist_add/rm/ls         osd blocklist add|rm|ls
-    mon_addrs / minimal_conf    mon dump / config generate-minimal-conf
+    mon_addrs / mon_endpoints   mon dump
+    minimal_conf                config generate-minimal-conf
 
 Short timeouts (``timeout`` seconds, 10 by default) make an unreachable
 cluster fail in seconds with :class:`CephUnreachable` instead of hanging.
@@ -39,7 +40,7 @@ import rados
 
 from ..errors import CephDenied, CephError, CephUnreachable, NotFound
 
-__all__ = ["Ceph", "CephClient", "rbd_caps"]
+__all__ = ["Ceph", "CephClient", "keyring_text", "rbd_caps"]
 
 _UNREACHABLE = {errno.ETIMEDOUT, errno.ENOTCONN, errno.ECONNREFUSED, errno.ESHUTDOWN}
 _DENIED = {errno.EACCES, errno.EPERM}
@@ -66,6 +67,11 @@ def rbd_caps(pool: str, namespaces: list[str]) -> dict[str, str]:
     """
     osd = ", ".join(f"profile rbd pool={pool} namespace={ns}" for ns in namespaces)
     return {"mon": "profile rbd", "osd": osd}
+
+
+def keyring_text(entity: str, key: str) -> str:
+    """A keyring file holding one key (what a host gets next to its minimal ceph.conf)."""
+    return f"[{entity}]\n\tkey = {key}\n"
 
 
 def _caps_list(caps: dict[str, str]) -> list[str]:
@@ -105,6 +111,13 @@ class Ceph:
                 conffile=self.client.conf or "", rados_id=self.client.user, conf=conf
             )
         except rados.Error as exc:
+            if _errno(exc) == errno.ENOENT:
+                where = self.client.conf or "/etc/ceph/ceph.conf"
+                raise CephError(
+                    cluster=self.client.label(),
+                    detail=f"no ceph.conf at {where}",
+                    errno=errno.ENOENT,
+                ) from None
             raise self._error(exc, "reading the configuration") from None
         try:
             handle.connect(timeout=int(t))
@@ -285,6 +298,20 @@ class Ceph:
             vec = mon.get("public_addrs", {}).get("addrvec", [])
             parts = [f"{a['type']}:{a['addr']}/{a.get('nonce', 0)}" for a in vec]
             out.append("[" + ",".join(parts) + "]")
+        return out
+
+    def mon_endpoints(self, msgr: str = "v1") -> list[tuple[str, int]]:
+        """(IP, port) of each monitor for protocol ``msgr`` (``v1`` or ``v2``).
+
+        A plain ``IP:PORT`` (libvirt ``<host name= port=>``, QEMU ``server``)
+        is read by librados as msgr v1 unless the port is 3300: hand out v1.
+        """
+        out = []
+        for mon in self.command("mon dump").get("mons", []):
+            for a in mon.get("public_addrs", {}).get("addrvec", []):
+                if a.get("type") == msgr:
+                    ip, port = str(a["addr"]).rsplit(":", 1)
+                    out.append((ip.strip("[]"), int(port)))
         return out
 
     def minimal_conf(self) -> str:
