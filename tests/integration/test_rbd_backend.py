@@ -664,3 +664,38 @@ def test_rbd_array_through_the_cli(
         plane("array", "reap", "ceph")
         assert "consistent" in plane("audit").stdout
         assert names(pool_io, loc["namespace"]) == [] and trash(pool_io, loc["namespace"]) == []
+
+
+def test_relocate_moves_a_vvol_and_its_snapshots_to_another_namespace(
+    array: RbdArray, pool_io: Any
+) -> None:
+    array.create("v1", SIZE, "a")
+    put(array, "v1", "one", [0, 4 * MiB])
+    array.snapshot("v1", "s1")
+    put(array, "v1", "two", [0])
+    array.snapshot("v1", "s2")
+    array.clone("s1", "c1", "a", linked=True)
+    array.revert("v1", "s1", "op1")
+    array.revert_commit("v1", "op1")
+    put(array, "v1", "three", [4 * MiB])
+    seen: list[tuple[int, int]] = []
+    array.relocate(["v1", "s1", "s2"], "b", lambda d, t: seen.append((d, t)))
+    array.relocate(["v1", "s1", "s2"], "b")  # again: nothing to do
+    assert seen and seen[-1] == (2, 2)  # the head and the retired image holding s1, s2
+    for vid in ("v1", "s1", "s2"):
+        assert array.locator(vid)["namespace"] == "b"
+    assert names(pool_io, "a") == ["vv-c1"]
+    assert names(pool_io, "b") == ["vv-v1", "vv-v1.r-op1"]
+    check(array, "v1", "one", [0])
+    check(array, "v1", "three", [4 * MiB])
+    check(array, "s1", "one", [0, 4 * MiB])
+    check(array, "s2", "two", [0])
+    check(array, "c1", "one", [0, 4 * MiB])  # its parent was re-linked
+    spec = image_spec(pool_io, "a", array.locator("c1")["image_id"])
+    assert spec is not None and spec["pool_namespace"] == "b"
+    assert array.changed("s2", "s1", CHUNK).ranges == [(0, CHUNK)]
+    for vid in ("c1", "s1", "s2", "v1"):
+        array.remove(vid)
+    array.reap()
+    for ns in ("a", "b"):
+        assert names(pool_io, ns) == [] and trash(pool_io, ns) == []

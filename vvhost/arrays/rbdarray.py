@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import ArrayOffline, BackendError, DataMissing, InUse, InvalidInput, ReadOnly
-from . import rbdaudit, rbdcopy, rbddiff, rbdindex, rbdio, rbdnames, rbdranges
+from . import rbdaudit, rbdcopy, rbddiff, rbdindex, rbdio, rbdmove, rbdnames, rbdranges
 from .base import ArrayBackend, Changed, Progress, Space, VolumeIO
 from .rbdconn import Cluster
 from .rbdflatten import MAX_CLONE_DEPTH, Flattener, depth
@@ -485,6 +485,14 @@ class RbdArray:
             if snap is not None and snap.kind == "snap" and snap.image_id == prior.image_id:
                 self._remove_snap(sid, snap)
         self.remove(vvol_id)
+
+    def relocate(
+        self, vvol_ids: Sequence[str], space: str, progress: Progress | None = None
+    ) -> None:
+        """Move vvols (a vvol and its snapshots) to another storage container of this
+        array: their images migrate to its namespace (rbdmove.py)."""
+        self._ready()
+        rbdmove.relocate(self, vvol_ids, rbdnames.namespace(space), self._lock, progress)
 
     def reap(self) -> list[str]:
         """Trash retired images nobody needs any more, then purge the trash of what no
