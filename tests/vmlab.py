@@ -63,6 +63,7 @@ class Lab:
             server=server or f"unix://{self.server.socket}",
             libvirt=h.uri,
             nbd_tls_dir=h.nbd_tls_dir,
+            ceph_dir=os.path.join(self.tmp, name, "ceph"),
         ).save(conf)
         install(h.hooks_dir, conf)
         h.sighup()  # returns once libvirtd has reread its hooks

@@ -23,7 +23,6 @@ from tests.patterns import CHUNK, Patterns
 from tests.tlsfixtures import start_tls_plane
 from vvhost.client import Client
 from vvhost.daemon import ServerProcess, free_port
-from vvhost.host import nbdtls
 from vvhost.host.vms import raw_source, raw_target
 
 MiB = 1 << 20
@@ -121,8 +120,8 @@ def with_dir(handle: dict[str, object], certs: str) -> dict[str, object]:
 
 
 def qemu_io(handle: dict[str, object], certs: str, cmd: str) -> subprocess.CompletedProcess[str]:
-    args = nbdtls.image_args(with_dir(handle, certs))
-    assert args is not None
+    args = raw_source(with_dir(handle, certs))
+    assert args[0] == "--object"  # the client credentials
     return run("qemu-io", *args, "-c", cmd)
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from vvhost.certs import NbdCa
 from vvhost.host import domainxml as dx
+from vvhost.host import handles as hd
 from vvhost.host import nbdtls
 from vvhost.host.vms import raw_source, raw_target
 from vvhost.pe.nbdtls import host_of_key
@@ -129,8 +130,8 @@ def test_offline_redo_nodes_name_the_client_credentials() -> None:
 
     assert dx.blockdev(handle)["tls-creds"] == "vvtls0"
     assert "tls-creds" not in dx.blockdev({**HANDLE, "tls": None})
-    assert nbdtls.objects([{**HANDLE, "tls": None}, handle]) == [
+    assert hd.objects([{**HANDLE, "tls": None}, handle, handle]) == [
         "--object",
         "tls-creds-x509,id=vvtls0,dir=/etc/pki/h,endpoint=client",
     ]
-    assert nbdtls.objects([{**HANDLE, "tls": None}]) == []
+    assert hd.objects([{**HANDLE, "tls": None}]) == []

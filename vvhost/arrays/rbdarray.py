@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import ArrayOffline, BackendError, DataMissing, InUse, InvalidInput, ReadOnly
-from . import rbdaudit, rbdcopy, rbddiff, rbdindex, rbdio, rbdmove, rbdnames, rbdranges
+from . import rbdaudit, rbdcopy, rbddiff, rbdindex, rbdio, rbdmove, rbdnames, rbdranges, volio
 from .base import ArrayBackend, Changed, Progress, Space, VolumeIO
 from .rbdconn import Cluster
 from .rbdflatten import MAX_CLONE_DEPTH, Flattener, depth
@@ -186,7 +186,13 @@ class RbdArray:
             raise ReadOnly(ref=vvol_id, action="open it for writing")
         with ceph(self.name, f"opening {entry.image}"):
             with self.images.open(entry.ref(), entry.snap, writable) as img:
-                yield rbdio.RbdVolume(img)
+                vol = rbdio.RbdVolume(img)
+                try:
+                    yield vol
+                except BaseException:
+                    vol.settle()
+                    raise
+                vol.flush()  # queued writes land (or fail) before the image closes
 
     def space(self, vvol_id: str) -> Space:
         self._ready()
@@ -446,7 +452,7 @@ class RbdArray:
     ) -> int:
         with self.open(vvol_id, writable=True) as dst:
             with ceph(self.name, f"writing {vvol_id}"):
-                return rbdio.copy_ranges(src, dst, ranges, progress)
+                return volio.copy_ranges(src, dst, ranges, progress)
 
     def copy_in(
         self,

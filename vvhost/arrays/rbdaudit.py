@@ -4,8 +4,7 @@
     vvol:<id> ready  ──────▶ image (by id), snapshot (by name)  missing: entries_without_data
     vvol/staged/retired ◀─── vv-* images                        unknown: images_without_entries
     snapshot entries ◀────── vs-* / vc-* user snapshots         unknown: stale_snapshots
-                             vv-* in the RBD trash, older than   trash (``reap`` purges)
-                             TRASH_GRACE
+                             vv-* in the RBD trash              trash (``reap`` purges)
 
 Only names this backend makes are reported: other images in a namespace are
 not vvhost's business.  Nothing is changed here.
@@ -13,23 +12,19 @@ not vvhost's business.  Nothing is changed here.
 
 from __future__ import annotations
 
-import datetime
+import time
 from typing import TYPE_CHECKING, Any
 
 import rbd
 
 from . import rbdnames
-from .rbdops import ceph
 
 if TYPE_CHECKING:
     from .rbdarray import RbdArray
+from .rbdops import ceph
 
-TRASH_GRACE = 600.0  # seconds: several rounds of the control plane's reaper
 
-
-def report(array: RbdArray, grace: float = TRASH_GRACE) -> dict[str, list[str]]:
-    """Findings by kind; trash counts only once it is older than ``grace`` seconds (the
-    reaper had its chances)."""
+def report(array: RbdArray) -> dict[str, list[str]]:
     array.check()
     entries = array.index.entries()
     retired = array.index.retired()
@@ -54,8 +49,7 @@ def report(array: RbdArray, grace: float = TRASH_GRACE) -> dict[str, list[str]]:
     spaces = sorted(set(array.index.spaces()) | {e.ns for e in entries.values()})
     for ns in spaces:
         with ceph(array.name, f"listing namespace {ns or 'default'}"):
-            known = known_ids | _staged_ids(array, entries)
-            _walk(array, ns, known, known_names, known_snaps, grace, out)
+            _walk(array, ns, known_ids | _staged_ids(array, entries), known_names, known_snaps, out)
     for vid, entry in sorted(entries.items()):
         if entry.ready and not _has(array, entry.ns, entry.image_id, entry.snap):
             out["entries_without_data"].append(vid)
@@ -72,13 +66,15 @@ def _walk(
     known_ids: set[str],
     known_names: set[tuple[str, str]],
     known_snaps: set[tuple[str, str | None]],
-    grace: float,
     out: dict[str, list[str]],
 ) -> None:
-    cutoff = datetime.datetime.now() - datetime.timedelta(seconds=grace)
     with array.cluster.ioctx(ns) as io:
         images = [(str(i["id"]), str(i["name"])) for i in rbd.RBD().list2(io)]
-        trashed = [str(t["name"]) for t in rbd.RBD().trash_list(io) if t["deletion_time"] <= cutoff]
+        trashed = [
+            str(t["name"])
+            for t in rbd.RBD().trash_list(io)
+            if rbdnames.ours(str(t["name"])) and _overdue(io, t)
+        ]
         for image_id, name in images:
             if not rbdnames.ours(name):
                 continue
@@ -91,7 +87,22 @@ def _walk(
                         continue
                     if (image_id, str(snap["name"])) not in known_snaps:
                         out["stale_snapshots"].append(f"{label}@{snap['name']}")
-    out["trash"] += [f"{ns}/{n}" if ns else n for n in trashed if rbdnames.ours(n)]
+    out["trash"] += [f"{ns}/{n}" if ns else n for n in trashed]
+
+
+TRASH_GRACE = 300.0  # seconds the reaper has to purge a trashed image nothing reads
+
+
+def _overdue(io: Any, entry: dict[str, Any]) -> bool:
+    """A trashed image no clone reads, there for longer than the reaper needs."""
+    deleted = entry.get("deletion_time")
+    if deleted is not None and time.time() - deleted.timestamp() < TRASH_GRACE:
+        return False
+    try:
+        with rbd.Image(io, image_id=str(entry["id"]), read_only=True) as img:
+            return not list(img.list_children2())
+    except rbd.Error:
+        return True
 
 
 def _has(array: RbdArray, ns: str, image_id: str, snap: str | None) -> bool:

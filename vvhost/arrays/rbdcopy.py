@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from . import rbdio, rbdnames
+from . import rbdio, rbdnames, volio
 from .base import Progress, VolumeIO
 from .rbdindex import Entry, Index
 from .rbdops import Images
@@ -46,6 +46,10 @@ def write_chain(
 def write_point(images: Images, entry: Entry, prev: VolumeIO | None, data: VolumeIO) -> None:
     """Make the image's head equal to ``data``, writing only where it differs from ``prev``."""
     images.resize(entry.ref(), data.size)
-    ranges = list(data.extents()) if prev is None else rbdio.differing(prev, data)
+    ranges = list(data.extents()) if prev is None else volio.differing(prev, data, rbdio.BLOCK)
     with images.open(entry.ref(), writable=True) as img:
-        rbdio.copy_ranges(data, rbdio.RbdVolume(img), ranges)
+        vol = rbdio.RbdVolume(img)
+        try:
+            volio.copy_ranges(data, vol, ranges)
+        finally:
+            vol.settle()

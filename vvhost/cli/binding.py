@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from ..errors import ERRORS_BY_CODE
+from ..pe import PROTOCOLS
 from . import output
 from .base import Session, json_option, pass_session
 from .vvol import vvol
@@ -62,13 +63,17 @@ def host_remove(s: Session, name: str) -> None:
 
 @click.group()
 def pe() -> None:
-    """Protocol endpoints: how hosts reach bound vvols (iscsi, nbd, file)."""
+    """Protocol endpoints: how hosts reach bound vvols (iscsi, nbd, file, rbd)."""
 
 
 @pe.command("create")
 @click.argument("name")
-@click.option("--protocol", required=True, type=click.Choice(["iscsi", "nbd", "file"]))
-@click.option("--array", default=None, help="Serve only this array's vvols (default: all).")
+@click.option("--protocol", required=True, type=click.Choice(list(PROTOCOLS)))
+@click.option(
+    "--array",
+    default=None,
+    help="Serve only this array's vvols (default: all; rbd: required, an RBD array).",
+)
 @click.option(
     "--portal",
     default=None,
@@ -86,7 +91,11 @@ def pe_create(
     path: str | None,
     as_json: bool,
 ) -> None:
-    """Create a protocol endpoint and start its daemon."""
+    """Create a protocol endpoint and start its daemon.
+
+    An rbd endpoint has no daemon: a binding hands the host a librbd handle and
+    a Ceph identity of its own (client.vvhost-HOST) that reaches only the RADOS
+    namespaces of its bindings."""
     import os
 
     path = os.path.abspath(path) if path else None

@@ -111,6 +111,7 @@ def run_quickstart(state_dir: str | None, keep: bool, cleanup: bool, ceph: bool 
                     server=f"unix://{server.socket}",
                     libvirt=lab.uri,
                     protocol=store.protocol,
+                    ceph_dir=os.path.join(state, "hosts", HOST, "ceph"),
                 ).save(conf)
                 install(lab.hooks_dir, conf)
                 lab.sighup()  # returns once libvirtd has reread its hooks

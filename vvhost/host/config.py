@@ -10,6 +10,7 @@ pe =                                         # or a fixed endpoint name
 libvirt = qemu:///system                     # where `vvhost vm` defines domains
 nbd_tls_dir = /etc/pki/vvhost/nbd            # NBD-over-TLS credentials (= qemu.conf
                                              #   nbd_tls_x509_cert_dir)
+ceph_dir = /etc/vvhost/ceph                  # this host's Ceph key for qemu-img (rbd)
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import httpx
 
 from ..client import Client
 from ..errors import InvalidInput
-from . import nbdtls
+from . import cephsecret, nbdtls
+from .handles import HostAccess
 
 DEFAULT_PATH = "/etc/vvhost/host.conf"
 HOOK_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=10.0, pool=5.0)
@@ -38,6 +40,7 @@ class HostConfig:
     pe: str | None = None
     libvirt: str = "qemu:///system"
     nbd_tls_dir: str = nbdtls.DEFAULT_DIR
+    ceph_dir: str = cephsecret.DEFAULT_DIR
 
     @classmethod
     def load(cls, path: str | None = None) -> HostConfig:
@@ -57,6 +60,7 @@ class HostConfig:
             pe=sec.get("pe") or None,
             libvirt=sec.get("libvirt", cls.libvirt),
             nbd_tls_dir=sec.get("nbd_tls_dir", cls.nbd_tls_dir),
+            ceph_dir=sec.get("ceph_dir", cls.ceph_dir),
         )
         return conf
 
@@ -68,6 +72,10 @@ class HostConfig:
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
             parser.write(fh)
         os.replace(tmp, path)
+
+    def access(self, client: Client) -> HostAccess:
+        """Where this host keeps the credentials its bindings need."""
+        return HostAccess(client, self.name, self.nbd_tls_dir, self.ceph_dir)
 
     def client(self, timeout: httpx.Timeout | None = None) -> Client:
         """A client of the control plane this host uses."""

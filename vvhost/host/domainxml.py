@@ -10,7 +10,8 @@ vvhost's own data lives in the domain's ``<metadata>``::
     </metadata>
 
 and each disk's ``<source>`` is the binding handle of its vvol on this host:
-an iSCSI LUN (``protocol='iscsi'``), an NBD export (unix socket or TCP) or a file.
+an iSCSI LUN, an NBD export (unix socket or TCP), an RBD image or a file. What a
+protocol's source looks like is its handle class's business (host/handles/).
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InvalidInput
-
-TLS_OBJECT_ID = "vvtls0"  # the qemu-img --object holding a host's NBD client credentials
+from . import handles as hd
 
 NS = "https://vvhost.org/xmlns/vm/1"
 MAX_XML = 1 << 20
@@ -118,21 +118,7 @@ def _disk(root: ET.Element, target: str) -> ET.Element | None:
 
 def _read_source(holder: ET.Element) -> dict[str, str]:
     """The source of a <disk> or <backingStore> element, in the shape of ``source_of``."""
-    src = holder.find("source")
-    if src is None:
-        return {}
-    if holder.get("type") == "file":
-        return {"file": src.get("file", "")}
-    out = {"protocol": src.get("protocol", ""), "name": src.get("name", "")}
-    host = src.find("host")
-    if host is not None:
-        out.update(
-            host_name=host.get("name", ""),
-            port=host.get("port", ""),
-            transport=host.get("transport", ""),
-            socket=host.get("socket", ""),
-        )
-    return _normal(out)
+    return hd.read_source(holder)
 
 
 def disk_source(root: ET.Element, target: str) -> dict[str, str] | None:
@@ -166,34 +152,15 @@ def same_chain(root: ET.Element, target: str, handles: list[dict[str, Any]]) -> 
 
 def source_of(handle: dict[str, Any]) -> dict[str, str]:
     """The disk source a binding handle stands for (to compare with the XML)."""
-    proto = handle["protocol"]
-    if proto == "file":
-        return {"file": handle["path"]}
-    if proto == "iscsi":
-        host, _, port = handle["portal"].rpartition(":")
-        return {
-            "protocol": "iscsi",
-            "name": f"{handle['target']}/{handle['lun']}",
-            "host_name": host,
-            "port": port,
-        }
-    if handle.get("socket"):
-        return {
-            "protocol": "nbd",
-            "name": handle["export"],
-            "transport": "unix",
-            "socket": handle["socket"],
-        }
-    host, _, port = str(handle["uri"])[len("nbd://") :].split("/")[0].rpartition(":")
-    return {"protocol": "nbd", "name": handle["export"], "host_name": host, "port": port}
+    return hd.of(handle).key()
 
 
 def same_source(xml_source: dict[str, str] | None, handle: dict[str, Any]) -> bool:
-    return xml_source is not None and _normal(xml_source) == _normal(source_of(handle))
+    return hd.of(handle).same(xml_source)
 
 
 def _normal(src: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in src.items() if v}
+    return hd.normal(src)
 
 
 def set_source(root: ET.Element, target: str, handle: dict[str, Any]) -> None:
@@ -214,6 +181,8 @@ def set_chain(root: ET.Element, target: str, handles: list[dict[str, Any]]) -> N
     if driver is not None:
         driver.set("type", "qcow2" if len(handles) > 1 else "raw")
     _fill(disk, handles[0])
+    _set_readonly(disk, hd.of(handles[0]).readonly)
+    _set_emulator(root, handles)
     holder = disk
     for i, handle in enumerate(handles[1:], start=1):
         store = ET.Element("backingStore")
@@ -232,30 +201,34 @@ def _place(holder: ET.Element, store: ET.Element) -> None:
     holder.insert(kids.index(src) + 1 if src is not None else len(kids), store)
 
 
+def _set_emulator(root: ET.Element, handles: list[dict[str, Any]]) -> None:
+    """A disk libvirt cannot describe to the default QEMU names the wrapper that
+    can open it (see host/qemuwrap.py); the domain keeps it afterwards."""
+    wanted = {e for e in (hd.of(h).emulator() for h in handles) if e}
+    if not wanted:
+        return
+    devices = root.find("devices")
+    if devices is None:
+        devices = ET.SubElement(root, "devices")
+    emulator = devices.find("emulator")
+    if emulator is None:
+        emulator = ET.Element("emulator")
+        devices.insert(0, emulator)
+    emulator.text = sorted(wanted)[0]
+
+
+def _set_readonly(disk: ET.Element, readonly: bool) -> None:
+    """A disk on a read-only binding says so (``<readonly/>``); one on a writable
+    binding does not."""
+    for old in disk.findall("readonly"):
+        disk.remove(old)
+    if readonly:
+        disk.append(ET.Element("readonly"))
+
+
 def _fill(holder: ET.Element, handle: dict[str, Any]) -> None:
     """Give a <disk> or <backingStore> its type and <source> for ``handle``."""
-    src = ET.Element("source")
-    if handle["protocol"] == "file":
-        holder.set("type", "file")
-        src.set("file", handle["path"])
-    else:
-        holder.set("type", "network")
-        s = source_of(handle)
-        src.set("protocol", s["protocol"])
-        src.set("name", s["name"])
-        host = ET.SubElement(src, "host")
-        if s.get("transport") == "unix":
-            host.set("transport", "unix")
-            host.set("socket", s["socket"])
-        else:
-            host.set("name", s["host_name"])
-            host.set("port", s["port"])
-        if handle["protocol"] == "nbd" and handle.get("tls"):
-            src.set("tls", "yes")  # libvirt: the client cert in qemu.conf nbd_tls_x509_cert_dir
-        if handle["protocol"] == "iscsi" and handle.get("initiator"):
-            ini = ET.SubElement(src, "initiator")
-            ET.SubElement(ini, "iqn").set("name", handle["initiator"])
-    holder.insert(1, src)  # after <driver> in a disk, after <format> in a backingStore
+    hd.of(handle).fill(holder)
 
 
 def point_sources(root: ET.Element, vm: VmMeta, handles: dict[str, dict[str, Any]]) -> None:
@@ -362,30 +335,9 @@ def chain_index(root: ET.Element, target: str, handle: dict[str, Any]) -> int | 
 
 
 def blockdev(handle: dict[str, Any]) -> dict[str, Any]:
-    """The QEMU protocol node that opens a binding handle."""
-    proto = handle["protocol"]
-    if proto == "file":
-        return {"driver": "file", "filename": handle["path"]}
-    if proto == "iscsi":
-        node = {
-            "driver": "iscsi",
-            "transport": "tcp",
-            "portal": handle["portal"],
-            "target": handle["target"],
-            "lun": int(handle["lun"]),
-        }
-        if handle.get("initiator"):
-            node["initiator-name"] = handle["initiator"]
-        return node
-    src = source_of(handle)
-    if src.get("transport") == "unix":
-        server = {"type": "unix", "path": src["socket"]}
-    else:
-        server = {"type": "inet", "host": src["host_name"], "port": src["port"]}
-    node = {"driver": "nbd", "server": server, "export": src["name"]}
-    if handle.get("tls"):
-        node["tls-creds"] = TLS_OBJECT_ID  # defined by nbdtls.objects()
-    return node
+    """The QEMU protocol node that opens a binding handle (its ``--object``s:
+    ``handles.objects``)."""
+    return hd.of(handle).blockdev()
 
 
 def copy_dest_xml(handle: dict[str, Any]) -> str:

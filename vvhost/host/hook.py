@@ -31,16 +31,16 @@ from typing import TextIO
 from ..client import Client
 from ..errors import VvhostError
 from . import domainxml as dx
-from . import nbdtls
+from . import handles as hd
 from .config import HOOK_TIMEOUT, HostConfig
 
 
 def ensure_bound(
-    client: Client, host: str, vm: dx.VmMeta, pe: str | None, tls_dir: str | None
+    client: Client, host: str, vm: dx.VmMeta, pe: str | None, access: hd.HostAccess | None
 ) -> tuple[dict[str, dict[str, object]], list[str]]:
     """Bind what is not bound yet (every disk's top and layers); return vvol -> handle
-    and the vvols this call bound.  ``tls_dir``: where this host keeps its NBD
-    client credentials (None: the bindings are for another host, fetch nothing)."""
+    and the vvols this call bound.  ``access``: where this host keeps the credentials
+    its bindings need (None: the bindings are for another host, fetch nothing)."""
     existing = {b["vvol"]: b for b in client.bindings(host=host)}
     wanted = vm.all_vvols()
     missing = [v for v in wanted if v not in existing]
@@ -55,8 +55,12 @@ def ensure_bound(
                 detail=f"cannot bind vvol {failed[0]['vvol']}: {failed[0]['error']['message']}"
             )
         existing.update({r["handle"]["vvol"]: r["handle"] for r in results})
-    if tls_dir is not None:
-        nbdtls.ensure(client, host, [existing[v] for v in wanted], tls_dir)
+    if access is not None:
+        try:
+            hd.prepare([existing[v] for v in wanted], access)
+        except BaseException:
+            undo(client, host, made)
+            raise
     return {v: existing[v] for v in wanted}, made
 
 
@@ -130,7 +134,7 @@ def act(
         undo(client, conf.name, [v for v in vm.all_vvols() if v in bound])
         return
     pe = incoming_pe(client, conf, vm) if op == "migrate" else vm.pe or conf.pe
-    handles, made = ensure_bound(client, conf.name, vm, pe, conf.nbd_tls_dir)
+    handles, made = ensure_bound(client, conf.name, vm, pe, conf.access(client))
     try:
         if op in ("migrate", "restore"):
             if op == "migrate" and pe:

@@ -1,15 +1,18 @@
 """Install the libvirt hook: ``HOOKS_DIR/qemu.d/vvhost`` hands every qemu hook call
 to ``vvhost hook qemu`` with this host's configuration, then libvirtd is told
-(SIGHUP) so it notices the new file."""
+(SIGHUP) so it notices the new file. ``HOOKS_DIR/vvhost-qemu`` (host/qemuwrap.py)
+comes along: the emulator of domains with RBD disks in a RADOS namespace."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
 import sys
 
 from ..errors import InvalidInput
+from . import qemuwrap
 
 HOOK_NAME = "vvhost"
 TEMPLATE = """#!/bin/sh
@@ -33,12 +36,15 @@ def install(hooks_dir: str, host_conf: str, libvirtd_pid: int | None = None) -> 
         fh.write(body)
     os.chmod(tmp, 0o755)
     os.replace(tmp, path)
+    qemuwrap.install(hooks_dir)  # the QEMU of domains with RBD disks in a namespace
     reload(libvirtd_pid)
     return path
 
 
 def uninstall(hooks_dir: str, libvirtd_pid: int | None = None) -> bool:
     path = os.path.join(hooks_dir, "qemu.d", HOOK_NAME)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(hooks_dir, qemuwrap.NAME))
     try:
         os.unlink(path)
     except FileNotFoundError:

@@ -29,6 +29,11 @@ their numbers), is defined on the destination and undefined at the source.
 
 The destination's vvhost host name is ``--dest-host``, or else the hostname the
 destination libvirtd reports (as ``vvhost host init $(hostname)`` names hosts).
+
+Disks that need libvirt secrets (RBD: the host's own Ceph key) get the
+destination host's secrets defined on the destination libvirtd first: its hook
+cannot do that (it must not call libvirt), and the destination's QEMU opens the
+disks with the destination's identity.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ import libvirt
 
 from ..errors import AlreadyExists, InvalidInput, NotFound, VvhostError
 from . import domainxml as dx
+from . import handles as hd
+from . import libvirtsecrets
 from .hook import ensure_bound, undo
 from .vmdoc import VmDoc
 from .vms import VmManager
@@ -141,13 +148,14 @@ class Migration:
     # -- live -------------------------------------------------------------------------------
     def live(self) -> dict[str, Any]:
         dom = self.vms.domain(self.name)
-        _root, meta = self.vms._meta(dom)
+        root, meta = self.vms._meta(dom)
         if not dom.isActive():
             raise self.fail("it is not running; use --offline to move its definition")
         host = self.dest_host()
         there = self._dest_domain()
         if there is not None and there.isActive():
             raise self.fail(f"a VM named {self.name} already runs there")
+        self._dest_secrets(host, root, meta)
         # the persistent definition follows after the switch (see _persist_on_dest):
         # handing it to libvirt (PERSIST_XML) would parse and store it inside the downtime
         inactive = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_MIGRATABLE)
@@ -174,6 +182,24 @@ class Migration:
             "downtime_ms": stats.get("downtime"),
             "data_bytes": stats.get("data_processed"),
         }
+
+    def _dest_secrets(self, host: str, root: dx.ET.Element, meta: dx.VmMeta) -> None:
+        """Define on the destination libvirtd the secrets its QEMU will need for the
+        VM's disks (bound for the destination host for a moment to learn them)."""
+        protocols = {
+            src.get("protocol", "")
+            for target in meta.disks
+            for src in dx.chain_sources(root, target) or []
+        }
+        if not any(hd.uses_secrets(p) for p in protocols):
+            return
+        handles, made = ensure_bound(self.client, host, meta, meta.pe, None)
+        try:
+            libvirtsecrets.define_all(self.dest, hd.secrets(handles.values()))
+        except VvhostError as exc:
+            raise self.fail(f"cannot give the destination its disk secrets: {exc}") from None
+        finally:
+            undo(self.client, host, made)
 
     def _params(self) -> dict[str, Any]:
         params: dict[str, Any] = {}
@@ -232,6 +258,9 @@ class Migration:
         handles, made = ensure_bound(self.client, host, meta, meta.pe, None)
         try:
             dx.point_sources(root, meta, handles)
+            libvirtsecrets.define_all(self.dest, hd.secrets(handles.values()))
+        except libvirtsecrets.SecretError as exc:
+            raise self.fail(f"cannot give the destination its disk secrets: {exc}") from None
         finally:
             undo(self.client, host, made)
         xml = dx.tostring(root)

@@ -40,7 +40,8 @@ import libvirt
 from ..errors import CapacityExceeded, InvalidInput, NotFound, VvhostError
 from ..faults import host_fault as fault
 from . import domainxml as dx
-from . import nbdtls
+from . import handles as hd
+from . import libvirtsecrets
 from .pending import MoveRec, Rec
 from .vmdoc import VmDoc
 from .vmop import VmOps
@@ -302,7 +303,11 @@ class StorageMover:
         )
         for disk in disks:
             handle = self.client.bind_one(rec.new[disk.target], self.host, pe=pe)
-            nbdtls.ensure(self.client, self.host, [handle], self.vms.conf.nbd_tls_dir)
+            why = hd.of(handle).hotplug_problem()
+            if why:
+                raise MoveFailed(vm=doc.name, reason=f"block copy of disk {disk.target}: {why}")
+            hd.prepare([handle], self.vms.access)
+            libvirtsecrets.define_all(self.vms.conn, hd.secrets([handle]))
             try:
                 dom.blockCopy(disk.target, dx.copy_dest_xml(handle), None, flags)
             except libvirt.libvirtError as exc:

@@ -15,7 +15,8 @@ Steps when a handle needs TLS (``ensure``): compare its DN with ``identity``;
 if they differ (first use, or the credentials were rotated), fetch them with
 this host's own token (``GET /v1/hosts/NAME/nbd-credentials``) and replace the
 files. qemu-img and qemu-io get ``--object tls-creds-x509,...,endpoint=client``
-and image options naming it (``image_args``); libvirt disks get ``tls='yes'``.
+(``client_object``) and image options naming it (host/handles/nbd.py); libvirt
+disks get ``tls='yes'``.
 """
 
 from __future__ import annotations
@@ -26,10 +27,9 @@ from typing import Any
 
 from ..client import Client
 from ..errors import InvalidInput
-from .domainxml import TLS_OBJECT_ID
 
 DEFAULT_DIR = "/etc/pki/vvhost/nbd"
-OBJECT_ID = TLS_OBJECT_ID
+OBJECT_ID = "vvtls0"  # the qemu-img --object holding a host's NBD client credentials
 _FILES = (("ca-cert.pem", "ca_cert", 0o644), ("client-cert.pem", "client_cert", 0o644))
 
 
@@ -78,7 +78,7 @@ def fetch(client: Client, host: str, directory: str) -> str:
 
 def ensure(client: Client, host: str, handles: Iterable[dict[str, Any]], directory: str) -> None:
     """Make the credentials in ``directory`` current for every handle that needs
-    TLS, and note the directory in those handles (``image_args`` reads it)."""
+    TLS, and note the directory in those handles (their qemu-img options read it)."""
     tls = [h for h in handles if needs_tls(h)]
     wanted = {str(h["tls"]["identity"]) for h in tls}
     if wanted and current_identity(directory) not in wanted:
@@ -87,33 +87,10 @@ def ensure(client: Client, host: str, handles: Iterable[dict[str, Any]], directo
         h["tls"] = {**h["tls"], "dir": directory}
 
 
-def _object(handle: dict[str, Any]) -> str:
-    directory = str(handle["tls"].get("dir") or DEFAULT_DIR)
+def client_object(directory: str) -> str:
+    """The ``--object`` spec of the client credentials kept in ``directory``."""
     return f"tls-creds-x509,id={OBJECT_ID},dir={_esc(directory)},endpoint=client"
-
-
-def objects(handles: Iterable[dict[str, Any]]) -> list[str]:
-    """The ``--object`` arguments for nodes built by ``domainxml.blockdev`` from
-    ``handles`` (their ``tls-creds`` names this object); empty without TLS."""
-    tls = [h for h in handles if needs_tls(h)]
-    return ["--object", _object(tls[0])] if tls else []
 
 
 def _esc(value: str) -> str:
     return value.replace(",", ",,")
-
-
-def image_args(handle: dict[str, Any], option: str = "--image-opts") -> list[str] | None:
-    """qemu-img arguments opening a TLS NBD binding as raw (None if no TLS):
-    the client credentials object, then ``option`` (``--image-opts`` or
-    ``--target-image-opts``) and the image options naming it."""
-    if not needs_tls(handle):
-        return None
-    host, _, port = str(handle["uri"])[len("nbd://") :].split("/")[0].rpartition(":")
-    obj = _object(handle)
-    opts = (
-        f"driver=raw,file.driver=nbd,file.server.type=inet,file.server.host={host},"
-        f"file.server.port={port},file.export={_esc(handle['export'])},"
-        f"file.tls-creds={OBJECT_ID}"
-    )
-    return ["--object", obj, option, opts]

@@ -33,7 +33,7 @@ import libvirt
 from ..faults import host_fault as fault
 from ..tools import qemuimg
 from . import domainxml as dx
-from . import nbdtls
+from . import handles as hd
 from .hook import ensure_bound, undo
 from .pending import DropRec, Rec, RedoDeleteRec, RedoLayersRec
 from .vmdoc import Point, VmDoc
@@ -241,7 +241,7 @@ class RedoSnapshots:
                 "file": dx.blockdev(handles[child]),
                 "backing": {"driver": fmt, "file": dx.blockdev(handles[base])},
             }
-            qemuimg.commit("json:" + json.dumps(spec), nbdtls.objects(handles.values()))
+            qemuimg.commit("json:" + json.dumps(spec), hd.objects(handles.values()))
 
     def flatten(self, doc: VmDoc, chain: list[str], dest: str) -> None:
         """Write what ``chain`` (bottom first) reads into the raw vvol ``dest``."""
@@ -249,8 +249,8 @@ class RedoSnapshots:
             spec: dict[str, Any] = {"driver": "raw", "file": dx.blockdev(handles[chain[0]])}
             for layer in chain[1:]:
                 spec = {"driver": "qcow2", "file": dx.blockdev(handles[layer]), "backing": spec}
-            target = raw_target(handles[dest])  # with TLS it defines the credentials object
-            objects = [] if nbdtls.needs_tls(handles[dest]) else nbdtls.objects(handles.values())
+            target = hd.of(handles[dest]).image_args(target=True, with_objects=False)
+            objects = hd.objects(handles.values())  # the target's too, each once
             qemuimg.convert([*objects, "json:" + json.dumps(spec)], target)
 
     # -- recovery ---------------------------------------------------------------------------
@@ -385,9 +385,7 @@ class RedoSnapshots:
     def _bound(self, doc: VmDoc, vvols: list[str]) -> Iterator[dict[str, dict[str, Any]]]:
         """Bindings of ``vvols`` here for a while; what this made is dropped after."""
         want = dx.VmMeta(None, None, {str(i): v for i, v in enumerate(vvols)}, doc.pe)
-        handles, made = ensure_bound(
-            self.client, self.host, want, doc.pe, self.vms.conf.nbd_tls_dir
-        )
+        handles, made = ensure_bound(self.client, self.host, want, doc.pe, self.vms.access)
         try:
             yield handles
         finally:

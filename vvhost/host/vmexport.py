@@ -26,6 +26,7 @@ from .. import convert
 from ..errors import AlreadyExists, InUse, InvalidInput
 from ..units import check_name
 from . import domainxml as dx
+from . import qemuwrap
 from .vmdoc import Point, VmDoc
 from .vmop import VmOps
 from .vms import VmManager, delete_all
@@ -154,6 +155,11 @@ def _plain(root: dx.ET.Element, tops: dict[str, str]) -> None:
             md.remove(el)
         if not len(md):
             root.remove(md)
+    devices = root.find("devices")
+    if devices is not None:
+        for emulator in devices.findall("emulator"):
+            if emulator.text == qemuwrap.PATH:  # only vvhost hosts have it
+                devices.remove(emulator)
     for target, path in tops.items():
         dx.set_source(root, target, {"protocol": "file", "path": path})
         for disk in root.findall("devices/disk"):

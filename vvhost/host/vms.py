@@ -22,7 +22,8 @@ from ..errors import AlreadyExists, InUse, InvalidInput, NotFound, VvhostError
 from ..tools import qemuimg
 from ..units import parse_size
 from . import domainxml as dx
-from . import nbdtls
+from . import handles as hd
+from . import libvirtsecrets
 from .config import HostConfig
 from .hook import ensure_bound, undo
 from .vmdoc import VmDoc
@@ -156,11 +157,15 @@ class VmManager:
     def bound_here(self, vvol: str, pe: str | None) -> Iterator[dict[str, Any]]:
         """A binding of ``vvol`` on this host for the duration of a ``with`` block."""
         handle = self.client.bind_one(vvol, self.conf.name, pe=pe)
-        nbdtls.ensure(self.client, self.conf.name, [handle], self.conf.nbd_tls_dir)
         try:
+            hd.prepare([handle], self.access)
             yield handle
         finally:
             self.client.unbind([vvol], self.conf.name)
+
+    @property
+    def access(self) -> hd.HostAccess:
+        return self.conf.access(self.client)
 
     def _import(self, image: str, vvol: str, pe: str, progress: bool) -> None:
         with self.bound_here(vvol, pe) as handle:
@@ -172,11 +177,10 @@ class VmManager:
     def _point_sources(self, root: dx.ET.Element, meta: dx.VmMeta) -> None:
         """Set each disk's source to where the vvol binds on this host (the binding
         is made and dropped again; LUN hints keep it at the same place next time)."""
-        handles, made = ensure_bound(
-            self.client, self.conf.name, meta, meta.pe, self.conf.nbd_tls_dir
-        )
+        handles, made = ensure_bound(self.client, self.conf.name, meta, meta.pe, self.access)
         try:
             dx.point_sources(root, meta, handles)
+            libvirtsecrets.define_all(self.conn, hd.secrets(handles.values()))
         finally:
             undo(self.client, self.conf.name, made)
 
@@ -248,11 +252,35 @@ class VmManager:
     # -- life cycle -------------------------------------------------------------------------
     def start(self, name: str) -> dict[str, Any]:
         dom = self.domain(name)
+        made = self._secrets_for_start(dom)
         try:
             dom.create()
         except libvirt.libvirtError as exc:
+            with contextlib.suppress(VvhostError):
+                undo(self.client, self.conf.name, made)
             raise VmError(detail=f"VM {name} did not start: {exc.get_error_message()}") from None
         return self.show(name)
+
+    def _secrets_for_start(self, dom: libvirt.virDomain) -> list[str]:
+        """A VM whose disks need libvirt secrets (RBD: the host's Ceph key) gets them
+        current before it starts (the hook cannot: it must not call libvirt). Its
+        vvols are bound for that; the hook's ``prepare`` finds those bindings and the
+        VM's ``release`` drops them. Returns the vvols bound here."""
+        root, meta = self._meta(dom)
+        protocols = {
+            src.get("protocol", "")
+            for target in meta.disks
+            for src in dx.chain_sources(root, target) or []
+        }
+        if not any(hd.uses_secrets(p) for p in protocols):
+            return []
+        handles, made = ensure_bound(self.client, self.conf.name, meta, meta.pe, self.access)
+        try:
+            libvirtsecrets.define_all(self.conn, hd.secrets(handles.values()))
+        except BaseException:
+            undo(self.client, self.conf.name, made)
+            raise
+        return made
 
     def stop(self, name: str, force: bool = False, timeout: float = 30.0) -> dict[str, Any]:
         dom = self.domain(name)
@@ -315,12 +343,12 @@ class VmManager:
             )
         if running:
             live = dx.disk_source(dx.parse(dom.XMLDesc(0)), target) or {}
-            if live.get("protocol") == "nbd":
+            why = hd.no_online_resize(live)
+            if why:
                 raise InUse(
                     kind="VM",
                     ref=name,
-                    reason=f"disk {target} is reached over NBD, whose QEMU client cannot "
-                    "grow a disk it has open; stop the VM first",
+                    reason=f"disk {target} is reached over {why}; stop the VM first",
                 )
         info = self.client.vvol_extend(vvol, nbytes)
         if running:
@@ -389,31 +417,14 @@ def _image_mib(image: str) -> int:
     return max(1, math.ceil(size / MiB))
 
 
-def _iscsi_opts(handle: dict[str, Any]) -> str | None:
-    """Image options that open an iSCSI binding with the host's initiator name."""
-    if handle["protocol"] != "iscsi" or not handle.get("initiator"):
-        return None
-    return (
-        f"driver=raw,file.driver=iscsi,file.transport=tcp,file.portal={handle['portal']},"
-        f"file.target={handle['target']},file.lun={handle['lun']},"
-        f"file.initiator-name={handle['initiator']}"
-    )
-
-
 def raw_target(handle: dict[str, Any]) -> list[str]:
     """``qemu-img convert -n`` arguments that write raw into a binding."""
-    opts = _iscsi_opts(handle)
-    if tls := nbdtls.image_args(handle, "--target-image-opts"):
-        return tls
-    return ["--target-image-opts", opts] if opts else ["-O", "raw", str(handle["uri"])]
+    return hd.of(handle).image_args(target=True)
 
 
 def raw_source(handle: dict[str, Any]) -> list[str]:
     """``qemu-img`` arguments that read a binding as raw."""
-    opts = _iscsi_opts(handle)
-    if tls := nbdtls.image_args(handle):
-        return tls
-    return ["--image-opts", opts] if opts else ["-f", "raw", str(handle["uri"])]
+    return hd.of(handle).image_args()
 
 
 def delete_all(client: Client, vvols: list[str]) -> None:

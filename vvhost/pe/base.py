@@ -5,6 +5,11 @@ within the endpoint.  Attach and detach are idempotent; ``present`` tells what
 the daemon really has, so the control plane can reconcile it with the catalog
 after a restart of either side.
 
+An attachment carries the vvol's typed data source (``FileSource`` or
+``RbdSource``, see arrays/sources.py) and its size as the catalog knows it:
+endpoints build their block node, LUN, link or handle from the source and
+never stat or open vvol data to learn anything about it.
+
 Daemons learn a vvol's size when they open its data; after the vvol grew,
 ``refresh`` makes them present the new size under the same key (LUN number,
 export name, identity), and ``stale`` tells which attachments still show an
@@ -13,10 +18,10 @@ old one (after a crash between growing the data and refreshing).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..arrays.sources import DataSource
 from ..errors import VvhostError
 
 
@@ -24,7 +29,8 @@ from ..errors import VvhostError
 class Attachment:
     key: str  # unique within the endpoint (iSCSI: "TID/LUN"; NBD: export name; file: file name)
     secondary_id: str  # what the host uses: LUN number, export name, file name
-    path: str  # the vvol's data
+    source: DataSource  # where the vvol's data is
+    size: int  # the vvol's size in bytes (the catalog's)
     readonly: bool
     vvol: str
     tid: int | None = None  # iSCSI target
@@ -59,16 +65,11 @@ class Endpoint(Protocol):
         """What a host needs to open the attachment: at least ``uri``."""
 
     def refresh(self, a: Attachment) -> None:
-        """Present the current size of ``a.path`` (the vvol grew); a no-op when the
-        size presented is already current. Nothing else about ``a`` changes."""
+        """Present ``a.size`` (the vvol grew); a no-op when the size presented is
+        already current. Nothing else about ``a`` changes."""
 
     def stale(self, atts: list[Attachment]) -> list[str]:
         """Keys of the attachments in ``atts`` presented with an outdated size."""
-
-
-def data_size(path: str) -> int:
-    """The size of a vvol's data as a daemon opening it now would see it."""
-    return os.path.getsize(path)
 
 
 def attach_each(ep: Endpoint, atts: list[Attachment]) -> dict[str, VvhostError]:

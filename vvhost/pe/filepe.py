@@ -19,6 +19,9 @@ Read-only attachments (snapshots) are made immutable (see ``immutable.py``)
 before their link appears, so no path through the endpoint can change them,
 root's included; the control plane clears the flag once the last read-only
 file binding of the vvol is gone.
+
+Only file sources can appear here: any other data source (an RBD image) is
+refused in one line.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import logging
 import os
 from typing import Any
 
+from ..arrays.sources import file_path
 from ..errors import VvhostError
 from ..tools import EndpointError
 from .base import Attachment, attach_each
@@ -105,26 +109,30 @@ class FileEndpoint:
             return False
 
     # -- attachments ------------------------------------------------------------------------
+    def _data(self, a: Attachment) -> str:
+        return file_path(a.source, f"file endpoint {self.name}")
+
     def attach(self, a: Attachment) -> None:
+        data = self._data(a)
         link = self._path(a.key)
         entries = self._load()
         mine = entries.get(a.key)
-        if self._is_link_to(link, a.path):
-            if mine != a.path:  # made before the record was: the very link we want
-                entries[a.key] = a.path
+        if self._is_link_to(link, data):
+            if mine != data:  # made before the record was: the very link we want
+                entries[a.key] = data
                 self._save(entries)
-            self._protect(a)
+            self._protect(a, data)
             return
         if os.path.lexists(link) and not (mine and self._is_link_to(link, mine)):
             raise self._fail(f"{link} exists and vvhost did not make it: it stays untouched")
-        self._protect(a)
-        entries[a.key] = a.path
+        self._protect(a, data)
+        entries[a.key] = data
         self._save(entries)  # the record first: a crash leaves nothing unrecorded
         tmp = os.path.join(self.directory, f".{a.key}.vvhost-{os.getpid()}")
         try:
             if os.path.islink(tmp):
                 os.unlink(tmp)
-            os.symlink(a.path, tmp)
+            os.symlink(data, tmp)
             os.replace(tmp, link)
         except OSError as exc:
             with contextlib.suppress(OSError):
@@ -132,27 +140,27 @@ class FileEndpoint:
                     os.unlink(tmp)
             raise self._fail(str(exc)) from exc
 
-    def _protect(self, a: Attachment) -> None:
+    def _protect(self, a: Attachment, data: str) -> None:
         if not a.readonly:
             return
         try:
-            links = os.stat(a.path).st_nlink
+            links = os.stat(data).st_nlink
         except OSError as exc:
-            raise self._fail(f"cannot read {a.path}: {exc.strerror or exc}") from exc
+            raise self._fail(f"cannot read {data}: {exc.strerror or exc}") from exc
         if links > 1:  # the flag is the inode's: it would freeze the other names too
             raise self._fail(
-                f"cannot present {a.vvol} read-only: its data {a.path} has {links} names "
+                f"cannot present {a.vvol} read-only: its data {data} has {links} names "
                 "(an operation on it is unfinished); try again when it is done"
             )
         try:
-            set_immutable(a.path)
+            set_immutable(data)
         except ImmutableUnsupported as exc:
             raise self._fail(
-                f"cannot present {a.vvol} read-only: the filesystem of {a.path} has no "
+                f"cannot present {a.vvol} read-only: the filesystem of {data} has no "
                 "immutable flag (use an iscsi or nbd endpoint for snapshots)"
             ) from exc
         except OSError as exc:
-            raise self._fail(f"cannot make {a.path} immutable: {exc.strerror or exc}") from exc
+            raise self._fail(f"cannot make {data} immutable: {exc.strerror or exc}") from exc
 
     def attach_many(self, atts: list[Attachment]) -> dict[str, VvhostError]:
         return attach_each(self, atts)

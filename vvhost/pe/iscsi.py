@@ -3,11 +3,23 @@
     tgtd -f -C <control port> --iscsi portal=<portal>
       target tid=1  iqn.<prefix>:<pe>.<host-a>   ACL: host-a's initiator name
         LUN 1  -> ARRAY/vvols/<vvol>.raw   serial = vvol id (hex), SCSI id = vvol id
-        LUN 2  ...
+        LUN 2  -> rbd POOL/IMAGE[@SNAP]    (tgt-rbd; bsopts conf=CONF;id=CLIENT)
+        LUN 3  ...
       target tid=2  iqn.<prefix>:<pe>.<host-b>   ACL: host-b's initiator name
       target tid=N  iqn.<prefix>:<pe>.shared     ACL: ALL (bindings that ask for shared access)
 
 A host reaches LUN L as ``iscsi://<portal>/<target iqn>/<L>``.
+
+A file source becomes a LUN over the file; an RBD source one over tgt-rbd's
+backing store, which opens images in the pool's default namespace only (tgt
+1.0.85 has no namespace option), so an RBD image in a namespace is refused
+rather than served from the wrong place. A keyring the conf does not name goes
+into a private conf (RUNDIR/ceph/<hash>.conf: the array's conf plus that
+keyring), since bs_rbd takes only conf, id and cluster.
+
+LUN numbers are chosen here too (``allocate_lun``): per target, the lowest
+free one, preferring the number a vvol had on that target before (its host's
+domain XML still names it).
 
 After a vvol grew, ``refresh`` has tgtd reopen the LUN's backing file in place
 (same LUN number, serial and SCSI id; sessions stay logged in), after which
@@ -26,19 +38,52 @@ catalog no longer has, so a removed host's initiator keeps nothing.
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import os
 from typing import Any
 
-from ..errors import VvhostError
+from ..arrays.sources import FileSource, RbdSource
+from ..errors import InUse, InvalidInput, VvhostError
 from ..tools import EndpointError
-from ..tools.tgtadm import Lun, Target, Tgtadm, tgt_megabytes
+from ..tools.tgtadm import BS_RBD, Backing, Lun, Target, Tgtadm, rbd_backing, tgt_megabytes
 from ..tools.tgtd_ipc import ForeignDaemon, holder
-from .base import Attachment, attach_each, data_size
+from .base import Attachment, attach_each
 from .listen import portal_listens
 from .proc import Daemon
 
 DEFAULT_IQN_PREFIX = "iqn.2026-11.io.vvhost"
+MAX_LUN = 1023  # per target, so one host can hold a large batch through one PE
+
+
+def target_suffix(host: str) -> str:
+    """The host's part of its target name.  iSCSI names are compared without case,
+    so a host name with capitals gets a digest of its exact spelling: hosts "KVMY"
+    and "kvmy" never share a target name."""
+    low = host.lower()
+    if low == host:
+        return low
+    return f"{low}-{hashlib.sha256(host.encode()).hexdigest()[:8]}"
+
+
+def target_name(prefix: str, pe_name: str, host: str | None) -> str:
+    """``PREFIX:<pe>.<host>``, or ``PREFIX:<pe>.shared`` for the shared target."""
+    suffix = "shared" if host is None else target_suffix(host)
+    return f"{prefix}:{pe_name.lower()}.{suffix}"
+
+
+def allocate_lun(used: set[int], kept: set[int], hinted: int | None, owner: str) -> int:
+    """The LUN for a new binding on a target: ``hinted`` (the number the vvol had
+    there before) if it is free, else the lowest number neither ``used`` nor
+    ``kept`` for another vvol, else the lowest unused one."""
+    if hinted is not None and hinted not in used:
+        return hinted
+    taken = used | kept
+    free = next((n for n in range(1, MAX_LUN + 1) if n not in taken), None)
+    if free is None:  # every LUN is in use or kept for another vvol: take a kept one
+        free = next((n for n in range(1, MAX_LUN + 1) if n not in used), None)
+    if free is None:
+        raise InUse(kind="iSCSI target", ref=owner, reason=f"all {MAX_LUN} LUNs are taken")
+    return free
 
 
 def serial_for(vvol_id: str) -> str:
@@ -156,27 +201,75 @@ class IscsiEndpoint:
             t.tid: (t.iqn, t.initiator_names, t.initiator_addresses) for t in self.tgtadm.show()
         }
 
+    # -- what a LUN reads -----------------------------------------------------------------
+    def backing(self, a: Attachment) -> Backing:
+        """The backing store of ``a``'s LUN; refuses what tgtd cannot serve faithfully."""
+        src = a.source
+        if isinstance(src, FileSource):
+            return Backing(src.path)
+        if src.namespace:
+            raise InvalidInput(
+                detail=f"iscsi endpoint {self.name} cannot serve RBD image {src.label()}: "
+                "tgtd's rbd backing store has no RADOS namespaces (use an nbd or rbd endpoint)"
+            )
+        if not os.path.exists(BS_RBD):
+            raise EndpointError(
+                tool=f"tgtd-{self.name}",
+                detail=f"cannot serve RBD image {src.label()}: {BS_RBD} is missing "
+                "(install Debian's tgt-rbd)",
+            )
+        try:
+            return rbd_backing(src.pool, src.image, src.snap, self._conf(src), src.user)
+        except ValueError as exc:
+            raise InvalidInput(detail=f"iscsi endpoint {self.name}: {exc}") from None
+
+    def _conf(self, src: RbdSource) -> str | None:
+        """The conf bs_rbd reads: the source's own, or with a keyring it does not
+        name, a private copy that names it (written once per conf and keyring)."""
+        if not src.keyring:
+            return src.conf
+        conf = src.conf or "/etc/ceph/ceph.conf"
+        digest = hashlib.sha256(f"{conf}\0{src.keyring}".encode()).hexdigest()[:16]
+        path = os.path.join(self.daemon.rundir, "ceph", f"{digest}.conf")
+        try:
+            with open(conf, encoding="utf-8") as fh:
+                text = fh.read()
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            tmp = f"{path}.tmp{os.getpid()}"
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+                out.write(f"{text.rstrip()}\n\n[client.{src.user or 'admin'}]\n")
+                out.write(f"\tkeyring = {src.keyring}\n")
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise EndpointError(
+                tool=f"tgtd-{self.name}", detail=f"cannot write {path}: {exc.strerror or exc}"
+            ) from exc
+        return path
+
     def attach(self, a: Attachment) -> None:
+        backing = self.backing(a)
         self._ensure_target(a)
         assert a.tid is not None
         try:
             self.tgtadm.lun_new(
                 a.tid,
                 int(a.secondary_id),
-                a.path,
+                backing,
                 readonly=a.readonly,
                 serial=serial_for(a.vvol),
                 scsi_id=a.vvol,
             )
         except EndpointError:
-            if self._has(a):  # already there (a retry): fine
+            if self._has(a, backing):  # already there (a retry): fine
                 return
             raise
 
-    def _has(self, a: Attachment) -> bool:
+    def _has(self, a: Attachment, backing: Backing) -> bool:
         for t in self.tgtadm.show():
             if t.tid == a.tid:
-                return any(str(lun.lun) == a.secondary_id and lun.path == a.path for lun in t.luns)
+                return any(
+                    str(lun.lun) == a.secondary_id and lun.path == backing.path for lun in t.luns
+                )
         return False
 
     def attach_many(self, atts: list[Attachment]) -> dict[str, VvhostError]:
@@ -195,22 +288,23 @@ class IscsiEndpoint:
 
     def refresh(self, a: Attachment) -> None:
         assert a.tid is not None
-        expected = tgt_megabytes(data_size(a.path))
+        backing = self.backing(a)
+        expected = tgt_megabytes(a.size)
         lun = self._shown(a, self.tgtadm.show())
         if lun is None:
             raise EndpointError(tool="tgtd", detail=f"target {a.tid} has no LUN {a.secondary_id}")
         if lun.size_mb == expected:
             return
         for _attempt in range(2):  # a second try if tgtd could not reopen the file
-            self.tgtadm.lun_reopen(a.tid, int(a.secondary_id), a.path)
+            self.tgtadm.lun_reopen(a.tid, int(a.secondary_id), backing)
             lun = self._shown(a, self.tgtadm.show())
-            if lun is not None and lun.path == a.path and lun.size_mb in (None, expected):
+            if lun is not None and lun.path == backing.path and lun.size_mb in (None, expected):
                 return
         shows = "nothing" if lun is None else f"{lun.size_mb} MB from {lun.path or 'no file'}"
         raise EndpointError(
             tool="tgtd",
             detail=f"LUN {a.secondary_id} of target {a.tid} did not take the new size of "
-            f"{a.path} ({expected} MB): it shows {shows}",
+            f"{backing.path} ({expected} MB): it shows {shows}",
         )
 
     def stale(self, atts: list[Attachment]) -> list[str]:
@@ -220,9 +314,8 @@ class IscsiEndpoint:
             lun = self._shown(a, targets)
             if lun is None or lun.size_mb is None:
                 continue  # missing: reconciliation adds it; no size shown: cannot tell
-            with contextlib.suppress(OSError):
-                if lun.size_mb != tgt_megabytes(data_size(a.path)):
-                    out.append(a.key)
+            if lun.size_mb != tgt_megabytes(a.size):
+                out.append(a.key)
         return out
 
     @staticmethod

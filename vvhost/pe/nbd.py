@@ -2,8 +2,13 @@
 
     qemu-storage-daemon (QMP on RUNDIR/qmp.sock)
       NBD server on RUNDIR/nbd.sock (or TCP HOST:PORT)
-      block node  n<hash(vvol path)>   raw <- file ARRAY/vvols/<vvol>.raw  (locking off)
+      block node  n<hash(source)>   raw <- file ARRAY/vvols/<vvol>.raw  (locking off)
+                                    raw <- rbd  POOL/NAMESPACE/IMAGE[@SNAP] (librbd)
         export    vv-<vvol-id>.<host>  (export id = export name) writable unless a snapshot
+
+The node is named from the vvol's data source (``source_id``: the file path,
+or ``rbd:CONF:POOL/NS/IMAGE@SNAP``), so it is the same across restarts and for
+every binding of one vvol.
 
 Bindings of one vvol for several hosts share its block node; the node goes
 when its last export does.  A host reaches an export as
@@ -21,7 +26,6 @@ the node to the data's size and adds the exports again under the same names.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import threading
@@ -29,15 +33,53 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from ..arrays.sources import DataSource, FileSource
 from ..errors import VvhostError
 from ..tools import EndpointError
 from ..tools.qmp import Qmp
 from ..tools.qsd import StorageDaemonApi, node_name_for, qsd_argv
-from .base import Attachment, data_size
+from .base import Attachment
+from .cephkeyring import read_key
 from .proc import Daemon
 
 T = TypeVar("T")
 NODE_PREFIX = "n"  # node_name_for() names: "n" + 30 hex digits
+SECRET_PREFIX = "k"  # the cephx key of node n<hash> is secret k<hash>
+
+
+def source_id(source: DataSource) -> str:
+    """What names a vvol's data for the daemon: a file's path, an RBD image's spec
+    with the cluster's conf (the same image name in two clusters is two images)."""
+    if isinstance(source, FileSource):
+        return source.path
+    return f"rbd:{source.conf or ''}:{source.label()}"
+
+
+def node_of(a: Attachment) -> str:
+    return node_name_for(source_id(a.source))
+
+
+def secret_of(node: str) -> str:
+    return SECRET_PREFIX + node[len(NODE_PREFIX) :]
+
+
+def node_args(node: str, a: Attachment) -> dict[str, Any]:
+    """``blockdev-add`` arguments for attachment ``a``'s data (see tools/qsd.py)."""
+    src = a.source
+    if isinstance(src, FileSource):
+        return StorageDaemonApi.file_node_args(node, src.path, readonly=a.readonly)
+    rbd = {
+        "pool": src.pool,
+        "namespace": src.namespace,
+        "image": src.image,
+        "snapshot": src.snap,
+        "conf": src.conf,
+        "user": src.user,
+    }
+    secret = secret_of(node) if src.keyring else None
+    return StorageDaemonApi.rbd_node_args(node, rbd, readonly=a.readonly, key_secret=secret)
+
+
 TLS_ID = "vvtls"  # the daemon's tls-creds-x509 object
 AUTHZ_ID = "vvauthz"  # its authz-simple object
 
@@ -85,6 +127,7 @@ class NbdEndpoint:
         self._api: StorageDaemonApi | None = None
         self._exports: dict[str, str] = {}  # export id -> block node
         self._nodes: set[str] = set()
+        self._secrets: set[str] = set()
 
     @property
     def api(self) -> StorageDaemonApi:
@@ -133,6 +176,7 @@ class NbdEndpoint:
         (only this endpoint drives the daemon), so attach/detach need no queries."""
         self._exports = {str(e["id"]): str(e["node-name"]) for e in self.api.exports()}
         self._nodes = {n for n in self.api.nodes() if n.startswith(NODE_PREFIX)}
+        self._secrets = {o for o in self.api.objects() if o.startswith(SECRET_PREFIX)}
 
     def _close(self) -> None:
         if self._api is not None:
@@ -140,6 +184,7 @@ class NbdEndpoint:
             self._api = None
         self._exports = {}
         self._nodes = set()
+        self._secrets = set()
 
     @_serialised
     def stop(self) -> None:
@@ -153,11 +198,12 @@ class NbdEndpoint:
     def attach(self, a: Attachment) -> None:
         if a.key in self._exports:
             return
-        node = node_name_for(a.path)
+        node = node_of(a)
         assert node.startswith(NODE_PREFIX)
         try:
             if node not in self._nodes:
-                self.api.add_file_node(node, a.path, readonly=a.readonly)
+                self._add_secret(node, a)
+                self.api.qmp.cmd("blockdev-add", **node_args(node, a))
                 self._nodes.add(node)
             self.api.add_export(a.key, node, a.key, writable=not a.readonly)
             self._exports[a.key] = node
@@ -170,25 +216,26 @@ class NbdEndpoint:
     def attach_many(self, atts: list[Attachment]) -> dict[str, VvhostError]:
         """Attach a batch with pipelined QMP: all new nodes, then all exports."""
         todo = [a for a in atts if a.key not in self._exports]
-        nodes = {node_name_for(a.path): a for a in todo}
+        nodes = {node_of(a): a for a in todo}
         new_nodes = [(n, a) for n, a in nodes.items() if n not in self._nodes]
         failed: dict[str, VvhostError] = {}
-        calls = [
-            ("blockdev-add", StorageDaemonApi.file_node_args(n, a.path, readonly=a.readonly))
-            for n, a in new_nodes
-        ]
+        for node, a in new_nodes:
+            try:
+                self._add_secret(node, a)
+            except VvhostError as exc:
+                failed.update({b.key: exc for b in todo if node_of(b) == node})
+        new_nodes = [(n, a) for n, a in new_nodes if a.key not in failed]
+        calls = [("blockdev-add", node_args(n, a)) for n, a in new_nodes]
         for (node, _a), reply in zip(new_nodes, self.api.qmp.cmd_many(calls), strict=True):
             if isinstance(reply, EndpointError):
-                failed.update({a.key: reply for a in todo if node_name_for(a.path) == node})
+                failed.update({a.key: reply for a in todo if node_of(a) == node})
             else:
                 self._nodes.add(node)
         todo = [a for a in todo if a.key not in failed]
         calls = [
             (
                 "block-export-add",
-                StorageDaemonApi.export_args(
-                    a.key, node_name_for(a.path), a.key, writable=not a.readonly
-                ),
+                StorageDaemonApi.export_args(a.key, node_of(a), a.key, writable=not a.readonly),
             )
             for a in todo
         ]
@@ -196,7 +243,7 @@ class NbdEndpoint:
             if isinstance(reply, EndpointError):
                 failed[a.key] = reply
             else:
-                self._exports[a.key] = node_name_for(a.path)
+                self._exports[a.key] = node_of(a)
         if failed:
             self._prune()
         return failed
@@ -212,11 +259,28 @@ class NbdEndpoint:
             self._load()
             raise
 
+    def _add_secret(self, node: str, a: Attachment) -> None:
+        """The cephx key of an RBD node whose source names a keyring (replaced if a
+        crash left one behind)."""
+        src = a.source
+        if isinstance(src, FileSource) or not src.keyring:
+            return
+        key = read_key(src.keyring, src.user)
+        secret = secret_of(node)
+        if secret in self._secrets:
+            self.api.del_object(secret)
+            self._secrets.discard(secret)
+        self.api.add_secret(secret, key, base64=True)
+        self._secrets.add(secret)
+
     def _prune(self) -> None:
-        """Drop block nodes no export uses any more."""
+        """Drop block nodes no export uses any more (and their keys)."""
         for node in sorted(self._nodes - set(self._exports.values())):
             self.api.del_node(node)
             self._nodes.discard(node)
+            if secret_of(node) in self._secrets:
+                self.api.del_object(secret_of(node))
+                self._secrets.discard(secret_of(node))
 
     @_serialised
     def present(self) -> set[str]:
@@ -225,8 +289,8 @@ class NbdEndpoint:
 
     @_serialised
     def refresh(self, a: Attachment) -> None:
-        node = node_name_for(a.path)
-        size = data_size(a.path)
+        node = node_of(a)
+        size = a.size
         if self.api.node_sizes().get(node, size) == size:
             return
         removed: list[str] = []
@@ -266,10 +330,9 @@ class NbdEndpoint:
         sizes = self.api.node_sizes()
         out = []
         for a in atts:
-            shown = sizes.get(node_name_for(a.path))
-            with contextlib.suppress(OSError):
-                if shown is not None and shown != data_size(a.path):
-                    out.append(a.key)
+            shown = sizes.get(node_of(a))
+            if shown is not None and shown != a.size:
+                out.append(a.key)
         return out
 
     def handle(self, a: Attachment) -> dict[str, Any]:

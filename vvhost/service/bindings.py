@@ -16,23 +16,22 @@ delete, revert and move of its vvol like an active one.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import time
 from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Connection
 
-from ..catalog import bindrepo
-from ..errors import Busy, InUse, InvalidInput, NotFound, VvhostError
+from ..catalog import bindrepo, repo
+from ..errors import Busy, EndpointError, InUse, InvalidInput, NotFound, VvhostError
 from ..model import ACTIVE, ATTACHING, DETACHING, Binding, Host, Pe, Vvol
-from ..pe import Attachment
+from ..pe import Attachment, secondary_id
+from ..pe.iscsi import allocate_lun, target_name
 from .context import Context
 from .endpoints import EndpointManager, PeOps, attachment, attachment_key
 from .hosts import HostOps
 
 MAX_BATCH = 1024
-MAX_LUN = 1023  # per target, so one host can hold a large batch through one PE
 
 
 def _error(ref: str, exc: VvhostError) -> dict[str, Any]:
@@ -80,7 +79,7 @@ class BindingOps:
                 for i, ref in enumerate(refs):
                     try:
                         v = self.ctx.ready(self.ctx.vvol(conn, ref))
-                        self.ctx.data_path(v)  # array online, data there
+                        source = self.ctx.source(v)  # array online, data there
                         existing = bindrepo.find_bindings(conn, vvol=v.id, host=host)
                         if existing:
                             b = self._reuse(existing[0], chosen, ref)
@@ -93,11 +92,8 @@ class BindingOps:
                             target = chosen or _auto_pe(every_pe or [], v)
                             b = self._allocate(conn, target, v, h, shared, op, 1, luns, hints)
                             bindrepo.insert_binding(conn, b)
-                        plans.append(
-                            _Plan(
-                                i, b, target, attachment(conn, self.ctx, b, v, h), new=not existing
-                            )
-                        )
+                        att = attachment(conn, self.ctx, b, v, h, source)
+                        plans.append(_Plan(i, b, target, att, new=not existing))
                     except VvhostError as exc:
                         results[i] = _error(ref, exc)
             failed = self._attach_all([p for p in plans if p.new], refs, results)
@@ -109,6 +105,9 @@ class BindingOps:
                     elif p.new:
                         bindrepo.set_binding(conn, p.binding, state=ACTIVE, op=None)
             self.manager.release_readonly([p.binding.vvol for p in failed if p.binding.readonly])
+            failed += self._grant_rbd(
+                host, [p for p in plans if p.new and p not in failed], refs, results
+            )
         for p in plans:
             if p not in failed:
                 bound = replace(p.binding, state=ACTIVE, op=None)
@@ -118,6 +117,37 @@ class BindingOps:
                     "handle": self._handle(bound, p.pe, p.attachment),
                 }
         return [r for r in results if r is not None]
+
+    def _grant_rbd(
+        self, host: str, plans: list[_Plan], refs: list[str], results: list[dict[str, Any] | None]
+    ) -> list[_Plan]:
+        """Give the host's Ceph identity the namespaces its new rbd bindings need; if
+        that fails, those bindings are undone (endpoint entry and row) and failed."""
+        rbd = [p for p in plans if p.pe.protocol == "rbd"]
+        if not rbd:
+            return []
+        try:
+            self.manager.rbd.sync(host)
+            return []
+        except Exception as exc:  # whatever failed, the new bindings are undone
+            err = (
+                exc if isinstance(exc, VvhostError) else EndpointError(tool="ceph", detail=str(exc))
+            )
+        for p in rbd:
+            with self.manager.lock([p.pe.id]), contextlib.suppress(VvhostError):
+                self.manager.get(p.pe).detach(p.attachment.key)
+            results[p.index] = _error(refs[p.index], err)
+        with self.ctx.db.tx() as conn:
+            for p in rbd:
+                bindrepo.delete_binding(conn, p.binding)
+        with contextlib.suppress(VvhostError):  # back to what the remaining bindings need
+            self.manager.rbd.sync(host)
+        return rbd
+
+    def _revoke_rbd(self, host: str, pes: list[Pe]) -> None:
+        """After bindings through rbd endpoints went: the identity shrinks (or goes)."""
+        if any(pe.protocol == "rbd" for pe in pes):
+            self.manager.rbd.sync(host)
 
     @staticmethod
     def _reuse(b: Binding, chosen: Pe | None, ref: str) -> Binding:
@@ -145,48 +175,12 @@ class BindingOps:
     ) -> Binding:
         """Decide a new binding's secondary id.  ``luns`` carries the LUNs in use per
         (PE, target) across one batch, so a batch reads them once."""
+        check_reach(conn, pe, v, h)
         tid = None
         if pe.protocol == "iscsi":
-            if not shared and not h.iqn:
-                raise InvalidInput(
-                    detail=f"host {h.name} has no iSCSI initiator name "
-                    f"(vvhost host add {h.name} --iqn IQN)"
-                )
-            owner = "*" if shared else h.name
-            found = bindrepo.target_for(conn, pe.id, owner)
-            if found is None:
-                suffix = "shared" if shared else target_suffix(h.name)
-                tid = bindrepo.add_target(
-                    conn, pe.id, owner, f"{pe.config['iqn_prefix']}:{pe.name.lower()}.{suffix}"
-                )
-            else:
-                tid = found[0]
-            luns = {} if luns is None else luns
-            hints = {} if hints is None else hints
-            if (pe.id, tid) not in luns:
-                luns[pe.id, tid] = {int(s) for s in bindrepo.used_secondaries(conn, pe.id, tid)}
-            used = luns[pe.id, tid]
-            if (pe.id, h.name) not in hints:
-                hints[pe.id, h.name] = bindrepo.hints_for(conn, pe.id, h.name)
-            known = hints[pe.id, h.name]
-            hinted = known.get(v.id)
-            kept = {int(s) for vid, s in known.items() if vid != v.id}
-            taken = used | kept
-            free = next((n for n in range(1, MAX_LUN + 1) if n not in taken), None)
-            if free is None:  # every LUN is in use or kept for another vvol: take a kept one
-                free = next((n for n in range(1, MAX_LUN + 1) if n not in used), None)
-            if hinted is not None and int(hinted) not in used:
-                free = int(hinted)  # the LUN it had here before: domain XML stays valid
-            if free is None:
-                raise InUse(kind="iSCSI target", ref=owner, reason=f"all {MAX_LUN} LUNs are taken")
-            used.add(free)
-            secondary = str(free)
-            bindrepo.set_hint(conn, v.id, h.name, pe.id, secondary)
-            known[v.id] = secondary
-        elif pe.protocol == "nbd":
-            secondary = f"vv-{v.id}.{h.name}"
+            tid, secondary = self._allocate_lun(conn, pe, v, h, shared, luns, hints)
         else:
-            secondary = f"{v.id}.{h.name}"
+            secondary = secondary_id(pe.protocol, v.id, h.name)
         return Binding(
             vvol=v.id,
             host=h.name,
@@ -200,6 +194,46 @@ class BindingOps:
             op=op,
             created=time.time(),
         )
+
+    @staticmethod
+    def _allocate_lun(
+        conn: Connection,
+        pe: Pe,
+        v: Vvol,
+        h: Host,
+        shared: bool,
+        luns: dict[tuple[str, int], set[int]] | None,
+        hints: dict[tuple[str, str], dict[str, str]] | None,
+    ) -> tuple[int, str]:
+        """The target (made on first use) and LUN of a new iSCSI binding; the
+        choice itself is the endpoint's (``pe/iscsi.py``), the catalog records it."""
+        if not shared and not h.iqn:
+            raise InvalidInput(
+                detail=f"host {h.name} has no iSCSI initiator name "
+                f"(vvhost host add {h.name} --iqn IQN)"
+            )
+        owner = "*" if shared else h.name
+        found = bindrepo.target_for(conn, pe.id, owner)
+        if found is None:
+            iqn = target_name(pe.config["iqn_prefix"], pe.name, None if shared else h.name)
+            tid = bindrepo.add_target(conn, pe.id, owner, iqn)
+        else:
+            tid = found[0]
+        luns = {} if luns is None else luns
+        hints = {} if hints is None else hints
+        if (pe.id, tid) not in luns:
+            luns[pe.id, tid] = {int(s) for s in bindrepo.used_secondaries(conn, pe.id, tid)}
+        used = luns[pe.id, tid]
+        if (pe.id, h.name) not in hints:
+            hints[pe.id, h.name] = bindrepo.hints_for(conn, pe.id, h.name)
+        known = hints[pe.id, h.name]
+        hinted = known.get(v.id)
+        kept = {int(s) for vid, s in known.items() if vid != v.id}
+        lun = allocate_lun(used, kept, int(hinted) if hinted is not None else None, owner)
+        used.add(lun)
+        bindrepo.set_hint(conn, v.id, h.name, pe.id, str(lun))
+        known[v.id] = str(lun)
+        return tid, str(lun)
 
     def _attach_all(
         self, plans: list[_Plan], refs: list[str], results: list[dict[str, Any] | None]
@@ -255,6 +289,12 @@ class BindingOps:
                     else:
                         bindrepo.set_binding(conn, b, state=ACTIVE, op=None)
             self.manager.release_readonly([b.vvol for b in gone if b.readonly])
+            try:
+                self._revoke_rbd(host, [pe for _i, b, pe in drops if b in gone])
+            except VvhostError as exc:  # the bindings are gone; the access is not yet
+                for i, b, _pe in drops:
+                    if b in gone:
+                        results[i] = _error(refs[i], exc)
         return [r for r in results if r is not None]
 
     # -- rebind ---------------------------------------------------------------------------
@@ -307,6 +347,7 @@ class BindingOps:
                 bindrepo.delete_binding(conn, old)
             if old.readonly:
                 self.manager.release_readonly([old.vvol])
+            self._revoke_rbd(host, [old_plan.pe, target])
         return self._handle(replace(new, state=ACTIVE, op=None), target, att)
 
     # -- reading --------------------------------------------------------------------------
@@ -344,19 +385,25 @@ class _Plan:
     new: bool
 
 
-def target_suffix(host: str) -> str:
-    """The host's part of its target name.  iSCSI names are compared without case,
-    so a host name with capitals gets a digest of its exact spelling: hosts "KVMY"
-    and "kvmy" never share a target name."""
-    low = host.lower()
-    if low == host:
-        return low
-    return f"{low}-{hashlib.sha256(host.encode()).hexdigest()[:8]}"
-
-
 def _check_batch(refs: list[str], what: str) -> None:
     if not refs or len(refs) > MAX_BATCH:
         raise InvalidInput(detail=f"{what} takes 1 to {MAX_BATCH} vvols")
+
+
+def check_reach(conn: Connection, pe: Pe, v: Vvol, h: Host) -> None:
+    """An endpoint made for one array serves that array's vvols only; an rbd
+    endpoint hands a host a Ceph identity, so only its own tenant's vvols."""
+    if pe.array is not None and pe.array != v.array:
+        mine, theirs = repo.get_array(conn, pe.array), repo.get_array(conn, v.array)
+        raise InvalidInput(
+            detail=f"endpoint {pe.name} serves array {mine.name if mine else pe.array} only; "
+            f"vvol {v.name or v.id} is on array {theirs.name if theirs else v.array}"
+        )
+    if pe.protocol == "rbd" and h.tenant is not None and v.tenant != h.tenant:
+        raise InvalidInput(
+            detail=f"host {h.name} belongs to tenant {h.tenant}; vvol {v.name or v.id} "
+            "does not, so no rbd binding gives it access"
+        )
 
 
 def _auto_pe(pes: list[Pe], v: Vvol) -> Pe:

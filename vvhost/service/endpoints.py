@@ -20,10 +20,11 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from ..arrays.sources import DataSource, FileSource
 from ..catalog import bindrepo, repo, vvolrepo
-from ..errors import AlreadyExists, InUse, InvalidInput, NotFound
-from ..model import ACTIVE, ATTACHING, PROTOCOLS, Array, Binding, Host, Pe, Vvol
-from ..pe import Attachment, Endpoint, open_endpoint
+from ..errors import AlreadyExists, InUse, InvalidInput, NotFound, VvhostError
+from ..model import ACTIVE, ATTACHING, Array, Binding, Host, Pe, Vvol
+from ..pe import PROTOCOLS, Attachment, Endpoint, open_endpoint
 from ..pe.filepe import FileEndpoint
 from ..pe.immutable import clear_immutable, is_immutable
 from ..pe.iscsi import DEFAULT_IQN_PREFIX, IscsiEndpoint
@@ -32,6 +33,7 @@ from ..tools import EndpointError
 from ..tools.tgtd_ipc import holder
 from ..units import check_name
 from .context import Context
+from .rbdaccess import RbdAccess
 
 log = logging.getLogger("vvhost.endpoints")
 _PORTAL = re.compile(r"^(?P<host>[A-Za-z0-9.-]{1,253}|\[[0-9a-fA-F:]+\]):(?P<port>[0-9]{1,5})$")
@@ -58,11 +60,22 @@ def attachment_key(b: Binding) -> str:
     return f"{b.tid}/{b.secondary_id}" if b.tid is not None else b.secondary_id
 
 
+def data_source(ctx: Context, v: Vvol) -> DataSource:
+    """Where ``v``'s data is, as its array names it (no check that it is there:
+    reconciliation and listings must work while an array is offline)."""
+    return ctx.backend(v.array).source(v.id)
+
+
 def attachment(
-    conn: Connection, ctx: Context, b: Binding, v: Vvol | None = None, host: Host | None = None
+    conn: Connection,
+    ctx: Context,
+    b: Binding,
+    v: Vvol | None = None,
+    host: Host | None = None,
+    source: DataSource | None = None,
 ) -> Attachment:
-    """Everything an endpoint needs to present binding ``b`` (pass the vvol and host
-    when the caller has them, to save the lookups)."""
+    """Everything an endpoint needs to present binding ``b`` (pass the vvol, host
+    and data source when the caller has them, to save the lookups)."""
     v = v or vvolrepo.get(conn, b.vvol)
     if v is None:
         raise NotFound(kind="vvol", ref=b.vvol)
@@ -75,7 +88,8 @@ def attachment(
     return Attachment(
         key=attachment_key(b),
         secondary_id=b.secondary_id,
-        path=ctx.path(v),
+        source=source or data_source(ctx, v),
+        size=v.size,
         readonly=b.readonly,
         vvol=v.id,
         tid=b.tid,
@@ -110,6 +124,7 @@ class EndpointManager:
         self.errors: dict[str, str] = {}  # PE name -> why its daemon did not start
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.rbd = RbdAccess(ctx, self.get)  # hosts' Ceph identities (rbd endpoints)
 
     def get(self, pe: Pe) -> Endpoint:
         with self._guard:
@@ -134,24 +149,28 @@ class EndpointManager:
         """Make the daemon present exactly the active bindings of the catalog (and,
         for iSCSI, exactly the catalog's targets, each with its host's ACL)."""
         ep = self.get(pe)
+        wanted: dict[str, Attachment] = {}
+        unknown: set[str] = set()  # bindings whose data source cannot be told now
         with self.ctx.db.tx() as conn:
             if isinstance(ep, IscsiEndpoint):
                 ep.sync_targets(catalog_targets(conn, pe.id))
-            wanted = {
-                a.key: a
-                for a in (
-                    attachment(conn, self.ctx, b)
-                    for b in bindrepo.find_bindings(conn, pe=pe.id)
-                    if b.state == ACTIVE
-                )
-            }
+            for b in bindrepo.find_bindings(conn, pe=pe.id):
+                if b.state != ACTIVE:
+                    continue
+                try:
+                    a = attachment(conn, self.ctx, b)
+                except VvhostError as exc:
+                    log.error("endpoint %s: binding of %s for %s: %s", pe.name, b.vvol, b.host, exc)
+                    unknown.add(attachment_key(b))
+                    continue
+                wanted[a.key] = a
         present = ep.present()
         for key in sorted(wanted.keys() - present):
             ep.attach(wanted[key])
-        for key in sorted(present - wanted.keys()):
+        for key in sorted(present - wanted.keys() - unknown):
             ep.detach(key)
         if isinstance(ep, FileEndpoint):  # recorded entries someone removed or replaced
-            for key in sorted(ep.recorded().keys() - wanted.keys() - present):
+            for key in sorted(ep.recorded().keys() - wanted.keys() - present - unknown):
                 ep.detach(key)
         stale = ep.stale([wanted[key] for key in sorted(wanted.keys() & present)])
         for key in stale:
@@ -219,7 +238,13 @@ class EndpointManager:
                 if v is None or not v.readonly:
                     continue
                 if not any(b.pe in files for b in bindrepo.find_bindings(conn, vvol=vid)):
-                    paths.append(self.ctx.path(v))
+                    try:
+                        src = data_source(self.ctx, v)
+                    except VvhostError as exc:
+                        log.error("cannot tell where the data of %s is: %s", vid, exc)
+                        continue
+                    if isinstance(src, FileSource):
+                        paths.append(src.path)
             for path in paths:
                 try:
                     if is_immutable(path):
@@ -238,6 +263,7 @@ class EndpointManager:
         with self.ctx.db.tx() as conn:  # a crash between unbind and its release
             readonly = [v.id for v in vvolrepo.listing(conn) if v.readonly]
         self.release_readonly(readonly)
+        self.rbd.sync_all()  # a crash between a binding change and its Ceph identity
         self._thread = threading.Thread(target=self._supervise, name="pe-supervisor", daemon=True)
         self._thread.start()
 
@@ -326,6 +352,11 @@ class PeOps:
                 raise InvalidInput(detail="a file endpoint needs an absolute --path DIR")
         elif path is not None:
             raise InvalidInput(detail=f"--path is for file endpoints, not {protocol}")
+        if protocol == "rbd":
+            if array is None:
+                raise InvalidInput(detail="an rbd endpoint needs --array (an RBD array)")
+            if portal is not None:
+                raise InvalidInput(detail="an rbd endpoint has no portal: hosts reach Ceph")
         with self.ctx.db.tx() as conn:
             if bindrepo.get_pe(conn, name) is not None:
                 raise AlreadyExists(kind="protocol endpoint", ref=name)
@@ -339,6 +370,11 @@ class PeOps:
                 found = repo.get_array(conn, array)
                 if found is None:
                     raise NotFound(kind="array", ref=array)
+                if protocol == "rbd" and found.backend != "rbd":
+                    raise InvalidInput(
+                        detail=f"array {found.name} is a {found.backend} array; "
+                        "an rbd endpoint serves RBD arrays only"
+                    )
                 array_id = found.id
             if protocol == "iscsi":
                 config["control_port"] = _free_control_port(

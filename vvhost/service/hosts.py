@@ -4,9 +4,16 @@ by their initiator name).
 Removing a host (refused while it has bindings) takes its data-path access
 with it, daemons first, then the catalog:
 
-    1. every iSCSI target made for it is deleted from its endpoint's tgtd
+    1. its Ceph identities (client.vvhost-<host>, on every cluster an rbd
+       endpoint reaches) are removed; an unreachable cluster stops here
+    2. every iSCSI target made for it is deleted from its endpoint's tgtd
        (ACL, LUNs, sessions), so its initiator name reaches nothing
-    2. its row, tokens, target rows and LUN hints go in one transaction
+    3. its row, tokens, target rows and LUN hints go in one transaction
+    4. its NBD credentials are revoked
+
+Rotating a host's token also rotates its data-path credentials: a new NBD
+certificate identity and a new cephx key for each Ceph identity (same caps),
+so the old ones are refused from then on.
 
 A host added later under the same name starts from nothing: new targets whose
 ACL is its own initiator name.
@@ -78,10 +85,17 @@ class HostOps:
         return {**host.to_dict(), "token": token}
 
     def rotate_token(self, name: str) -> dict[str, Any]:
-        """A new token for the host; the old one stops working at once."""
-        with self.ctx.db.tx() as conn:
-            self.get(conn, name)
-            out = {"name": name, "token": self.tokens.issue(conn, HOST, name)}
+        """A new token for the host; the old one stops working at once.  The cephx
+        keys are rotated first: a cluster that cannot be reached fails the rotation
+        before anything changed (the new token is never lost behind an error)."""
+        with self.ctx.locks.hold([f"host:{name}"]):
+            with self.ctx.db.tx() as conn:
+                self.get(conn, name)
+            if self.endpoints is not None:  # the old cephx keys go with the old token
+                self.endpoints.rbd.revoke(name, False)
+            with self.ctx.db.tx() as conn:
+                self.get(conn, name)
+                out = {"name": name, "token": self.tokens.issue(conn, HOST, name)}
         self.revoke(name, False)  # the old NBD certificate goes with the old token
         return out
 
@@ -112,6 +126,8 @@ class HostOps:
                     (bindrepo.get_pe(conn, pe_id), tid)
                     for pe_id, tid in bindrepo.targets_of(conn, name)
                 ]
+            if self.endpoints is not None:  # its Ceph identities first: if a cluster
+                self.endpoints.rbd.revoke(name, True)  # is unreachable, the host stays
             for pe, tid in owned:
                 if pe is not None and self.endpoints is not None:
                     self.endpoints.drop_target(pe, tid)

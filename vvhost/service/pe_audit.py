@@ -6,8 +6,13 @@
                                                  initiator name (host row exists)
       no catalog row, or its host is gone      : a problem (nobody should reach it)
 
+    for each cluster an rbd endpoint reaches:
+      identity client.vvhost-HOST  ──> HOST must exist, and its caps must be exactly
+                                       the namespaces of its rbd bindings
+
 Each mismatch is one line of ``vvhost audit``; endpoint reconciliation (at start
-and after a daemon restart) repairs them.
+and after a daemon restart) repairs the iSCSI ones, the next bind or unbind of
+the host the Ceph ones.
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ from .endpoints import EndpointManager, catalog_targets
 
 
 def audit_acls(ctx: Context, endpoints: EndpointManager) -> list[str]:
+    return _audit_iscsi(ctx, endpoints) + endpoints.rbd.audit()
+
+
+def _audit_iscsi(ctx: Context, endpoints: EndpointManager) -> list[str]:
     problems: list[str] = []
     with ctx.db.tx() as conn:
         pes = [pe for pe in bindrepo.list_pes(conn) if pe.protocol == "iscsi"]

@@ -1,18 +1,26 @@
-"""qemu-storage-daemon (QSD): raw file nodes exported over NBD, driven through QMP.
+"""qemu-storage-daemon (QSD): raw nodes over files or RBD images, exported over
+NBD, driven through QMP.
 
 One QSD process, run in the foreground by its supervisor (``qsd_argv``)::
 
     qmp.sock (QMP) --> node graph                         --> NBD server (unix or tcp)
                        n<30 hex>  raw   (read-only?)      <--  export "name" (writable?)
                          `- #blockNNN  file  /path/vvol.img, locking=off
+                       n<30 hex>  raw
+                         `- #blockNNN  rbd   pool, namespace, image[, snapshot],
+                                             conf, user[, key-secret=k<30 hex>]
                        objects: tls-creds-x509 (server, verify-peer) + authz-simple (one DN)
-                                for an NBD server that only lets in TLS clients it authorizes
+                                for an NBD server that only lets in TLS clients it authorizes;
+                                secret k<30 hex> (a cephx key for the rbd node of that hash)
 
-Each vvol is a ``raw`` node over an unnamed ``file`` child (deleted together with
-its parent). ``locking=off`` drops QEMU's OFD byte-range locks on the image so
-another daemon (or qemu-img) may open the same file at once; coordinating the
-writers is then the caller's job. ``auto-read-only=off`` makes a read-only
-request strict: the file is opened O_RDONLY, never reopened read-write.
+Each vvol is a ``raw`` node over an unnamed protocol child (deleted together
+with its parent). A ``file`` child has ``locking=off``: it drops QEMU's OFD
+byte-range locks on the image so another daemon (or qemu-img) may open the same
+file at once; coordinating the writers is then the caller's job. An ``rbd``
+child opens the image with librbd (QEMU's own driver); with a keyring the
+cephx key goes in a ``secret`` object, never on a command line.
+``auto-read-only=off`` makes a read-only request strict: the data is opened
+read-only, never reopened read-write.
 
 Node names are at most 31 characters and must start with a letter:
 ``node_name_for(key)`` maps any key to ``"n" + 30 hex digits of sha256(key)``.
@@ -106,6 +114,23 @@ class StorageDaemonApi:
         return {"driver": "raw", "node-name": node, "file": file, **common}
 
     @staticmethod
+    def rbd_node_args(
+        node: str,
+        rbd: dict[str, Any],
+        *,
+        readonly: bool,
+        key_secret: str | None = None,
+    ) -> dict[str, Any]:
+        """A raw node over an ``rbd`` child. ``rbd`` holds pool, namespace, image,
+        snapshot, conf, user (QAPI ``BlockdevOptionsRbd``); empty ones are left out."""
+        common = {"read-only": readonly, "auto-read-only": False, "discard": "unmap"}
+        child: dict[str, Any] = {"driver": "rbd", **{k: v for k, v in rbd.items() if v}}
+        if key_secret is not None:
+            child["key-secret"] = key_secret
+            child["auth-client-required"] = ["cephx"]
+        return {"driver": "raw", "node-name": node, "file": {**child, **common}, **common}
+
+    @staticmethod
     def export_args(export_id: str, node: str, name: str, *, writable: bool) -> dict[str, Any]:
         return {
             "type": "nbd",
@@ -118,6 +143,16 @@ class StorageDaemonApi:
     def add_file_node(self, node: str, path: str, *, readonly: bool) -> None:
         """Open ``path`` as raw node ``node`` (see the module docstring for the options)."""
         self.qmp.cmd("blockdev-add", **self.file_node_args(node, path, readonly=readonly))
+
+    def add_secret(self, obj_id: str, data: str, *, base64: bool = False) -> None:
+        """A ``secret`` object holding ``data`` (sent over the QMP socket only).
+        ``base64``: ``data`` is base64 of the secret (QEMU's rbd driver hands
+        librados the secret base64-encoded again, so a cephx key goes in this way)."""
+        fmt = {"format": "base64"} if base64 else {}
+        self.qmp.cmd("object-add", **{"qom-type": "secret", "id": obj_id}, data=data, **fmt)
+
+    def del_object(self, obj_id: str) -> None:
+        self.qmp.cmd("object-del", id=obj_id)
 
     def del_node(self, node: str) -> None:
         self.qmp.cmd("blockdev-del", **{"node-name": node})

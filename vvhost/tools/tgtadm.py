@@ -23,6 +23,11 @@ tgtd lists both kinds of ACL in one block with nothing to tell them apart, so an
 entry that is ``ALL`` or parses as an IP address/network is an address, any other
 one a name (iSCSI names start with ``iqn.``, ``eui.`` or ``naa.``).
 
+A LUN's backing store is a file (tgtd's default ``rdwr``) or, with Debian's
+``tgt-rbd``, an RBD image (``bstype=rbd``, backing ``POOL/IMAGE[@SNAP]``,
+``bsopts=conf=CONF;id=CLIENT``; tgt 1.0.85 opens images in the pool's default
+RADOS namespace only: it has no option for another one).
+
 A LUN's size is read from its backing file when the file is opened; tgtd has no
 request that re-reads it, but it reopens the file when the LU's ``path`` is set
 again, which it allows only while the LU is offline: see :meth:`Tgtadm.lun_reopen`.
@@ -61,6 +66,42 @@ SCSI_SN_MAX = 36  # tgt's SCSI_SN_LEN
 SCSI_ID_MAX = 36  # tgt's SCSI_ID_LEN
 
 _PARAM_VALUE = re.compile(r"[A-Za-z0-9._:\-]+")
+BS_RBD = "/usr/lib/tgt/backing-store/bs_rbd.so"  # Debian's tgt-rbd
+
+
+@dataclass(frozen=True)
+class Backing:
+    """What a LUN reads and writes: ``path`` for tgtd's ``--backing-store``, with
+    ``bstype`` and ``bsopts`` for a backing store other than plain files."""
+
+    path: str
+    bstype: str | None = None
+    bsopts: str | None = None
+
+    def params(self) -> str:
+        """``path=...[,bstype=...][,bsopts=...]``: tgtd splits on commas, and
+        bs_rbd splits its options on semicolons."""
+        for what, value in (("backing path", self.path), ("backing options", self.bsopts)):
+            if value is not None and ("," in value or "\0" in value):
+                raise ValueError(f"{what} {value!r} has a comma")
+        out = f"path={self.path}"
+        if self.bstype:
+            out += f",bstype={self.bstype}"
+        if self.bsopts:
+            out += f",bsopts={self.bsopts}"
+        return out
+
+
+def rbd_backing(
+    pool: str, image: str, snap: str | None, conf: str | None, user: str | None
+) -> Backing:
+    """An RBD image (or snapshot) in a pool's default namespace, for tgt-rbd."""
+    for what, value in (("conf", conf), ("id", user)):
+        if value is not None and (";" in value or "," in value):
+            raise ValueError(f"rbd {what} {value!r} has a ';' or ','")
+    opts = ";".join(f"{k}={v}" for k, v in (("conf", conf), ("id", user)) if v)
+    path = f"{pool}/{image}" + (f"@{snap}" if snap else "")
+    return Backing(path, "rbd", opts or None)
 
 
 @dataclass
@@ -158,13 +199,14 @@ class Tgtadm:
         self,
         tid: int,
         lun: int,
-        path: str,
+        path: str | Backing,
         *,
         readonly: bool = False,
         serial: str | None = None,
         scsi_id: str | None = None,
     ) -> None:
-        """Add LUN ``lun`` backed by ``path``, then set its inquiry data.
+        """Add LUN ``lun`` backed by ``path`` (a file, or a ``Backing``), then set
+        its inquiry data.
 
         Vendor/product are always VVHOST/vvol; ``serial`` becomes the unit serial
         number (VPD page 0x80), ``scsi_id`` the T10 vendor id designator (VPD 0x83).
@@ -172,8 +214,8 @@ class Tgtadm:
         """
         if lun < 1:
             raise ValueError("LUN 0 is the target's controller")
-        if "," in path:
-            raise ValueError(f"backing path {path!r} has a comma")
+        backing = path if isinstance(path, Backing) else Backing(path)
+        device = backing.params()
         params = [f"vendor_id={VENDOR_ID}", f"product_id={PRODUCT_ID}"]
         if serial is not None:
             params.append(f"scsi_sn={_check_value('serial', serial, SCSI_SN_MAX)}")
@@ -183,7 +225,7 @@ class Tgtadm:
             params.append("readonly=1")
         else:  # initiators see holes (GET LBA STATUS) and may punch them (UNMAP, WRITE SAME)
             params.append("thin_provisioning=1")
-        self.ipc.request(MODE_DEVICE, OP_NEW, tid=tid, lun=lun, params=f"path={path}")
+        self.ipc.request(MODE_DEVICE, OP_NEW, tid=tid, lun=lun, params=device)
         try:
             self.ipc.request(
                 MODE_DEVICE,
@@ -197,7 +239,7 @@ class Tgtadm:
                 self.lun_delete(tid, lun)
             raise
 
-    def lun_reopen(self, tid: int, lun: int, path: str) -> None:
+    def lun_reopen(self, tid: int, lun: int, path: str | Backing) -> None:
         """Have tgtd close and reopen LUN ``lun``'s backing file ``path``, so that it
         reads the file's size again (READ CAPACITY then answers the new size).
 
@@ -211,10 +253,15 @@ class Tgtadm:
         16 MiB reads and writes (tgt 1.0.85). Deleting and re-adding the LUN is far
         worse (commands in the gap reach no LUN), so reopen only when the size changed.
         """
-        if "," in path:
-            raise ValueError(f"backing path {path!r} has a comma")
+        backing = path if isinstance(path, Backing) else Backing(path)
+        if "," in backing.path:
+            raise ValueError(f"backing path {backing.path!r} has a comma")
         self.ipc.request(
-            MODE_DEVICE, OP_UPDATE, tid=tid, lun=lun, params=f"online=0,path={path},online=1"
+            MODE_DEVICE,
+            OP_UPDATE,
+            tid=tid,
+            lun=lun,
+            params=f"online=0,path={backing.path},online=1",
         )
 
     def lun_delete(self, tid: int, lun: int) -> None:
