@@ -273,7 +273,7 @@ class RbdArray:
 
     def _release(self, image: Image) -> bool:
         """Trash a retired image once no vvol uses it, no snapshot vvol reads it and no
-        clone (not even one in the trash) has it as parent; until then it stays retired."""
+        live clone has it as parent; until then it stays retired."""
         key = rbdindex.retired_key(image.image_id)
         if key not in {rbdindex.retired_key(i) for i in self.index.retired()}:
             return False

@@ -135,10 +135,12 @@ class Images:
                 return []
 
     def has_children(self, ref: Image) -> bool:
+        """Whether a live clone reads the image (clones in the trash do not count: the
+        image may follow them there, the purge takes the clones first)."""
         with ceph(self.array, f"listing clones of {ref.name}"):
             try:
                 with self.open(ref) as img:
-                    return any(True for _ in img.list_children2())
+                    return any(not c.get("trash") for c in img.list_children2())
             except rbd.ImageNotFound:
                 return False
 
