@@ -104,8 +104,8 @@ class RbdArray:
         return self.cluster.free_bytes()
 
     def close(self) -> None:
-        self.flattener.close()
-        self.cluster.close()
+        if self.flattener.close():
+            self.cluster.close()  # not under a flatten still running: librados would crash
         self._checked = False
 
     # -- lookups ----------------------------------------------------------------------
