@@ -31,6 +31,7 @@ from tests.vmlab import (
     log_text,
     see,
     set_cmdline,
+    verify_all,
     vvhost_json,
     wait_line,
     write_all,
@@ -102,7 +103,7 @@ def containers_of(lab: Lab, vm: str) -> dict[str, set[str]]:
 def test_move_running_vm_with_snapshots(snaplab: Lab, xfs_dir: str) -> None:
     lab = snaplab
     cmds = write_all("A") + ["wait"] + write_all("B") + ["wait"] + write_all("C") + ["wait"]
-    cmds += ["verify:vda:C:0:4", "verify:vdb:C:0:2", "write:vda:E:8:4", "verify:vda:E:8:4"]
+    cmds += verify_all("C") + ["write:vda:E:8:2", "verify:vda:E:8:2"]
     log = create_vm(lab, "vm1", "iscsi", cmds + ["wait"], keep_running=True)
     channel = add_go_channel(lab, "kvm1", "vm1")
     add_container(lab, "pool2", xfs_dir, "4G")  # after the VM: its vvols are in "pool"
