@@ -126,7 +126,8 @@ class Plane:
             if cmd.poll() is None:
                 cmd.kill()
                 cmd.wait()
-            os.path.exists(mark) and os.unlink(mark)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(mark)
 
 
 @pytest.fixture
@@ -182,7 +183,8 @@ def served_sha(p: Plane, uri: str) -> str:
         assert done.returncode == 0, done.stderr
         return Patterns.sha(out)
     finally:
-        os.path.exists(out) and os.unlink(out)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(out)
 
 
 def served_size(uri: str) -> int:
@@ -639,7 +641,12 @@ def labs(
     made: dict[str, Lab] = {}
     dirs: list[str] = []
     with contextlib.ExitStack() as stack:
-        stack.callback(lambda: [shutil.rmtree(d, ignore_errors=True) for d in dirs])
+
+        def remove_dirs() -> None:
+            for d in dirs:
+                shutil.rmtree(d, ignore_errors=True)
+
+        stack.callback(remove_dirs)
 
         def get(mode: str) -> Lab:
             if mode in made:
