@@ -173,9 +173,11 @@ def create_vm(
     disks: tuple[str, ...] = ("64M", "32M"),
     keep_running: bool = False,
 ) -> str:
-    """``vvhost vm create`` of a test guest running ``cmds``; returns its serial log."""
+    """``vvhost vm create`` of a test guest running ``cmds``; returns its serial log.
+    An empty ``protocol``: the host configuration's."""
     log = os.path.join(lab.tmp, f"{name}.serial")
     sizes = [arg for size in disks for arg in ("--disk", size)]
+    chosen = ["--protocol", protocol] if protocol else []
     out = lab.vvhost(
         host,
         "vm",
@@ -186,8 +188,7 @@ def create_vm(
         "--memory",
         "256",
         *sizes,
-        "--protocol",
-        protocol,
+        *chosen,
         "--kernel",
         lab.guest.kernel,
         "--initrd",
@@ -240,6 +241,19 @@ def add_go_channel(lab: Lab, host: str, name: str) -> str:
     finally:
         conn.close()
     return path
+
+
+def append_serial(lab: Lab, host: str, name: str) -> None:
+    """Both QEMUs of a migration open the serial log: append, so neither truncates it."""
+    conn = libvirt.open(lab.hosts[host].uri)
+    try:
+        root = ET.fromstring(conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        source = root.find("devices/serial/source")
+        assert source is not None
+        source.set("append", "on")
+        conn.defineXML(ET.tostring(root, encoding="unicode"))
+    finally:
+        conn.close()
 
 
 def go(path: str, log: str, n: int) -> None:
