@@ -185,7 +185,10 @@ class Migration:
 
     def _dest_secrets(self, host: str, root: dx.ET.Element, meta: dx.VmMeta) -> None:
         """Define on the destination libvirtd the secrets its QEMU will need for the
-        VM's disks (bound for the destination host for a moment to learn them)."""
+        VM's disks (bound for the destination host for a moment to learn them).
+        When that was the host's last binding its Ceph identity goes and comes back
+        with a new key at the hook's ``migrate``: the incoming QEMU then reads the
+        current key from the file the hook wrote (see host/qemuwrap.py)."""
         protocols = {
             src.get("protocol", "")
             for target in meta.disks

@@ -59,8 +59,8 @@ class VmSnapshots:
         if wanted:
             return wanted
         arrays = {self.client.vvol(v)["array"] for v in doc.disks.values()}
-        reflink = all(self.client.array(a)["capabilities"].get("reflink") for a in arrays)
-        return "cow" if reflink else "redo"
+        instant = all(self.client.array(a)["capabilities"].get("instant") for a in arrays)
+        return "cow" if instant else "redo"
 
     # -- snapshot ---------------------------------------------------------------------------
     def take(
@@ -109,15 +109,25 @@ class VmSnapshots:
         if point.mode == "redo":
             RedoSnapshots(self.ops).revert(dom, doc, point)
         else:
+            before = self._where(doc)
             CowSnapshots(self.ops).revert(doc, point)
+            # an array may keep a reverted disk elsewhere (rbd: a clone of the point
+            # takes over); a host's view does not say where, so it re-points always
+            if None in before.values() or self._where(doc) != before:
+                self.vms.refresh(name)
         if point.memory:  # carry on where the guest was
             with memstate.scratch_file("memory.save") as mpath:
                 memstate.load(self.vms, point.memory, point.memory_bytes, mpath, doc.pe)
-                memstate.restore(self.vms, mpath)
+                memstate.restore(self.vms, mpath, name)
             start = True
         elif start:
             self.vms.start(name)
         return {"vm": name, "reverted_to": snap, "current": snap, "started": start}
+
+    def _where(self, doc: VmDoc) -> dict[str, Any]:
+        """Where the array keeps each disk's data now (None where this caller is
+        not shown it: hosts are not)."""
+        return {t: self.client.vvol(v).get("where") for t, v in doc.disks.items()}
 
     # -- delete -----------------------------------------------------------------------------
     def delete(self, name: str, snap: str) -> dict[str, Any]:
