@@ -61,6 +61,7 @@ _POINTS: tuple[FaultPoint, ...] = tuple(
         ("revert", "committed"),
         ("revert", "replaced"),
         ("move", "copied"),
+        ("relocate", "relocated"),
         ("copy-diffs", "begin"),
         ("bind", "attached"),
         ("rebind", "attached"),

@@ -147,6 +147,7 @@ def plane(tmp_path: str, patterns: Patterns) -> Iterator[Plane]:
         api.container_create("pool", "1G")
         api.array_add("far", "dir", os.path.join(tmp_path, "far"))
         api.container_create("remote", "1G", arrays=["far"])
+        api.container_create("near", "1G")  # on the default array, like pool
         v = api.vvol_create("pool", "32M", name="d")
         patterns.write(v["path"], "A", [0, 5 * CHUNK])
         s1 = api.vvol_snapshot("d", name="d@s1")
@@ -265,6 +266,15 @@ def _reverted_to(expect: str) -> CpCheck:
     return check
 
 
+def _relocated(p: Plane, api: Client, patterns: Patterns) -> None:
+    """A move between two containers of one array is finished by recovery."""
+    d = api.vvol("d")
+    assert d["container"] == "near" and d["state"] == "ready"
+    assert api.vvol("d@s1")["container"] == "near"
+    assert patterns.sha(d["path"]) == p.ids["sha_b"]
+    assert api.container("near")["provisioned"] == 2 * d["size"]
+
+
 def _not_moved(p: Plane, api: Client, patterns: Patterns) -> None:
     d = api.vvol("d")
     assert d["container"] == "pool" and d["path"] == p.ids["path"]
@@ -319,6 +329,7 @@ CP: dict[str, CpScenario] = {
     "revert:staged": CpScenario(REVERT, _reverted_to("sha_b")),
     "revert:committed": CpScenario(REVERT, _reverted_to("sha_a")),
     "revert:replaced": CpScenario(REVERT, _reverted_to("sha_a")),
+    "relocate:relocated": CpScenario(("vvol", "move", "d", "--container", "near"), _relocated),
     "move:copied": CpScenario(("vvol", "move", "d", "--container", "remote"), _not_moved),
     "copy-diffs:begin": CpScenario(
         ("vvol", "copy-diffs", "d", "--base", "d@s1", "--to", "e"), _copied_or_not

@@ -137,6 +137,7 @@ def test_every_operation_has_recovery_handlers() -> None:
         "extend",
         "revert",
         "move",
+        "relocate",
         "copy-diffs",
     }
     assert set(HANDLERS) == ops

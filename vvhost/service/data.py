@@ -401,6 +401,7 @@ def finish_relocate(ctx: Context, entry: JournalEntry) -> None:
     if v is not None:
         backend = ctx.backend(v.array)
         backend.relocate(members, entry.args["dst_container"], ctx.progress.callback(entry.id))
+        ctx.fault("relocate", "relocated")
         with ctx.db.tx() as conn:
             repo.reserve(conn, entry.args["src_container"], -int(entry.args["total"]))
             for member in members:
