@@ -38,6 +38,7 @@ GROUPS: dict[str, Callable[..., list[Result]]] = {
     "binding": binding.run,
     "remote": remote_api.run,
     "vm-boot": vm_boot.run,
+    "vm-boot-rbd": vm_boot.run_rbd,
     "vm-snapshot": vm_snapshot.run,
     "vm-migrate": vm_migrate.run,
     "vm-move-storage": vm_move_storage.run,
