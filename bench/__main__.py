@@ -40,6 +40,7 @@ GROUPS: dict[str, Callable[..., list[Result]]] = {
     "vm-boot": vm_boot.run,
     "vm-boot-rbd": vm_boot.run_rbd,
     "vm-snapshot": vm_snapshot.run,
+    "vm-snapshot-rbd": vm_snapshot.run_rbd,
     "vm-migrate": vm_migrate.run,
     "vm-move-storage": vm_move_storage.run,
     "rbd": rbd_ops.run,
