@@ -43,6 +43,7 @@ GROUPS: dict[str, Callable[..., list[Result]]] = {
     "vm-snapshot-rbd": vm_snapshot.run_rbd,
     "vm-migrate": vm_migrate.run,
     "vm-move-storage": vm_move_storage.run,
+    "vm-move-storage-rbd": vm_move_storage.run_rbd,
     "rbd": rbd_ops.run,
 }
 
