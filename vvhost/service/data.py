@@ -15,6 +15,7 @@ from ..catalog import repo, vvolrepo
 from ..errors import (
     ArrayOffline,
     BackendError,
+    DataMissing,
     HasDependants,
     InvalidInput,
     PathConflict,
@@ -318,8 +319,14 @@ def changed(ctx: Context, v: Vvol, base: Vvol | None, chunk: int, method: str | 
 
 def _same_data(src: ArrayBackend, dst: ArrayBackend, vid: str) -> bool:
     """Two arrays that are one directory (or nested) would see one file twice."""
-    a, b = src.source(vid), dst.source(vid)
-    if not isinstance(a, FileSource) or not isinstance(b, FileSource):
+    a = src.source(vid)
+    if not isinstance(a, FileSource):
+        return False
+    try:
+        b = dst.source(vid)  # an array that is not a directory has no such vvol yet
+    except DataMissing:
+        return False
+    if not isinstance(b, FileSource):
         return False
     try:
         return os.path.samefile(a.path, b.path)
