@@ -296,7 +296,9 @@ def finish_copy_diffs(ctx: Context, entry: JournalEntry) -> dict[str, Any]:
 
 def changed(ctx: Context, v: Vvol, base: Vvol | None, chunk: int, method: str | None) -> Changed:
     """The chunks of ``v`` that differ from ``base`` (or hold data): the array
-    tells when both live on it, else both are read and compared."""
+    tells when both live on it; across arrays, a base that holds no data at all
+    (the fresh start of a copy onto another array) differs where ``v`` holds
+    data, which ``v``'s array tells; else both are read and compared."""
     backend = ctx.backend(v.array)
     ctx.source(v)
     if base is None or base.array == v.array:
@@ -308,6 +310,8 @@ def changed(ctx: Context, v: Vvol, base: Vvol | None, chunk: int, method: str | 
             detail=f"{method} needs both vvols on the same filesystem (one array); use compare"
         )
     ctx.source(base)
+    if method is None and not ctx.backend(base.array).changed(base.id, None, chunk).ranges:
+        return backend.changed(v.id, None, chunk)
     with backend.open(v.id) as a, ctx.backend(base.array).open(base.id) as b:
         try:
             return Changed(volio.differing(a, b, chunk), "compare")
