@@ -4,6 +4,8 @@ accounting and what a host learns from ``resolve``."""
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -111,14 +113,25 @@ def test_tenant_datastores_resolve_only_for_their_hosts(api: Client) -> None:
         api.datastore_delete(ds["id"])
 
 
+@pytest.fixture
+def own_pool(ceph_cluster: CephLab) -> Iterator[str]:
+    """A pool of its own (the rbd plane's default array holds ``ceph_pool``)."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    ceph_cluster.create_pool(name)
+    try:
+        yield name
+    finally:
+        ceph_cluster.delete_pool(name)
+
+
 def test_datastore_spans_dir_and_rbd(
-    api: Client, plane_dir: str, ceph_cluster: CephLab, ceph_pool: str
+    own_pool: str, api: Client, plane_dir: str, ceph_cluster: CephLab
 ) -> None:
     """Seed 3 across storage systems: one datastore over a ``dir`` container and an
     RBD container places vvols on both, and a host resolving it learns both arrays
     and, per endpoint, which of them it serves (never a path or a key)."""
     api.array_add("files", "dir", os.path.join(plane_dir, "files"))
-    rbd = {"pool": ceph_pool, "conf": ceph_cluster.conf, "keyring": ceph_cluster.admin_keyring}
+    rbd = {"pool": own_pool, "conf": ceph_cluster.conf, "keyring": ceph_cluster.admin_keyring}
     api.array_add("ceph", "rbd", rbd)
     api.container_create("cd", "1G", arrays=["files"])
     api.container_create("cr", "1G", arrays=["ceph"])
