@@ -2,13 +2,15 @@
 array of a private Ceph cluster, both ways, keeping the snapshot points (files on
 ``dir``, RBD snapshots on RBD); every point reads the same before and after.
 
-- stopped, dir -> RBD: the VM then starts through the ``rbd`` endpoint (QEMU's own
+- stopped, dir -> RBD, one disk first (the VM then binds through ``nbd``, which
+  serves both), then the other: the VM then starts through the ``rbd`` endpoint (QEMU's own
   librbd), sees its data, reverts to a point on RBD; running on librbd, its storage
   moves back to ``dir`` (block copy onto an iSCSI binding) while the guest waits,
   and the guest reads and writes on;
 - running, dir -> RBD: libvirt 9.0 cannot add a namespaced RBD image to a running
   domain, so the block copy goes through the ``nbd`` endpoint (a qemu-storage-daemon
-  rbd node), which the VM keeps; it reboots from RBD and reverts there.
+  rbd node), which the VM keeps; it reboots from RBD and reverts there.  Moving
+  only some disks of the running guest when that needs another endpoint is refused.
 """
 
 from __future__ import annotations
@@ -115,9 +117,18 @@ def test_stopped_both_ways_and_running_off_librbd(rbdlab: Lab, pat: Patterns) ->
     assert parse_serial(boot(lab, "vm1", log)).ok
     before = digests(lab, "vm1", pat)
 
+    # one disk first: only nbd serves both a dir file and an RBD image
+    one = ["move-storage", "vm1", "--container", "rpool", "--disk", "vda"]
+    assert vvhost_json(lab, "kvm1", "vm", *one)["pe"] == "nbd0"
+    assert containers_of(lab, "vm1") == {
+        "rpool": {"vm1.vda", "vm1.vda@s1"},
+        "pool": {"vm1.config", "vm1.vdb", "vm1.vdb@s1"},
+    }
+    assert digests(lab, "vm1", pat) == before
+    see(lab, "vm1", log, "B", "A")
     moved = vvhost_json(lab, "kvm1", "vm", "move-storage", "vm1", "--container", "rpool")
     assert not moved["running"] and moved["pe"] == "rbd0"
-    assert {d["target"]: d["points"] for d in moved["disks"]} == {"vda": 1, "vdb": 1}
+    assert {d["target"]: d["points"] for d in moved["disks"]} == {"vdb": 1}
     assert containers_of(lab, "vm1") == {"rpool": everything("vm1", ("s1",))}
     on(lab, "vm1", "ceph")
     assert digests(lab, "vm1", pat) == before
@@ -163,6 +174,9 @@ def test_running_onto_rbd_through_nbd(rbdlab: Lab, pat: Patterns) -> None:
     go(channel, log, 1)
     wait_line(log, "wait 2")  # B written; the guest idles while its storage moves
     before = digests(lab, "vm2", pat)
+    part = lab.vvhost("kvm1", "vm", "move-storage", "vm2", "--container", "rpool", "--disk", "vda")
+    assert part.returncode == 4 and "move all its disks or stop it" in part.stderr, part.stderr
+    assert part.stderr.count("\n") == 1 and set(containers_of(lab, "vm2")) == {"pool"}
 
     moved = vvhost_json(lab, "kvm1", "vm", "move-storage", "vm2", "--container", "rpool")
     assert moved["running"] and moved["pe"] == "nbd0"
