@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import libvirt
 
@@ -26,6 +26,9 @@ from vvhost.guest import GuestImage, guest_cmdline, parse_serial
 from vvhost.host.config import HostConfig
 from vvhost.host.install import install
 from vvhost.labhost import LibvirtHost
+
+if TYPE_CHECKING:
+    from vvhost.cephlab import CephLab
 
 MiB = 1 << 20
 HOST_IQN = "iqn.2026-11.test.vvhost:kvm"
@@ -53,14 +56,27 @@ class Lab:
             check=False,
         )
 
-    def add_host(self, name: str, server: str | None = None) -> LibvirtHost:
-        h = LibvirtHost(name, os.path.join(self.tmp, name))
+    def add_host(
+        self,
+        name: str,
+        server: str | None = None,
+        protocol: str = "iscsi",
+        migration: bool = False,
+    ) -> LibvirtHost:
+        """Start lab host ``name`` with the hook; ``migration``: it also takes
+        peer-to-peer migrations on 127.0.0.1 (TCP listener, own migration ports)."""
+        ports: dict[str, Any] = {}
+        if migration:
+            mig = free_port()
+            ports = {"tcp_port": free_port(), "migration_ports": (mig, mig + 5)}
+        h = LibvirtHost(name, os.path.join(self.tmp, name), **ports)
         self.hosts[name] = h  # stopped by the fixture even if what follows fails
         h.start()
         conf = os.path.join(self.tmp, f"{name}.conf")
         HostConfig(
             name=name,
             server=server or f"unix://{self.server.socket}",
+            protocol=protocol,
             libvirt=h.uri,
             nbd_tls_dir=h.nbd_tls_dir,
             ceph_dir=os.path.join(self.tmp, name, "ceph"),
@@ -73,11 +89,21 @@ class Lab:
 
 @contextmanager
 def running_lab(
-    tmp: str, guest: GuestImage, array_dir: str | None = None, capacity: str = "4G"
+    tmp: str,
+    guest: GuestImage,
+    array_dir: str | None = None,
+    capacity: str = "4G",
+    rbd: tuple[CephLab, str] | None = None,
+    migration: bool = False,
 ) -> Iterator[Lab]:
     """A control plane (private tgtd), endpoints iscsi0/nbd0/file0, hosts kvm1 and kvm2
     (kvm1 running a private libvirtd with the hook) and datastore ``ds``; its
-    container lives on an array in ``array_dir`` when given (say, on XFS)."""
+    container lives on an array in ``array_dir`` when given (say, on XFS).
+
+    ``rbd=(cluster, pool)``: the container lives on RBD array ``a1`` (that pool of
+    that cluster, reached as its admin) instead, endpoint ``rbd0`` serves it, and
+    kvm1 prefers the ``rbd`` protocol. ``migration``: kvm1 takes live migrations
+    (see ``Lab.add_host``)."""
     server = ServerProcess(
         os.path.join(tmp, "state"), os.path.join(tmp, "cp.sock"), private_tgtd=True
     ).start()
@@ -91,9 +117,15 @@ def running_lab(
         api.pe_create("file0", "file", path=os.path.join(tmp, "nfs"))
         if array_dir:
             api.array_add("a1", "dir", array_dir)
-        api.container_create("pool", capacity, arrays=["a1"] if array_dir else None)
+        if rbd:
+            cluster, pool = rbd
+            settings = {"pool": pool, "conf": cluster.conf, "keyring": cluster.admin_keyring}
+            api.array_add("a1", "rbd", settings)
+            api.pe_create("rbd0", "rbd", array="a1")
+        on_array = bool(array_dir or rbd)
+        api.container_create("pool", capacity, arrays=["a1"] if on_array else None)
         api.datastore_create("ds", capacity)
-        lab.add_host("kvm1")
+        lab.add_host("kvm1", protocol="rbd" if rbd else "iscsi", migration=migration)
         yield lab
     finally:
         for h in lab.hosts.values():

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from ..host.config import DEFAULT_PATH, HostConfig
+from ..host.handles import PROTOCOLS
 from ..host.vms import VmManager, VmSpec
 from . import output
 from .base import json_option
@@ -78,7 +79,7 @@ def manager(host_conf: str, uri: str | None) -> Iterator[VmManager]:
 @click.option("--token-file", default=None)
 @click.option("--ca", default=None)
 @click.option(
-    "--protocol", default="iscsi", show_default=True, type=click.Choice(["iscsi", "nbd", "file"])
+    "--protocol", default="iscsi", show_default=True, type=click.Choice(sorted(PROTOCOLS))
 )
 @click.option("--pe", default=None, help="Always use this endpoint.")
 @click.option("--libvirt", "libvirt_uri", default="qemu:///system", show_default=True)
@@ -126,7 +127,7 @@ def vm() -> None:
 @click.option("--kernel", default=None)
 @click.option("--initrd", default=None)
 @click.option("--cmdline", default=None)
-@click.option("--protocol", default=None, type=click.Choice(["iscsi", "nbd", "file"]))
+@click.option("--protocol", default=None, type=click.Choice(sorted(PROTOCOLS)))
 @click.option("--serial-log", default=None, help="Write the serial console to this file.")
 @conf_option
 @connect_option
