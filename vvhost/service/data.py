@@ -270,7 +270,7 @@ def finish_copy_diffs(ctx: Context, entry: JournalEntry) -> dict[str, Any]:
     result: dict[str, Any] = {"bytes": 0, "ranges": 0, "method": None}
     if dst is not None and src is not None and base is not None:
         try:
-            diff = changed(ctx, src, base, bitmap.DEFAULT_CHUNK, None)
+            diff = _to_copy(ctx, src, base)
             with ctx.backend(src.array).open(src.id) as io:
                 copied = ctx.backend(dst.array).write_ranges(
                     io, dst.id, diff.ranges, ctx.progress.callback(entry.id)
@@ -294,11 +294,23 @@ def finish_copy_diffs(ctx: Context, entry: JournalEntry) -> dict[str, Any]:
     return result
 
 
+def _to_copy(ctx: Context, src: Vvol, base: Vvol) -> Changed:
+    """What copy-diffs copies: ``changed``, except that a base on another array
+    holding no data at all (the empty start of a copy onto another array, as
+    ``vm move-storage`` makes) differs wherever ``src`` holds data, which its
+    array tells without reading either."""
+    chunk = bitmap.DEFAULT_CHUNK
+    if base.array != src.array:
+        ctx.source(base)
+        if not ctx.backend(base.array).changed(base.id, None, chunk).ranges:
+            ctx.source(src)
+            return ctx.backend(src.array).changed(src.id, None, chunk)
+    return changed(ctx, src, base, chunk, None)
+
+
 def changed(ctx: Context, v: Vvol, base: Vvol | None, chunk: int, method: str | None) -> Changed:
     """The chunks of ``v`` that differ from ``base`` (or hold data): the array
-    tells when both live on it; across arrays, a base that holds no data at all
-    (the fresh start of a copy onto another array) differs where ``v`` holds
-    data, which ``v``'s array tells; else both are read and compared."""
+    tells when both live on it, else both are read and compared."""
     backend = ctx.backend(v.array)
     ctx.source(v)
     if base is None or base.array == v.array:
@@ -310,8 +322,6 @@ def changed(ctx: Context, v: Vvol, base: Vvol | None, chunk: int, method: str | 
             detail=f"{method} needs both vvols on the same filesystem (one array); use compare"
         )
     ctx.source(base)
-    if method is None and not ctx.backend(base.array).changed(base.id, None, chunk).ranges:
-        return backend.changed(v.id, None, chunk)
     with backend.open(v.id) as a, ctx.backend(base.array).open(base.id) as b:
         try:
             return Changed(volio.differing(a, b, chunk), "compare")
