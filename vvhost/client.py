@@ -62,24 +62,22 @@ class Client:
             raise Unreachable(address=self.address, detail=str(exc) or type(exc).__name__) from exc
         if resp.status_code == 204:
             return None
-        try:
-            payload = resp.json()
-        except ValueError:
-            raise InternalError(
-                detail=f"HTTP {resp.status_code} with a body that is not JSON"
-            ) from None
+        payload = self._json(resp)
         if resp.status_code >= 400:
             raise from_wire(payload if isinstance(payload, dict) else {}, resp.status_code)
         return payload
 
     @staticmethod
-    def _raise(resp: httpx.Response) -> None:
+    def _json(resp: httpx.Response) -> Any:
         try:
-            payload = resp.json()
+            return resp.json()
         except ValueError:
             raise InternalError(
                 detail=f"HTTP {resp.status_code} with a body that is not JSON"
             ) from None
+
+    def _raise(self, resp: httpx.Response) -> None:
+        payload = self._json(resp)
         raise from_wire(payload if isinstance(payload, dict) else {}, resp.status_code)
 
     # -- the API, one method per route ----------------------------------------------------

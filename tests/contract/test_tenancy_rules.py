@@ -115,10 +115,10 @@ def test_sizes_take_ascii_digits_only(api: Client, size: str | int) -> None:
     assert api.vvols() == []
 
 
-def _store(path: str, payload: bytes, length: int | None = None) -> None:
-    with open(path, "r+b") as fh:
-        fh.write(b"VVHCFG01" + struct.pack("<Q", len(payload) if length is None else length))
-        fh.write(payload)
+def _store(api: Client, ref: str, payload: bytes, length: int | None = None) -> None:
+    """Write a config vvol's bytes as they are (through the data API, on any array)."""
+    header = b"VVHCFG01" + struct.pack("<Q", len(payload) if length is None else length)
+    api.vvol_write(ref, 0, header + payload)
 
 
 @pytest.mark.parametrize(
@@ -136,7 +136,7 @@ def test_corrupt_config_document_is_reported(
     api.container_create("pool", "1G")
     api.vvol_create("pool", "1M", type="config", name="vm1.config")
     api.config_put("vm1.config", {"domain": "<domain/>"})
-    _store(api.vvol("vm1.config")["path"], payload, length)
+    _store(api, "vm1.config", payload, length)
     with pytest.raises(Corrupt) as err:
         api.config_get("vm1.config")
     assert says in err.value.message and err.value.exit_code == 6

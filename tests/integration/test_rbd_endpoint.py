@@ -494,3 +494,49 @@ def test_pe_create_rbd_errors_through_the_cli(tmp_path: str) -> None:
         assert listed == []
     finally:
         server.stop()
+
+
+def test_rbd_endpoint_through_the_cli(ceph_cluster: CephLab, ceph_pool: str, tmp_path: str) -> None:
+    """The whole path as an operator types it: an RBD array, an rbd endpoint, a
+    bind that prints the handle's URI, the host's key in ``binding list``, the
+    data read through it with QEMU, and the identity gone after unbind."""
+    server = ServerProcess(
+        os.path.join(tmp_path, "state"), os.path.join(tmp_path, "s.sock")
+    ).start()
+
+    def cli(*args: str) -> Any:
+        return run(sys.executable, "-m", "vvhost", "--socket", server.socket, *args)
+
+    try:
+        cli("array", "add", "ceph1", "--backend", "rbd", "--pool", ceph_pool,
+            "--conf", ceph_cluster.conf, "--keyring", ceph_cluster.admin_keyring)  # fmt: skip
+        cli("tenant", "create", "ta")
+        cli("container", "create", "ca", "--capacity", "1G", "--array", "ceph1", "--tenant", "ta")
+        cli("host", "add", "ha", "--tenant", "ta")
+        vid = cli("vvol", "create", "--container", "ca", "--size", "8M", "--name", "va").stdout
+        cli("pe", "create", "rbd1", "--protocol", "rbd", "--array", "ceph1")
+        line = cli("vvol", "bind", "va", "--host", "ha", "--pe", "rbd1").stdout.strip()
+        [handle] = json.loads(cli("binding", "list", "--host", "ha", "--json").stdout)
+        assert handle["vvol"] == vid.strip() and handle["key"] and handle["user"] == "vvhost-ha"
+        assert line == f"va\t{handle['uri']}" and handle["uri"].startswith(f"rbd:{ceph_pool}/")
+        src = RbdSource(handle["pool"], handle["namespace"], handle["image"],
+                        conf=ceph_cluster.conf, keyring=ceph_cluster.admin_keyring)  # fmt: skip
+        with opened(ceph_cluster, src) as img:
+            for off in OFFSETS:
+                img.write(chunk_bytes("cli", off), off)
+        out = os.path.join(tmp_path, "cli.raw")
+        read_all(handle, out)
+        check_file(out, "cli")
+        # a crash of the control plane: the binding, its handle and its key survive it
+        server.kill()
+        server = ServerProcess(server.state_dir, server.socket).start()
+        [again] = json.loads(cli("binding", "list", "--host", "ha", "--json").stdout)
+        assert (again["uri"], again["key"]) == (handle["uri"], handle["key"])
+        assert json.loads(cli("pe", "show", "rbd1", "--json").stdout)["alive"] is True
+        audit = json.loads(cli("audit", "--json").stdout)
+        assert not [p for p in audit["problems"] if "vvhost-" in p], audit["problems"]
+        cli("vvol", "unbind", "va", "--host", "ha")
+        with ceph_cluster.admin() as ceph:
+            assert "client.vvhost-ha" not in ceph.auth_ls()
+    finally:
+        server.stop()

@@ -2,19 +2,22 @@
 array of a private Ceph cluster, both ways, keeping the snapshot points (files on
 ``dir``, RBD snapshots on RBD); every point reads the same before and after.
 
-- stopped, dir -> RBD: the VM then starts through the ``rbd`` endpoint (QEMU's own
-  librbd), sees its data, reverts to a point on RBD; running on librbd, its storage
-  moves back to ``dir`` (block copy onto an iSCSI binding) while the guest waits,
-  and the guest reads and writes on;
+- stopped, dir -> RBD, one disk first (the VM then binds through ``nbd``, which
+  serves both), then the other (now ``rbd``); after a revert to a point on RBD
+  the VM starts through QEMU's own librbd and sees that point; running there, its
+  storage moves back to ``dir`` (block copy onto an iSCSI binding) while the
+  guest waits, and the guest reads and writes on;
 - running, dir -> RBD: libvirt 9.0 cannot add a namespaced RBD image to a running
   domain, so the block copy goes through the ``nbd`` endpoint (a qemu-storage-daemon
-  rbd node), which the VM keeps; it reboots from RBD and reverts there.
+  rbd node), which the VM keeps; it reboots from RBD and reverts there.  Moving
+  only some disks of the running guest when that needs another endpoint is refused.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+import libvirt
 import pytest
 
 from tests.patterns import Patterns
@@ -91,6 +94,14 @@ def on(lab: Lab, vm: str, array: str) -> None:
             assert where.startswith("/"), where
 
 
+def lab_domain_xml(lab: Lab, vm: str) -> str:
+    conn = libvirt.open(lab.hosts["kvm1"].uri)
+    try:
+        return str(conn.lookupByName(vm).XMLDesc(0))
+    finally:
+        conn.close()
+
+
 def containers_of(lab: Lab, vm: str) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     for v in lab.api.vvols():
@@ -115,23 +126,34 @@ def test_stopped_both_ways_and_running_off_librbd(rbdlab: Lab, pat: Patterns) ->
     assert parse_serial(boot(lab, "vm1", log)).ok
     before = digests(lab, "vm1", pat)
 
+    # one disk first: only nbd serves both a dir file and an RBD image
+    one = ["move-storage", "vm1", "--container", "rpool", "--disk", "vda"]
+    assert vvhost_json(lab, "kvm1", "vm", *one)["pe"] == "nbd0"
+    assert containers_of(lab, "vm1") == {
+        "rpool": {"vm1.vda", "vm1.vda@s1"},
+        "pool": {"vm1.config", "vm1.vdb", "vm1.vdb@s1"},
+    }
+    assert digests(lab, "vm1", pat) == before
+    see(lab, "vm1", log, "B", "A")
     moved = vvhost_json(lab, "kvm1", "vm", "move-storage", "vm1", "--container", "rpool")
     assert not moved["running"] and moved["pe"] == "rbd0"
-    assert {d["target"]: d["points"] for d in moved["disks"]} == {"vda": 1, "vdb": 1}
+    assert {d["target"]: d["points"] for d in moved["disks"]} == {"vdb": 1}
     assert containers_of(lab, "vm1") == {"rpool": everything("vm1", ("s1",))}
     on(lab, "vm1", "ceph")
     assert digests(lab, "vm1", pat) == before
     assert vvhost_json(lab, "kvm1", "vm", "show", "vm1")["pe"] == "rbd0"
 
-    see(lab, "vm1", log, "B", "A")  # through librbd
-    now = "B"  # REVERT-1
+    assert lab.vvhost("kvm1", "vm", "revert", "vm1", "s1").returncode == 0  # an RBD snapshot
 
-    # running on librbd, back to dir: the guest waits while its storage moves
-    cmds = [f"verify:vda:{now}:0:4", f"verify:vdb:{now}:0:2", "wait", "write:vda:D:8:4"]
+    # started through librbd, it sees s1's data; its storage moves back to dir
+    # while the guest waits
+    cmds = ["verify:vda:A:0:4", "verify:vdb:A:0:2", "wait", "write:vda:D:8:4"]
     set_cmdline(lab, "kvm1", "vm1", guest_cmdline(cmds + ["verify:vda:D:8:4"], keep_running=True))
     channel = add_go_channel(lab, "kvm1", "vm1")
     assert lab.vvhost("kvm1", "vm", "start", "vm1").returncode == 0
     wait_line(log, "wait 1")
+    assert parse_serial(log_text(log)).results["verify:vda:A:0:4"] == "ok"
+    assert "protocol='rbd'" in lab_domain_xml(lab, "vm1")
     before = digests(lab, "vm1", pat)
     back = vvhost_json(lab, "kvm1", "vm", "move-storage", "vm1", "--container", "pool")
     assert back["running"] and back["pe"] == "iscsi0"
@@ -144,7 +166,7 @@ def test_stopped_both_ways_and_running_off_librbd(rbdlab: Lab, pat: Patterns) ->
     assert report.results and all(v == "ok" for v in report.results.values()), report
     assert lab.vvhost("kvm1", "vm", "stop", "vm1", "--force").returncode == 0
     assert lab.api.bindings() == []
-    set_cmdline(lab, "kvm1", "vm1", guest_cmdline([f"verify:vda:{now}:0:4", "verify:vda:D:8:4"]))
+    set_cmdline(lab, "kvm1", "vm1", guest_cmdline(["verify:vda:A:0:4", "verify:vda:D:8:4"]))
     assert parse_serial(boot(lab, "vm1", log)).ok
     assert lab.api.vvols(container="rpool") == []
     assert lab.api.audit()["ok"]
@@ -163,6 +185,9 @@ def test_running_onto_rbd_through_nbd(rbdlab: Lab, pat: Patterns) -> None:
     go(channel, log, 1)
     wait_line(log, "wait 2")  # B written; the guest idles while its storage moves
     before = digests(lab, "vm2", pat)
+    part = lab.vvhost("kvm1", "vm", "move-storage", "vm2", "--container", "rpool", "--disk", "vda")
+    assert part.returncode == 4 and "move all its disks or stop it" in part.stderr, part.stderr
+    assert part.stderr.count("\n") == 1 and set(containers_of(lab, "vm2")) == {"pool"}
 
     moved = vvhost_json(lab, "kvm1", "vm", "move-storage", "vm2", "--container", "rpool")
     assert moved["running"] and moved["pe"] == "nbd0"

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import ArrayOffline, BackendError, DataMissing, InUse, InvalidInput, ReadOnly
-from . import rbdaudit, rbddiff, rbdindex, rbdio, rbdnames, rbdranges
+from . import rbdaudit, rbddiff, rbdindex, rbdio, rbdnames, rbdranges, volio
 from .base import ArrayBackend, Changed, Progress, Space, VolumeIO
 from .rbdconn import Cluster
 from .rbdflatten import MAX_CLONE_DEPTH, Flattener, depth
@@ -423,7 +423,7 @@ class RbdArray:
     ) -> int:
         with self.open(vvol_id, writable=True) as dst:
             with ceph(self.name, f"writing {vvol_id}"):
-                return rbdio.copy_ranges(src, dst, ranges, progress)
+                return volio.copy_ranges(src, dst, ranges, progress)
 
     def copy_in(
         self,
@@ -477,9 +477,11 @@ class RbdArray:
     def _copy_point(self, entry: Entry, prev: VolumeIO | None, data: VolumeIO) -> None:
         with ceph(self.name, f"copying into {entry.image}"):
             self.images.resize(entry.ref(), data.size)
-            ranges = list(data.extents()) if prev is None else rbdio.differing(prev, data)
+            ranges = (
+                list(data.extents()) if prev is None else volio.differing(prev, data, rbdio.BLOCK)
+            )
             with self.images.open(entry.ref(), writable=True) as img:
-                rbdio.copy_ranges(data, rbdio.RbdVolume(img), ranges)
+                volio.copy_ranges(data, rbdio.RbdVolume(img), ranges)
 
     def reap(self) -> list[str]:
         """Trash retired images nobody needs any more, then purge the trash of what no

@@ -3,9 +3,9 @@
     RbdVolume(image)      a VolumeIO over an open rbd.Image (head or snapshot)
     extents(image, ...)   ranges allocated (from_snap None) or changed since from_snap,
                           answered from the object map (fast-diff), never by reading data
-    copy_ranges(src, dst) write what ``src`` holds in ``ranges`` into an image, zeroes as
-                          write_zeroes (they deallocate whole objects)
-    differing(a, b)       ranges where two VolumeIOs differ (the source side of copy_in)
+
+Copies into images go through ``volio.copy_ranges`` (zero blocks become
+``zero``: write_zeroes, which deallocates whole objects).
 
 ``discard`` is not used for zeroing: librbd skips discards that do not cover
 whole objects, so the old data would stay readable.
@@ -13,11 +13,10 @@ whole objects, so the old data would stay readable.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 from . import rbdranges
-from .base import Progress, VolumeIO
 
 BLOCK = 4 << 20  # bytes per read/write when copying
 ZERO = bytes(BLOCK)
@@ -63,43 +62,3 @@ class RbdVolume:
 
     def flush(self) -> None:
         self.image.flush()
-
-
-def copy_ranges(
-    src: VolumeIO,
-    dst: VolumeIO,
-    ranges: Sequence[tuple[int, int]],
-    progress: Progress | None = None,
-) -> int:
-    """Copy ``ranges`` of ``src`` to ``dst`` (all-zero blocks become zeroing); bytes done."""
-    todo = [r for r in rbdranges.merge(ranges) if r[0] < src.size]
-    todo = [(off, min(length, src.size - off)) for off, length in todo]
-    total = rbdranges.total(todo)
-    done = 0
-    for offset, length in rbdranges.blocks(todo, BLOCK):
-        data = src.read(offset, length)
-        if data == ZERO[: len(data)]:
-            dst.zero(offset, length)
-        else:
-            dst.write(offset, data)
-        done += length
-        if progress is not None:
-            progress(done, total)
-    dst.flush()
-    return done
-
-
-def differing(old: VolumeIO, new: VolumeIO) -> rbdranges.Ranges:
-    """Ranges where ``new`` differs from ``old`` (where either holds data; past the end of
-    ``old`` wherever ``new`` holds data)."""
-    candidates = rbdranges.merge([*old.extents(), *new.extents()])
-    out: list[tuple[int, int]] = []
-    for offset, length in rbdranges.blocks(candidates, BLOCK):
-        if offset >= new.size:
-            break
-        length = min(length, new.size - offset)
-        after = new.read(offset, length)
-        before = b"" if offset >= old.size else old.read(offset, min(length, old.size - offset))
-        if before.ljust(length, b"\0") != after:
-            out.append((offset, length))
-    return rbdranges.merge(out)

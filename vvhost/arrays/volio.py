@@ -15,6 +15,7 @@ from .. import fsutil
 from .base import Progress, Ranges, VolumeIO
 
 BLOCK = 4 * 1024 * 1024
+ZERO = bytes(BLOCK)
 
 
 class FileIO:
@@ -87,7 +88,10 @@ def copy_ranges(
                 dst.zero(pos, off - pos)
             for at in range(off, off + n, BLOCK):
                 chunk = src.read(at, min(BLOCK, off + n - at))
-                dst.write(at, chunk)
+                if chunk == ZERO[: len(chunk)]:  # allocated but zero: keep it thin
+                    dst.zero(at, len(chunk))
+                else:
+                    dst.write(at, chunk)
                 done += len(chunk)
                 if progress:
                     progress(done, total)

@@ -21,8 +21,10 @@ from collections.abc import Iterator
 
 import libvirt
 
+from ..errors import VvhostError
 from ..tools import qemuimg
 from . import domainxml as dx
+from .hook import undo
 from .vms import VmError, VmManager, raw_source, raw_target
 
 MiB = 1 << 20
@@ -87,10 +89,15 @@ def load(vms: VmManager, vvol: str, nbytes: int, path: str, pe: str | None) -> N
     os.truncate(path, nbytes)
 
 
-def restore(vms: VmManager, path: str) -> None:
+def restore(vms: VmManager, path: str, name: str) -> None:
+    """Resume VM ``name`` from the state in ``path``; its disks' secrets are made
+    current first, as for a start (see ``VmManager.secrets_for_start``)."""
+    made = vms.secrets_for_start(vms.domain(name))
     try:
         vms.conn.restoreFlags(path, None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
     except libvirt.libvirtError as exc:
+        with contextlib.suppress(VvhostError):
+            undo(vms.client, vms.conf.name, made)
         raise VmError(
             detail=f"cannot resume from the saved memory: {exc.get_error_message()}"
         ) from None

@@ -6,8 +6,9 @@ endpoints)::
     fitting          the endpoints the VM's datastore offers this host
                      (``datastore resolve``: each with the arrays it serves)
                      that serve every one of those arrays
-    order            the VM's own endpoint, the host's configured ``pe``, the
-                     host's ``protocol``, then rbd, iscsi, nbd, file
+    order            the VM's own endpoint while its disks stay on the same kinds
+                     of array (a dir -> dir move keeps it), the host's configured
+                     ``pe``, the host's ``protocol``, then rbd, iscsi, nbd, file
 
 A stopped VM takes the first fitting endpoint.  A running guest's disks are
 block copied onto bindings libvirt can add to a running domain: an RBD image in
@@ -30,7 +31,8 @@ def fitting(
     conf_pe: str | None,
     protocol: str | None,
 ) -> list[str]:
-    """The names of the ``offered`` endpoints serving all of ``arrays``, best first."""
+    """The names of the ``offered`` endpoints serving all of ``arrays``, best first
+    (``current``: the VM's own endpoint when it should be kept if it can)."""
 
     def rank(p: dict[str, Any]) -> tuple[int, int, int, str]:
         own = 0 if p["name"] == current else 1 if p["name"] == conf_pe else 2
@@ -39,3 +41,8 @@ def fitting(
 
     fits = [p for p in offered if arrays <= set(p.get("arrays") or ())]
     return [str(p["name"]) for p in sorted(fits, key=rank)]
+
+
+def same_kinds(backends: dict[str, str], before: set[str], after: set[str]) -> bool:
+    """Whether the arrays ``before`` and ``after`` are of the same backends."""
+    return {backends.get(a) for a in before} == {backends.get(a) for a in after}

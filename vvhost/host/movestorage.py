@@ -184,7 +184,9 @@ class StorageMover:
         self._check_room(doc, c, disks, follow)
         stay = [t for t in doc.disks if t not in {d.target for d in disks}]
         pes = self._fitting(dom, doc, c, [doc.disks[t] for t in stay])
-        if running and stay and pes and pes[0] != self._pe(dom, doc):
+        if running and stay and self._pe(dom, doc) in pes:  # the guest keeps its endpoint
+            pes = [p for p in pes if p == self._pe(dom, doc)]
+        elif running and stay and pes:
             raise MoveRefused(
                 vm=doc.name,
                 reason=f"its endpoint {self._pe(dom, doc)} cannot serve container "
@@ -201,9 +203,12 @@ class StorageMover:
         if not doc.datastore:
             return []
         arrays = set(c["arrays"]) | {self.client.vvol(v)["array_id"] for v in staying}
-        offered = self.client.datastore_resolve(doc.datastore, self.host)["pes"]
+        now = {self.client.vvol(v)["array_id"] for v in doc.disks.values()}
+        resolved = self.client.datastore_resolve(doc.datastore, self.host)
+        backends = {a["id"]: a["backend"] for a in resolved["arrays"]}
+        own = self._pe(dom, doc) if movepe.same_kinds(backends, now, arrays) else None
         conf = self.vms.conf
-        found = movepe.fitting(offered, arrays, self._pe(dom, doc), conf.pe, conf.protocol)
+        found = movepe.fitting(resolved["pes"], arrays, own, conf.pe, conf.protocol)
         if not found:
             raise MoveRefused(
                 vm=doc.name,

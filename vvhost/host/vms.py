@@ -252,7 +252,7 @@ class VmManager:
     # -- life cycle -------------------------------------------------------------------------
     def start(self, name: str) -> dict[str, Any]:
         dom = self.domain(name)
-        made = self._secrets_for_start(dom)
+        made = self.secrets_for_start(dom)
         try:
             dom.create()
         except libvirt.libvirtError as exc:
@@ -261,11 +261,13 @@ class VmManager:
             raise VmError(detail=f"VM {name} did not start: {exc.get_error_message()}") from None
         return self.show(name)
 
-    def _secrets_for_start(self, dom: libvirt.virDomain) -> list[str]:
+    def secrets_for_start(self, dom: libvirt.virDomain) -> list[str]:
         """A VM whose disks need libvirt secrets (RBD: the host's Ceph key) gets them
-        current before it starts (the hook cannot: it must not call libvirt). Its
-        vvols are bound for that; the hook's ``prepare`` finds those bindings and the
-        VM's ``release`` drops them. Returns the vvols bound here."""
+        current before it starts or is restored (the hook cannot: it must not call
+        libvirt). Its vvols are bound for that and stay bound: the host's Ceph key
+        is made anew when its identity comes back after its last binding went, so
+        the hook's ``prepare`` must find these very bindings; the VM's ``release``
+        drops them. Returns the vvols bound here (to undo when the start fails)."""
         root, meta = self._meta(dom)
         protocols = {
             src.get("protocol", "")

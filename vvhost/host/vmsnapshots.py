@@ -59,8 +59,8 @@ class VmSnapshots:
         if wanted:
             return wanted
         arrays = {self.client.vvol(v)["array"] for v in doc.disks.values()}
-        reflink = all(self.client.array(a)["capabilities"].get("reflink") for a in arrays)
-        return "cow" if reflink else "redo"
+        instant = all(self.client.array(a)["capabilities"].get("instant") for a in arrays)
+        return "cow" if instant else "redo"
 
     # -- snapshot ---------------------------------------------------------------------------
     def take(
@@ -109,15 +109,22 @@ class VmSnapshots:
         if point.mode == "redo":
             RedoSnapshots(self.ops).revert(dom, doc, point)
         else:
+            before = self._where(doc)
             CowSnapshots(self.ops).revert(doc, point)
+            if self._where(doc) != before:  # e.g. rbd: a clone of the point took over
+                self.vms.refresh(name)
         if point.memory:  # carry on where the guest was
             with memstate.scratch_file("memory.save") as mpath:
                 memstate.load(self.vms, point.memory, point.memory_bytes, mpath, doc.pe)
-                memstate.restore(self.vms, mpath)
+                memstate.restore(self.vms, mpath, name)
             start = True
         elif start:
             self.vms.start(name)
         return {"vm": name, "reverted_to": snap, "current": snap, "started": start}
+
+    def _where(self, doc: VmDoc) -> dict[str, Any]:
+        """Where the array keeps each disk's data now (a revert may move it)."""
+        return {t: self.client.vvol(v).get("where") for t, v in doc.disks.items()}
 
     # -- delete -----------------------------------------------------------------------------
     def delete(self, name: str, snap: str) -> dict[str, Any]:

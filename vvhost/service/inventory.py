@@ -180,11 +180,7 @@ class ArrayOps:
             users = repo.array_users(conn, arr.id)
         out = self.ctx.status(arr).to_dict()
         out["containers"] = users
-        out["snapshot_method"] = (
-            "reflink: snapshots and clones are instant copy-on-write"
-            if arr.capabilities.get("reflink")
-            else "sparse copy: no reflink on this filesystem, snapshots and clones copy the data"
-        )
+        out["snapshot_method"] = _snapshot_method(arr.capabilities)
         try:
             out["free"] = self.ctx.backend(arr.id).free_bytes()
         except BackendError:
@@ -295,3 +291,11 @@ def _remove_empty_tree(path: str) -> None:
             os.rmdir(root)
         except OSError:
             return
+
+
+def _snapshot_method(caps: dict[str, Any]) -> str:
+    if caps.get("reflink"):
+        return "reflink: snapshots and clones are instant copy-on-write"
+    if caps.get("instant"):
+        return "native: snapshots and linked clones are instant copy-on-write"
+    return "sparse copy: no reflink on this filesystem, snapshots and clones copy the data"

@@ -23,6 +23,7 @@ from ..errors import (
     InvalidInput,
     NotFound,
     ReadOnly,
+    VvhostError,
 )
 from ..model import (
     CREATING,
@@ -130,7 +131,7 @@ class VvolOps:
             "array": a.name if a else v.array,
             "array_id": v.array,
             "size": v.size,
-            "used": backend.space(v.id).allocated,
+            "used": _used(backend, v),
             "parent": v.parent,
             "relation": v.relation,
             "readonly": v.readonly,
@@ -432,10 +433,23 @@ def finish_extend(ctx: Context, entry: JournalEntry) -> None:
 def _where(backend: ArrayBackend, v: Vvol) -> dict[str, Any]:
     """Where the data lives: ``where`` (a file path or ``pool/namespace/image@snap``),
     ``path`` too for files; nothing while the array cannot be asked."""
-    if backend.offline() is not None or not backend.exists(v.id):
+    if v.state == CREATING or backend.offline() is not None or not backend.exists(v.id):
         return {"where": None, "path": None}
-    source = backend.source(v.id)
+    try:
+        source = backend.source(v.id)
+    except VvhostError:
+        return {"where": None, "path": None}
     return {
         "where": source.label(),
         "path": source.path if isinstance(source, FileSource) else None,
     }
+
+
+def _used(backend: ArrayBackend, v: Vvol) -> int:
+    """Bytes the array allocated for the vvol (0 while it is being made or cannot be asked)."""
+    if v.state == CREATING:
+        return 0
+    try:
+        return backend.space(v.id).allocated
+    except VvhostError:
+        return 0
