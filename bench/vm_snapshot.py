@@ -149,7 +149,7 @@ def _vvhost_stun(vms: VmManager, n: int, vols: Volumes, disks: dict[str, str]) -
     snaps = VmSnapshots(vms)
     out = []
     for i in range(n):
-        point = snaps.take("bench", f"s{i + 1}", mode="cow")
+        point = snaps.take("bench", f"s{i + 1}")
         check(point["running"], "the VM was not running during the snapshot")
         check(point["mode"] == "cow", f"a {point['mode']} snapshot, not cow")
         out.append(float(point["stun_ms"]) / 1000)
