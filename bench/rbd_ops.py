@@ -109,7 +109,7 @@ def _revert(cl: Volumes, c: Client, name: str, size: str, reps: int) -> Result:
     res = Result(f"rbd: revert ({size} vvol)", "ratio <= 0.1", 0.1)
     vvol = c.vvol(name)
     digest = cl.digest(vvol["where"])
-    c.vvol_snapshot(name, name="s1")
+    s1 = c.vvol_snapshot(name, name=f"{name}-s1")["id"]
     twin = f"{vvol['where'].split('/')[0]}/twin-{name}"
     cl.rbd_cli("create", "--size", size, twin)
     cl.write_spread(twin, WRITTEN, seed=1)
@@ -120,7 +120,7 @@ def _revert(cl: Volumes, c: Client, name: str, size: str, reps: int) -> Result:
     for rep in range(-1, reps):
         where = c.vvol(name)["where"]
         cl.write_spread(where, REWRITE, seed=100 + rep, offset=2 * MiB)
-        seconds, _ = timed(lambda: c.vvol_revert(name, "s1"))
+        seconds, _ = timed(lambda: c.vvol_revert(name, s1))
         if rep < 0:
             check(cl.digest(c.vvol(name)["where"]) == digest, f"{res.name}: the data differs")
             res.notes.append(f"{res.name}: data checked after the revert")
