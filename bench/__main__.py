@@ -38,9 +38,12 @@ GROUPS: dict[str, Callable[..., list[Result]]] = {
     "binding": binding.run,
     "remote": remote_api.run,
     "vm-boot": vm_boot.run,
+    "vm-boot-rbd": vm_boot.run_rbd,
     "vm-snapshot": vm_snapshot.run,
+    "vm-snapshot-rbd": vm_snapshot.run_rbd,
     "vm-migrate": vm_migrate.run,
     "vm-move-storage": vm_move_storage.run,
+    "vm-move-storage-rbd": vm_move_storage.run_rbd,
     "rbd": rbd_ops.run,
 }
 

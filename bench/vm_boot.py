@@ -1,59 +1,54 @@
-"""VM boot: time from ``virsh start`` (``dom.create()``) to the guest's first line on
-the serial console, for a 2-disk VM on vvols over iSCSI (the vvhost hook binds on
-prepare and unbinds on release), against the same VM on local raw files.
+"""VM boot: time from starting a 2-disk VM (``vvhost vm start``: binds when the
+disks' protocol needs it, then ``dom.create()``; the hook binds on prepare and
+unbinds on release) to the guest's first line on the serial console, for a VM on
+vvols, against the same VM on local raw files started with ``dom.create()``.
+Two groups: vvols over iSCSI (``vm-boot``), and vvols on an RBD array of a
+private Ceph cluster opened by QEMU's own librbd through the ``rbd`` endpoint
+(``vm-boot-rbd``).
 
 One control plane and one lab host (a private libvirtd) with the hook installed.
-``bench`` is made by ``vvhost vm create`` (64M + 32M over iSCSI); ``plain`` is its
-inactive XML with another name, no ``<metadata>`` (so the hook passes it through
-without calling the control plane), no UUID, ``type='file'`` sparse raw disks of the
-same sizes and its own serial log; same kernel, initrd and command line.  Both
-guests checksum vdb and power off by themselves.  One untimed start of each first,
-then N rounds in alternating order.  The hook's own share: the installed hook
-script fed the domain XML on stdin, as libvirt runs it, while the VM is off.
+``bench`` is made by ``vvhost vm create`` (64M + 32M); ``plain`` is its inactive
+XML with another name, no ``<metadata>`` (so the hook passes it through without
+calling the control plane), no UUID, the default QEMU (not vvhost's wrapper),
+``type='file'`` sparse raw disks of the same sizes and its own serial log; same
+kernel, initrd and command line.  The same pattern is written into both vdb's;
+both guests checksum vdb (the sums must agree) and power off by themselves.  One
+untimed start of each first, then N rounds in alternating order.  The hook's own
+share: the installed hook script fed the domain XML on stdin, as libvirt runs it,
+while the VM is off.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import libvirt
 
+from tests.vmlab import Lab, running_lab
 from vvhost.client import Client
-from vvhost.daemon import free_port
 from vvhost.guest import GuestReport, build_guest, guest_cmdline, parse_serial
 from vvhost.host import domainxml as dx
+from vvhost.host import qemuwrap
 from vvhost.host.config import HostConfig
-from vvhost.host.install import HOOK_NAME, install
-from vvhost.labhost import LibvirtHost
+from vvhost.host.install import HOOK_NAME
+from vvhost.host.vms import VmManager
 
-from .common import MiB, Result, VerifyError, check, median, private_dir, server
+from .cephbench import Volumes, ceph_pool, where_of
+from .common import MiB, Result, VerifyError, check, fill_block, median, private_dir
+
+if TYPE_CHECKING:
+    from vvhost.cephlab import CephLab
 
 REPS = 5
 HOST = "kvm1"
-HOST_IQN = "iqn.2026-11.bench.vvhost:kvm1"
 SIZES = {"vda": 64, "vdb": 32}  # MiB
 POLL = 0.005
 OFF_TIMEOUT = 120.0
 RELEASE_GRACE = 10.0
-
-
-def vvhost_cli(conf: str, *args: str) -> str:
-    env = {**os.environ, "VVHOST_HOST_CONF": conf}
-    done = subprocess.run(
-        [sys.executable, "-m", "vvhost", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"vvhost {' '.join(args[:2])} failed: {done.stderr.strip()}")
-    return done.stdout
 
 
 def plain_xml(xml: str, work: str) -> tuple[str, str]:
@@ -66,6 +61,10 @@ def plain_xml(xml: str, work: str) -> tuple[str, str]:
     for tag in ("uuid", "metadata"):
         for el in root.findall(tag):
             root.remove(el)
+    devices = root.find("devices")
+    for emulator in devices.findall("emulator") if devices is not None else []:
+        if emulator.text == qemuwrap.PATH:  # plain runs the default QEMU
+            devices.remove(emulator)  # type: ignore[union-attr]
     for target, mib in SIZES.items():
         path = os.path.join(work, f"plain-{target}.raw")
         with open(path, "wb") as fh:
@@ -76,12 +75,13 @@ def plain_xml(xml: str, work: str) -> tuple[str, str]:
     return dx.tostring(root), log
 
 
-def boot(dom: Any, log: str) -> tuple[float, float, GuestReport]:
-    """Start ``dom``; (seconds to the first serial line, seconds in create(), report)."""
+def boot(dom: Any, start: Callable[[], Any], log: str) -> tuple[float, float, GuestReport]:
+    """Start ``dom`` by ``start()``; (seconds to the first serial line, seconds in
+    ``start()``, report)."""
     if os.path.exists(log):
         os.unlink(log)
     t0 = time.perf_counter()
-    dom.create()
+    start()
     created = time.perf_counter() - t0
     first = None
     while first is None:
@@ -138,61 +138,73 @@ def hook_times(
     return prep, rel, passing
 
 
+VDB_DATA = fill_block(seed=5, stamp=1, size=MiB)  # written at 0 and 16 MiB of both vdb's
+
+
 def run(reps: int | None = None) -> list[Result]:
-    n = reps or REPS
-    guest = build_guest()
-    times: dict[str, list[float]] = {"vvhost": [], "plain": []}
-    creates: dict[str, list[float]] = {"vvhost": [], "plain": []}
+    """iSCSI vvols vs local raw files."""
     with private_dir("vm-boot") as work:
-        with server(os.path.join(work, "state"), private_tgtd=True) as (proc, api):
-            api.host_add(HOST, HOST_IQN)
-            api.pe_create("iscsi0", "iscsi", portal=f"127.0.0.1:{free_port()}")
-            api.container_create("pool", "4G")
-            api.datastore_create("ds", "2G")
-            lab = LibvirtHost(HOST, os.path.join(work, HOST)).start()
-            try:
-                conf = os.path.join(work, f"{HOST}.conf")
-                HostConfig(name=HOST, server=f"unix://{proc.socket}", libvirt=lab.uri).save(conf)
-                install(lab.hooks_dir, conf)
-                lab.sighup()  # and wait until libvirtd has rescanned hooks_dir
-                hook = os.path.join(lab.hooks_dir, "qemu.d", HOOK_NAME)
-                args = ["vm", "create", "bench", "--datastore", "ds", "--memory", "256"]
-                for mib in SIZES.values():
-                    args += ["--disk", f"{mib}M"]
-                args += ["--protocol", "iscsi", "--kernel", guest.kernel, "--initrd", guest.initrd]
-                args += ["--cmdline", guest_cmdline(["sum:vdb"])]
-                args += ["--serial-log", os.path.join(work, "bench.serial"), "--json"]
-                vvhost_cli(conf, *args)
-                conn = lab.connect()
-                dom = conn.lookupByName("bench")
-                xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-                check(dx.has_vvhost(xml), "bench has no vvhost metadata")
-                check(api.bindings() == [], "bench bound before its first start")
-                pxml, plog = plain_xml(xml, work)
-                check(not dx.has_vvhost(pxml), "plain still carries vvhost metadata")
-                pdom = conn.defineXML(pxml)
-                vms = {"vvhost": (dom, os.path.join(work, "bench.serial")), "plain": (pdom, plog)}
-                sums: dict[str, str] = {}
-                for rnd in range(-1, n):  # round -1: warm-up, untimed
-                    order = ["vvhost", "plain"] if rnd % 2 == 0 else ["plain", "vvhost"]
-                    for side in order:
-                        first, created, report = boot(*vms[side])
-                        if side == "vvhost":
-                            released(api)
-                        sums.setdefault(side, report.checksums.get("vdb", ""))
-                        check(report.checksums.get("vdb") == sums[side], f"{side}: vdb changed")
-                        if rnd >= 0:
-                            times[side].append(first)
-                            creates[side].append(created)
-                check(sums["vvhost"] == sums["plain"], f"vdb differs: {sums}")
-                prep, rel, passing = hook_times(api, hook, xml, pxml, n)
-                check(api.audit()["ok"], f"audit after the benchmark: {api.audit()}")
-            finally:
-                lab.stop()
+        return [_bench(work, "iscsi", reps or REPS)]
+
+
+def run_rbd(reps: int | None = None) -> list[Result]:
+    """RBD vvols (QEMU's librbd, rbd endpoint) vs local raw files."""
+    with private_dir("vm-boot-rbd") as work, ceph_pool(work) as ceph:
+        return [_bench(work, "rbd", reps or REPS, ceph)]
+
+
+def _bench(work: str, protocol: str, n: int, ceph: tuple[CephLab, str] | None = None) -> Result:
+    guest = build_guest()
+    vols = Volumes(ceph[0] if ceph else None)
+    times: dict[str, list[float]] = {"vvhost": [], "plain": []}
+    starts: dict[str, list[float]] = {"vvhost": [], "plain": []}
+    with running_lab(os.path.join(work, "lab"), guest, capacity="2G", rbd=ceph) as lab:
+        api = lab.api
+        conf = lab.confs[HOST]
+        hook = os.path.join(lab.hosts[HOST].hooks_dir, "qemu.d", HOOK_NAME)
+        log = os.path.join(work, "bench.serial")
+        args = ["vm", "create", "bench", "--datastore", "ds", "--memory", "256"]
+        for mib in SIZES.values():
+            args += ["--disk", f"{mib}M"]
+        args += ["--protocol", protocol, "--kernel", guest.kernel, "--initrd", guest.initrd]
+        args += ["--cmdline", guest_cmdline(["sum:vdb"]), "--serial-log", log, "--json"]
+        out = lab.vvhost(HOST, *args)
+        check(out.returncode == 0, f"vm create: {out.stderr.strip()}")
+        vms = VmManager(HostConfig.load(conf), api)
+        try:
+            dom = vms.domain("bench")
+            xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+            check(dx.has_vvhost(xml), "bench has no vvhost metadata")
+            check(api.bindings() == [], "bench bound before its first start")
+            pxml, plog = plain_xml(xml, work)
+            check(not dx.has_vvhost(pxml), "plain still carries vvhost metadata")
+            _same_vdb(lab, vols, os.path.join(work, "plain-vdb.raw"))
+            pdom = vms.conn.defineXML(pxml)
+            sides = {
+                "vvhost": (dom, lambda: vms.start("bench"), log),
+                "plain": (pdom, pdom.create, plog),
+            }
+            sums: dict[str, str] = {}
+            for rnd in range(-1, n):  # round -1: warm-up, untimed
+                order = ["vvhost", "plain"] if rnd % 2 == 0 else ["plain", "vvhost"]
+                for side in order:
+                    first, started, report = boot(*sides[side])
+                    if side == "vvhost":
+                        released(api)
+                    sums.setdefault(side, report.checksums.get("vdb", ""))
+                    check(report.checksums.get("vdb") == sums[side], f"{side}: vdb changed")
+                    if rnd >= 0:
+                        times[side].append(first)
+                        starts[side].append(started)
+            check(sums["vvhost"] == sums["plain"], f"vdb differs: {sums}")
+            prep, rel, passing = hook_times(api, hook, xml, pxml, n)
+            check(api.audit()["ok"], f"audit after the benchmark: {api.audit()}")
+        finally:
+            vms.close()
     ours, plain = median(times["vvhost"]), median(times["plain"])
     p, r, pt = median(prep), median(rel), median(passing)
     row = Result(
-        "vm start to first serial line: iscsi vvols vs local raw",
+        f"vm start to first serial line: {protocol} vvols vs local raw",
         "ratio <= 1.3",
         1.3,
         ours,
@@ -200,13 +212,22 @@ def run(reps: int | None = None) -> list[Result]:
         samples={**times, "hook_prepare": prep, "hook_release": rel, "hook_passthrough": passing},
     ).finish()
     row.notes.append(
-        f"vm-boot: medians of {n} alternating rounds after one warm-up; dom.create() alone "
-        f"{median(creates['vvhost']) * 1e3:.0f} ms (vvhost) vs "
-        f"{median(creates['plain']) * 1e3:.0f} ms (plain)"
+        f"vm-boot {protocol}: medians of {n} alternating rounds after one warm-up; the start "
+        f"call alone {median(starts['vvhost']) * 1e3:.0f} ms (vvhost vm start) vs "
+        f"{median(starts['plain']) * 1e3:.0f} ms (plain dom.create())"
     )
     row.notes.append(
-        f"hook prepare {p * 1e3:.0f} ms ({p / ours * 100:.0f}% of the vvhost "
-        f"start-to-first-line), release {r * 1e3:.0f} ms; the hook passing a domain "
+        f"vm-boot {protocol}: hook prepare {p * 1e3:.0f} ms ({p / ours * 100:.0f}% of the "
+        f"vvhost start-to-first-line), release {r * 1e3:.0f} ms; the hook passing a domain "
         f"without metadata through (paid by plain too) {pt * 1e3:.0f} ms"
     )
-    return [row]
+    return row
+
+
+def _same_vdb(lab: Lab, vols: Volumes, plain: str) -> None:
+    """The same known data in bench's vdb (a file or an RBD image) and plain's."""
+    where = where_of(lab.api.vvol("bench.vdb"))
+    for target in (where, plain):
+        for off in (0, 16 * MiB):
+            vols.write_at(target, off, VDB_DATA)
+    check(vols.digest(where) == vols.digest(plain), "bench's and plain's vdb differ")

@@ -1,6 +1,9 @@
-"""VM snapshots in COW mode (array on a loop-mounted XFS with reflink).
+"""VM snapshots in COW mode: ``vm-snapshot`` on a ``dir`` array on a loop-mounted
+XFS with reflink (disks over iSCSI), ``vm-snapshot-rbd`` on an RBD array of a
+private Ceph cluster (disks opened by QEMU's librbd through the ``rbd`` endpoint;
+snapshots are RBD snapshots).
 
-A running 2-disk VM (4 GiB disks over iSCSI, 1 GiB written into each):
+A running 2-disk VM (4 GiB disks, 1 GiB written into each):
 
 - stun: how long ``vvhost vm snapshot`` keeps the guest paused (pause -> array
   snapshot of both disks -> resume), against libvirt's external disk-only
@@ -8,8 +11,9 @@ A running 2-disk VM (4 GiB disks over iSCSI, 1 GiB written into each):
   (DISK_ONLY | REUSE_EXT | ATOMIC | NO_METADATA).  libvirt stops the guest
   inside that call (one QMP transaction), so its whole call is what we can time:
   an upper bound of its stun.  vvhost's snapshots run first (the libvirt ones
-  turn the disks into qcow2 chains), N of each.
-- revert: ``vvhost vm revert`` of the stopped VM to a snapshot, against a full copy
+  turn the disks into qcow2 chains), N of each.  The first snapshot of each disk
+  must read as the data written before.
+- revert (XFS only): ``vvhost vm revert`` of the stopped VM to a snapshot, against a full copy
   of both disks from that snapshot with ``qemu-img convert``.  The reverted disks
   must read the same as the snapshot.
 """
@@ -25,12 +29,13 @@ from typing import Any
 import libvirt
 
 from tests.fsfixtures import loop_capability, make_loop_fs
-from tests.vmlab import running_lab, wait_line
-from vvhost.guest import build_guest, guest_cmdline
+from tests.vmlab import Lab, running_lab, wait_line
+from vvhost.guest import GuestImage, build_guest, guest_cmdline
 from vvhost.host.config import HostConfig
 from vvhost.host.vms import VmManager
 from vvhost.host.vmsnapshots import VmSnapshots
 
+from .cephbench import Volumes, ceph_pool, where_of
 from .common import (
     GiB,
     Result,
@@ -48,6 +53,7 @@ REPS = 5
 DISK = 4 * GiB
 WRITTEN = 1 * GiB
 STUN = "vm snapshot stun, 2 disks x 4 GiB (1 GiB written) vs libvirt external qcow2"
+STUN_RBD = "rbd: vm snapshot stun, 2 running disks x 4 GiB (1 GiB written) vs libvirt qcow2"
 REVERT = "xfs: vm revert, 2 disks vs qemu-img convert of both"
 
 
@@ -63,22 +69,9 @@ def run(reps: int | None = None) -> list[Result]:
     with private_dir("vm-snapshot") as work, make_loop_fs(work, "xfs", "16G") as mnt:
         array = tempfile.mkdtemp(dir=mnt)
         with running_lab(os.path.join(work, "lab"), guest, array, capacity="120G") as lab:
-            log = os.path.join(work, "bench.serial")
-            args = ["vm", "create", "bench", "--datastore", "ds", "--memory", "256"]
-            args += ["--disk", "4G", "--disk", "4G", "--protocol", "iscsi"]
-            args += ["--kernel", guest.kernel, "--initrd", guest.initrd, "--serial-log", log]
-            args += ["--cmdline", guest_cmdline(["size:vdb"], keep_running=True), "--json"]
-            out = lab.vvhost("kvm1", *args)
-            check(out.returncode == 0, out.stderr)
-            conf = HostConfig.load(lab.confs["kvm1"])
-            vms = VmManager(conf, lab.api)
+            vms, disks = _running_vm(lab, guest, work, "iscsi", Volumes())
             try:
-                disks = {d["target"]: d["vvol"] for d in vms.show("bench")["disks"]}
-                for i, vvol in enumerate(disks.values()):
-                    write_spread(lab.api.vvol(vvol)["path"], WRITTEN, seed=11 + i)
-                vms.start("bench")
-                wait_line(log, "END")
-                stun = _vvhost_stun(vms, n)
+                stun = _vvhost_stun(vms, n, Volumes(), disks)
                 base = _libvirt_stun(vms.domain("bench"), work, disks, n)
                 vms.stop("bench", force=True)
                 ours, copy = _revert(vms, lab.api, disks, mnt, n)
@@ -98,13 +91,71 @@ def run(reps: int | None = None) -> list[Result]:
     return rows
 
 
-def _vvhost_stun(vms: VmManager, n: int) -> list[float]:
+def run_rbd(reps: int | None = None) -> list[Result]:
+    n = reps or REPS
+    guest = build_guest()
+    with private_dir("vm-snapshot-rbd") as work, ceph_pool(work) as ceph:
+        vols = Volumes(ceph[0])
+        with running_lab(os.path.join(work, "lab"), guest, capacity="120G", rbd=ceph) as lab:
+            vms, disks = _running_vm(lab, guest, work, "rbd", vols)
+            try:
+                stun = _vvhost_stun(vms, n, vols, disks)
+                base = _libvirt_stun(vms.domain("bench"), work, disks, n)
+                vms.stop("bench", force=True)
+                check(lab.api.audit()["ok"], "audit after the benchmark")
+            finally:
+                vms.close()
+    row = Result(STUN_RBD, "ratio <= 1.0", 1.0, median(stun), median(base), samples={
+        "vvhost_stun": stun, "libvirt_call": base}).finish()  # fmt: skip
+    row.notes.append(
+        "rbd stun: vvhost's pause-to-resume window (one RBD snapshot per disk) vs "
+        "libvirt's whole external snapshot call onto local qcow2 overlays over the RBD disks"
+    )
+    return [row]
+
+
+def _running_vm(
+    lab: Lab, guest: GuestImage, work: str, protocol: str, vols: Volumes
+) -> tuple[VmManager, dict[str, str]]:
+    """``bench`` with two 4 GiB disks holding 1 GiB each, running; (manager, target -> vvol)."""
+    log = os.path.join(work, "bench.serial")
+    args = ["vm", "create", "bench", "--datastore", "ds", "--memory", "256"]
+    args += ["--disk", "4G", "--disk", "4G", "--protocol", protocol]
+    args += ["--kernel", guest.kernel, "--initrd", guest.initrd, "--serial-log", log]
+    args += ["--cmdline", guest_cmdline(["size:vdb"], keep_running=True), "--json"]
+    out = lab.vvhost("kvm1", *args)
+    check(out.returncode == 0, out.stderr)
+    vms = VmManager(HostConfig.load(lab.confs["kvm1"]), lab.api)
+    try:
+        disks = {d["target"]: d["vvol"] for d in vms.show("bench")["disks"]}
+        for i, vvol in enumerate(disks.values()):
+            where = where_of(lab.api.vvol(vvol))
+            if where.startswith("/"):
+                write_spread(where, WRITTEN, seed=11 + i)
+            else:
+                vols.write_spread(where, WRITTEN, seed=11 + i)
+        vms.start("bench")
+        wait_line(log, "END")
+    except BaseException:
+        vms.close()
+        raise
+    return vms, disks
+
+
+def _vvhost_stun(vms: VmManager, n: int, vols: Volumes, disks: dict[str, str]) -> list[float]:
+    """N COW snapshots of the running VM; s1 of each disk must read as the disk did."""
+    api = vms.client
+    before = {t: vols.digest(where_of(api.vvol(v))) for t, v in disks.items()}
     snaps = VmSnapshots(vms)
     out = []
     for i in range(n):
         point = snaps.take("bench", f"s{i + 1}")
         check(point["running"], "the VM was not running during the snapshot")
+        check(point["mode"] == "cow", f"a {point['mode']} snapshot, not cow")
         out.append(float(point["stun_ms"]) / 1000)
+    for target in disks:
+        same = vols.digest(where_of(api.vvol(f"bench.{target}@s1"))) == before[target]
+        check(same, f"{target}@s1 does not read as {target} did")
     return out
 
 

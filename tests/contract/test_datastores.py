@@ -4,9 +4,12 @@ accounting and what a host learns from ``resolve``."""
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
 
 import pytest
 
+from vvhost.cephlab import CephLab
 from vvhost.client import Client
 from vvhost.errors import CapacityExceeded, HasDependants, InvalidInput, NotFound
 from vvhost.naa import check_naa, is_naa, make_naa
@@ -108,3 +111,63 @@ def test_tenant_datastores_resolve_only_for_their_hosts(api: Client) -> None:
     assert v["tenant"] == "t1"
     with pytest.raises(HasDependants):
         api.datastore_delete(ds["id"])
+
+
+@pytest.fixture
+def own_pool(ceph_cluster: CephLab) -> Iterator[str]:
+    """A pool of its own (the rbd plane's default array holds ``ceph_pool``)."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    ceph_cluster.create_pool(name)
+    try:
+        yield name
+    finally:
+        ceph_cluster.delete_pool(name)
+
+
+def test_datastore_spans_dir_and_rbd(
+    own_pool: str, api: Client, plane_dir: str, ceph_cluster: CephLab
+) -> None:
+    """Seed 3 across storage systems: one datastore over a ``dir`` container and an
+    RBD container places vvols on both, and a host resolving it learns both arrays
+    and, per endpoint, which of them it serves (never a path or a key)."""
+    api.array_add("files", "dir", os.path.join(plane_dir, "files"))
+    rbd = {"pool": own_pool, "conf": ceph_cluster.conf, "keyring": ceph_cluster.admin_keyring}
+    api.array_add("ceph", "rbd", rbd)
+    api.container_create("cd", "1G", arrays=["files"])
+    api.container_create("cr", "1G", arrays=["ceph"])
+    api.pe_create("rbd0", "rbd", array="ceph")
+    api.pe_create("nbd0", "nbd")
+    api.pe_create("f0", "file", path=os.path.join(plane_dir, "nfs"), array="files")
+    api.host_add("kvm1")
+    ds = api.datastore_create("mixed", "2G", containers=["cd", "cr"])
+    assert sorted(ds["arrays"]) == ["ceph", "files"]
+
+    made = [api.vvol_create(None, "256M", datastore="mixed", name=f"m{i}") for i in range(4)]
+    assert sorted(v["container"] for v in made) == ["cd", "cd", "cr", "cr"]
+    assert {v["container"]: v["array"] for v in made} == {"cd": "files", "cr": "ceph"}
+    for i, v in enumerate(made):  # data written through the API reads back on both
+        api.vvol_write(v["id"], i * MiB, bytes([0x41 + i]) * 4096)
+    api.vvol_snapshot("m2", name="m2@s1")
+    api.vvol_write("m2", 2 * MiB, b"\0" * 4096)
+    for i, v in enumerate(made):
+        if i != 2:
+            assert api.vvol_read(v["id"], i * MiB, 4096) == bytes([0x41 + i]) * 4096
+    assert api.vvol_read("m2@s1", 2 * MiB, 4096) == b"C" * 4096
+    assert api.vvol_read("m2", 2 * MiB, 4096) == b"\0" * 4096
+    chosen = api.vvol_create("cr", "16M", datastore="mixed")
+    assert chosen["array"] == "ceph" and chosen["datastore"] == ds["id"]
+
+    resolved = api.datastore_resolve("mixed", host="kvm1")
+    ids = {a["name"]: a["id"] for a in resolved["arrays"]}
+    assert {a["name"]: a["backend"] for a in resolved["arrays"]} == {"files": "dir", "ceph": "rbd"}
+    assert {c["name"] for c in resolved["containers"]} == {"cd", "cr"}
+    served = {p["name"]: set(p["arrays"]) for p in resolved["pes"]}
+    assert served == {
+        "rbd0": {ids["ceph"]},
+        "nbd0": {ids["files"], ids["ceph"]},
+        "f0": {ids["files"]},
+    }
+    assert ceph_cluster.admin_keyring not in str(resolved)
+    shown = api.datastore("mixed")
+    assert (shown["vvols"], shown["provisioned"]) == (6, 4 * 256 * MiB + 256 * MiB + 16 * MiB)
+    assert api.audit()["ok"]

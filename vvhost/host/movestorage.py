@@ -10,7 +10,8 @@ For each disk D of a COW-mode VM (snapshot points D@p1, D@p2, ... oldest first):
                running VM: bind N here, libvirt block copy of the disk onto N's binding
                (REUSE_EXT | TRANSIENT_JOB), wait until every copy is ready, pivot
     commit     the VM's document (disks and every point), its definition and the live
-               domain's metadata name the new vvols
+               domain's metadata name the new vvols and the endpoint that serves
+               them (another one when the VM's own cannot: see ``movepe``)
     release    unbind the old disks here, delete their snapshots and then them; once
                every disk is in the target container, the config vvol follows
 
@@ -41,7 +42,7 @@ from ..errors import CapacityExceeded, InvalidInput, NotFound, VvhostError
 from ..faults import host_fault as fault
 from . import domainxml as dx
 from . import handles as hd
-from . import libvirtsecrets
+from . import libvirtsecrets, movepe
 from .pending import MoveRec, Rec
 from .vmdoc import VmDoc
 from .vmop import VmOps
@@ -79,6 +80,8 @@ class Plan:
     disks: list[DiskMove]
     follow: list[str]  # config and memory vvols that move along (vvol move)
     running: bool
+    pes: list[str]  # endpoints serving the VM's arrays after the move, best first
+    staying: bool  # some disks stay where they are
 
 
 class StorageMover:
@@ -111,19 +114,22 @@ class StorageMover:
             for disk in plan.disks:
                 copied += self._copy_points(doc, rec, disk, plan)
             fault("move-storage", "points-copied")
+            pe = plan.pes[0] if plan.pes else self._pe(dom, doc)
             if plan.running:
-                copied += self._mirror(dom, doc, rec, plan.disks)
+                pe, mirrored = self._mirror(dom, doc, rec, plan)
+                copied += mirrored
         except BaseException:
             self.settle(dom, doc)
             raise
         moved = {d.target: rec.new[d.target] for d in plan.disks}
-        self._commit(dom, doc, moved)
+        self._commit(dom, doc, moved, pe)
         fault("move-storage", "committed")
         self._release(doc)
         return {
             "vm": name,
             "container": plan.container["name"],
             "running": plan.running,
+            "pe": pe,
             "disks": [
                 {
                     "target": d.target,
@@ -176,7 +182,40 @@ class StorageMover:
         if running:
             self._check_jobs(dom, doc, disks)
         self._check_room(doc, c, disks, follow)
-        return Plan(container=c, disks=disks, follow=follow, running=running)
+        stay = [t for t in doc.disks if t not in {d.target for d in disks}]
+        pes = self._fitting(dom, doc, c, [doc.disks[t] for t in stay])
+        if running and stay and self._pe(dom, doc) in pes:  # the guest keeps its endpoint
+            pes = [p for p in pes if p == self._pe(dom, doc)]
+        elif running and stay and pes:
+            raise MoveRefused(
+                vm=doc.name,
+                reason=f"its endpoint {self._pe(dom, doc)} cannot serve container "
+                f"{c['name']} and the running guest cannot change endpoints for some "
+                "disks only; move all its disks or stop it first",
+            )
+        return Plan(c, disks, follow, running, pes, bool(stay))
+
+    def _fitting(
+        self, dom: libvirt.virDomain, doc: VmDoc, c: dict[str, Any], staying: list[str]
+    ) -> list[str]:
+        """The endpoints that serve the VM's disks once they are in ``c``, best first
+        (the VM's own when it can); empty for a VM outside datastores (it keeps its own)."""
+        if not doc.datastore:
+            return []
+        arrays = set(c["arrays"]) | {self.client.vvol(v)["array_id"] for v in staying}
+        now = {self.client.vvol(v)["array_id"] for v in doc.disks.values()}
+        resolved = self.client.datastore_resolve(doc.datastore, self.host)
+        backends = {a["id"]: a["backend"] for a in resolved["arrays"]}
+        own = self._pe(dom, doc) if movepe.same_kinds(backends, now, arrays) else None
+        conf = self.vms.conf
+        found = movepe.fitting(resolved["pes"], arrays, own, conf.pe, conf.protocol)
+        if not found:
+            raise MoveRefused(
+                vm=doc.name,
+                reason=f"no endpoint of datastore {doc.datastore} serves container "
+                f"{c['name']} and its other disks for host {self.host}",
+            )
+        return found
 
     def _check_datastore(self, doc: VmDoc, c: dict[str, Any]) -> None:
         """A VM's vvols live in its datastore: the container must be one of it."""
@@ -292,12 +331,33 @@ class StorageMover:
         doc.pending = rec.to_dict()
         doc.save(self.client)
 
+    def _copy_pe(self, dom: libvirt.virDomain, doc: VmDoc, rec: MoveRec, plan: Plan) -> str | None:
+        """The first fitting endpoint whose binding libvirt can add to the running
+        domain (tried with the first disk's new vvol, left bound on it)."""
+        first = rec.new[plan.disks[0].target]
+        why = ""
+        candidates: list[str | None] = [*plan.pes] or [self._pe(dom, doc)]
+        for pe in candidates:
+            handle = self.client.bind_one(first, self.host, pe=pe)
+            why = hd.of(handle).hotplug_problem() or ""
+            if not why:
+                return pe
+            self.client.unbind([first], self.host, drop_all=True)
+        raise MoveFailed(vm=doc.name, reason=f"block copy of disk {plan.disks[0].target}: {why}")
+
     def _mirror(
-        self, dom: libvirt.virDomain, doc: VmDoc, rec: MoveRec, disks: list[DiskMove]
-    ) -> int:
+        self, dom: libvirt.virDomain, doc: VmDoc, rec: MoveRec, plan: Plan
+    ) -> tuple[str | None, int]:
         """Block copy every disk of the running guest onto its new vvol, then pivot
-        each; returns the bytes the copies went through."""
-        pe = self._pe(dom, doc)
+        each; returns the endpoint the guest now runs on and the bytes copied."""
+        disks = plan.disks
+        pe = self._copy_pe(dom, doc, rec, plan)
+        if plan.staying and pe != self._pe(dom, doc):
+            raise MoveFailed(
+                vm=doc.name,
+                reason=f"the block copy needs endpoint {pe} and some disks stay on "
+                f"{self._pe(dom, doc)}; move all its disks or stop it first",
+            )
         flags = (
             libvirt.VIR_DOMAIN_BLOCK_COPY_REUSE_EXT | libvirt.VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB
         )
@@ -327,7 +387,7 @@ class StorageMover:
                     f"{exc.get_error_message()}",
                 ) from None
             fault("move-storage", "pivoted")
-        return total
+        return pe, total
 
     def _pe(self, dom: libvirt.virDomain, doc: VmDoc) -> str | None:
         _root, meta = self.vms._meta(dom)
@@ -351,9 +411,11 @@ class StorageMover:
             time.sleep(POLL)
 
     # -- commit and release -----------------------------------------------------------------
-    def _commit(self, dom: libvirt.virDomain, doc: VmDoc, moved: dict[str, str]) -> None:
+    def _commit(
+        self, dom: libvirt.virDomain, doc: VmDoc, moved: dict[str, str], pe: str | None
+    ) -> None:
         """Make the VM's document, its definition and the live domain name the new
-        vvols; from here on the move goes forward."""
+        vvols, reached through ``pe``; from here on the move goes forward."""
         rec = MoveRec.from_dict(doc.pending or {"op": OP})
         snaps = rec.snaps
         old: list[str] = []
@@ -369,7 +431,9 @@ class StorageMover:
         for point in doc.points:
             point.xml = _renamed(point.xml, renamed)
         root, meta = self.vms._meta(dom)
-        meta = replace(meta, disks={t: renamed.get(v, v) for t, v in meta.disks.items()})
+        meta = replace(
+            meta, disks={t: renamed.get(v, v) for t, v in meta.disks.items()}, pe=pe or meta.pe
+        )
         dx.set_meta(root, meta)
         self.vms._point_sources(root, meta)
         self.vms.conn.defineXML(dx.tostring(root))
@@ -381,7 +445,7 @@ class StorageMover:
                 dx.NS,
                 libvirt.VIR_DOMAIN_AFFECT_LIVE,
             )
-        doc.xml = dx.tostring(root)
+        doc.xml, doc.pe = dx.tostring(root), meta.pe
         rec.stage, rec.old = MoveRec.RELEASE, old
         if len(moved) < len(rec.new):
             rec.follow = []  # a disk went back: the config stays with it
@@ -419,7 +483,8 @@ class StorageMover:
                 self._back(dom, live, target, vid, rec.snaps.get(target, {}))
         self.ops.drop(list(rec.temps))
         if moved:
-            self._commit(dom, doc, moved)
+            handle = self._handle(next(iter(moved.values())))
+            self._commit(dom, doc, moved, handle["pe"] if handle else None)
             self._release(doc)
         else:
             doc.pending = None

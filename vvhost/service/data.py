@@ -15,6 +15,7 @@ from ..catalog import repo, vvolrepo
 from ..errors import (
     ArrayOffline,
     BackendError,
+    DataMissing,
     HasDependants,
     InvalidInput,
     PathConflict,
@@ -308,7 +309,7 @@ def finish_copy_diffs(ctx: Context, entry: JournalEntry) -> dict[str, Any]:
     result: dict[str, Any] = {"bytes": 0, "ranges": 0, "method": None}
     if dst is not None and src is not None and base is not None:
         try:
-            diff = changed(ctx, src, base, bitmap.DEFAULT_CHUNK, None)
+            diff = _to_copy(ctx, src, base)
             with ctx.backend(src.array).open(src.id) as io:
                 copied = ctx.backend(dst.array).write_ranges(
                     io, dst.id, diff.ranges, ctx.progress.callback(entry.id)
@@ -330,6 +331,20 @@ def finish_copy_diffs(ctx: Context, entry: JournalEntry) -> dict[str, Any]:
             )
         repo.journal_remove(conn, entry.id)
     return result
+
+
+def _to_copy(ctx: Context, src: Vvol, base: Vvol) -> Changed:
+    """What copy-diffs copies: ``changed``, except that a base on another array
+    holding no data at all (the empty start of a copy onto another array, as
+    ``vm move-storage`` makes) differs wherever ``src`` holds data, which its
+    array tells without reading either."""
+    chunk = bitmap.DEFAULT_CHUNK
+    if base.array != src.array:
+        ctx.source(base)
+        if not ctx.backend(base.array).changed(base.id, None, chunk).ranges:
+            ctx.source(src)
+            return ctx.backend(src.array).changed(src.id, None, chunk)
+    return changed(ctx, src, base, chunk, None)
 
 
 def changed(ctx: Context, v: Vvol, base: Vvol | None, chunk: int, method: str | None) -> Changed:
@@ -357,8 +372,14 @@ def changed(ctx: Context, v: Vvol, base: Vvol | None, chunk: int, method: str | 
 
 def _same_data(src: ArrayBackend, dst: ArrayBackend, vid: str) -> bool:
     """Two arrays that are one directory (or nested) would see one file twice."""
-    a, b = src.source(vid), dst.source(vid)
-    if not isinstance(a, FileSource) or not isinstance(b, FileSource):
+    a = src.source(vid)
+    if not isinstance(a, FileSource):
+        return False
+    try:
+        b = dst.source(vid)  # an array that is not a directory has no such vvol yet
+    except DataMissing:
+        return False
+    if not isinstance(b, FileSource):
         return False
     try:
         return os.path.samefile(a.path, b.path)

@@ -11,6 +11,14 @@ What a host is shown (``viewer``: its tenant) is cut to what it may see:
     show / list     vvols, provisioned   only the viewer's tenant's vvols
                     free                 the datastore's room (what it can still create)
     resolve         arrays               id, name, backend; never a filesystem path
+                    pes                  each endpoint with the datastore's arrays it
+                                         can serve (``arrays``: ids), so a host picks
+                                         one that reaches every disk of a VM
+
+Which backends an endpoint protocol serves (``SERVES``): a ``dir`` file through
+any of iscsi, nbd and file; an RBD image through nbd (a qemu-storage-daemon rbd
+node) or rbd (QEMU's own librbd).  tgtd's rbd store cannot open images in a RADOS
+namespace and every RBD container is one, so iscsi does not serve RBD arrays.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from sqlalchemy import Connection
 
 from ..catalog import bindrepo, repo, tenancy, vvolrepo
 from ..errors import AlreadyExists, CapacityExceeded, HasDependants, InvalidInput, NotFound
-from ..model import Container, Datastore
+from ..model import Array, Container, Datastore, Pe
 from ..naa import make_naa
 from ..units import check_name, parse_size
 from .context import Context
@@ -32,6 +40,12 @@ from .inventory import ContainerOps
 INSTALLATION = "naa-installation"
 ADMIN_VIEW: Any = object()  # a viewer who sees every tenant's vvols
 COUNTER = "naa-datastore"
+SERVES: dict[str, tuple[str, ...]] = {
+    "iscsi": ("dir",),
+    "nbd": ("dir", "rbd"),
+    "file": ("dir",),
+    "rbd": ("rbd",),
+}
 
 
 class DatastoreOps:
@@ -210,7 +224,13 @@ class DatastoreOps:
                 for a in arrays
             ],
             "pes": [
-                {"name": p.name, "protocol": p.protocol, "portal": p.portal, "path": p.path}
+                {
+                    "name": p.name,
+                    "protocol": p.protocol,
+                    "portal": p.portal,
+                    "path": p.path,
+                    "arrays": _served(p, arrays),
+                }
                 for p in pes
             ],
         }
@@ -230,6 +250,12 @@ class DatastoreOps:
                 )
             return ds, chosen
         return ds, max(members, key=lambda c: c.free)
+
+
+def _served(pe: Pe, arrays: list[Array]) -> list[str]:
+    """The ids of ``arrays`` whose vvols ``pe`` can serve."""
+    kinds = SERVES.get(pe.protocol, ())
+    return [a.id for a in arrays if a.backend in kinds and pe.array in (None, a.id)]
 
 
 def check_datastore_room(conn: Connection, ds_id: str | None, size: int) -> None:
