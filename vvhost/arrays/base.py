@@ -113,7 +113,12 @@ class ArrayBackend(Protocol):
 
     def set_readonly(self, vvol_id: str, readonly: bool) -> None: ...
 
-    def space(self, vvol_id: str) -> Space: ...
+    def space(self, vvol_id: str) -> Space:
+        """Provisioned, allocated and unique bytes (may walk the volume's history)."""
+
+    def allocated(self, vvol_id: str) -> int:
+        """Bytes the array allocated for the volume, cheaply (RBD: whole objects from
+        the object map): what listings show as ``used``."""
 
     def list_ids(self) -> list[str]:
         """Every volume id present (snapshots included)."""

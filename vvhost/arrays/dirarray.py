@@ -361,6 +361,9 @@ class DirArray:
         self.check()
         os.chmod(self.locate(vvol_id), 0o400 if readonly else 0o600)
 
+    def allocated(self, vvol_id: str) -> int:
+        return self.space(vvol_id).allocated
+
     def space(self, vvol_id: str) -> Space:
         """Allocated blocks; shared reflink extents are not told apart (None)."""
         try:

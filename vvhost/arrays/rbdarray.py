@@ -194,6 +194,13 @@ class RbdArray:
                     raise
                 vol.flush()  # queued writes land (or fail) before the image closes
 
+    def allocated(self, vvol_id: str) -> int:
+        """The image's own objects (not its parent's), from the object map."""
+        self._ready()
+        entry = self._entry(vvol_id)
+        with ceph(self.name, f"measuring {entry.image}"):
+            return rbddiff.own_bytes(self.cluster, _point(entry))
+
     def space(self, vvol_id: str) -> Space:
         self._ready()
         entry = self._entry(vvol_id)

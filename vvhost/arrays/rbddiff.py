@@ -114,6 +114,12 @@ def changed(
     return rbdranges.merge(both), "allocation"
 
 
+def own_bytes(cluster: Cluster, point: Point) -> int:
+    """Bytes of the objects the point's image holds itself (object map, whole objects)."""
+    with opened(cluster, point) as img:
+        return rbdranges.total(extents(img, None, False, True))
+
+
 def space(cluster: Cluster, point: Point) -> Space:
     """Provisioned size, bytes the point's image holds itself, and bytes only this point
     holds: written after the previous snapshot and overwritten before the next one (the

@@ -258,7 +258,7 @@ class ContainerOps:
         out = c.to_dict()
         out["array_names"] = [names.get(a, a) for a in c.arrays]
         out["vvols"] = len(vvols)
-        out["used"] = sum(self.ctx.backend(v.array).space(v.id).allocated for v in vvols)
+        out["used"] = sum(self.ctx.backend(v.array).allocated(v.id) for v in vvols)
         return out
 
     def delete(self, ref: str) -> None:

@@ -450,6 +450,6 @@ def _used(backend: ArrayBackend, v: Vvol) -> int:
     if v.state == CREATING:
         return 0
     try:
-        return backend.space(v.id).allocated
+        return backend.allocated(v.id)
     except VvhostError:
         return 0
