@@ -10,7 +10,8 @@ array of a private Ceph cluster, both ways, keeping the snapshot points (files o
 - running, dir -> RBD: libvirt 9.0 cannot add a namespaced RBD image to a running
   domain, so the block copy goes through the ``nbd`` endpoint (a qemu-storage-daemon
   rbd node), which the VM keeps; it reboots from RBD and reverts there.  Moving
-  only some disks of the running guest when that needs another endpoint is refused.
+  only some disks of the running guest when that needs another endpoint is refused;
+  a ``vvhost`` killed with the copies ready leaves the VM on ``dir``, nothing on RBD.
 """
 
 from __future__ import annotations
@@ -188,6 +189,14 @@ def test_running_onto_rbd_through_nbd(rbdlab: Lab, pat: Patterns) -> None:
     part = lab.vvhost("kvm1", "vm", "move-storage", "vm2", "--container", "rpool", "--disk", "vda")
     assert part.returncode == 4 and "move all its disks or stop it" in part.stderr, part.stderr
     assert part.stderr.count("\n") == 1 and set(containers_of(lab, "vm2")) == {"pool"}
+    crashed = lab.vvhost(
+        "kvm1", "vm", "move-storage", "vm2", "--container", "rpool",
+        env={"VVHOST_HOST_FAULT_AT": "move-storage:mirror-ready"},
+    )  # fmt: skip
+    assert crashed.returncode == -9, crashed.stderr
+    vvhost_json(lab, "kvm1", "vm", "snapshots", "vm2")  # the next command settles it: back
+    assert containers_of(lab, "vm2") == {"pool": everything("vm2", ("s1",))}
+    assert lab.api.vvols(container="rpool") == [] and digests(lab, "vm2", pat) == before
 
     moved = vvhost_json(lab, "kvm1", "vm", "move-storage", "vm2", "--container", "rpool")
     assert moved["running"] and moved["pe"] == "nbd0"
