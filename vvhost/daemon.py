@@ -144,9 +144,11 @@ class ServerProcess:
 
     def endpoint_rundirs(self) -> list[str]:
         pe = os.path.join(self.state_dir, "pe")
-        # TCP NBD endpoints run one daemon per host under hosts/<host>
+        # TCP NBD endpoints run one daemon per host under hosts/<host>; iSCSI
+        # endpoints serving RBD a qemu-storage-daemon under qsd/
         per_host = glob.glob(os.path.join(pe, "*", "hosts", "*"))
-        return sorted(glob.glob(os.path.join(pe, "*")) + per_host)
+        helpers = glob.glob(os.path.join(pe, "*", "qsd"))
+        return sorted(glob.glob(os.path.join(pe, "*")) + per_host + helpers)
 
     def stop_endpoint_daemons(self) -> None:
         for rundir in self.endpoint_rundirs():

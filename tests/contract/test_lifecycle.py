@@ -175,8 +175,11 @@ def test_move_between_containers_and_arrays(
     patterns.write(v, "B", [7 * CHUNK])
     sha_v, sha_s = patterns.digest(v), patterns.digest(s)
 
-    moved = api.vvol_move("d", "two")  # same array: catalog only
-    assert moved["container"] == "two" and moved["where"] == v["where"]
+    moved = api.vvol_move("d", "two")  # same array: dir: catalog only; RBD: its namespace
+    assert moved["container"] == "two"
+    assert (moved["where"] == v["where"]) == patterns.is_file(v)
+    assert patterns.digest(moved) == sha_v
+    assert patterns.digest(api.vvol(s["id"])) == sha_s
     moved = api.vvol_move("d", "far")
     assert moved["array"] == "second" and moved["where"] != v["where"]
     snap = api.vvol(s["id"])

@@ -1,5 +1,5 @@
-"""Pure logic of the endpoints' data sources: QSD node arguments, tgtd backing
-stores, LUN choice, Ceph caps and keyrings (no daemon, no cluster)."""
+"""Pure logic of the endpoints' data sources: QSD node and FUSE export arguments,
+tgtd backing stores, LUN choice, Ceph caps and keyrings (no daemon, no cluster)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from vvhost.pe.cephaccess import caps_for, entity, host_of
 from vvhost.pe.cephkeyring import read_key
 from vvhost.pe.iscsi import MAX_LUN, allocate_lun, target_name
 from vvhost.pe.nbd import node_args, node_of, secret_of, source_id
-from vvhost.tools.tgtadm import Backing, rbd_backing
+from vvhost.tools.tgtadm import Backing
 
 RBD = RbdSource("pool1", "ns1", "vv-1", None, "/c/ceph.conf", "admin", "/c/admin.keyring")
 
@@ -69,22 +69,35 @@ def test_qsd_node_for_rbd() -> None:
 
 def test_tgt_backing_stores() -> None:
     assert Backing("/a/v.raw").params() == "path=/a/v.raw"
-    b = rbd_backing("pool1", "vv-1", "s1", "/c/ceph.conf", "tgt")
-    assert b.params() == "path=pool1/vv-1@s1,bstype=rbd,bsopts=conf=/c/ceph.conf;id=tgt"
-    assert rbd_backing("p", "i", None, None, None).params() == "path=p/i,bstype=rbd"
+    assert Backing("/f/x.raw", bsoflags="direct").params() == "path=/f/x.raw,bsoflags=direct"
     with pytest.raises(ValueError):
         Backing("/a,b").params()
-    with pytest.raises(ValueError):
-        rbd_backing("p", "i", None, "/c;x.conf", None)
 
 
-def test_iscsi_refuses_a_namespace_and_files_refuse_rbd(tmp_path: str) -> None:
+def test_iscsi_serves_rbd_through_fuse_files_and_files_refuse_rbd(tmp_path: str) -> None:
     from vvhost.pe.filepe import FileEndpoint
+    from vvhost.pe.fuseexport import export_name
     from vvhost.pe.iscsi import IscsiEndpoint
+    from vvhost.tools.qsd import StorageDaemonApi
 
+    other_ns = RbdSource("pool1", "ns2", "vv-1", None, "/c/ceph.conf", "admin")
+    names = {export_name(RBD, False), export_name(RBD, True), export_name(other_ns, False)}
+    assert len(names) == 3 and all(len(n) == 31 and n.startswith("f") for n in names)
     ep = IscsiEndpoint("i1", "127.0.0.1:3260", 100, str(tmp_path))
-    with pytest.raises(InvalidInput, match="has no RADOS namespaces"):
-        ep.backing(att(RBD))
+    name = export_name(RBD, False)
+    assert ep.fuse.path(name) is None  # no daemon yet
+    mountpoint = ep.fuse.mountpoint(name)
+    assert mountpoint == f"{tmp_path}/fuse/{name}.raw"
+    assert ep.fuse.name_in(f"/proc/4242/root{mountpoint}") == name
+    assert ep.fuse.name_in(f"{tmp_path}/other/{name}.raw") is None
+    assert ep.fuse.name_in("/a/vvols/v.raw") is None and ep.fuse.name_in(None) is None
+    assert StorageDaemonApi.fuse_export_args(name, name, mountpoint, writable=False) == {
+        "type": "fuse", "id": name, "node-name": name, "mountpoint": mountpoint,
+        "writable": False, "growable": False,
+    }  # fmt: skip
+    node = StorageDaemonApi.rbd_node_args(name, {"pool": "p", "image": "i"}, readonly=True,
+                                          nocache=True)  # fmt: skip
+    assert node["cache"] == node["file"]["cache"] == {"direct": True}
     fe = FileEndpoint("f1", str(tmp_path), str(tmp_path))
     with pytest.raises(InvalidInput, match="file endpoint f1 serves files only, not rbd data"):
         fe.attach(att(RBD))

@@ -43,3 +43,18 @@ def test_index_records_round_trip() -> None:
     snap = rbdindex.Entry("snap", "c1", "vv-x", "123", "vs-s", state="ready")
     assert rbdindex.users({"x": entry, "s": snap, "y": cut}, "123") == ["s", "x"]
     assert rbdindex.vvol_key("x") == "vvol:x" and rbdindex.staged_key("x", "o") == "staged:x:o"
+
+
+def test_a_moved_image_is_renamed_in_every_record() -> None:
+    rbdmove = pytest.importorskip("vvhost.arrays.rbdmove")
+    new = rbdindex.Image("b", "vv-x", "new")
+    head = rbdindex.Entry("image", "a", "vv-x", "old", state="ready")
+    snap = rbdindex.Entry("snap", "a", "vv-x", "old", "vs-s", state="ready")
+    clone = rbdindex.Entry("image", "a", "vv-c", "cc", clone_of=rbdindex.Image("a", "vv-x", "old"))
+    other = rbdindex.Entry("image", "a", "vv-y", "yy")
+    assert rbdmove.moved_entry(head, "old", new).ref() == new
+    moved = rbdmove.moved_entry(snap, "old", new)
+    assert moved.ref() == new and moved.snap == "vs-s" and moved.ready
+    moved = rbdmove.moved_entry(clone, "old", new)
+    assert moved.clone_of == new and moved.ref() == clone.ref()
+    assert rbdmove.moved_entry(other, "old", new) == other

@@ -200,6 +200,12 @@ class ArrayBackend(Protocol):
     ) -> int:
         """Copy ``ranges`` of ``src`` into the volume; returns the bytes written."""
 
+    def relocate(
+        self, vvol_ids: Sequence[str], space: str, progress: Progress | None = None
+    ) -> None:
+        """Put volumes (a vvol and its snapshots) into another space of this array
+        (RBD: their images migrate to the container's namespace; idempotent)."""
+
     def reap(self) -> list[str]:
         """Purge data nothing needs any more (RBD: trash); returns what went."""
 

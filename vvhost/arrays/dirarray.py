@@ -343,6 +343,11 @@ class DirArray:
                 array=self.name, detail=f"write into {vvol_id}: {exc.strerror}"
             ) from exc
 
+    def relocate(
+        self, vvol_ids: Sequence[str], space: str, progress: Progress | None = None
+    ) -> None:
+        pass  # one directory holds every container's files
+
     def reap(self) -> list[str]:
         return []  # a file is gone when removed
 

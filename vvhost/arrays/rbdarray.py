@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import ArrayOffline, BackendError, DataMissing, InUse, InvalidInput, ReadOnly
-from . import rbdaudit, rbddiff, rbdindex, rbdio, rbdnames, rbdranges, volio
+from . import rbdaudit, rbdcopy, rbddiff, rbdindex, rbdio, rbdmove, rbdnames, rbdranges, volio
 from .base import ArrayBackend, Changed, Progress, Space, VolumeIO
 from .rbdconn import Cluster
 from .rbdflatten import MAX_CLONE_DEPTH, Flattener, depth
@@ -34,7 +34,6 @@ from .rbdops import Images, ceph
 from .settings import RbdSettings
 from .sources import RbdSource
 
-# purge passes per reap: a clone purged in one pass frees its parent for the next
 PURGE_PASSES = MAX_CLONE_DEPTH + 2
 
 
@@ -105,8 +104,8 @@ class RbdArray:
         return self.cluster.free_bytes()
 
     def close(self) -> None:
-        self.flattener.close()
-        self.cluster.close()
+        if self.flattener.close():
+            self.cluster.close()  # not under a flatten still running: librados would crash
         self._checked = False
 
     # -- lookups ----------------------------------------------------------------------
@@ -159,6 +158,7 @@ class RbdArray:
                 return
             ns = self._space(space)
             entry = Entry("image", ns, rbdnames.image(vvol_id))
+            self._name_free(vvol_id, entry)
             self.index.put(vvol_id, entry)
             image_id = self.images.create(ns, entry.image, size)
             self.images.resize(Image(ns, entry.image, image_id), size)
@@ -186,7 +186,13 @@ class RbdArray:
             raise ReadOnly(ref=vvol_id, action="open it for writing")
         with ceph(self.name, f"opening {entry.image}"):
             with self.images.open(entry.ref(), entry.snap, writable) as img:
-                yield rbdio.RbdVolume(img)
+                vol = rbdio.RbdVolume(img)
+                try:
+                    yield vol
+                except BaseException:
+                    vol.settle()
+                    raise
+                vol.flush()  # queued writes land (or fail) before the image closes
 
     def space(self, vvol_id: str) -> Space:
         self._ready()
@@ -241,19 +247,40 @@ class RbdArray:
         if image is not None:
             self._release(image)
 
+    def _name_free(self, vvol_id: str, entry: Entry) -> None:
+        """Refuse to reuse an image name whose image other volumes still read (a removed
+        vvol's retired image): an image of that name may only be a crashed attempt's."""
+        found = self._found(entry.ns, entry.image)
+        if found is None:
+            return
+        others = [v for v in rbdindex.users(self.index.entries(), found.image_id) if v != vvol_id]
+        if others or found.image_id in self.index.retired():
+            raise BackendError(
+                array=self.name,
+                detail=f"image {entry.image} of an earlier {vvol_id} is still read by "
+                f"{', '.join(others) or 'clones'}; remove those first",
+            )
+
     def _found(self, ns: str, name: str) -> Image | None:
         image_id = self.images.lookup(ns, name)
         return None if image_id is None else Image(ns, name, image_id)
 
+    def _reap(self, image: Image) -> bool:
+        if not self.images.exists(image):
+            self.index.apply(drop=[rbdindex.retired_key(image.image_id)])
+            return True
+        return self._release(image)
+
     def _release(self, image: Image) -> bool:
-        """Trash a retired image once no vvol uses it and no snapshot vvol reads it."""
+        """Trash a retired image once no vvol uses it, no snapshot vvol reads it and no
+        live clone has it as parent; until then it stays retired."""
         key = rbdindex.retired_key(image.image_id)
         if key not in {rbdindex.retired_key(i) for i in self.index.retired()}:
             return False
         if rbdindex.users(self.index.entries(), image.image_id):
             return False
-        if self.images.watchers(image):
-            return False  # stays retired: the reaper tries again
+        if self.images.has_children(image) or self.images.watchers(image):
+            return False  # the reaper tries again
         self.images.trash(image)
         self.index.apply(drop=[key])
         return True
@@ -292,6 +319,8 @@ class RbdArray:
             if entry is None or entry.snap is None:
                 raise InvalidInput(detail=f"snapshot {snap_id!r} was not prepared")
             if not entry.ready:
+                if entry.snap not in self.images.user_snaps(entry.ref()):
+                    raise InvalidInput(detail=f"snapshot {snap_id!r} was not cut")
                 self.index.put(snap_id, dataclasses.replace(entry, state="ready"))
 
     def abort_snapshot(self, snap_id: str) -> None:
@@ -442,24 +471,13 @@ class RbdArray:
             ns = self._space(space)
             snaps = [pid for pid, _ in chain[:-1]]
             entry = Entry("image", ns, rbdnames.image(vvol_id), chain=snaps)
+            self._name_free(vvol_id, entry)
             self.index.put(vvol_id, entry)
             image_id = self.images.create(ns, entry.image, chain[0][1].size)
             entry = dataclasses.replace(entry, image_id=image_id)
             self.index.put(vvol_id, entry)
-        total = sum(data.size for _, data in chain)
-        done = 0
-        prev: VolumeIO | None = None
-        for point_id, data in chain:
-            self._copy_point(entry, prev, data)
-            if point_id != vvol_id:
-                snap = Entry("snap", ns, entry.image, image_id, rbdnames.snap(point_id))
-                self.index.put(point_id, snap)
-                self.images.snap_create(entry.ref(), snap.snap or "")
-                self.index.put(point_id, dataclasses.replace(snap, state="ready"))
-            prev = data
-            done += data.size
-            if progress is not None:
-                progress(done, total)
+        with ceph(self.name, f"copying into {entry.image}"):
+            rbdcopy.write_chain(self.images, self.index, entry, chain, progress)
         self.index.put(vvol_id, dataclasses.replace(entry, state="ready"))
 
     def _drop_earlier_copy(self, vvol_id: str, snaps: list[str]) -> None:
@@ -474,14 +492,13 @@ class RbdArray:
                 self._remove_snap(sid, snap)
         self.remove(vvol_id)
 
-    def _copy_point(self, entry: Entry, prev: VolumeIO | None, data: VolumeIO) -> None:
-        with ceph(self.name, f"copying into {entry.image}"):
-            self.images.resize(entry.ref(), data.size)
-            ranges = (
-                list(data.extents()) if prev is None else volio.differing(prev, data, rbdio.BLOCK)
-            )
-            with self.images.open(entry.ref(), writable=True) as img:
-                volio.copy_ranges(data, rbdio.RbdVolume(img), ranges)
+    def relocate(
+        self, vvol_ids: Sequence[str], space: str, progress: Progress | None = None
+    ) -> None:
+        """Move vvols (a vvol and its snapshots) to another storage container of this
+        array: their images migrate to its namespace (rbdmove.py)."""
+        self._ready()
+        rbdmove.relocate(self, vvol_ids, rbdnames.namespace(space), self._lock, progress)
 
     def reap(self) -> list[str]:
         """Trash retired images nobody needs any more, then purge the trash of what no
@@ -490,16 +507,12 @@ class RbdArray:
         self._ready()
         gone: list[str] = []
         with self._lock:
-            for image in self.index.retired().values():
-                if not self.images.exists(image):
-                    self.index.apply(drop=[rbdindex.retired_key(image.image_id)])
-                    continue
-                self._release(image)
-            for _ in range(PURGE_PASSES):
+            for _ in range(PURGE_PASSES):  # a clone purged in one pass frees its parent next
+                released = [image for image in self.index.retired().values() if self._reap(image)]
                 spaces = self.index.spaces()
                 purged = [name for ns in spaces for name in self.images.purge_trash(ns)]
                 gone += purged
-                if not purged:
+                if not released and not purged:
                     break
             images = [(vid, e.ref()) for vid, e in self.index.entries().items() if _writable(e)]
         for vid, image in images:  # too deep and not flattened here (e.g. after a restart)

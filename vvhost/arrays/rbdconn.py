@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +30,7 @@ CONNECT_TIMEOUT = 10  # seconds until an unreachable cluster counts as offline
 MON_OP_TIMEOUT = 10
 OSD_OP_TIMEOUT = 60
 DEFAULT_CONF = "/etc/ceph/ceph.conf"
+STATS_WAIT = 10  # seconds to wait for the space figures of a cluster that just started
 
 
 class Cluster:
@@ -141,10 +143,15 @@ class Cluster:
     def free_bytes(self) -> int:
         """What the pool can still take (``ceph df`` max_avail)."""
         pool = self.settings.pool
-        for found in self.mon("df").get("pools", []):
-            if found.get("name") == pool:
+        df = self.mon("df")
+        deadline = time.monotonic() + STATS_WAIT
+        while not df["stats"]["total_bytes"] and time.monotonic() < deadline:
+            time.sleep(0.5)  # a cluster that just started has not reported its space yet
+            df = self.mon("df")
+        for found in df.get("pools", []):
+            if found.get("name") == pool and int(found["stats"]["max_avail"]) > 0:
                 return int(found["stats"]["max_avail"])
-        # a pool the manager has not reported yet: raw free space over its replica count
+        # a pool the manager has not measured yet: raw free space over its replica count
         copies = int(self.mon("osd pool get", pool=pool, var="size")["size"])
         raw = int(self.handle().get_cluster_stats()["kb_avail"]) * 1024
         return raw // max(copies, 1)

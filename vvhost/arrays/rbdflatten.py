@@ -12,6 +12,7 @@ thread, while the vvol stays usable.  ``status(vvol_id)`` shows the progress:
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -98,12 +99,16 @@ class Flattener:
             thread.join(timeout)
         return self.status(vvol_id)
 
-    def close(self, timeout: float = 30.0) -> None:
+    def close(self, timeout: float = 30.0) -> bool:
+        """Ask running flattens to stop and wait for them; False if one is still running
+        (its connection must then stay open)."""
         self._stop.set()
         with self._lock:
             threads = list(self._threads.values())
+        deadline = time.monotonic() + timeout
         for thread in threads:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in threads)
 
 
 def flatten(cluster: Cluster, image: Image, progress: Any = None) -> None:

@@ -13,12 +13,18 @@ whole objects, so the old data would stay readable.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 from collections.abc import Iterator
 from typing import Any
+
+import rbd
 
 from . import rbdranges
 
 BLOCK = 4 << 20  # bytes per read/write when copying
+DEPTH = 8  # writes in flight per open image
 ZERO = bytes(BLOCK)
 
 
@@ -41,24 +47,71 @@ def extents(
     return rbdranges.merge(found)
 
 
+class Pipeline:
+    """Writes to an image with up to ``depth`` requests in flight (librbd aio), so a copy
+    is not one round trip per block.  ``drain`` waits for all and raises the first error.
+
+        caller ── write/zero ──▶ [slot] ── aio ──▶ OSDs ── completion ──▶ slot freed
+    """
+
+    def __init__(self, image: Any, depth: int = DEPTH) -> None:
+        self.image = image
+        self.depth = depth
+        self._slots = threading.Semaphore(depth)
+        self._errors: list[int] = []
+
+    def _done(self, completion: Any) -> None:
+        ret = int(completion.get_return_value())
+        if ret < 0:
+            self._errors.append(ret)
+        self._slots.release()
+
+    def write(self, offset: int, data: bytes) -> None:
+        self._slots.acquire()
+        self.image.aio_write(data, offset, self._done)
+
+    def zero(self, offset: int, length: int) -> None:
+        self._slots.acquire()
+        self.image.aio_write_zeroes(offset, length, self._done)
+
+    def drain(self) -> None:
+        for _ in range(self.depth):
+            self._slots.acquire()
+        for _ in range(self.depth):
+            self._slots.release()
+        if self._errors:
+            err = -self._errors[0]
+            raise rbd.IOError(f"write failed: {os.strerror(err)}", errno=err)
+
+
 class RbdVolume:
-    """VolumeIO over an rbd.Image the caller opened (and closes)."""
+    """VolumeIO over an rbd.Image the caller opened (and closes).  Writes are queued
+    (``Pipeline``); a read, ``extents`` or ``flush`` waits for them first."""
 
     def __init__(self, image: Any) -> None:
         self.image = image
         self.size = int(image.size())
+        self._pipe = Pipeline(image)
 
     def read(self, offset: int, length: int) -> bytes:
+        self._pipe.drain()
         return bytes(self.image.read(offset, length))
 
     def write(self, offset: int, data: bytes) -> None:
-        self.image.write(data, offset)
+        self._pipe.write(offset, data)
 
     def zero(self, offset: int, length: int) -> None:
-        self.image.write_zeroes(offset, length)
+        self._pipe.zero(offset, length)
 
     def extents(self) -> Iterator[tuple[int, int]]:
+        self._pipe.drain()
         yield from extents(self.image)
 
     def flush(self) -> None:
+        self._pipe.drain()
         self.image.flush()
+
+    def settle(self) -> None:
+        """Wait for queued writes, ignoring their errors (an error is already on its way)."""
+        with contextlib.suppress(rbd.Error):
+            self._pipe.drain()

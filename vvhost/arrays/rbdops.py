@@ -135,15 +135,17 @@ class Images:
                 return []
 
     def has_children(self, ref: Image) -> bool:
+        """Whether a live clone reads the image (clones in the trash do not count: the
+        image may follow them there, the purge takes the clones first)."""
         with ceph(self.array, f"listing clones of {ref.name}"):
             try:
                 with self.open(ref) as img:
-                    return any(True for _ in img.list_children2())
+                    return any(not c.get("trash") for c in img.list_children2())
             except rbd.ImageNotFound:
                 return False
 
     def trash(self, ref: Image) -> None:
-        """Move an image to the RBD trash (its user snapshots removed first)."""
+        """Move an image nothing needs to the RBD trash (its user snapshots removed first)."""
         for snap in self.user_snaps(ref) if self.exists(ref) else []:
             self.snap_remove(ref, snap)
         with self.cluster.ioctx(ref.ns) as io, ceph(self.array, f"moving {ref.name} to trash"):

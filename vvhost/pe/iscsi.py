@@ -3,19 +3,23 @@
     tgtd -f -C <control port> --iscsi portal=<portal>
       target tid=1  iqn.<prefix>:<pe>.<host-a>   ACL: host-a's initiator name
         LUN 1  -> ARRAY/vvols/<vvol>.raw   serial = vvol id (hex), SCSI id = vvol id
-        LUN 2  -> rbd POOL/IMAGE[@SNAP]    (tgt-rbd; bsopts conf=CONF;id=CLIENT)
+        LUN 2  -> /proc/<qsd>/root/RUNDIR/fuse/f<hash>.raw   (O_DIRECT)
+                    = FUSE export of qemu-storage-daemon's rbd node POOL/NS/IMAGE[@SNAP]
         LUN 3  ...
       target tid=2  iqn.<prefix>:<pe>.<host-b>   ACL: host-b's initiator name
       target tid=N  iqn.<prefix>:<pe>.shared     ACL: ALL (bindings that ask for shared access)
 
 A host reaches LUN L as ``iscsi://<portal>/<target iqn>/<L>``.
 
-A file source becomes a LUN over the file; an RBD source one over tgt-rbd's
-backing store, which opens images in the pool's default namespace only (tgt
-1.0.85 has no namespace option), so an RBD image in a namespace is refused
-rather than served from the wrong place. A keyring the conf does not name goes
-into a private conf (RUNDIR/ceph/<hash>.conf: the array's conf plus that
-keyring), since bs_rbd takes only conf, id and cluster.
+A file source becomes a LUN over the file. An RBD source becomes a LUN over a
+FUSE export of a qemu-storage-daemon that this endpoint runs beside its tgtd
+(pe/fuseexport.py): QEMU's librbd driver opens any image, in any RADOS
+namespace, with the source's user and keyring, which tgt-rbd cannot (tgt
+1.0.85's bs_rbd has no namespace option, and every container of an RBD array
+is a namespace). The daemon starts with the first RBD source; the endpoint is
+alive only while both daemons are. When the daemon is replaced (it died and
+the supervisor restarted the endpoint), every LUN over one of its files is
+``stale`` and ``refresh`` reopens it over the new daemon's file.
 
 LUN numbers are chosen here too (``allocate_lun``): per target, the lowest
 free one, preferring the number a vvol had on that target before (its host's
@@ -24,8 +28,10 @@ domain XML still names it).
 After a vvol grew, ``refresh`` has tgtd reopen the LUN's backing file in place
 (same LUN number, serial and SCSI id; sessions stay logged in), after which
 READ CAPACITY reports the new size: an initiator sees it when it asks again
-(QEMU's iscsi driver does on ``block_resize``). It reopens only a LUN whose size
-changed: see :meth:`Tgtadm.lun_reopen` for the one risk of a reopen.
+(QEMU's iscsi driver does on ``block_resize``). For an RBD source the export's
+node is resized first and the file waited for until it shows the new size.
+It reopens only a LUN whose size or file changed: see :meth:`Tgtadm.lun_reopen`
+for the one risk of a reopen.
 
 Trust: every request goes to the tgtd this endpoint spawned (or adopted by its
 exact command line), checked on each connection by the PID behind the control
@@ -42,12 +48,13 @@ import hashlib
 import os
 from typing import Any
 
-from ..arrays.sources import FileSource, RbdSource
-from ..errors import InUse, InvalidInput, VvhostError
+from ..arrays.sources import FileSource
+from ..errors import InUse, VvhostError
 from ..tools import EndpointError
-from ..tools.tgtadm import BS_RBD, Backing, Lun, Target, Tgtadm, rbd_backing, tgt_megabytes
+from ..tools.tgtadm import Backing, Lun, Target, Tgtadm, tgt_megabytes
 from ..tools.tgtd_ipc import ForeignDaemon, holder
 from .base import Attachment, attach_each
+from .fuseexport import FuseExports, export_name
 from .listen import portal_listens
 from .proc import Daemon
 
@@ -113,6 +120,7 @@ class IscsiEndpoint:
             rundir,
             ready=self.tgtadm.ping,
         )
+        self.fuse = FuseExports(name, rundir, peer_pid=lambda: self.daemon.pid)
         self._acls: dict[int, tuple[list[str], list[str]]] = {}  # tid -> (names, addresses)
 
     def start(self) -> None:
@@ -134,12 +142,17 @@ class IscsiEndpoint:
                 f"started (pid {pid}) does not listen there",
             )
         self._acls = {t.tid: (t.initiator_names, t.initiator_addresses) for t in self.tgtadm.show()}
+        if self.fuse.wanted():  # RBD sources were served: adopt or replace their daemon
+            self.fuse.start()
 
     def stop(self) -> None:
         self.daemon.stop(timeout=0)  # tgtd ignores SIGTERM
+        self.fuse.stop()
         self._acls.clear()
 
     def alive(self) -> bool:
+        if self.fuse.wanted() and not self.fuse.alive():
+            return False
         return self.daemon.alive() and portal_listens(self.daemon.pid, self.portal)
 
     def _ensure_target(self, a: Attachment) -> None:
@@ -203,54 +216,32 @@ class IscsiEndpoint:
 
     # -- what a LUN reads -----------------------------------------------------------------
     def backing(self, a: Attachment) -> Backing:
-        """The backing store of ``a``'s LUN; refuses what tgtd cannot serve faithfully."""
+        """The backing store of ``a``'s LUN, made ready: an RBD source is exported
+        (or grown to ``a.size``) by the endpoint's qemu-storage-daemon first."""
         src = a.source
         if isinstance(src, FileSource):
             return Backing(src.path)
-        if src.namespace:
-            raise InvalidInput(
-                detail=f"iscsi endpoint {self.name} cannot serve RBD image {src.label()}: "
-                "tgtd's rbd backing store has no RADOS namespaces (use an nbd or rbd endpoint)"
-            )
-        if not os.path.exists(BS_RBD):
-            raise EndpointError(
-                tool=f"tgtd-{self.name}",
-                detail=f"cannot serve RBD image {src.label()}: {BS_RBD} is missing "
-                "(install Debian's tgt-rbd)",
-            )
-        try:
-            return rbd_backing(src.pool, src.image, src.snap, self._conf(src), src.user)
-        except ValueError as exc:
-            raise InvalidInput(detail=f"iscsi endpoint {self.name}: {exc}") from None
+        return Backing(self.fuse.provide(src, a.readonly, a.size), bsoflags="direct")
 
-    def _conf(self, src: RbdSource) -> str | None:
-        """The conf bs_rbd reads: the source's own, or with a keyring it does not
-        name, a private copy that names it (written once per conf and keyring)."""
-        if not src.keyring:
-            return src.conf
-        conf = src.conf or "/etc/ceph/ceph.conf"
-        digest = hashlib.sha256(f"{conf}\0{src.keyring}".encode()).hexdigest()[:16]
-        path = os.path.join(self.daemon.rundir, "ceph", f"{digest}.conf")
-        try:
-            with open(conf, encoding="utf-8") as fh:
-                text = fh.read()
-            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-            tmp = f"{path}.tmp{os.getpid()}"
-            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
-                out.write(f"{text.rstrip()}\n\n[client.{src.user or 'admin'}]\n")
-                out.write(f"\tkeyring = {src.keyring}\n")
-            os.replace(tmp, path)
-        except OSError as exc:
-            raise EndpointError(
-                tool=f"tgtd-{self.name}", detail=f"cannot write {path}: {exc.strerror or exc}"
-            ) from exc
-        return path
+    def _current_path(self, a: Attachment) -> str | None:
+        """The file ``a``'s LUN should have open now (None: no daemon serves it yet)."""
+        src = a.source
+        if isinstance(src, FileSource):
+            return src.path
+        return self.fuse.path(export_name(src, a.readonly))
+
+    def _release_unused(self) -> None:
+        """Drop the FUSE exports no LUN reads any more."""
+        if not self.fuse.wanted():
+            return
+        used = {self.fuse.name_in(lun.path) for t in self.tgtadm.show() for lun in t.luns}
+        self.fuse.release({n for n in used if n is not None})
 
     def attach(self, a: Attachment) -> None:
         backing = self.backing(a)
-        self._ensure_target(a)
-        assert a.tid is not None
         try:
+            self._ensure_target(a)
+            assert a.tid is not None
             self.tgtadm.lun_new(
                 a.tid,
                 int(a.secondary_id),
@@ -262,6 +253,7 @@ class IscsiEndpoint:
         except EndpointError:
             if self._has(a, backing):  # already there (a retry): fine
                 return
+            self._release_unused()
             raise
 
     def _has(self, a: Attachment, backing: Backing) -> bool:
@@ -282,6 +274,7 @@ class IscsiEndpoint:
         except EndpointError:
             if key in self.present():
                 raise
+        self._release_unused()
 
     def present(self) -> set[str]:
         return {f"{t.tid}/{lun.lun}" for t in self.tgtadm.show() for lun in t.luns}
@@ -293,7 +286,7 @@ class IscsiEndpoint:
         lun = self._shown(a, self.tgtadm.show())
         if lun is None:
             raise EndpointError(tool="tgtd", detail=f"target {a.tid} has no LUN {a.secondary_id}")
-        if lun.size_mb == expected:
+        if lun.size_mb == expected and lun.path == backing.path:
             return
         for _attempt in range(2):  # a second try if tgtd could not reopen the file
             self.tgtadm.lun_reopen(a.tid, int(a.secondary_id), backing)
@@ -312,9 +305,11 @@ class IscsiEndpoint:
         out = []
         for a in atts:
             lun = self._shown(a, targets)
-            if lun is None or lun.size_mb is None:
-                continue  # missing: reconciliation adds it; no size shown: cannot tell
-            if lun.size_mb != tgt_megabytes(a.size):
+            if lun is None:
+                continue  # missing: reconciliation adds it
+            moved = lun.path != self._current_path(a)  # a file of a daemon that is gone
+            grew = lun.size_mb is not None and lun.size_mb != tgt_megabytes(a.size)
+            if moved or grew:
                 out.append(a.key)
         return out
 

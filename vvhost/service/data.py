@@ -22,7 +22,7 @@ from ..errors import (
     ReadOnly,
     VvhostError,
 )
-from ..model import FAILED, MOVING, READY, SNAPSHOT, WRITING, JournalEntry, Vvol
+from ..model import FAILED, MOVING, READY, SNAPSHOT, WRITING, Container, JournalEntry, Vvol
 from ..units import parse_size
 from .bindings import ensure_unbound
 from .context import Context
@@ -65,31 +65,21 @@ class DataOps:
                     return self.vvols.describe(conn, v)
                 total = sum(m.size for m in members)
                 reserve(conn, dst_c, total)
-                if v.array in dst_c.arrays:  # same array: only the catalog changes
-                    repo.reserve(conn, src_c.id, -total)
+                if v.array in dst_c.arrays:  # same array: the array relocates, if it cares
                     for m in members:
-                        vvolrepo.change(conn, m, bump=m.id == v.id, container=dst_c.id)
-                    return self.vvols.describe(conn, vvolrepo.get(conn, v.id) or v)
-                if v.parent:
-                    raise InvalidInput(
-                        detail=f"{ref!r} is a linked clone and stays on its parent's "
-                        "array; make a full clone into the other container"
-                    )
-                dst_array = self.vvols.place(dst_c)
-                for m in members:
-                    self.ctx.source(m)
-                self._apart(v.array, dst_array, members)
-                for m in members:
-                    vvolrepo.change(conn, m, bump=False, state=MOVING, op=op)
-                args = {
-                    "members": [m.id for m in members],
-                    "src_array": v.array,
-                    "dst_array": dst_array,
-                    "src_container": src_c.id,
-                    "dst_container": dst_c.id,
-                    "total": total,
-                }
-                self.ctx.journal(conn, op, "move", v.id, args)
+                        vvolrepo.change(conn, m, bump=False, state=MOVING, op=op)
+                    args = {
+                        "members": [m.id for m in members],
+                        "src_container": src_c.id,
+                        "dst_container": dst_c.id,
+                        "total": total,
+                    }
+                    self.ctx.journal(conn, op, "relocate", v.id, args)
+                else:
+                    args = self._prepare_copy(conn, op, v, members, src_c, dst_c, total)
+            if v.array in dst_c.arrays:
+                return self._relocate(op, v, args)
+            dst_array = str(args["dst_array"])
             entry = JournalEntry(id=op, op="move", vvol=v.id, step="begin", args=args, created=0)
             src, dst = self.ctx.backend(v.array), self.ctx.backend(dst_array)
             try:
@@ -116,6 +106,55 @@ class DataOps:
                 self.ctx.progress.drop(op)
             finish_move(self.ctx, entry)
             return self.vvols.show(v.id)
+
+    def _prepare_copy(
+        self,
+        conn: Any,
+        op: str,
+        v: Vvol,
+        members: list[Vvol],
+        src_c: Container,
+        dst_c: Container,
+        total: int,
+    ) -> dict[str, Any]:
+        """The catalog half of a move onto another array: the destination array,
+        the members ``moving`` and the journal entry (whose arguments it returns)."""
+        if v.parent:
+            raise InvalidInput(
+                detail=f"{v.name or v.id!r} is a linked clone and stays on its parent's "
+                "array; make a full clone into the other container"
+            )
+        dst_array = self.vvols.place(dst_c)
+        for m in members:
+            self.ctx.source(m)
+        self._apart(v.array, dst_array, members)
+        for m in members:
+            vvolrepo.change(conn, m, bump=False, state=MOVING, op=op)
+        args = {
+            "members": [m.id for m in members],
+            "src_array": v.array,
+            "dst_array": dst_array,
+            "src_container": src_c.id,
+            "dst_container": dst_c.id,
+            "total": total,
+        }
+        self.ctx.journal(conn, op, "move", v.id, args)
+        return args
+
+    def _relocate(self, op: str, v: Vvol, args: dict[str, Any]) -> dict[str, Any]:
+        """A move between two containers of one array: the array puts the data where
+        the new container wants it (RBD: its namespace), then the catalog follows."""
+        entry = JournalEntry(id=op, op="relocate", vvol=v.id, step="begin", args=args, created=0)
+        try:
+            finish_relocate(self.ctx, entry)
+        except ArrayOffline:
+            raise  # journaled: the next start finishes it
+        except VvhostError:
+            undo_relocate(self.ctx, entry)
+            raise
+        finally:
+            self.ctx.progress.drop(op)
+        return self.vvols.show(v.id)
 
     def _apart(self, src_id: str, dst_id: str, members: list[Vvol]) -> None:
         """Refuse a move between two arrays that are one directory (or nested): the
@@ -371,4 +410,51 @@ def finish_move(ctx: Context, entry: JournalEntry) -> None:
             continue  # the source is the destination: never delete the only copy
         src.remove(member)
     with ctx.db.tx() as conn:
+        repo.journal_remove(conn, entry.id)
+
+
+def finish_relocate(ctx: Context, entry: JournalEntry) -> None:
+    """Put the members into the destination container's space (idempotent), then
+    move them there in the catalog."""
+    members = entry.args["members"]
+    with ctx.db.tx() as conn:
+        v = vvolrepo.get(conn, entry.vvol or "")
+    if v is not None:
+        backend = ctx.backend(v.array)
+        backend.relocate(members, entry.args["dst_container"], ctx.progress.callback(entry.id))
+        with ctx.db.tx() as conn:
+            repo.reserve(conn, entry.args["src_container"], -int(entry.args["total"]))
+            for member in members:
+                m = vvolrepo.get(conn, member)
+                if m is not None:
+                    vvolrepo.force(
+                        conn,
+                        member,
+                        container=entry.args["dst_container"],
+                        state=READY,
+                        op=None,
+                        generation=m.generation + (1 if member == v.id else 0),
+                        locator=backend.locator(member),
+                    )
+    with ctx.db.tx() as conn:
+        repo.journal_remove(conn, entry.id)
+
+
+def undo_relocate(ctx: Context, entry: JournalEntry) -> None:
+    """A relocation that failed goes back to the source container's space; if even
+    that fails the members are ``failed`` with the reason."""
+    members = entry.args["members"]
+    with ctx.db.tx() as conn:
+        v = vvolrepo.get(conn, entry.vvol or "")
+    try:
+        if v is not None:
+            ctx.backend(v.array).relocate(members, entry.args["src_container"])
+    except VvhostError as exc:
+        ctx.fail(entry.id, members, f"relocation stopped halfway: {exc.message}")
+        return
+    with ctx.db.tx() as conn:
+        repo.reserve(conn, entry.args["dst_container"], -int(entry.args["total"]))
+        for member in members:
+            if vvolrepo.get(conn, member) is not None:
+                vvolrepo.force(conn, member, state=READY, op=None)
         repo.journal_remove(conn, entry.id)

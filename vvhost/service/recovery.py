@@ -17,7 +17,7 @@ from ..model import ACTIVE, FAILED, READY, JournalEntry
 from .bindings import settle_transient
 from .context import Context
 from .cow import finish_revert, undo_revert
-from .data import finish_copy_diffs, finish_move, undo_move
+from .data import finish_copy_diffs, finish_move, finish_relocate, undo_move
 from .endpoints import EndpointManager, attachment_key
 from .pe_audit import audit_acls
 from .vvols import finish_delete, finish_extend, undo_new
@@ -33,6 +33,7 @@ HANDLERS: dict[str, tuple[Handler, Handler]] = {
     "extend": (finish_extend, finish_extend),
     "revert": (undo_revert, finish_revert),
     "move": (undo_move, finish_move),
+    "relocate": (finish_relocate, finish_relocate),
     "copy-diffs": (finish_copy_diffs, finish_copy_diffs),
 }
 

@@ -9,6 +9,7 @@ One QSD process, run in the foreground by its supervisor (``qsd_argv``)::
                        n<30 hex>  raw
                          `- #blockNNN  rbd   pool, namespace, image[, snapshot],
                                              conf, user[, key-secret=k<30 hex>]
+                       FUSE exports: node n<30 hex> as a regular file MOUNTPOINT (writable?)
                        objects: tls-creds-x509 (server, verify-peer) + authz-simple (one DN)
                                 for an NBD server that only lets in TLS clients it authorizes;
                                 secret k<30 hex> (a cephx key for the rbd node of that hash)
@@ -20,7 +21,15 @@ file at once; coordinating the writers is then the caller's job. An ``rbd``
 child opens the image with librbd (QEMU's own driver); with a keyring the
 cephx key goes in a ``secret`` object, never on a command line.
 ``auto-read-only=off`` makes a read-only request strict: the data is opened
-read-only, never reopened read-write.
+read-only, never reopened read-write. ``nocache`` opens a node with
+``cache.direct``: for ``rbd`` QEMU then turns librbd's cache off, so every
+write is on the OSDs when it is acknowledged and other librbd clients (the
+array's own verbs) read what was written.
+
+A FUSE export (``block-export-add type=fuse``) mounts a node over an existing
+regular file; QEMU 7.2 answers attributes with a one-second timeout and opens
+without ``direct_io``, so a reader that must see other writers opens the file
+with ``O_DIRECT``, and a new size shows within a second of ``block_resize``.
 
 Node names are at most 31 characters and must start with a letter:
 ``node_name_for(key)`` maps any key to ``"n" + 30 hex digits of sha256(key)``.
@@ -120,10 +129,15 @@ class StorageDaemonApi:
         *,
         readonly: bool,
         key_secret: str | None = None,
+        nocache: bool = False,
     ) -> dict[str, Any]:
         """A raw node over an ``rbd`` child. ``rbd`` holds pool, namespace, image,
-        snapshot, conf, user (QAPI ``BlockdevOptionsRbd``); empty ones are left out."""
-        common = {"read-only": readonly, "auto-read-only": False, "discard": "unmap"}
+        snapshot, conf, user (QAPI ``BlockdevOptionsRbd``); empty ones are left out.
+        ``nocache``: librbd's cache off (see the module docstring)."""
+        common: dict[str, Any] = {"read-only": readonly, "auto-read-only": False}
+        common["discard"] = "unmap"
+        if nocache:
+            common["cache"] = {"direct": True}
         child: dict[str, Any] = {"driver": "rbd", **{k: v for k, v in rbd.items() if v}}
         if key_secret is not None:
             child["key-secret"] = key_secret
@@ -139,6 +153,30 @@ class StorageDaemonApi:
             "name": name,
             "writable": writable,
         }
+
+    @staticmethod
+    def fuse_export_args(
+        export_id: str, node: str, mountpoint: str, *, writable: bool
+    ) -> dict[str, Any]:
+        """A FUSE export of ``node`` over the regular file ``mountpoint`` (never
+        growable: writes past the end fail; only ``block_resize`` changes the size)."""
+        return {
+            "type": "fuse",
+            "id": export_id,
+            "node-name": node,
+            "mountpoint": mountpoint,
+            "writable": writable,
+            "growable": False,
+        }
+
+    def add_fuse_export(
+        self, export_id: str, node: str, mountpoint: str, *, writable: bool
+    ) -> None:
+        """Mount ``node`` over ``mountpoint`` (a regular file that exists)."""
+        self.qmp.cmd(
+            "block-export-add",
+            **self.fuse_export_args(export_id, node, mountpoint, writable=writable),
+        )
 
     def add_file_node(self, node: str, path: str, *, readonly: bool) -> None:
         """Open ``path`` as raw node ``node`` (see the module docstring for the options)."""
@@ -173,7 +211,8 @@ class StorageDaemonApi:
 
     def resize(self, node: str, size: int) -> None:
         """Grow (or shrink) the node and its file to ``size`` bytes. QEMU refuses
-        while the node is exported: an NBD export keeps the size it started with."""
+        while the node is exported over NBD (an NBD export keeps the size it
+        started with); a FUSE export shares the permission and shows the new size."""
         self.qmp.cmd("block_resize", **{"node-name": node, "size": size})
 
     # --- exports -------------------------------------------------------------
@@ -205,5 +244,6 @@ class StorageDaemonApi:
         self.qmp.wait_event("BLOCK_EXPORT_DELETED", match, timeout)
 
     def exports(self) -> list[dict[str, Any]]:
-        """``query-block-exports``: ``[{"type", "id", "node-name", "shutting-down"}]``."""
+        """``query-block-exports``: ``[{"type", "id", "node-name", "shutting-down"}]``
+        (NBD and FUSE exports alike: ``type`` tells them apart)."""
         return list(self.qmp.cmd("query-block-exports"))

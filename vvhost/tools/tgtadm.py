@@ -23,10 +23,10 @@ tgtd lists both kinds of ACL in one block with nothing to tell them apart, so an
 entry that is ``ALL`` or parses as an IP address/network is an address, any other
 one a name (iSCSI names start with ``iqn.``, ``eui.`` or ``naa.``).
 
-A LUN's backing store is a file (tgtd's default ``rdwr``) or, with Debian's
-``tgt-rbd``, an RBD image (``bstype=rbd``, backing ``POOL/IMAGE[@SNAP]``,
-``bsopts=conf=CONF;id=CLIENT``; tgt 1.0.85 opens images in the pool's default
-RADOS namespace only: it has no option for another one).
+A LUN's backing store is a file (tgtd's default ``rdwr``), opened with O_DIRECT
+when ``bsoflags=direct`` (a FUSE file whose page cache could hide other writers:
+see pe/fuseexport.py). Other backing stores (``bstype``, ``bsopts``) are not used
+by vvhost: Debian's tgt-rbd cannot open images in a RADOS namespace.
 
 A LUN's size is read from its backing file when the file is opened; tgtd has no
 request that re-reads it, but it reopens the file when the LU's ``path`` is set
@@ -66,7 +66,6 @@ SCSI_SN_MAX = 36  # tgt's SCSI_SN_LEN
 SCSI_ID_MAX = 36  # tgt's SCSI_ID_LEN
 
 _PARAM_VALUE = re.compile(r"[A-Za-z0-9._:\-]+")
-BS_RBD = "/usr/lib/tgt/backing-store/bs_rbd.so"  # Debian's tgt-rbd
 
 
 @dataclass(frozen=True)
@@ -77,10 +76,10 @@ class Backing:
     path: str
     bstype: str | None = None
     bsopts: str | None = None
+    bsoflags: str | None = None  # "direct": tgtd opens the file with O_DIRECT
 
     def params(self) -> str:
-        """``path=...[,bstype=...][,bsopts=...]``: tgtd splits on commas, and
-        bs_rbd splits its options on semicolons."""
+        """``path=...[,bstype=...][,bsopts=...][,bsoflags=...]`` (tgtd splits on commas)."""
         for what, value in (("backing path", self.path), ("backing options", self.bsopts)):
             if value is not None and ("," in value or "\0" in value):
                 raise ValueError(f"{what} {value!r} has a comma")
@@ -89,19 +88,9 @@ class Backing:
             out += f",bstype={self.bstype}"
         if self.bsopts:
             out += f",bsopts={self.bsopts}"
+        if self.bsoflags:
+            out += f",bsoflags={self.bsoflags}"
         return out
-
-
-def rbd_backing(
-    pool: str, image: str, snap: str | None, conf: str | None, user: str | None
-) -> Backing:
-    """An RBD image (or snapshot) in a pool's default namespace, for tgt-rbd."""
-    for what, value in (("conf", conf), ("id", user)):
-        if value is not None and (";" in value or "," in value):
-            raise ValueError(f"rbd {what} {value!r} has a ';' or ','")
-    opts = ";".join(f"{k}={v}" for k, v in (("conf", conf), ("id", user)) if v)
-    path = f"{pool}/{image}" + (f"@{snap}" if snap else "")
-    return Backing(path, "rbd", opts or None)
 
 
 @dataclass
