@@ -17,6 +17,7 @@ array of a private Ceph cluster, both ways, keeping the snapshot points (files o
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import libvirt
 import pytest
@@ -38,6 +39,7 @@ from tests.vmlab import (
 )
 from vvhost.cephlab import CephLab
 from vvhost.guest import guest_cmdline, parse_serial
+from vvhost.host.config import HostConfig
 from vvhost.units import parse_size
 
 Points = dict[tuple[str, str], str]
@@ -45,7 +47,10 @@ Points = dict[tuple[str, str], str]
 
 @pytest.fixture
 def rbdlab(snaplab: Lab, ceph_cluster: CephLab, ceph_pool: str) -> Iterator[Lab]:
-    """The XFS lab plus RBD array ``ceph`` and an ``rbd`` endpoint ``rbd0`` for it."""
+    """The XFS lab plus RBD array ``ceph`` and an ``rbd`` endpoint ``rbd0`` for it;
+    host kvm1 prefers the ``rbd`` protocol (its VMs here are made with ``iscsi``)."""
+    conf = HostConfig.load(snaplab.confs["kvm1"])
+    replace(conf, protocol="rbd").save(snaplab.confs["kvm1"])
     settings = {"pool": ceph_pool, "conf": ceph_cluster.conf, "keyring": ceph_cluster.admin_keyring}
     snaplab.api.array_add("ceph", "rbd", settings)
     snaplab.api.pe_create("rbd0", "rbd", array="ceph")
