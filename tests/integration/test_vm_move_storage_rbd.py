@@ -6,12 +6,12 @@ array of a private Ceph cluster, both ways, keeping the snapshot points (files o
   serves both), then the other (now ``rbd``); after a revert to a point on RBD
   the VM starts through QEMU's own librbd and sees that point; running there, its
   storage moves back to ``dir`` (block copy onto an iSCSI binding) while the
-  guest waits, and the guest reads and writes on;
+  guest waits, and the guest reads and writes on (moving one disk only is
+  refused: librbd cannot reach the other on ``dir``);
 - running, dir -> RBD: libvirt 9.0 cannot add a namespaced RBD image to a running
   domain, so the block copy goes through the ``nbd`` endpoint (a qemu-storage-daemon
-  rbd node), which the VM keeps; it reboots from RBD and reverts there.  Moving
-  only some disks of the running guest when that needs another endpoint is refused;
-  a ``vvhost`` killed with the copies ready leaves the VM on ``dir``, nothing on RBD.
+  rbd node), which the VM keeps; it reboots from RBD and reverts there; a
+  ``vvhost`` killed with the copies ready leaves the VM on ``dir``, nothing on RBD.
 """
 
 from __future__ import annotations
@@ -161,6 +161,9 @@ def test_stopped_both_ways_and_running_off_librbd(rbdlab: Lab, pat: Patterns) ->
     assert parse_serial(log_text(log)).results["verify:vda:A:0:4"] == "ok"
     assert "protocol='rbd'" in lab_domain_xml(lab, "vm1")
     before = digests(lab, "vm1", pat)
+    part = lab.vvhost("kvm1", "vm", "move-storage", "vm1", "--container", "pool", "--disk", "vda")
+    assert part.returncode == 4 and "move all its disks or stop it" in part.stderr, part.stderr
+    assert part.stderr.count("\n") == 1 and set(containers_of(lab, "vm1")) == {"rpool"}
     back = vvhost_json(lab, "kvm1", "vm", "move-storage", "vm1", "--container", "pool")
     assert back["running"] and back["pe"] == "iscsi0"
     assert containers_of(lab, "vm1") == {"pool": everything("vm1", ("s1",))}
@@ -191,9 +194,6 @@ def test_running_onto_rbd_through_nbd(rbdlab: Lab, pat: Patterns) -> None:
     go(channel, log, 1)
     wait_line(log, "wait 2")  # B written; the guest idles while its storage moves
     before = digests(lab, "vm2", pat)
-    part = lab.vvhost("kvm1", "vm", "move-storage", "vm2", "--container", "rpool", "--disk", "vda")
-    assert part.returncode == 4 and "move all its disks or stop it" in part.stderr, part.stderr
-    assert part.stderr.count("\n") == 1 and set(containers_of(lab, "vm2")) == {"pool"}
     crashed = lab.vvhost(
         "kvm1", "vm", "move-storage", "vm2", "--container", "rpool",
         env={"VVHOST_HOST_FAULT_AT": "move-storage:mirror-ready"},
