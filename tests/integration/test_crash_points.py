@@ -8,9 +8,10 @@ with "crash points covered: N of M" (tests/integration/conftest.py).
     serve started with VVHOST_FAULT_AT=op:step  vvhost vm ... run with VVHOST_HOST_FAULT_AT
     the CLI command reaches the step            the CLI kills itself (SIGKILL) at the step
     serve waits there, the test kills -9 it     the next ``vvhost vm snapshots`` recovers
-    the next start recovers                     then: snapshot, write, revert, see the data
-    then: audit clean, checksums, bind + read,  audit clean, no vvol of the VM left after
-    snapshot again                              its delete
+    (its endpoint daemons keep running)         then: snapshot, write, revert, see the data
+    the next start adopts them and recovers     audit clean, no vvol of the VM left after
+    then: audit clean, checksums, bind + read,  its delete
+    snapshot again
 
 Every scenario writes known patterns first and checks them after the recovery.
 """
@@ -18,6 +19,7 @@ Every scenario writes known patterns first and checks them after the recovery.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -27,6 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import libvirt
 import pytest
@@ -46,13 +49,15 @@ from tests.vmlab import (
 )
 from vvhost import faults
 from vvhost.client import Client
-from vvhost.daemon import ServerProcess
+from vvhost.daemon import ServerProcess, free_port
 from vvhost.faults import FAULT_ENV, FAULT_MARK, HOST_FAULT_ENV, FaultPoint
 from vvhost.guest import GuestImage
+from vvhost.host.vmdoc import VmDoc
 from vvhost.units import parse_size
 
 MiB = 1 << 20
-QEMU_IQN = "iqn.2008-11.org.linux-kvm"
+QEMU_IQN = "iqn.2008-11.org.linux-kvm"  # h1's initiator: what qemu-img logs in as
+OTHER_IQN = "iqn.2026-11.test.vvhost:other"
 
 
 # -- control plane -------------------------------------------------------------------------
@@ -60,7 +65,8 @@ QEMU_IQN = "iqn.2008-11.org.linux-kvm"
 
 @dataclass
 class Plane:
-    """A control plane's state dir and socket; a ``vvhost serve`` is started per step."""
+    """A control plane's state dir and socket; a ``vvhost serve`` is started per step
+    (with a private tgtd, for the iSCSI endpoint)."""
 
     tmp: str
     state: str
@@ -68,7 +74,22 @@ class Plane:
     ids: dict[str, str] = field(default_factory=dict)
 
     def server(self, fault: str = "") -> ServerProcess:
-        return ServerProcess(self.state, self.socket, env={FAULT_ENV: fault}).start()
+        return ServerProcess(
+            self.state, self.socket, env={FAULT_ENV: fault}, private_tgtd=True
+        ).start()
+
+    def endpoint_pids(self) -> dict[str, int]:
+        """Endpoint run dir -> pid, for every endpoint daemon alive now."""
+        pids = {}
+        for rundir in ServerProcess(self.state, self.socket).endpoint_rundirs():
+            try:
+                with open(os.path.join(rundir, "pid")) as fh:
+                    pid = int(fh.read())
+            except (FileNotFoundError, ValueError):
+                continue
+            if os.path.exists(f"/proc/{pid}"):
+                pids[rundir] = pid
+        return pids
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -105,18 +126,22 @@ class Plane:
             if cmd.poll() is None:
                 cmd.kill()
                 cmd.wait()
-            os.path.exists(mark) and os.unlink(mark)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(mark)
 
 
 @pytest.fixture
 def plane(tmp_path: str, patterns: Patterns) -> Iterator[Plane]:
     """vvol d (A then B written, snapshot d@s1 holding A), vvol e (a full clone of
-    d@s1), a second array and container, NBD endpoints nbd1 and nbd2, host h1."""
+    d@s1), a second array and container, endpoints iscsi1, nbd1 and nbd2, hosts h1
+    and h2."""
     p = Plane(str(tmp_path), os.path.join(tmp_path, "state"), os.path.join(tmp_path, "c.sock"))
     server = p.server()
     api = server.client()
     try:
         api.host_add("h1", QEMU_IQN)
+        api.host_add("h2", OTHER_IQN)
+        api.pe_create("iscsi1", "iscsi", portal=f"127.0.0.1:{free_port()}")
         api.pe_create("nbd1", "nbd")
         api.pe_create("nbd2", "nbd")
         api.container_create("pool", "1G")
@@ -145,13 +170,12 @@ def plane(tmp_path: str, patterns: Patterns) -> Iterator[Plane]:
         ServerProcess(p.state, p.socket).stop_endpoint_daemons()
 
 
-def read_through_binding(p: Plane, api: Client, vvol: str, pe: str) -> str:
-    """Bind ``vvol`` for h1 on ``pe``, copy what the endpoint serves, unbind; its sha256."""
-    handle = api.bind_one(vvol, "h1", pe=pe)
+def served_sha(p: Plane, uri: str) -> str:
+    """The sha256 of what an endpoint serves at ``uri`` (read by qemu-img as h1)."""
     out = os.path.join(p.tmp, "read.raw")
     try:
         done = subprocess.run(
-            ["qemu-img", "convert", "-f", "raw", "-O", "raw", handle["uri"], out],
+            ["qemu-img", "convert", "-f", "raw", "-O", "raw", uri, out],
             capture_output=True,
             text=True,
             check=False,
@@ -159,7 +183,25 @@ def read_through_binding(p: Plane, api: Client, vvol: str, pe: str) -> str:
         assert done.returncode == 0, done.stderr
         return Patterns.sha(out)
     finally:
-        os.path.exists(out) and os.unlink(out)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(out)
+
+
+def served_size(uri: str) -> int:
+    """The size a client connecting now is told."""
+    done = subprocess.run(
+        ["qemu-img", "info", "--output=json", uri], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return int(json.loads(done.stdout)["virtual-size"])
+
+
+def read_through_binding(p: Plane, api: Client, vvol: str, pe: str) -> str:
+    """Bind ``vvol`` for h1 on ``pe``, copy what the endpoint serves, unbind; its sha256."""
+    handle = api.bind_one(vvol, "h1", pe=pe)
+    try:
+        return served_sha(p, handle["uri"])
+    finally:
         api.unbind([vvol], "h1")
 
 
@@ -180,10 +222,21 @@ def _unchanged(p: Plane, api: Client, patterns: Patterns) -> None:
 
 
 def _extended(p: Plane, api: Client, patterns: Patterns) -> None:
+    """Finished forward; the endpoint daemons that kept serving d through the crash
+    (adopted, not restarted) present the new size and the same data."""
     d = api.vvol("d")
-    assert d["state"] == "ready" and d["size"] == 64 * MiB  # finished forward
+    assert d["state"] == "ready" and d["size"] == 64 * MiB
     patterns.check(p.ids["path"], "A", [0])
     patterns.check(p.ids["path"], "B", [5 * CHUNK, 9 * CHUNK])
+    handles = {b["pe"]: b["uri"] for b in api.bindings(vvol="d")}
+    assert set(handles) == {"iscsi1", "nbd1"}, handles
+    assert {pe: served_size(uri) for pe, uri in handles.items()} == {
+        "iscsi1": 64 * MiB,
+        "nbd1": 64 * MiB,
+    }
+    assert served_sha(p, handles["iscsi1"]) == patterns.sha(p.ids["path"])
+    api.unbind(["d"], "h1")
+    api.unbind(["d"], "h2")
 
 
 def _deleted_or_kept(p: Plane, api: Client, patterns: Patterns) -> None:
@@ -241,22 +294,25 @@ def _binding(expected: list[str]) -> CpCheck:
 class CpScenario:
     args: tuple[str, ...]
     check: CpCheck
-    before: tuple[str, ...] = ()  # a CLI command run before the faulty one
+    before: tuple[tuple[str, ...], ...] = ()  # CLI commands run before the faulty one
     journaled: bool = True  # the restart reports the operation it recovered
 
 
 REVERT = ("vvol", "revert", "d", "--to", "d@s1")
+EXTEND = ("vvol", "extend", "d", "--size", "64M")
+BOUND_TWICE = (  # d served to two hosts by two daemons while it grows
+    ("vvol", "bind", "d", "--host", "h1", "--pe", "iscsi1"),
+    ("vvol", "bind", "d", "--host", "h2", "--pe", "nbd1"),
+)
 CP: dict[str, CpScenario] = {
     "create:file-created": CpScenario(
         ("vvol", "create", "--container", "pool", "--size", "8M"), _unchanged
     ),
     "snapshot:copied": CpScenario(("vvol", "snapshot", "d"), _unchanged),
     "clone:copied": CpScenario(("vvol", "clone", "d@s1", "--linked"), _unchanged),
-    "extend:begin": CpScenario(("vvol", "extend", "d", "--size", "64M"), _extended),
+    "extend:begin": CpScenario(EXTEND, _extended, before=BOUND_TWICE),
     # resized and journal closed; only the endpoints' refresh was left (done at start)
-    "extend:resized": CpScenario(
-        ("vvol", "extend", "d", "--size", "64M"), _extended, journaled=False
-    ),
+    "extend:resized": CpScenario(EXTEND, _extended, before=BOUND_TWICE, journaled=False),
     "delete:begin": CpScenario(("vvol", "delete", "d@s1"), _deleted_or_kept),
     "delete:file-removed": CpScenario(("vvol", "delete", "d@s1"), _deleted),
     # staged but not recorded: rolled back; once recorded, finished (also when swapped)
@@ -267,13 +323,14 @@ CP: dict[str, CpScenario] = {
     "copy-diffs:begin": CpScenario(
         ("vvol", "copy-diffs", "d", "--base", "d@s1", "--to", "e"), _copied_or_not
     ),
+    # a LUN made in tgtd but not recorded is removed; an NBD export likewise (rebind)
     "bind:attached": CpScenario(
-        ("vvol", "bind", "d", "--host", "h1", "--pe", "nbd1"), _binding([]), journaled=False
+        ("vvol", "bind", "d", "--host", "h1", "--pe", "iscsi1"), _binding([]), journaled=False
     ),
     "rebind:attached": CpScenario(
         ("vvol", "rebind", "d", "--host", "h1", "--pe", "nbd2"),
         _binding(["nbd1"]),
-        before=("vvol", "bind", "d", "--host", "h1", "--pe", "nbd1"),
+        before=(("vvol", "bind", "d", "--host", "h1", "--pe", "nbd1"),),
         journaled=False,
     ),
 }
@@ -284,13 +341,18 @@ def run_control_plane_point(p: Plane, patterns: Patterns, point: FaultPoint) -> 
     if scenario.before:
         server = p.server()
         try:
-            assert p.cli(*scenario.before).returncode == 0
+            for args in scenario.before:
+                out = p.cli(*args)
+                assert out.returncode == 0, out.stderr
         finally:
             server.stop()
     p.crash_during(point.name, *scenario.args)
+    serving = p.endpoint_pids()
     server = p.server()
     api = server.client()
     try:
+        adopted = p.endpoint_pids()
+        assert {d: adopted.get(d) for d in serving} == serving  # adopted, not restarted
         if scenario.journaled:
             assert api.health()["recovered"], "the restart recovered nothing"
         report = api.audit()
@@ -331,8 +393,37 @@ class VmCase:
 
     def points(self) -> list[str]:
         """The VM's snapshot points (this command also recovers a killed operation)."""
-        listing = vvhost_json(self.lab, "kvm1", "vm", "snapshots", self.name)
-        return [p["name"] for p in listing["points"]]
+        return [p["name"] for p in self.listing()["points"]]
+
+    def listing(self) -> dict[str, Any]:
+        return dict(vvhost_json(self.lab, "kvm1", "vm", "snapshots", self.name))
+
+    def vvols(self) -> dict[str, dict[str, Any]]:
+        """The VM's vvols (disks, points, layers, config) by id."""
+        prefix = f"{self.name}."
+        vvols = self.lab.api.vvols()
+        return {v["id"]: v for v in vvols if (v["name"] or "").startswith(prefix)}
+
+    def bound(self) -> set[str]:
+        """The VM's vvols that are bound now."""
+        mine = self.vvols()
+        return {b["vvol"] for b in self.lab.api.bindings() if b["vvol"] in mine}
+
+    def pending(self) -> dict[str, Any] | None:
+        """The VM's unfinished operation, as its config document records it."""
+        config = next(vid for vid, v in self.vvols().items() if v["name"].endswith(".config"))
+        return VmDoc.load(self.lab.api, config).pending
+
+    def no_orphans(self) -> None:
+        """Every vvol of the VM belongs to its live chains or to one of its points."""
+        vvols = self.vvols()
+        config = next(vid for vid, v in vvols.items() if v["name"].endswith(".config"))
+        doc = self.lab.api.config_get(config)
+        owned = {config, *doc["disks"].values()}
+        chains = [*doc["layers"].values()]
+        chains += [c for p in doc["points"] for c in p["layers"].values()]
+        owned |= {v for c in chains for v in c}
+        assert set(vvols) == owned
 
     def state(self) -> int:
         conn = libvirt.open(self.lab.hosts["kvm1"].uri)
@@ -341,14 +432,28 @@ class VmCase:
         finally:
             conn.close()
 
+    def block_jobs(self) -> list[str]:
+        """The disks of the running VM with a block job still on them."""
+        conn = libvirt.open(self.lab.hosts["kvm1"].uri)
+        try:
+            dom = conn.lookupByName(self.name)
+            return [t for t in ("vda", "vdb") if dom.blockJobInfo(t, 0)]
+        finally:
+            conn.close()
+
+    def write_b_and_stop(self) -> None:
+        """Let the guest write B, stop it: the stop releases every binding of the VM."""
+        go(self.channel, self.log, 1)
+        wait_for_end(self.log)
+        self.ok("vm", "stop", self.name, "--force")
+        assert self.bound() == set()
+
     def finish_running(self) -> None:
         """Usable after recovery: a new point while it holds A, then B, then revert."""
         assert self.state() == libvirt.VIR_DOMAIN_RUNNING
         before = self.points()
         self.ok("vm", "snapshot", self.name, "again")
-        go(self.channel, self.log, 1)
-        wait_for_end(self.log)
-        self.ok("vm", "stop", self.name, "--force")
+        self.write_b_and_stop()
         self.finish_stopped(before)
 
     def finish_stopped(self, older: list[str]) -> None:
@@ -361,8 +466,7 @@ class VmCase:
 
     def delete(self) -> None:
         self.ok("vm", "delete", self.name)
-        left = [v["name"] for v in self.lab.api.vvols() if v["name"].startswith(f"{self.name}.")]
-        assert left == []
+        assert self.vvols() == {}
         report = self.lab.api.audit()
         assert report["ok"], report["problems"]
 
@@ -385,9 +489,7 @@ def _vm_snapshot(vm: VmCase, point: FaultPoint) -> None:
 
 def _vm_revert(vm: VmCase, point: FaultPoint) -> None:
     vm.ok("vm", "snapshot", vm.name, "s1")
-    go(vm.channel, vm.log, 1)
-    wait_for_end(vm.log)
-    vm.ok("vm", "stop", vm.name, "--force")
+    vm.write_b_and_stop()
     vm.killed_at(point.name, "vm", "revert", vm.name, "s1")
     assert vm.points() == ["s1"]  # back where it was, safety point gone
     assert not any("@safety-" in v["name"] for v in vm.lab.api.vvols())
@@ -408,28 +510,65 @@ def _vm_lease(vm: VmCase, point: FaultPoint) -> None:
 
 def _redo_snapshot(vm: VmCase, point: FaultPoint) -> None:
     vm.killed_at(point.name, "vm", "snapshot", vm.name, "s1")
-    assert vm.points() == ["s1"]  # the guest already writes to the new layers: kept
-    vm.finish_running()
+    listing = vm.listing()  # recovers
+    # the guest already writes to the new layers: the point is kept and current
+    assert [p["name"] for p in listing["points"]] == ["s1"] and listing["current"] == "s1"
+    vm.no_orphans()
+    vm.finish_running()  # the stop there releases the new layers too
 
 
 def _redo_delete(vm: VmCase, point: FaultPoint) -> None:
+    """Killed right after a merge: of a running VM (block commit), then of the stopped
+    VM (qemu-img commit); either way the next command finishes the delete."""
     vm.ok("vm", "snapshot", vm.name, "s1")
     vm.killed_at(point.name, "vm", "snapshot-delete", vm.name, "s1")
-    assert vm.points() == []  # merged: the delete is finished
-    vm.finish_running()
+    assert vm.points() == []
+    vm.no_orphans()
+    vm.ok("vm", "snapshot", vm.name, "again")
+    vm.write_b_and_stop()
+    see(vm.lab, vm.name, vm.log, "B", "A")
+    vm.ok("vm", "revert", vm.name, "again")
+    see(vm.lab, vm.name, vm.log, "A", "B")
+    vm.killed_at(point.name, "vm", "snapshot-delete", vm.name, "again")
+    assert vm.points() == []
+    vm.no_orphans()
+    see(vm.lab, vm.name, vm.log, "A", "B")
+    vm.delete()
+
+
+# move-storage step -> the disks that are in pool2 once the killed move is recovered:
+# before the first pivot all go back, after it that disk goes on, after the commit all
+MOVED_AFTER = {
+    "points-copied": (),
+    "mirror-ready": (),
+    "pivoted": ("vda",),
+    "committed": ("vda", "vdb", "config"),
+}
 
 
 def _move_storage(vm: VmCase, point: FaultPoint) -> None:
+    assert {v["container"] for v in vm.vvols().values()} == {"pool"}
     vm.ok("vm", "snapshot", vm.name, "s1")
     vm.killed_at(point.name, "vm", "move-storage", vm.name, "--container", "pool2")
-    assert vm.points() == ["s1"]
-    out = vm.vvhost("vm", "move-storage", vm.name, "--container", "pool2")
-    assert out.returncode == 0 or (out.returncode == 4 and "already" in out.stderr), out.stderr
-    containers = {v["container"] for v in vm.lab.api.vvols() if v["name"].startswith(vm.name)}
-    assert containers == {"pool2"}
-    go(vm.channel, vm.log, 1)
-    wait_for_end(vm.log)
-    vm.ok("vm", "stop", vm.name, "--force")
+    assert (vm.pending() or {}).get("op") == "move-storage"
+    assert vm.points() == ["s1"]  # the next command finishes it
+    assert vm.pending() is None and vm.block_jobs() == []
+    moved = MOVED_AFTER[point.step]
+    names = {f"{vm.name}.{d}" for d in moved} | {f"{vm.name}.{d}@s1" for d in moved}
+    names.discard(f"{vm.name}.config@s1")
+    in_pool2 = {v["name"] for v in vm.vvols().values() if v["container"] == "pool2"}
+    assert in_pool2 == names, in_pool2
+    disks = vvhost_json(vm.lab, "kvm1", "vm", "show", vm.name)["disks"]
+    assert vm.bound() == {d["vvol"] for d in disks}  # nothing half-copied left bound
+    out = vm.vvhost("vm", "move-storage", vm.name, "--container", "pool2", "--json")
+    if "vdb" in moved:
+        assert out.returncode == 4 and "already in container pool2" in out.stderr, out.stderr
+    else:
+        assert out.returncode == 0, out.stderr
+        rest = [d["target"] for d in json.loads(out.stdout)["disks"]]
+        assert rest == [t for t in ("vda", "vdb") if t not in moved]
+    assert {v["container"] for v in vm.vvols().values()} == {"pool2"}
+    vm.write_b_and_stop()
     see(vm.lab, vm.name, vm.log, "B", "A")
     vm.ok("vm", "revert", vm.name, "s1")
     see(vm.lab, vm.name, vm.log, "A", "B")
@@ -474,9 +613,7 @@ def _snapshot_group(vm: VmCase, point: FaultPoint) -> None:
     assert older in ([], ["s1"]), older
     assert vm.state() == libvirt.VIR_DOMAIN_RUNNING
     vm.ok("vm", "snapshot", vm.name, "again")
-    go(vm.channel, vm.log, 1)
-    wait_for_end(vm.log)
-    vm.ok("vm", "stop", vm.name, "--force")
+    vm.write_b_and_stop()
     vm.finish_stopped(older)
 
 
@@ -504,7 +641,12 @@ def labs(
     made: dict[str, Lab] = {}
     dirs: list[str] = []
     with contextlib.ExitStack() as stack:
-        stack.callback(lambda: [shutil.rmtree(d, ignore_errors=True) for d in dirs])
+
+        def remove_dirs() -> None:
+            for d in dirs:
+                shutil.rmtree(d, ignore_errors=True)
+
+        stack.callback(remove_dirs)
 
         def get(mode: str) -> Lab:
             if mode in made:
@@ -517,9 +659,10 @@ def labs(
             tmp = str(tmp_path_factory.mktemp(mode))
             lab = made[mode] = stack.enter_context(running_lab(tmp, guest, array_dir))
             if mode == "cow":
+                # smaller than pool: the VMs' vvols are placed in pool (most free)
                 lab.api.array_add("a2", "dir", dirs[-1])
-                lab.api.container_create("pool2", "4G", arrays=["a2"])
-                capacity = int(lab.api.datastore("ds")["capacity"]) + parse_size("4G")
+                lab.api.container_create("pool2", "2G", arrays=["a2"])
+                capacity = int(lab.api.datastore("ds")["capacity"]) + parse_size("2G")
                 lab.api.datastore_extend("ds", capacity)
             return lab
 

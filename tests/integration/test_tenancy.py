@@ -4,6 +4,7 @@ and gets 403 or 404 each time; tenant A's data stays as it was."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -107,20 +108,27 @@ def test_tenant_a_works_over_tls(tls: Tls, patterns: Patterns) -> None:
     a.close()
 
 
+def _closing(client: Client) -> contextlib.closing[Client]:
+    """Closed after use: an open connection holds up the server's stop."""
+    return contextlib.closing(client)
+
+
 def test_tokens_and_tls_are_required(tls: Tls) -> None:
-    with pytest.raises(Unauthorized):
-        Client.https(tls.url, "not-a-token", tls.ca).vvols()
+    with _closing(Client.https(tls.url, "not-a-token", tls.ca)) as c, pytest.raises(Unauthorized):
+        c.vvols()
     raw = httpx.get(f"{tls.url}/v1/vvols", verify=tls.ca)
     assert raw.status_code == 401 and raw.json()["code"] == "unauthorized"
-    with pytest.raises(VvhostError):  # plain HTTP to the TLS port does not work
-        Client(httpx.Client(base_url=tls.url.replace("https", "http")), "plain").vvols()
+    plain = Client(httpx.Client(base_url=tls.url.replace("https", "http")), "plain")
+    with _closing(plain), pytest.raises(VvhostError):  # plain HTTP to the TLS port does not work
+        plain.vvols()
     old = tls.tokens["ha"]
     new = tls.admin.host_token_rotate("ha")["token"]
-    with pytest.raises(Unauthorized):
-        Client.https(tls.url, old, tls.ca).vvols()
-    assert Client.https(tls.url, new, tls.ca).vvol("va")["name"] == "va"
-    admin = Client.https(tls.url, tls.tokens["admin"], tls.ca)
-    assert len(admin.vvols()) == 4 and admin.audit()["ok"]
+    with _closing(Client.https(tls.url, old, tls.ca)) as c, pytest.raises(Unauthorized):
+        c.vvols()
+    with _closing(Client.https(tls.url, new, tls.ca)) as c:
+        assert c.vvol("va")["name"] == "va"
+    with _closing(Client.https(tls.url, tls.tokens["admin"], tls.ca)) as admin:
+        assert len(admin.vvols()) == 4 and admin.audit()["ok"]
     # the unix socket is for root only
     assert os.stat(tls.server.socket).st_mode & 0o777 == 0o600
 

@@ -8,6 +8,7 @@ can be listed and revoked from the CLI."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -197,9 +198,15 @@ def test_tenant_in_use_and_empty_names_from_the_cli(tls: Tls) -> None:
     assert out.returncode == 4 and "datastores ds-a, ds-b map it" in out.stderr
 
 
+def _https(tls: Tls, token: str) -> contextlib.closing[Client]:
+    """A TLS client, closed after use (an open connection holds up the server's stop)."""
+    return contextlib.closing(Client.https(tls.url, token, tls.ca))
+
+
 def test_admin_tokens_are_listed_and_revoked(tls: Tls, tmp_path: str) -> None:
     ops = tls.admin.admin_token("ops")["token"]
-    assert Client.https(tls.url, ops, tls.ca).health()["caller"] == "ops"
+    with _https(tls, ops) as client:
+        assert client.health()["caller"] == "ops"
     out = _unix_cli(tls, "token", "list", "--json")
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
@@ -218,8 +225,8 @@ def test_admin_tokens_are_listed_and_revoked(tls: Tls, tmp_path: str) -> None:
     assert out.returncode == 4 and out.stderr.count("\n") == 1
     out = _unix_cli(tls, "token", "revoke", "ops")
     assert out.returncode == 0 and out.stderr == "", out.stderr
-    with pytest.raises(Unauthorized):
-        Client.https(tls.url, ops, tls.ca).health()
+    with _https(tls, ops) as client, pytest.raises(Unauthorized):
+        client.health()
     out = _cli(tls, ops, tmp_path, "vvol", "list")
     assert out.returncode == 7 and out.stderr == "vvhost: error: the token is not valid\n"
     out = _unix_cli(tls, "token", "revoke", "ops")
@@ -228,8 +235,8 @@ def test_admin_tokens_are_listed_and_revoked(tls: Tls, tmp_path: str) -> None:
     out = _cli(tls, tls.tokens["admin"], tmp_path, "token", "revoke", "admin", "--json")
     assert out.returncode == 0 and json.loads(out.stdout)["admin_tokens_left"] == 0
     assert out.stderr.startswith("vvhost: warning: no admin token is left")
-    with pytest.raises(Unauthorized):
-        Client.https(tls.url, tls.tokens["admin"], tls.ca).vvols()
+    with _https(tls, tls.tokens["admin"]) as client, pytest.raises(Unauthorized):
+        client.vvols()
     assert tls.admin.admin_tokens() == [] and len(tls.admin.vvols()) == 4
 
 

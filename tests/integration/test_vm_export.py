@@ -19,6 +19,7 @@ from tests.vmlab import (
     log_text,
     see,
     set_cmdline,
+    verify_all,
     vvhost_json,
     wait_for_end,
     wait_line,
@@ -71,7 +72,7 @@ def test_export_boots_without_vvhost_and_imports_back(snaplab: Lab) -> None:
     conn = libvirt.open(lab.hosts["kvm2"].uri)
     try:
         conn.defineXML(xml)
-        set_cmdline(lab, "kvm2", "vm1", guest_cmdline(["verify:vda:C:0:4", "verify:vdb:C:0:2"]))
+        set_cmdline(lab, "kvm2", "vm1", guest_cmdline(verify_all("C")))
         os.unlink(log)
         conn.lookupByName("vm1").create()
         wait_off(lab, "kvm2", "vm1")

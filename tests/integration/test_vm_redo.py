@@ -158,38 +158,3 @@ def test_redo_snapshot_revert_delete(lab: Lab, protocol: str) -> None:
     assert lab.vvhost("kvm1", "vm", "delete", "vm2").returncode == 0
     assert lab.api.vvols() == [] and lab.api.bindings() == []
     assert lab.api.audit()["ok"]
-
-
-def test_redo_crash_recovery(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
-    """vvhost killed right after a running VM switched to its new layers, and right
-    after a merge: the next command finishes the step (or keeps what reads right)."""
-    log = create_vm(
-        lab, "vm1", "iscsi", write_all("A") + ["wait"] + write_all("B"), keep_running=True
-    )
-    channel = add_go_channel(lab, "kvm1", "vm1")
-    assert lab.vvhost("kvm1", "vm", "start", "vm1").returncode == 0
-    wait_line(log, "wait 1")
-    monkeypatch.setenv("VVHOST_HOST_FAULT_AT", "redo-snapshot:switched")
-    assert lab.vvhost("kvm1", "vm", "snapshot", "vm1", "s1").returncode == -9
-    monkeypatch.delenv("VVHOST_HOST_FAULT_AT")
-    listing = vvhost_json(lab, "kvm1", "vm", "snapshots", "vm1")  # recovers
-    assert [p["name"] for p in listing["points"]] == ["s1"] and listing["current"] == "s1"
-    no_orphans(lab, "vm1")
-    go(channel, log, 1)
-    wait_for_end(log)
-    assert lab.vvhost("kvm1", "vm", "stop", "vm1", "--force").returncode == 0
-    assert lab.api.bindings() == []  # release dropped the new layer too
-    see(lab, "vm1", log, "B", "A")
-    assert lab.vvhost("kvm1", "vm", "revert", "vm1", "s1").returncode == 0
-    see(lab, "vm1", log, "A", "B")
-
-    monkeypatch.setenv("VVHOST_HOST_FAULT_AT", "redo-delete:merged")
-    assert lab.vvhost("kvm1", "vm", "snapshot-delete", "vm1", "s1").returncode == -9
-    monkeypatch.delenv("VVHOST_HOST_FAULT_AT")
-    assert vvhost_json(lab, "kvm1", "vm", "snapshots", "vm1")["points"] == []
-    no_orphans(lab, "vm1")
-    see(lab, "vm1", log, "A", "B")
-    out = lab.vvhost("kvm1", "vm", "delete", "vm1")
-    assert out.returncode == 0, out.stderr
-    assert lab.api.vvols() == [] and lab.api.bindings() == []
-    assert lab.api.audit()["ok"]

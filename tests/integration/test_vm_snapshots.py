@@ -9,6 +9,7 @@ import os
 import socket
 
 from tests.vmlab import (
+    VDA_MIB,
     Lab,
     MiB,
     add_go_channel,
@@ -108,13 +109,13 @@ def test_memory_snapshot_resumes_where_the_guest_was(snaplab: Lab) -> None:
     assert lab.vvhost("kvm1", "vm", "stop", "vm1", "--force").returncode == 0
     vda = lab.api.vvol("vm1.vda")["path"]
     with open(vda, "rb") as fh:
-        assert fh.read(4 * MiB) == pattern_bytes("B", 0, 4)
+        assert fh.read(VDA_MIB * MiB) == pattern_bytes("B", 0, VDA_MIB)
 
     os.unlink(log)
     out = vvhost_json(lab, "kvm1", "vm", "revert", "vm1", "m1")
     assert out["started"]  # resumed from memory, not booted
     with open(vda, "rb") as fh:
-        assert fh.read(4 * MiB) == pattern_bytes("A", 0, 4)
+        assert fh.read(VDA_MIB * MiB) == pattern_bytes("A", 0, VDA_MIB)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(channel)  # the guest still waits where it was: let it go on
         sock.sendall(b"go\n")

@@ -13,6 +13,7 @@ import sys
 
 from ..errors import InvalidInput
 from . import qemuwrap
+from .config import HostConfig
 
 HOOK_NAME = "vvhost"
 TEMPLATE = """#!/bin/sh
@@ -36,7 +37,8 @@ def install(hooks_dir: str, host_conf: str, libvirtd_pid: int | None = None) -> 
         fh.write(body)
     os.chmod(tmp, 0o755)
     os.replace(tmp, path)
-    qemuwrap.install(hooks_dir)  # the QEMU of domains with RBD disks in a namespace
+    ceph_dir = HostConfig.load(host_conf).ceph_dir
+    qemuwrap.install(hooks_dir, ceph_dir)  # the QEMU of domains with RBD disks in a namespace
     reload(libvirtd_pid)
     return path
 

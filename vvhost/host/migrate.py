@@ -162,10 +162,8 @@ class Migration:
         start = time.monotonic()
         try:
             dom.migrateToURI3(self.dest_uri, self._params(), LIVE_FLAGS)
-        except BaseException as exc:
+        except libvirt.libvirtError as exc:
             self._drop_leftovers(host, meta)
-            if not isinstance(exc, libvirt.libvirtError):
-                raise
             state = "still runs here" if _active(dom) else "is not running here any more"
             raise self.fail(f"{_one_line(exc)} (the VM {state})") from None
         total = time.monotonic() - start
@@ -187,11 +185,10 @@ class Migration:
 
     def _dest_secrets(self, host: str, root: dx.ET.Element, meta: dx.VmMeta) -> None:
         """Define on the destination libvirtd the secrets its QEMU will need for the
-        VM's disks. The vvols are bound for the destination host to learn them and
-        stay bound for its hook's ``migrate`` to find: the host's Ceph key is made
-        anew when its identity comes back after its last binding went, so these
-        bindings must be the ones the incoming QEMU uses (a failed migration drops
-        them, see ``_drop_leftovers``)."""
+        VM's disks (bound for the destination host for a moment to learn them).
+        When that was the host's last binding its Ceph identity goes and comes back
+        with a new key at the hook's ``migrate``: the incoming QEMU then reads the
+        current key from the file the hook wrote (see host/qemuwrap.py)."""
         protocols = {
             src.get("protocol", "")
             for target in meta.disks
@@ -203,11 +200,9 @@ class Migration:
         try:
             libvirtsecrets.define_all(self.dest, hd.secrets(handles.values()))
         except VvhostError as exc:
-            undo(self.client, host, made)
             raise self.fail(f"cannot give the destination its disk secrets: {exc}") from None
-        except BaseException:
+        finally:
             undo(self.client, host, made)
-            raise
 
     def _params(self) -> dict[str, Any]:
         params: dict[str, Any] = {}

@@ -11,6 +11,17 @@ real QEMU (same PID, every other argument untouched)::
     -blockdev {"driver":"rbd","pool":"P","image":"NS/IMAGE",...}
         -> -blockdev {"driver":"rbd","pool":"P","namespace":"NS","image":"IMAGE",...}
 
+It also hands QEMU the host's current Ceph key. The key changes whenever the
+control plane makes the host's identity anew (it goes with the host's last rbd
+binding), and the hook, which binds right before QEMU starts (start, restore,
+incoming migration) and writes the key to ``CEPH_DIR/USER.key``, cannot update
+the libvirt secret (it must not call libvirt). So where that file exists, the
+node's ``key-secret`` names a secret object read from it instead of libvirt's::
+
+    -blockdev {"driver":"rbd",...,"user":"U","key-secret":"libvirt-1-storage-auth-secret0"}
+        -> -object {"qom-type":"secret","id":"vvkey-U","file":"CEPH_DIR/U.key","format":"base64"}
+           -blockdev {"driver":"rbd",...,"user":"U","key-secret":"vvkey-U"}
+
 Installed next to the hook (``install``) as ``/etc/libvirt/hooks/vvhost-qemu``:
 libvirt runs no hook of that name, and a lab host's private /etc/libvirt/hooks
 gives each host its own copy. RBD image names never hold a ``/`` (vvhost names
@@ -30,6 +41,8 @@ import sys
 REAL_QEMU = "/usr/bin/qemu-system-x86_64"
 NAME = "vvhost-qemu"
 PATH = "/etc/libvirt/hooks/" + NAME  # as libvirtd and QEMU see it
+CEPH_DIR: str | None = None  # the host configuration's ceph_dir, set in the installed copy
+KEY_PREFIX = "vvkey-"
 
 
 def rewrite_node(node: dict[str, object]) -> dict[str, object]:
@@ -50,42 +63,75 @@ def rewrite_node(node: dict[str, object]) -> dict[str, object]:
     return out
 
 
-def rewrite(argv: list[str]) -> list[str]:
-    """QEMU's arguments with every ``-blockdev`` JSON rbd node rewritten."""
-    out = list(argv)
-    for i in range(len(out) - 1):
-        if out[i] != "-blockdev" or not out[i + 1].startswith("{"):
+def key_file(ceph_dir: str | None, node: dict[str, object]) -> str | None:
+    """The host's key file for an rbd node's user, when the hook has written one."""
+    user = node.get("user")
+    if node.get("driver") != "rbd" or not ceph_dir or not isinstance(user, str):
+        return None
+    if not user or "/" in user or user.startswith("."):
+        return None
+    path = os.path.join(ceph_dir, f"{user}.key")
+    return path if os.path.isfile(path) else None
+
+
+def rewrite(argv: list[str], ceph_dir: str | None = None) -> list[str]:
+    """QEMU's arguments with every ``-blockdev`` JSON rbd node rewritten (and, with
+    ``ceph_dir``, reading its key from the host's key file; each object once)."""
+    out: list[str] = []
+    keys: set[str] = set()
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg != "-blockdev" or i + 1 >= len(argv) or not argv[i + 1].startswith("{"):
+            out.append(arg)
+            i += 1
             continue
+        value = argv[i + 1]
         try:
-            node = json.loads(out[i + 1])
+            node = json.loads(value)
         except ValueError:
-            continue
+            node = None
         if isinstance(node, dict):
             fixed = rewrite_node(node)
-            if fixed is not node:
-                out[i + 1] = json.dumps(fixed, separators=(",", ":"))
+            path = key_file(ceph_dir, fixed)
+            if path is not None:
+                secret = KEY_PREFIX + str(fixed["user"])
+                if secret not in keys:
+                    keys.add(secret)
+                    obj = {"qom-type": "secret", "id": secret, "file": path, "format": "base64"}
+                    out += ["-object", json.dumps(obj, separators=(",", ":"))]
+                fixed = {**fixed, "key-secret": secret}
+            if fixed != node:
+                value = json.dumps(fixed, separators=(",", ":"))
+        out += [arg, value]
+        i += 2
     return out
 
 
-def script() -> str:
-    """The installed script: this module's source under a system Python shebang."""
+def script(ceph_dir: str | None = None) -> str:
+    """The installed script: this module's source under a system Python shebang,
+    with the host's ``ceph_dir``."""
     with open(__file__, encoding="utf-8") as fh:
-        return "#!/usr/bin/python3 -I\n" + fh.read()
+        source = fh.read()
+    line = "CEPH_DIR: str | None = None"
+    return "#!/usr/bin/python3 -I\n" + source.replace(
+        line, f"CEPH_DIR: str | None = {ceph_dir!r}", 1
+    )
 
 
-def install(hooks_dir: str) -> str:
+def install(hooks_dir: str, ceph_dir: str | None = None) -> str:
     """Write the script into ``hooks_dir`` (libvirt's /etc/libvirt/hooks); idempotent."""
     path = os.path.join(hooks_dir, NAME)
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(script())
+        fh.write(script(ceph_dir))
     os.chmod(tmp, 0o755)
     os.replace(tmp, path)
     return path
 
 
 def main() -> None:
-    os.execv(REAL_QEMU, [REAL_QEMU, *rewrite(sys.argv[1:])])
+    os.execv(REAL_QEMU, [REAL_QEMU, *rewrite(sys.argv[1:], CEPH_DIR)])
 
 
 if __name__ == "__main__":

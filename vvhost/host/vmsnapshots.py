@@ -111,7 +111,9 @@ class VmSnapshots:
         else:
             before = self._where(doc)
             CowSnapshots(self.ops).revert(doc, point)
-            if self._where(doc) != before:  # e.g. rbd: a clone of the point took over
+            # an array may keep a reverted disk elsewhere (rbd: a clone of the point
+            # takes over); a host's view does not say where, so it re-points always
+            if None in before.values() or self._where(doc) != before:
                 self.vms.refresh(name)
         if point.memory:  # carry on where the guest was
             with memstate.scratch_file("memory.save") as mpath:
@@ -123,7 +125,8 @@ class VmSnapshots:
         return {"vm": name, "reverted_to": snap, "current": snap, "started": start}
 
     def _where(self, doc: VmDoc) -> dict[str, Any]:
-        """Where the array keeps each disk's data now (a revert may move it)."""
+        """Where the array keeps each disk's data now (None where this caller is
+        not shown it: hosts are not)."""
         return {t: self.client.vvol(v).get("where") for t, v in doc.disks.items()}
 
     # -- delete -----------------------------------------------------------------------------
