@@ -32,6 +32,7 @@ from tests.vmlab import (
     log_text,
     see,
     set_cmdline,
+    verify_all,
     vvhost_json,
     wait_for_end,
     wait_line,
@@ -153,12 +154,13 @@ def test_stopped_both_ways_and_running_off_librbd(rbdlab: Lab, pat: Patterns) ->
 
     # started through librbd, it sees s1's data; its storage moves back to dir
     # while the guest waits
-    cmds = ["verify:vda:A:0:4", "verify:vdb:A:0:2", "wait", "write:vda:D:8:4"]
-    set_cmdline(lab, "kvm1", "vm1", guest_cmdline(cmds + ["verify:vda:D:8:4"], keep_running=True))
+    cmds = verify_all("A") + ["wait", "write:vda:D:8:2", "verify:vda:D:8:2"]
+    set_cmdline(lab, "kvm1", "vm1", guest_cmdline(cmds, keep_running=True))
     channel = add_go_channel(lab, "kvm1", "vm1")
     assert lab.vvhost("kvm1", "vm", "start", "vm1").returncode == 0
     wait_line(log, "wait 1")
-    assert parse_serial(log_text(log)).results["verify:vda:A:0:4"] == "ok"
+    seen = parse_serial(log_text(log)).results
+    assert all(seen[c] == "ok" for c in verify_all("A")), seen
     assert "protocol='rbd'" in lab_domain_xml(lab, "vm1")
     before = digests(lab, "vm1", pat)
     part = lab.vvhost("kvm1", "vm", "move-storage", "vm1", "--container", "pool", "--disk", "vda")
@@ -175,7 +177,7 @@ def test_stopped_both_ways_and_running_off_librbd(rbdlab: Lab, pat: Patterns) ->
     assert report.results and all(v == "ok" for v in report.results.values()), report
     assert lab.vvhost("kvm1", "vm", "stop", "vm1", "--force").returncode == 0
     assert lab.api.bindings() == []
-    set_cmdline(lab, "kvm1", "vm1", guest_cmdline(["verify:vda:A:0:4", "verify:vda:D:8:4"]))
+    set_cmdline(lab, "kvm1", "vm1", guest_cmdline(verify_all("A") + ["verify:vda:D:8:2"]))
     assert parse_serial(boot(lab, "vm1", log)).ok
     assert lab.api.vvols(container="rpool") == []
     assert lab.api.audit()["ok"]
@@ -184,7 +186,7 @@ def test_stopped_both_ways_and_running_off_librbd(rbdlab: Lab, pat: Patterns) ->
 def test_running_onto_rbd_through_nbd(rbdlab: Lab, pat: Patterns) -> None:
     lab = rbdlab
     cmds = write_all("A") + ["wait"] + write_all("B") + ["wait"]
-    cmds += ["verify:vda:B:0:4", "verify:vdb:B:0:2", "write:vda:C:8:4", "verify:vda:C:8:4"]
+    cmds += verify_all("B") + ["write:vda:C:8:2", "verify:vda:C:8:2"]
     log = create_vm(lab, "vm2", "iscsi", cmds, keep_running=True)
     channel = add_go_channel(lab, "kvm1", "vm2")
     add_rpool(lab)
@@ -217,7 +219,7 @@ def test_running_onto_rbd_through_nbd(rbdlab: Lab, pat: Patterns) -> None:
     assert lab.vvhost("kvm1", "vm", "stop", "vm2", "--force").returncode == 0
     assert lab.api.bindings() == []
     vda = points(lab, "vm2")[("now", "vda")]
-    pat_c = guest_cmdline(["verify:vda:B:0:4", "verify:vda:C:8:4", "verify:vdb:B:0:2"])
+    pat_c = guest_cmdline(verify_all("B") + ["verify:vda:C:8:2"])
     set_cmdline(lab, "kvm1", "vm2", pat_c)
     assert parse_serial(boot(lab, "vm2", log)).ok
     assert lab.vvhost("kvm1", "vm", "revert", "vm2", "s1").returncode == 0
