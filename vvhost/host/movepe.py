@@ -8,7 +8,8 @@ endpoints)::
                      that serve every one of those arrays
     order            the VM's own endpoint while its disks stay on the same kinds
                      of array (a dir -> dir move keeps it), the host's configured
-                     ``pe``, the host's ``protocol``, then rbd, iscsi, nbd, file
+                     ``pe``, the host's ``protocol``, then the most direct path:
+                     with RBD disks rbd, nbd, iscsi (over FUSE); else iscsi, nbd, file
 
 A stopped VM takes the first fitting endpoint.  A running guest's disks are
 block copied onto bindings libvirt can add to a running domain: an RBD image in
@@ -21,7 +22,8 @@ from __future__ import annotations
 
 from typing import Any
 
-ORDER = ("rbd", "iscsi", "nbd", "file")
+ORDER = ("rbd", "iscsi", "nbd", "file")  # dir arrays only: rbd never fits there
+ORDER_RBD = ("rbd", "nbd", "iscsi", "file")  # fewest layers in front of librbd first
 
 
 def fitting(
@@ -30,13 +32,16 @@ def fitting(
     current: str | None,
     conf_pe: str | None,
     protocol: str | None,
+    rbd: bool = False,
 ) -> list[str]:
     """The names of the ``offered`` endpoints serving all of ``arrays``, best first
-    (``current``: the VM's own endpoint when it should be kept if it can)."""
+    (``current``: the VM's own endpoint when it should be kept if it can; ``rbd``:
+    some of ``arrays`` are RBD arrays)."""
+    order = ORDER_RBD if rbd else ORDER
 
     def rank(p: dict[str, Any]) -> tuple[int, int, int, str]:
         own = 0 if p["name"] == current else 1 if p["name"] == conf_pe else 2
-        kind = ORDER.index(p["protocol"]) if p["protocol"] in ORDER else len(ORDER)
+        kind = order.index(p["protocol"]) if p["protocol"] in order else len(order)
         return own, 0 if p["protocol"] == protocol else 1, kind, str(p["name"])
 
     fits = [p for p in offered if arrays <= set(p.get("arrays") or ())]

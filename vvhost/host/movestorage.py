@@ -208,7 +208,8 @@ class StorageMover:
         backends = {a["id"]: a["backend"] for a in resolved["arrays"]}
         own = self._pe(dom, doc) if movepe.same_kinds(backends, now, arrays) else None
         conf = self.vms.conf
-        found = movepe.fitting(resolved["pes"], arrays, own, conf.pe, conf.protocol)
+        rbd = "rbd" in {backends.get(a) for a in arrays}
+        found = movepe.fitting(resolved["pes"], arrays, own, conf.pe, conf.protocol, rbd)
         if not found:
             raise MoveRefused(
                 vm=doc.name,

@@ -16,9 +16,8 @@ What a host is shown (``viewer``: its tenant) is cut to what it may see:
                                          one that reaches every disk of a VM
 
 Which backends an endpoint protocol serves (``SERVES``): a ``dir`` file through
-any of iscsi, nbd and file; an RBD image through nbd (a qemu-storage-daemon rbd
-node) or rbd (QEMU's own librbd).  tgtd's rbd store cannot open images in a RADOS
-namespace and every RBD container is one, so iscsi does not serve RBD arrays.
+any of iscsi, nbd and file; an RBD image through rbd (QEMU's own librbd), nbd (a
+qemu-storage-daemon rbd node) or iscsi (tgtd over a FUSE export of such a node).
 """
 
 from __future__ import annotations
@@ -41,7 +40,7 @@ INSTALLATION = "naa-installation"
 ADMIN_VIEW: Any = object()  # a viewer who sees every tenant's vvols
 COUNTER = "naa-datastore"
 SERVES: dict[str, tuple[str, ...]] = {
-    "iscsi": ("dir",),
+    "iscsi": ("dir", "rbd"),
     "nbd": ("dir", "rbd"),
     "file": ("dir",),
     "rbd": ("rbd",),
