@@ -12,7 +12,7 @@ cd "$(dirname "$(readlink -f "$0")")"
 DEBS=(python3 python3-venv python3-dev gcc util-linux e2fsprogs xfsprogs btrfs-progs
       qemu-utils qemu-system-common qemu-system-x86 qemu-block-extra tgt libiscsi-bin
       libnbd-bin openssl libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
-      libparted-dev parted iproute2
+      parted iproute2
       ceph-mon ceph-osd ceph-mgr ceph-common python3-rbd python3-rados)
 # The librados/librbd bindings (python3-rados, python3-rbd) exist only for
 # Debian's own interpreter, so the virtualenv is built from it and sees its

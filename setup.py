@@ -16,7 +16,6 @@ setup(
         "SQLAlchemy>=2.0",
         "qemu.qmp>=0.0.3",
         "libvirt-python>=9.0",
-        "pyparted>=3.12",
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6"],

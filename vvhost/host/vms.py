@@ -22,8 +22,8 @@ from ..errors import AlreadyExists, InUse, InvalidInput, NotFound, VvhostError
 from ..tools import qemuimg
 from ..units import parse_size
 from . import domainxml as dx
+from . import gpt, libvirtsecrets
 from . import handles as hd
-from . import libvirtsecrets
 from .config import HostConfig
 from .hook import ensure_bound, undo
 from .vmdoc import VmDoc
@@ -334,11 +334,6 @@ class VmManager:
         running = bool(dom.isActive())
         if running and fix_gpt:
             raise InUse(kind="VM", ref=name, reason="it is running; --fix-gpt needs it stopped")
-        if fix_gpt and "path" not in self.client.vvol(vvol):
-            raise InvalidInput(
-                detail="--fix-gpt edits the vvol's data on the control plane's machine: run it "
-                "there as an administrator (a host's view has no array paths)"
-            )
         if meta.layers.get(target):
             raise InvalidInput(
                 detail=f"disk {target} of {name} is a redo chain; delete its snapshots first"
@@ -363,9 +358,12 @@ class VmManager:
                 ) from None
         result: dict[str, Any] = {"vm": name, "target": target, "vvol": vvol, "size": info["size"]}
         if fix_gpt:
-            from .gpt import fix_gpt as fix
-
-            result["gpt"] = fix(str(info["path"]))
+            result["gpt"] = gpt.fix_gpt(
+                lambda offset, length: self.client.vvol_read(vvol, offset, length),
+                lambda offset, data: self.client.vvol_write(vvol, offset, data),
+                int(info["size"]),
+                f"vvol {vvol}",
+            )
         return result
 
     def refresh(self, name: str) -> dict[str, Any]:
