@@ -432,5 +432,7 @@ def test_round_trip_on_rbd(rbd_env: Env, ceph_cluster: CephLab, tmp_path: str) -
         assert pat.digest(new) == pat.digest(old)
     pat.check(copy, "C", chunks(2, 700, 1))
     pat.check(made["snapshots"][0], "A", chunks(*range(0, 512, 2)))
-    assert copy["used"] <= SIZE * 5 // 8  # sparse: 10 of the 16 RBD objects hold data
+    # sparse: 10 of the 16 RBD objects hold data; ``used`` counts whole objects from the
+    # object map, and an object the copy wrote zeros into may still be there (11)
+    assert copy["used"] <= SIZE * 11 // 16
     assert env.client.audit()["ok"]
