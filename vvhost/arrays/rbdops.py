@@ -48,12 +48,14 @@ class Images:
     @contextlib.contextmanager
     def open(self, ref: Image, snap: str | None = None, writable: bool = False) -> Iterator[Any]:
         with self.cluster.ioctx(ref.ns) as io:
-            kwargs: dict[str, Any] = {"snapshot": snap, "read_only": not writable}
+            kwargs: dict[str, Any] = {"read_only": not writable or snap is not None}
             if ref.image_id:
                 kwargs["image_id"] = ref.image_id
             else:
                 kwargs["name"] = ref.name
             with rbd.Image(io, **kwargs) as img:
+                if snap is not None:  # set after opening: see rbddiff.opened
+                    img.set_snap(snap)
                 yield img
 
     def lookup(self, ns: str, name: str) -> str | None:

@@ -106,6 +106,7 @@ class Context:
         self.locks = LockTable()
         self.progress = Progress()
         self._backends: dict[str, ArrayBackend] = {}
+        self._specs: dict[str, tuple[Any, str | None]] = {}  # what each backend was opened with
         self._degraded: dict[str, str] = {}  # array id -> why its probe failed
         self._guard = threading.Lock()
 
@@ -118,26 +119,35 @@ class Context:
                 if array is None:
                     raise NotFound(kind="array", ref=array_id)
                 self._backends[array_id] = open_backend(array)
+                self._specs[array_id] = (array.settings, array.fs_id)
             return self._backends[array_id]
 
-    def register(self, array: Array) -> None:
-        """Open (or reopen) an array's backend; done outside catalog transactions so
-        lookups inside them never need a second one."""
+    def register(self, array: Array, opened: ArrayBackend | None = None) -> None:
+        """Open an array's backend (or take ``opened``), unless the one open already
+        has the same settings; done outside catalog transactions so lookups inside
+        them never need a second one.  A backend is closed only when replaced: a
+        cluster connection shut down under running calls would take the process down."""
+        spec = (array.settings, array.fs_id)
         with self._guard:
             old = self._backends.get(array.id)
-            self._backends[array.id] = open_backend(array)
-        if old is not None:
+            if opened is None and old is not None and self._specs.get(array.id) == spec:
+                return
+            self._backends[array.id] = opened or open_backend(array)
+            self._specs[array.id] = spec
+        if old is not None and old is not opened:
             old.close()
 
     def forget_backend(self, array_id: str) -> None:
         with self._guard:
             backend = self._backends.pop(array_id, None)
+            self._specs.pop(array_id, None)
         if backend is not None:
             backend.close()
 
     def close_backends(self) -> None:
         with self._guard:
             backends, self._backends = list(self._backends.values()), {}
+            self._specs = {}
         for backend in backends:
             backend.close()
 

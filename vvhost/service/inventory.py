@@ -106,8 +106,7 @@ class ArrayOps:
                 opened.release()
             opened.close()
             raise
-        opened.close()
-        self.ctx.register(arr)
+        self.ctx.register(arr, opened)  # the same connection serves from now on
         return arr
 
     def _add_dir(self, name: str, path: str) -> Array:
