@@ -33,6 +33,8 @@ import rbd
 
 from tests.patterns import Patterns
 from tests.vmlab import (
+    VDA_MIB,
+    VDB_MIB,
     Lab,
     MiB,
     add_go_channel,
@@ -138,8 +140,8 @@ def test_vm_on_rbd_boots_snapshots_reverts_clones_and_grows(
     for name, label in (("s1", "A"), ("s2", "B")):
         snap = where(lab, points[name]["disks"]["vda"])
         assert "@" in snap["where"] and snap["where"].split("@")[0] == vda["where"]
-        assert pat.read(snap, 0, 4 * MiB) == pattern_bytes(label, 0, 4)
-    assert pat.read(vda, 0, 4 * MiB) == pattern_bytes("C", 0, 4)
+        assert pat.read(snap, 0, VDA_MIB * MiB) == pattern_bytes(label, 0, VDA_MIB)
+    assert pat.read(vda, 0, VDA_MIB * MiB) == pattern_bytes("C", 0, VDA_MIB)
 
     # revert to s1 (keeping s2): the guest sees A, not B
     out = lab.vvhost("kvm1", "vm", "revert", "vm1", "s1", "--force")
@@ -149,7 +151,7 @@ def test_vm_on_rbd_boots_snapshots_reverts_clones_and_grows(
     os.unlink(log)
     resumed = vvhost_json(lab, "kvm1", "vm", "revert", "vm1", "s2")
     assert resumed["started"]
-    assert pat.read(where(lab, "vm1.vda"), 0, 4 * MiB) == pattern_bytes("B", 0, 4)
+    assert pat.read(where(lab, "vm1.vda"), 0, VDA_MIB * MiB) == pattern_bytes("B", 0, VDA_MIB)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(channel)
         sock.sendall(b"go\n")
@@ -157,7 +159,7 @@ def test_vm_on_rbd_boots_snapshots_reverts_clones_and_grows(
     after = log_text(log)
     assert "VVTEST go 2" in after and "VVTEST BEGIN" not in after, after
     assert lab.vvhost("kvm1", "vm", "stop", "vm1", "--force").returncode == 0
-    assert pat.read(where(lab, "vm1.vdb"), 0, 2 * MiB) == pattern_bytes("C", 0, 2)
+    assert pat.read(where(lab, "vm1.vdb"), 0, VDB_MIB * MiB) == pattern_bytes("C", 0, VDB_MIB)
 
     # a linked clone of s1 is an RBD clone: it boots and sees A
     clone_log = os.path.join(lab.tmp, "vm2.serial")
