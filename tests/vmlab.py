@@ -292,3 +292,20 @@ def see(lab: Lab, name: str, log: str, pattern: str, wrong: str) -> None:
     report = parse_serial(boot(lab, name, log))
     assert all(report.results[c] == "ok" for c in verify_all(pattern)), report
     assert report.results[not_wrong] == "FAIL", report
+
+
+def grow_online(lab: Lab, log: str, channel: str) -> None:
+    """vm1 (kvm1, vda 64M) is started, waits, has vda extended to 96M and checks
+    that it sees the new size without a restart; it is left running."""
+    set_cmdline(
+        lab, "kvm1", "vm1", guest_cmdline(["size:vda", "wait", "size:vda"], keep_running=True)
+    )
+    os.unlink(log)
+    assert lab.vvhost("kvm1", "vm", "start", "vm1").returncode == 0
+    wait_line(log, "wait 1")
+    assert parse_serial(log_text(log)).sizes["vda"] == 64 * MiB
+    grown = vvhost_json(lab, "kvm1", "vm", "extend-disk", "vm1", "vda", "--size", "96M")
+    assert grown["size"] == 96 * MiB
+    go(channel, log, 1)
+    wait_for_end(log)
+    assert parse_serial(log_text(log)).sizes["vda"] == 96 * MiB

@@ -41,17 +41,17 @@ from tests.vmlab import (
     append_serial,
     create_vm,
     go,
+    grow_online,
     log_text,
     running_lab,
     see,
-    set_cmdline,
     vvhost_json,
     wait_for_end,
     wait_line,
     write_all,
 )
 from vvhost.cephlab import CephLab
-from vvhost.guest import SECTOR, GuestImage, guest_cmdline, parse_serial, pattern_bytes
+from vvhost.guest import SECTOR, GuestImage, parse_serial, pattern_bytes
 
 
 @pytest.fixture
@@ -182,19 +182,7 @@ def test_vm_on_rbd_boots_snapshots_reverts_clones_and_grows(
     listing = vvhost_json(lab, "kvm1", "vm", "snapshots", "vm1")
     assert [p["name"] for p in listing["points"]] == ["s1"]
 
-    # online extend: the running guest sees the new size at once
-    set_cmdline(
-        lab, "kvm1", "vm1", guest_cmdline(["size:vda", "wait", "size:vda"], keep_running=True)
-    )
-    os.unlink(log)
-    assert lab.vvhost("kvm1", "vm", "start", "vm1").returncode == 0
-    wait_line(log, "wait 1")
-    assert parse_serial(log_text(log)).sizes["vda"] == 64 * MiB
-    grown = vvhost_json(lab, "kvm1", "vm", "extend-disk", "vm1", "vda", "--size", "96M")
-    assert grown["size"] == 96 * MiB
-    go(channel, log, 1)
-    wait_for_end(log)
-    assert parse_serial(log_text(log)).sizes["vda"] == 96 * MiB
+    grow_online(lab, log, channel)  # the running guest sees the new size at once
     assert pat.size(where(lab, "vm1.vda")) == 96 * MiB
     assert lab.vvhost("kvm1", "vm", "stop", "vm1", "--force").returncode == 0
 

@@ -15,15 +15,15 @@ from tests.vmlab import (
     add_go_channel,
     create_vm,
     go,
+    grow_online,
     log_text,
     see,
-    set_cmdline,
     vvhost_json,
     wait_for_end,
     wait_line,
     write_all,
 )
-from vvhost.guest import guest_cmdline, parse_serial, pattern_bytes
+from vvhost.guest import parse_serial, pattern_bytes
 
 
 def test_snapshot_revert_delete_clone_extend(snaplab: Lab) -> None:
@@ -72,19 +72,7 @@ def test_snapshot_revert_delete_clone_extend(snaplab: Lab) -> None:
     refused = lab.vvhost("kvm1", "vm", "delete", "vm1")
     assert refused.returncode == 4 and "still used by vm2" in refused.stderr
 
-    # online extend: the running guest sees the new size at once
-    set_cmdline(
-        lab, "kvm1", "vm1", guest_cmdline(["size:vda", "wait", "size:vda"], keep_running=True)
-    )
-    os.unlink(log)
-    assert lab.vvhost("kvm1", "vm", "start", "vm1").returncode == 0
-    wait_line(log, "wait 1")
-    assert parse_serial(log_text(log)).sizes["vda"] == 64 * MiB
-    grown = vvhost_json(lab, "kvm1", "vm", "extend-disk", "vm1", "vda", "--size", "96M")
-    assert grown["size"] == 96 * MiB
-    go(channel, log, 1)
-    wait_for_end(log)
-    assert parse_serial(log_text(log)).sizes["vda"] == 96 * MiB
+    grow_online(lab, log, channel)  # the running guest sees the new size at once
     assert lab.vvhost("kvm1", "vm", "stop", "vm1", "--force").returncode == 0
 
     for vm in ("vm2", "vm1"):

@@ -39,7 +39,6 @@ from collections.abc import Callable
 
 from ..arrays.sources import RbdSource
 from ..tools import EndpointError
-from ..tools.qmp import Qmp
 from ..tools.qsd import StorageDaemonApi, node_name_for, qsd_argv
 from .cephkeyring import read_key
 from .nbd import source_id
@@ -122,9 +121,7 @@ class FuseExports:
     @property
     def api(self) -> StorageDaemonApi:
         if self._api is None:
-            qmp = Qmp(self.qmp_path)
-            qmp.connect()
-            self._api = StorageDaemonApi(qmp)
+            self._api = StorageDaemonApi.connect(self.qmp_path)
         return self._api
 
     def start(self) -> None:

@@ -36,7 +36,6 @@ from typing import Any, TypeVar
 from ..arrays.sources import DataSource, FileSource
 from ..errors import VvhostError
 from ..tools import EndpointError
-from ..tools.qmp import Qmp
 from ..tools.qsd import StorageDaemonApi, node_name_for, qsd_argv
 from .base import Attachment
 from .cephkeyring import read_key
@@ -132,9 +131,7 @@ class NbdEndpoint:
     @property
     def api(self) -> StorageDaemonApi:
         if self._api is None:
-            qmp = Qmp(self.qmp_path)
-            qmp.connect()
-            self._api = StorageDaemonApi(qmp)
+            self._api = StorageDaemonApi.connect(self.qmp_path)
         return self._api
 
     @_serialised

@@ -72,6 +72,13 @@ class StorageDaemonApi:
     def __init__(self, qmp: Qmp) -> None:
         self.qmp = qmp
 
+    @classmethod
+    def connect(cls, qmp_path: str) -> StorageDaemonApi:
+        """Typed calls over the daemon's QMP socket at ``qmp_path``."""
+        qmp = Qmp(qmp_path)
+        qmp.connect()
+        return cls(qmp)
+
     # --- NBD server ----------------------------------------------------------
 
     def start_nbd_server_unix(self, path: str) -> None:
