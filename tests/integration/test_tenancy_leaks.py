@@ -27,7 +27,15 @@ from tests.tenancylab import Tls, tls_lab
 from tests.tlsfixtures import make_certs
 from vvhost.client import Client
 from vvhost.daemon import ServerProcess, free_port
-from vvhost.errors import Conflict, Forbidden, NotFound, Unauthorized, VvhostError
+from vvhost.errors import (
+    Conflict,
+    Forbidden,
+    InUse,
+    NotFound,
+    ReadOnly,
+    Unauthorized,
+    VvhostError,
+)
 from vvhost.faults import FAULT_ENV, FAULT_MARK
 
 MiB = 1 << 20
@@ -106,6 +114,36 @@ def test_names_resolve_inside_the_callers_tenant(tls: Tls, patterns: Patterns) -
             "message": "vvol 'REF' not found",
             "fields": {"kind": "vvol", "ref": "REF"},
         }
+    a.close()
+    b.close()
+
+
+def test_vvol_data_stays_in_its_tenant(tls: Tls, patterns: Patterns) -> None:
+    """The data API reads and writes only the caller's own vvols, never a bound or
+    read-only one, and a rotated token reads nothing."""
+    a, b = tls.as_host("ha"), tls.as_host("hb")
+    assert a.vvol_read("va", 0, CHUNK) == a.vvol_read(tls.ids["sa"], 0, CHUNK)
+    patterns.check(tls.admin.vvol(tls.ids["va"])["path"], "A", [0, CHUNK])
+    made_up = str(uuid.uuid4())
+    for hidden in (tls.ids["va"], "va2"):  # B learns nothing: the same NotFound as none
+        for call in (
+            lambda r: b.vvol_read(r, 0, CHUNK),
+            lambda r: b.vvol_write(r, 0, b"x" * 512),
+            lambda r: b.vvol_write(r, 0, b"", zero=CHUNK),
+        ):
+            hidden_err = _refusal(lambda: call(hidden))  # noqa: B023
+            _same_not_found(hidden_err, _refusal(lambda: call(made_up)), hidden, made_up)  # noqa: B023
+    patterns.check(tls.admin.vvol(tls.ids["va"])["path"], "A", [0, CHUNK])
+    with pytest.raises(ReadOnly):  # a snapshot is read-only
+        a.vvol_write(tls.ids["sa"], 0, b"x" * 512)
+    a.bind_one("va", "ha", pe="files")
+    with pytest.raises(InUse):  # a host may be writing it
+        a.vvol_write("va", 0, b"x" * 512)
+    a.unbind(["va"], "ha")
+    patterns.check(tls.admin.vvol(tls.ids["va"])["path"], "A", [0, CHUNK])
+    tls.admin.host_token_rotate("ha")
+    with pytest.raises(Unauthorized):  # the old token is stale
+        a.vvol_read("va", 0, CHUNK)
     a.close()
     b.close()
 
