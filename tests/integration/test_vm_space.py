@@ -40,8 +40,8 @@ from tests.vmlab import (
     log_text,
     running_lab,
     vvhost_json,
-    wait_off,
     wait_line,
+    wait_off,
 )
 from vvhost.fsutil import allocated_bytes
 from vvhost.guest import GuestImage, parse_serial, pattern_bytes
