@@ -47,5 +47,5 @@ def vm_resume(
     writes that failed are issued again, so the guest loses nothing."""
     policy = ResumePolicy(when_space=when_space, timeout=timeout, interval=interval)
     with manager(host_conf, uri) as vms:
-        resume(vms.domain(vm_name), policy, vms.on_paused_for_space)
+        resume(vms.domain(vm_name), policy, vms.on_paused_for_space, vms.client)
         output.show(vms.show(vm_name), as_json)

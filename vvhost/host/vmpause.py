@@ -7,7 +7,10 @@ host/diskpolicy.py); libvirt tells why::
     virDomainGetDiskErrors  {"vda": VIR_DOMAIN_DISK_ERROR_NO_SPACE | _UNSPEC}
                             (QEMU's io-status of each disk, reset by "cont")
 
-    state shown             "paused: no space"   a disk reports no space
+    state shown             "paused: no space"   a disk reports no space, or failed
+                                                 while its vvol's array has less than
+                                                 LOW_FREE left (tgtd reports a full
+                                                 backing file as a medium error)
                             "paused: I/O error"  a disk failed otherwise
                             "paused: by user", "paused: migrating", ...
 
@@ -24,10 +27,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import libvirt
 
 from ..errors import InvalidInput, VvhostError
+from . import domainxml as dx
 
 
 class PausedAgain(VvhostError):
@@ -37,6 +42,7 @@ class PausedAgain(VvhostError):
     template = "VM {vm} paused again: {detail}"
 
 
+LOW_FREE = 64 << 20  # an array with less free than this is full for a failed write
 NO_SPACE = "no space"
 IO_ERROR = "I/O error"
 
@@ -88,8 +94,10 @@ class SpacePause:
 SpaceHook = Callable[[SpacePause], None]
 
 
-def pause_of(dom: libvirt.virDomain) -> Pause | None:
-    """Why ``dom`` is paused; None when it is not paused."""
+def pause_of(dom: libvirt.virDomain, client: Any = None) -> Pause | None:
+    """Why ``dom`` is paused; None when it is not paused. With ``client`` (the
+    control plane), a disk that failed with an unspecified error counts as out of
+    space when its vvol's array is nearly full."""
     state, reason = dom.state()
     if state != libvirt.VIR_DOMAIN_PAUSED:
         return None
@@ -100,7 +108,34 @@ def pause_of(dom: libvirt.virDomain) -> Pause | None:
         for target, code in _disk_errors(dom).items()
         if code != libvirt.VIR_DOMAIN_DISK_ERROR_NONE
     }
+    unclear = [t for t, e in disks.items() if e == IO_ERROR]
+    if unclear and client is not None:
+        for target in _on_full_arrays(dom, client, unclear):
+            disks[target] = NO_SPACE
     return Pause(NO_SPACE if NO_SPACE in disks.values() else IO_ERROR, disks)
+
+
+def _on_full_arrays(dom: libvirt.virDomain, client: Any, targets: list[str]) -> list[str]:
+    """Those of ``targets`` whose vvol's array has less than ``LOW_FREE`` left
+    (a disk whose array cannot be asked is not counted)."""
+    try:
+        meta = dx.meta(dx.parse(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))
+    except (libvirt.libvirtError, VvhostError):
+        return []
+    if meta is None:
+        return []
+    full = []
+    for target in targets:
+        vvol = meta.disks.get(target)
+        if not vvol:
+            continue
+        try:
+            free = client.array(client.vvol(vvol)["array"]).get("free")
+        except (VvhostError, KeyError):
+            continue
+        if isinstance(free, int) and free < LOW_FREE:
+            full.append(target)
+    return full
 
 
 def _disk_errors(dom: libvirt.virDomain) -> dict[str, int]:
@@ -116,9 +151,9 @@ def noticed(dom: libvirt.virDomain, pause: Pause | None, hook: SpaceHook | None)
         hook(SpacePause(dom.name(), sorted(t for t, e in pause.disks.items() if e == NO_SPACE)))
 
 
-def state_of(dom: libvirt.virDomain, hook: SpaceHook | None = None) -> str:
+def state_of(dom: libvirt.virDomain, hook: SpaceHook | None = None, client: Any = None) -> str:
     """The state ``vm show``/``vm list`` print: "running", "paused: no space", ..."""
-    pause = pause_of(dom)
+    pause = pause_of(dom, client)
     if pause is not None:
         noticed(dom, pause, hook)
         return f"paused: {pause.reason}"
@@ -141,13 +176,14 @@ def resume(
     dom: libvirt.virDomain,
     policy: ResumePolicy,
     hook: SpaceHook | None = None,
+    client: Any = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
     """Continue a VM paused for space, an I/O error or by its user; returns how
     many times it was resumed. Raises ``PausedAgain`` (the VM stays paused) when
     it pauses again and ``when_space`` did not ask to wait, or waiting timed out."""
     name = dom.name()
-    pause = pause_of(dom)
+    pause = pause_of(dom, client)
     if pause is None:
         raise InvalidInput(detail=f"VM {name} is not paused")
     if pause.reason not in RESUMABLE:
@@ -166,7 +202,7 @@ def resume(
             ) from None
         tries += 1
         sleep(policy.settle)
-        pause = pause_of(dom)
+        pause = pause_of(dom, client)
         if pause is None:
             return tries
         if not policy.when_space or time.monotonic() + policy.interval > deadline:

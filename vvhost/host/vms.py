@@ -221,7 +221,7 @@ class VmManager:
         bound = {b["vvol"]: b for b in self.client.bindings(host=self.conf.name)}
         return {
             "name": name,
-            "state": state_of(dom, self.on_paused_for_space),
+            "state": state_of(dom, self.on_paused_for_space, self.client),
             "datastore": meta.datastore,
             "config": meta.config,
             "pe": meta.pe,
@@ -245,7 +245,7 @@ class VmManager:
                 out.append(
                     {
                         "name": dom.name(),
-                        "state": state_of(dom, self.on_paused_for_space),
+                        "state": state_of(dom, self.on_paused_for_space, self.client),
                         "datastore": meta.datastore if meta else None,
                         "disks": len(meta.disks) if meta else 0,
                     }
