@@ -265,6 +265,21 @@ def go(path: str, log: str, n: int) -> None:
         wait_line(log, f"go {n}", timeout=30)
 
 
+def disk_drivers(lab: Lab, host: str, name: str) -> dict[str, dict[str, str]]:
+    """The ``<driver>`` attributes of each disk of running domain ``name`` (by target)."""
+    conn = libvirt.open(lab.hosts[host].uri)
+    try:
+        root = ET.fromstring(conn.lookupByName(name).XMLDesc(0))
+    finally:
+        conn.close()
+    out = {}
+    for disk in root.findall("devices/disk"):
+        target, driver = disk.find("target"), disk.find("driver")
+        if target is not None and driver is not None:
+            out[target.get("dev", "")] = dict(driver.attrib)
+    return out
+
+
 def vvhost_json(lab: Lab, host: str, *args: str) -> Any:
     out = lab.vvhost(host, *args, "--json")
     assert out.returncode == 0, out.stderr

@@ -21,6 +21,7 @@ from tests.vmlab import (
     MiB,
     add_go_channel,
     create_vm,
+    disk_drivers,
     go,
     log_text,
     running_lab,
@@ -68,6 +69,9 @@ def test_guest_discard_gives_space_back_to_the_pool(rbdlab: Lab, ceph_cluster: C
         out = lab.vvhost("kvm1", "vm", "start", "trim")
         assert out.returncode == 0, out.stderr
         wait_line(log, "wait 1", timeout=180)
+        policy = {"error_policy": "stop", "rerror_policy": "stop", "discard": "unmap"}
+        driver = disk_drivers(lab, "kvm1", "trim")["vda"]
+        assert policy.items() <= driver.items(), driver
         before = allocated(ceph_cluster, where)
         assert before >= 12 * MiB, before
         go(channel, log, 1)

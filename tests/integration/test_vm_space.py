@@ -36,6 +36,7 @@ from tests.vmlab import (
     MiB,
     add_go_channel,
     create_vm,
+    disk_drivers,
     go,
     log_text,
     running_lab,
@@ -116,6 +117,8 @@ def test_full_array_pauses_the_guest_and_resume_keeps_its_data(space: Lab, proto
     try:
         assert lab.vvhost("kvm1", "vm", "start", vm).returncode == 0
         wait_state(lab, vm, "paused: no space")
+        driver = disk_drivers(lab, "kvm1", vm)["vda"]
+        assert (driver.get("error_policy"), driver.get("discard")) == ("stop", "unmap"), driver
         listed = {r["name"]: r["state"] for r in vvhost_json(lab, "kvm1", "vm", "list")}
         assert listed[vm] == "paused: no space"
         # still full: resume says so in one line and the VM stays paused
@@ -174,6 +177,9 @@ def test_guest_discard_gives_space_back_to_the_array(space: Lab, protocol: str) 
     try:
         assert lab.vvhost("kvm1", "vm", "start", vm).returncode == 0
         wait_line(log, "wait 1", timeout=180)
+        policy = {"error_policy": "stop", "rerror_policy": "stop", "discard": "unmap"}
+        driver = disk_drivers(lab, "kvm1", vm)["vda"]
+        assert policy.items() <= driver.items(), driver
         before = allocated_bytes(path)
         assert before >= 8 * MiB, before
         go(channel, log, 1)
