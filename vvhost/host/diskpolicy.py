@@ -7,9 +7,9 @@
 system behind a file, an NBD export or an iSCSI LUN, or a full Ceph pool) pauses
 the guest instead of failing its I/O; the failed request is issued again when
 the VM is resumed (host/vmpause.py), so the guest never sees an error and loses
-nothing. ``stop`` rather than ``enospc``: some endpoints report a full backing
-store as a plain I/O error (a SCSI medium error), which ``enospc`` would hand to
-the guest. ``rerror_policy='stop'``: the same for reads.
+nothing. ``stop`` rather than ``enospc``: tgtd reports a full backing file
+as an unspecified I/O error, which ``enospc`` would hand to the guest.
+``rerror_policy='stop'``: the same for reads.
 
 ``discard='unmap'``: the guest's discards (fstrim, blkdiscard) reach the array
 (NBD trim, SCSI UNMAP, RBD discard, hole punching in files), so space the guest

@@ -10,7 +10,7 @@ host/diskpolicy.py); libvirt tells why::
     state shown             "paused: no space"   a disk reports no space, or failed
                                                  while its vvol's array has less than
                                                  LOW_FREE left (tgtd reports a full
-                                                 backing file as a medium error)
+                                                 backing file as a plain I/O error)
                             "paused: I/O error"  a disk failed otherwise
                             "paused: by user", "paused: migrating", ...
 
