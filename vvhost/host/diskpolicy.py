@@ -4,11 +4,12 @@
             discard='unmap'/>
 
 ``error_policy='stop'``: a write the array cannot take (ENOSPC from a full file
-system behind a file, an NBD export or an iSCSI LUN; librados itself holds writes
-to a full Ceph pool until there is room) pauses the guest instead of failing its I/O; the failed request is issued again when
-the VM is resumed (host/vmpause.py), so the guest never sees an error and loses
-nothing. ``stop`` rather than ``enospc``: tgtd reports a full backing file
-as an unspecified I/O error, which ``enospc`` would hand to the guest.
+system behind a file, an NBD export or an iSCSI LUN; librados itself holds
+writes to a full Ceph pool until there is room) pauses the guest instead of
+failing its I/O; the failed request is issued again when the VM is resumed
+(host/vmpause.py), so the guest never sees an error and loses nothing. ``stop``
+rather than ``enospc``: tgtd reports a full backing file as an unspecified I/O
+error, which ``enospc`` would hand to the guest.
 ``rerror_policy='stop'``: the same for reads.
 
 ``discard='unmap'``: the guest's discards (fstrim, blkdiscard) reach the array
