@@ -115,6 +115,8 @@ def test_full_array_pauses_the_guest_and_resume_keeps_its_data(space: Lab, proto
     filler = fill(mount, f"filler-{protocol}", FREE_MIB * MiB)
     waiter: subprocess.Popen[str] | None = None
     try:
+        idle = lab.vvhost("kvm1", "vm", "resume", vm)  # shut off: nothing to resume
+        assert idle.returncode != 0 and idle.stderr.strip().endswith(f"VM {vm} is not paused")
         assert lab.vvhost("kvm1", "vm", "start", vm).returncode == 0
         wait_state(lab, vm, "paused: no space")
         driver = disk_drivers(lab, "kvm1", vm)["vda"]
