@@ -20,6 +20,7 @@ from ..errors import (
     BackendError,
     CapacityExceeded,
     HasDependants,
+    InUse,
     InvalidInput,
     NotFound,
     ReadOnly,
@@ -38,6 +39,7 @@ from ..model import (
     Vvol,
 )
 from ..units import check_name, parse_size
+from . import openers
 from .bindings import ensure_unbound
 from .context import Context
 from .datastores import DatastoreOps, check_datastore_room
@@ -361,12 +363,27 @@ class VvolOps:
                         what=what,
                         names=", ".join(d.name or d.id for d in deps),
                     )
+            self._refuse_open(v)  # outside the transaction: it asks the array
+            with self.ctx.db.tx() as conn:
+                v = self.ctx.vvol(conn, ref)
                 vvolrepo.change(conn, v, bump=False, state=DELETING, op=op)
                 self.ctx.journal(conn, op, "delete", v.id, {})
             self.ctx.fault("delete", "begin")
             finish_delete(
                 self.ctx,
                 JournalEntry(id=op, op="delete", vvol=v.id, step="begin", args={}, created=0),
+            )
+
+    def _refuse_open(self, v: Vvol) -> None:
+        """Refuse to delete data a client still has open, naming it (once, at once)."""
+        if v.state == FAILED and not self.ctx.backend(v.array).exists(v.id):
+            return
+        busy = openers.who(self.ctx, self.endpoints, v)
+        if busy:
+            raise InUse(
+                kind="vvol",
+                ref=v.name or v.id,
+                reason=f"its data is open by {'; '.join(busy)}; close it there, then delete",
             )
 
 
