@@ -26,9 +26,9 @@ The identity lives as long as its host, with the same key::
 
 ``grant`` makes the caps exactly what the caller computed (creating the
 identity on first need, emptying its caps when nothing is left), ``rotate``
-gives the identity a new key, ``drop`` removes it. Every call is one short librados connection with the control
-plane's own Ceph credentials (an array's ``RbdSettings``, as its data sources
-carry them).
+gives the identity a new key, ``drop`` removes it. Every call is one short
+librados connection with the control plane's own Ceph credentials (an array's
+``RbdSettings``, as its data sources carry them).
 """
 
 from __future__ import annotations
