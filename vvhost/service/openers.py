@@ -38,19 +38,20 @@ def who(ctx: Context, endpoints: EndpointManager | None, v: Vvol) -> list[str]:
         pes = {p.id: p for p in bindrepo.list_pes(conn)}
     names: list[str] = []
     for o in found:
-        phrase = _name(o, source, bindings, pes, endpoints)
+        phrase = name_opener(o, source, bindings, pes, endpoints)
         if phrase not in names:
             names.append(phrase)
     return names
 
 
-def _name(
+def name_opener(
     o: Opener,
     source: DataSource,
     bindings: list[Binding],
     pes: dict[str, Pe],
     endpoints: EndpointManager | None,
 ) -> str:
+    """One opener in the catalog's words (see the drawing above)."""
     if o.entity is None:
         hosts = sorted({b.host for b in bindings})
         if hosts:
