@@ -34,10 +34,13 @@ from tests.integration.test_rbd_endpoint import (  # noqa: F401 - the fixture
 )
 from tests.patterns import CHUNK, Patterns, chunk_bytes
 from tests.runner import run
+from vvhost.arrays.rbdarray import RbdArray
+from vvhost.arrays.settings import RbdSettings
 from vvhost.arrays.sources import RbdSource
 from vvhost.catalog import bindrepo
 from vvhost.daemon import ServerProcess
 from vvhost.errors import InUse
+from vvhost.pe import cephaccess
 from vvhost.service.endpoints import attachment_key
 
 if TYPE_CHECKING:
@@ -156,3 +159,41 @@ def test_token_rotation_after_the_last_binding_makes_the_key_anew(lab: Lab) -> N
     lab.svc.bindings.unbind([lab.vvols["va"]], "ha", drop_all=True)
     lab.svc.hosts.remove("ha")
     assert ceph_key(lab, "ha") is None
+
+
+def test_the_array_names_a_watcher_by_its_ceph_identity(
+    ceph_cluster: CephLab, ceph_pool: str
+) -> None:
+    """The backend itself: ``openers`` and the refusals of ``remove`` and
+    ``relocate`` carry the identity the monitors report for the watcher."""
+    settings = RbdSettings(ceph_pool, ceph_cluster.conf, "admin", ceph_cluster.admin_keyring)
+    array = RbdArray("r1", settings, "array-1")
+    array.claim()
+    try:
+        array.create("v1", 8 << 20, "a")
+        src = array.source("v1")
+        assert array.openers("v1") == []
+        with ceph_cluster.admin() as ceph:
+            key = ceph.auth_get_or_create(
+                "client.vvhost-kvm9", cephaccess.caps_for({ceph_pool: {src.namespace}})
+            )
+        try:
+            with held_open(ceph_cluster, "vvhost-kvm9", key, src) as img:
+                img.write(chunk_bytes("h", 0), 0)
+                [who] = array.openers("v1")
+                assert who.entity == "client.vvhost-kvm9" and who.client.startswith("client.")
+                with pytest.raises(InUse, match="open by client.vvhost-kvm9 at "):
+                    array.remove("v1")
+                with pytest.raises(InUse, match="open by client.vvhost-kvm9 at "):
+                    array.relocate(["v1"], "b")
+                assert array.exists("v1") and array.locator("v1")["namespace"] == src.namespace
+            assert array.openers("v1") == []
+            with array.open("v1") as vol:
+                assert vol.read(0, CHUNK) == chunk_bytes("h", 0)
+            array.remove("v1")
+            assert not array.exists("v1")
+        finally:
+            with ceph_cluster.admin() as ceph:
+                ceph.auth_rm("client.vvhost-kvm9")
+    finally:
+        array.close()
