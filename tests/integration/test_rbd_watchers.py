@@ -5,8 +5,10 @@ Ceph cluster (and qemu-storage-daemon for the nbd endpoint).
   its client not): one line naming the host (the monitors know which Ceph
   identity the watcher logged in as), exit non-zero, nothing deleted, the
   pattern intact; once the host lets go, the delete goes through
-- the control plane's own nbd daemon holding the image (the catalog lost the
-  binding, a crash): the refusal names the endpoint
+- the control plane's own nbd or iscsi daemon holding the image (the catalog
+  lost the binding, a crash): the refusal names the endpoint
+- the array itself: ``openers``, and ``remove`` / ``relocate`` refusing with
+  the watcher's Ceph identity
 - a host's identity keeps its key after its last rbd binding, with no caps (the
   key opens nothing); ``token-rotate`` makes it anew (the old key fails, the
   next binding hands out the new one); ``host remove`` deletes it
@@ -38,7 +40,7 @@ from vvhost.arrays.rbdarray import RbdArray
 from vvhost.arrays.settings import RbdSettings
 from vvhost.arrays.sources import RbdSource
 from vvhost.catalog import bindrepo
-from vvhost.daemon import ServerProcess
+from vvhost.daemon import ServerProcess, free_port
 from vvhost.errors import InUse
 from vvhost.pe import cephaccess
 from vvhost.service.endpoints import attachment_key
@@ -120,17 +122,22 @@ def test_delete_of_an_image_a_host_has_open_names_the_host(
         server.stop()
 
 
-def test_delete_names_the_endpoint_whose_daemon_holds_the_image(lab: Lab) -> None:  # noqa: F811
+@pytest.mark.parametrize("protocol", ["nbd", "iscsi"])
+def test_delete_names_the_endpoint_whose_daemon_holds_the_image(
+    lab: Lab,  # noqa: F811
+    protocol: str,
+) -> None:
     lab.write("va", "e1")
-    lab.svc.pes.create("nbd1", "nbd")
-    handle = lab.bind("va", "ha", "nbd1")
+    portal = {"portal": f"127.0.0.1:{free_port()}"} if protocol == "iscsi" else {}
+    lab.svc.pes.create("pe1", protocol, **portal)
+    handle = lab.bind("va", "ha", "pe1")
     with lab.svc.ctx.db.tx() as conn:  # the catalog lost the binding (a crash)
         [b] = bindrepo.find_bindings(conn, vvol=lab.vvols["va"])
         bindrepo.delete_binding(conn, b)
-        pe = lab.svc.pes.get(conn, "nbd1")
+        pe = lab.svc.pes.get(conn, "pe1")
     with pytest.raises(InUse) as err:
         lab.svc.vvols.delete(lab.vvols["va"])
-    assert "endpoint nbd1" in str(err.value), str(err.value)
+    assert "open by endpoint pe1 (client.admin at " in str(err.value), str(err.value)
     out = os.path.join(lab.tmp, "e1.raw")  # still served, still whole
     run("qemu-img", "convert", "-f", "raw", "-O", "raw", handle["uri"], out)
     Patterns().check(out, "e1", OFFSETS)
