@@ -7,6 +7,7 @@ container puts every vvol of the VM on a container its endpoint can serve:
 - ``--protocol file``: config and disks land in ``local`` (a file endpoint
   cannot serve RBD), though ``pool`` has more room
 - ``--protocol rbd``: they land in ``pool`` (an rbd endpoint cannot serve dir)
+- ``vm clone`` of the file VM: the clone's vvols stay where file0 reaches
 - a datastore on the RBD container only, ``--protocol file``: one line naming the
   endpoint and what it cannot serve, exit non-zero, no vvol and no domain made
 
@@ -84,7 +85,14 @@ def test_vm_create_places_vvols_where_its_endpoint_reaches(mixlab: Lab) -> None:
     assert listed.returncode == 0, listed.stderr
     assert sorted(vm["name"] for vm in json.loads(listed.stdout)) == ["vf", "vr"]
 
-    for vm in ("vf", "vr"):
+    # a clone's vvols follow the source's endpoint too (the config vvol included)
+    out = lab.vvhost("kvm1", "vm", "clone", "vf", "vf2", "--json")
+    assert out.returncode == 0, out.stderr
+    assert containers_of(lab, "vf2") == {
+        "vf2.config": "local", "vf2.vda": "local", "vf2.vdb": "local"
+    }  # fmt: skip
+
+    for vm in ("vf2", "vf", "vr"):
         out = lab.vvhost("kvm1", "vm", "delete", vm)
         assert out.returncode == 0, out.stderr
     assert lab.api.vvols() == []
