@@ -132,6 +132,10 @@ def running_lab(
             h.stop()
         api.close()
         server.stop()
+        if rbd:  # hosts keep their Ceph identity while they exist: these go with the lab
+            with rbd[0].admin() as ceph:
+                for host in ("kvm1", "kvm2"):
+                    ceph.auth_rm(f"client.vvhost-{host}")
 
 
 def wait_off(lab: Lab, host: str, name: str, timeout: float = 90) -> None:

@@ -108,6 +108,7 @@ class VmManager:
                 name=f"{spec.name}.config",
                 metadata={"vm": spec.name},
                 datastore=spec.datastore,
+                pe=pe,  # every disk on an array the VM's endpoint serves
             )
             made.append(config["id"])
             disks: dict[str, str] = {}
@@ -120,6 +121,7 @@ class VmManager:
                     name=f"{spec.name}.{target}",
                     metadata={"vm": spec.name, "target": target},
                     datastore=spec.datastore,
+                    pe=pe,
                 )
                 made.append(v["id"])
                 disks[target] = v["id"]
