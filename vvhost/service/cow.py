@@ -368,4 +368,4 @@ def _settle(ctx: Context, entry: JournalEntry, base: Vvol | None, bump: bool) ->
         if base is not None:
             gen = base.generation + (1 if bump else 0)
             vvolrepo.force(conn, base.id, state=READY, op=None, generation=gen)
-        repo.journal_remove(conn, entry.id)
+        repo.journal_remove(conn, entry.id, outcome="finished" if bump else "rolled back")

@@ -399,7 +399,7 @@ def undo_move(ctx: Context, entry: JournalEntry) -> None:
             v = vvolrepo.get(conn, member)
             if v is not None and v.op == entry.id:
                 vvolrepo.force(conn, member, state=READY, op=None)
-        repo.journal_remove(conn, entry.id)
+        repo.journal_remove(conn, entry.id, outcome="rolled back")
 
 
 def finish_move(ctx: Context, entry: JournalEntry) -> None:
@@ -458,4 +458,4 @@ def undo_relocate(ctx: Context, entry: JournalEntry) -> None:
         for member in members:
             if vvolrepo.get(conn, member) is not None:
                 vvolrepo.force(conn, member, state=READY, op=None)
-        repo.journal_remove(conn, entry.id)
+        repo.journal_remove(conn, entry.id, outcome="rolled back")

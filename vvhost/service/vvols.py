@@ -385,7 +385,7 @@ def undo_new(ctx: Context, entry: JournalEntry) -> None:
             vvolrepo.add_ref(conn, v.parent, -1)
             repo.reserve(conn, v.container, -v.size)
             vvolrepo.remove(conn, v.id)
-        repo.journal_remove(conn, entry.id)
+        repo.journal_remove(conn, entry.id, outcome="rolled back")
 
 
 def finish_delete(ctx: Context, entry: JournalEntry) -> None:
