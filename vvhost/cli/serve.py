@@ -64,14 +64,29 @@ def serve(
 
 
 @click.command()
+@click.option(
+    "--fix",
+    is_flag=True,
+    help="First repair what is safe: stale LUNs and exports, orphans vvhost made.",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds a volume must have been an orphan before --fix removes it (default 3600).",
+)
 @json_option
 @pass_session
-def audit(s: Session, as_json: bool) -> None:
+def audit(s: Session, fix: bool, grace: float | None, as_json: bool) -> None:
     """Check that catalog and arrays agree (no orphans, counts right); exit 1 if not."""
-    report = s.client.audit()
+    if grace is not None and not fix:
+        raise click.UsageError("--grace goes with --fix")
+    report = s.client.audit_fix(grace) if fix else s.client.audit()
     if as_json:
         output.emit_json(report)
     else:
+        for r in report.get("repairs", []):
+            click.echo(f"{r['action']}: {r['what']} ({r['reason']})")
         click.echo(
             f"{report['vvols']} vvols in {report['containers']} containers on "
             f"{report['arrays']} arrays: {'consistent' if report['ok'] else 'PROBLEMS'}"
