@@ -195,3 +195,26 @@ def test_cli_events_follow_prints_new_events(tmp_path: str) -> None:
         admin.close()
     finally:
         server.stop()
+
+
+def test_lease_taken_from_a_silent_host_is_an_event(svc: Service) -> None:
+    from vvhost.service.leases import LeaseOps
+
+    svc.containers.create("c1", "1G")
+    vm = svc.vvols.create("c1", "1M", type="config", name="vm1")
+    leases = LeaseOps(svc.ctx)
+    leases.acquire("vm1", "h1", "start", 4242, ttl=1.0)
+    time.sleep(1.2)  # h1 stops renewing
+    leases.acquire("vm1", "h2", "start", 4343, ttl=30.0)
+    taken = [
+        e for e in svc.ctx.events.read(UNIX_ADMIN)["events"] if e["kind"] == "lease.taken-over"
+    ]
+    assert len(taken) == 1
+    assert taken[0]["subject"] == "host:h1" and taken[0]["severity"] == "warning"
+    assert taken[0]["fields"] == {
+        "vm": vm["id"],
+        "from": "h1",
+        "to": "h2",
+        "op": "start",
+        "dead": False,
+    }
