@@ -90,8 +90,9 @@ def query(
 def _first_at(conn: Connection, since: float) -> int:
     """The id of the first event at or after ``since`` (ids and times grow together,
     so the time index finds the cursor and the id index does the rest)."""
-    row = conn.execute(select(func.min(events.c.id)).where(events.c.time >= since)).first()
-    return int(row[0]) if row and row[0] is not None else _last_id(conn) + 1
+    q = select(events.c.id).where(events.c.time >= since).order_by(events.c.time).limit(1)
+    row = conn.execute(q).first()  # walks the time index, never the whole table
+    return int(row[0]) if row is not None else _last_id(conn) + 1
 
 
 def _last_id(conn: Connection) -> int:
