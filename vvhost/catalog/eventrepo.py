@@ -228,6 +228,10 @@ def op_statistics(conn: Connection) -> list[OpStat]:
 
 
 # -- reconciler findings ---------------------------------------------------------------
+def finding_texts(conn: Connection) -> set[str]:
+    return {str(r[0]) for r in conn.execute(select(findings.c.text))}
+
+
 def sync_findings(
     conn: Connection, found: dict[str, str], now: float
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:

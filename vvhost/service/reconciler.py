@@ -1,7 +1,9 @@
 """The reconciler: ``vvhost audit`` in the background of ``vvhost serve``.
 
     every `interval` seconds (one thread; stop() ends it within a second):
-      audit()  ──▶ findings now ──▶ sync with the findings table
+      audit()  ──▶ findings now ──▶ seen in the round before too? (a vvol mid-operation
+                                      is busy for a moment: only what lasts counts)
+                                  ──▶ sync with the findings table
                                       new one    ──▶ event audit.finding / leak.found
                                       gone one   ──▶ event audit.resolved
                                       still there──▶ nothing (no event every round)
@@ -58,14 +60,17 @@ class Reconciler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._round = threading.Lock()  # a round and a --fix never overlap
+        self._seen: set[str] = set()  # found last round, not yet confirmed
 
     def round(self) -> dict[str, Any]:
         """One pass: audit, turn new findings into events, apply retention."""
         with self._round:
             report = audit(self.ctx, self.endpoints)
-            found = {text: finding_kind(text) for text in report["problems"]}
+            now = set(report["problems"])
             with self.ctx.db.tx() as conn:
-                new, gone = eventrepo.sync_findings(conn, found, time.time())
+                stored = eventrepo.finding_texts(conn)
+                lasting = {t: finding_kind(t) for t in now if t in self._seen or t in stored}
+                new, gone = eventrepo.sync_findings(conn, lasting, time.time())
                 for text, kind in new:
                     self.ctx.events.emit_in(
                         conn,
@@ -83,6 +88,7 @@ class Reconciler:
                         subject=subject_of(text),
                         fields={"finding": text},
                     )
+            self._seen = now
             if new or gone:
                 self.ctx.events.wake()
             pruned = self.ctx.events.prune()
