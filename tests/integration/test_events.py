@@ -131,8 +131,9 @@ def test_tenant_never_sees_another_tenants_events(tmp_path: str) -> None:
     with tls_lab(str(tmp_path), patterns) as t:
         a, b = t.as_host("ha"), t.as_host("hb")
         try:
-            a.vvol_snapshot("va2", name="va2@later")
+            later = a.vvol_snapshot("va2", name="va2@later")["id"]
             b.vvol_delete("vb")
+            t.admin.vvol_delete(later)  # an admin's operation on alpha's vvol is alpha's event
             admin_all = t.admin.events()["events"]
             seen_a = a.events()["events"]
             seen_b = b.events()["events"]
@@ -145,6 +146,11 @@ def test_tenant_never_sees_another_tenants_events(tmp_path: str) -> None:
             assert not any(i in text_b for i in ids_a), "tenant B saw tenant A's vvols"
             assert not any(i in json.dumps(seen_a) for i in ids_b)
             assert {e["fields"]["who"] for e in ops(seen_b)} == {"host:hb"}
+            deleted = [e for e in ops(seen_a) if e["fields"]["vvol"] == later]
+            assert [(e["fields"]["op"], e["fields"]["who"]) for e in deleted] == [
+                ("snapshot", "host:ha"),
+                ("delete", "admin:unix-socket"),
+            ]
             # the admin sees both, and B's cursor skips A's events for good
             assert {e["tenant"] for e in admin_all} >= {"alpha", "beta"}
             follow_b = b.events(cursor=b.events()["cursor"], wait=0.5)

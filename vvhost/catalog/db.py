@@ -95,7 +95,8 @@ def _v8_array_settings(conn: Connection) -> None:
 
 def _v10_events(conn: Connection) -> None:
     """The event log, its running counts, operation statistics and the
-    reconciler's findings (eventschema.py)."""
+    reconciler's findings (eventschema.py); journal entries keep their tenant."""
+    _add_column(conn, "journal", "tenant", "VARCHAR(128)")
     schema.metadata.create_all(conn, tables=eventschema.TABLES, checkfirst=True)
 
 

@@ -134,6 +134,16 @@ def counts(conn: Connection) -> list[tuple[str, str, int]]:
 
 
 # -- operations ------------------------------------------------------------------------
+def op_started(conn: Connection, op_id: str, vvol_id: str | None) -> None:
+    """Remember whose operation ``op_id`` is (its vvol's tenant) while the vvol is
+    there to ask: by the time a delete ends, its row is gone."""
+    if not vvol_id:
+        return
+    owner = conn.execute(select(vvols.c.tenant).where(vvols.c.id == vvol_id)).first()
+    if owner is not None and owner[0] is not None:
+        conn.execute(update(journal).where(journal.c.id == op_id).values(tenant=owner[0]))
+
+
 def op_ended(conn: Connection, op_id: str, outcome: str, error: str | None = None) -> None:
     """Record that journaled operation ``op_id`` ended (call before its journal
     row goes, in the same transaction): an event saying who ran what on which
@@ -144,7 +154,7 @@ def op_ended(conn: Connection, op_id: str, outcome: str, error: str | None = Non
     seconds = max(0.0, time.time() - float(row.created)) if row.created else 0.0
     owner = conn.execute(select(op_owners).where(op_owners.c.op_id == op_id)).first()
     who = f"{owner.kind}:{owner.subject}" if owner else "admin"
-    tenant = _tenant_of(conn, row.vvol_id, owner)
+    tenant = row.tenant or _tenant_of(conn, row.vvol_id, owner)
     failed = outcome != "finished"
     words = f"{row.op} {'of vvol ' + row.vvol_id if row.vvol_id else ''}".strip()
     message = f"{words} {outcome} after {seconds:.2f}s (by {who})"

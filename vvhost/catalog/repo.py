@@ -166,6 +166,7 @@ def journal_add(conn: Connection, entry: JournalEntry) -> None:
             created=entry.created,
         )
     )
+    eventrepo.op_started(conn, entry.id, entry.vvol)
 
 
 def journal_step(

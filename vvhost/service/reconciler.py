@@ -29,6 +29,7 @@ from .repairs import DEFAULT_GRACE, fix
 
 log = logging.getLogger(__name__)
 
+PRUNE_EVERY = 3600.0  # seconds between retention passes when the audit rounds are off
 LEAK_WORDS = ("has no catalog row", "which no binding wants", "half-written copy")
 
 
@@ -110,8 +111,6 @@ class Reconciler:
         return report
 
     def start(self) -> None:
-        if self.interval <= 0:
-            return  # disabled
         self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
         self._thread.start()
 
@@ -122,8 +121,14 @@ class Reconciler:
             self._thread = None
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        """Rounds every ``interval`` s; with the audit turned off (0) only retention,
+        hourly, so the event log stays bounded either way."""
+        period = self.interval if self.interval > 0 else PRUNE_EVERY
+        while not self._stop.wait(period):
             try:
-                self.round()
+                if self.interval > 0:
+                    self.round()
+                else:
+                    self.ctx.events.prune()
             except Exception as exc:  # noqa: BLE001 - the next round tries again
                 log.warning("reconciler round failed: %s", exc)
