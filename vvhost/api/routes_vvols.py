@@ -78,12 +78,15 @@ def vvol_show(svc: Svc, p: Caller, ref: Ref) -> dict[str, Any]:
 
 @router.delete("/vvols/{ref}", status_code=204, response_model=None)
 def vvol_delete(svc: Svc, p: Caller, ref: Ref, generation: Generation = None) -> None:
-    svc.vvols.delete(svc.authz.vvol(p, ref), generation)
+    vid = svc.authz.vvol(p, ref)
+    svc.vvols.delete(vid, generation, svc.authz.claim_op(p, None))
 
 
 @router.post("/vvols/{ref}/extend", response_model=None)
 def vvol_extend(svc: Svc, p: Caller, ref: Ref, body: m.Extend) -> dict[str, Any]:
-    return _view(p, svc.vvols.extend(svc.authz.vvol(p, ref), body.size, body.generation))
+    vid = svc.authz.vvol(p, ref)
+    op_id = svc.authz.claim_op(p, None)
+    return _view(p, svc.vvols.extend(vid, body.size, body.generation, op_id))
 
 
 @router.post("/vvols/{ref}/meta", response_model=None)

@@ -153,11 +153,13 @@ def op_ended(conn: Connection, op_id: str, outcome: str, error: str | None = Non
         return
     seconds = max(0.0, time.time() - float(row.created)) if row.created else 0.0
     owner = conn.execute(select(op_owners).where(op_owners.c.op_id == op_id)).first()
-    who = f"{owner.kind}:{owner.subject}" if owner else "admin"
+    # who: recorded for every operation the API starts under one op id (group
+    # snapshots and recovery have none: they are nobody's in particular)
+    who = f"{owner.kind}:{owner.subject}" if owner else None
     tenant = row.tenant or _tenant_of(conn, row.vvol_id, owner)
     failed = outcome != "finished"
     words = f"{row.op} {'of vvol ' + row.vvol_id if row.vvol_id else ''}".strip()
-    message = f"{words} {outcome} after {seconds:.2f}s (by {who})"
+    message = f"{words} {outcome} after {seconds:.2f}s" + (f" (by {who})" if who else "")
     if error:
         message += f": {error}"
     insert(

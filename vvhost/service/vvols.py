@@ -264,7 +264,9 @@ class VvolOps:
                 return self.describe(conn, vvolrepo.get(conn, v.id) or v)
 
     # -- extend -------------------------------------------------------------------------
-    def extend(self, ref: str, size: str | int, generation: int | None = None) -> dict[str, Any]:
+    def extend(
+        self, ref: str, size: str | int, generation: int | None = None, op_id: str | None = None
+    ) -> dict[str, Any]:
         """Grow a vvol, bound or not: the data grows (journaled: recovery finishes it),
         then every endpoint presenting a binding of it shows the new size.
 
@@ -272,7 +274,7 @@ class VvolOps:
         to retry after an endpoint failed (the vvol itself had grown by then).
         """
         nbytes = parse_size(size)
-        op = self.ctx.new_op()
+        op = self.ctx.new_op(op_id)
         endpoints = self.endpoints
         with self.ctx.db.tx() as conn:
             v = self.ctx.vvol(conn, ref)
@@ -333,8 +335,8 @@ class VvolOps:
                 return self.describe(conn, vvolrepo.get(conn, v.id) or v)
 
     # -- delete -------------------------------------------------------------------------
-    def delete(self, ref: str, generation: int | None = None) -> None:
-        op = self.ctx.new_op()
+    def delete(self, ref: str, generation: int | None = None, op_id: str | None = None) -> None:
+        op = self.ctx.new_op(op_id)
         with self.ctx.db.tx() as conn:
             v = self.ctx.vvol(conn, ref)
         with self.ctx.locks.hold([v.id, v.parent]):
