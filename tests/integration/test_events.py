@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -25,7 +26,7 @@ from vvhost.service.tenancy import UNIX_ADMIN
 
 
 @pytest.fixture
-def svc(tmp_path: str) -> Service:
+def svc(tmp_path: str) -> Iterator[Service]:
     s = Service(Config(state_dir=os.path.join(str(tmp_path), "state"), reconcile_interval=0))
     s.start()
     yield s

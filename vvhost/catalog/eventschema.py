@@ -57,7 +57,7 @@ op_stats = Table(
 findings = Table(
     "findings",
     metadata,
-    Column("text", String(512), primary_key=True),
+    Column("text", Text, primary_key=True),
     Column("kind", String(64), nullable=False),
     Column("first_seen", Float, nullable=False),
     Column("last_seen", Float, nullable=False),
