@@ -4,6 +4,7 @@ retention bounds the table; a tenant never sees another tenant's events."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -19,7 +20,7 @@ from tests.tenancylab import tls_lab
 from vvhost.api.app import create_app
 from vvhost.catalog import eventrepo
 from vvhost.client import Client
-from vvhost.errors import InvalidInput
+from vvhost.errors import Forbidden, InvalidInput, Unreachable
 from vvhost.service import Config, Service
 from vvhost.service.events import Retention, parse_since
 from vvhost.service.tenancy import UNIX_ADMIN
@@ -160,7 +161,7 @@ def test_tenant_never_sees_another_tenants_events(tmp_path: str) -> None:
             assert b.events(cursor=follow_b["cursor"])["events"] == []
             # hostile: a host cannot read health, metrics or repair
             for call in (b.health_report, b.metrics, b.audit_fix):
-                with pytest.raises(Exception) as err:
+                with pytest.raises(Forbidden) as err:
                     call()
                 assert "admin" in str(err.value)
         finally:
@@ -225,3 +226,47 @@ def test_lease_taken_from_a_silent_host_is_an_event(svc: Service) -> None:
         "op": "start",
         "dead": False,
     }
+
+
+def test_operation_rolled_back_after_a_crash_is_an_event(tmp_path: str) -> None:
+    """A create killed mid-way (kill -9 of vvhost serve) is rolled back by recovery
+    at the next start, and the log says so: its caller, its vvol, "rolled back"."""
+    from vvhost.daemon import ServerProcess
+    from vvhost.faults import FAULT_ENV, FAULT_MARK
+
+    state = os.path.join(str(tmp_path), "state")
+    sock = os.path.join(str(tmp_path), "s.sock")
+    server = ServerProcess(state, sock, env={FAULT_ENV: "create:file-created"}).start()
+    try:
+        admin = server.client()
+        admin.container_create("c1", "1G")
+
+        def create() -> None:
+            with contextlib.suppress(Unreachable):  # the server dies under it
+                admin.vvol_create("c1", "8M", name="v1")
+
+        hung = threading.Thread(target=create, daemon=True)
+        hung.start()
+        deadline = time.monotonic() + 30
+        while not os.path.exists(os.path.join(state, FAULT_MARK)):
+            assert time.monotonic() < deadline, "the create never reached its fault point"
+            time.sleep(0.1)
+        server.kill()
+        hung.join(30)
+        admin.close()
+        os.unlink(os.path.join(state, FAULT_MARK))
+    finally:
+        server.stop()
+    server = ServerProcess(state, sock).start()
+    try:
+        admin = server.client()
+        got = ops(admin.events()["events"])
+        assert len(got) == 1, got
+        ev = got[0]
+        assert ev["kind"] == "op.failed" and ev["severity"] == "warning"
+        assert ev["fields"]["op"] == "create" and ev["fields"]["outcome"] == "rolled back"
+        assert ev["fields"]["who"] == "admin:unix-socket"
+        assert admin.vvols() == [] and admin.audit()["ok"]
+        admin.close()
+    finally:
+        server.stop()
