@@ -31,7 +31,7 @@ def server(tmp_path: str) -> Iterator[ServerProcess]:
     srv = ServerProcess(
         os.path.join(str(tmp_path), "state"),
         os.path.join(str(tmp_path), "s.sock"),
-        env={"VVHOST_RECONCILE_INTERVAL": "0.5"},
+        args=["--reconcile-interval", "0.5"],
         private_tgtd=True,
     ).start()
     try:
@@ -116,6 +116,7 @@ def test_findings_become_events_once_and_fix_spares_foreign_things(
     assert len(kinds(api, "leak.found")) == len(leaks)
     assert all(e["kind"] != "leak.found" for e in api.events()["events"][before:])
     assert any(i["kind"] == "finding" for i in api.health_report()["items"])
+    assert f'vvhost_findings{{kind="leak.found"}} {float(len(leaks))}' in api.metrics()
 
     # --fix with the default grace period: the fresh orphan stays, the stale LUN goes
     res = cli(server, "audit", "--fix")

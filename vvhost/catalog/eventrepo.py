@@ -240,6 +240,11 @@ def op_statistics(conn: Connection) -> list[OpStat]:
 
 
 # -- reconciler findings ---------------------------------------------------------------
+def findings_by_kind(conn: Connection) -> list[tuple[str, int]]:
+    q = select(findings.c.kind, func.count()).group_by(findings.c.kind)
+    return [(str(k), int(n)) for k, n in conn.execute(q)]
+
+
 def finding_texts(conn: Connection) -> set[str]:
     return {str(r[0]) for r in conn.execute(select(findings.c.text))}
 

@@ -42,6 +42,13 @@ from .base import Session, json_option, pass_session
 )
 @click.option("--tls-cert", envvar="VVHOST_TLS_CERT", default=None, help="PEM certificate.")
 @click.option("--tls-key", envvar="VVHOST_TLS_KEY", default=None, help="PEM private key.")
+@click.option(
+    "--reconcile-interval",
+    envvar="VVHOST_RECONCILE_INTERVAL",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds between background audits (default 300; 0: none).",
+)
 @pass_session
 def serve(
     s: Session,
@@ -52,6 +59,7 @@ def serve(
     listen: str | None,
     tls_cert: str | None,
     tls_key: str | None,
+    reconcile_interval: float | None,
 ) -> None:
     """Run the control plane on the unix socket (--socket), and on TCP+TLS (--listen)."""
     import os
@@ -60,7 +68,15 @@ def serve(
     from ..server import serve as run
 
     tcp = Listen.parse(listen, tls_cert, tls_key) if listen else None
-    run(os.path.abspath(state_dir), s.socket, db_url, log_level, keep_endpoints, tcp)
+    run(
+        os.path.abspath(state_dir),
+        s.socket,
+        db_url,
+        log_level,
+        keep_endpoints,
+        tcp,
+        reconcile_interval,
+    )
 
 
 @click.command()

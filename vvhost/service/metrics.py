@@ -14,6 +14,7 @@ collector that reads the catalog at scrape time:
     vvhost_endpoint_up{pe,protocol}                         gauge
     vvhost_endpoint_restarts_total{pe}                      counter  (since serve started)
     vvhost_events_total{kind,severity}                      counter  (kept in the catalog)
+    vvhost_findings{kind}                                   gauge    (leak.found, audit.finding)
 
 Who may read it: admins only (the unix socket, or an admin token over TCP).
 """
@@ -56,6 +57,7 @@ class CatalogCollector(Collector):
             ops = eventrepo.op_statistics(conn)
             counts = eventrepo.counts(conn)
             pes = bindrepo.list_pes(conn)
+            open_findings = eventrepo.findings_by_kind(conn)
         yield from self._containers(containers)
         yield from self._arrays(arrays)
         g = GaugeMetricFamily("vvhost_vvols", "vvols by state and type", labels=["state", "type"])
@@ -84,6 +86,12 @@ class CatalogCollector(Collector):
         for kind, severity, n in counts:
             ev.add_metric([kind, severity], n)
         yield ev
+        found = GaugeMetricFamily(
+            "vvhost_findings", "what the reconciler finds now, by kind", labels=["kind"]
+        )
+        for kind, n in open_findings:
+            found.add_metric([kind], n)
+        yield found
 
     @staticmethod
     def _containers(containers: list[Container]) -> Iterator[Metric]:
