@@ -54,7 +54,8 @@ def test_operations_leave_events_with_who_how_long_and_outcome(svc: Service) -> 
     assert first["kind"] == "op.finished" and first["subject"] == f"vvol:{v['id']}"
     assert first["fields"]["who"] == "admin:unix-socket"
     assert 0 <= first["fields"]["seconds"] < 60
-    assert "create of vvol" in first["message"] and "finished" in first["message"]
+    assert first["message"].startswith("create of vvol v1 finished after ")
+    assert first["message"].endswith("(by admin:unix-socket)")
     client.close()
 
 

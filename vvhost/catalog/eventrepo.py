@@ -158,7 +158,7 @@ def op_ended(conn: Connection, op_id: str, outcome: str, error: str | None = Non
     who = f"{owner.kind}:{owner.subject}" if owner else None
     tenant = row.tenant or _tenant_of(conn, row.vvol_id, owner)
     failed = outcome != "finished"
-    words = f"{row.op} {'of vvol ' + row.vvol_id if row.vvol_id else ''}".strip()
+    words = f"{row.op} of vvol {_name_of(conn, row.vvol_id)}" if row.vvol_id else row.op
     message = f"{words} {outcome} after {seconds:.2f}s" + (f" (by {who})" if who else "")
     if error:
         message += f": {error}"
@@ -183,6 +183,12 @@ def op_ended(conn: Connection, op_id: str, outcome: str, error: str | None = Non
         ),
     )
     _observe(conn, row.op, outcome, seconds)
+
+
+def _name_of(conn: Connection, vvol_id: str) -> str:
+    """A vvol's name for people (its id when it has none or is gone)."""
+    found = conn.execute(select(vvols.c.name).where(vvols.c.id == vvol_id)).first()
+    return str(found[0]) if found is not None and found[0] else vvol_id
 
 
 def _tenant_of(conn: Connection, vvol_id: str | None, owner: Any) -> str | None:
