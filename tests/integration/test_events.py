@@ -20,7 +20,7 @@ from tests.tenancylab import tls_lab
 from vvhost.api.app import create_app
 from vvhost.catalog import eventrepo
 from vvhost.client import Client
-from vvhost.errors import Forbidden, InvalidInput, Unreachable
+from vvhost.errors import Forbidden, InvalidInput, Unreachable, VvhostError
 from vvhost.service import Config, Service
 from vvhost.service.events import Retention, parse_since
 from vvhost.service.tenancy import UNIX_ADMIN
@@ -271,3 +271,23 @@ def test_operation_rolled_back_after_a_crash_is_an_event(tmp_path: str) -> None:
         admin.close()
     finally:
         server.stop()
+
+
+def test_undone_operation_says_why(svc: Service) -> None:
+    """A clone whose source lost its data fails, is undone, and its event says why."""
+    client = Client.in_process(create_app(svc))
+    svc.containers.create("c1", "1G")
+    v = client.vvol_create("c1", "8M", name="v1")
+    path = client.vvol(v["id"])["path"]
+    os.unlink(path)  # the array lost the data under vvhost: a directory in its place
+    os.mkdir(path)
+    with pytest.raises(VvhostError) as err:
+        client.vvol_clone("v1", name="c", linked=False)
+    failed = [e for e in client.events()["events"] if e["kind"] == "op.failed"]
+    assert len(failed) == 1, failed
+    assert failed[0]["fields"]["op"] == "clone"
+    assert failed[0]["fields"]["outcome"] == "rolled back"
+    assert failed[0]["fields"]["error"] == err.value.message
+    assert failed[0]["message"].endswith(err.value.message)
+    assert [x["name"] for x in client.vvols()] == ["v1"]
+    client.close()

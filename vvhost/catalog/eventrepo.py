@@ -185,6 +185,26 @@ def op_ended(conn: Connection, op_id: str, outcome: str, error: str | None = Non
     _observe(conn, row.op, outcome, seconds)
 
 
+def note_error(conn: Connection, op_id: str, error: str) -> None:
+    """Add why operation ``op_id`` failed to its event (written when it was undone)."""
+    rows = conn.execute(
+        select(events.c.id, events.c.message, events.c.fields)
+        .where(events.c.kind == "op.failed")  # it was written a moment ago: among the last
+        .order_by(events.c.id.desc())
+        .limit(20)
+    )
+    for r in rows:
+        fields = json.loads(r.fields)
+        if fields.get("op_id") == op_id and "error" not in fields:
+            fields["error"] = error
+            conn.execute(
+                update(events)
+                .where(events.c.id == r.id)
+                .values(message=f"{r.message}: {error}", fields=json.dumps(fields, sort_keys=True))
+            )
+            return
+
+
 def _name_of(conn: Connection, vvol_id: str) -> str:
     """A vvol's name for people (its id when it has none or is gone)."""
     found = conn.execute(select(vvols.c.name).where(vvols.c.id == vvol_id)).first()

@@ -17,7 +17,7 @@ from sqlalchemy import Connection
 
 from ..arrays import ArrayBackend, open_backend
 from ..arrays.sources import DataSource, file_path
-from ..catalog import repo, vvolrepo
+from ..catalog import eventrepo, repo, vvolrepo
 from ..catalog.db import Database, sqlite_url
 from ..errors import (
     ArrayOffline,
@@ -27,6 +27,7 @@ from ..errors import (
     InvalidInput,
     NotFound,
     StaleGeneration,
+    VvhostError,
     VvolFailed,
 )
 from ..faults import FAULT_ENV, control_plane_fault
@@ -292,10 +293,17 @@ class Context:
             repo.journal_remove(conn, op_id, outcome="failed", error=reason)
 
     @contextmanager
-    def undo_on_error(self, entry_fn: Any) -> Iterator[None]:
-        """Run the op's recovery handler if the body raises, then re-raise."""
+    def undo_on_error(self, entry_fn: Any, op_id: str | None = None) -> Iterator[None]:
+        """Run the op's recovery handler if the body raises, then re-raise; with
+        ``op_id``, the operation's event says what went wrong."""
         try:
             yield
-        except BaseException:
+        except BaseException as exc:
             entry_fn()
+            if op_id is not None and isinstance(exc, Exception):
+                why = (
+                    exc.message if isinstance(exc, VvhostError) else f"{type(exc).__name__}: {exc}"
+                )
+                with self.db.tx() as conn:
+                    eventrepo.note_error(conn, op_id, why)
             raise

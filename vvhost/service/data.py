@@ -83,7 +83,7 @@ class DataOps:
             entry = JournalEntry(id=op, op="move", vvol=v.id, step="begin", args=args, created=0)
             src, dst = self.ctx.backend(v.array), self.ctx.backend(dst_array)
             try:
-                with self.ctx.undo_on_error(lambda: undo_move(self.ctx, entry)):
+                with self.ctx.undo_on_error(lambda: undo_move(self.ctx, entry), op):
                     with ExitStack() as stack:
                         chain = [(m.id, stack.enter_context(src.open(m.id))) for m in members]
                         dst.copy_in(v.id, dst_c.id, chain, self.ctx.progress.callback(op))

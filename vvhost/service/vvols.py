@@ -254,7 +254,7 @@ class VvolOps:
             vvolrepo.insert(conn, v)
             self.ctx.journal(conn, op, "create", v.id, {})
         entry = JournalEntry(id=op, op="create", vvol=v.id, step="begin", args={}, created=0)
-        with self.ctx.undo_on_error(lambda: undo_new(self.ctx, entry)):
+        with self.ctx.undo_on_error(lambda: undo_new(self.ctx, entry), op):
             backend = self.ctx.backend(array_id)
             backend.create(v.id, nbytes, v.container)
             self.ctx.fault("create", "file-created")
