@@ -14,6 +14,7 @@ from ..errors import VvhostError
 from .base import cli
 from .binding import binding, host, pe
 from .convert import convert
+from .events import events, health
 from .inventory import array, container
 from .nbdcreds import host_nbd_credentials  # noqa: F401  (adds `host nbd-credentials`)
 from .serve import audit, quickstart, serve
@@ -40,6 +41,8 @@ cli.add_command(serve)
 cli.add_command(quickstart)
 cli.add_command(audit)
 cli.add_command(convert)
+cli.add_command(events)
+cli.add_command(health)
 
 
 def main(argv: list[str] | None = None) -> int:

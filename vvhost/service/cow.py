@@ -266,7 +266,7 @@ class CowOps:
         entry = JournalEntry(id=op, op=kind, vvol=new.id, step="begin", args={}, created=0)
         backend = self.ctx.backend(new.array)
         try:
-            with self.ctx.undo_on_error(lambda: undo_new(self.ctx, entry)):
+            with self.ctx.undo_on_error(lambda: undo_new(self.ctx, entry), op):
                 make(self.ctx.progress.callback(op))
                 if new.readonly:
                     backend.set_readonly(new.id, True)
@@ -301,7 +301,7 @@ class CowOps:
             )
             backend = self.ctx.backend(base.array)
             try:
-                with self.ctx.undo_on_error(lambda: undo_revert(self.ctx, entry)):
+                with self.ctx.undo_on_error(lambda: undo_revert(self.ctx, entry), entry.id):
                     # The array stages the snapshot's data as the base's next data
                     # (dir: a copy beside it; rbd: a clone of the snapshot) ...
                     backend.revert(base.id, snap.id, op, self.ctx.progress.callback(op))
@@ -368,4 +368,4 @@ def _settle(ctx: Context, entry: JournalEntry, base: Vvol | None, bump: bool) ->
         if base is not None:
             gen = base.generation + (1 if bump else 0)
             vvolrepo.force(conn, base.id, state=READY, op=None, generation=gen)
-        repo.journal_remove(conn, entry.id)
+        repo.journal_remove(conn, entry.id, outcome="finished" if bump else "rolled back")

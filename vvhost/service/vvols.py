@@ -271,7 +271,7 @@ class VvolOps:
             vvolrepo.insert(conn, v)
             self.ctx.journal(conn, op, "create", v.id, {})
         entry = JournalEntry(id=op, op="create", vvol=v.id, step="begin", args={}, created=0)
-        with self.ctx.undo_on_error(lambda: undo_new(self.ctx, entry)):
+        with self.ctx.undo_on_error(lambda: undo_new(self.ctx, entry), op):
             backend = self.ctx.backend(array_id)
             backend.create(v.id, nbytes, v.container)
             self.ctx.fault("create", "file-created")
@@ -281,7 +281,9 @@ class VvolOps:
                 return self.describe(conn, vvolrepo.get(conn, v.id) or v)
 
     # -- extend -------------------------------------------------------------------------
-    def extend(self, ref: str, size: str | int, generation: int | None = None) -> dict[str, Any]:
+    def extend(
+        self, ref: str, size: str | int, generation: int | None = None, op_id: str | None = None
+    ) -> dict[str, Any]:
         """Grow a vvol, bound or not: the data grows (journaled: recovery finishes it),
         then every endpoint presenting a binding of it shows the new size.
 
@@ -289,7 +291,7 @@ class VvolOps:
         to retry after an endpoint failed (the vvol itself had grown by then).
         """
         nbytes = parse_size(size)
-        op = self.ctx.new_op()
+        op = self.ctx.new_op(op_id)
         endpoints = self.endpoints
         with self.ctx.db.tx() as conn:
             v = self.ctx.vvol(conn, ref)
@@ -350,8 +352,8 @@ class VvolOps:
                 return self.describe(conn, vvolrepo.get(conn, v.id) or v)
 
     # -- delete -------------------------------------------------------------------------
-    def delete(self, ref: str, generation: int | None = None) -> None:
-        op = self.ctx.new_op()
+    def delete(self, ref: str, generation: int | None = None, op_id: str | None = None) -> None:
+        op = self.ctx.new_op(op_id)
         with self.ctx.db.tx() as conn:
             v = self.ctx.vvol(conn, ref)
         with self.ctx.locks.hold([v.id, v.parent]):
@@ -417,7 +419,7 @@ def undo_new(ctx: Context, entry: JournalEntry) -> None:
             vvolrepo.add_ref(conn, v.parent, -1)
             repo.reserve(conn, v.container, -v.size)
             vvolrepo.remove(conn, v.id)
-        repo.journal_remove(conn, entry.id)
+        repo.journal_remove(conn, entry.id, outcome="rolled back")
 
 
 def finish_delete(ctx: Context, entry: JournalEntry) -> None:
