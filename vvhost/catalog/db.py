@@ -93,7 +93,7 @@ def _v8_array_settings(conn: Connection) -> None:
         conn.exec_driver_sql("ALTER TABLE arrays DROP COLUMN path")
 
 
-def _v10_events(conn: Connection) -> None:
+def _v9_events(conn: Connection) -> None:
     """The event log, its running counts, operation statistics and the
     reconciler's findings (eventschema.py); journal entries keep their tenant."""
     _add_column(conn, "journal", "tenant", "VARCHAR(128)")
@@ -109,7 +109,7 @@ MIGRATIONS: list[Migration] = [
     _v6_tenancy,
     _v7_vm_leases,
     _v8_array_settings,
-    _v10_events,
+    _v9_events,
 ]
 
 
