@@ -25,7 +25,18 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import ArrayOffline, BackendError, DataMissing, InUse, InvalidInput, ReadOnly
-from . import rbdaudit, rbdcopy, rbddiff, rbdindex, rbdio, rbdmove, rbdnames, rbdranges, volio
+from . import (
+    rbdaudit,
+    rbdcopy,
+    rbdcut,
+    rbddiff,
+    rbdindex,
+    rbdio,
+    rbdmove,
+    rbdnames,
+    rbdranges,
+    volio,
+)
 from .base import ArrayBackend, Changed, Progress, Space, VolumeIO
 from .rbdconn import Cluster
 from .rbdflatten import MAX_CLONE_DEPTH, Flattener, depth
@@ -319,6 +330,17 @@ class RbdArray:
         if entry is None or entry.snap is None:
             raise InvalidInput(detail=f"snapshot {snap_id!r} of {vvol_id!r} was not prepared")
         self.images.snap_create(entry.ref(), entry.snap)
+
+    def cut_snapshots(self, cuts: list[tuple[str, str]]) -> None:
+        """Cut a group's snapshots at once (see :mod:`rbdcut`: one monitor proposal
+        for all instead of one each)."""
+        refs: list[tuple[rbdindex.Image, str]] = []
+        for vvol_id, snap_id in cuts:
+            entry = self.index.entry(snap_id)
+            if entry is None or entry.snap is None:  # prepare tied it to vvol_id's image
+                raise InvalidInput(detail=f"snapshot {snap_id!r} of {vvol_id!r} was not prepared")
+            refs.append((entry.ref(), entry.snap))
+        rbdcut.cut_all(self.images, refs)
 
     def commit_snapshot(self, snap_id: str) -> None:
         with self._lock:
