@@ -30,6 +30,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import BackendError
@@ -39,13 +40,21 @@ from .rbdops import Images, ceph
 MAX_HELD = 256  # images kept open for prepared groups; beyond that, cuts open their own
 
 
+@dataclass
+class _Open:
+    stack: contextlib.ExitStack
+    image: Any
+    busy: threading.Lock = field(default_factory=threading.Lock)  # held while a cut uses it
+
+
 class Held:
-    """Images opened (writable, not locked) for prepared snapshots, by snapshot id."""
+    """Images opened (writable, not locked) for prepared snapshots, by snapshot id.
+    An image a cut is using is closed only once that cut is done."""
 
     def __init__(self, images: Images) -> None:
         self.images = images
         self._lock = threading.Lock()
-        self._open: dict[str, tuple[contextlib.ExitStack, Any]] = {}
+        self._open: dict[str, _Open] = {}
 
     def hold(self, snap_id: str, ref: Image) -> None:
         """Open ``ref`` for the cut of ``snap_id`` (a failure only costs the cut the open)."""
@@ -60,7 +69,7 @@ class Held:
             return
         with self._lock:
             if snap_id not in self._open:
-                self._open[snap_id] = (stack, img)
+                self._open[snap_id] = _Open(stack, img)
                 return
         stack.close()
 
@@ -69,8 +78,13 @@ class Held:
         """The held image of ``snap_id``, or ``ref`` opened for this call."""
         with self._lock:
             held = self._open.get(snap_id)
+            if held is not None:
+                held.busy.acquire()
         if held is not None:
-            yield held[1]
+            try:
+                yield held.image
+            finally:
+                held.busy.release()
             return
         with self.images.open(ref, writable=True) as img:
             yield img
@@ -79,8 +93,8 @@ class Held:
         with self._lock:
             held = self._open.pop(snap_id, None)
         if held is not None:
-            with contextlib.suppress(Exception):  # closing only drops our watch
-                held[0].close()
+            with held.busy, contextlib.suppress(Exception):  # closing only drops our watch
+                held.stack.close()
 
 
 def cut_one(held: Held, snap_id: str, ref: Image, snap: str) -> None:
