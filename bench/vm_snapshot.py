@@ -108,8 +108,9 @@ def run_rbd(reps: int | None = None) -> list[Result]:
     row = Result(STUN_RBD, "ratio <= 1.0", 1.0, median(stun), median(base), samples={
         "vvhost_stun": stun, "libvirt_call": base}).finish()  # fmt: skip
     row.notes.append(
-        "rbd stun: vvhost's pause-to-resume window (one RBD snapshot per disk) vs "
-        "libvirt's whole external snapshot call onto local qcow2 overlays over the RBD disks"
+        "rbd stun: vvhost's pause-to-resume window (the RBD snapshots of both disks taken "
+        "at once: one monitor proposal) vs libvirt's whole external snapshot call onto "
+        "local qcow2 overlays over the RBD disks"
     )
     return [row]
 
