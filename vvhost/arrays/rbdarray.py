@@ -316,7 +316,8 @@ class RbdArray:
         """Record the snapshot-to-be (so a crash leaves it findable) and open its
         image for the cut; no data moves."""
         entry = self._prepare_snapshot(vvol_id, snap_id)
-        self.held.hold(snap_id, entry.ref())
+        if entry.snap is not None:
+            self.held.hold(snap_id, entry.ref(), entry.snap)
 
     def _prepare_snapshot(self, vvol_id: str, snap_id: str) -> Entry:
         self._ready()
@@ -344,6 +345,10 @@ class RbdArray:
         for all instead of one each)."""
         refs: list[tuple[str, rbdindex.Image, str]] = []
         for vvol_id, snap_id in cuts:
+            known = self.held.target(snap_id)  # held from prepare until commit or removal
+            if known is not None:
+                refs.append((snap_id, *known))
+                continue
             entry = self.index.entry(snap_id)
             if entry is None or entry.snap is None:  # prepare tied it to vvol_id's image
                 raise InvalidInput(detail=f"snapshot {snap_id!r} of {vvol_id!r} was not prepared")

@@ -44,6 +44,8 @@ MAX_HELD = 256  # images kept open for prepared groups; beyond that, cuts open t
 class _Open:
     stack: contextlib.ExitStack
     image: Any
+    ref: Image
+    snap: str
     busy: threading.Lock = field(default_factory=threading.Lock)  # held while a cut uses it
 
 
@@ -56,8 +58,9 @@ class Held:
         self._lock = threading.Lock()
         self._open: dict[str, _Open] = {}
 
-    def hold(self, snap_id: str, ref: Image) -> None:
-        """Open ``ref`` for the cut of ``snap_id`` (a failure only costs the cut the open)."""
+    def hold(self, snap_id: str, ref: Image, snap: str) -> None:
+        """Open ``ref`` for the cut of ``snap_id`` (RBD snapshot ``snap``); a failure
+        only costs the cut the open."""
         with self._lock:
             if snap_id in self._open or len(self._open) >= MAX_HELD:
                 return
@@ -69,9 +72,15 @@ class Held:
             return
         with self._lock:
             if snap_id not in self._open:
-                self._open[snap_id] = _Open(stack, img)
+                self._open[snap_id] = _Open(stack, img, ref, snap)
                 return
         stack.close()
+
+    def target(self, snap_id: str) -> tuple[Image, str] | None:
+        """The image and RBD snapshot name ``snap_id`` was prepared for, if held."""
+        with self._lock:
+            held = self._open.get(snap_id)
+            return None if held is None else (held.ref, held.snap)
 
     @contextlib.contextmanager
     def image(self, snap_id: str, ref: Image) -> Iterator[Any]:
