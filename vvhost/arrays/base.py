@@ -160,6 +160,10 @@ class ArrayBackend(Protocol):
     def cut_snapshot(self, vvol_id: str, snap_id: str) -> None:
         """Capture the point in time (the guest is paused): short."""
 
+    def cut_snapshots(self, cuts: list[tuple[str, str]]) -> None:
+        """Cut the ``(vvol_id, snap_id)`` points of one group (the guest is paused),
+        as close together as the array can; a failure leaves them to ``abort``."""
+
     def commit_snapshot(self, snap_id: str) -> None:
         """Make a cut snapshot durable and read-only."""
 

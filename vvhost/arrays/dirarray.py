@@ -231,6 +231,11 @@ class DirArray:
         else:
             self._stage(self.locate(vvol_id), snap_id, sync=False)
 
+    def cut_snapshots(self, cuts: list[tuple[str, str]]) -> None:
+        """One after the other: each is a remap of what changed since ``prepare``."""
+        for vvol_id, snap_id in cuts:
+            self.cut_snapshot(vvol_id, snap_id)
+
     def commit_snapshot(self, snap_id: str) -> None:
         if not self.exists(snap_id):
             self._commit(snap_id)

@@ -28,6 +28,7 @@ from ..errors import ArrayOffline, BackendError, DataMissing, InUse, InvalidInpu
 from . import (
     rbdaudit,
     rbdcopy,
+    rbdcut,
     rbddiff,
     rbdindex,
     rbdio,
@@ -58,6 +59,7 @@ class RbdArray:
         self.cluster = Cluster(name, settings)
         self.index = Index(self.cluster)
         self.images = Images(self.cluster)
+        self.held = rbdcut.Held(self.images)
         self.flattener = Flattener(self.cluster)
         self._lock = threading.RLock()
         self._checked = False
@@ -232,6 +234,7 @@ class RbdArray:
         """Snapshots: the RBD snapshot goes (to the trash namespace while clones read it).
         Images: refused while a client has them open; otherwise retired while snapshot
         vvols read them, else moved to the RBD trash (purged by ``reap``)."""
+        self.held.release(vvol_id)  # a prepared snapshot dropped: its image closes
         self._ready()
         with self._lock:
             entry = self.index.entry(vvol_id)
@@ -314,13 +317,19 @@ class RbdArray:
 
     # -- points in time ---------------------------------------------------------------
     def snapshot(self, vvol_id: str, snap_id: str) -> str:
-        self.prepare_snapshot(vvol_id, snap_id)
+        self._prepare_snapshot(vvol_id, snap_id)
         self.cut_snapshot(vvol_id, snap_id)
         self.commit_snapshot(snap_id)
         return "rbd-snap"
 
     def prepare_snapshot(self, vvol_id: str, snap_id: str) -> None:
-        """Record the snapshot-to-be (so a crash leaves it findable); no data moves."""
+        """Record the snapshot-to-be (so a crash leaves it findable) and open its
+        image for the cut; no data moves."""
+        entry = self._prepare_snapshot(vvol_id, snap_id)
+        if entry.snap is not None:
+            self.held.hold(snap_id, entry.ref(), entry.snap)
+
+    def _prepare_snapshot(self, vvol_id: str, snap_id: str) -> Entry:
         self._ready()
         with self._lock:
             base = self._entry(vvol_id)
@@ -330,9 +339,10 @@ class RbdArray:
             if known is not None:
                 if known.image_id != base.image_id:
                     raise InvalidInput(detail=f"snapshot {snap_id!r} exists on another vvol")
-                return
+                return known
             snap = Entry("snap", base.ns, base.image, base.image_id, rbdnames.snap(snap_id))
             self.index.put(snap_id, snap)
+            return snap
 
     def cut_snapshot(self, vvol_id: str, snap_id: str) -> None:
         entry = self.index.entry(snap_id)
@@ -340,7 +350,23 @@ class RbdArray:
             raise InvalidInput(detail=f"snapshot {snap_id!r} of {vvol_id!r} was not prepared")
         self.images.snap_create(entry.ref(), entry.snap)
 
+    def cut_snapshots(self, cuts: list[tuple[str, str]]) -> None:
+        """Cut a group's snapshots at once (see :mod:`rbdcut`: one monitor proposal
+        for all instead of one each)."""
+        refs: list[tuple[str, rbdindex.Image, str]] = []
+        for vvol_id, snap_id in cuts:
+            known = self.held.target(snap_id)  # held from prepare until commit or removal
+            if known is not None:
+                refs.append((snap_id, *known))
+                continue
+            entry = self.index.entry(snap_id)
+            if entry is None or entry.snap is None:  # prepare tied it to vvol_id's image
+                raise InvalidInput(detail=f"snapshot {snap_id!r} of {vvol_id!r} was not prepared")
+            refs.append((snap_id, entry.ref(), entry.snap))
+        rbdcut.cut_all(self.held, refs)
+
     def commit_snapshot(self, snap_id: str) -> None:
+        self.held.release(snap_id)
         with self._lock:
             entry = self.index.entry(snap_id)
             if entry is None or entry.snap is None:

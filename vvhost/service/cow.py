@@ -138,9 +138,14 @@ class CowOps:
                             "was prepared"
                         )
 
+                # each array cuts its share of the group at once (rbd: in parallel,
+                # one monitor proposal for all the snapshot ids)
+                per_array: dict[str, list[tuple[str, str]]] = {}
                 for snap, base in zip(snaps, bases, strict=True):
-                    self.ctx.backend(snap.array).cut_snapshot(base.id, snap.id)
-                    self._cut.add(snap.id)
+                    per_array.setdefault(snap.array, []).append((base.id, snap.id))
+                for array_id, cuts in per_array.items():
+                    self.ctx.backend(array_id).cut_snapshots(cuts)
+                    self._cut.update(sid for _base, sid in cuts)
             except BaseException:
                 self.abort_group(snap_ids)
                 raise
