@@ -1,4 +1,4 @@
-"""Tables of the event log (migration ``_v10_events``).
+"""Tables of the event log (migration ``_v9_events``).
 
 events        id (cursor, ascending)  time  kind  severity  subject  message
               fields (JSON)  tenant (NULL: admins only)
