@@ -101,6 +101,11 @@ class Client:
         params = {"cursor": cursor, "since": since, "limit": limit, "wait": wait}
         return self.call("GET", "/v1/events", params=params)
 
+    def vm_event(self, host: str, vm: str, what: str, disks: list[str]) -> dict[str, Any]:
+        """Report VM ``vm`` of ``host`` paused for space or running again."""
+        body = {"vm": vm, "what": what, "disks": disks}
+        return self.call("POST", f"/v1/hosts/{host}/vm-events", json=body)
+
     def health_report(self, stuck: float | None = None) -> dict[str, Any]:
         return self.call("GET", "/v1/health/report", params={"stuck": stuck})
 
