@@ -77,8 +77,10 @@ def vvol_show(svc: Svc, p: Caller, ref: Ref) -> dict[str, Any]:
 
 
 @router.delete("/vvols/{ref}", status_code=204, response_model=None)
-def vvol_delete(svc: Svc, p: Caller, ref: Ref, generation: Generation = None) -> None:
-    svc.vvols.delete(svc.authz.vvol(p, ref), generation)
+def vvol_delete(
+    svc: Svc, p: Caller, ref: Ref, generation: Generation = None, deferred: bool = False
+) -> None:
+    svc.vvols.delete(svc.authz.vvol(p, ref), generation, deferred)
 
 
 @router.post("/vvols/{ref}/extend", response_model=None)

@@ -362,15 +362,27 @@ class DirArray:
         os.chmod(self.locate(vvol_id), 0o400 if readonly else 0o600)
 
     def allocated(self, vvol_id: str) -> int:
-        return self.space(vvol_id).allocated
+        try:
+            return os.stat(self.locate(vvol_id)).st_blocks * 512
+        except FileNotFoundError:
+            return 0
 
     def space(self, vvol_id: str) -> Space:
-        """Allocated blocks; shared reflink extents are not told apart (None)."""
+        """Allocated blocks, and the bytes of extents no other file shares (FIEMAP's
+        SHARED flag: reflinked data a snapshot still shares with its base is not
+        the snapshot's alone).  Without reflink every extent is the file's own."""
+        path = self.locate(vvol_id)
         try:
-            st = os.stat(self.locate(vvol_id))
+            st = os.stat(path)
+            unique = fsutil.unshared_bytes(path)
         except FileNotFoundError:
             return Space(0, 0, None)
-        return Space(st.st_size, st.st_blocks * 512, None)
+        except OSError as exc:
+            raise BackendError(
+                array=self.name, detail=f"cannot measure {vvol_id}: {exc.strerror or exc}"
+            ) from exc
+        allocated = st.st_blocks * 512
+        return Space(st.st_size, allocated, None if unique is None else min(unique, allocated))
 
     def list_ids(self) -> list[str]:
         return self._names(SUFFIX)

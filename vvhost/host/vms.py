@@ -27,6 +27,7 @@ from . import handles as hd
 from .config import HostConfig
 from .hook import ensure_bound, undo
 from .vmdoc import VmDoc
+from .vmspace import vm_space
 
 MiB = 1 << 20
 TARGETS = [f"vd{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
@@ -216,8 +217,10 @@ class VmManager:
         dom = self.domain(name)
         _root, meta = self._meta(dom)
         bound = {b["vvol"]: b for b in self.client.bindings(host=self.conf.name)}
+        space = vm_space(self.client, list(meta.disks.values()))
         return {
             "name": name,
+            "space": {k: v for k, v in space.items() if k != "disks"},
             "state": _state(dom),
             "datastore": meta.datastore,
             "config": meta.config,
@@ -228,6 +231,7 @@ class VmManager:
                     "vvol": v,
                     "bound": v in bound,
                     "uri": bound[v]["uri"] if v in bound else None,
+                    **space["disks"].get(v, {}),
                 }
                 for t, v in meta.disks.items()
             ],

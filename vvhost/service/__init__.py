@@ -19,6 +19,7 @@ from .inventory import ArrayOps, ContainerOps
 from .maintenance import ArrayMaintenance
 from .nbdcreds import NbdCredentials
 from .recovery import audit, recover
+from .space import SpaceRefresher
 from .tenancy import UNIX_ADMIN, Authz, TenantOps
 from .vvols import VvolOps
 
@@ -42,6 +43,8 @@ class Service:
         self.pes = PeOps(self.ctx, self.endpoints)
         self.bindings = BindingOps(self.ctx, self.hosts, self.pes, self.endpoints)
         self.maintenance = ArrayMaintenance(self.ctx)
+        self.space = self.vvols.space
+        self.refresher = SpaceRefresher(self.space, config.space_refresh)
         self.recovered: list[dict[str, str]] = []
 
     def start(self) -> None:
@@ -53,6 +56,8 @@ class Service:
         self.recovered = recover(self.ctx)
         self.endpoints.start_all()
         self.maintenance.start()
+        if self.refresher.interval > 0:
+            self.refresher.start()
 
     def audit(self) -> dict[str, Any]:
         return audit(self.ctx, self.endpoints)
@@ -81,6 +86,7 @@ class Service:
         """Stop; endpoint daemons stop too unless ``keep_endpoints`` (then a later
         start adopts them and hosts keep their I/O paths meanwhile)."""
         self.maintenance.stop()
+        self.refresher.stop()
         self.endpoints.stop_all(keep_daemons=keep_endpoints)
         self.ctx.close_backends()
         self.ctx.db.close()

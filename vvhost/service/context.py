@@ -45,6 +45,8 @@ class Config:
     # The default array ("local") when it is first made: {"backend": B, **settings};
     # None: a dir array under STATE/arrays/local.
     default_array: dict[str, str] | None = None
+    # seconds between background refreshes of cached space figures (0: none)
+    space_refresh: float = 30.0
 
     @classmethod
     def from_env(cls, state_dir: str, db_url: str | None = None) -> Config:
@@ -54,6 +56,7 @@ class Config:
             fault_at=os.environ.get(FAULT_ENV) or None,
             oui=os.environ.get("VVHOST_OUI") or DEFAULT_OUI,
             default_array=parse_array_spec(os.environ.get(DEFAULT_ARRAY_ENV)),
+            space_refresh=float(os.environ.get("VVHOST_SPACE_REFRESH") or 30.0),
         )
 
 
