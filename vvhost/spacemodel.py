@@ -13,8 +13,12 @@ container may take more.
   clone's unique bytes (what nothing else holds; allocated where the array
   cannot tell).
 * ``held`` (physical): a vvol's allocated bytes, except that snapshots and
-  linked clones count only their unique bytes: what they share is held by the
-  vvol they share it with and counted there once.
+  linked clones count only what they do not share with the vvol they came
+  from: a linked clone its unique bytes, a snapshot the bytes no newer point
+  of its family (later snapshots, the live vvol) holds, where the array can
+  tell (``exclusive``; else its unique bytes).  So every byte of a family is
+  counted once, by its newest holder: three snapshots still sharing data the
+  live vvol overwrote count it once, in the newest of them.
 * Admission: every operation charges its estimate in the transaction that
   records it; provisioned may not pass C × R, and snapshots and clones may not
   take the physical free space below K.
@@ -40,6 +44,7 @@ class Figures:
 
     allocated: int
     unique: int | None
+    exclusive: int | None = None  # snapshots: bytes no newer point holds
 
 
 def thin(relation: str | None) -> bool:
@@ -60,6 +65,8 @@ def charge(size: int, relation: str | None, f: Figures) -> int:
 
 def held(relation: str | None, f: Figures) -> int:
     """What the vvol counts against the physical capacity."""
+    if relation == SNAPSHOT and f.exclusive is not None:
+        return f.exclusive
     return own_bytes(relation, f) if thin(relation) else f.allocated
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from .. import bitmap, fsutil
 from ..errors import ArrayOffline, BackendError, InvalidInput
-from . import identity, volio
+from . import identity, rbdranges, volio
 from .base import Changed, Progress, Space, VolumeIO
 from .sources import FileSource
 from .volio import FileIO
@@ -383,6 +383,28 @@ class DirArray:
             ) from exc
         allocated = st.st_blocks * 512
         return Space(st.st_size, allocated, None if unique is None else min(unique, allocated))
+
+    def exclusive(self, vvol_id: str, newer: Sequence[str]) -> int | None:
+        """FIEMAP physical ranges of the file minus those of the ``newer`` files:
+        reflinked extents a newer point still shares are counted there."""
+        try:
+            mine = fsutil.physical_ranges(self.locate(vvol_id))
+            if mine is None:
+                return None
+            others: list[tuple[int, int]] = []
+            for other in newer:
+                with contextlib.suppress(FileNotFoundError):
+                    others += fsutil.physical_ranges(self.locate(other)) or []
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            raise BackendError(
+                array=self.name, detail=f"cannot measure {vvol_id}: {exc.strerror or exc}"
+            ) from exc
+        ranges = rbdranges.merge(mine)
+        return rbdranges.total(ranges) - rbdranges.total(
+            rbdranges.intersect(ranges, rbdranges.merge(others))
+        )
 
     def list_ids(self) -> list[str]:
         return self._names(SUFFIX)

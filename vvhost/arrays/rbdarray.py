@@ -207,6 +207,10 @@ class RbdArray:
         with ceph(self.name, f"measuring {entry.image}"):
             return rbddiff.space(self.cluster, _point(entry))
 
+    def exclusive(self, vvol_id: str, newer: Sequence[str]) -> int | None:
+        """Not told apart on RBD: a snapshot counts its unique bytes (``space``)."""
+        return None
+
     def remove(self, vvol_id: str) -> None:
         """Snapshots: the RBD snapshot goes (to the trash namespace while clones read it).
         Images: refused while a client has them open; otherwise retired while snapshot

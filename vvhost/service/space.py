@@ -100,10 +100,21 @@ class SpaceOps:
             if backend.offline() is not None or not backend.exists(v.id):
                 return None
             s = backend.space(v.id)
+            exclusive = backend.exclusive(v.id, self._newer(v)) if v.is_snapshot else None
         except VvhostError as exc:
             log.info("space of vvol %s not read: %s", v.id, exc.message)
             return None
-        return Figures(allocated=s.allocated, unique=s.unique)
+        return Figures(allocated=s.allocated, unique=s.unique, exclusive=exclusive)
+
+    def _newer(self, snap: Vvol) -> list[str]:
+        """The later points of a snapshot's family: later snapshots of its base, and
+        the base itself."""
+        with self.ctx.db.tx() as conn:
+            siblings = vvolrepo.dependants(conn, snap.parent or "")
+        later = [
+            s.id for s in siblings if s.is_snapshot and (s.created, s.id) > (snap.created, snap.id)
+        ]
+        return [*later, snap.parent or ""]
 
     def refresh(self, ids: Iterable[str]) -> int:
         """Read the figures of these vvols from their arrays and store them; returns
