@@ -22,6 +22,7 @@ from . import (
     cow_ops,
     rbd_ops,
     remote_api,
+    space,
     vm_boot,
     vm_migrate,
     vm_move_storage,
@@ -45,6 +46,8 @@ GROUPS: dict[str, Callable[..., list[Result]]] = {
     "vm-move-storage": vm_move_storage.run,
     "vm-move-storage-rbd": vm_move_storage.run_rbd,
     "rbd": rbd_ops.run,
+    "space-show": space.run_show,
+    "space-unique": space.run_unique,
 }
 
 
