@@ -133,6 +133,7 @@ class DirArray:
         self.check()
         for path in (self.locate(vvol_id), self.locate(vvol_id) + PART):
             try:
+                _free_extents(path)
                 _unlink(path)
             except OSError as exc:
                 raise BackendError(
@@ -433,6 +434,21 @@ def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _free_extents(path: str) -> None:
+    """Give back the file's extents now (truncate to 0) when this is its only name:
+    XFS frees an unlinked file's extents later, in the background, so the reflinked
+    data it shared would look shared for a while after it went."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return
+    try:
+        if os.fstat(fd).st_nlink == 1:
+            os.ftruncate(fd, 0)
     finally:
         os.close(fd)
 
