@@ -139,3 +139,44 @@ def _dir(path: str) -> object:
     from vvhost.arrays import settings_from
 
     return settings_from("dir", {"path": str(path)})
+
+
+def test_migration_charges_existing_vvols_their_size(tmp_path: str) -> None:
+    """A catalog from before ``_v9_space``: every vvol keeps being charged its size
+    (what ``provisioned`` counted), containers get ratio 1.0 and no reserve."""
+    url = sqlite_url(os.path.join(tmp_path, "old.db"))
+    db = Database(url)
+    with db.tx() as conn:
+        for table, column in (
+            ("containers", "overcommit"), ("containers", "reserve"),
+            ("containers", "reserve_spec"), ("vvols", "allocated"), ("vvols", "unique_bytes"),
+            ("vvols", "charge"), ("vvols", "held"), ("vvols", "space_at"),
+        ):  # fmt: skip
+            conn.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
+        conn.exec_driver_sql("UPDATE schema_version SET version = 8")
+        conn.exec_driver_sql(
+            "INSERT INTO arrays (id, name, backend, capabilities, created) "
+            "VALUES ('a', 'a', 'dir', '{}', 0)"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO containers (id, name, capacity, provisioned, created) "
+            f"VALUES ('c', 'pool', {GiB}, {64 * MiB}, 0)"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO vvols (id, type, container_id, array_id, size, readonly, state, "
+            "generation, refs, created, metadata) "
+            f"VALUES ('v', 'data', 'c', 'a', {64 * MiB}, 0, 'ready', 1, 0, 0, '{{}}')"
+        )
+    db.close()
+    db = Database(url)
+    try:
+        assert db.version() >= 9
+        with db.tx() as conn:
+            c = repo.get_container(conn, "c")
+            v = vvolrepo.get(conn, "v")
+            assert c is not None and v is not None
+            assert (c.overcommit, c.reserve, c.limit) == (1.0, 0, GiB)
+            assert (v.charge, v.allocated, v.unique) == (64 * MiB, 0, None)
+            assert repo.recount_provisioned(conn, "c") == c.provisioned
+    finally:
+        db.close()

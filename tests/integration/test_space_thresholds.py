@@ -1,0 +1,45 @@
+"""Usage crossing 80 % and 90 % of a container is reported once per rising edge,
+from admission (provisioning) and from refreshed figures (guests' writes), to
+``SpaceOps.on_threshold``, the one place an event log hooks into."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.patterns import Patterns
+from vvhost.service import Config, Service
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def svc(tmp_path: str) -> Iterator[Service]:
+    s = Service(Config(state_dir=os.path.join(tmp_path, "state"), space_refresh=0))
+    s.start()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def test_thresholds_from_admission_and_refresh(svc: Service, patterns: Patterns) -> None:
+    seen: list[tuple[str, float, float]] = []
+    svc.space.on_threshold = lambda name, level, fraction: seen.append((name, level, fraction))
+    svc.containers.create("pool", "100M", overcommit="4")
+    svc.vvols.create("pool", "300M", name="a")  # 75 % of 400M provisioned
+    assert seen == []
+    svc.vvols.create("pool", "24M", name="b")  # 81 %
+    assert [(n, lv) for n, lv, _ in seen] == [("pool", 0.8)]
+    svc.vvols.create("pool", "4M")  # 82 %: no new crossing
+    assert len(seen) == 1
+    # the physical side: 92 MiB written into "a", seen by a refresh
+    a = svc.vvols.show("a")
+    patterns.write(a["path"], "A", [i * MiB for i in range(92)], size=MiB)
+    svc.space.refresh_container("pool")
+    assert [(n, lv) for n, lv, _ in seen] == [("pool", 0.8), ("pool", 0.9)]
+    assert seen[-1][2] >= 0.92
+    shown = svc.containers.show("pool")
+    assert shown["used"] >= 92 * MiB and shown["space"]["fraction"] >= 0.92
