@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.patterns import Patterns
+from vvhost.catalog import spacerepo
 from vvhost.service import Config, Service
 
 MiB = 1 << 20
@@ -43,3 +44,19 @@ def test_thresholds_from_admission_and_refresh(svc: Service, patterns: Patterns)
     assert seen[-1][2] >= 0.92
     shown = svc.containers.show("pool")
     assert shown["used"] >= 92 * MiB and shown["space"]["fraction"] >= 0.92
+
+
+def test_background_refresh_reads_the_oldest_figures(svc: Service, patterns: Patterns) -> None:
+    """What ``vvhost serve``'s refresher runs: guests' writes show up without any
+    operation, and a vvol whose array cannot answer does not block the others."""
+    svc.containers.create("pool", "1G")
+    a = svc.vvols.create("pool", "16M", name="a")
+    b = svc.vvols.create("pool", "16M", name="b")
+    patterns.write(a["path"], "A", [0, MiB], size=MiB)
+    patterns.write(b["path"], "B", [0], size=MiB)
+    os.unlink(b["path"])  # its array cannot tell any more
+    assert svc.space.refresh_stale(max_age=0.0, limit=10) == 1
+    assert svc.vvols.show("a")["allocated"] >= 2 * MiB
+    assert svc.containers.show("pool")["allocated"] >= 2 * MiB
+    with svc.ctx.db.tx() as conn:  # both were looked at: neither is first in line now
+        assert [s.id for s in spacerepo.stale(conn, 0.0, 10)] == []

@@ -109,6 +109,13 @@ def stale(conn: Connection, older_than: float, limit: int) -> list[Stale]:
     return [Stale(r.id, r.array_id, r.space_at) for r in conn.execute(q)]
 
 
+def touch(conn: Connection, ids: list[str], at: float) -> None:
+    """Mark figures as looked at (a vvol whose array could not answer goes to the
+    back of the refresh queue instead of blocking it)."""
+    if ids:
+        conn.execute(update(vvols).where(vvols.c.id.in_(ids)).values(space_at=at))
+
+
 def family(conn: Connection, vvol_id: str) -> list[str]:
     """The vvol, its parent and its direct dependants: whose unique bytes change
     when it is made, written over, reverted or removed."""

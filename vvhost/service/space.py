@@ -117,37 +117,43 @@ class SpaceOps:
         return [*later, snap.parent or ""]
 
     def refresh(self, ids: Iterable[str]) -> int:
-        """Read the figures of these vvols from their arrays and store them; returns
-        how many were refreshed.  Vvols that are gone or being made are skipped."""
-        done = 0
-        for vid in dict.fromkeys(ids):
-            with self.ctx.db.tx() as conn:
-                v = vvolrepo.get(conn, vid)
-            if v is None:
-                continue
+        """Read the figures of these vvols from their arrays (outside any transaction),
+        then store them, one transaction per container; returns how many were stored.
+        Vvols that are gone, busy or moved meanwhile are skipped (their operation
+        refreshes them when done)."""
+        wanted = list(dict.fromkeys(ids))
+        with self.ctx.db.tx() as conn:
+            rows = [v for v in (vvolrepo.get(conn, vid) for vid in wanted) if v is not None]
+        read: dict[str, list[tuple[Vvol, Figures]]] = {}
+        for v in rows:
             f = self.figures(v)
-            if f is None:
-                continue
+            if f is not None:
+                read.setdefault(v.container, []).append((v, f))
+        done = 0
+        for container_id, batch in read.items():
             with self.ctx.db.tx() as conn:
-                c = repo.get_container(conn, v.container)
+                c = repo.get_container(conn, container_id)
                 if c is None:
                     continue
                 before = spacerepo.usage(conn, c).fraction
-                fresh = vvolrepo.get(conn, vid)
-                if fresh is None:
-                    continue
-                spacerepo.record(
-                    conn,
-                    vid,
-                    allocated=f.allocated,
-                    unique=f.unique,
-                    charge=charge(fresh.size, fresh.relation, f),
-                    held=held(fresh.relation, f),
-                )
-                c = repo.get_container(conn, v.container) or c
+                for v, f in batch:
+                    fresh = vvolrepo.get(conn, v.id)
+                    if fresh is None or fresh.container != container_id:
+                        continue
+                    if fresh.state not in (READY, DEFERRED) or fresh.size != v.size:
+                        continue
+                    spacerepo.record(
+                        conn,
+                        v.id,
+                        allocated=f.allocated,
+                        unique=f.unique,
+                        charge=charge(fresh.size, fresh.relation, f),
+                        held=held(fresh.relation, f),
+                    )
+                    done += 1
+                c = repo.get_container(conn, container_id) or c
                 after = spacerepo.usage(conn, c).fraction
             self._report(c.name, before, after)
-            done += 1
         return done
 
     def refresh_family(self, *vvol_ids: str | None) -> None:
@@ -172,9 +178,15 @@ class SpaceOps:
         return self.refresh(ids)
 
     def refresh_stale(self, max_age: float, limit: int = 500) -> int:
+        """Refresh up to ``limit`` of the oldest figures; those that could not be
+        read now wait for their turn again."""
+        now = time.time()
         with self.ctx.db.tx() as conn:
-            rows = spacerepo.stale(conn, time.time() - max_age, limit)
-        return self.refresh(r.id for r in rows)
+            rows = spacerepo.stale(conn, now - max_age, limit)
+        done = self.refresh(r.id for r in rows)
+        with self.ctx.db.tx() as conn:
+            spacerepo.touch(conn, [r.id for r in rows], now)
+        return done
 
     def _report(self, container: str, before: float, after: float) -> None:
         for level in crossed(before, after):
