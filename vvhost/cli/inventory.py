@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import click
 
@@ -149,7 +150,7 @@ def container_set(
     """Change a container's capacity, over-subscription ratio or reserve."""
     if capacity is None and overcommit is None and reserve is None:
         raise click.UsageError("say what to change: --capacity, --overcommit or --reserve")
-    output.show(s.client.container_set(ref, capacity, overcommit, reserve), as_json)
+    _show_container(s.client.container_set(ref, capacity, overcommit, reserve), as_json)
 
 
 @container.command("refresh")
@@ -159,7 +160,7 @@ def container_set(
 def container_refresh(s: Session, ref: str, as_json: bool) -> None:
     """Read every vvol's space figures from the arrays now (serve does it in the
     background, oldest first)."""
-    output.show(s.client.container_refresh(ref), as_json)
+    _show_container(s.client.container_refresh(ref), as_json)
 
 
 @container.command("list")
@@ -181,8 +182,13 @@ def container_list(s: Session, as_json: bool) -> None:
 @json_option
 @pass_session
 def container_show(s: Session, ref: str, as_json: bool) -> None:
-    """Show a container."""
-    output.show(s.client.container(ref), as_json)
+    """Show a container with its space figures (sums the catalog keeps)."""
+    _show_container(s.client.container(ref), as_json)
+
+
+def _show_container(shown: dict[str, Any], as_json: bool) -> None:
+    """The figures are at the top level too: the human view leaves the ``space`` record out."""
+    output.show(shown, as_json, None if as_json else [k for k in shown if k != "space"])
 
 
 @container.command("delete")
