@@ -170,7 +170,9 @@ class Client:
         metadata: dict[str, str] | None = None,
         op_id: str | None = None,
         datastore: str | None = None,
+        pe: str | None = None,
     ) -> dict[str, Any]:
+        """Create a vvol; with ``pe``, only on an array that endpoint can serve."""
         body = {
             "container": container,
             "size": size,
@@ -179,6 +181,7 @@ class Client:
             "metadata": metadata,
             "op_id": op_id,
             "datastore": datastore,
+            "pe": pe,
         }
         return self.call("POST", "/v1/vvols", json={k: v for k, v in body.items() if v is not None})
 

@@ -67,6 +67,7 @@ def vvol_create(svc: Svc, p: Caller, body: m.VvolCreate) -> dict[str, Any]:
         body.op_id,
         datastore=body.datastore,
         tenant=tenant,
+        pe=body.pe,
     )
     return _view(p, out)
 

@@ -25,8 +25,19 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import ArrayOffline, BackendError, DataMissing, InUse, InvalidInput, ReadOnly
-from . import rbdaudit, rbdcopy, rbddiff, rbdindex, rbdio, rbdmove, rbdnames, rbdranges, volio
-from .base import ArrayBackend, Changed, Progress, Space, VolumeIO
+from . import (
+    rbdaudit,
+    rbdcopy,
+    rbddiff,
+    rbdindex,
+    rbdio,
+    rbdmove,
+    rbdnames,
+    rbdranges,
+    rbdwatchers,
+    volio,
+)
+from .base import ArrayBackend, Changed, Opener, Progress, Space, VolumeIO
 from .rbdconn import Cluster
 from .rbdflatten import MAX_CLONE_DEPTH, Flattener, depth
 from .rbdindex import Entry, Image, Index
@@ -137,6 +148,16 @@ class RbdArray:
         s = self.settings
         return RbdSource(s.pool, e.ns, e.image, e.snap, s.conf, s.user, s.keyring)
 
+    def openers(self, vvol_id: str) -> list[Opener]:
+        """The watchers of a vvol's image, named by the monitors where they can say
+        (a snapshot vvol is never watched itself: its base is)."""
+        self._ready()
+        entry = self.index.entry(vvol_id)
+        if entry is None or entry.kind != "image":
+            return []
+        image = entry.ref() if entry.image_id else self._found(entry.ns, entry.image)
+        return [] if image is None else rbdwatchers.openers(self.images, image)
+
     def exists(self, vvol_id: str) -> bool:
         self._ready()
         entry = self.index.entry(vvol_id)
@@ -244,11 +265,10 @@ class RbdArray:
             reason = f"being flattened ({job['done']}/{job['total']} objects)"
             raise InUse(kind="vvol", ref=vvol_id, reason=reason)
         if image is not None:
-            busy = self.images.watchers(image)
+            busy = rbdwatchers.openers(self.images, image)
             if busy:
-                raise InUse(
-                    kind="vvol", ref=vvol_id, reason=f"rbd image {entry.image} is open by {busy[0]}"
-                )
+                reason = f"rbd image {entry.image} is open by {busy[0].label()}"
+                raise InUse(kind="vvol", ref=vvol_id, reason=reason)
         for op, staged in self.index.staged(vvol_id).items():
             self.images.remove(staged)
             self.index.apply(drop=[rbdindex.staged_key(vvol_id, op)])

@@ -20,6 +20,7 @@ from .serve import audit, quickstart, serve
 from .tenancy import datastore, tenant, token
 from .vm import hook, vm
 from .vmmigrate import vm_migrate  # noqa: F401  (adds `vm migrate`)
+from .vmresume import vm_resume  # noqa: F401  (adds `vm resume`)
 from .vmsnap import vm_snapshot  # noqa: F401  (adds the snapshot commands to `vm`)
 from .vmstorage import vm_move_storage  # noqa: F401  (adds `vm move-storage`)
 from .vvol import vvol

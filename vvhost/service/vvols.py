@@ -19,6 +19,7 @@ from ..catalog import bindrepo, repo, tenancy, vvolrepo
 from ..errors import (
     BackendError,
     HasDependants,
+    InUse,
     InvalidInput,
     NotFound,
     ReadOnly,
@@ -35,13 +36,15 @@ from ..model import (
     VVOL_TYPES,
     Container,
     JournalEntry,
+    Pe,
     Vvol,
 )
 from ..spacemodel import thin
 from ..units import check_name, parse_size
+from . import openers
 from .bindings import ensure_unbound
 from .context import Context
-from .datastores import DatastoreOps, check_datastore_room
+from .datastores import DatastoreOps, check_datastore_room, check_serving
 from .endpoints import EndpointManager, RefreshFailed
 from .inventory import ContainerOps
 from .space import SpaceOps
@@ -186,15 +189,17 @@ class VvolOps:
         ]
 
     # -- placement ----------------------------------------------------------------------
-    def place(self, c: Container, prefer: str | None = None) -> str:
+    def place(self, c: Container, prefer: str | None = None, among: list[str] | None = None) -> str:
         """Prefer ``prefer`` (the source's array: reflink is possible there), else the
-        container's array with the most free space."""
+        container's array with the most free space (of those in ``among``, if given:
+        the arrays an endpoint can serve)."""
         if prefer and prefer in c.arrays:
             self.ctx.backend(prefer).check()
             return prefer
         free: list[tuple[int, str]] = []
         refused: BackendError | None = None
-        for array_id in c.arrays:  # an offline or broken array takes nothing new
+        candidates = [a for a in c.arrays if among is None or a in among]
+        for array_id in candidates:  # an offline or broken array takes nothing new
             try:
                 free.append((self.ctx.backend(array_id).free_bytes(), array_id))
             except BackendError as exc:
@@ -203,6 +208,13 @@ class VvolOps:
             assert refused is not None
             raise refused
         return max(free)[1]
+
+    @staticmethod
+    def _endpoint(conn: Connection, ref: str) -> Pe:
+        found = bindrepo.get_pe(conn, ref)
+        if found is None:
+            raise NotFound(kind="endpoint", ref=ref)
+        return found
 
     # -- create -------------------------------------------------------------------------
     def create(
@@ -215,9 +227,12 @@ class VvolOps:
         op_id: str | None = None,
         datastore: str | None = None,
         tenant: str | None = None,
+        pe: str | None = None,
     ) -> dict[str, Any]:
         """Create a vvol in ``container``, or in ``datastore`` (placed by its rule);
-        ``tenant`` owns it (default: the datastore's or the container's)."""
+        ``tenant`` owns it (default: the datastore's or the container's). With
+        ``pe``, only on an array that endpoint can serve (a VM's disks all go
+        through one endpoint), else refused before anything is made."""
         if type not in VVOL_TYPES:
             raise InvalidInput(detail=f"vvol type {type!r} is not one of {', '.join(VVOL_TYPES)}")
         if name is not None:
@@ -231,8 +246,9 @@ class VvolOps:
             if tenant is not None and tenancy.get_tenant(conn, tenant) is None:
                 raise NotFound(kind="tenant", ref=tenant)
             ds_id = None
+            endpoint = self._endpoint(conn, pe) if pe is not None else None
             if datastore is not None:
-                ds, c = self.datastores.place(conn, datastore, container, nbytes)
+                ds, c = self.datastores.place(conn, datastore, container, nbytes, endpoint)
                 ds_id, owner = ds.id, ds.tenant
             else:
                 assert container is not None
@@ -240,7 +256,8 @@ class VvolOps:
                 owner = c.tenant
             if tenant is not None and owner not in (None, tenant):
                 raise InvalidInput(detail=f"tenant {tenant} may not own a vvol in {owner}'s pool")
-            array_id = self.place(c)
+            among = check_serving(conn, endpoint, c) if endpoint is not None else None
+            array_id = self.place(c, among=among)
             self.space.admit(conn, c, nbytes, 0, "create")
             v = new_vvol(
                 container=c,
@@ -374,6 +391,9 @@ class VvolOps:
                         what=what,
                         names=", ".join(d.name or d.id for d in deps),
                     )
+            self._refuse_open(v)  # outside the transaction: it asks the array
+            with self.ctx.db.tx() as conn:
+                v = self.ctx.vvol(conn, ref)
                 vvolrepo.change(conn, v, bump=False, state=DELETING, op=op)
                 self.ctx.journal(conn, op, "delete", v.id, {})
             self.ctx.fault("delete", "begin")
@@ -383,6 +403,18 @@ class VvolOps:
             )
         self.space.refresh_family(v.parent)
         return "deleted"
+
+    def _refuse_open(self, v: Vvol) -> None:
+        """Refuse to delete data a client still has open, naming it (once, at once)."""
+        if v.state == FAILED and not self.ctx.backend(v.array).exists(v.id):
+            return
+        busy = openers.who(self.ctx, self.endpoints, v)
+        if busy:
+            raise InUse(
+                kind="vvol",
+                ref=v.name or v.id,
+                reason=f"its data is open by {'; '.join(busy)}; close it there, then delete",
+            )
 
 
 # -- shared by the error path and crash recovery --------------------------------------------
