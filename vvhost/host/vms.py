@@ -28,6 +28,7 @@ from .config import HostConfig
 from .hook import ensure_bound, undo
 from .vmdoc import VmDoc
 from .vmpause import SpaceHook, SpacePause, state_of
+from .vmspace import vm_space
 
 MiB = 1 << 20
 TARGETS = [f"vd{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
@@ -233,8 +234,10 @@ class VmManager:
         dom = self.domain(name)
         _root, meta = self._meta(dom)
         bound = {b["vvol"]: b for b in self.client.bindings(host=self.conf.name)}
+        space = vm_space(self.client, list(meta.disks.values()))
         return {
             "name": name,
+            "space": {k: v for k, v in space.items() if k != "disks"},
             "state": state_of(dom, self.on_paused_for_space, self.client),
             "datastore": meta.datastore,
             "config": meta.config,
@@ -245,6 +248,7 @@ class VmManager:
                     "vvol": v,
                     "bound": v in bound,
                     "uri": bound[v]["uri"] if v in bound else None,
+                    **space["disks"].get(v, {}),
                 }
                 for t, v in meta.disks.items()
             ],
