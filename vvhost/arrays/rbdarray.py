@@ -5,16 +5,12 @@
     linked clone      clone v2 of a snapshot (of a live vvol: of vc-<clone>, a snapshot cut
                       for it that the clone owns: it goes when the clone does)
     full clone        linked clone, then flattened (the copy runs with progress)
-    revert            clone of the snapshot staged as vv-<id>.r-<op>; the commit points the
-                      vvol at it in one index write and retires the old image, which stays
-                      while snapshot vvols read it; after the answer (rbdafter.py, else the
-                      reaper) images nobody needs go to the RBD trash, the reaper purges
-                      what no clone reads any more
-
-    revert hot path (what the caller waits for; measured in the notes of the bench):
-      index: staged:<id>:<op> (no image yet) -> librbd clone -> id from rbd_id.<name>
-      -> [catalog: journal step committed] -> index: vvol:<id> = clone, retired:<old>,
-      staged dropped (one write) -> answer (the clone's own bytes are known: none)
+    revert            the snapshot's spare clone (made after the last revert to it), or
+                      a new clone of it, staged as the vvol's next image; the commit points
+                      the vvol at it in one index write and retires the old image, which
+                      stays while snapshot vvols read it; after the answer (rbdafter.py,
+                      else the reaper) images nobody needs go to the RBD trash, the reaper
+                      purges what no clone reads any more (rbdrevert.py)
 
 Names come from vvol and operation ids (rbdnames.py), and the index (rbdindex.py)
 is written before an image or snapshot is made, so recovery finds every
@@ -27,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -39,11 +34,11 @@ from .rbdconn import Cluster
 from .rbdflatten import MAX_CLONE_DEPTH, Flattener, depth
 from .rbdindex import Entry, Image, Index
 from .rbdops import Images, ceph
+from .rbdrevert import Reverts
 from .settings import RbdSettings
 from .sources import RbdSource
 
 PURGE_PASSES = MAX_CLONE_DEPTH + 2
-FRESH_FOR = 2.0  # seconds a clone made by a revert counts as unwritten (the vvol is unbound)
 
 
 class RbdArray:
@@ -60,8 +55,7 @@ class RbdArray:
         self.after = Aftercare(name)
         self._lock = threading.RLock()
         self._checked = False
-        self._staged: dict[tuple[str, str], str] = {}  # (vvol, op) -> staged clone's id
-        self._fresh: dict[str, float] = {}  # image id -> until when nothing wrote to it
+        self.reverts = Reverts(self)
 
     # -- state ------------------------------------------------------------------------
     def offline(self) -> str | None:
@@ -198,7 +192,7 @@ class RbdArray:
         if writable and (entry.kind != "image" or entry.readonly):
             raise ReadOnly(ref=vvol_id, action="open it for writing")
         if writable:
-            self._fresh.pop(entry.image_id, None)
+            self.reverts.written(entry.image_id)
         with ceph(self.name, f"opening {entry.image}"):
             with self.images.open(entry.ref(), entry.snap, writable) as img:
                 vol = rbdio.RbdVolume(img)
@@ -213,8 +207,8 @@ class RbdArray:
         """The image's own objects (not its parent's), from the object map."""
         self._ready()
         entry = self._entry(vvol_id)
-        if entry.snap is None and self._fresh.pop(entry.image_id, 0.0) > time.monotonic():
-            return 0  # a clone just made here: the answer of the call that made it
+        if entry.snap is None and self.reverts.unwritten(entry.image_id):
+            return 0  # a clone a revert just made: the answer of that revert
         with ceph(self.name, f"measuring {entry.image}"):
             return rbddiff.own_bytes(self.cluster, _point(entry))
 
@@ -239,6 +233,7 @@ class RbdArray:
                 self._remove_image(vvol_id, entry)
 
     def _remove_snap(self, vvol_id: str, entry: Entry) -> None:
+        self.reverts.drop_spare(vvol_id)  # a clone of the snapshot would keep it
         if entry.snap is not None and entry.image_id:
             self.images.snap_remove(entry.ref(), entry.snap)
         self.index.apply(drop=[rbdindex.vvol_key(vvol_id)])
@@ -406,60 +401,25 @@ class RbdArray:
         return self.flattener.wait(vvol_id, timeout)
 
     def revert(self, vvol_id: str, snap_id: str, op: str, progress: Progress | None = None) -> None:
-        """Stage a clone of the snapshot as the vvol's next image (constant time).  The
-        index names the clone before it exists; its id is kept here for the commit
-        (recovery finds it by the name)."""
+        """Stage the snapshot's data as the vvol's next image: its spare clone, or a new
+        clone (constant time either way; rbdrevert.py)."""
         self._ready()
         with self._lock:
-            base, snap = self._entry(vvol_id), self._entry(snap_id)
-            if base.kind != "image" or snap.kind != "snap" or snap.snap is None:
-                raise InvalidInput(detail=f"cannot revert {vvol_id!r} to {snap_id!r}")
-            staged = self.index.staged(vvol_id).get(op)
-            if staged is None:
-                staged = Image(base.ns, rbdnames.staged(vvol_id, op))
-                self.index.apply(put={rbdindex.staged_key(vvol_id, op): staged})
-            image_id = self.images.clone(snap.ref(), snap.snap, base.ns, staged.name)
-            self._staged[(vvol_id, op)] = image_id
+            self.reverts.stage(vvol_id, snap_id, op)
         if progress is not None:
             progress(1, 1)
 
     def revert_commit(self, vvol_id: str, op: str) -> None:
-        """Point the vvol at the staged clone and retire its old image, in one index
-        write; trashing the old image and bounding the clone depth come after the
-        answer (``after``; the reaper does them when that is lost)."""
+        """Point the vvol at the staged clone and retire its old image (one index write);
+        the rest comes after the answer."""
         self._ready()
         with self._lock:
-            staged = self.index.staged(vvol_id).get(op)
-            if staged is None:
-                return  # committed already (or never staged): nothing to do
-            base = self._entry(vvol_id)
-            image_id = self._staged.pop((vvol_id, op), None) or staged.image_id
-            image_id = image_id or self.images.lookup(staged.ns, staged.name) or ""
-            if not image_id:
-                raise BackendError(array=self.name, detail=f"revert {op} of {vvol_id} is unstaged")
-            old = base.ref()
-            new = dataclasses.replace(base, image=staged.name, image_id=image_id)
-            self.index.apply(
-                put={rbdindex.vvol_key(vvol_id): new, rbdindex.retired_key(old.image_id): old},
-                drop=[rbdindex.staged_key(vvol_id, op)],
-            )
-            self._fresh[image_id] = time.monotonic() + FRESH_FOR
-        self.after.later(f"revert:{op}", lambda: self._after_revert(vvol_id, old, new.ref()))
-
-    def _after_revert(self, vvol_id: str, old: Image, new: Image) -> None:
-        with self._lock:
-            self._release(old)
-        self._bound_depth(vvol_id, new)
+            self.reverts.commit(vvol_id, op)
 
     def revert_undo(self, vvol_id: str, op: str) -> None:
         self._ready()
         with self._lock:
-            self._staged.pop((vvol_id, op), None)
-            staged = self.index.staged(vvol_id).get(op)
-            if staged is None:
-                return
-            self.images.remove(staged)
-            self.index.apply(drop=[rbdindex.staged_key(vvol_id, op)])
+            self.reverts.undo(vvol_id, op)
 
     # -- data movement ----------------------------------------------------------------
     def changed(
@@ -532,6 +492,9 @@ class RbdArray:
         """Move vvols (a vvol and its snapshots) to another storage container of this
         array: their images migrate to its namespace (rbdmove.py)."""
         self._ready()
+        with self._lock:  # spares go first (a migration would re-link them); reverts remake them
+            for vid in vvol_ids:
+                self.reverts.drop_spare(vid)
         rbdmove.relocate(self, vvol_ids, rbdnames.namespace(space), self._lock, progress)
 
     def reap(self) -> list[str]:

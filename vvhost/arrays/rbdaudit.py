@@ -31,6 +31,8 @@ def report(array: RbdArray) -> dict[str, list[str]]:
     known_ids = {e.image_id for e in entries.values() if e.image_id}
     known_ids |= set(retired)
     staged = [img for vid in entries for img in array.index.staged(vid).values()]
+    # clones kept for the next revert to a snapshot (one whose snapshot went is a leak)
+    staged += [img for sid, img in array.index.spares().items() if sid in entries]
     known_names = {(e.ns, e.image) for e in entries.values()}
     known_names |= {(img.ns, img.name) for img in staged}  # a revert's clone, named first
     known_snaps: set[tuple[str, str | None]] = {

@@ -6,6 +6,8 @@
       staged:<id>:<op>      Image   the clone a revert staged, until commit or undo
       retired:<image id>    Image   an image no vvol writes to any more, kept while
                                     snapshot vvols still read it
+      spare:<snap id>       Image   a clone of that snapshot nobody wrote to, kept for
+                                    the next revert to it (rbdrevert.py)
       space:<namespace>     ""      namespaces this array made (the reaper walks them)
 
 A multi-key change is one RADOS write operation, so it lands whole or not at
@@ -68,6 +70,10 @@ def staged_key(vvol_id: str, op: str) -> str:
 
 def retired_key(image_id: str) -> str:
     return f"retired:{image_id}"
+
+
+def spare_key(snap_id: str) -> str:
+    return f"spare:{snap_id}"
 
 
 def space_key(ns: str) -> str:
@@ -160,6 +166,14 @@ class Index:
         """op -> staged image, for every revert of ``vvol_id`` not yet committed or undone."""
         prefix = staged_key(vvol_id, "")
         return {k[len(prefix) :]: decode_image(v) for k, v in self._items(prefix).items()}
+
+    def spare(self, snap_id: str) -> Image | None:
+        raw = self._one(spare_key(snap_id))
+        return None if raw is None else decode_image(raw)
+
+    def spares(self) -> dict[str, Image]:
+        """snapshot id -> its spare clone."""
+        return {k.split(":", 1)[1]: decode_image(v) for k, v in self._items("spare:").items()}
 
     def retired(self) -> dict[str, Image]:
         return {k.split(":", 1)[1]: decode_image(v) for k, v in self._items("retired:").items()}

@@ -1,0 +1,147 @@
+"""Revert of an RBD vvol to one of its snapshots, keeping the newer ones, in constant time.
+
+    stage   the snapshot's spare clone, moved to staged:<vvol>:<op> in one index
+            write (nothing else to do), or else: staged:<vvol>:<op> written, then
+            a clone vv-<vvol>.r-<op> of the snapshot made (librbd clone v2)
+    commit  one index write: vvol:<vvol> = the clone, retired:<old image>, staged
+            key dropped -- the answer goes out here
+    after   (rbdafter.py, in the background) trash the old image if nothing needs
+            it, bound the clone depth, make the snapshot's next spare
+    undo    remove the staged clone, drop its key
+
+    spare:<snap> -> vv-<vvol>.p-<op>   a clone of the snapshot nobody wrote to, made
+            after revert <op> went to that snapshot, so that the next revert to it
+            only moves index keys.  Removed with the snapshot; dropped before its
+            images move to another namespace; remade after each revert that took it.
+
+Every image is named in the index before it exists (staged and spare keys without
+an id), so what a crash leaves behind is found: a spare without an id is removed
+and made again, a staged clone is removed (undo) or becomes the vvol's (commit).
+What "after" would do is recorded before it is queued (retired:<old>); when the
+process stops first, the reaper trashes the image, a missing spare only costs
+the next revert its clone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import TYPE_CHECKING
+
+from ..errors import BackendError, InvalidInput
+from . import rbdindex, rbdnames
+from .rbdindex import Image
+
+if TYPE_CHECKING:
+    from .rbdarray import RbdArray
+
+FRESH_FOR = 2.0  # seconds a clone a revert made counts as unwritten (the vvol is unbound)
+
+
+class Reverts:
+    def __init__(self, array: RbdArray) -> None:
+        self.array = array
+        self._staged: dict[tuple[str, str], tuple[str, str]] = {}  # (vvol, op) -> (id, snap)
+        self._fresh: dict[str, float] = {}  # image id -> until when nothing wrote to it
+
+    def stage(self, vvol_id: str, snap_id: str, op: str) -> None:
+        a = self.array
+        base, snap = a._entry(vvol_id), a._entry(snap_id)
+        if base.kind != "image" or snap.kind != "snap" or snap.snap is None:
+            raise InvalidInput(detail=f"cannot revert {vvol_id!r} to {snap_id!r}")
+        staged = a.index.staged(vvol_id).get(op)
+        if staged is None:
+            taken = self._take_spare(vvol_id, snap_id, op, base.ns)
+            if taken is not None:
+                self._staged[(vvol_id, op)] = (taken.image_id, snap_id)
+                return
+            staged = Image(base.ns, rbdnames.staged(vvol_id, op))
+            a.index.apply(put={rbdindex.staged_key(vvol_id, op): staged})
+        image_id = staged.image_id or a.images.clone(snap.ref(), snap.snap, base.ns, staged.name)
+        self._staged[(vvol_id, op)] = (image_id, snap_id)
+
+    def _take_spare(self, vvol_id: str, snap_id: str, op: str, ns: str) -> Image | None:
+        """The snapshot's spare as the staged clone (one index write), if it is whole."""
+        a = self.array
+        spare = a.index.spare(snap_id)
+        if spare is None:
+            return None
+        if spare.ns != ns or not spare.image_id:
+            self.drop_spare(snap_id)
+            return None
+        if a.images.lookup(spare.ns, spare.name) != spare.image_id:
+            a.index.apply(drop=[rbdindex.spare_key(snap_id)])  # gone: nothing to remove
+            return None
+        a.index.apply(
+            put={rbdindex.staged_key(vvol_id, op): spare}, drop=[rbdindex.spare_key(snap_id)]
+        )
+        return spare
+
+    def commit(self, vvol_id: str, op: str) -> None:
+        a = self.array
+        staged = a.index.staged(vvol_id).get(op)
+        if staged is None:
+            return  # committed already (or never staged): nothing to do
+        base = a._entry(vvol_id)
+        image_id, snap_id = self._staged.pop((vvol_id, op), ("", ""))
+        image_id = image_id or staged.image_id or a.images.lookup(staged.ns, staged.name) or ""
+        if not image_id:
+            raise BackendError(array=a.name, detail=f"revert {op} of {vvol_id} is unstaged")
+        old = base.ref()
+        new = dataclasses.replace(base, image=staged.name, image_id=image_id)
+        a.index.apply(
+            put={rbdindex.vvol_key(vvol_id): new, rbdindex.retired_key(old.image_id): old},
+            drop=[rbdindex.staged_key(vvol_id, op)],
+        )
+        self._fresh[image_id] = time.monotonic() + FRESH_FOR
+        a.after.later(f"revert:{op}", lambda: self._after(vvol_id, old, new.ref(), snap_id, op))
+
+    def _after(self, vvol_id: str, old: Image, new: Image, snap_id: str, op: str) -> None:
+        a = self.array
+        with a._lock:
+            a._release(old)
+            if snap_id:
+                self.make_spare(vvol_id, snap_id, op)
+        a._bound_depth(vvol_id, new)
+
+    def undo(self, vvol_id: str, op: str) -> None:
+        a = self.array
+        self._staged.pop((vvol_id, op), None)
+        staged = a.index.staged(vvol_id).get(op)
+        if staged is None:
+            return
+        a.images.remove(staged)
+        a.index.apply(drop=[rbdindex.staged_key(vvol_id, op)])
+
+    # -- spares (the caller holds the array's lock) -------------------------------------
+    def make_spare(self, vvol_id: str, snap_id: str, op: str) -> None:
+        """A clone of snapshot ``snap_id`` for the next revert of ``vvol_id`` to it."""
+        a = self.array
+        snap = a.index.entry(snap_id)
+        if snap is None or not snap.ready or snap.kind != "snap" or snap.snap is None:
+            return  # the snapshot went meanwhile
+        if a.index.spare(snap_id) is not None:
+            return
+        spare = Image(snap.ns, rbdnames.spare(vvol_id, op))
+        a.index.apply(put={rbdindex.spare_key(snap_id): spare})
+        image_id = a.images.clone(snap.ref(), snap.snap, snap.ns, spare.name)
+        a.index.apply(
+            put={rbdindex.spare_key(snap_id): dataclasses.replace(spare, image_id=image_id)}
+        )
+
+    def drop_spare(self, snap_id: str) -> None:
+        """Remove the snapshot's spare clone (before the snapshot goes or moves)."""
+        a = self.array
+        spare = a.index.spare(snap_id)
+        if spare is None:
+            return
+        a.images.remove(spare)
+        a.index.apply(drop=[rbdindex.spare_key(snap_id)])
+
+    # -- what the answer may say without asking the pool -----------------------------------
+    def unwritten(self, image_id: str) -> bool:
+        """Whether ``image_id`` is a clone a revert just made (the first answer only)."""
+        return self._fresh.pop(image_id, 0.0) > time.monotonic()
+
+    def written(self, image_id: str) -> None:
+        self._fresh.pop(image_id, None)
