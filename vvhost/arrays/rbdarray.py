@@ -117,7 +117,10 @@ class RbdArray:
 
     # -- lookups ----------------------------------------------------------------------
     def _entry(self, vvol_id: str) -> Entry:
-        entry = self.index.entry(vvol_id)
+        return self._whole(vvol_id, self.index.entry(vvol_id))
+
+    def _whole(self, vvol_id: str, entry: Entry | None) -> Entry:
+        """``entry`` (of ``vvol_id``) if its data is whole, else ``DataMissing``."""
         if entry is None or not entry.ready:
             raise DataMissing(ref=vvol_id, array=self.name, path=f"rbd:{self.settings.pool}")
         return entry

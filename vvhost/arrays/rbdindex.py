@@ -126,6 +126,18 @@ class Index:
     def _one(self, key: str) -> bytes | None:
         return self._items(key).get(key)
 
+    def pick(self, keys: list[str]) -> dict[str, bytes]:
+        """The values of exactly these keys (those that exist), in one read."""
+        with self.cluster.ioctx() as io, rados.ReadOpCtx() as op:
+            it, _ = io.get_omap_vals_by_keys(op, tuple(keys))
+            try:
+                io.operate_read_op(op, rbdnames.INDEX)
+            except rados.ObjectNotFound:
+                return {}
+            except rados.Error as exc:
+                raise self._error("reading the index", exc) from None
+            return {str(k): bytes(v) for k, v in it}
+
     def apply(self, put: dict[str, Record] | None = None, drop: list[str] | None = None) -> None:
         """Set and remove keys in one atomic write."""
         put, drop = put or {}, drop or []
@@ -145,15 +157,14 @@ class Index:
     # -- typed views ------------------------------------------------------------------
     def entry(self, vvol_id: str) -> Entry | None:
         raw = self._one(vvol_key(vvol_id))
-        return None if raw is None else self._decode(vvol_id, raw)
+        return None if raw is None else self.decode(vvol_id, raw)
 
     def entries(self) -> dict[str, Entry]:
         return {
-            key.split(":", 1)[1]: self._decode(key, raw)
-            for key, raw in self._items("vvol:").items()
+            key.split(":", 1)[1]: self.decode(key, raw) for key, raw in self._items("vvol:").items()
         }
 
-    def _decode(self, ref: str, raw: bytes) -> Entry:
+    def decode(self, ref: str, raw: bytes) -> Entry:
         try:
             return decode_entry(raw)
         except (ValueError, TypeError) as exc:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import BackendError, InvalidInput
 from . import rbdindex, rbdnames
-from .rbdindex import Image
+from .rbdindex import Entry, Image
 
 if TYPE_CHECKING:
     from .rbdarray import RbdArray
@@ -46,12 +46,20 @@ class Reverts:
 
     def stage(self, vvol_id: str, snap_id: str, op: str) -> None:
         a = self.array
-        base, snap = a._entry(vvol_id), a._entry(snap_id)
+        keys = [
+            rbdindex.vvol_key(vvol_id),
+            rbdindex.vvol_key(snap_id),
+            rbdindex.staged_key(vvol_id, op),
+            rbdindex.spare_key(snap_id),
+        ]
+        raw = a.index.pick(keys)  # everything the stage decides on, in one read
+        base = a._whole(vvol_id, _entry(a, vvol_id, raw.get(keys[0])))
+        snap = a._whole(snap_id, _entry(a, snap_id, raw.get(keys[1])))
         if base.kind != "image" or snap.kind != "snap" or snap.snap is None:
             raise InvalidInput(detail=f"cannot revert {vvol_id!r} to {snap_id!r}")
-        staged = a.index.staged(vvol_id).get(op)
+        staged = _image(raw.get(keys[2]))
         if staged is None:
-            taken = self._take_spare(vvol_id, snap_id, op, base.ns)
+            taken = self._take_spare(vvol_id, snap_id, op, base.ns, _image(raw.get(keys[3])))
             if taken is not None:
                 self._staged[(vvol_id, op)] = (taken.image_id, snap_id)
                 return
@@ -60,10 +68,11 @@ class Reverts:
         image_id = staged.image_id or a.images.clone(snap.ref(), snap.snap, base.ns, staged.name)
         self._staged[(vvol_id, op)] = (image_id, snap_id)
 
-    def _take_spare(self, vvol_id: str, snap_id: str, op: str, ns: str) -> Image | None:
+    def _take_spare(
+        self, vvol_id: str, snap_id: str, op: str, ns: str, spare: Image | None
+    ) -> Image | None:
         """The snapshot's spare as the staged clone (one index write), if it is whole."""
         a = self.array
-        spare = a.index.spare(snap_id)
         if spare is None:
             return None
         if spare.ns != ns or not spare.image_id:
@@ -79,10 +88,12 @@ class Reverts:
 
     def commit(self, vvol_id: str, op: str) -> None:
         a = self.array
-        staged = a.index.staged(vvol_id).get(op)
+        keys = [rbdindex.staged_key(vvol_id, op), rbdindex.vvol_key(vvol_id)]
+        raw = a.index.pick(keys)
+        staged = _image(raw.get(keys[0]))
         if staged is None:
             return  # committed already (or never staged): nothing to do
-        base = a._entry(vvol_id)
+        base = a._whole(vvol_id, _entry(a, vvol_id, raw.get(keys[1])))
         image_id, snap_id = self._staged.pop((vvol_id, op), ("", ""))
         image_id = image_id or staged.image_id or a.images.lookup(staged.ns, staged.name) or ""
         if not image_id:
@@ -145,3 +156,11 @@ class Reverts:
 
     def written(self, image_id: str) -> None:
         self._fresh.pop(image_id, None)
+
+
+def _entry(array: RbdArray, vvol_id: str, raw: bytes | None) -> Entry | None:
+    return None if raw is None else array.index.decode(vvol_id, raw)
+
+
+def _image(raw: bytes | None) -> Image | None:
+    return None if raw is None else rbdindex.decode_image(raw)
