@@ -127,12 +127,11 @@ def test_the_next_revert_takes_the_spare(array: RbdArray, pool_io: Any) -> None:
     clean(array)
 
     put(array, "v1", "p4")
-    array.revert("v1", "s1", "op2")  # takes the spare: no new image
-    assert array.index.spare("s1") is None
-    assert array.index.staged("v1")["op2"].image_id == spare.image_id
-    assert "vv-v1.r-op2" not in names(pool_io, "c1")
-    array.revert_commit("v1", "op2")
-    array.revert_commit("v1", "op2")  # idempotent
+    array.revert("v1", "s1", "op2")  # the spare will do: nothing written, no new image
+    assert array.index.spare("s1") == spare and array.index.staged("v1") == {}
+    assert "vv-v1.r-op2" not in names(pool_io, "c1") and holds(array, "v1", "p4")
+    array.revert_commit("v1", "op2")  # takes it: one index write
+    array.revert_commit("v1", "op2", "s1")  # idempotent
     assert array.locator("v1")["image_id"] == spare.image_id
     assert holds(array, "v1", "p1") and holds(array, "s1", "p1") and holds(array, "s2", "p2")
     settled(array)
@@ -141,13 +140,14 @@ def test_the_next_revert_takes_the_spare(array: RbdArray, pool_io: Any) -> None:
     assert array.index.spare("s1") is not None  # made again for the next one
     clean(array)
 
-    # undo after taking a spare: the vvol keeps what it held, the spare is used up
+    # undo before the commit: the vvol keeps what it held, the spare stays the snapshot's
     put(array, "v1", "p5")
+    spare = array.index.spare("s1")
     array.revert("v1", "s1", "op3")
     array.revert_undo("v1", "op3")
     array.revert_undo("v1", "op3")
-    assert holds(array, "v1", "p5") and array.index.spare("s1") is None
-    assert "vv-v1.p-op2" not in names(pool_io, "c1")
+    assert holds(array, "v1", "p5") and array.index.spare("s1") == spare
+    assert "vv-v1.p-op2" in names(pool_io, "c1")
     clean(array)
 
     # the newer snapshot, then the older one with a spare on it, then the vvol
@@ -212,17 +212,25 @@ def test_crashes_around_spares_leave_only_what_recovery_finds(
     assert array.locator("v1")["image"] == "vv-v1.r-op1" and holds(array, "v1", "p1")
     clean(array)
 
-    # staged (the spare taken), then the process died: another instance, no memory
+    # staged (the spare chosen), then the process died: another instance, no memory;
+    # recovery after the commit point names the snapshot (from the journal)
     put(array, "v1", "p3")
+    spare = array.index.spare("s1")
     array.revert("v1", "s1", "op2")
     other = RbdArray("r1", _settings(ceph_cluster, ceph_pool), "array-1")
     try:
-        other.revert_commit("v1", "op2")  # recovery after the commit point
+        other.revert_commit("v1", "op2", "s1")
+        assert spare is not None and other.locator("v1")["image_id"] == spare.image_id
         assert holds(other, "v1", "p1")
         settled(other)
+        assert other.index.spare("s1").name == "vv-v1.p-op2"  # made after it
+        other.revert_commit("v1", "op2", "s1")  # done already: that spare stays
+        assert other.locator("v1")["image_id"] == spare.image_id
+        assert other.index.spare("s1").name == "vv-v1.p-op2"
         clean(other)
-        # a clone staged by name only (older index), found by its name at commit
+        # a clone staged by name only, found by its name at commit
         put(other, "v1", "p4")
+        other.reverts.drop_spare("s1")
         other.revert("v1", "s1", "op3")
         other.index.apply(put={"staged:v1:op3": _named("c1", other.index.staged("v1")["op3"])})
         third = RbdArray("r1", _settings(ceph_cluster, ceph_pool), "array-1")

@@ -412,12 +412,12 @@ class RbdArray:
         if progress is not None:
             progress(1, 1)
 
-    def revert_commit(self, vvol_id: str, op: str) -> None:
+    def revert_commit(self, vvol_id: str, op: str, snap_id: str | None = None) -> None:
         """Point the vvol at the staged clone and retire its old image (one index write);
         the rest comes after the answer."""
         self._ready()
         with self._lock:
-            self.reverts.commit(vvol_id, op)
+            self.reverts.commit(vvol_id, op, snap_id)
 
     def revert_undo(self, vvol_id: str, op: str) -> None:
         self._ready()

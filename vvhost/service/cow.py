@@ -351,7 +351,7 @@ def finish_revert(ctx: Context, entry: JournalEntry) -> None:
         base = vvolrepo.get(conn, entry.vvol or "")
     if base is not None:
         backend = ctx.backend(base.array)
-        backend.revert_commit(base.id, entry.id)
+        backend.revert_commit(base.id, entry.id, entry.args.get("to"))
         ctx.fault("revert", "replaced")
         with ctx.db.tx() as conn:
             snap = vvolrepo.get(conn, entry.args["to"])
