@@ -16,6 +16,7 @@ setup(
         "SQLAlchemy>=2.0",
         "qemu.qmp>=0.0.3",
         "libvirt-python>=9.0",
+        "prometheus_client>=0.16",
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6"],

@@ -20,6 +20,7 @@ from . import (
     catalog_scale,
     convert,
     cow_ops,
+    events,
     rbd_ops,
     remote_api,
     vm_boot,
@@ -45,6 +46,7 @@ GROUPS: dict[str, Callable[..., list[Result]]] = {
     "vm-move-storage": vm_move_storage.run,
     "vm-move-storage-rbd": vm_move_storage.run_rbd,
     "rbd": rbd_ops.run,
+    "events": events.run,
 }
 
 

@@ -132,6 +132,10 @@ def running_lab(
             h.stop()
         api.close()
         server.stop()
+        if rbd:  # hosts keep their Ceph identity while they exist: these go with the lab
+            with rbd[0].admin() as ceph:
+                for host in ("kvm1", "kvm2"):
+                    ceph.auth_rm(f"client.vvhost-{host}")
 
 
 def wait_off(lab: Lab, host: str, name: str, timeout: float = 90) -> None:
@@ -263,6 +267,21 @@ def go(path: str, log: str, n: int) -> None:
         sock.connect(path)
         sock.sendall(b"go\n")
         wait_line(log, f"go {n}", timeout=30)
+
+
+def disk_drivers(lab: Lab, host: str, name: str) -> dict[str, dict[str, str]]:
+    """The ``<driver>`` attributes of each disk of running domain ``name`` (by target)."""
+    conn = libvirt.open(lab.hosts[host].uri)
+    try:
+        root = ET.fromstring(conn.lookupByName(name).XMLDesc(0))
+    finally:
+        conn.close()
+    out = {}
+    for disk in root.findall("devices/disk"):
+        target, driver = disk.find("target"), disk.find("driver")
+        if target is not None and driver is not None:
+            out[target.get("dev", "")] = dict(driver.attrib)
+    return out
 
 
 def vvhost_json(lab: Lab, host: str, *args: str) -> Any:

@@ -87,6 +87,33 @@ class Client:
     def audit(self) -> dict[str, Any]:
         return self.call("GET", "/v1/audit")
 
+    def audit_fix(self, grace: float | None = None) -> dict[str, Any]:
+        return self.call("POST", "/v1/audit/fix", params={"grace": grace})
+
+    def events(
+        self,
+        cursor: int = 0,
+        since: float | None = None,
+        limit: int | None = None,
+        wait: float | None = None,
+    ) -> dict[str, Any]:
+        """Events after ``cursor`` (and from time ``since``): {"events": [...], "cursor": N}."""
+        params = {"cursor": cursor, "since": since, "limit": limit, "wait": wait}
+        return self.call("GET", "/v1/events", params=params)
+
+    def health_report(self, stuck: float | None = None) -> dict[str, Any]:
+        return self.call("GET", "/v1/health/report", params={"stuck": stuck})
+
+    def metrics(self) -> str:
+        """The Prometheus text the server exposes (admins only)."""
+        try:
+            resp = self.http.get("/metrics")
+        except httpx.TransportError as exc:
+            raise Unreachable(address=self.address, detail=str(exc) or type(exc).__name__) from exc
+        if resp.status_code != 200:
+            self._raise(resp)
+        return resp.text
+
     def operation(self, op_id: str) -> dict[str, Any]:
         return self.call("GET", f"/v1/ops/{op_id}")
 
@@ -146,7 +173,9 @@ class Client:
         metadata: dict[str, str] | None = None,
         op_id: str | None = None,
         datastore: str | None = None,
+        pe: str | None = None,
     ) -> dict[str, Any]:
+        """Create a vvol; with ``pe``, only on an array that endpoint can serve."""
         body = {
             "container": container,
             "size": size,
@@ -155,6 +184,7 @@ class Client:
             "metadata": metadata,
             "op_id": op_id,
             "datastore": datastore,
+            "pe": pe,
         }
         return self.call("POST", "/v1/vvols", json={k: v for k, v in body.items() if v is not None})
 

@@ -583,10 +583,12 @@ def redo_to_cow(
     name: str | None = None,
     metadata: dict[str, str] | None = None,
     progress: Progress | None = None,
+    pe: str | None = None,
 ) -> dict[str, Any]:
-    """Turn the chain of ``top`` into a new vvol (in ``container`` or ``datastore``)
-    whose snapshots, oldest first, are the lower points and whose current state is
-    ``top``.  Returns ``{"vvol": base, "snapshots": [...], "layers": [...]}``."""
+    """Turn the chain of ``top`` into a new vvol (in ``container`` or ``datastore``,
+    on an array endpoint ``pe`` serves if given) whose snapshots, oldest first, are
+    the lower points and whose current state is ``top``.
+    Returns ``{"vvol": base, "snapshots": [...], "layers": [...]}``."""
     if container is None and datastore is None:
         raise InvalidInput(detail="say where: a container or a datastore")
     chain = read_chain(top)
@@ -595,7 +597,7 @@ def redo_to_cow(
     try:
         size = _round_up(chain[0].size, MIB)
         base = client.vvol_create(
-            container, size, name=name, metadata=metadata, datastore=datastore
+            container, size, name=name, metadata=metadata, datastore=datastore, pe=pe
         )
         dst = _local(base, os.W_OK)
         _replay(client, chain[0], base, dst, True, tick)

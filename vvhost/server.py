@@ -17,6 +17,7 @@ the ASGI servers are told not to touch signals, so nothing re-raises them):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import os
@@ -142,13 +143,17 @@ def serve(
     log_level: str = "warning",
     keep_endpoints: bool = False,
     listen: Listen | None = None,
+    reconcile_interval: float | None = None,
 ) -> None:
     """Serve the API on the unix socket (admin) and, with ``listen``, on TCP+TLS
     (bearer tokens) from a second thread; stop both on SIGTERM/SIGINT, then the
     endpoint daemons (unless ``keep_endpoints``), and return."""
     shutdown = Shutdown().install()
     lock = lock_state_dir(state_dir)
-    service = Service(Config.from_env(state_dir, db_url))
+    settings = Config.from_env(state_dir, db_url)
+    if reconcile_interval is not None:
+        settings = dataclasses.replace(settings, reconcile_interval=reconcile_interval)
+    service = Service(settings)
     try:
         service.start()
         if shutdown.requested:

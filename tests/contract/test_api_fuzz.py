@@ -116,6 +116,12 @@ QUERIES = [
     ("GET", "/v1/vvols", "container"),
     ("GET", "/v1/bindings", "vvol"),
     ("GET", "/v1/datastores/ds/resolve", "host"),
+    ("GET", "/v1/events", "cursor"),
+    ("GET", "/v1/events", "since"),
+    ("GET", "/v1/events", "limit"),
+    ("GET", "/v1/events", "wait"),
+    ("GET", "/v1/health/report", "stuck"),
+    ("POST", "/v1/audit/fix", "grace"),
 ]
 SQL_WORDS = ("SELECT", "INSERT", "UPDATE ", "sqlite", "IntegrityError", "Traceback", "[SQL")
 

@@ -269,3 +269,11 @@ def test_concurrent_builds_share_one_cache_entry(tmp_path: str) -> None:
     assert (again.kernel, again.initrd) == (paths["kernel"], paths["initrd"])
     assert sorted(os.listdir(cache)) == [os.path.basename(os.path.dirname(paths["kernel"]))]
     assert os.path.getsize(again.initrd) < 4 * MiB
+
+
+def test_discard_results_are_read_back() -> None:
+    assert guest_cmdline(["discard:vda:0:6"]).count("discard:vda:0:6") == 1
+    report = parse_serial("VVTEST BEGIN\nVVTEST discard vda 0 6 ok\nVVTEST END\n")
+    assert report.ok and report.results["discard:vda:0:6"] == "ok"
+    failed = parse_serial("VVTEST BEGIN\nVVTEST discard vdb 2 1 FAIL\nVVTEST END\n")
+    assert not failed.ok and failed.results["discard:vdb:2:1"] == "FAIL"

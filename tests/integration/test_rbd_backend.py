@@ -194,6 +194,51 @@ def test_snapshot_keeps_its_point_and_is_read_only(array: RbdArray) -> None:
     assert space.unique == 2 * CHUNK and space.provisioned == SIZE
 
 
+def watch_count(pool_io: Any, ns: str, image: str) -> int:
+    pool_io.set_namespace(ns)
+    with rbd.Image(pool_io, image, read_only=True) as img:
+        return len(list(img.watchers_list()))
+
+
+def test_group_cut_takes_every_image_at_once_or_none(array: RbdArray, pool_io: Any) -> None:
+    """``cut_snapshots``: the images are opened at prepare and closed at commit or
+    removal; a name that exists already fails the cut (never adopted), and what the
+    others made goes with the abort."""
+    for v in ("v1", "v2", "v3"):
+        array.create(v, SIZE, "c1")
+        put(array, v, f"{v}-old", [0, 8 * MiB])
+    for v in ("v1", "v2", "v3"):
+        array.prepare_snapshot(v, f"g-{v}")
+    assert watch_count(pool_io, "c1", "vv-v1") == 1  # held open for the cut
+    array.cut_snapshots([(v, f"g-{v}") for v in ("v1", "v2", "v3")])
+    for v in ("v1", "v2", "v3"):
+        put(array, v, f"{v}-new", [0])
+        array.commit_snapshot(f"g-{v}")
+        check(array, f"g-{v}", f"{v}-old", [0, 8 * MiB])
+        check(array, v, f"{v}-new", [0])
+        assert watch_count(pool_io, "c1", f"vv-{v}") == 0  # closed again
+    # a snapshot of that name on v2 already: the cut fails, the group is dropped
+    array.prepare_snapshot("v1", "h1")
+    array.prepare_snapshot("v2", "h2")
+    pool_io.set_namespace("c1")
+    with rbd.Image(pool_io, "vv-v2") as img:
+        img.create_snap("vs-h2")
+    with pytest.raises(BackendError, match="exists already"):
+        array.cut_snapshots([("v1", "h1"), ("v2", "h2")])
+    pool_io.set_namespace("c1")
+    with rbd.Image(pool_io, "vv-v1", read_only=True) as img:
+        assert "vs-h1" in [s["name"] for s in img.list_snaps()]  # the other one was cut
+    for sid in ("h1", "h2"):
+        array.remove(sid)  # what the service's abort does (vs-* names are the array's)
+    for v in ("v1", "v2"):
+        pool_io.set_namespace("c1")
+        with rbd.Image(pool_io, f"vv-{v}", read_only=True) as img:
+            assert sorted(s["name"] for s in img.list_snaps()) == [f"vs-g-{v}"]
+        assert watch_count(pool_io, "c1", f"vv-{v}") == 0
+    assert sorted(array.list_ids()) == ["g-v1", "g-v2", "g-v3", "v1", "v2", "v3"]
+    assert not {"h1", "h2"} & set(array.partials())
+
+
 def test_clones_linked_share_data_full_copies_it(array: RbdArray, pool_io: Any) -> None:
     array.create("v1", SIZE, "c1")
     put(array, "v1", "base", [0, 12 * MiB])

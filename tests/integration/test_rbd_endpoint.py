@@ -5,8 +5,8 @@ tgtd and QEMU's own librbd driver.
   (``client.vvhost-HOST``) whose caps reach only its bindings' namespaces;
   qemu-img/qemu-io read and write through the handle; another tenant's host
   cannot open, list or write the image; token rotation refuses the old key at
-  once; the identity goes with the last binding and with the host; audit
-  reports an identity that matches no host
+  once; the identity keeps its key with no caps after the last binding and
+  goes with the host; audit reports an identity that matches no host
 - ``nbd`` and ``iscsi`` serving RBD images (pattern checked; iSCSI in the
   default namespace here, in containers' namespaces in test_iscsi_rbd.py),
   ``file`` refusing RBD
@@ -344,10 +344,16 @@ def ceph_key(lab: Lab, host: str) -> str | None:
             return None
 
 
-def test_identity_goes_with_the_last_binding_and_with_the_host(lab: Lab) -> None:
+def ceph_caps(lab: Lab, host: str) -> dict[str, str]:
+    with lab.ceph.admin() as ceph:
+        return dict(ceph.auth_caps_of(f"client.vvhost-{host}"))
+
+
+def test_identity_keeps_its_key_without_caps_until_the_host_goes(lab: Lab) -> None:
     def key(host: str) -> str | None:
         return ceph_key(lab, host)
 
+    lab.write("va", "k1")
     lab.bind("va", "ha", "rbd1")
     with lab.ceph.admin() as ceph:  # lost behind the catalog's back (a crash, a slip)
         ceph.auth_rm("client.vvhost-ha")
@@ -358,18 +364,27 @@ def test_identity_goes_with_the_last_binding_and_with_the_host(lab: Lab) -> None
     lab.svc.bindings.unbind([lab.vvols["va"]], "ha")
     assert key("ha") == h1["key"]  # one reference left
     lab.svc.bindings.unbind([lab.vvols["va"]], "ha")
-    assert key("ha") is None
+    # the last binding went: same key, no caps at all, and the key reads nothing
+    assert key("ha") == h1["key"] and ceph_caps(lab, "ha") == {}
     assert open_as(lab, "vvhost-ha", h1["key"], "va") == "denied"
+    lab.check("va", "k1")  # nothing was written through it
+    # the next binding hands out the same key again, with the caps it needs
+    again = lab.bind("va", "ha", "rbd1")
+    assert again["key"] == h1["key"] and ceph_caps(lab, "ha")["osd"]
+    assert open_as(lab, "vvhost-ha", h1["key"], "va") == "ok"
 
     h2 = lab.bind("va2", "hx", "rbd1")  # a host of no tenant
     assert key("hx") == h2["key"]
     lab.svc.bindings.unbind([lab.vvols["va2"]], "hx", drop_all=True)
-    assert key("hx") is None
-    # an identity vvhost made but the catalog lost (a crash) goes with its host
+    assert key("hx") == h2["key"] and ceph_caps(lab, "hx") == {}
+    assert open_as(lab, "vvhost-hx", h2["key"], "va2") == "denied"
+    assert not any("vvhost-hx" in p for p in audit_acls(lab.svc.ctx, lab.svc.endpoints))
+    # caps the catalog does not account for (a crash, a slip) are reported ...
     with lab.ceph.admin() as ceph:
-        ceph.auth_get_or_create("client.vvhost-hx", cephaccess.caps_for({lab.pool: {""}}))
+        ceph.auth_caps("client.vvhost-hx", cephaccess.caps_for({lab.pool: {""}}))
     problems = audit_acls(lab.svc.ctx, lab.svc.endpoints)  # what `vvhost audit` adds
     assert any("identity client.vvhost-hx has caps" in p for p in problems), problems
+    # ... and the identity goes with its host
     lab.svc.hosts.remove("hx")
     assert key("hx") is None
 
@@ -413,7 +428,8 @@ def test_rebind_between_nbd_and_rbd_moves_the_access(lab: Lab) -> None:
     read_all(moved, out)
     check_file(out, "m1")
     back = lab.svc.bindings.rebind(lab.vvols["va"], "ha", "nbd1")
-    assert back["protocol"] == "nbd" and ceph_key(lab, "ha") is None
+    assert back["protocol"] == "nbd" and ceph_key(lab, "ha") == moved["key"]
+    assert ceph_caps(lab, "ha") == {}  # kept, but reaching nothing
     run("qemu-img", "convert", "-f", "raw", "-O", "raw", back["uri"], out)
     check_file(out, "m1")
 
@@ -502,7 +518,8 @@ def test_pe_create_rbd_errors_through_the_cli(tmp_path: str) -> None:
 def test_rbd_endpoint_through_the_cli(ceph_cluster: CephLab, ceph_pool: str, tmp_path: str) -> None:
     """The whole path as an operator types it: an RBD array, an rbd endpoint, a
     bind that prints the handle's URI, the host's key in ``binding list``, the
-    data read through it with QEMU, and the identity gone after unbind."""
+    data read through it with QEMU, the identity without caps after unbind and
+    gone with the host."""
     server = ServerProcess(
         os.path.join(tmp_path, "state"), os.path.join(tmp_path, "s.sock")
     ).start()
@@ -539,6 +556,9 @@ def test_rbd_endpoint_through_the_cli(ceph_cluster: CephLab, ceph_pool: str, tmp
         audit = json.loads(cli("audit", "--json").stdout)
         assert not [p for p in audit["problems"] if "vvhost-" in p], audit["problems"]
         cli("vvol", "unbind", "va", "--host", "ha")
+        with ceph_cluster.admin() as ceph:
+            assert ceph.auth_caps_of("client.vvhost-ha") == {}  # kept, reaching nothing
+        cli("host", "remove", "ha")
         with ceph_cluster.admin() as ceph:
             assert "client.vvhost-ha" not in ceph.auth_ls()
     finally:

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import libvirt
 import pytest
 import rbd
 
@@ -85,8 +86,10 @@ def where(lab: Lab, vvol: str) -> dict[str, Any]:
 
 
 def host_identities(ceph: CephLab) -> list[str]:
+    """Host identities that reach anything (one without bindings keeps its key, no caps)."""
     with ceph.admin() as admin:
-        return sorted(n for n in admin.auth_ls() if n.startswith("client.vvhost-"))
+        names = [n for n in admin.auth_ls() if n.startswith("client.vvhost-")]
+        return sorted(n for n in names if admin.auth_caps_of(n))
 
 
 def snapshot_names(ceph: CephLab, where: str) -> set[str]:
@@ -190,7 +193,7 @@ def test_vm_on_rbd_boots_snapshots_reverts_clones_and_grows(
         out = lab.vvhost("kvm1", "vm", "delete", vm)
         assert out.returncode == 0, out.stderr
     assert lab.api.vvols() == [] and lab.api.bindings() == []
-    assert host_identities(ceph_cluster) == []  # revoked with the last binding
+    assert host_identities(ceph_cluster) == []  # caps revoked with the last binding
     lab.api.array_reap("a1")
     assert images_left(ceph_cluster, ceph_pool) == []
     assert lab.api.audit()["ok"]
@@ -220,7 +223,7 @@ def lock_owners(ceph: CephLab, target: dict[str, Any]) -> list[str]:
             return [f"{client} {addr}" for client, _cookie, addr in lockers["lockers"]]
 
 
-def check_counting(lab: Lab, pat: Patterns, log: str, since: int) -> None:
+def check_counting(lab: Lab, pat: Patterns, log: str, since: int, vm: str = "mig") -> None:
     """The guest counts on past ``since`` (lines 10 apart, never back), and its
     newer values reach the RBD image."""
     deadline = time.monotonic() + 60
@@ -229,13 +232,13 @@ def check_counting(lab: Lab, pat: Patterns, log: str, since: int) -> None:
         time.sleep(0.2)
     seen = counters(log)
     assert seen == list(range(10, seen[-1] + 1, 10)), f"a gap or a step back: {seen}"
-    vda = where(lab, "mig.vda")
+    vda = where(lab, f"{vm}.vda")
     on_disk = counter_in(pat, vda)
     assert on_disk is not None and on_disk >= since + 40, (on_disk, since)
     time.sleep(0.5)
     later = counter_in(pat, vda)
     assert later is not None and later > on_disk, "the image stopped changing"
-    assert pat.read(where(lab, "mig.vdb"), 0, 4 * MiB) == pattern_bytes("Pre", 0, 4)
+    assert pat.read(where(lab, f"{vm}.vdb"), 0, 4 * MiB) == pattern_bytes("Pre", 0, 4)
 
 
 def test_vm_on_rbd_migrates_live_between_hosts(rbdpair: Lab, ceph_cluster: CephLab) -> None:
@@ -246,10 +249,10 @@ def test_vm_on_rbd_migrates_live_between_hosts(rbdpair: Lab, ceph_cluster: CephL
     # the protocol from kvm1's host.conf (rbd)
     log = create_vm(lab, "mig", "", cmds, disks=("16M", "8M"), keep_running=True)
     append_serial(lab, "kvm1", "mig")
-    # plain libvirt starts it: the libvirt secret `vm create` defined holds a key the
-    # control plane replaced when the host's last binding went; the hook's binding
-    # brings the current one, which the QEMU wrapper hands to QEMU
-    assert host_identities(ceph_cluster) == []  # the key `vm create` saw is gone
+    # plain libvirt starts it: between `vm create` and the start the host's identity
+    # keeps its key but reaches nothing; the hook's binding gives it its caps back
+    # (and writes the current key, which the QEMU wrapper hands to QEMU)
+    assert host_identities(ceph_cluster) == []  # no identity reaches anything
     conn = src.connect()
     conn.lookupByName("mig").create()
     wait_line(log, "counter 20")
@@ -276,3 +279,105 @@ def test_vm_on_rbd_migrates_live_between_hosts(rbdpair: Lab, ceph_cluster: CephL
     assert lab.api.bindings() == [] and host_identities(ceph_cluster) == []
     assert lab.vvhost("kvm1", "vm", "delete", "mig").returncode == 0
     assert lab.api.vvols() == [] and lab.api.audit()["ok"]
+
+
+# -- the cut of a COW snapshot group ---------------------------------------------------------
+
+
+def image_of(ceph: CephLab, target: dict[str, Any]) -> tuple[CephLab, str, str, str]:
+    pool, ns, image = target["where"].split("@")[0].split("/")
+    return ceph, pool, ns, image
+
+
+def watchers(ceph: CephLab, target: dict[str, Any]) -> list[str]:
+    """The clients that watch the image (QEMU; nobody else once a group is done)."""
+    _ceph, pool, ns, image = image_of(ceph, target)
+    with ceph.admin() as admin, admin.ioctx(pool, ns) as ioctx:
+        with rbd.Image(ioctx, image, read_only=True) as img:
+            return sorted(str(w["addr"]) for w in img.watchers_list())
+
+
+def set_snap_limit(ceph: CephLab, target: dict[str, Any], limit: int | None) -> None:
+    _ceph, pool, ns, image = image_of(ceph, target)
+    with ceph.admin() as admin, admin.ioctx(pool, ns) as ioctx:
+        with rbd.Image(ioctx, image) as img:
+            if limit is None:
+                img.remove_snap_limit()
+            else:
+                img.set_snap_limit(limit)
+
+
+def running(lab: Lab, name: str) -> bool:
+    dom = lab.hosts["kvm1"].connect().lookupByName(name)
+    return bool(dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING)
+
+
+def test_vm_on_rbd_snapshot_cut_fails_on_one_disk_and_nothing_is_left(
+    rbdlab: Lab, ceph_cluster: CephLab, ceph_pool: str
+) -> None:
+    """Both disks are cut at once. When one of them cannot be snapshotted (its
+    image's snapshot limit is reached) the whole group goes: no new RBD snapshot
+    on either image, no vvol, no point, no image left open by the control plane,
+    and the guest runs on. Once the limit goes, the next snapshot holds what the
+    guest wrote."""
+    lab, pat = rbdlab, volumes(ceph_cluster)
+    cmds = ["write:vdb:Pre:0:4", f"counter:vda:{COUNTER_OFF}"]
+    log = create_vm(lab, "cut", "rbd", cmds, disks=("16M", "8M"), keep_running=True)
+    out = lab.vvhost("kvm1", "vm", "start", "cut")
+    assert out.returncode == 0, out.stderr
+    wait_line(log, "counter 20")
+    vda, vdb = where(lab, "cut.vda"), where(lab, "cut.vdb")
+    seen = {t["where"]: watchers(ceph_cluster, t) for t in (vda, vdb)}
+    assert all(seen.values()), seen  # QEMU has both open
+
+    def snap_of(point: dict[str, Any], disk: str) -> dict[str, Any]:
+        return where(lab, point["disks"][disk])
+
+    def check_point(point: dict[str, Any]) -> None:
+        """The point holds what the guest had: later counts reach the live image only."""
+        assert point["running"] and point["mode"] == "cow" and point["stun_ms"] > 0
+        at_cut = counter_in(pat, snap_of(point, "vda"))
+        assert at_cut is not None and at_cut >= 20
+        check_counting(lab, pat, log, at_cut, vm="cut")
+        assert counter_in(pat, snap_of(point, "vda")) == at_cut
+        assert pat.read(snap_of(point, "vdb"), 0, 4 * MiB) == pattern_bytes("Pre", 0, 4)
+
+    s0 = vvhost_json(lab, "kvm1", "vm", "snapshot", "cut", "s0")
+    check_point(s0)
+    names = {t["where"]: snapshot_names(ceph_cluster, t["where"]) for t in (vda, vdb)}
+    assert all(len(n) == 1 for n in names.values()), names
+    assert {t["where"]: watchers(ceph_cluster, t) for t in (vda, vdb)} == seen
+    vvols = {v["id"] for v in lab.api.vvols()}
+
+    set_snap_limit(ceph_cluster, vdb, 1)  # vdb can take no further snapshot
+    failed = lab.vvhost("kvm1", "vm", "snapshot", "cut", "s1")
+    assert failed.returncode != 0 and failed.stderr.count("\n") == 1, failed.stderr
+    assert "Traceback" not in failed.stderr and "quota" in failed.stderr, failed.stderr
+    # nothing half-done: vda's snapshot, taken at the same moment, is gone too
+    assert {t["where"]: snapshot_names(ceph_cluster, t["where"]) for t in (vda, vdb)} == names
+    assert {v["id"] for v in lab.api.vvols()} == vvols
+    points = vvhost_json(lab, "kvm1", "vm", "snapshots", "cut")["points"]
+    assert [p["name"] for p in points] == ["s0"]
+    assert {t["where"]: watchers(ceph_cluster, t) for t in (vda, vdb)} == seen
+    assert lab.api.audit()["ok"]
+    # the guest was resumed and counts on, onto its image
+    assert running(lab, "cut")
+    check_counting(lab, pat, log, counters(log)[-1], vm="cut")
+
+    set_snap_limit(ceph_cluster, vdb, None)
+    s1 = vvhost_json(lab, "kvm1", "vm", "snapshot", "cut", "s1")
+    assert running(lab, "cut")
+    check_point(s1)
+    later, earlier = counter_in(pat, snap_of(s1, "vda")), counter_in(pat, snap_of(s0, "vda"))
+    assert later is not None and earlier is not None and later > earlier
+    for target, disk in ((vda, "vda"), (vdb, "vdb")):
+        made = {snap_of(p, disk)["where"].split("@")[1] for p in (s0, s1)}
+        assert snapshot_names(ceph_cluster, target["where"]) == made
+    assert {t["where"]: watchers(ceph_cluster, t) for t in (vda, vdb)} == seen
+
+    assert lab.vvhost("kvm1", "vm", "stop", "cut", "--force").returncode == 0
+    out = lab.vvhost("kvm1", "vm", "delete", "cut")
+    assert out.returncode == 0, out.stderr
+    lab.api.array_reap("a1")
+    assert images_left(ceph_cluster, ceph_pool) == []
+    assert lab.api.audit()["ok"]

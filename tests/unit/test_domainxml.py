@@ -6,6 +6,7 @@ import pytest
 
 from vvhost.errors import InvalidInput
 from vvhost.host import domainxml as dx
+from vvhost.host.diskpolicy import has_policy
 
 ISCSI = {
     "protocol": "iscsi",
@@ -57,3 +58,23 @@ def test_hostile_xml_is_refused(xml: str) -> None:
 
 def test_domains_without_vvhost_metadata_pass_through() -> None:
     assert dx.meta(dx.parse("<domain><name>plain</name></domain>")) is None
+
+
+def test_every_disk_stops_on_errors_and_passes_discards() -> None:
+    """New domains and domains whose disks are re-pointed (older definitions, a
+    VM registered from its config vvol) pause on a full array and unmap."""
+    meta = dx.VmMeta(datastore=None, config="cfg", disks={"vda": "v1", "vdb": "v2"})
+    root = dx.new_domain("vm1", 256, 1, meta)
+    for disk in root.findall("devices/disk"):
+        driver = disk.find("driver")
+        assert driver is not None
+        assert (driver.get("error_policy"), driver.get("rerror_policy")) == ("stop", "stop")
+        assert driver.get("discard") == "unmap" and has_policy(driver)
+    old = dx.parse(
+        "<domain><devices><disk type='file' device='disk'>"
+        "<driver name='qemu' type='raw' error_policy='report'/><target dev='vda' bus='virtio'/>"
+        "</disk></devices></domain>"
+    )
+    dx.set_chain(old, "vda", [NBD, FILE])
+    driver = old.find("devices/disk/driver")
+    assert driver is not None and has_policy(driver) and driver.get("type") == "qcow2"

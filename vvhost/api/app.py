@@ -26,7 +26,14 @@ from ..errors import Conflict, InternalError, InvalidInput, VvhostError
 from ..model import Principal
 from ..service import Service
 from ..service.tenancy import UNIX_ADMIN
-from . import routes_admin, routes_binding, routes_credentials, routes_leases, routes_vvols
+from . import (
+    routes_admin,
+    routes_binding,
+    routes_credentials,
+    routes_events,
+    routes_leases,
+    routes_vvols,
+)
 
 MAX_BODY = 1 << 20
 log = logging.getLogger("vvhost.api")
@@ -97,7 +104,14 @@ def create_app(service: Service, authenticate: Authenticate = unix_admin) -> Fas
     )
     app.state.service = service
     app.state.authenticate = authenticate
-    for module in (routes_admin, routes_vvols, routes_binding, routes_credentials, routes_leases):
+    for module in (
+        routes_admin,
+        routes_vvols,
+        routes_binding,
+        routes_credentials,
+        routes_leases,
+        routes_events,
+    ):
         app.include_router(module.router)
     app.add_middleware(BodyLimit)
 

@@ -37,6 +37,7 @@ class VvolCreate(Body):
     container: Ref | None = Field(default=None, max_length=128)
     datastore: Ref | None = Field(default=None, max_length=128)
     tenant: str | None = Field(default=None, max_length=128)
+    pe: Ref | None = Field(default=None, max_length=128)  # only arrays this endpoint serves
     size: Size
     type: str = Field(default="data", max_length=16)
     name: str | None = Field(default=None, max_length=128)

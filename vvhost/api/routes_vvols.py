@@ -57,16 +57,17 @@ def vvol_create(svc: Svc, p: Caller, body: m.VvolCreate) -> dict[str, Any]:
     svc.authz.creator(p, "vvols")
     _pool(svc, p, body.container, body.datastore)
     tenant = body.tenant if p.is_admin else p.tenant
-    svc.authz.claim_op(p, body.op_id)
+    op_id = svc.authz.claim_op(p, body.op_id)
     out = svc.vvols.create(
         body.container,
         body.size,
         body.type,
         body.name,
         body.metadata,
-        body.op_id,
+        op_id,
         datastore=body.datastore,
         tenant=tenant,
+        pe=body.pe,
     )
     return _view(p, out)
 
@@ -78,12 +79,15 @@ def vvol_show(svc: Svc, p: Caller, ref: Ref) -> dict[str, Any]:
 
 @router.delete("/vvols/{ref}", status_code=204, response_model=None)
 def vvol_delete(svc: Svc, p: Caller, ref: Ref, generation: Generation = None) -> None:
-    svc.vvols.delete(svc.authz.vvol(p, ref), generation)
+    vid = svc.authz.vvol(p, ref)
+    svc.vvols.delete(vid, generation, svc.authz.claim_op(p, None))
 
 
 @router.post("/vvols/{ref}/extend", response_model=None)
 def vvol_extend(svc: Svc, p: Caller, ref: Ref, body: m.Extend) -> dict[str, Any]:
-    return _view(p, svc.vvols.extend(svc.authz.vvol(p, ref), body.size, body.generation))
+    vid = svc.authz.vvol(p, ref)
+    op_id = svc.authz.claim_op(p, None)
+    return _view(p, svc.vvols.extend(vid, body.size, body.generation, op_id))
 
 
 @router.post("/vvols/{ref}/meta", response_model=None)
@@ -94,8 +98,8 @@ def vvol_meta(svc: Svc, p: Caller, ref: Ref, body: m.Meta) -> dict[str, Any]:
 @router.post("/vvols/{ref}/snapshot", status_code=201, response_model=None)
 def vvol_snapshot(svc: Svc, p: Caller, ref: Ref, body: m.Snapshot) -> dict[str, Any]:
     vid = svc.authz.vvol(p, ref)
-    svc.authz.claim_op(p, body.op_id)
-    return _view(p, svc.cow.snapshot(vid, body.name, body.op_id))
+    op_id = svc.authz.claim_op(p, body.op_id)
+    return _view(p, svc.cow.snapshot(vid, body.name, op_id))
 
 
 @router.post("/snapshot-groups/prepare", status_code=201, response_model=None)
@@ -124,13 +128,13 @@ def vvol_clone(svc: Svc, p: Caller, ref: Ref, body: m.Clone) -> dict[str, Any]:
     vid = svc.authz.vvol(p, ref)
     svc.authz.creator(p, "clones")
     _pool(svc, p, body.container, None)
-    svc.authz.claim_op(p, body.op_id)
+    op_id = svc.authz.claim_op(p, body.op_id)
     out = svc.cow.clone(
         vid,
         body.linked,
         body.container,
         body.name,
-        body.op_id,
+        op_id,
         tenant=None if p.is_admin else p.tenant,
     )
     return _view(p, out)
@@ -139,16 +143,16 @@ def vvol_clone(svc: Svc, p: Caller, ref: Ref, body: m.Clone) -> dict[str, Any]:
 @router.post("/vvols/{ref}/revert", response_model=None)
 def vvol_revert(svc: Svc, p: Caller, ref: Ref, body: m.Revert) -> dict[str, Any]:
     vid, to = svc.authz.vvols(p, [ref, body.to])
-    svc.authz.claim_op(p, body.op_id)
-    return _view(p, svc.cow.revert(vid, to, body.generation, body.op_id))
+    op_id = svc.authz.claim_op(p, body.op_id)
+    return _view(p, svc.cow.revert(vid, to, body.generation, op_id))
 
 
 @router.post("/vvols/{ref}/move", response_model=None)
 def vvol_move(svc: Svc, p: Caller, ref: Ref, body: m.Move) -> dict[str, Any]:
     vid = svc.authz.vvol(p, ref)
     _pool(svc, p, body.container, None)
-    svc.authz.claim_op(p, body.op_id)
-    return _view(p, svc.data.move(vid, body.container, body.op_id))
+    op_id = svc.authz.claim_op(p, body.op_id)
+    return _view(p, svc.data.move(vid, body.container, op_id))
 
 
 @router.get("/vvols/{ref}/bitmap", response_model=None)
@@ -194,8 +198,8 @@ async def vvol_write(
 @router.post("/vvols/{ref}/copy-diffs", response_model=None)
 def vvol_copy_diffs(svc: Svc, p: Caller, ref: Ref, body: m.CopyDiffs) -> dict[str, Any]:
     vid, base, to = svc.authz.vvols(p, [ref, body.base, body.to])
-    svc.authz.claim_op(p, body.op_id)
-    return _view(p, svc.data.copy_diffs(vid, base, to, body.op_id))
+    op_id = svc.authz.claim_op(p, body.op_id)
+    return _view(p, svc.data.copy_diffs(vid, base, to, op_id))
 
 
 @router.put("/vvols/{ref}/config", response_model=None)

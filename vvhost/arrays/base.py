@@ -42,6 +42,18 @@ class Space:
 
 
 @dataclass(frozen=True)
+class Opener:
+    """A client that has a volume's data open now (RBD: a watcher of its image)."""
+
+    client: str  # the storage system's name for the session (RBD: ``client.<global id>``)
+    addr: str  # where that client is (RBD: ``IP:PORT/NONCE``)
+    entity: str | None = None  # the identity it logged in as, when the system can tell
+
+    def label(self) -> str:
+        return f"{self.entity or self.client} at {self.addr}"
+
+
+@dataclass(frozen=True)
 class Changed:
     """Chunk-aligned ranges that differ (or, without a base, hold data), and how
     the array found them (``fiemap``, ``compare``, ``allocation``, ``fast-diff``)."""
@@ -129,6 +141,10 @@ class ArrayBackend(Protocol):
     def source(self, vvol_id: str) -> DataSource:
         """Where a daemon finds the volume's data (a snapshot's read-only data)."""
 
+    def openers(self, vvol_id: str) -> list[Opener]:
+        """Clients other than this process that have the volume open now; ``remove``
+        refuses a volume someone has open. Empty where the array cannot tell."""
+
     def open(self, vvol_id: str, writable: bool = False) -> AbstractContextManager[VolumeIO]: ...
 
     # -- points in time ---------------------------------------------------------------
@@ -143,6 +159,10 @@ class ArrayBackend(Protocol):
 
     def cut_snapshot(self, vvol_id: str, snap_id: str) -> None:
         """Capture the point in time (the guest is paused): short."""
+
+    def cut_snapshots(self, cuts: list[tuple[str, str]]) -> None:
+        """Cut the ``(vvol_id, snap_id)`` points of one group (the guest is paused),
+        as close together as the array can; a failure leaves them to ``abort``."""
 
     def commit_snapshot(self, snap_id: str) -> None:
         """Make a cut snapshot durable and read-only."""

@@ -25,7 +25,7 @@ from typing import Any
 from .. import bitmap, fsutil
 from ..errors import ArrayOffline, BackendError, InvalidInput
 from . import identity, volio
-from .base import Changed, Progress, Space, VolumeIO
+from .base import Changed, Opener, Progress, Space, VolumeIO
 from .sources import FileSource
 from .volio import FileIO
 
@@ -103,6 +103,10 @@ class DirArray:
 
     def source(self, vvol_id: str) -> FileSource:
         return FileSource(self.locate(vvol_id))
+
+    def openers(self, vvol_id: str) -> list[Opener]:
+        """Files carry no record of who has them open: none known."""
+        return []
 
     def locator(self, vvol_id: str) -> dict[str, Any]:
         return {"file": os.path.relpath(self.locate(vvol_id), self.root)}
@@ -226,6 +230,11 @@ class DirArray:
             self._restage(self.locate(vvol_id), snap_id)
         else:
             self._stage(self.locate(vvol_id), snap_id, sync=False)
+
+    def cut_snapshots(self, cuts: list[tuple[str, str]]) -> None:
+        """One after the other: each is a remap of what changed since ``prepare``."""
+        for vvol_id, snap_id in cuts:
+            self.cut_snapshot(vvol_id, snap_id)
 
     def commit_snapshot(self, snap_id: str) -> None:
         if not self.exists(snap_id):

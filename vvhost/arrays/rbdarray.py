@@ -27,8 +27,20 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import ArrayOffline, BackendError, DataMissing, InUse, InvalidInput, ReadOnly
-from . import rbdaudit, rbdcopy, rbddiff, rbdindex, rbdio, rbdmove, rbdnames, rbdranges, volio
-from .base import ArrayBackend, Changed, Progress, Space, VolumeIO
+from . import (
+    rbdaudit,
+    rbdcopy,
+    rbdcut,
+    rbddiff,
+    rbdindex,
+    rbdio,
+    rbdmove,
+    rbdnames,
+    rbdranges,
+    rbdwatchers,
+    volio,
+)
+from .base import ArrayBackend, Changed, Opener, Progress, Space, VolumeIO
 from .rbdafter import Aftercare
 from .rbdconn import Cluster
 from .rbdflatten import MAX_CLONE_DEPTH, Flattener, depth
@@ -51,6 +63,7 @@ class RbdArray:
         self.cluster = Cluster(name, settings)
         self.index = Index(self.cluster)
         self.images = Images(self.cluster)
+        self.held = rbdcut.Held(self.images)
         self.flattener = Flattener(self.cluster)
         self.after = Aftercare(name)
         self._lock = threading.RLock()
@@ -147,6 +160,16 @@ class RbdArray:
         s = self.settings
         return RbdSource(s.pool, e.ns, e.image, e.snap, s.conf, s.user, s.keyring)
 
+    def openers(self, vvol_id: str) -> list[Opener]:
+        """The watchers of a vvol's image, named by the monitors where they can say
+        (a snapshot vvol is never watched itself: its base is)."""
+        self._ready()
+        entry = self.index.entry(vvol_id)
+        if entry is None or entry.kind != "image":
+            return []
+        image = entry.ref() if entry.image_id else self._found(entry.ns, entry.image)
+        return [] if image is None else rbdwatchers.openers(self.images, image)
+
     def exists(self, vvol_id: str) -> bool:
         self._ready()
         entry = self.index.entry(vvol_id)
@@ -225,6 +248,7 @@ class RbdArray:
         """Snapshots: the RBD snapshot goes (to the trash namespace while clones read it).
         Images: refused while a client has them open; otherwise retired while snapshot
         vvols read them, else moved to the RBD trash (purged by ``reap``)."""
+        self.held.release(vvol_id)  # a prepared snapshot dropped: its image closes
         self._ready()
         with self._lock:
             entry = self.index.entry(vvol_id)
@@ -249,11 +273,10 @@ class RbdArray:
             reason = f"being flattened ({job['done']}/{job['total']} objects)"
             raise InUse(kind="vvol", ref=vvol_id, reason=reason)
         if image is not None:
-            busy = self.images.watchers(image)
+            busy = rbdwatchers.openers(self.images, image)
             if busy:
-                raise InUse(
-                    kind="vvol", ref=vvol_id, reason=f"rbd image {entry.image} is open by {busy[0]}"
-                )
+                reason = f"rbd image {entry.image} is open by {busy[0].label()}"
+                raise InUse(kind="vvol", ref=vvol_id, reason=reason)
         for op, staged in self.index.staged(vvol_id).items():
             self.images.remove(staged)
             self.index.apply(drop=[rbdindex.staged_key(vvol_id, op)])
@@ -309,13 +332,19 @@ class RbdArray:
 
     # -- points in time ---------------------------------------------------------------
     def snapshot(self, vvol_id: str, snap_id: str) -> str:
-        self.prepare_snapshot(vvol_id, snap_id)
+        self._prepare_snapshot(vvol_id, snap_id)
         self.cut_snapshot(vvol_id, snap_id)
         self.commit_snapshot(snap_id)
         return "rbd-snap"
 
     def prepare_snapshot(self, vvol_id: str, snap_id: str) -> None:
-        """Record the snapshot-to-be (so a crash leaves it findable); no data moves."""
+        """Record the snapshot-to-be (so a crash leaves it findable) and open its
+        image for the cut; no data moves."""
+        entry = self._prepare_snapshot(vvol_id, snap_id)
+        if entry.snap is not None:
+            self.held.hold(snap_id, entry.ref(), entry.snap)
+
+    def _prepare_snapshot(self, vvol_id: str, snap_id: str) -> Entry:
         self._ready()
         with self._lock:
             base = self._entry(vvol_id)
@@ -325,9 +354,10 @@ class RbdArray:
             if known is not None:
                 if known.image_id != base.image_id:
                     raise InvalidInput(detail=f"snapshot {snap_id!r} exists on another vvol")
-                return
+                return known
             snap = Entry("snap", base.ns, base.image, base.image_id, rbdnames.snap(snap_id))
             self.index.put(snap_id, snap)
+            return snap
 
     def cut_snapshot(self, vvol_id: str, snap_id: str) -> None:
         entry = self.index.entry(snap_id)
@@ -335,7 +365,23 @@ class RbdArray:
             raise InvalidInput(detail=f"snapshot {snap_id!r} of {vvol_id!r} was not prepared")
         self.images.snap_create(entry.ref(), entry.snap)
 
+    def cut_snapshots(self, cuts: list[tuple[str, str]]) -> None:
+        """Cut a group's snapshots at once (see :mod:`rbdcut`: one monitor proposal
+        for all instead of one each)."""
+        refs: list[tuple[str, rbdindex.Image, str]] = []
+        for vvol_id, snap_id in cuts:
+            known = self.held.target(snap_id)  # held from prepare until commit or removal
+            if known is not None:
+                refs.append((snap_id, *known))
+                continue
+            entry = self.index.entry(snap_id)
+            if entry is None or entry.snap is None:  # prepare tied it to vvol_id's image
+                raise InvalidInput(detail=f"snapshot {snap_id!r} of {vvol_id!r} was not prepared")
+            refs.append((snap_id, entry.ref(), entry.snap))
+        rbdcut.cut_all(self.held, refs)
+
     def commit_snapshot(self, snap_id: str) -> None:
+        self.held.release(snap_id)
         with self._lock:
             entry = self.index.entry(snap_id)
             if entry is None or entry.snap is None:

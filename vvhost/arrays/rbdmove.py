@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import rbd
 
 from ..errors import InUse, InvalidInput
-from . import rbdindex
+from . import rbdindex, rbdwatchers
 from .base import Progress
 from .rbdindex import Entry, Image
 from .rbdops import ceph
@@ -48,9 +48,9 @@ def relocate(
         raise InvalidInput(detail=f"cannot move {', '.join(missing)}: not on array {array.name}")
     images = {entries[v].image_id: entries[v].ref() for v in vvol_ids if entries[v].ns != ns}
     for n, old in enumerate(images.values()):
-        busy = array.images.watchers(old) if array.images.exists(old) else []
+        busy = rbdwatchers.openers(array.images, old) if array.images.exists(old) else []
         if busy:
-            raise InUse(kind="rbd image", ref=old.name, reason=f"it is open by {busy[0]}")
+            raise InUse(kind="rbd image", ref=old.name, reason=f"it is open by {busy[0].label()}")
         new = migrate(array, old, ns, progress)
         with lock:
             rewrite(array, old.image_id, new)

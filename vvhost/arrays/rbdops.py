@@ -148,6 +148,18 @@ class Images:
             except rbd.ImageNotFound:
                 return []
 
+    def watcher_list(self, ref: Image) -> list[tuple[int, str]]:
+        """(global client id, address) of the clients that have the image open
+        (other than this one)."""
+        me = self.cluster.handle().get_instance_id()
+        with ceph(self.array, f"listing watchers of {ref.name}"):
+            try:
+                with self.open(ref) as img:
+                    found = [(int(w["id"]), str(w["addr"])) for w in img.watchers_list()]
+            except rbd.ImageNotFound:
+                return []
+        return [(gid, addr) for gid, addr in found if gid != me]
+
     def has_children(self, ref: Image) -> bool:
         """Whether a live clone reads the image (clones in the trash do not count: the
         image may follow them there, the purge takes the clones first)."""

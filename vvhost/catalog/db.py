@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
 
-from . import schema
+from . import eventschema, schema
 
 Migration = Callable[[Connection], None]
 
@@ -93,6 +93,13 @@ def _v8_array_settings(conn: Connection) -> None:
         conn.exec_driver_sql("ALTER TABLE arrays DROP COLUMN path")
 
 
+def _v9_events(conn: Connection) -> None:
+    """The event log, its running counts, operation statistics and the
+    reconciler's findings (eventschema.py); journal entries keep their tenant."""
+    _add_column(conn, "journal", "tenant", "VARCHAR(128)")
+    schema.metadata.create_all(conn, tables=eventschema.TABLES, checkfirst=True)
+
+
 MIGRATIONS: list[Migration] = [
     _v1,
     _v2,
@@ -102,6 +109,7 @@ MIGRATIONS: list[Migration] = [
     _v6_tenancy,
     _v7_vm_leases,
     _v8_array_settings,
+    _v9_events,
 ]
 
 

@@ -10,6 +10,7 @@ from sqlalchemy import Connection, Row, delete, func, select, update
 
 from ..arrays import settings_from
 from ..model import Array, Container, JournalEntry
+from . import eventrepo
 from .schema import arrays, container_arrays, containers, journal, vvols
 
 
@@ -165,6 +166,7 @@ def journal_add(conn: Connection, entry: JournalEntry) -> None:
             created=entry.created,
         )
     )
+    eventrepo.op_started(conn, entry.id, entry.vvol)
 
 
 def journal_step(
@@ -176,7 +178,13 @@ def journal_step(
     conn.execute(update(journal).where(journal.c.id == op_id).values(**values))
 
 
-def journal_remove(conn: Connection, op_id: str) -> None:
+def journal_remove(
+    conn: Connection, op_id: str, outcome: str = "finished", error: str | None = None
+) -> None:
+    """The operation is over: ``outcome`` is "finished", "rolled back" or "failed".
+    This is the one place every journaled operation ends, so its event (who, how
+    long, how it ended) is written here, in the same transaction."""
+    eventrepo.op_ended(conn, op_id, outcome, error)
     conn.execute(delete(journal).where(journal.c.id == op_id))
 
 

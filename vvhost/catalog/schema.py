@@ -93,6 +93,7 @@ journal = Table(
     Column("step", String(64), nullable=False),
     Column("args", Text, nullable=False),
     Column("created", Float, nullable=False),
+    Column("tenant", String(128)),  # migration _v9_events: whose operation (its events)
     UniqueConstraint("id"),
 )
 

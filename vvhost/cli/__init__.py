@@ -14,12 +14,14 @@ from ..errors import VvhostError
 from .base import cli
 from .binding import binding, host, pe
 from .convert import convert
+from .events import events, health
 from .inventory import array, container
 from .nbdcreds import host_nbd_credentials  # noqa: F401  (adds `host nbd-credentials`)
 from .serve import audit, quickstart, serve
 from .tenancy import datastore, tenant, token
 from .vm import hook, vm
 from .vmmigrate import vm_migrate  # noqa: F401  (adds `vm migrate`)
+from .vmresume import vm_resume  # noqa: F401  (adds `vm resume`)
 from .vmsnap import vm_snapshot  # noqa: F401  (adds the snapshot commands to `vm`)
 from .vmstorage import vm_move_storage  # noqa: F401  (adds `vm move-storage`)
 from .vvol import vvol
@@ -39,6 +41,8 @@ cli.add_command(serve)
 cli.add_command(quickstart)
 cli.add_command(audit)
 cli.add_command(convert)
+cli.add_command(events)
+cli.add_command(health)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,6 +42,13 @@ from .base import Session, json_option, pass_session
 )
 @click.option("--tls-cert", envvar="VVHOST_TLS_CERT", default=None, help="PEM certificate.")
 @click.option("--tls-key", envvar="VVHOST_TLS_KEY", default=None, help="PEM private key.")
+@click.option(
+    "--reconcile-interval",
+    envvar="VVHOST_RECONCILE_INTERVAL",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds between background audits (default 300; 0: none).",
+)
 @pass_session
 def serve(
     s: Session,
@@ -52,6 +59,7 @@ def serve(
     listen: str | None,
     tls_cert: str | None,
     tls_key: str | None,
+    reconcile_interval: float | None,
 ) -> None:
     """Run the control plane on the unix socket (--socket), and on TCP+TLS (--listen)."""
     import os
@@ -60,18 +68,41 @@ def serve(
     from ..server import serve as run
 
     tcp = Listen.parse(listen, tls_cert, tls_key) if listen else None
-    run(os.path.abspath(state_dir), s.socket, db_url, log_level, keep_endpoints, tcp)
+    run(
+        os.path.abspath(state_dir),
+        s.socket,
+        db_url,
+        log_level,
+        keep_endpoints,
+        tcp,
+        reconcile_interval,
+    )
 
 
 @click.command()
+@click.option(
+    "--fix",
+    is_flag=True,
+    help="First repair what is safe: stale LUNs and exports, orphans vvhost made.",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds a volume must have been an orphan before --fix removes it (default 3600).",
+)
 @json_option
 @pass_session
-def audit(s: Session, as_json: bool) -> None:
+def audit(s: Session, fix: bool, grace: float | None, as_json: bool) -> None:
     """Check that catalog and arrays agree (no orphans, counts right); exit 1 if not."""
-    report = s.client.audit()
+    if grace is not None and not fix:
+        raise click.UsageError("--grace goes with --fix")
+    report = s.client.audit_fix(grace) if fix else s.client.audit()
     if as_json:
         output.emit_json(report)
     else:
+        for r in report.get("repairs", []):
+            click.echo(f"{r['action']}: {r['what']} ({r['reason']})")
         click.echo(
             f"{report['vvols']} vvols in {report['containers']} containers on "
             f"{report['arrays']} arrays: {'consistent' if report['ok'] else 'PROBLEMS'}"

@@ -62,9 +62,11 @@ _PATTERN = r"[A-Za-z0-9]{1,16}"
 _NUM = r"\d{1,9}"
 _COMMAND = re.compile(
     rf"(?:write|verify):{_DISK}:{_PATTERN}:{_NUM}:{_NUM}|(?:sum|size):{_DISK}"
+    rf"|discard:{_DISK}:{_NUM}:{_NUM}"
     rf"|counter:{_DISK}:{_NUM}|sleep:{_NUM}|wait|poweroff"
 )
 _RESULT = re.compile(rf"(write|verify) ({_DISK}) ({_PATTERN}) (\d+) (\d+) (ok|FAIL)")
+_DISCARDED = re.compile(rf"discard ({_DISK}) (\d+) (\d+) (ok|FAIL)")
 
 
 class GuestBuildError(VvhostError):
@@ -139,6 +141,10 @@ def parse_serial(text: str) -> GuestReport:
         if result:
             verb, disk, pat, off, length, outcome = result.groups()
             report.results[f"{verb}:{disk}:{pat}:{off}:{length}"] = outcome
+            failed |= outcome != "ok"
+        elif discarded := _DISCARDED.fullmatch(line):
+            disk, off, length, outcome = discarded.groups()
+            report.results[f"discard:{disk}:{off}:{length}"] = outcome
             failed |= outcome != "ok"
         elif words[0] == "sum" and len(words) == 3:
             report.checksums[words[1]] = words[2]

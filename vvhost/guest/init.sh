@@ -18,6 +18,7 @@
 #   VVTEST BEGIN
 #   VVTEST write N P OFF LEN ok|FAIL        VVTEST verify N P OFF LEN ok|FAIL
 #   VVTEST sum N <sha256>                   VVTEST size N <bytes>
+#   VVTEST discard N OFF LEN ok|FAIL        (blkdiscard of LEN MiB from OFF MiB)
 #   VVTEST counter <n>                      VVTEST sleep S ok
 #   VVTEST wait <n>    (then blocks until a line arrives on the second serial port)
 #   VVTEST go <n>
@@ -142,6 +143,16 @@ do_wait() {
     say "go $waits"
 }
 
+# do_discard N OFF LEN: discard LEN MiB from OFF MiB, as fstrim would for free space.
+do_discard() {
+    wait_disk "$1" || return 0
+    if blkdiscard -o $(($2 * 1048576)) -l $(($3 * 1048576)) "/dev/$1" 2>/dev/null; then
+        say "discard $1 $2 $3 ok"
+    else
+        say "discard $1 $2 $3 FAIL"
+    fi
+}
+
 do_size() {
     wait_disk "$1" || return 0
     say "size $1 $(blockdev --getsize64 "/dev/$1")"
@@ -157,6 +168,13 @@ run() {
         write:5 | verify:5)
             if pattern "$3" && number "$4" && number "$5" && [ "$5" -gt 0 ]; then
                 "do_$1" "$2" "$3" "$4" "$5"
+            else
+                say "error bad command $*"
+            fi
+            ;;
+        discard:4)
+            if number "$3" && number "$4" && [ "$4" -gt 0 ]; then
+                do_discard "$2" "$3" "$4"
             else
                 say "error bad command $*"
             fi

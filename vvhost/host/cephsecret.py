@@ -11,6 +11,8 @@ An ``rbd`` binding handle carries the host's own Ceph identity: ``user``
     ceph_dir/  0700   host.conf ``ceph_dir`` (default /etc/vvhost/ceph)
       USER.key 0600   the key, base64: qemu-img's ``--object secret,file=...,format=base64``
 
+The key is the same for every binding of the host; it changes only when the
+host's token is rotated (the control plane then makes the identity anew).
 Defining the libvirt secret (host/libvirtsecrets.py) calls libvirt, so it is
 done by the ``vvhost vm`` commands that create, define or start domains, never
 by the hook (a hook that calls its own libvirtd deadlocks). Both steps are

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..errors import InvalidInput
 from . import handles as hd
+from .diskpolicy import apply_policy
 
 NS = "https://vvhost.org/xmlns/vm/1"
 MAX_XML = 1 << 20
@@ -180,6 +181,7 @@ def set_chain(root: ET.Element, target: str, handles: list[dict[str, Any]]) -> N
     driver = disk.find("driver")
     if driver is not None:
         driver.set("type", "qcow2" if len(handles) > 1 else "raw")
+        apply_policy(driver)
     _fill(disk, handles[0])
     _set_readonly(disk, hd.of(handles[0]).readonly)
     _set_emulator(root, handles)
@@ -283,7 +285,8 @@ def new_domain(
     devices = ET.SubElement(root, "devices")
     for target in vm_meta.disks:
         disk = ET.SubElement(devices, "disk", type="file", device="disk")
-        ET.SubElement(disk, "driver", name="qemu", type="raw", cache="none", io="native")
+        driver = ET.SubElement(disk, "driver", name="qemu", type="raw", cache="none", io="native")
+        apply_policy(driver)
         ET.SubElement(disk, "target", dev=target, bus="virtio")
     if serial_log:
         serial = ET.SubElement(devices, "serial", type="file")

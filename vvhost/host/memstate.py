@@ -71,7 +71,7 @@ def _targets(xml: str) -> list[str]:
 def store(vms: VmManager, path: str, name: str, datastore: str | None, pe: str | None) -> str:
     """Copy ``path`` into a new memory vvol; returns its id (none left on failure)."""
     size = -(-os.path.getsize(path) // MiB) * MiB
-    v = vms.client.vvol_create(None, size, type="memory", name=name, datastore=datastore)
+    v = vms.client.vvol_create(None, size, type="memory", name=name, datastore=datastore, pe=pe)
     try:
         with vms.bound_here(v["id"], pe) as handle:
             qemuimg.convert(["-f", "raw", path], raw_target(handle))

@@ -11,11 +11,12 @@ real QEMU (same PID, every other argument untouched)::
     -blockdev {"driver":"rbd","pool":"P","image":"NS/IMAGE",...}
         -> -blockdev {"driver":"rbd","pool":"P","namespace":"NS","image":"IMAGE",...}
 
-It also hands QEMU the host's current Ceph key. The key changes whenever the
-control plane makes the host's identity anew (it goes with the host's last rbd
-binding), and the hook, which binds right before QEMU starts (start, restore,
-incoming migration) and writes the key to ``CEPH_DIR/USER.key``, cannot update
-the libvirt secret (it must not call libvirt). So where that file exists, the
+It also hands QEMU the host's current Ceph key. The identity and its key
+last as long as the host (between bindings its caps are emptied, the key
+stays); only ``token-rotate`` makes the key anew, and the hook, which binds
+right before QEMU starts (start, restore, incoming migration) and writes the
+key to ``CEPH_DIR/USER.key``, cannot update the libvirt secret (it must not
+call libvirt), which may then still hold the old one. So where that file exists, the
 node's ``key-secret`` names a secret object read from it instead of libvirt's::
 
     -blockdev {"driver":"rbd",...,"user":"U","key-secret":"libvirt-1-storage-auth-secret0"}

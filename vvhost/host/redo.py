@@ -320,6 +320,7 @@ class RedoSnapshots:
                     name=name,
                     metadata={"vm": doc.name, "target": target},
                     datastore=doc.datastore,
+                    pe=doc.pe,
                 )
                 made[target] = v["id"]
                 self._format(doc, v["id"], vsize, keep_bound)

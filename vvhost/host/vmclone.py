@@ -138,6 +138,7 @@ class VmCloner:
             name=f"{new}.config",
             metadata={"vm": new},
             datastore=doc.datastore,
+            pe=doc.pe,  # where the clone's endpoint reaches, as for the source
         )
         made.append(config["id"])
         disks: dict[str, str] = {}
@@ -163,6 +164,7 @@ class VmCloner:
                 name=f"{new}.{target}",
                 metadata={"vm": new, "target": target},
                 datastore=doc.datastore,
+                pe=doc.pe,
             )
             made.append(v["id"])
             disks[target] = v["id"]

@@ -96,7 +96,7 @@ class VmPorter:
         try:
             config = self.client.vvol_create(
                 None, "1M", type="config", name=f"{new}.config", metadata={"vm": new},
-                datastore=datastore,
+                datastore=datastore, pe=pe,
             )  # fmt: skip
             made.append(config["id"])
             disks: dict[str, str] = {}
@@ -108,6 +108,7 @@ class VmPorter:
                     datastore=datastore,
                     name=f"{new}.{target}",
                     metadata={"vm": new, "target": target},
+                    pe=pe,
                 )
                 made.append(got["vvol"]["id"])
                 made += [s["id"] for s in got["snapshots"]]

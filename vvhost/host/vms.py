@@ -27,6 +27,7 @@ from . import handles as hd
 from .config import HostConfig
 from .hook import ensure_bound, undo
 from .vmdoc import VmDoc
+from .vmpause import SpaceHook, state_of
 
 MiB = 1 << 20
 TARGETS = [f"vd{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
@@ -61,6 +62,8 @@ class VmManager:
         self.uri = uri or conf.libvirt
         self._conn: libvirt.virConnect | None = None
         self.lease_wait: float | None = None  # seconds to wait for a busy VM (None: refuse)
+        # called when a VM is seen paused because its array is full (see host/vmpause.py)
+        self.on_paused_for_space: SpaceHook | None = None
         # libvirt prints every error on stderr by default; ours are reported as one line
         libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
@@ -105,6 +108,7 @@ class VmManager:
                 name=f"{spec.name}.config",
                 metadata={"vm": spec.name},
                 datastore=spec.datastore,
+                pe=pe,  # every disk on an array the VM's endpoint serves
             )
             made.append(config["id"])
             disks: dict[str, str] = {}
@@ -117,6 +121,7 @@ class VmManager:
                     name=f"{spec.name}.{target}",
                     metadata={"vm": spec.name, "target": target},
                     datastore=spec.datastore,
+                    pe=pe,
                 )
                 made.append(v["id"])
                 disks[target] = v["id"]
@@ -218,7 +223,7 @@ class VmManager:
         bound = {b["vvol"]: b for b in self.client.bindings(host=self.conf.name)}
         return {
             "name": name,
-            "state": _state(dom),
+            "state": state_of(dom, self.on_paused_for_space, self.client),
             "datastore": meta.datastore,
             "config": meta.config,
             "pe": meta.pe,
@@ -242,7 +247,7 @@ class VmManager:
                 out.append(
                     {
                         "name": dom.name(),
-                        "state": _state(dom),
+                        "state": state_of(dom, self.on_paused_for_space, self.client),
                         "datastore": meta.datastore if meta else None,
                         "disks": len(meta.disks) if meta else 0,
                     }
@@ -397,16 +402,6 @@ class VmManager:
         self.conn.defineXML(dx.tostring(root))
         self._save(meta, root, name)
         return self.show(name)
-
-
-def _state(dom: libvirt.virDomain) -> str:
-    names = {
-        libvirt.VIR_DOMAIN_RUNNING: "running",
-        libvirt.VIR_DOMAIN_SHUTOFF: "shut off",
-        libvirt.VIR_DOMAIN_PAUSED: "paused",
-        libvirt.VIR_DOMAIN_SHUTDOWN: "shutting down",
-    }
-    return names.get(dom.state()[0], "other")
 
 
 def _image_mib(image: str) -> int:

@@ -14,12 +14,21 @@ rbd-read-only`` for namespaces where a host has only snapshot bindings would
 be tighter, but QEMU 7.2's rbd driver then fails to open even a snapshot
 ("error reading header ...: Operation not permitted"; librbd's own read-only
 open works), so read-only stays the binding's and QEMU's business.
+The identity lives as long as its host, with the same key::
+
+    first rbd binding        auth get-or-create   caps = its namespaces (key made)
+    more / fewer bindings    auth caps            caps follow the namespaces
+    last rbd binding goes    auth caps            caps = {} (the key opens nothing:
+                                                  not even a monitor session)
+    token-rotate             auth rm + get-or-create, same caps (a new key; the old
+                                                  one is refused at once)
+    host remove              auth rm
+
 ``grant`` makes the caps exactly what the caller computed (creating the
-identity on first need, removing it when nothing is left), ``rotate`` gives
-the identity a new key (the old one is refused from then on), ``drop``
-removes it. Every call is one short librados connection with the control
-plane's own Ceph credentials (an array's ``RbdSettings``, as its data sources
-carry them).
+identity on first need, emptying its caps when nothing is left), ``rotate``
+gives the identity a new key, ``drop`` removes it. Every call is one short
+librados connection with the control plane's own Ceph credentials (an array's
+``RbdSettings``, as its data sources carry them).
 """
 
 from __future__ import annotations
@@ -151,17 +160,21 @@ def _caps(ceph: Any, host: str) -> dict[str, str] | None:
         return None
 
 
-def grant(cluster: Cluster, host: str, grants: Grants) -> None:
-    """Make ``client.vvhost-<host>``'s caps exactly ``grants``; no grants: remove it."""
+def wanted_caps(grants: Grants) -> dict[str, str]:
+    """The caps an identity with ``grants`` has: none at all without any."""
     grants = {p: ns for p, ns in grants.items() if ns}
+    return caps_for(grants) if grants else {}
+
+
+def grant(cluster: Cluster, host: str, grants: Grants) -> None:
+    """Make ``client.vvhost-<host>``'s caps exactly ``grants``: made on first need,
+    kept with no caps (and the same key) when no grant is left."""
+    wanted = wanted_caps(grants)
     with cluster.admin() as ceph:
-        if not grants:
-            ceph.auth_rm(entity(host))
-            return
-        wanted = caps_for(grants)
         have = _caps(ceph, host)
         if have is None:
-            ceph.auth_get_or_create(entity(host), wanted)
+            if wanted:
+                ceph.auth_get_or_create(entity(host), wanted)
         elif have != wanted:
             ceph.auth_caps(entity(host), wanted)
 

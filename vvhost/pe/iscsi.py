@@ -48,7 +48,7 @@ import hashlib
 import os
 from typing import Any
 
-from ..arrays.sources import FileSource
+from ..arrays.sources import DataSource, FileSource
 from ..errors import InUse, VvhostError
 from ..tools import EndpointError
 from ..tools.tgtadm import Backing, Lun, Target, Tgtadm, tgt_megabytes
@@ -229,6 +229,18 @@ class IscsiEndpoint:
         if isinstance(src, FileSource):
             return src.path
         return self.fuse.path(export_name(src, a.readonly))
+
+    def holds(self, source: DataSource) -> bool:
+        """Whether a LUN reads ``source`` now (an RBD image: through the endpoint's
+        own qemu-storage-daemon, writable or not)."""
+        if not self.alive():
+            return False
+        if isinstance(source, FileSource):
+            paths = {source.path}
+            return any(lun.path in paths for t in self.tgtadm.show() for lun in t.luns)
+        names = {export_name(source, False), export_name(source, True)}
+        shown = {self.fuse.name_in(lun.path) for t in self.tgtadm.show() for lun in t.luns}
+        return bool(names & shown)
 
     def _release_unused(self) -> None:
         """Drop the FUSE exports no LUN reads any more."""

@@ -280,6 +280,14 @@ class NbdEndpoint:
                 self._secrets.discard(secret_of(node))
 
     @_serialised
+    def holds(self, source: DataSource) -> bool:
+        """Whether the daemon has ``source`` open now (a block node reads it)."""
+        if not self.daemon.alive():
+            return False
+        self._load()
+        return node_name_for(source_id(source)) in self._nodes
+
+    @_serialised
     def present(self) -> set[str]:
         self._load()
         return set(self._exports)

@@ -35,6 +35,7 @@ import threading
 from collections import defaultdict
 from typing import Any
 
+from ..arrays.sources import DataSource
 from ..certs import NbdCa
 from ..errors import VvhostError
 from ..tools import EndpointError
@@ -161,6 +162,12 @@ class NbdTlsEndpoint:
             if d.alive():
                 keys |= d.present()
         return keys
+
+    def holds(self, source: DataSource) -> bool:
+        """Whether some host's daemon has ``source`` open now."""
+        with self._lock:
+            daemons = list(self._daemons.values())
+        return any(d.holds(source) for d in daemons)
 
     def refresh(self, a: Attachment) -> None:
         self._running(a.host).refresh(a)

@@ -14,10 +14,14 @@ from .cow import CowOps
 from .data import DataOps
 from .datastores import DatastoreOps
 from .endpoints import EndpointManager, PeOps
+from .health import STUCK
+from .health import report as health_report
 from .hosts import HostOps
 from .inventory import ArrayOps, ContainerOps
 from .maintenance import ArrayMaintenance
+from .metrics import Metrics
 from .nbdcreds import NbdCredentials
+from .reconciler import Reconciler
 from .recovery import audit, recover
 from .tenancy import UNIX_ADMIN, Authz, TenantOps
 from .vvols import VvolOps
@@ -42,6 +46,8 @@ class Service:
         self.pes = PeOps(self.ctx, self.endpoints)
         self.bindings = BindingOps(self.ctx, self.hosts, self.pes, self.endpoints)
         self.maintenance = ArrayMaintenance(self.ctx)
+        self.reconciler = Reconciler(self.ctx, self.endpoints, config.reconcile_interval)
+        self.metrics = Metrics(self.ctx, self.endpoints)
         self.recovered: list[dict[str, str]] = []
 
     def start(self) -> None:
@@ -53,9 +59,17 @@ class Service:
         self.recovered = recover(self.ctx)
         self.endpoints.start_all()
         self.maintenance.start()
+        self.reconciler.start()
 
-    def audit(self) -> dict[str, Any]:
+    def audit(self, fix: bool = False, grace: float | None = None) -> dict[str, Any]:
+        """The consistency audit; with ``fix``, repair what is safe first (repairs.py)."""
+        if fix:
+            return self.reconciler.fix(grace)
         return audit(self.ctx, self.endpoints)
+
+    def health(self, stuck: float = STUCK) -> dict[str, Any]:
+        """What needs attention (health.py); operations older than ``stuck`` s are stuck."""
+        return health_report(self.ctx, self.endpoints, stuck)
 
     def operation(self, op_id: str, caller: Principal = UNIX_ADMIN) -> dict[str, Any]:
         """Progress of operation ``op_id``, for its owner or an admin; anyone else is
@@ -80,6 +94,7 @@ class Service:
     def close(self, keep_endpoints: bool = False) -> None:
         """Stop; endpoint daemons stop too unless ``keep_endpoints`` (then a later
         start adopts them and hosts keep their I/O paths meanwhile)."""
+        self.reconciler.stop()
         self.maintenance.stop()
         self.endpoints.stop_all(keep_daemons=keep_endpoints)
         self.ctx.close_backends()

@@ -17,7 +17,7 @@ from sqlalchemy import Connection
 
 from ..arrays import ArrayBackend, open_backend
 from ..arrays.sources import DataSource, file_path
-from ..catalog import repo, vvolrepo
+from ..catalog import eventrepo, repo, vvolrepo
 from ..catalog.db import Database, sqlite_url
 from ..errors import (
     ArrayOffline,
@@ -27,12 +27,14 @@ from ..errors import (
     InvalidInput,
     NotFound,
     StaleGeneration,
+    VvhostError,
     VvolFailed,
 )
 from ..faults import FAULT_ENV, control_plane_fault
 from ..locks import LockTable
 from ..model import FAILED, READY, Array, JournalEntry, Vvol
 from ..naa import DEFAULT_OUI
+from .events import EventLog, Retention
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,11 @@ class Config:
     # The default array ("local") when it is first made: {"backend": B, **settings};
     # None: a dir array under STATE/arrays/local.
     default_array: dict[str, str] | None = None
+    # Seconds between two reconciler rounds (0: no background reconciler).
+    reconcile_interval: float = 300.0
+    # Event retention: the newest ``events_keep`` events, none older than ``events_days``.
+    events_keep: int = 100_000
+    events_days: float = 30.0
 
     @classmethod
     def from_env(cls, state_dir: str, db_url: str | None = None) -> Config:
@@ -54,7 +61,23 @@ class Config:
             fault_at=os.environ.get(FAULT_ENV) or None,
             oui=os.environ.get("VVHOST_OUI") or DEFAULT_OUI,
             default_array=parse_array_spec(os.environ.get(DEFAULT_ARRAY_ENV)),
+            reconcile_interval=_number("VVHOST_RECONCILE_INTERVAL", 300.0),
+            events_keep=int(_number("VVHOST_EVENTS_KEEP", 100_000)),
+            events_days=_number("VVHOST_EVENTS_DAYS", 30.0),
         )
+
+
+def _number(name: str, default: float) -> float:
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise InvalidInput(detail=f"{name}={text!r} is not a number") from None
+    if value < 0:
+        raise InvalidInput(detail=f"{name}={text!r} is negative")
+    return value
 
 
 DEFAULT_ARRAY_ENV = "VVHOST_DEFAULT_ARRAY"
@@ -104,6 +127,7 @@ class Context:
             config.db_url or sqlite_url(os.path.join(config.state_dir, "catalog.db"))
         )
         self.locks = LockTable()
+        self.events = EventLog(self.db, Retention(config.events_keep, config.events_days))
         self.progress = Progress()
         self._backends: dict[str, ArrayBackend] = {}
         self._specs: dict[str, tuple[Any, str | None]] = {}  # what each backend was opened with
@@ -266,13 +290,20 @@ class Context:
             for vid in vvol_ids:
                 if vvolrepo.get(conn, vid) is not None:
                     vvolrepo.force(conn, vid, state=FAILED, op=None, failure=reason)
-            repo.journal_remove(conn, op_id)
+            repo.journal_remove(conn, op_id, outcome="failed", error=reason)
 
     @contextmanager
-    def undo_on_error(self, entry_fn: Any) -> Iterator[None]:
-        """Run the op's recovery handler if the body raises, then re-raise."""
+    def undo_on_error(self, entry_fn: Any, op_id: str | None = None) -> Iterator[None]:
+        """Run the op's recovery handler if the body raises, then re-raise; with
+        ``op_id``, the operation's event says what went wrong."""
         try:
             yield
-        except BaseException:
+        except BaseException as exc:
             entry_fn()
+            if op_id is not None and isinstance(exc, Exception):
+                why = (
+                    exc.message if isinstance(exc, VvhostError) else f"{type(exc).__name__}: {exc}"
+                )
+                with self.db.tx() as conn:
+                    eventrepo.note_error(conn, op_id, why)
             raise

@@ -138,9 +138,14 @@ class CowOps:
                             "was prepared"
                         )
 
+                # each array cuts its share of the group at once (rbd: in parallel,
+                # one monitor proposal for all the snapshot ids)
+                per_array: dict[str, list[tuple[str, str]]] = {}
                 for snap, base in zip(snaps, bases, strict=True):
-                    self.ctx.backend(snap.array).cut_snapshot(base.id, snap.id)
-                    self._cut.add(snap.id)
+                    per_array.setdefault(snap.array, []).append((base.id, snap.id))
+                for array_id, cuts in per_array.items():
+                    self.ctx.backend(array_id).cut_snapshots(cuts)
+                    self._cut.update(sid for _base, sid in cuts)
             except BaseException:
                 self.abort_group(snap_ids)
                 raise
@@ -266,7 +271,7 @@ class CowOps:
         entry = JournalEntry(id=op, op=kind, vvol=new.id, step="begin", args={}, created=0)
         backend = self.ctx.backend(new.array)
         try:
-            with self.ctx.undo_on_error(lambda: undo_new(self.ctx, entry)):
+            with self.ctx.undo_on_error(lambda: undo_new(self.ctx, entry), op):
                 make(self.ctx.progress.callback(op))
                 if new.readonly:
                     backend.set_readonly(new.id, True)
@@ -301,7 +306,7 @@ class CowOps:
             )
             backend = self.ctx.backend(base.array)
             try:
-                with self.ctx.undo_on_error(lambda: undo_revert(self.ctx, entry)):
+                with self.ctx.undo_on_error(lambda: undo_revert(self.ctx, entry), entry.id):
                     # The array stages the snapshot's data as the base's next data
                     # (dir: a copy beside it; rbd: a clone of the snapshot) ...
                     backend.revert(base.id, snap.id, op, self.ctx.progress.callback(op))
@@ -368,4 +373,4 @@ def _settle(ctx: Context, entry: JournalEntry, base: Vvol | None, bump: bool) ->
         if base is not None:
             gen = base.generation + (1 if bump else 0)
             vvolrepo.force(conn, base.id, state=READY, op=None, generation=gen)
-        repo.journal_remove(conn, entry.id)
+        repo.journal_remove(conn, entry.id, outcome="finished" if bump else "rolled back")

@@ -83,7 +83,7 @@ class DataOps:
             entry = JournalEntry(id=op, op="move", vvol=v.id, step="begin", args=args, created=0)
             src, dst = self.ctx.backend(v.array), self.ctx.backend(dst_array)
             try:
-                with self.ctx.undo_on_error(lambda: undo_move(self.ctx, entry)):
+                with self.ctx.undo_on_error(lambda: undo_move(self.ctx, entry), op):
                     with ExitStack() as stack:
                         chain = [(m.id, stack.enter_context(src.open(m.id))) for m in members]
                         dst.copy_in(v.id, dst_c.id, chain, self.ctx.progress.callback(op))
@@ -399,7 +399,7 @@ def undo_move(ctx: Context, entry: JournalEntry) -> None:
             v = vvolrepo.get(conn, member)
             if v is not None and v.op == entry.id:
                 vvolrepo.force(conn, member, state=READY, op=None)
-        repo.journal_remove(conn, entry.id)
+        repo.journal_remove(conn, entry.id, outcome="rolled back")
 
 
 def finish_move(ctx: Context, entry: JournalEntry) -> None:
@@ -458,4 +458,4 @@ def undo_relocate(ctx: Context, entry: JournalEntry) -> None:
         for member in members:
             if vvolrepo.get(conn, member) is not None:
                 vvolrepo.force(conn, member, state=READY, op=None)
-        repo.journal_remove(conn, entry.id)
+        repo.journal_remove(conn, entry.id, outcome="rolled back")

@@ -236,8 +236,10 @@ class DatastoreOps:
 
     # -- placement for vvols ----------------------------------------------------------------
     def place(
-        self, conn: Connection, ds_ref: str, container: str | None, size: int
+        self, conn: Connection, ds_ref: str, container: str | None, size: int, pe: Pe | None = None
     ) -> tuple[Datastore, Container]:
+        """The datastore and the container a new vvol goes to; with ``pe``, only a
+        container with an array that endpoint can serve (see ``serving``)."""
         ds = self.get(conn, ds_ref)
         _check_room(conn, ds, size)
         members = [self.containers.get(conn, cid) for cid in ds.containers]
@@ -247,8 +249,41 @@ class DatastoreOps:
                 raise InvalidInput(
                     detail=f"container {chosen.name} is not part of datastore {ds.name}"
                 )
-            return ds, chosen
+            members = [chosen]
+        if pe is not None:
+            arrays = repo.list_arrays(conn)
+            fit = [c for c in members if serving(pe, c, arrays)]
+            if not fit:
+                raise InvalidInput(detail=_unserved(pe, members, arrays, f"datastore {ds.name}"))
+            members = fit
         return ds, max(members, key=lambda c: c.free)
+
+
+def serving(pe: Pe, c: Container, arrays: list[Array]) -> list[str]:
+    """The ids of container ``c``'s arrays whose vvols endpoint ``pe`` can serve."""
+    return _served(pe, [a for a in arrays if a.id in c.arrays])
+
+
+def check_serving(conn: Connection, pe: Pe, c: Container) -> list[str]:
+    """``serving``, refusing a container the endpoint serves none of in one line."""
+    arrays = repo.list_arrays(conn)
+    found = serving(pe, c, arrays)
+    if not found:
+        raise InvalidInput(detail=_unserved(pe, [c], arrays, f"container {c.name}"))
+    return found
+
+
+def _unserved(pe: Pe, members: list[Container], arrays: list[Array], where: str) -> str:
+    """One line: why endpoint ``pe`` reaches none of ``members``' arrays."""
+    on = [a for a in arrays if any(a.id in c.arrays for c in members)]
+    names = {a.id: a.name for a in arrays}
+    what = " and ".join(SERVES.get(pe.protocol, ())) or "no"
+    scope = f" (this one only array {names.get(pe.array, pe.array)})" if pe.array else ""
+    held = ", ".join(f"{a.backend} array {a.name}" for a in on) or "no array"
+    return (
+        f"endpoint {pe.name} cannot serve {where}: {pe.protocol} serves {what} arrays"
+        f"{scope}, {where} is on {held}"
+    )
 
 
 def _served(pe: Pe, arrays: list[Array]) -> list[str]:

@@ -291,11 +291,27 @@ class EndpointManager:
                         self._reconcile(pe)
                         self.restarts[pe.name] = self.restarts.get(pe.name, 0) + 1
                         failures.pop(pe.name, None)
+                        self.ctx.events.emit(
+                            "endpoint.restarted",
+                            f"protocol endpoint {pe.name} was down and was restarted",
+                            severity="warning",
+                            subject=f"pe:{pe.name}",
+                            fields={"pe": pe.name, "protocol": pe.protocol},
+                        )
                 except Exception as exc:  # keep supervising the others
                     if isinstance(exc, EndpointError):
                         self.errors[pe.name] = exc.message
                     failures[pe.name] = (count + 1, time.monotonic() + min(60, 2**count))
                     log.error("restarting protocol endpoint %s failed: %s", pe.name, exc)
+                    if count == 0:  # once per outage, not on every retry
+                        self.ctx.events.emit(
+                            "endpoint.restart-failed",
+                            f"protocol endpoint {pe.name} is down and could not be "
+                            f"restarted: {exc}",
+                            severity="error",
+                            subject=f"pe:{pe.name}",
+                            fields={"pe": pe.name, "error": str(exc)},
+                        )
 
     def forget(self, pe: Pe) -> None:
         with self._guard:

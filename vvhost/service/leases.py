@@ -136,6 +136,17 @@ class LeaseOps:
                 conn.execute(insert(vm_leases).values(**values))
             else:
                 conn.execute(update(vm_leases).where(vm_leases.c.vvol_id == vid).values(**values))
+                why = "its owner process died" if dead else "it stopped renewing it"
+                self.ctx.events.emit_in(
+                    conn,
+                    "lease.taken-over",
+                    f"host {host} took over the lease of VM {vid} from host {old.host} "
+                    f"({old.op}, epoch {old.epoch}): {why}",
+                    severity="warning",
+                    subject=f"host:{old.host}",
+                    fields={"vm": vid, "from": old.host, "to": host, "op": old.op, "dead": dead},
+                    tenant=tenant,
+                )
         out = lease.public(now)
         out["token"] = lease.token
         out["taken_over"] = old.public(now) if old is not None else None

@@ -6,11 +6,13 @@
 
 ``sync(host)`` runs after every bind, unbind and rebind that involves an rbd
 endpoint: the caps grow when a binding needs a new namespace, shrink when the
-last binding in one goes, and the identity is removed with the host's last
-rbd binding on that cluster.  ``revoke`` rotates the key (token rotation) or
-removes the identity (host removal) on every cluster an rbd endpoint reaches;
-``audit`` reports identities named ``client.vvhost-*`` that match no host, or
-whose caps differ from what the catalog says.
+last binding in one goes, and become nothing at all with the host's last rbd
+binding on that cluster; the identity and its key stay for the host's
+lifetime (no new key per binding, so hosts keep the one they have).
+``revoke`` rotates the key (token rotation) or removes the identity (host
+removal) on every cluster an rbd endpoint reaches; ``audit`` reports
+identities named ``client.vvhost-*`` that match no host, or whose caps differ
+from what the catalog says.
 """
 
 from __future__ import annotations
@@ -136,11 +138,17 @@ class RbdAccess:
                         f"(caps {caps.get('osd') or 'none'})"
                     )
                     continue
-                grants = self.wanted(host).get(cluster, {})
-                if not grants or cephaccess.caps_for(grants) != caps:
-                    expected = cephaccess.caps_for(grants)["osd"] if grants else "no identity"
+                expected = cephaccess.wanted_caps(self.wanted(host).get(cluster, {}))
+                if caps != expected:
                     problems.append(
                         f"ceph cluster {where}: identity {name} has caps "
-                        f"{caps.get('osd') or 'none'}, its bindings need {expected}"
+                        f"{_shown(caps)}, its bindings need {_shown(expected)}"
                     )
         return problems
+
+
+def _shown(caps: dict[str, str]) -> str:
+    """osd caps as an audit line shows them ("none" for an identity without)."""
+    if not caps:
+        return "none"
+    return caps.get("osd") or "none (mon only)"

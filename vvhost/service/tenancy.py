@@ -169,10 +169,9 @@ class Authz:
             )
 
     # -- operation owners -----------------------------------------------------------------
-    def claim_op(self, p: Principal, op_id: str | None) -> None:
-        """Remember who starts operation ``op_id``; an id already used is refused."""
-        if op_id is None:
-            return
+    def claim_op(self, p: Principal, op_id: str | None) -> str:
+        """Remember who starts operation ``op_id`` (a new id when None; the event
+        log names them); an id already used is refused.  Returns the id."""
         op_id = self.ctx.new_op(op_id)
         now = time.time()
         with self.ctx.db.tx() as conn:
@@ -181,6 +180,7 @@ class Authz:
                 conn, op_id, p.kind, p.name, now
             ):
                 raise Conflict(detail=f"operation id {op_id} was used before; use a new one")
+        return op_id
 
     def op_visible(self, p: Principal, op_id: str) -> bool:
         if p.is_admin:

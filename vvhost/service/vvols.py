@@ -20,6 +20,7 @@ from ..errors import (
     BackendError,
     CapacityExceeded,
     HasDependants,
+    InUse,
     InvalidInput,
     NotFound,
     ReadOnly,
@@ -35,12 +36,14 @@ from ..model import (
     VVOL_TYPES,
     Container,
     JournalEntry,
+    Pe,
     Vvol,
 )
 from ..units import check_name, parse_size
+from . import openers
 from .bindings import ensure_unbound
 from .context import Context
-from .datastores import DatastoreOps, check_datastore_room
+from .datastores import DatastoreOps, check_datastore_room, check_serving
 from .endpoints import EndpointManager, RefreshFailed
 from .inventory import ContainerOps
 
@@ -185,15 +188,17 @@ class VvolOps:
         ]
 
     # -- placement ----------------------------------------------------------------------
-    def place(self, c: Container, prefer: str | None = None) -> str:
+    def place(self, c: Container, prefer: str | None = None, among: list[str] | None = None) -> str:
         """Prefer ``prefer`` (the source's array: reflink is possible there), else the
-        container's array with the most free space."""
+        container's array with the most free space (of those in ``among``, if given:
+        the arrays an endpoint can serve)."""
         if prefer and prefer in c.arrays:
             self.ctx.backend(prefer).check()
             return prefer
         free: list[tuple[int, str]] = []
         refused: BackendError | None = None
-        for array_id in c.arrays:  # an offline or broken array takes nothing new
+        candidates = [a for a in c.arrays if among is None or a in among]
+        for array_id in candidates:  # an offline or broken array takes nothing new
             try:
                 free.append((self.ctx.backend(array_id).free_bytes(), array_id))
             except BackendError as exc:
@@ -202,6 +207,13 @@ class VvolOps:
             assert refused is not None
             raise refused
         return max(free)[1]
+
+    @staticmethod
+    def _endpoint(conn: Connection, ref: str) -> Pe:
+        found = bindrepo.get_pe(conn, ref)
+        if found is None:
+            raise NotFound(kind="endpoint", ref=ref)
+        return found
 
     # -- create -------------------------------------------------------------------------
     def create(
@@ -214,9 +226,12 @@ class VvolOps:
         op_id: str | None = None,
         datastore: str | None = None,
         tenant: str | None = None,
+        pe: str | None = None,
     ) -> dict[str, Any]:
         """Create a vvol in ``container``, or in ``datastore`` (placed by its rule);
-        ``tenant`` owns it (default: the datastore's or the container's)."""
+        ``tenant`` owns it (default: the datastore's or the container's). With
+        ``pe``, only on an array that endpoint can serve (a VM's disks all go
+        through one endpoint), else refused before anything is made."""
         if type not in VVOL_TYPES:
             raise InvalidInput(detail=f"vvol type {type!r} is not one of {', '.join(VVOL_TYPES)}")
         if name is not None:
@@ -230,8 +245,9 @@ class VvolOps:
             if tenant is not None and tenancy.get_tenant(conn, tenant) is None:
                 raise NotFound(kind="tenant", ref=tenant)
             ds_id = None
+            endpoint = self._endpoint(conn, pe) if pe is not None else None
             if datastore is not None:
-                ds, c = self.datastores.place(conn, datastore, container, nbytes)
+                ds, c = self.datastores.place(conn, datastore, container, nbytes, endpoint)
                 ds_id, owner = ds.id, ds.tenant
             else:
                 assert container is not None
@@ -239,7 +255,8 @@ class VvolOps:
                 owner = c.tenant
             if tenant is not None and owner not in (None, tenant):
                 raise InvalidInput(detail=f"tenant {tenant} may not own a vvol in {owner}'s pool")
-            array_id = self.place(c)
+            among = check_serving(conn, endpoint, c) if endpoint is not None else None
+            array_id = self.place(c, among=among)
             reserve(conn, c, nbytes)
             v = new_vvol(
                 container=c,
@@ -255,7 +272,7 @@ class VvolOps:
             vvolrepo.insert(conn, v)
             self.ctx.journal(conn, op, "create", v.id, {})
         entry = JournalEntry(id=op, op="create", vvol=v.id, step="begin", args={}, created=0)
-        with self.ctx.undo_on_error(lambda: undo_new(self.ctx, entry)):
+        with self.ctx.undo_on_error(lambda: undo_new(self.ctx, entry), op):
             backend = self.ctx.backend(array_id)
             backend.create(v.id, nbytes, v.container)
             self.ctx.fault("create", "file-created")
@@ -265,7 +282,9 @@ class VvolOps:
                 return self.describe(conn, vvolrepo.get(conn, v.id) or v)
 
     # -- extend -------------------------------------------------------------------------
-    def extend(self, ref: str, size: str | int, generation: int | None = None) -> dict[str, Any]:
+    def extend(
+        self, ref: str, size: str | int, generation: int | None = None, op_id: str | None = None
+    ) -> dict[str, Any]:
         """Grow a vvol, bound or not: the data grows (journaled: recovery finishes it),
         then every endpoint presenting a binding of it shows the new size.
 
@@ -273,7 +292,7 @@ class VvolOps:
         to retry after an endpoint failed (the vvol itself had grown by then).
         """
         nbytes = parse_size(size)
-        op = self.ctx.new_op()
+        op = self.ctx.new_op(op_id)
         endpoints = self.endpoints
         with self.ctx.db.tx() as conn:
             v = self.ctx.vvol(conn, ref)
@@ -334,8 +353,8 @@ class VvolOps:
                 return self.describe(conn, vvolrepo.get(conn, v.id) or v)
 
     # -- delete -------------------------------------------------------------------------
-    def delete(self, ref: str, generation: int | None = None) -> None:
-        op = self.ctx.new_op()
+    def delete(self, ref: str, generation: int | None = None, op_id: str | None = None) -> None:
+        op = self.ctx.new_op(op_id)
         with self.ctx.db.tx() as conn:
             v = self.ctx.vvol(conn, ref)
         with self.ctx.locks.hold([v.id, v.parent]):
@@ -362,12 +381,27 @@ class VvolOps:
                         what=what,
                         names=", ".join(d.name or d.id for d in deps),
                     )
+            self._refuse_open(v)  # outside the transaction: it asks the array
+            with self.ctx.db.tx() as conn:
+                v = self.ctx.vvol(conn, ref)
                 vvolrepo.change(conn, v, bump=False, state=DELETING, op=op)
                 self.ctx.journal(conn, op, "delete", v.id, {})
             self.ctx.fault("delete", "begin")
             finish_delete(
                 self.ctx,
                 JournalEntry(id=op, op="delete", vvol=v.id, step="begin", args={}, created=0),
+            )
+
+    def _refuse_open(self, v: Vvol) -> None:
+        """Refuse to delete data a client still has open, naming it (once, at once)."""
+        if v.state == FAILED and not self.ctx.backend(v.array).exists(v.id):
+            return
+        busy = openers.who(self.ctx, self.endpoints, v)
+        if busy:
+            raise InUse(
+                kind="vvol",
+                ref=v.name or v.id,
+                reason=f"its data is open by {'; '.join(busy)}; close it there, then delete",
             )
 
 
@@ -386,7 +420,7 @@ def undo_new(ctx: Context, entry: JournalEntry) -> None:
             vvolrepo.add_ref(conn, v.parent, -1)
             repo.reserve(conn, v.container, -v.size)
             vvolrepo.remove(conn, v.id)
-        repo.journal_remove(conn, entry.id)
+        repo.journal_remove(conn, entry.id, outcome="rolled back")
 
 
 def finish_delete(ctx: Context, entry: JournalEntry) -> None:

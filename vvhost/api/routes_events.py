@@ -1,0 +1,54 @@
+"""Routes for events, health, the audit's repairs and metrics.
+
+GET  /v1/events?cursor=ID&since=T&limit=N&wait=S   a tenant's own events (admins: all),
+                                                   oldest first, and the next cursor
+GET  /v1/health/report?stuck=S                     admin: what needs attention
+POST /v1/audit/fix?grace=S                         admin: repair what is safe, re-audit
+GET  /metrics                                      admin: Prometheus text format
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+
+from ..service.events import MAX_LIMIT, MAX_WAIT
+from ..service.metrics import CONTENT_TYPE
+from .deps import Caller, Svc
+
+router = APIRouter()
+
+
+@router.get("/v1/events", response_model=None)
+def events(
+    svc: Svc,
+    p: Caller,
+    cursor: Annotated[int, Query(ge=0, le=(1 << 62))] = 0,
+    since: Annotated[float | None, Query(ge=0)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 1000,
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0.0,
+) -> dict[str, Any]:
+    return svc.ctx.events.read(p, after=cursor, since=since, limit=limit, wait=wait)
+
+
+@router.get("/v1/health/report", response_model=None)
+def health_report(
+    svc: Svc, p: Caller, stuck: Annotated[float, Query(gt=0, le=86400 * 30)] = 600.0
+) -> dict[str, Any]:
+    svc.authz.admin(p)
+    return svc.health(stuck)
+
+
+@router.post("/v1/audit/fix", response_model=None)
+def audit_fix(
+    svc: Svc, p: Caller, grace: Annotated[float | None, Query(ge=0)] = None
+) -> dict[str, Any]:
+    svc.authz.admin(p)
+    return svc.audit(fix=True, grace=grace)
+
+
+@router.get("/metrics", response_model=None)
+def metrics(svc: Svc, p: Caller) -> Response:
+    svc.authz.admin(p)
+    return Response(content=svc.metrics.render(), media_type=CONTENT_TYPE)

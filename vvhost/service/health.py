@@ -1,0 +1,166 @@
+"""``vvhost health``: one screen of what needs attention, and what to do about it.
+
+    arrays       online / degraded / offline, free bytes
+    containers   provisioned against capacity (warning at 80 %, critical at 90 %)
+    endpoints    daemon running, restarts, last error
+    operations   journal entries older than STUCK seconds (stuck)
+    findings     what the reconciler found and still finds
+
+Each item carries a ``status`` (ok, warning, critical) and, when not ok, an
+``advice`` line; the report's status is the worst of them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+
+from ..catalog import bindrepo, repo
+from ..catalog.eventschema import findings
+from ..errors import VvhostError
+from .context import Context
+from .endpoints import EndpointManager
+
+OK, WARNING, CRITICAL = "ok", "warning", "critical"
+RANK = {OK: 0, WARNING: 1, CRITICAL: 2}
+NEAR, FULL = 0.80, 0.90  # share of a container's capacity provisioned
+STUCK = 600.0  # seconds after which a journaled operation counts as stuck
+
+
+@dataclass(frozen=True)
+class Item:
+    kind: str  # array, container, endpoint, operation, finding
+    name: str
+    status: str
+    detail: str
+    advice: str = ""
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def report(ctx: Context, endpoints: EndpointManager, stuck: float = STUCK) -> dict[str, Any]:
+    items = _arrays(ctx) + _containers(ctx) + _endpoints(ctx, endpoints) + _ops(ctx, stuck)
+    items += _findings(ctx)
+    worst = max((RANK[i.status] for i in items), default=0)
+    return {
+        "status": next(s for s, r in RANK.items() if r == worst),
+        "items": [i.to_dict() for i in items],
+        "time": time.time(),
+    }
+
+
+def _arrays(ctx: Context) -> list[Item]:
+    with ctx.db.tx() as conn:
+        arrays = repo.list_arrays(conn)
+    out = []
+    for arr in arrays:
+        arr = ctx.status(arr)
+        if arr.state == "offline":
+            out.append(
+                Item("array", arr.name, CRITICAL, f"offline: {arr.reason}",
+                     "bring its storage back (mount the filesystem, start the cluster); "
+                     "operations on its vvols wait until then")
+            )  # fmt: skip
+            continue
+        try:
+            free = ctx.backend(arr.id).free_bytes()
+        except VvhostError as exc:
+            out.append(Item("array", arr.name, WARNING, f"free space unknown: {exc.message}",
+                            "check the array with `vvhost array show`"))  # fmt: skip
+            continue
+        if arr.state == "degraded":
+            out.append(Item("array", arr.name, WARNING, f"degraded: {arr.reason}",
+                            "look at the backend's own health (ceph -s, dmesg)",
+                            {"free": free}))  # fmt: skip
+        else:
+            out.append(Item("array", arr.name, OK, f"online, {_size(free)} free", "",
+                            {"free": free}))  # fmt: skip
+    return out
+
+
+def _containers(ctx: Context) -> list[Item]:
+    with ctx.db.tx() as conn:
+        containers = repo.list_containers(conn)
+    out = []
+    for c in containers:
+        used = c.provisioned / c.capacity if c.capacity > 0 else 0.0
+        figures = {"capacity": c.capacity, "provisioned": c.provisioned, "used": round(used, 4)}
+        detail = f"{used:.0%} provisioned ({_size(c.provisioned)} of {_size(c.capacity)})"
+        if used >= FULL:
+            status, advice = CRITICAL, "grow its capacity or delete vvols it no longer needs"
+        elif used >= NEAR:
+            status, advice = WARNING, "plan to grow it before new vvols are refused"
+        else:
+            status, advice = OK, ""
+        out.append(Item("container", c.name, status, detail, advice, figures))
+    return out
+
+
+def _endpoints(ctx: Context, endpoints: EndpointManager) -> list[Item]:
+    with ctx.db.tx() as conn:
+        pes = bindrepo.list_pes(conn)
+    out = []
+    for pe in pes:
+        alive = endpoints.get(pe).alive()
+        restarts = endpoints.restarts.get(pe.name, 0)
+        error = endpoints.errors.get(pe.name)
+        figures = {"alive": alive, "restarts": restarts, "protocol": pe.protocol}
+        if not alive:
+            detail = f"daemon not running{': ' + error if error else ''}"
+            advice = "the supervisor retries; free its port or portal, see `vvhost pe show`"
+            out.append(Item("endpoint", pe.name, CRITICAL, detail, advice, figures))
+        elif restarts:
+            detail = f"running, restarted {restarts} time(s) since vvhost serve started"
+            advice = "find out why its daemon died (the server log, dmesg)"
+            out.append(Item("endpoint", pe.name, WARNING, detail, advice, figures))
+        else:
+            out.append(Item("endpoint", pe.name, OK, "running", "", figures))
+    return out
+
+
+def _ops(ctx: Context, stuck: float) -> list[Item]:
+    now = time.time()
+    with ctx.db.tx() as conn:
+        entries = repo.journal_list(conn)
+    out = []
+    for e in entries:
+        age = now - e.created
+        if age < stuck:
+            continue
+        detail = f"{e.op} of vvol {e.vvol} at step {e.step} for {age:.0f}s"
+        advice = (
+            "if nothing is copying any more, restart vvhost serve: recovery "
+            "finishes or rolls it back"
+        )
+        out.append(Item("operation", e.id, WARNING, detail, advice, {"age": round(age, 1)}))
+    return out
+
+
+def _findings(ctx: Context) -> list[Item]:
+    with ctx.db.tx() as conn:
+        rows = list(conn.execute(select(findings).order_by(findings.c.first_seen)))
+    return [
+        Item(
+            "finding",
+            r.kind,
+            WARNING,
+            r.text,
+            "`vvhost audit --fix` repairs leaks vvhost made; the rest needs a look",
+            {"since": r.first_seen},
+        )
+        for r in rows
+    ]
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
+        value /= 1024
+    return f"{n} B"
