@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -51,6 +52,7 @@ from .settings import RbdSettings
 from .sources import RbdSource
 
 PURGE_PASSES = MAX_CLONE_DEPTH + 2
+MARKER_FRESH = 0.25  # seconds a marker read that found this array's id stands
 
 
 class RbdArray:
@@ -68,16 +70,24 @@ class RbdArray:
         self.after = Aftercare(name)
         self._lock = threading.RLock()
         self._checked = False
+        self._marked_until = 0.0  # until when the pool's marker counts as read
         self.reverts = Reverts(self)
 
     # -- state ------------------------------------------------------------------------
     def offline(self) -> str | None:
+        """Why the array cannot be used now (None: it can).  A marker read that found
+        the pool this array's counts for ``MARKER_FRESH`` seconds: one call (a
+        revert and its answer) reads it once."""
+        if time.monotonic() < self._marked_until:
+            return None
+        self._marked_until = 0.0
         try:
             owner = self.cluster.marker()
         except (ArrayOffline, BackendError) as exc:
             self._checked = False
             return str(exc.fields.get("reason") or exc.fields.get("detail") or exc)
         if self.array_id is None or owner == self.array_id:
+            self._marked_until = time.monotonic() + MARKER_FRESH
             return None
         self._checked = False
         if owner is None:
@@ -98,6 +108,7 @@ class RbdArray:
         """Mark the pool as this array's (``InUse`` when another array holds it)."""
         assert self.array_id is not None
         self.cluster.claim(self.array_id)
+        self._marked_until = 0.0
         self._checked = False
 
     def release(self) -> None:
@@ -105,6 +116,7 @@ class RbdArray:
         if self.array_id is None or self.index.entries() or self.index.retired():
             return
         self.cluster.unclaim(self.array_id)
+        self._marked_until = 0.0
 
     def audit(self) -> list[str]:
         found = rbdaudit.report(self)
@@ -127,6 +139,7 @@ class RbdArray:
         if self.flattener.close() and idle:
             self.cluster.close()  # not under a flatten still running: librados would crash
         self._checked = False
+        self._marked_until = 0.0
 
     # -- lookups ----------------------------------------------------------------------
     def _entry(self, vvol_id: str) -> Entry:
