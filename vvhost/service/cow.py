@@ -364,19 +364,17 @@ def finish_revert(ctx: Context, entry: JournalEntry) -> None:
             if snap is not None and base.size != snap.size:
                 repo.reserve(conn, base.container, snap.size - base.size)
                 vvolrepo.force(conn, base.id, size=snap.size)
-            vvolrepo.force(conn, base.id, locator=locator)
-            _settle_in(conn, entry, vvolrepo.get(conn, base.id), bump=True)
+            vvolrepo.force(
+                conn, base.id, locator=locator, state=READY, op=None, generation=base.generation + 1
+            )
+            repo.journal_remove(conn, entry.id, outcome="finished")
         return
     _settle(ctx, entry, base, bump=True)
 
 
 def _settle(ctx: Context, entry: JournalEntry, base: Vvol | None, bump: bool) -> None:
     with ctx.db.tx() as conn:
-        _settle_in(conn, entry, base, bump)
-
-
-def _settle_in(conn: Any, entry: JournalEntry, base: Vvol | None, bump: bool) -> None:
-    if base is not None:
-        gen = base.generation + (1 if bump else 0)
-        vvolrepo.force(conn, base.id, state=READY, op=None, generation=gen)
-    repo.journal_remove(conn, entry.id, outcome="finished" if bump else "rolled back")
+        if base is not None:
+            gen = base.generation + (1 if bump else 0)
+            vvolrepo.force(conn, base.id, state=READY, op=None, generation=gen)
+        repo.journal_remove(conn, entry.id, outcome="finished" if bump else "rolled back")
