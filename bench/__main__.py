@@ -23,6 +23,7 @@ from . import (
     events,
     rbd_ops,
     remote_api,
+    space,
     vm_boot,
     vm_migrate,
     vm_move_storage,
@@ -47,6 +48,8 @@ GROUPS: dict[str, Callable[..., list[Result]]] = {
     "vm-move-storage-rbd": vm_move_storage.run_rbd,
     "rbd": rbd_ops.run,
     "events": events.run,
+    "space-show": space.run_show,
+    "space-unique": space.run_unique,
 }
 
 

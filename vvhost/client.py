@@ -101,6 +101,11 @@ class Client:
         params = {"cursor": cursor, "since": since, "limit": limit, "wait": wait}
         return self.call("GET", "/v1/events", params=params)
 
+    def vm_event(self, host: str, vm: str, what: str, disks: list[str]) -> dict[str, Any]:
+        """Report VM ``vm`` of ``host`` paused for space or running again."""
+        body = {"vm": vm, "what": what, "disks": disks}
+        return self.call("POST", f"/v1/hosts/{host}/vm-events", json=body)
+
     def health_report(self, stuck: float | None = None) -> dict[str, Any]:
         return self.call("GET", "/v1/health/report", params={"stuck": stuck})
 
@@ -144,12 +149,36 @@ class Client:
         capacity: str | int,
         arrays: list[str] | None = None,
         tenant: str | None = None,
+        overcommit: str | float = 1.0,
+        reserve: str | None = None,
     ) -> dict[str, Any]:
         return self.call(
             "POST",
             "/v1/containers",
-            json={"name": name, "capacity": capacity, "arrays": arrays or None, "tenant": tenant},
+            json={
+                "name": name,
+                "capacity": capacity,
+                "arrays": arrays or None,
+                "tenant": tenant,
+                "overcommit": overcommit,
+                "reserve": reserve,
+            },
         )
+
+    def container_set(
+        self,
+        ref: str,
+        capacity: str | int | None = None,
+        overcommit: str | float | None = None,
+        reserve: str | None = None,
+    ) -> dict[str, Any]:
+        body = {"capacity": capacity, "overcommit": overcommit, "reserve": reserve}
+        return self.call(
+            "PATCH", f"/v1/containers/{ref}", json={k: v for k, v in body.items() if v is not None}
+        )
+
+    def container_refresh(self, ref: str) -> dict[str, Any]:
+        return self.call("POST", f"/v1/containers/{ref}/refresh")
 
     def container(self, ref: str) -> dict[str, Any]:
         return self.call("GET", f"/v1/containers/{ref}")
@@ -191,8 +220,11 @@ class Client:
     def vvol(self, ref: str) -> dict[str, Any]:
         return self.call("GET", f"/v1/vvols/{ref}")
 
-    def vvol_delete(self, ref: str, generation: int | None = None) -> None:
-        self.call("DELETE", f"/v1/vvols/{ref}", params={"generation": generation})
+    def vvol_delete(self, ref: str, generation: int | None = None, deferred: bool = False) -> None:
+        params: dict[str, Any] = {"generation": generation}
+        if deferred:
+            params["deferred"] = "true"
+        self.call("DELETE", f"/v1/vvols/{ref}", params=params)
 
     def vvol_extend(
         self, ref: str, size: str | int, generation: int | None = None

@@ -276,3 +276,16 @@ class CephDenied(CephError):
 
 
 ERRORS_BY_CODE.update({cls.code: cls for cls in (CephError, CephUnreachable, CephDenied)})
+
+
+class ReserveReached(CapacityExceeded):
+    """A snapshot or clone would eat into the room kept for guests' own writes."""
+
+    code = "reserve-reached"
+    template = (
+        "container {container!r} keeps {reserve} bytes free for guests' writes: "
+        "a {action} needing {needed} bytes would leave {left} of {capacity} free"
+    )
+
+
+ERRORS_BY_CODE.update({cls.code: cls for cls in (ReserveReached,)})

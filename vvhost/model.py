@@ -26,6 +26,7 @@ REVERTING = "reverting"
 EXTENDING = "extending"
 MOVING = "moving"
 WRITING = "writing"
+DEFERRED = "deferred"  # deleted, kept until its last snapshot or linked clone goes
 FAILED = "failed"  # an operation could neither finish nor roll back; ``failure`` says why
 
 SNAPSHOT = "snapshot"
@@ -67,14 +68,23 @@ class Container:
     tenant: str | None
     arrays: list[str]
     created: float
+    overcommit: float = 1.0  # provisioning may run this far ahead of the capacity
+    reserve: int = 0  # physical bytes snapshots and clones may not take
+    reserve_spec: str | None = None  # the reserve as given ("5%" follows the capacity)
+
+    @property
+    def limit(self) -> int:
+        """What writable vvols may provision in all: capacity x over-subscription."""
+        return int(self.capacity * self.overcommit)
 
     @property
     def free(self) -> int:
-        return self.capacity - self.provisioned
+        return self.limit - self.provisioned
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["free"] = self.free
+        out["limit"] = self.limit
         return out
 
 
@@ -99,6 +109,10 @@ class Vvol:
     tenant: str | None = None
     failure: str | None = None  # why the vvol is FAILED
     locator: dict[str, Any] | None = None  # where its array keeps it (RBD: image and snap ids)
+    allocated: int = 0  # space figures cached from the array (see spacemodel.py)
+    unique: int | None = None
+    charge: int = 0  # what it counts in its container's ``provisioned``
+    held: int = 0  # what it counts against the container's physical capacity
 
     @property
     def is_snapshot(self) -> bool:

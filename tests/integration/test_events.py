@@ -291,3 +291,38 @@ def test_undone_operation_says_why(svc: Service) -> None:
     assert failed[0]["message"].endswith(err.value.message)
     assert [x["name"] for x in client.vvols()] == ["v1"]
     client.close()
+
+
+def test_hosts_report_their_vms_paused_for_space(tmp_path: str) -> None:
+    patterns = Patterns()
+    with tls_lab(str(tmp_path), patterns) as t:
+        a, b = t.as_host("ha"), t.as_host("hb")
+        try:
+            first = a.vm_event("ha", "web", "paused-for-space", ["vdb"])
+            assert first["recorded"] is True
+            # seen again by the next vm show: one event, not one per look
+            assert a.vm_event("ha", "web", "paused-for-space", ["vdb"]) == {
+                "event": first["event"],
+                "recorded": False,
+            }
+            assert a.vm_event("ha", "web", "resumed", [])["recorded"] is True
+            assert a.vm_event("ha", "web", "resumed", [])["recorded"] is False
+            assert a.vm_event("ha", "idle", "resumed", [])["recorded"] is False  # never paused
+            mine = [e for e in a.events()["events"] if e["kind"].startswith("vm.")]
+            assert [(e["kind"], e["subject"], e["severity"]) for e in mine] == [
+                ("vm.paused-for-space", "vm:ha/web", "warning"),
+                ("vm.resumed", "vm:ha/web", "info"),
+            ]
+            assert mine[0]["fields"] == {"host": "ha", "vm": "web", "disks": ["vdb"]}
+            assert {e["tenant"] for e in mine} == {"alpha"}
+            # hostile: another tenant's host sees none of it and cannot report for ha
+            assert not [e for e in b.events()["events"] if e["kind"].startswith("vm.")]
+            with pytest.raises(Forbidden):
+                b.vm_event("ha", "web", "paused-for-space", ["vda"])
+            for bad in (("../x", "paused-for-space", []), ("web", "exploded", []),
+                        ("web", "paused-for-space", ["$(rm)"])):  # fmt: skip
+                with pytest.raises(InvalidInput):
+                    a.vm_event("ha", *bad)
+        finally:
+            a.close()
+            b.close()

@@ -11,7 +11,8 @@ Running out: the guest writes 24 MiB of a known pattern with only 8 MiB free;
 QEMU stops it (error_policy='stop'), ``vm show``/``vm list`` say "paused: no
 space", ``vm resume`` while still full fails and leaves it paused, ``vm resume
 --when-space`` waits; the test deletes the filler, the guest goes on and verifies
-the whole pattern, and the vvol file holds it byte for byte.
+the whole pattern, and the vvol file holds it byte for byte; the event log has
+the pause (once) and the resume.
 
 Space comes back: the guest writes 8 MiB, waits while the test measures the
 vvol's allocated bytes, then discards 6 MiB of it (blkdiscard); the allocation on
@@ -146,6 +147,14 @@ def test_full_array_pauses_the_guest_and_resume_keeps_its_data(space: Lab, proto
         out, err = waiter.communicate(timeout=150)
         assert waiter.returncode == 0, err
         assert json.loads(out)["state"] in ("running", "shut off")
+        # the control plane's event log has the pause (once, however often it was seen) and
+        # the resume
+        seen = [
+            (e["kind"], e["fields"]["disks"])
+            for e in lab.api.events()["events"]
+            if e["subject"] == f"vm:kvm1/{vm}"
+        ]
+        assert seen == [("vm.paused-for-space", ["vda"]), ("vm.resumed", [])], seen
         wait_off(lab, "kvm1", vm, timeout=180)
     finally:
         if waiter is not None and waiter.poll() is None:

@@ -70,7 +70,23 @@ def containers(svc: Svc, p: Caller) -> list[dict[str, Any]]:
 @router.post("/containers", status_code=201, response_model=None)
 def container_create(svc: Svc, p: Caller, body: m.ContainerCreate) -> dict[str, Any]:
     svc.authz.admin(p)
-    return svc.containers.create(body.name, body.capacity, body.arrays, body.tenant).to_dict()
+    return svc.containers.create(
+        body.name, body.capacity, body.arrays, body.tenant, body.overcommit, body.reserve
+    ).to_dict()
+
+
+@router.patch("/containers/{ref}", response_model=None)
+def container_set(svc: Svc, p: Caller, ref: Ref, body: m.ContainerSet) -> dict[str, Any]:
+    svc.authz.admin(p)
+    return svc.containers.set(ref, body.capacity, body.overcommit, body.reserve)
+
+
+@router.post("/containers/{ref}/refresh", response_model=None)
+def container_refresh(svc: Svc, p: Caller, ref: Ref) -> dict[str, Any]:
+    """Read every vvol's space figures from the arrays now."""
+    svc.authz.admin(p)
+    svc.space.refresh_container(ref)
+    return svc.containers.show(ref)
 
 
 @router.get("/containers/{ref}", response_model=None)

@@ -2,6 +2,9 @@
 
 GET  /v1/events?cursor=ID&since=T&limit=N&wait=S   a tenant's own events (admins: all),
                                                    oldest first, and the next cursor
+POST /v1/hosts/{name}/vm-events {"vm", "what", "disks"}
+                                                   a host reports a VM of its own paused
+                                                   for space, or running again
 GET  /v1/health/report?stuck=S                     admin: what needs attention
 POST /v1/audit/fix?grace=S                         admin: repair what is safe, re-audit
 GET  /metrics                                      admin: Prometheus text format
@@ -12,10 +15,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
+from pydantic import Field
 
+from ..service import vmevents
 from ..service.events import MAX_LIMIT, MAX_WAIT
 from ..service.metrics import CONTENT_TYPE
 from .deps import Caller, Svc
+from .models import Body
 
 router = APIRouter()
 
@@ -30,6 +36,18 @@ def events(
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0.0,
 ) -> dict[str, Any]:
     return svc.ctx.events.read(p, after=cursor, since=since, limit=limit, wait=wait)
+
+
+class VmEvent(Body):
+    vm: str = Field(max_length=128)
+    what: str = Field(max_length=32)
+    disks: list[str] = Field(default_factory=list, max_length=64)
+
+
+@router.post("/v1/hosts/{name}/vm-events", response_model=None)
+def vm_event(svc: Svc, p: Caller, name: str, body: VmEvent) -> dict[str, Any]:
+    svc.authz.host(p, name)
+    return vmevents.report(svc.ctx, name, body.vm, body.what, body.disks)
 
 
 @router.get("/v1/health/report", response_model=None)

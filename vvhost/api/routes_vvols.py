@@ -78,9 +78,11 @@ def vvol_show(svc: Svc, p: Caller, ref: Ref) -> dict[str, Any]:
 
 
 @router.delete("/vvols/{ref}", status_code=204, response_model=None)
-def vvol_delete(svc: Svc, p: Caller, ref: Ref, generation: Generation = None) -> None:
+def vvol_delete(
+    svc: Svc, p: Caller, ref: Ref, generation: Generation = None, deferred: bool = False
+) -> None:
     vid = svc.authz.vvol(p, ref)
-    svc.vvols.delete(vid, generation, svc.authz.claim_op(p, None))
+    svc.vvols.delete(vid, generation, deferred, op_id=svc.authz.claim_op(p, None))
 
 
 @router.post("/vvols/{ref}/extend", response_model=None)

@@ -132,6 +132,12 @@ class ArrayBackend(Protocol):
         """Bytes the array allocated for the volume, cheaply (RBD: whole objects from
         the object map): what listings show as ``used``."""
 
+    def exclusive(self, vvol_id: str, newer: Sequence[str]) -> int | None:
+        """Bytes of the volume that none of ``newer`` (the later points of its family:
+        later snapshots and the live volume) holds: what a snapshot is counted
+        against physical capacity, so a family's bytes are counted once (by the
+        newest holder).  None where the array cannot tell."""
+
     def list_ids(self) -> list[str]:
         """Every volume id present (snapshots included)."""
 

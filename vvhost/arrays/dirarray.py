@@ -24,7 +24,7 @@ from typing import Any
 
 from .. import bitmap, fsutil
 from ..errors import ArrayOffline, BackendError, InvalidInput
-from . import identity, volio
+from . import identity, rbdranges, volio
 from .base import Changed, Opener, Progress, Space, VolumeIO
 from .sources import FileSource
 from .volio import FileIO
@@ -137,6 +137,7 @@ class DirArray:
         self.check()
         for path in (self.locate(vvol_id), self.locate(vvol_id) + PART):
             try:
+                _free_extents(path)
                 _unlink(path)
             except OSError as exc:
                 raise BackendError(
@@ -371,15 +372,49 @@ class DirArray:
         os.chmod(self.locate(vvol_id), 0o400 if readonly else 0o600)
 
     def allocated(self, vvol_id: str) -> int:
-        return self.space(vvol_id).allocated
+        try:
+            return os.stat(self.locate(vvol_id)).st_blocks * 512
+        except FileNotFoundError:
+            return 0
 
     def space(self, vvol_id: str) -> Space:
-        """Allocated blocks; shared reflink extents are not told apart (None)."""
+        """Allocated blocks, and the bytes of extents no other file shares (FIEMAP's
+        SHARED flag: reflinked data a snapshot still shares with its base is not
+        the snapshot's alone).  Without reflink every extent is the file's own."""
+        path = self.locate(vvol_id)
         try:
-            st = os.stat(self.locate(vvol_id))
+            st = os.stat(path)
+            unique = fsutil.unshared_bytes(path)
         except FileNotFoundError:
             return Space(0, 0, None)
-        return Space(st.st_size, st.st_blocks * 512, None)
+        except OSError as exc:
+            raise BackendError(
+                array=self.name, detail=f"cannot measure {vvol_id}: {exc.strerror or exc}"
+            ) from exc
+        allocated = st.st_blocks * 512
+        return Space(st.st_size, allocated, None if unique is None else min(unique, allocated))
+
+    def exclusive(self, vvol_id: str, newer: Sequence[str]) -> int | None:
+        """FIEMAP physical ranges of the file minus those of the ``newer`` files:
+        reflinked extents a newer point still shares are counted there."""
+        try:
+            mine = fsutil.physical_ranges(self.locate(vvol_id))
+            if mine is None:
+                return None
+            others: list[tuple[int, int]] = []
+            for other in newer:
+                with contextlib.suppress(FileNotFoundError):
+                    others += fsutil.physical_ranges(self.locate(other)) or []
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            raise BackendError(
+                array=self.name, detail=f"cannot measure {vvol_id}: {exc.strerror or exc}"
+            ) from exc
+        ranges = rbdranges.merge(mine)
+        return rbdranges.total(ranges) - rbdranges.total(
+            rbdranges.intersect(ranges, rbdranges.merge(others))
+        )
 
     def list_ids(self) -> list[str]:
         return self._names(SUFFIX)
@@ -408,6 +443,21 @@ def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _free_extents(path: str) -> None:
+    """Give back the file's extents now (truncate to 0) when this is its only name:
+    XFS frees an unlinked file's extents later, in the background, so the reflinked
+    data it shared would look shared for a while after it went."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return
+    try:
+        if os.fstat(fd).st_nlink == 1:
+            os.ftruncate(fd, 0)
     finally:
         os.close(fd)
 

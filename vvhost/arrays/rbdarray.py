@@ -257,6 +257,16 @@ class RbdArray:
         with ceph(self.name, f"measuring {entry.image}"):
             return rbddiff.space(self.cluster, _point(entry))
 
+    def exclusive(self, vvol_id: str, newer: Sequence[str]) -> int | None:
+        """A snapshot's own data that the next point of its image no longer holds
+        (the image's snapshot order is the family's: ``newer`` is not needed)."""
+        self._ready()
+        entry = self._entry(vvol_id)
+        if entry.kind != "snap":
+            return None
+        with ceph(self.name, f"measuring {entry.image}"):
+            return rbddiff.exclusive(self.cluster, _point(entry))
+
     def remove(self, vvol_id: str) -> None:
         """Snapshots: the RBD snapshot goes (to the trash namespace while clones read it).
         Images: refused while a client has them open; otherwise retired while snapshot

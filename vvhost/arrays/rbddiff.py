@@ -147,5 +147,23 @@ def space(cluster: Cluster, point: Point) -> Space:
     return Space(size, rbdranges.total(mine), rbdranges.total(rbdranges.intersect(before, after)))
 
 
+def exclusive(cluster: Cluster, point: Point) -> int | None:
+    """Bytes of a snapshot point's own data that no later point holds: what changed
+    between it and the next snapshot (or the head) within what it holds itself.
+    Summed over an image's points this counts each stored version once."""
+    if point.snap is None:
+        return None
+    with opened(cluster, point) as img:
+        mine = extents(img, None, False, False)
+    with opened(cluster, Point(point.ns, point.image_id)) as head:
+        names = [name for _, name in user_snaps(head)]
+    if point.snap not in names:
+        return None
+    pos = names.index(point.snap)
+    later = _at(point, names[pos + 1] if pos + 1 < len(names) else None)
+    after = same_image(cluster, point, later, False)
+    return rbdranges.total(rbdranges.intersect(mine, after))
+
+
 def _at(point: Point, snap: str | None) -> Point:
     return Point(point.ns, point.image_id, snap)

@@ -100,6 +100,22 @@ def _v9_events(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=eventschema.TABLES, checkfirst=True)
 
 
+def _v10_space(conn: Connection) -> None:
+    """Thin provisioning: containers get an over-subscription ratio and a reserve;
+    vvols cache their space figures and what they are charged.  Every existing
+    vvol keeps being charged its size (what ``provisioned`` counted) until the
+    first refresh reads its figures."""
+    _add_column(conn, "containers", "overcommit", "FLOAT NOT NULL DEFAULT 1.0")
+    _add_column(conn, "containers", "reserve", "BIGINT NOT NULL DEFAULT 0")
+    _add_column(conn, "containers", "reserve_spec", "VARCHAR(32)")
+    _add_column(conn, "vvols", "allocated", "BIGINT NOT NULL DEFAULT 0")
+    _add_column(conn, "vvols", "unique_bytes", "BIGINT")
+    _add_column(conn, "vvols", "charge", "BIGINT NOT NULL DEFAULT 0")
+    _add_column(conn, "vvols", "held", "BIGINT NOT NULL DEFAULT 0")
+    _add_column(conn, "vvols", "space_at", "FLOAT")
+    conn.exec_driver_sql("UPDATE vvols SET charge = size WHERE space_at IS NULL")
+
+
 MIGRATIONS: list[Migration] = [
     _v1,
     _v2,
@@ -110,6 +126,7 @@ MIGRATIONS: list[Migration] = [
     _v7_vm_leases,
     _v8_array_settings,
     _v9_events,
+    _v10_space,
 ]
 
 

@@ -104,6 +104,13 @@ def last_id(conn: Connection) -> int:
     return _last_id(conn)
 
 
+def latest(conn: Connection, subject: str) -> Event | None:
+    """The newest event about ``subject`` (an index lookup)."""
+    q = select(events).where(events.c.subject == subject).order_by(events.c.id.desc()).limit(1)
+    row = conn.execute(q).first()
+    return _event(row) if row is not None else None
+
+
 def _event(r: Any) -> Event:
     return Event(
         id=r.id,

@@ -33,6 +33,7 @@ events = Table(
     Column("tenant", String(128)),
     Index("ix_events_time", "time"),
     Index("ix_events_tenant_id", "tenant", "id"),
+    Index("ix_events_subject_id", "subject", "id"),
     sqlite_autoincrement=True,  # ids are never reused after retention: cursors stay valid
 )
 

@@ -86,6 +86,9 @@ def _container(conn: Connection, row: Row[Any]) -> Container:
         tenant=row.tenant,
         arrays=[r[0] for r in conn.execute(q)],
         created=row.created,
+        overcommit=float(row.overcommit if row.overcommit is not None else 1.0),
+        reserve=int(row.reserve or 0),
+        reserve_spec=row.reserve_spec,
     )
 
 
@@ -98,6 +101,9 @@ def insert_container(conn: Connection, c: Container) -> None:
             provisioned=c.provisioned,
             tenant=c.tenant,
             created=c.created,
+            overcommit=c.overcommit,
+            reserve=c.reserve,
+            reserve_spec=c.reserve_spec,
         )
     )
     for pos, array_id in enumerate(c.arrays):
@@ -126,20 +132,52 @@ def delete_container(conn: Connection, container_id: str) -> None:
 
 def reserve(conn: Connection, container_id: str, delta: int) -> bool:
     """Atomically add ``delta`` bytes to the container's provisioned total;
-    returns False (and changes nothing) when that would exceed its capacity."""
+    returns False (and changes nothing) when that would exceed its capacity
+    times its over-subscription ratio."""
     stmt = (
         update(containers)
         .where(containers.c.id == container_id)
         .values(provisioned=containers.c.provisioned + delta)
     )
     if delta > 0:
-        stmt = stmt.where(containers.c.provisioned + delta <= containers.c.capacity)
+        stmt = stmt.where(
+            containers.c.provisioned + delta <= containers.c.capacity * containers.c.overcommit
+        )
     return bool(conn.execute(stmt).rowcount)
 
 
+def adjust_provisioned(conn: Connection, container_id: str, delta: int) -> None:
+    """Record a change the array reported (a snapshot's unique bytes grew): no limit."""
+    conn.execute(
+        update(containers)
+        .where(containers.c.id == container_id)
+        .values(provisioned=containers.c.provisioned + delta)
+    )
+
+
+def set_space_settings(
+    conn: Connection,
+    container_id: str,
+    capacity: int,
+    overcommit: float,
+    reserve: int,
+    reserve_spec: str | None,
+) -> None:
+    conn.execute(
+        update(containers)
+        .where(containers.c.id == container_id)
+        .values(
+            capacity=capacity, overcommit=overcommit, reserve=reserve, reserve_spec=reserve_spec
+        )
+    )
+
+
 def recount_provisioned(conn: Connection, container_id: str) -> int:
+    """What the container's vvols are charged (see spacemodel.py)."""
     total = conn.execute(
-        select(func.coalesce(func.sum(vvols.c.size), 0)).where(vvols.c.container_id == container_id)
+        select(func.coalesce(func.sum(vvols.c.charge), 0)).where(
+            vvols.c.container_id == container_id
+        )
     ).scalar_one()
     return int(total)
 

@@ -47,6 +47,10 @@ containers = Table(
     Column("provisioned", BigInteger, nullable=False),
     Column("tenant", String(128)),
     Column("created", Float, nullable=False),
+    # migration _v9_space: thin provisioning
+    Column("overcommit", Float, nullable=False, server_default="1.0"),
+    Column("reserve", BigInteger, nullable=False, server_default="0"),  # bytes kept free
+    Column("reserve_spec", String(32)),  # as given: "5%" follows the capacity
 )
 
 container_arrays = Table(
@@ -79,6 +83,12 @@ vvols = Table(
     Column("tenant", String(128)),  # migration 3
     Column("failure", Text),  # migration 5
     Column("locator", Text),  # migration 8: where the array keeps it (JSON; image ids)
+    # migration _v9_space: the vvol's space figures, cached from its array
+    Column("allocated", BigInteger, nullable=False, server_default="0"),
+    Column("unique_bytes", BigInteger),  # None: the array cannot tell
+    Column("charge", BigInteger, nullable=False, server_default="0"),  # in `provisioned`
+    Column("held", BigInteger, nullable=False, server_default="0"),  # physical bytes counted
+    Column("space_at", Float),  # when the figures were read
     Index("ix_vvols_container", "container_id"),
     Index("ix_vvols_parent", "parent_id"),
     Index("ix_vvols_name", "name"),

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, bindparam, delete, func, select, update
 
 from ..errors import StaleGeneration
-from ..model import Vvol
+from ..model import DEFERRED, Vvol
 from .schema import vvols
 
 _COLUMN = {
@@ -18,6 +18,7 @@ _COLUMN = {
     "parent": "parent_id",
     "op": "op_id",
     "datastore": "datastore_id",
+    "unique": "unique_bytes",
 }
 
 
@@ -42,6 +43,10 @@ def _vvol(row: Row[Any]) -> Vvol:
         tenant=row.tenant,
         failure=row.failure,
         locator=json.loads(row.locator) if row.locator else None,
+        allocated=row.allocated or 0,
+        unique=row.unique_bytes,
+        charge=row.charge or 0,
+        held=row.held or 0,
     )
 
 
@@ -67,7 +72,9 @@ def get(conn: Connection, vvol_id: str) -> Vvol | None:
 
 
 def by_name(conn: Connection, name: str) -> list[Vvol]:
-    return [_vvol(r) for r in conn.execute(select(vvols).where(vvols.c.name == name))]
+    """Vvols named ``name`` (a vvol deleted with ``--deferred`` answers to its id only)."""
+    q = select(vvols).where(vvols.c.name == name).where(vvols.c.state != DEFERRED)
+    return [_vvol(r) for r in conn.execute(q)]
 
 
 def listing(
@@ -75,8 +82,12 @@ def listing(
     container_id: str | None = None,
     datastore_id: str | None = None,
     tenant: str | None = None,
+    deferred: bool = False,
 ) -> list[Vvol]:
+    """Vvols, oldest first; those deleted with ``--deferred`` only when asked."""
     q = select(vvols).order_by(vvols.c.created, vvols.c.id)
+    if not deferred:
+        q = q.where(vvols.c.state != DEFERRED)
     if container_id:
         q = q.where(vvols.c.container_id == container_id)
     if datastore_id:
@@ -136,9 +147,10 @@ def count(conn: Connection) -> int:
 
 
 def provisioned_in_datastore(conn: Connection, datastore_id: str) -> int:
+    """What the datastore's vvols are charged (snapshots: their unique bytes)."""
     return int(
         conn.execute(
-            select(func.coalesce(func.sum(vvols.c.size), 0)).where(
+            select(func.coalesce(func.sum(vvols.c.charge), 0)).where(
                 vvols.c.datastore_id == datastore_id
             )
         ).scalar_one()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import click
 
@@ -98,16 +99,68 @@ def container() -> None:
 
 @container.command("create")
 @click.argument("name")
-@click.option("--capacity", required=True, help="Capacity, e.g. 100G.")
+@click.option("--capacity", required=True, help="Physical capacity, e.g. 100G.")
 @click.option("--array", "arrays", multiple=True, help="Array to span (repeatable; default local).")
 @click.option("--tenant", default=None, help="Owning tenant.")
+@click.option(
+    "--overcommit",
+    default="1.0",
+    show_default=True,
+    help="Over-subscription ratio: writable vvols may provision capacity x this.",
+)
+@click.option(
+    "--reserve",
+    default=None,
+    help="Physical room snapshots and clones leave for guests' writes (5% or 2G).",
+)
 @json_option
 @pass_session
 def container_create(
-    s: Session, name: str, capacity: str, arrays: tuple[str, ...], tenant: str | None, as_json: bool
+    s: Session,
+    name: str,
+    capacity: str,
+    arrays: tuple[str, ...],
+    tenant: str | None,
+    overcommit: str,
+    reserve: str | None,
+    as_json: bool,
 ) -> None:
     """Create a storage container."""
-    output.show(s.client.container_create(name, capacity, list(arrays), tenant), as_json)
+    output.show(
+        s.client.container_create(name, capacity, list(arrays), tenant, overcommit, reserve),
+        as_json,
+    )
+
+
+@container.command("set")
+@click.argument("ref")
+@click.option("--capacity", default=None, help="Physical capacity (not below what is used).")
+@click.option("--overcommit", default=None, help="Over-subscription ratio.")
+@click.option("--reserve", default=None, help="Room kept for guests' writes (5% or 2G).")
+@json_option
+@pass_session
+def container_set(
+    s: Session,
+    ref: str,
+    capacity: str | None,
+    overcommit: str | None,
+    reserve: str | None,
+    as_json: bool,
+) -> None:
+    """Change a container's capacity, over-subscription ratio or reserve."""
+    if capacity is None and overcommit is None and reserve is None:
+        raise click.UsageError("say what to change: --capacity, --overcommit or --reserve")
+    _show_container(s.client.container_set(ref, capacity, overcommit, reserve), as_json)
+
+
+@container.command("refresh")
+@click.argument("ref")
+@json_option
+@pass_session
+def container_refresh(s: Session, ref: str, as_json: bool) -> None:
+    """Read every vvol's space figures from the arrays now (serve does it in the
+    background, oldest first)."""
+    _show_container(s.client.container_refresh(ref), as_json)
 
 
 @container.command("list")
@@ -119,7 +172,9 @@ def container_list(s: Session, as_json: bool) -> None:
     if as_json:
         output.emit_json(rows)
     else:
-        output.table(rows, ["name", "capacity", "provisioned", "free", "tenant"])
+        output.table(
+            rows, ["name", "capacity", "overcommit", "reserve", "provisioned", "free", "tenant"]
+        )
 
 
 @container.command("show")
@@ -127,8 +182,13 @@ def container_list(s: Session, as_json: bool) -> None:
 @json_option
 @pass_session
 def container_show(s: Session, ref: str, as_json: bool) -> None:
-    """Show a container."""
-    output.show(s.client.container(ref), as_json)
+    """Show a container with its space figures (sums the catalog keeps)."""
+    _show_container(s.client.container(ref), as_json)
+
+
+def _show_container(shown: dict[str, Any], as_json: bool) -> None:
+    """The figures are at the top level too: the human view leaves the ``space`` record out."""
+    output.show(shown, as_json, None if as_json else [k for k in shown if k != "space"])
 
 
 @container.command("delete")

@@ -11,7 +11,21 @@ import click
 
 from ..units import human
 
-SIZE_KEYS = {"size", "used", "capacity", "provisioned", "free", "bytes"}
+SIZE_KEYS = {
+    "size",
+    "used",
+    "capacity",
+    "provisioned",
+    "free",
+    "bytes",
+    "allocated",
+    "unique",
+    "reserve",
+    "limit",
+    "physical_free",
+    "charge",
+    "held",
+}
 
 
 def emit_json(obj: Any) -> None:

@@ -48,4 +48,5 @@ def vm_resume(
     policy = ResumePolicy(when_space=when_space, timeout=timeout, interval=interval)
     with manager(host_conf, uri) as vms:
         resume(vms.domain(vm_name), policy, vms.on_paused_for_space, vms.client)
+        vms.report_resumed(vm_name)
         output.show(vms.show(vm_name), as_json)

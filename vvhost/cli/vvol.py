@@ -89,18 +89,35 @@ def vvol_create(
     )
 
 
+SORT_KEYS = ("created", "size", "allocated", "unique")
+
+
 @vvol.command("list")
 @click.option("--container", default=None)
 @click.option("--datastore", default=None)
+@click.option(
+    "--sort",
+    type=click.Choice(SORT_KEYS),
+    default="created",
+    show_default=True,
+    help="Order; space figures largest first (unique: what deleting frees most).",
+)
 @json_option
 @pass_session
-def vvol_list(s: Session, container: str | None, datastore: str | None, as_json: bool) -> None:
-    """List vvols."""
+def vvol_list(
+    s: Session, container: str | None, datastore: str | None, sort: str, as_json: bool
+) -> None:
+    """List vvols with their space figures."""
     rows = s.client.vvols(container, datastore)
+    if sort != "created":
+        rows = sorted(rows, key=lambda r: int(r.get(sort) or 0), reverse=True)
     if as_json:
         output.emit_json(rows)
     else:
-        output.table(rows, ["id", "name", "type", "container", "size", "relation", "state"])
+        output.table(
+            rows,
+            ["id", "name", "type", "container", "size", "allocated", "unique", "relation", "state"],
+        )
 
 
 @vvol.command("show")
@@ -114,11 +131,18 @@ def vvol_show(s: Session, ref: str, as_json: bool) -> None:
 
 @vvol.command("delete")
 @click.argument("ref")
+@click.option(
+    "--deferred",
+    is_flag=True,
+    help="If snapshots or linked clones still need it: hide it now, free it when the "
+    "last of them goes.",
+)
 @generation_option
 @pass_session
-def vvol_delete(s: Session, ref: str, generation: int | None) -> None:
-    """Delete a vvol (refused while snapshots or linked clones depend on it)."""
-    s.client.vvol_delete(ref, generation)
+def vvol_delete(s: Session, ref: str, deferred: bool, generation: int | None) -> None:
+    """Delete a vvol (refused while snapshots or linked clones depend on it, unless
+    --deferred)."""
+    s.client.vvol_delete(ref, generation, deferred)
 
 
 @vvol.command("extend")

@@ -27,7 +27,8 @@ from . import handles as hd
 from .config import HostConfig
 from .hook import ensure_bound, undo
 from .vmdoc import VmDoc
-from .vmpause import SpaceHook, state_of
+from .vmpause import SpaceHook, SpacePause, state_of
+from .vmspace import vm_space
 
 MiB = 1 << 20
 TARGETS = [f"vd{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
@@ -63,9 +64,21 @@ class VmManager:
         self._conn: libvirt.virConnect | None = None
         self.lease_wait: float | None = None  # seconds to wait for a busy VM (None: refuse)
         # called when a VM is seen paused because its array is full (see host/vmpause.py)
-        self.on_paused_for_space: SpaceHook | None = None
+        self.on_paused_for_space: SpaceHook | None = self.report_pause
         # libvirt prints every error on stderr by default; ours are reported as one line
         libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+    def report_pause(self, pause: SpacePause) -> None:
+        """Tell the control plane (its event log) that a VM here is paused for space."""
+        self._report(pause.vm, "paused-for-space", pause.disks)
+
+    def report_resumed(self, name: str) -> None:
+        """Tell the control plane a VM runs again (recorded only after a pause for space)."""
+        self._report(name, "resumed", [])
+
+    def _report(self, vm: str, what: str, disks: list[str]) -> None:
+        with contextlib.suppress(VvhostError):  # a report never fails what the user asked
+            self.client.vm_event(self.conf.name, vm, what, disks)
 
     @property
     def conn(self) -> libvirt.virConnect:
@@ -221,8 +234,10 @@ class VmManager:
         dom = self.domain(name)
         _root, meta = self._meta(dom)
         bound = {b["vvol"]: b for b in self.client.bindings(host=self.conf.name)}
+        space = vm_space(self.client, list(meta.disks.values()))
         return {
             "name": name,
+            "space": {k: v for k, v in space.items() if k != "disks"},
             "state": state_of(dom, self.on_paused_for_space, self.client),
             "datastore": meta.datastore,
             "config": meta.config,
@@ -233,6 +248,7 @@ class VmManager:
                     "vvol": v,
                     "bound": v in bound,
                     "uri": bound[v]["uri"] if v in bound else None,
+                    **space["disks"].get(v, {}),
                 }
                 for t, v in meta.disks.items()
             ],

@@ -23,6 +23,7 @@ from .metrics import Metrics
 from .nbdcreds import NbdCredentials
 from .reconciler import Reconciler
 from .recovery import audit, recover
+from .space import SpaceRefresher
 from .tenancy import UNIX_ADMIN, Authz, TenantOps
 from .vvols import VvolOps
 
@@ -48,6 +49,8 @@ class Service:
         self.maintenance = ArrayMaintenance(self.ctx)
         self.reconciler = Reconciler(self.ctx, self.endpoints, config.reconcile_interval)
         self.metrics = Metrics(self.ctx, self.endpoints)
+        self.space = self.vvols.space
+        self.refresher = SpaceRefresher(self.space, config.space_refresh)
         self.recovered: list[dict[str, str]] = []
 
     def start(self) -> None:
@@ -60,6 +63,8 @@ class Service:
         self.endpoints.start_all()
         self.maintenance.start()
         self.reconciler.start()
+        if self.refresher.interval > 0:
+            self.refresher.start()
 
     def audit(self, fix: bool = False, grace: float | None = None) -> dict[str, Any]:
         """The consistency audit; with ``fix``, repair what is safe first (repairs.py)."""
@@ -96,6 +101,7 @@ class Service:
         start adopts them and hosts keep their I/O paths meanwhile)."""
         self.reconciler.stop()
         self.maintenance.stop()
+        self.refresher.stop()
         self.endpoints.stop_all(keep_daemons=keep_endpoints)
         self.ctx.close_backends()
         self.ctx.db.close()

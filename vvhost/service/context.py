@@ -52,6 +52,8 @@ class Config:
     # Event retention: the newest ``events_keep`` events, none older than ``events_days``.
     events_keep: int = 100_000
     events_days: float = 30.0
+    # seconds between background refreshes of cached space figures (0: none)
+    space_refresh: float = 30.0
 
     @classmethod
     def from_env(cls, state_dir: str, db_url: str | None = None) -> Config:
@@ -64,6 +66,7 @@ class Config:
             reconcile_interval=_number("VVHOST_RECONCILE_INTERVAL", 300.0),
             events_keep=int(_number("VVHOST_EVENTS_KEEP", 100_000)),
             events_days=_number("VVHOST_EVENTS_DAYS", 30.0),
+            space_refresh=float(os.environ.get("VVHOST_SPACE_REFRESH") or 30.0),
         )
 
 

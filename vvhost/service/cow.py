@@ -19,13 +19,14 @@ from typing import Any
 
 from ..arrays.base import Progress
 from ..catalog import bindrepo, repo, tenancy, vvolrepo
-from ..errors import InUse, InvalidInput
+from ..errors import InUse, InvalidInput, VvhostError
 from ..model import CLONE, CREATING, READY, REVERTING, SNAPSHOT, Container, JournalEntry, Vvol
+from ..spacemodel import copy_estimate, thin
 from ..units import check_name
 from .bindings import ensure_unbound
 from .context import Context
 from .datastores import check_datastore_room
-from .vvols import VvolOps, new_vvol, reserve, undo_new
+from .vvols import VvolOps, new_vvol, undo_new
 
 
 def _label(v: Vvol) -> str:
@@ -47,9 +48,22 @@ class CowOps:
         with self.ctx.locks.hold([base_id]):
             snap, base = self._prepare_one(ref, name, op_id, alone=True)
             backend = self.ctx.backend(base.array)
-            return self._fill(
+            out = self._fill(
                 snap.op or "", "snapshot", snap, lambda _: backend.snapshot(base.id, snap.id)
             )
+        self.vvols.space.refresh_family(snap.id)
+        return {**out, **self.vvols.show(snap.id)}
+
+    def _copy_cost(self, conn: Any, src: Vvol, array_id: str) -> int:
+        """Physical bytes a snapshot or clone of ``src`` on ``array_id`` takes at first."""
+        arr = repo.get_array(conn, src.array)
+        instant = bool(arr and arr.capabilities.get("instant")) and array_id == src.array
+        if instant:
+            return 0
+        try:
+            return copy_estimate(False, self.ctx.backend(src.array).allocated(src.id))
+        except VvhostError:
+            return src.size
 
     def _refuse_torn(self, conn: Any, v: Vvol, dst_array: str, what: str) -> None:
         """A copy of a vvol that a host may be writing is only a real point in time
@@ -89,9 +103,10 @@ class CowOps:
             if alone:
                 self._refuse_torn(conn, base, base.array, "snapshot")
             c = self.vvols.containers.get(conn, base.container)
-            reserve(conn, c, base.size)
-            snap = _snapshot_row(base, c, name, op)
-            check_datastore_room(conn, base.datastore, base.size)
+            cost = self._copy_cost(conn, base, base.array)
+            self.vvols.space.admit(conn, c, cost, cost, "snapshot", keep_reserve=True)
+            snap = _snapshot_row(base, c, name, op, cost)
+            check_datastore_room(conn, base.datastore, cost)
             if name is None:
                 snap = _renamed(snap, f"{_label(base)}@{snap.id[:8]}")
             vvolrepo.insert(conn, snap)
@@ -171,6 +186,7 @@ class CowOps:
         except BaseException:
             self.abort_group(snap_ids)
             raise
+        self.vvols.space.refresh_family(*snap_ids)
         with self.ctx.db.tx() as conn:
             return [self.vvols.describe(conn, vvolrepo.get(conn, s.id) or s) for s in snaps]
 
@@ -219,7 +235,9 @@ class CowOps:
                     )
                 array_id = self.vvols.place(c, prefer=src.array)
                 self._refuse_torn(conn, src, array_id, "clone")
-                reserve(conn, c, src.size)
+                cost = self._copy_cost(conn, src, array_id)
+                charged = cost if linked else src.size  # a linked clone: its unique bytes
+                self.vvols.space.admit(conn, c, charged, cost, "clone", keep_reserve=True)
                 clone = new_vvol(
                     container=c,
                     array_id=array_id,
@@ -232,13 +250,17 @@ class CowOps:
                     op=op,
                     datastore=src.datastore if c.id in self._ds_containers(conn, src) else None,
                     tenant=tenant or src.tenant,
+                    charge=charged,
+                    held=cost,
                 )
-                check_datastore_room(conn, clone.datastore, src.size)
+                check_datastore_room(conn, clone.datastore, charged)
                 vvolrepo.insert(conn, clone)
                 if linked:
                     vvolrepo.add_ref(conn, src.id, 1)
                 self.ctx.journal(conn, op, "clone", clone.id, {"source": src.id})
-            return self._fill(op, "clone", clone, self._cloner(src, clone, linked))
+            out = self._fill(op, "clone", clone, self._cloner(src, clone, linked))
+        self.vvols.space.refresh_family(clone.id)
+        return {**out, **self.vvols.show(clone.id)}
 
     def _cloner(self, src: Vvol, clone: Vvol, linked: bool) -> Callable[[Progress], str]:
         """How the clone's data is made: by the array when the clone lands on the
@@ -316,11 +338,13 @@ class CowOps:
             finally:
                 self.ctx.progress.drop(op)
             finish_revert(self.ctx, JournalEntry(**{**entry.__dict__, "step": "committed"}))
+            self.vvols.space.refresh_family_soon(base.id)  # diff walks: after the answer
             return self.vvols.show(base.id)
 
 
-def _snapshot_row(base: Vvol, c: Container, name: str | None, op: str) -> Vvol:
-    """The catalog row of a new (creating) read-only snapshot of ``base``."""
+def _snapshot_row(base: Vvol, c: Container, name: str | None, op: str, cost: int) -> Vvol:
+    """The catalog row of a new (creating) read-only snapshot of ``base``, charged
+    ``cost`` (its first unique bytes: nothing where the array shares data)."""
     return new_vvol(
         container=c,
         array_id=base.array,
@@ -334,6 +358,8 @@ def _snapshot_row(base: Vvol, c: Container, name: str | None, op: str) -> Vvol:
         op=op,
         datastore=base.datastore,
         tenant=base.tenant,
+        charge=cost,
+        held=cost,
     )
 
 
@@ -362,8 +388,9 @@ def finish_revert(ctx: Context, entry: JournalEntry) -> None:
         with ctx.db.tx() as conn:  # one transaction: size, locator, ready, journal closed
             snap = vvolrepo.get(conn, entry.args["to"])
             if snap is not None and base.size != snap.size:
-                repo.reserve(conn, base.container, snap.size - base.size)
-                vvolrepo.force(conn, base.id, size=snap.size)
+                grown = 0 if thin(base.relation) else snap.size - base.size
+                repo.adjust_provisioned(conn, base.container, grown)
+                vvolrepo.force(conn, base.id, size=snap.size, charge=base.charge + grown)
             vvolrepo.force(
                 conn, base.id, locator=locator, state=READY, op=None, generation=base.generation + 1
             )

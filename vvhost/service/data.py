@@ -26,7 +26,7 @@ from ..model import FAILED, MOVING, READY, SNAPSHOT, WRITING, Container, Journal
 from ..units import parse_size
 from .bindings import ensure_unbound
 from .context import Context
-from .vvols import VvolOps, reserve
+from .vvols import VvolOps
 
 
 def parse_chunk(chunk: str | int | None) -> int:
@@ -63,8 +63,8 @@ class DataOps:
                 dst_c = self.vvols.containers.get(conn, container)
                 if dst_c.id == src_c.id:
                     return self.vvols.describe(conn, v)
-                total = sum(m.size for m in members)
-                reserve(conn, dst_c, total)
+                total = sum(m.charge for m in members)
+                self.vvols.space.admit(conn, dst_c, total, sum(m.held for m in members), "move")
                 if v.array in dst_c.arrays:  # same array: the array relocates, if it cares
                     for m in members:
                         vvolrepo.change(conn, m, bump=False, state=MOVING, op=op)

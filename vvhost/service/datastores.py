@@ -166,7 +166,7 @@ class DatastoreOps:
     def delete(self, ref: str) -> None:
         with self.ctx.db.tx() as conn:
             ds = self.get(conn, ref)
-            held = vvolrepo.listing(conn, datastore_id=ds.id)
+            held = vvolrepo.listing(conn, datastore_id=ds.id, deferred=True)
             if held:
                 raise HasDependants(
                     kind="datastore",

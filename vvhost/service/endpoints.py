@@ -261,7 +261,7 @@ class EndpointManager:
             except EndpointError as exc:
                 log.error("protocol endpoint %s did not start: %s", pe.name, exc)
         with self.ctx.db.tx() as conn:  # a crash between unbind and its release
-            readonly = [v.id for v in vvolrepo.listing(conn) if v.readonly]
+            readonly = [v.id for v in vvolrepo.listing(conn, deferred=True) if v.readonly]
         self.release_readonly(readonly)
         self.rbd.sync_all()  # a crash between a binding change and its Ceph identity
         self._thread = threading.Thread(target=self._supervise, name="pe-supervisor", daemon=True)

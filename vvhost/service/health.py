@@ -1,7 +1,8 @@
 """``vvhost health``: one screen of what needs attention, and what to do about it.
 
     arrays       online / degraded / offline, free bytes
-    containers   provisioned against capacity (warning at 80 %, critical at 90 %)
+    containers   the fuller of provisioned / (capacity x overcommit) and held / capacity
+                 (warning at 80 %, critical at 90 %)
     endpoints    daemon running, restarts, last error
     operations   journal entries older than STUCK seconds (stuck)
     findings     what the reconciler found and still finds
@@ -18,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from ..catalog import bindrepo, repo
+from ..catalog import bindrepo, repo, spacerepo
 from ..catalog.eventschema import findings
 from ..errors import VvhostError
 from .context import Context
@@ -86,11 +87,15 @@ def _arrays(ctx: Context) -> list[Item]:
 def _containers(ctx: Context) -> list[Item]:
     with ctx.db.tx() as conn:
         containers = repo.list_containers(conn)
+        usage = [(c, spacerepo.usage(conn, c)) for c in containers]
     out = []
-    for c in containers:
-        used = c.provisioned / c.capacity if c.capacity > 0 else 0.0
-        figures = {"capacity": c.capacity, "provisioned": c.provisioned, "used": round(used, 4)}
-        detail = f"{used:.0%} provisioned ({_size(c.provisioned)} of {_size(c.capacity)})"
+    for c, u in usage:
+        used = u.fraction
+        figures = {**u.to_dict(), "used": round(used, 4)}
+        detail = (
+            f"{used:.0%} full: {_size(u.provisioned)} of {_size(u.limit)} provisioned, "
+            f"{_size(u.used)} of {_size(c.capacity)} held"
+        )
         if used >= FULL:
             status, advice = CRITICAL, "grow its capacity or delete vvols it no longer needs"
         elif used >= NEAR:

@@ -11,9 +11,10 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from .. import spacemodel
 from ..arrays import identity, open_backend, settings_from
 from ..arrays.settings import ArraySettings, DirSettings
-from ..catalog import bindrepo, repo, tenancy, vvolrepo
+from ..catalog import bindrepo, repo, spacerepo, tenancy
 from ..errors import (
     AlreadyExists,
     BackendError,
@@ -212,11 +213,15 @@ class ContainerOps:
         capacity: str | int,
         array_refs: list[str] | None = None,
         tenant: str | None = None,
+        overcommit: str | float = 1.0,
+        reserve: str | None = None,
     ) -> Container:
         check_name(name, what="container name")
         if tenant is not None:
             check_name(tenant, what="tenant")
         size = parse_size(capacity, what="capacity")
+        ratio = spacemodel.parse_overcommit(overcommit)
+        kept = spacemodel.parse_reserve(reserve, size) if reserve is not None else 0
         with self.ctx.db.tx() as conn:
             if repo.get_container(conn, name) is not None:
                 raise AlreadyExists(kind="container", ref=name)
@@ -235,9 +240,35 @@ class ContainerOps:
                 tenant=tenant,
                 arrays=ids,
                 created=time.time(),
+                overcommit=ratio,
+                reserve=kept,
+                reserve_spec=reserve,
             )
             repo.insert_container(conn, c)
         return c
+
+    def set(
+        self,
+        ref: str,
+        capacity: str | int | None = None,
+        overcommit: str | float | None = None,
+        reserve: str | None = None,
+    ) -> dict[str, Any]:
+        """Change capacity, over-subscription or reserve; refused (one line, nothing
+        changed) when what is provisioned or in use would no longer fit."""
+        with self.ctx.db.tx() as conn:
+            c = self.get(conn, ref)
+            size = parse_size(capacity, what="capacity") if capacity is not None else c.capacity
+            ratio = (
+                spacemodel.parse_overcommit(overcommit) if overcommit is not None else c.overcommit
+            )
+            spec = reserve if reserve is not None else c.reserve_spec
+            kept = spacemodel.parse_reserve(spec, size) if spec is not None else 0
+            problem = spacemodel.shrink_problem(spacerepo.usage(conn, c), size, ratio, kept)
+            if problem is not None:
+                raise InUse(kind="container", ref=c.name, reason=f"cannot shrink it: {problem}")
+            repo.set_space_settings(conn, c.id, size, ratio, kept, spec)
+        return self.show(c.id)
 
     def get(self, conn: Connection, ref: str) -> Container:
         c = repo.get_container(conn, ref)
@@ -250,14 +281,20 @@ class ContainerOps:
             return repo.list_containers(conn)
 
     def show(self, ref: str) -> dict[str, Any]:
+        """The container with its space figures: sums of the catalog's cached
+        per-vvol figures (no array is asked; see service/space.py)."""
         with self.ctx.db.tx() as conn:
             c = self.get(conn, ref)
-            vvols = vvolrepo.listing(conn, c.id)
+            usage = spacerepo.usage(conn, c)
             names = {a.id: a.name for a in repo.list_arrays(conn)}
         out = c.to_dict()
         out["array_names"] = [names.get(a, a) for a in c.arrays]
-        out["vvols"] = len(vvols)
-        out["used"] = sum(self.ctx.backend(v.array).allocated(v.id) for v in vvols)
+        out["space"] = usage.to_dict()
+        out["vvols"] = usage.vvols
+        out["allocated"] = usage.allocated
+        out["unique"] = usage.unique
+        out["used"] = usage.used
+        out["physical_free"] = usage.physical_free
         return out
 
     def delete(self, ref: str) -> None:

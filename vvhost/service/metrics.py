@@ -4,7 +4,11 @@ One :class:`CollectorRegistry` per service (no process-wide registry), holding o
 collector that reads the catalog at scrape time:
 
     vvhost_container_capacity_bytes{container,tenant}      gauge
-    vvhost_container_provisioned_bytes{container,tenant}   gauge
+    vvhost_container_provisioned_bytes{container,tenant}   gauge (charged against
+                                                           capacity x overcommit)
+    vvhost_container_limit_bytes{container,tenant}         gauge (capacity x overcommit)
+    vvhost_container_used_bytes{container,tenant}          gauge (held: against capacity)
+    vvhost_container_allocated_bytes{container,tenant}     gauge
     vvhost_array_up{array,backend}  1 online, 0.5 degraded, 0 offline
     vvhost_array_free_bytes{array}                          gauge (online arrays)
     vvhost_vvols{state,type}                                gauge
@@ -32,10 +36,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from ..catalog import bindrepo, eventrepo, repo, statsrepo
+from ..catalog import bindrepo, eventrepo, repo, spacerepo, statsrepo
 from ..catalog.eventschema import OP_BUCKETS
 from ..errors import VvhostError
-from ..model import Array, Container
+from ..model import Array
+from ..spacemodel import Usage
 from .context import Context
 from .endpoints import EndpointManager
 
@@ -50,7 +55,9 @@ class CatalogCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         with self.ctx.db.tx() as conn:
-            containers = repo.list_containers(conn)
+            listed = repo.list_containers(conn)
+            containers = [spacerepo.usage(conn, c) for c in listed]
+            named = [(c.name, c.tenant or "") for c in listed]
             arrays = repo.list_arrays(conn)
             vvols = statsrepo.vvols_by_state(conn)
             bindings = statsrepo.bindings_by_state(conn)
@@ -58,7 +65,7 @@ class CatalogCollector(Collector):
             counts = eventrepo.counts(conn)
             pes = bindrepo.list_pes(conn)
             open_findings = eventrepo.findings_by_kind(conn)
-        yield from self._containers(containers)
+        yield from self._containers(named, containers)
         yield from self._arrays(arrays)
         g = GaugeMetricFamily("vvhost_vvols", "vvols by state and type", labels=["state", "type"])
         for state, kind, n in vvols:
@@ -94,20 +101,36 @@ class CatalogCollector(Collector):
         yield found
 
     @staticmethod
-    def _containers(containers: list[Container]) -> Iterator[Metric]:
-        cap = GaugeMetricFamily(
-            "vvhost_container_capacity_bytes", "container capacity", labels=["container", "tenant"]
-        )
-        prov = GaugeMetricFamily(
-            "vvhost_container_provisioned_bytes",
-            "bytes provisioned in the container",
-            labels=["container", "tenant"],
-        )
-        for c in containers:
-            cap.add_metric([c.name, c.tenant or ""], c.capacity)
-            prov.add_metric([c.name, c.tenant or ""], c.provisioned)
-        yield cap
-        yield prov
+    def _containers(names: list[tuple[str, str]], usage: list[Usage]) -> Iterator[Metric]:
+        labels = ["container", "tenant"]
+        families = {
+            "capacity": GaugeMetricFamily(
+                "vvhost_container_capacity_bytes", "physical capacity", labels=labels
+            ),
+            "limit": GaugeMetricFamily(
+                "vvhost_container_limit_bytes",
+                "what writable vvols may provision: capacity x overcommit",
+                labels=labels,
+            ),
+            "provisioned": GaugeMetricFamily(
+                "vvhost_container_provisioned_bytes",
+                "bytes charged against the limit (sizes of writable vvols, unique bytes of "
+                "snapshots and linked clones)",
+                labels=labels,
+            ),
+            "used": GaugeMetricFamily(
+                "vvhost_container_used_bytes",
+                "bytes held against the physical capacity",
+                labels=labels,
+            ),
+            "allocated": GaugeMetricFamily(
+                "vvhost_container_allocated_bytes", "bytes the arrays allocated", labels=labels
+            ),
+        }
+        for name, u in zip(names, usage, strict=True):
+            for key, family in families.items():
+                family.add_metric(list(name), getattr(u, key))
+        yield from families.values()
 
     def _arrays(self, arrays: list[Array]) -> Iterator[Metric]:
         up = GaugeMetricFamily(

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..catalog import bindrepo, repo, vvolrepo
 from ..errors import ArrayOffline
-from ..model import ACTIVE, FAILED, READY, JournalEntry
+from ..model import ACTIVE, DEFERRED, FAILED, READY, JournalEntry
 from .bindings import settle_transient
 from .context import Context
 from .cow import finish_revert, undo_revert
@@ -89,7 +89,7 @@ def audit(ctx: Context, endpoints: EndpointManager | None = None) -> dict[str, A
         problems += _audit_endpoints(ctx, endpoints)
         problems += audit_acls(ctx, endpoints)
     with ctx.db.tx() as conn:
-        vvols = vvolrepo.listing(conn)
+        vvols = vvolrepo.listing(conn, deferred=True)
         containers = repo.list_containers(conn)
         arrays = repo.list_arrays(conn)
         pending = repo.journal_list(conn)
@@ -105,6 +105,12 @@ def audit(ctx: Context, endpoints: EndpointManager | None = None) -> dict[str, A
         by_array.setdefault(v.array, set()).add(v.id)
         if v.state == FAILED:
             problems.append(f"vvol {v.id} is failed: {v.failure}")
+        elif v.state == DEFERRED:
+            if not counted.get(v.id, 0):
+                problems.append(
+                    f"vvol {v.id} was deleted (deferred) and nothing needs it any more, "
+                    "but its space was not freed"
+                )
         elif v.state != READY:
             problems.append(f"vvol {v.id} is {v.state}")
         if v.refs != counted.get(v.id, 0):

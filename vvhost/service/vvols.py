@@ -18,7 +18,6 @@ from ..arrays.sources import FileSource
 from ..catalog import bindrepo, repo, tenancy, vvolrepo
 from ..errors import (
     BackendError,
-    CapacityExceeded,
     HasDependants,
     InUse,
     InvalidInput,
@@ -28,6 +27,7 @@ from ..errors import (
 )
 from ..model import (
     CREATING,
+    DEFERRED,
     DELETING,
     EXTENDING,
     FAILED,
@@ -39,6 +39,7 @@ from ..model import (
     Pe,
     Vvol,
 )
+from ..spacemodel import thin
 from ..units import check_name, parse_size
 from . import openers
 from .bindings import ensure_unbound
@@ -46,14 +47,7 @@ from .context import Context
 from .datastores import DatastoreOps, check_datastore_room, check_serving
 from .endpoints import EndpointManager, RefreshFailed
 from .inventory import ContainerOps
-
-
-def reserve(conn: Connection, c: Container, size: int) -> None:
-    if not repo.reserve(conn, c.id, size):
-        fresh = repo.get_container(conn, c.id) or c
-        raise CapacityExceeded(
-            container=c.name, free=fresh.free, capacity=fresh.capacity, needed=size
-        )
+from .space import SpaceOps
 
 
 def parse_meta(pairs: list[str]) -> dict[str, str]:
@@ -85,7 +79,10 @@ def new_vvol(
     op: str,
     datastore: str | None = None,
     tenant: str | None = None,
+    charge: int = 0,
+    held: int = 0,
 ) -> Vvol:
+    """A row for a vvol being made, with what admission charged for it."""
     return Vvol(
         id=str(uuid.uuid4()),
         name=name,
@@ -104,6 +101,8 @@ def new_vvol(
         metadata=metadata,
         datastore=datastore,
         tenant=tenant,
+        charge=charge,
+        held=held,
     )
 
 
@@ -114,6 +113,7 @@ class VvolOps:
         self.datastores = datastores
         # the daemons behind the bindings; without them a bound vvol cannot grow
         self.endpoints: EndpointManager | None = None
+        self.space = SpaceOps(ctx)
 
     # -- reading ------------------------------------------------------------------------
     def describe(self, conn: Connection, v: Vvol) -> dict[str, Any]:
@@ -136,6 +136,7 @@ class VvolOps:
             "array_id": v.array,
             "size": v.size,
             "used": _used(backend, v),
+            **_space(v),
             "parent": v.parent,
             "relation": v.relation,
             "readonly": v.readonly,
@@ -183,6 +184,7 @@ class VvolOps:
                 "generation": v.generation,
                 "datastore": v.datastore,
                 "tenant": v.tenant,
+                **_space(v),
             }
             for v in rows
         ]
@@ -257,7 +259,7 @@ class VvolOps:
                 raise InvalidInput(detail=f"tenant {tenant} may not own a vvol in {owner}'s pool")
             among = check_serving(conn, endpoint, c) if endpoint is not None else None
             array_id = self.place(c, among=among)
-            reserve(conn, c, nbytes)
+            self.space.admit(conn, c, nbytes, 0, "create")
             v = new_vvol(
                 container=c,
                 array_id=array_id,
@@ -268,6 +270,7 @@ class VvolOps:
                 op=op,
                 datastore=ds_id,
                 tenant=tenant or owner,
+                charge=nbytes,
             )
             vvolrepo.insert(conn, v)
             self.ctx.journal(conn, op, "create", v.id, {})
@@ -309,8 +312,11 @@ class VvolOps:
                 if grow:
                     c = self.containers.get(conn, v.container)
                     check_datastore_room(conn, v.datastore, nbytes - v.size)
-                    reserve(conn, c, nbytes - v.size)
-                    vvolrepo.change(conn, v, bump=False, state=EXTENDING, op=op)
+                    grown = 0 if thin(v.relation) else nbytes - v.size  # thin: unique bytes
+                    self.space.admit(conn, c, grown, 0, "extend")
+                    vvolrepo.change(
+                        conn, v, bump=False, state=EXTENDING, op=op, charge=v.charge + grown
+                    )
                     self.ctx.journal(conn, op, "extend", v.id, {"size": nbytes})
             if grow:
                 self.ctx.fault("extend", "begin")
@@ -326,6 +332,7 @@ class VvolOps:
                     ),
                 )
                 self.ctx.fault("extend", "resized")
+                self.space.refresh_family(v.id)
             if endpoints is not None:
                 refresh_endpoints(endpoints, v, nbytes)
             return self.show(v.id)
@@ -353,7 +360,16 @@ class VvolOps:
                 return self.describe(conn, vvolrepo.get(conn, v.id) or v)
 
     # -- delete -------------------------------------------------------------------------
-    def delete(self, ref: str, generation: int | None = None, op_id: str | None = None) -> None:
+    def delete(
+        self,
+        ref: str,
+        generation: int | None = None,
+        deferred: bool = False,
+        op_id: str | None = None,
+    ) -> str:
+        """Delete a vvol; ``deferred``: one that snapshots or linked clones still need
+        leaves listings now and goes (with its space) when the last of them goes.
+        Returns ``deleted`` or ``deferred``."""
         op = self.ctx.new_op(op_id)
         with self.ctx.db.tx() as conn:
             v = self.ctx.vvol(conn, ref)
@@ -366,6 +382,9 @@ class VvolOps:
                 self.ctx.backend(v.array).check()  # never forget data we cannot remove
                 ensure_unbound(conn, v, "delete it")
                 deps = vvolrepo.dependants(conn, v.id)
+                if deps and deferred:
+                    vvolrepo.change(conn, v, state=DEFERRED, op=None)
+                    return DEFERRED
                 if deps:
                     snaps = sum(1 for d in deps if d.relation == SNAPSHOT)
                     what = (
@@ -391,6 +410,8 @@ class VvolOps:
                 self.ctx,
                 JournalEntry(id=op, op="delete", vvol=v.id, step="begin", args={}, created=0),
             )
+        self.space.refresh_family(v.parent)
+        return "deleted"
 
     def _refuse_open(self, v: Vvol) -> None:
         """Refuse to delete data a client still has open, naming it (once, at once)."""
@@ -418,25 +439,44 @@ def undo_new(ctx: Context, entry: JournalEntry) -> None:
         v = vvolrepo.get(conn, entry.vvol or "")
         if v is not None:
             vvolrepo.add_ref(conn, v.parent, -1)
-            repo.reserve(conn, v.container, -v.size)
+            repo.reserve(conn, v.container, -v.charge)
             vvolrepo.remove(conn, v.id)
         repo.journal_remove(conn, entry.id, outcome="rolled back")
 
 
 def finish_delete(ctx: Context, entry: JournalEntry) -> None:
-    with ctx.db.tx() as conn:
-        v = vvolrepo.get(conn, entry.vvol or "")
-    if v is not None:
-        ctx.backend(v.array).remove(v.id)
-        ctx.fault("delete", "file-removed")
-    with ctx.db.tx() as conn:
-        v = vvolrepo.get(conn, entry.vvol or "")
+    """Remove the data, then the row; a parent deleted with ``--deferred`` that
+    nothing needs any more goes next (journaled in the same transaction)."""
+    while True:
+        with ctx.db.tx() as conn:
+            v = vvolrepo.get(conn, entry.vvol or "")
         if v is not None:
-            vvolrepo.add_ref(conn, v.parent, -1)
-            repo.reserve(conn, v.container, -v.size)
-            vvolrepo.remove(conn, v.id)
-            bindrepo.drop_hints(conn, v.id)
-        repo.journal_remove(conn, entry.id)
+            ctx.backend(v.array).remove(v.id)
+            ctx.fault("delete", "file-removed")
+        follow: JournalEntry | None = None
+        with ctx.db.tx() as conn:
+            v = vvolrepo.get(conn, entry.vvol or "")
+            if v is not None:
+                vvolrepo.add_ref(conn, v.parent, -1)
+                repo.reserve(conn, v.container, -v.charge)
+                vvolrepo.remove(conn, v.id)
+                bindrepo.drop_hints(conn, v.id)
+                follow = _deferred_next(ctx, conn, v.parent)
+            repo.journal_remove(conn, entry.id)
+        if follow is None:
+            return
+        entry = follow
+
+
+def _deferred_next(ctx: Context, conn: Connection, parent_id: str | None) -> JournalEntry | None:
+    """The journaled delete of ``parent_id`` if it waits (deferred) for no one now."""
+    parent = vvolrepo.get(conn, parent_id) if parent_id else None
+    if parent is None or parent.state != DEFERRED or parent.refs > 0:
+        return None
+    op = ctx.new_op()
+    vvolrepo.force(conn, parent.id, state=DELETING, op=op)
+    ctx.journal(conn, op, "delete", parent.id, {})
+    return JournalEntry(id=op, op="delete", vvol=parent.id, step="begin", args={}, created=0)
 
 
 def refresh_endpoints(endpoints: EndpointManager, v: Vvol, size: int) -> None:
@@ -478,6 +518,19 @@ def _where(backend: ArrayBackend, v: Vvol, there: bool) -> dict[str, Any]:
     return {
         "where": source.label(),
         "path": source.path if isinstance(source, FileSource) else None,
+    }
+
+
+def _space(v: Vvol) -> dict[str, Any]:
+    """The figures the catalog keeps (see spacemodel.py): ``provisioned`` (its size),
+    ``allocated``, ``unique`` (None: the array cannot tell), and what it is charged
+    against its container's limit (``charge``) and physical capacity (``held``)."""
+    return {
+        "provisioned": v.size,
+        "allocated": v.allocated,
+        "unique": v.unique,
+        "charge": v.charge,
+        "held": v.held,
     }
 
 
