@@ -135,7 +135,9 @@ def test_the_next_revert_takes_the_spare(array: RbdArray, pool_io: Any) -> None:
     assert array.locator("v1")["image_id"] == spare.image_id
     assert holds(array, "v1", "p1") and holds(array, "s1", "p1") and holds(array, "s2", "p2")
     settled(array)
-    # the clone op1 made nobody needs (no snapshot on it): gone to the trash
+    assert "vv-v1.r-op1" in names(pool_io, "c1")  # retired: the reaper trashes it
+    clean(array)
+    array.reap()  # the clone op1 made nobody needs (no snapshot on it): gone
     assert "vv-v1.r-op1" not in names(pool_io, "c1")
     assert array.index.spare("s1") is not None  # made again for the next one
     clean(array)

@@ -1,8 +1,8 @@
 """Work an RBD verb leaves for after its answer, done by one background thread.
 
     revert_commit ──(one index write: swap + retired:<old>)──▶ answer
-          └─ later("revert:<vvol>", tidy) ──▶ thread: trash the old image if nothing
-                                                needs it, bound the clone depth
+          └─ later("revert:<op>", task) ──▶ thread: make the snapshot's next spare
+                                              clone, bound the clone depth
 
 Nothing here is needed for correctness: what a task would do is recorded in the
 pool's index before the task is queued (the retired image), so a task that is

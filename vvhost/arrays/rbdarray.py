@@ -8,9 +8,9 @@
     revert            the snapshot's spare clone (made after the last revert to it), or
                       a new clone of it, staged as the vvol's next image; the commit points
                       the vvol at it in one index write and retires the old image, which
-                      stays while snapshot vvols read it; after the answer (rbdafter.py,
-                      else the reaper) images nobody needs go to the RBD trash, the reaper
-                      purges what no clone reads any more (rbdrevert.py)
+                      stays while snapshot vvols read it; the reaper moves images nobody
+                      needs to the RBD trash and purges what no clone reads any more;
+                      the next spare is made after the answer (rbdafter.py, rbdrevert.py)
 
 Names come from vvol and operation ids (rbdnames.py), and the index (rbdindex.py)
 is written before an image or snapshot is made, so recovery finds every

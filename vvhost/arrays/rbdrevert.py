@@ -5,8 +5,8 @@
             vv-<vvol>.r-<op> of the snapshot made (librbd clone v2)
     commit  one index write: vvol:<vvol> = the clone, retired:<old image>, and the
             staged key (or the spare's key) dropped -- the answer goes out here
-    after   (rbdafter.py, in the background) trash the old image if nothing needs
-            it, bound the clone depth, make the snapshot's next spare
+    after   (rbdafter.py, in the background) make the snapshot's next spare, bound
+            the clone depth; the old image stays retired until the reaper trashes it
     undo    remove the staged clone, drop its key (a spare not taken stays)
 
     spare:<snap> -> vv-<vvol>.p-<op>   a clone of the snapshot nobody wrote to, made
@@ -20,9 +20,9 @@ and made again, a staged clone is removed (undo) or becomes the vvol's (commit).
 Recovery after the commit point passes the snapshot (from the journal): with no
 staged key, the snapshot's spare is taken then -- unless it is the one made after
 this very revert (named by its op), which means the commit was done already.
-What "after" would do is recorded before it is queued (retired:<old>); when the
-process stops first, the reaper trashes the image, a missing spare only costs
-the next revert its clone.
+The old image is recorded as retired in the commit's index write; the reaper
+trashes it once nothing needs it.  A spare lost with the process only costs the
+next revert its clone.
 """
 
 from __future__ import annotations
@@ -136,10 +136,12 @@ class Reverts:
         a.after.later(f"revert:{op}", lambda: self._after(vvol_id, old, new.ref(), snap, op))
 
     def _after(self, vvol_id: str, old: Image, new: Image, snap_id: str, op: str) -> None:
+        """Make the snapshot's next spare, bound the clone depth.  The old image stays
+        retired for the reaper: a trash move beside the opens that follow a revert
+        (space figures, the next call) hung librbd 16.2 here."""
         a = self.array
-        with a._lock:
-            a._release(old)
-            if snap_id:
+        if snap_id:
+            with a._lock:
                 self.make_spare(vvol_id, snap_id, op)
         a._bound_depth(vvol_id, new)
 
