@@ -193,9 +193,11 @@ class ArrayBackend(Protocol):
         untouched until ``revert_commit``).  Named by ``op`` so a crash leaves
         nothing recovery cannot find."""
 
-    def revert_commit(self, vvol_id: str, op: str) -> None:
+    def revert_commit(self, vvol_id: str, op: str, snap_id: str | None = None) -> None:
         """Atomically make the staged data the volume's; the old data stays while
-        other snapshots or clones need it (idempotent)."""
+        other snapshots or clones need it (idempotent).  ``snap_id``: the snapshot
+        ``revert`` staged (recovery passes it from the journal: an array may have
+        staged by reference to data it keeps for that snapshot, not by a copy)."""
 
     def revert_undo(self, vvol_id: str, op: str) -> None:
         """Before commit: drop what ``revert`` staged (idempotent)."""

@@ -262,7 +262,7 @@ class DirArray:
     def revert(self, vvol_id: str, snap_id: str, op: str, progress: Progress | None = None) -> None:
         self._stage(self.locate(snap_id), vvol_id, progress)
 
-    def revert_commit(self, vvol_id: str, op: str) -> None:
+    def revert_commit(self, vvol_id: str, op: str, snap_id: str | None = None) -> None:
         """The rename is the commit point; once done there is no staged copy left."""
         if self._staged(vvol_id):
             self._commit(vvol_id)

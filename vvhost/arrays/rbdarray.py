@@ -5,10 +5,12 @@
     linked clone      clone v2 of a snapshot (of a live vvol: of vc-<clone>, a snapshot cut
                       for it that the clone owns: it goes when the clone does)
     full clone        linked clone, then flattened (the copy runs with progress)
-    revert            clone of the snapshot staged as vv-<id>.r-<op>; the commit points the
-                      vvol at it in one index write and retires the old image, which stays
-                      while snapshot vvols read it; images nobody needs go to the RBD trash,
-                      the reaper purges what no clone reads any more
+    revert            the snapshot's spare clone (made after the last revert to it), or
+                      a new clone of it, staged as the vvol's next image; the commit points
+                      the vvol at it in one index write and retires the old image, which
+                      stays while snapshot vvols read it; the reaper moves images nobody
+                      needs to the RBD trash and purges what no clone reads any more;
+                      the next spare is made after the answer (rbdafter.py, rbdrevert.py)
 
 Names come from vvol and operation ids (rbdnames.py), and the index (rbdindex.py)
 is written before an image or snapshot is made, so recovery finds every
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -39,14 +42,17 @@ from . import (
     volio,
 )
 from .base import ArrayBackend, Changed, Opener, Progress, Space, VolumeIO
+from .rbdafter import Aftercare
 from .rbdconn import Cluster
 from .rbdflatten import MAX_CLONE_DEPTH, Flattener, depth
 from .rbdindex import Entry, Image, Index
 from .rbdops import Images, ceph
+from .rbdrevert import Reverts
 from .settings import RbdSettings
 from .sources import RbdSource
 
 PURGE_PASSES = MAX_CLONE_DEPTH + 2
+MARKER_FRESH = 0.25  # seconds a marker read that found this array's id stands
 
 
 class RbdArray:
@@ -61,17 +67,27 @@ class RbdArray:
         self.images = Images(self.cluster)
         self.held = rbdcut.Held(self.images)
         self.flattener = Flattener(self.cluster)
+        self.after = Aftercare(name)
         self._lock = threading.RLock()
         self._checked = False
+        self._marked_until = 0.0  # until when the pool's marker counts as read
+        self.reverts = Reverts(self)
 
     # -- state ------------------------------------------------------------------------
     def offline(self) -> str | None:
+        """Why the array cannot be used now (None: it can).  A marker read that found
+        the pool this array's counts for ``MARKER_FRESH`` seconds: one call (a
+        revert and its answer) reads it once."""
+        if time.monotonic() < self._marked_until:
+            return None
+        self._marked_until = 0.0
         try:
             owner = self.cluster.marker()
         except (ArrayOffline, BackendError) as exc:
             self._checked = False
             return str(exc.fields.get("reason") or exc.fields.get("detail") or exc)
         if self.array_id is None or owner == self.array_id:
+            self._marked_until = time.monotonic() + MARKER_FRESH
             return None
         self._checked = False
         if owner is None:
@@ -92,6 +108,7 @@ class RbdArray:
         """Mark the pool as this array's (``InUse`` when another array holds it)."""
         assert self.array_id is not None
         self.cluster.claim(self.array_id)
+        self._marked_until = 0.0
         self._checked = False
 
     def release(self) -> None:
@@ -99,6 +116,7 @@ class RbdArray:
         if self.array_id is None or self.index.entries() or self.index.retired():
             return
         self.cluster.unclaim(self.array_id)
+        self._marked_until = 0.0
 
     def audit(self) -> list[str]:
         found = rbdaudit.report(self)
@@ -117,13 +135,18 @@ class RbdArray:
         return self.cluster.free_bytes()
 
     def close(self) -> None:
-        if self.flattener.close():
+        idle = self.after.close()
+        if self.flattener.close() and idle:
             self.cluster.close()  # not under a flatten still running: librados would crash
         self._checked = False
+        self._marked_until = 0.0
 
     # -- lookups ----------------------------------------------------------------------
     def _entry(self, vvol_id: str) -> Entry:
-        entry = self.index.entry(vvol_id)
+        return self._whole(vvol_id, self.index.entry(vvol_id))
+
+    def _whole(self, vvol_id: str, entry: Entry | None) -> Entry:
+        """``entry`` (of ``vvol_id``) if its data is whole, else ``DataMissing``."""
         if entry is None or not entry.ready:
             raise DataMissing(ref=vvol_id, array=self.name, path=f"rbd:{self.settings.pool}")
         return entry
@@ -207,6 +230,8 @@ class RbdArray:
         entry = self._entry(vvol_id)
         if writable and (entry.kind != "image" or entry.readonly):
             raise ReadOnly(ref=vvol_id, action="open it for writing")
+        if writable:
+            self.reverts.written(entry.image_id)
         with ceph(self.name, f"opening {entry.image}"):
             with self.images.open(entry.ref(), entry.snap, writable) as img:
                 vol = rbdio.RbdVolume(img)
@@ -221,6 +246,8 @@ class RbdArray:
         """The image's own objects (not its parent's), from the object map."""
         self._ready()
         entry = self._entry(vvol_id)
+        if entry.snap is None and self.reverts.unwritten(entry.image_id):
+            return 0  # a clone a revert just made: the answer of that revert
         with ceph(self.name, f"measuring {entry.image}"):
             return rbddiff.own_bytes(self.cluster, _point(entry))
 
@@ -256,6 +283,7 @@ class RbdArray:
                 self._remove_image(vvol_id, entry)
 
     def _remove_snap(self, vvol_id: str, entry: Entry) -> None:
+        self.reverts.drop_spare(vvol_id)  # a clone of the snapshot would keep it
         if entry.snap is not None and entry.image_id:
             self.images.snap_remove(entry.ref(), entry.snap)
         self.index.apply(drop=[rbdindex.vvol_key(vvol_id)])
@@ -445,50 +473,25 @@ class RbdArray:
         return self.flattener.wait(vvol_id, timeout)
 
     def revert(self, vvol_id: str, snap_id: str, op: str, progress: Progress | None = None) -> None:
-        """Stage a clone of the snapshot as the vvol's next image (constant time)."""
+        """Stage the snapshot's data as the vvol's next image: its spare clone, or a new
+        clone (constant time either way; rbdrevert.py)."""
         self._ready()
         with self._lock:
-            base, snap = self._entry(vvol_id), self._entry(snap_id)
-            if base.kind != "image" or snap.kind != "snap" or snap.snap is None:
-                raise InvalidInput(detail=f"cannot revert {vvol_id!r} to {snap_id!r}")
-            if op in self.index.staged(vvol_id):
-                staged = self.index.staged(vvol_id)[op]
-                if staged.image_id:
-                    return
-            staged = Image(base.ns, rbdnames.staged(vvol_id, op))
-            self.index.apply(put={rbdindex.staged_key(vvol_id, op): staged})
-            image_id = self.images.clone(snap.ref(), snap.snap, base.ns, staged.name)
-            staged = dataclasses.replace(staged, image_id=image_id)
-            self.index.apply(put={rbdindex.staged_key(vvol_id, op): staged})
+            self.reverts.stage(vvol_id, snap_id, op)
         if progress is not None:
             progress(1, 1)
 
-    def revert_commit(self, vvol_id: str, op: str) -> None:
+    def revert_commit(self, vvol_id: str, op: str, snap_id: str | None = None) -> None:
+        """Point the vvol at the staged clone and retire its old image (one index write);
+        the rest comes after the answer."""
         self._ready()
         with self._lock:
-            staged = self.index.staged(vvol_id).get(op)
-            if staged is None:
-                return  # committed already (or never staged): nothing to do
-            base = self._entry(vvol_id)
-            if not staged.image_id:
-                raise BackendError(array=self.name, detail=f"revert {op} of {vvol_id} is unstaged")
-            old = base.ref()
-            new = dataclasses.replace(base, image=staged.name, image_id=staged.image_id)
-            self.index.apply(
-                put={rbdindex.vvol_key(vvol_id): new, rbdindex.retired_key(old.image_id): old},
-                drop=[rbdindex.staged_key(vvol_id, op)],
-            )
-            self._release(old)
-        self._bound_depth(vvol_id, new.ref())
+            self.reverts.commit(vvol_id, op, snap_id)
 
     def revert_undo(self, vvol_id: str, op: str) -> None:
         self._ready()
         with self._lock:
-            staged = self.index.staged(vvol_id).get(op)
-            if staged is None:
-                return
-            self.images.remove(staged)
-            self.index.apply(drop=[rbdindex.staged_key(vvol_id, op)])
+            self.reverts.undo(vvol_id, op)
 
     # -- data movement ----------------------------------------------------------------
     def changed(
@@ -561,6 +564,9 @@ class RbdArray:
         """Move vvols (a vvol and its snapshots) to another storage container of this
         array: their images migrate to its namespace (rbdmove.py)."""
         self._ready()
+        with self._lock:  # spares go first (a migration would re-link them); reverts remake them
+            for vid in vvol_ids:
+                self.reverts.drop_spare(vid)
         rbdmove.relocate(self, vvol_ids, rbdnames.namespace(space), self._lock, progress)
 
     def reap(self) -> list[str]:

@@ -30,7 +30,11 @@ def report(array: RbdArray) -> dict[str, list[str]]:
     retired = array.index.retired()
     known_ids = {e.image_id for e in entries.values() if e.image_id}
     known_ids |= set(retired)
+    staged = [img for vid in entries for img in array.index.staged(vid).values()]
+    # clones kept for the next revert to a snapshot (one whose snapshot went is a leak)
+    staged += [img for sid, img in array.index.spares().items() if sid in entries]
     known_names = {(e.ns, e.image) for e in entries.values()}
+    known_names |= {(img.ns, img.name) for img in staged}  # a revert's clone, named first
     known_snaps: set[tuple[str, str | None]] = {
         (e.image_id, e.snap) for e in entries.values() if e.snap
     }
@@ -49,15 +53,11 @@ def report(array: RbdArray) -> dict[str, list[str]]:
     spaces = sorted(set(array.index.spaces()) | {e.ns for e in entries.values()})
     for ns in spaces:
         with ceph(array.name, f"listing namespace {ns or 'default'}"):
-            _walk(array, ns, known_ids | _staged_ids(array, entries), known_names, known_snaps, out)
+            _walk(array, ns, known_ids, known_names, known_snaps, out)
     for vid, entry in sorted(entries.items()):
         if entry.ready and not _has(array, entry.ns, entry.image_id, entry.snap):
             out["entries_without_data"].append(vid)
     return out
-
-
-def _staged_ids(array: RbdArray, entries: dict[str, Any]) -> set[str]:
-    return {img.image_id for vid in entries for img in array.index.staged(vid).values()}
 
 
 def _walk(

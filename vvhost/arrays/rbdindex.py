@@ -6,6 +6,8 @@
       staged:<id>:<op>      Image   the clone a revert staged, until commit or undo
       retired:<image id>    Image   an image no vvol writes to any more, kept while
                                     snapshot vvols still read it
+      spare:<snap id>       Image   a clone of that snapshot nobody wrote to, kept for
+                                    the next revert to it (rbdrevert.py)
       space:<namespace>     ""      namespaces this array made (the reaper walks them)
 
 A multi-key change is one RADOS write operation, so it lands whole or not at
@@ -70,6 +72,10 @@ def retired_key(image_id: str) -> str:
     return f"retired:{image_id}"
 
 
+def spare_key(snap_id: str) -> str:
+    return f"spare:{snap_id}"
+
+
 def space_key(ns: str) -> str:
     return f"space:{ns}"
 
@@ -120,6 +126,18 @@ class Index:
     def _one(self, key: str) -> bytes | None:
         return self._items(key).get(key)
 
+    def pick(self, keys: list[str]) -> dict[str, bytes]:
+        """The values of exactly these keys (those that exist), in one read."""
+        with self.cluster.ioctx() as io, rados.ReadOpCtx() as op:
+            it, _ = io.get_omap_vals_by_keys(op, tuple(keys))
+            try:
+                io.operate_read_op(op, rbdnames.INDEX)
+            except rados.ObjectNotFound:
+                return {}
+            except rados.Error as exc:
+                raise self._error("reading the index", exc) from None
+            return {str(k): bytes(v) for k, v in it}
+
     def apply(self, put: dict[str, Record] | None = None, drop: list[str] | None = None) -> None:
         """Set and remove keys in one atomic write."""
         put, drop = put or {}, drop or []
@@ -139,15 +157,14 @@ class Index:
     # -- typed views ------------------------------------------------------------------
     def entry(self, vvol_id: str) -> Entry | None:
         raw = self._one(vvol_key(vvol_id))
-        return None if raw is None else self._decode(vvol_id, raw)
+        return None if raw is None else self.decode(vvol_id, raw)
 
     def entries(self) -> dict[str, Entry]:
         return {
-            key.split(":", 1)[1]: self._decode(key, raw)
-            for key, raw in self._items("vvol:").items()
+            key.split(":", 1)[1]: self.decode(key, raw) for key, raw in self._items("vvol:").items()
         }
 
-    def _decode(self, ref: str, raw: bytes) -> Entry:
+    def decode(self, ref: str, raw: bytes) -> Entry:
         try:
             return decode_entry(raw)
         except (ValueError, TypeError) as exc:
@@ -160,6 +177,14 @@ class Index:
         """op -> staged image, for every revert of ``vvol_id`` not yet committed or undone."""
         prefix = staged_key(vvol_id, "")
         return {k[len(prefix) :]: decode_image(v) for k, v in self._items(prefix).items()}
+
+    def spare(self, snap_id: str) -> Image | None:
+        raw = self._one(spare_key(snap_id))
+        return None if raw is None else decode_image(raw)
+
+    def spares(self) -> dict[str, Image]:
+        """snapshot id -> its spare clone."""
+        return {k.split(":", 1)[1]: decode_image(v) for k, v in self._items("spare:").items()}
 
     def retired(self) -> dict[str, Image]:
         return {k.split(":", 1)[1]: decode_image(v) for k, v in self._items("retired:").items()}

@@ -7,6 +7,8 @@
     pool/<space>/vv-<vvol>@vc-<clone>            the point a linked clone of a live vvol was
                                                  cut from (owned by the clone: removed with it)
     pool/<space>/vv-<vvol>.r-<op>                the data a revert staged (operation ``op``)
+    pool/<space>/vv-<vvol>.p-<op>                a spare clone of the snapshot revert ``op``
+                                                 went to, for the next revert to it
 
 Nothing is named at random, so whatever a crash leaves half-made is found again
 from the journal's ids alone.  Ids go into RADOS and RBD names verbatim and so
@@ -47,6 +49,10 @@ def clone_point(clone_id: str) -> str:
 
 def staged(vvol_id: str, op: str) -> str:
     return f"{image(vvol_id)}.r-{check_id('operation id', op)}"
+
+
+def spare(vvol_id: str, op: str) -> str:
+    return f"{image(vvol_id)}.p-{check_id('operation id', op)}"
 
 
 def namespace(space: str) -> str:

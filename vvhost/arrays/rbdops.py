@@ -8,6 +8,7 @@ Every binding error becomes a ``BackendError`` naming the array and the step.
 from __future__ import annotations
 
 import contextlib
+import struct
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,6 +37,21 @@ def ceph(array: str, what: str) -> Iterator[None]:
         raise BackendError(array=array, detail=f"{what}: {exc}") from None
 
 
+def image_id(io: Any, name: str) -> str | None:
+    """The id of image ``name`` in ``io``'s namespace without opening the image: one
+    call of the ``rbd`` object class on its id object (``rbd_id.<name>``), which
+    answers a length-prefixed string (u32 little endian, then the id)."""
+    try:
+        ret, out = io.execute(f"rbd_id.{name}", "rbd", "get_id", b"", 256)
+    except rados.ObjectNotFound:
+        return None
+    raw = bytes(out)
+    if ret < 4 or len(raw) < 4:
+        return None
+    (length,) = struct.unpack_from("<I", raw)
+    return raw[4 : 4 + length].decode() or None
+
+
 class Images:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
@@ -61,11 +77,7 @@ class Images:
     def lookup(self, ns: str, name: str) -> str | None:
         """The id of image ``name`` in ``ns``, None when there is none."""
         with self.cluster.ioctx(ns) as io, ceph(self.array, f"looking up {name}"):
-            try:
-                with rbd.Image(io, name, read_only=True) as img:
-                    return str(img.id())
-            except rbd.ImageNotFound:
-                return None
+            return image_id(io, name)
 
     def exists(self, ref: Image) -> bool:
         try:
@@ -97,7 +109,7 @@ class Images:
             with ceph(self.array, f"cloning {parent.name}@{snap} to {name}"):
                 with contextlib.suppress(rbd.ImageExists):
                     self.rbd.clone(pio, parent.name, snap, cio, name, features=FEATURES)
-        found = self.lookup(ns, name)
+                found = image_id(cio, name)
         if found is None:
             raise BackendError(array=self.array, detail=f"clone {name} vanished after creation")
         return found

@@ -338,7 +338,7 @@ class CowOps:
             finally:
                 self.ctx.progress.drop(op)
             finish_revert(self.ctx, JournalEntry(**{**entry.__dict__, "step": "committed"}))
-            self.vvols.space.refresh_family(base.id)
+            self.vvols.space.refresh_family_soon(base.id)  # diff walks: after the answer
             return self.vvols.show(base.id)
 
 
@@ -382,16 +382,20 @@ def finish_revert(ctx: Context, entry: JournalEntry) -> None:
         base = vvolrepo.get(conn, entry.vvol or "")
     if base is not None:
         backend = ctx.backend(base.array)
-        backend.revert_commit(base.id, entry.id)
+        backend.revert_commit(base.id, entry.id, entry.args.get("to"))
         ctx.fault("revert", "replaced")
-        with ctx.db.tx() as conn:
+        locator = backend.locator(base.id)
+        with ctx.db.tx() as conn:  # one transaction: size, locator, ready, journal closed
             snap = vvolrepo.get(conn, entry.args["to"])
             if snap is not None and base.size != snap.size:
                 grown = 0 if thin(base.relation) else snap.size - base.size
                 repo.adjust_provisioned(conn, base.container, grown)
                 vvolrepo.force(conn, base.id, size=snap.size, charge=base.charge + grown)
-            vvolrepo.force(conn, base.id, locator=backend.locator(base.id))
-            base = vvolrepo.get(conn, base.id)
+            vvolrepo.force(
+                conn, base.id, locator=locator, state=READY, op=None, generation=base.generation + 1
+            )
+            repo.journal_remove(conn, entry.id, outcome="finished")
+        return
     _settle(ctx, entry, base, bump=True)
 
 

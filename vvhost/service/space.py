@@ -44,6 +44,9 @@ class SpaceOps:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.on_threshold: ThresholdHook = log_threshold
+        self._soon: list[str] = []  # vvols whose family is refreshed after the answer
+        self._guard = threading.Lock()
+        self.wake: Callable[[], None] | None = None  # set by a running SpaceRefresher
 
     # -- admission (inside the caller's transaction) ------------------------------------
     def admit(
@@ -171,6 +174,24 @@ class SpaceOps:
         except VvhostError as exc:
             log.warning("space figures not refreshed: %s", exc.message)
 
+    def refresh_family_soon(self, *vvol_ids: str | None) -> None:
+        """``refresh_family`` after the caller has answered (the background refresher
+        does it at once); without a running refresher, now."""
+        wake = self.wake
+        if wake is None:
+            self.refresh_family(*vvol_ids)
+            return
+        with self._guard:
+            self._soon += [vid for vid in vvol_ids if vid]
+        wake()
+
+    def refresh_soon_now(self) -> None:
+        """Refresh what ``refresh_family_soon`` queued."""
+        with self._guard:
+            ids, self._soon = self._soon, []
+        if ids:
+            self.refresh_family(*ids)
+
     def refresh_container(self, ref: str) -> int:
         with self.ctx.db.tx() as conn:
             c = repo.get_container(conn, ref)
@@ -218,20 +239,33 @@ class SpaceRefresher:
         self.interval = interval
         self.max_age = max_age
         self._stop = threading.Event()
+        self._woken = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="space-refresh", daemon=True)
         self._thread.start()
+        self.space.wake = self._woken.set  # families asked for "soon" are done here
 
     def stop(self) -> None:
+        self.space.wake = None
         self._stop.set()
+        self._woken.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self.space.refresh_soon_now()  # nothing asked for is left undone
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        due = time.monotonic() + self.interval
+        while not self._stop.is_set():
+            self._woken.wait(max(0.0, due - time.monotonic()))
+            self._woken.clear()
+            if self._stop.is_set():
+                return
             try:
-                self.space.refresh_stale(self.max_age)
+                self.space.refresh_soon_now()
+                if time.monotonic() >= due:
+                    due = time.monotonic() + self.interval
+                    self.space.refresh_stale(self.max_age)
             except VvhostError as exc:
                 log.warning("space refresh failed: %s", exc.message)

@@ -123,7 +123,8 @@ class VvolOps:
         backend = self.ctx.backend(v.array)
         offline = backend.offline()
         problem = f"array {backend.name} is offline: {offline}" if offline else None
-        if problem is None and v.state != CREATING and not backend.exists(v.id):
+        there = problem is None and v.state != CREATING and backend.exists(v.id)
+        if problem is None and v.state != CREATING and not there:
             problem = "its data is missing from the array"
         return {
             "id": v.id,
@@ -149,7 +150,7 @@ class VvolOps:
             "datastore": v.datastore,
             "tenant": v.tenant,
             "created": v.created,
-            **_where(backend, v),
+            **_where(backend, v, there),
             "locator": v.locator,
             "failure": v.failure,
             "problem": problem,
@@ -504,10 +505,11 @@ def finish_extend(ctx: Context, entry: JournalEntry) -> None:
         repo.journal_remove(conn, entry.id)
 
 
-def _where(backend: ArrayBackend, v: Vvol) -> dict[str, Any]:
+def _where(backend: ArrayBackend, v: Vvol, there: bool) -> dict[str, Any]:
     """Where the data lives: ``where`` (a file path or ``pool/namespace/image@snap``),
-    ``path`` too for files; nothing while the array cannot be asked."""
-    if v.state == CREATING or backend.offline() is not None or not backend.exists(v.id):
+    ``path`` too for files; nothing while the array cannot be asked (``there``: it
+    is online and holds the vvol's data, as ``describe`` just found)."""
+    if not there:
         return {"where": None, "path": None}
     try:
         source = backend.source(v.id)
