@@ -151,8 +151,8 @@ def test_create_write_read_and_describe(array: RbdArray, pool_io: Any) -> None:
         assert img.id() == loc["image_id"]
     for feat in ("LAYERING", "EXCLUSIVE_LOCK", "OBJECT_MAP", "FAST_DIFF", "DEEP_FLATTEN"):
         assert feats & getattr(rbd, f"RBD_FEATURE_{feat}"), feat
-    space = array.space("v1")
-    assert space.provisioned == SIZE and space.allocated == 2 * CHUNK and space.unique == 2 * CHUNK
+    space = array.space("v1")  # figures count the whole objects written (two chunks, two objects)
+    assert space.provisioned == SIZE and space.allocated == 2 * OBJ and space.unique == 2 * OBJ
     array.resize("v1", 2 * SIZE)
     with array.open("v1") as vol:
         assert vol.size == 2 * SIZE
@@ -190,8 +190,8 @@ def test_snapshot_keeps_its_point_and_is_read_only(array: RbdArray) -> None:
     array.abort_snapshot("s3")
     assert "s3" not in array.list_ids() + array.partials()
     space = array.space("s1")
-    # s1's chunks were overwritten after it: both are only s1's
-    assert space.unique == 2 * CHUNK and space.provisioned == SIZE
+    # s1's chunks were overwritten after it: both (their objects) are only s1's
+    assert space.unique == 2 * OBJ and space.provisioned == SIZE
 
 
 def watch_count(pool_io: Any, ns: str, image: str) -> int:

@@ -51,7 +51,7 @@ class CowOps:
             out = self._fill(
                 snap.op or "", "snapshot", snap, lambda _: backend.snapshot(base.id, snap.id)
             )
-        self.vvols.space.refresh_family(snap.id)
+        self.vvols.space.refresh_family_soon(snap.id)  # diff walks: after the answer
         return {**out, **self.vvols.show(snap.id)}
 
     def _copy_cost(self, conn: Any, src: Vvol, array_id: str) -> int:
@@ -186,7 +186,7 @@ class CowOps:
         except BaseException:
             self.abort_group(snap_ids)
             raise
-        self.vvols.space.refresh_family(*snap_ids)
+        self.vvols.space.refresh_family_soon(*snap_ids)
         with self.ctx.db.tx() as conn:
             return [self.vvols.describe(conn, vvolrepo.get(conn, s.id) or s) for s in snaps]
 
@@ -259,7 +259,7 @@ class CowOps:
                     vvolrepo.add_ref(conn, src.id, 1)
                 self.ctx.journal(conn, op, "clone", clone.id, {"source": src.id})
             out = self._fill(op, "clone", clone, self._cloner(src, clone, linked))
-        self.vvols.space.refresh_family(clone.id)
+        self.vvols.space.refresh_family_soon(clone.id)
         return {**out, **self.vvols.show(clone.id)}
 
     def _cloner(self, src: Vvol, clone: Vvol, linked: bool) -> Callable[[Progress], str]:
