@@ -9,12 +9,12 @@ One array failing is logged and retried later: it never stops the others.
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 from ..catalog import repo
 from ..errors import NotFound, VvhostError
 from .context import Context
+from .periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -22,9 +22,7 @@ log = logging.getLogger(__name__)
 class ArrayMaintenance:
     def __init__(self, ctx: Context, interval: float = 60.0) -> None:
         self.ctx = ctx
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = Periodic("array-reaper", interval, self._reap_all)
 
     def reap(self, array_ref: str) -> dict[str, Any]:
         """Purge what array ``array_ref`` keeps for nobody; returns what went."""
@@ -37,24 +35,20 @@ class ArrayMaintenance:
         return {"array": arr.name, "purged": backend.reap()}
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="array-reaper", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._thread.stop()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            with self.ctx.db.tx() as conn:
-                arrays = repo.list_arrays(conn)
-            for arr in arrays:
-                try:
-                    backend = self.ctx.backend(arr.id)
-                    if backend.offline() is None:
-                        gone = backend.reap()
-                        if gone:
-                            log.info("array %s: purged %s", arr.name, ", ".join(gone))
-                except VvhostError as exc:
-                    log.warning("array %s: reaping failed: %s", arr.name, exc.message)
+    def _reap_all(self) -> None:
+        with self.ctx.db.tx() as conn:
+            arrays = repo.list_arrays(conn)
+        for arr in arrays:
+            try:
+                backend = self.ctx.backend(arr.id)
+                if backend.offline() is None:
+                    gone = backend.reap()
+                    if gone:
+                        log.info("array %s: purged %s", arr.name, ", ".join(gone))
+            except VvhostError as exc:
+                log.warning("array %s: reaping failed: %s", arr.name, exc.message)

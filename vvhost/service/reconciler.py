@@ -16,7 +16,6 @@ copy).  ``vvhost audit --fix`` (repairs.py) repairs the safe ones.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from typing import Any
@@ -24,10 +23,9 @@ from typing import Any
 from ..catalog import eventrepo
 from .context import Context
 from .endpoints import EndpointManager
+from .periodic import Periodic
 from .recovery import audit
 from .repairs import DEFAULT_GRACE, fix
-
-log = logging.getLogger(__name__)
 
 PRUNE_EVERY = 3600.0  # seconds between retention passes when the audit rounds are off
 LEAK_WORDS = ("has no catalog row", "which no binding wants", "half-written copy")
@@ -58,8 +56,10 @@ class Reconciler:
         self.endpoints = endpoints
         self.interval = interval
         self.grace = grace
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # with the audit turned off (0) only retention runs, hourly, so the event log
+        # stays bounded either way
+        period = interval if interval > 0 else PRUNE_EVERY
+        self._thread = Periodic("reconciler", period, self._tick, join=30.0)
         self._round = threading.Lock()  # a round and a --fix never overlap
         self._seen: set[str] = set()  # found last round, not yet confirmed
 
@@ -111,24 +111,13 @@ class Reconciler:
         return report
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+        self._thread.stop()
 
-    def _run(self) -> None:
-        """Rounds every ``interval`` s; with the audit turned off (0) only retention,
-        hourly, so the event log stays bounded either way."""
-        period = self.interval if self.interval > 0 else PRUNE_EVERY
-        while not self._stop.wait(period):
-            try:
-                if self.interval > 0:
-                    self.round()
-                else:
-                    self.ctx.events.prune()
-            except Exception as exc:  # noqa: BLE001 - the next round tries again
-                log.warning("reconciler round failed: %s", exc)
+    def _tick(self) -> None:
+        if self.interval > 0:
+            self.round()
+        else:
+            self.ctx.events.prune()

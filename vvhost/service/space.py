@@ -27,6 +27,7 @@ from ..errors import CapacityExceeded, NotFound, ReserveReached, VvhostError
 from ..model import DEFERRED, READY, Container, Vvol
 from ..spacemodel import Figures, Usage, charge, crossed, held
 from .context import Context
+from .periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -238,34 +239,21 @@ class SpaceRefresher:
         self.space = space
         self.interval = interval
         self.max_age = max_age
-        self._stop = threading.Event()
-        self._woken = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._due = 0.0
+        self._thread = Periodic("space-refresh", interval, self._tick)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="space-refresh", daemon=True)
+        self._due = time.monotonic() + self.interval
         self._thread.start()
-        self.space.wake = self._woken.set  # families asked for "soon" are done here
+        self.space.wake = self._thread.wake  # families asked for "soon" are done here
 
     def stop(self) -> None:
         self.space.wake = None
-        self._stop.set()
-        self._woken.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._thread.stop()
         self.space.refresh_soon_now()  # nothing asked for is left undone
 
-    def _run(self) -> None:
-        due = time.monotonic() + self.interval
-        while not self._stop.is_set():
-            self._woken.wait(max(0.0, due - time.monotonic()))
-            self._woken.clear()
-            if self._stop.is_set():
-                return
-            try:
-                self.space.refresh_soon_now()
-                if time.monotonic() >= due:
-                    due = time.monotonic() + self.interval
-                    self.space.refresh_stale(self.max_age)
-            except VvhostError as exc:
-                log.warning("space refresh failed: %s", exc.message)
+    def _tick(self) -> None:
+        self.space.refresh_soon_now()
+        if time.monotonic() >= self._due:
+            self._due = time.monotonic() + self.interval
+            self.space.refresh_stale(self.max_age)
