@@ -235,6 +235,9 @@ def test_quickstart_interrupted_leaves_nothing_mounted(tmp_path: str) -> None:
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # as in a terminal: a test run started in the background ignores SIGINT, and
+        # its children would inherit that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     seen = []
     try:

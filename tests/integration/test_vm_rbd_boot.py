@@ -32,6 +32,7 @@ import pytest
 import rbd
 
 from vvhost.cephlab import CephLab
+from vvhost.errors import NotFound
 from vvhost.guest import GuestImage, guest_cmdline, parse_serial, pattern_bytes
 from vvhost.host import cephsecret, libvirtsecrets, qemuwrap
 from vvhost.host import domainxml as dx
@@ -232,6 +233,9 @@ class RbdBindings:
         self.calls.append("unbind")
         self.bound -= set(vvols)
         return []
+
+    def vvol(self, ref: str) -> dict[str, Any]:
+        raise NotFound(kind="vvol", ref=ref)  # no catalog here: `vm show` lists no figures
 
 
 def test_vm_start_defines_the_hosts_ceph_secret_first(
