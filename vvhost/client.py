@@ -151,6 +151,7 @@ class Client:
         tenant: str | None = None,
         overcommit: str | float = 1.0,
         reserve: str | None = None,
+        alerts: str | None = None,
     ) -> dict[str, Any]:
         return self.call(
             "POST",
@@ -162,6 +163,7 @@ class Client:
                 "tenant": tenant,
                 "overcommit": overcommit,
                 "reserve": reserve,
+                "alerts": alerts,
             },
         )
 
@@ -171,8 +173,14 @@ class Client:
         capacity: str | int | None = None,
         overcommit: str | float | None = None,
         reserve: str | None = None,
+        alerts: str | None = None,
     ) -> dict[str, Any]:
-        body = {"capacity": capacity, "overcommit": overcommit, "reserve": reserve}
+        body = {
+            "capacity": capacity,
+            "overcommit": overcommit,
+            "reserve": reserve,
+            "alerts": alerts,
+        }
         return self.call(
             "PATCH", f"/v1/containers/{ref}", json={k: v for k, v in body.items() if v is not None}
         )

@@ -71,6 +71,7 @@ class Container:
     overcommit: float = 1.0  # provisioning may run this far ahead of the capacity
     reserve: int = 0  # physical bytes snapshots and clones may not take
     reserve_spec: str | None = None  # the reserve as given ("5%" follows the capacity)
+    alerts: tuple[float, ...] = (0.8, 0.9)  # usage fractions whose crossing is an event
 
     @property
     def limit(self) -> int:

@@ -90,6 +90,23 @@ def parse_overcommit(value: str | float) -> float:
     return ratio
 
 
+def parse_alerts(spec: str) -> tuple[float, ...]:
+    """``80,90``: the usage percentages whose crossing raises an event (the highest
+    is critical); one to four, rising, each 1..100."""
+    try:
+        levels = tuple(float(p.strip().rstrip("%")) / 100 for p in str(spec).split(","))
+    except ValueError:
+        raise InvalidInput(detail=f"alerts {spec!r} are not percentages like 80,90") from None
+    rising = all(a < b for a, b in zip(levels, levels[1:], strict=False))
+    if not 1 <= len(levels) <= 4 or not rising or not all(0.01 <= lv <= 1.0 for lv in levels):
+        raise InvalidInput(detail=f"alerts {spec!r}: one to four rising percentages, 1..100")
+    return levels
+
+
+def alerts_text(levels: tuple[float, ...]) -> str:
+    return ",".join(f"{lv * 100:g}" for lv in levels)
+
+
 def parse_reserve(spec: str | int, capacity: int) -> int:
     """``5%`` of the capacity, or a size (``2G``); bytes, less than the capacity."""
     text = str(spec).strip()

@@ -32,10 +32,11 @@ def test_space_through_the_cli(xfs_mount: str, patterns: Patterns) -> None:
             dict[str, Any],
             cli.json(
                 "container", "create", "pool", "--capacity", "256M", "--overcommit", "2",
-                "--reserve", "10%",
+                "--reserve", "10%", "--alerts", "70,85",
             ),
         )  # fmt: skip
         assert (made["limit"], made["reserve"]) == (512 * MiB, 256 * MiB // 10)
+        assert made["alerts"] == [0.7, 0.85]
         cli("vvol", "create", "--container", "pool", "--size", "384M", "--name", "d")
         d = cast(dict[str, Any], cli.json("vvol", "show", "d"))
         patterns.write(d["path"], "A", [i * MiB for i in range(16)], size=MiB)
@@ -58,6 +59,7 @@ def test_space_through_the_cli(xfs_mount: str, patterns: Patterns) -> None:
         _one_line(cli("container", "set", "pool", "--capacity", "128M", ok=False), 4, "shrink")
         _one_line(cli("vvol", "create", "--container", "pool", "--size", "200M", ok=False), 5)
         _one_line(cli("container", "set", "pool", "--reserve", "250M", ok=False), 4, "reserve")
+        _one_line(cli("container", "set", "pool", "--alerts", "90,80", ok=False), 2, "alerts")
         again = cast(dict[str, Any], cli.json("container", "show", "pool"))
         assert (again["capacity"], again["reserve"]) == (256 * MiB, 256 * MiB // 10)
         _one_line(cli("vvol", "delete", "d", ok=False), 4, "snapshots")

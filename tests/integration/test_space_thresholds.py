@@ -11,6 +11,7 @@ import pytest
 
 from tests.patterns import Patterns
 from vvhost.catalog import spacerepo
+from vvhost.errors import InvalidInput
 from vvhost.service import Config, Service
 from vvhost.service.tenancy import UNIX_ADMIN
 
@@ -50,6 +51,31 @@ def test_thresholds_from_admission_and_refresh(svc: Service, patterns: Patterns)
     ]
     shown = svc.containers.show("pool")
     assert shown["used"] >= 92 * MiB and shown["space"]["fraction"] >= 0.92
+
+
+def test_a_containers_own_alert_levels(svc: Service) -> None:
+    """``--alerts 50,75``: events at those levels (the last one critical), health
+    judged by them too; bad levels are refused in one line."""
+    svc.containers.create("pool", "100M", alerts="50,75")
+    assert list(svc.containers.show("pool")["alerts"]) == [0.5, 0.75]
+    svc.vvols.create("pool", "60M", name="a")  # 60 %
+    item = next(i for i in svc.health(600.0)["items"] if i["name"] == "pool")
+    assert item["status"] == "warning"
+    svc.vvols.create("pool", "20M", name="b")  # 80 %
+    item = next(i for i in svc.health(600.0)["items"] if i["name"] == "pool")
+    assert item["status"] == "critical"
+    events = [e for e in svc.ctx.events.read(UNIX_ADMIN)["events"] if e["kind"].startswith("cap")]
+    assert [(e["severity"], e["fields"]["level"]) for e in events] == [
+        ("warning", 0.5),
+        ("error", 0.75),
+    ]
+    svc.containers.set("pool", alerts="90")
+    assert list(svc.containers.show("pool")["alerts"]) == [0.9]
+    item = next(i for i in svc.health(600.0)["items"] if i["name"] == "pool")
+    assert item["status"] == "ok"
+    with pytest.raises(InvalidInput):
+        svc.containers.set("pool", alerts="95,90")
+    assert list(svc.containers.show("pool")["alerts"]) == [0.9]
 
 
 def test_background_refresh_reads_the_oldest_figures(svc: Service, patterns: Patterns) -> None:

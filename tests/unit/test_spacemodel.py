@@ -180,3 +180,14 @@ def test_migration_charges_existing_vvols_their_size(tmp_path: str) -> None:
             assert repo.recount_provisioned(conn, "c") == c.provisioned
     finally:
         db.close()
+
+
+def test_alert_levels_parse_and_cross() -> None:
+    assert sm.parse_alerts("80,90") == (0.8, 0.9)
+    assert sm.parse_alerts("50%, 75%, 95") == (0.5, 0.75, 0.95)
+    assert sm.alerts_text((0.5, 0.75)) == "50,75"
+    for bad in ("90,80", "80,80", "0,50", "50,101", "a,b", "", "10,20,30,40,50"):
+        with pytest.raises(InvalidInput):
+            sm.parse_alerts(bad)
+    assert sm.crossed(0.4, 0.8, (0.5, 0.75)) == [0.5, 0.75]
+    assert sm.crossed(0.5, 0.7, (0.5, 0.75)) == []  # already past 50 %: no new edge

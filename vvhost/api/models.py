@@ -33,12 +33,14 @@ class ContainerCreate(Body):
     tenant: str | None = Field(default=None, max_length=128)
     overcommit: str | float = 1.0
     reserve: str | None = Field(default=None, max_length=32)
+    alerts: str | None = Field(default=None, max_length=32)
 
 
 class ContainerSet(Body):
     capacity: Size | None = None
     overcommit: str | float | None = None
     reserve: str | None = Field(default=None, max_length=32)
+    alerts: str | None = Field(default=None, max_length=32)
 
 
 class VvolCreate(Body):

@@ -71,14 +71,20 @@ def containers(svc: Svc, p: Caller) -> list[dict[str, Any]]:
 def container_create(svc: Svc, p: Caller, body: m.ContainerCreate) -> dict[str, Any]:
     svc.authz.admin(p)
     return svc.containers.create(
-        body.name, body.capacity, body.arrays, body.tenant, body.overcommit, body.reserve
+        body.name,
+        body.capacity,
+        body.arrays,
+        body.tenant,
+        body.overcommit,
+        body.reserve,
+        body.alerts,
     ).to_dict()
 
 
 @router.patch("/containers/{ref}", response_model=None)
 def container_set(svc: Svc, p: Caller, ref: Ref, body: m.ContainerSet) -> dict[str, Any]:
     svc.authz.admin(p)
-    return svc.containers.set(ref, body.capacity, body.overcommit, body.reserve)
+    return svc.containers.set(ref, body.capacity, body.overcommit, body.reserve, body.alerts)
 
 
 @router.post("/containers/{ref}/refresh", response_model=None)

@@ -108,6 +108,7 @@ def _v10_space(conn: Connection) -> None:
     _add_column(conn, "containers", "overcommit", "FLOAT NOT NULL DEFAULT 1.0")
     _add_column(conn, "containers", "reserve", "BIGINT NOT NULL DEFAULT 0")
     _add_column(conn, "containers", "reserve_spec", "VARCHAR(32)")
+    _add_column(conn, "containers", "alerts", "VARCHAR(32)")
     _add_column(conn, "vvols", "allocated", "BIGINT NOT NULL DEFAULT 0")
     _add_column(conn, "vvols", "unique_bytes", "BIGINT")
     _add_column(conn, "vvols", "charge", "BIGINT NOT NULL DEFAULT 0")

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, delete, func, select, update
 
+from .. import spacemodel
 from ..arrays import settings_from
 from ..model import Array, Container, JournalEntry
 from . import eventrepo
@@ -89,6 +90,7 @@ def _container(conn: Connection, row: Row[Any]) -> Container:
         overcommit=float(row.overcommit if row.overcommit is not None else 1.0),
         reserve=int(row.reserve or 0),
         reserve_spec=row.reserve_spec,
+        alerts=spacemodel.parse_alerts(row.alerts) if row.alerts else spacemodel.LEVELS,
     )
 
 
@@ -104,6 +106,7 @@ def insert_container(conn: Connection, c: Container) -> None:
             overcommit=c.overcommit,
             reserve=c.reserve,
             reserve_spec=c.reserve_spec,
+            alerts=spacemodel.alerts_text(c.alerts),
         )
     )
     for pos, array_id in enumerate(c.arrays):
@@ -162,12 +165,17 @@ def set_space_settings(
     overcommit: float,
     reserve: int,
     reserve_spec: str | None,
+    alerts: tuple[float, ...],
 ) -> None:
     conn.execute(
         update(containers)
         .where(containers.c.id == container_id)
         .values(
-            capacity=capacity, overcommit=overcommit, reserve=reserve, reserve_spec=reserve_spec
+            capacity=capacity,
+            overcommit=overcommit,
+            reserve=reserve,
+            reserve_spec=reserve_spec,
+            alerts=spacemodel.alerts_text(alerts),
         )
     )
 

@@ -51,6 +51,7 @@ containers = Table(
     Column("overcommit", Float, nullable=False, server_default="1.0"),
     Column("reserve", BigInteger, nullable=False, server_default="0"),  # bytes kept free
     Column("reserve_spec", String(32)),  # as given: "5%" follows the capacity
+    Column("alerts", String(32)),  # usage percentages that raise events ("80,90"; NULL: those)
 )
 
 container_arrays = Table(

@@ -113,6 +113,11 @@ def container() -> None:
     default=None,
     help="Physical room snapshots and clones leave for guests' writes (5% or 2G).",
 )
+@click.option(
+    "--alerts",
+    default=None,
+    help="Usage percentages whose crossing is an event, the last critical [default: 80,90].",
+)
 @json_option
 @pass_session
 def container_create(
@@ -123,11 +128,14 @@ def container_create(
     tenant: str | None,
     overcommit: str,
     reserve: str | None,
+    alerts: str | None,
     as_json: bool,
 ) -> None:
     """Create a storage container."""
     output.show(
-        s.client.container_create(name, capacity, list(arrays), tenant, overcommit, reserve),
+        s.client.container_create(
+            name, capacity, list(arrays), tenant, overcommit, reserve, alerts
+        ),
         as_json,
     )
 
@@ -137,6 +145,7 @@ def container_create(
 @click.option("--capacity", default=None, help="Physical capacity (not below what is used).")
 @click.option("--overcommit", default=None, help="Over-subscription ratio.")
 @click.option("--reserve", default=None, help="Room kept for guests' writes (5% or 2G).")
+@click.option("--alerts", default=None, help="Usage percentages that raise events (80,90).")
 @json_option
 @pass_session
 def container_set(
@@ -145,12 +154,15 @@ def container_set(
     capacity: str | None,
     overcommit: str | None,
     reserve: str | None,
+    alerts: str | None,
     as_json: bool,
 ) -> None:
-    """Change a container's capacity, over-subscription ratio or reserve."""
-    if capacity is None and overcommit is None and reserve is None:
-        raise click.UsageError("say what to change: --capacity, --overcommit or --reserve")
-    _show_container(s.client.container_set(ref, capacity, overcommit, reserve), as_json)
+    """Change a container's capacity, over-subscription ratio, reserve or alert levels."""
+    if capacity is None and overcommit is None and reserve is None and alerts is None:
+        raise click.UsageError(
+            "say what to change: --capacity, --overcommit, --reserve or --alerts"
+        )
+    _show_container(s.client.container_set(ref, capacity, overcommit, reserve, alerts), as_json)
 
 
 @container.command("refresh")

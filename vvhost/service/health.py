@@ -2,7 +2,8 @@
 
     arrays       online / degraded / offline, free bytes
     containers   the fuller of provisioned / (capacity x overcommit) and held / capacity
-                 (warning at 80 %, critical at 90 %)
+                 (warning at its first alert level, critical at its last: 80 %, 90 %
+                 unless ``container set --alerts`` says otherwise)
     endpoints    daemon running, restarts, last error
     operations   journal entries older than STUCK seconds (stuck)
     findings     what the reconciler found and still finds
@@ -27,7 +28,6 @@ from .endpoints import EndpointManager
 
 OK, WARNING, CRITICAL = "ok", "warning", "critical"
 RANK = {OK: 0, WARNING: 1, CRITICAL: 2}
-NEAR, FULL = 0.80, 0.90  # share of a container's capacity provisioned
 STUCK = 600.0  # seconds after which a journaled operation counts as stuck
 
 
@@ -96,9 +96,9 @@ def _containers(ctx: Context) -> list[Item]:
             f"{used:.0%} full: {_size(u.provisioned)} of {_size(u.limit)} provisioned, "
             f"{_size(u.used)} of {_size(c.capacity)} held"
         )
-        if used >= FULL:
+        if used >= c.alerts[-1]:
             status, advice = CRITICAL, "grow its capacity or delete vvols it no longer needs"
-        elif used >= NEAR:
+        elif used >= c.alerts[0]:
             status, advice = WARNING, "plan to grow it before new vvols are refused"
         else:
             status, advice = OK, ""

@@ -215,6 +215,7 @@ class ContainerOps:
         tenant: str | None = None,
         overcommit: str | float = 1.0,
         reserve: str | None = None,
+        alerts: str | None = None,
     ) -> Container:
         check_name(name, what="container name")
         if tenant is not None:
@@ -222,6 +223,7 @@ class ContainerOps:
         size = parse_size(capacity, what="capacity")
         ratio = spacemodel.parse_overcommit(overcommit)
         kept = spacemodel.parse_reserve(reserve, size) if reserve is not None else 0
+        levels = spacemodel.parse_alerts(alerts) if alerts is not None else spacemodel.LEVELS
         with self.ctx.db.tx() as conn:
             if repo.get_container(conn, name) is not None:
                 raise AlreadyExists(kind="container", ref=name)
@@ -243,6 +245,7 @@ class ContainerOps:
                 overcommit=ratio,
                 reserve=kept,
                 reserve_spec=reserve,
+                alerts=levels,
             )
             repo.insert_container(conn, c)
         return c
@@ -253,9 +256,10 @@ class ContainerOps:
         capacity: str | int | None = None,
         overcommit: str | float | None = None,
         reserve: str | None = None,
+        alerts: str | None = None,
     ) -> dict[str, Any]:
-        """Change capacity, over-subscription or reserve; refused (one line, nothing
-        changed) when what is provisioned or in use would no longer fit."""
+        """Change capacity, over-subscription, reserve or alert levels; refused (one
+        line, nothing changed) when what is provisioned or in use would no longer fit."""
         with self.ctx.db.tx() as conn:
             c = self.get(conn, ref)
             size = parse_size(capacity, what="capacity") if capacity is not None else c.capacity
@@ -264,10 +268,11 @@ class ContainerOps:
             )
             spec = reserve if reserve is not None else c.reserve_spec
             kept = spacemodel.parse_reserve(spec, size) if spec is not None else 0
+            levels = spacemodel.parse_alerts(alerts) if alerts is not None else c.alerts
             problem = spacemodel.shrink_problem(spacerepo.usage(conn, c), size, ratio, kept)
             if problem is not None:
                 raise InUse(kind="container", ref=c.name, reason=f"cannot shrink it: {problem}")
-            repo.set_space_settings(conn, c.id, size, ratio, kept, spec)
+            repo.set_space_settings(conn, c.id, size, ratio, kept, spec, levels)
         return self.show(c.id)
 
     def get(self, conn: Connection, ref: str) -> Container:

@@ -213,12 +213,12 @@ class SpaceOps:
         return done
 
     def _report(self, conn: Connection, c: Container, before: float, after: float) -> None:
-        for level in crossed(before, after):
+        for level in crossed(before, after, c.alerts):
             self.ctx.events.emit_in(
                 conn,
                 "capacity.threshold",
                 f"container {c.name} passed {level:.0%} of its space (now {after:.1%})",
-                severity="error" if level >= 0.9 else "warning",
+                severity="error" if level >= c.alerts[-1] else "warning",
                 subject=f"container:{c.name}",
                 fields={"container": c.name, "level": level, "fraction": round(after, 4)},
                 tenant=c.tenant,
