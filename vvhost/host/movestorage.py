@@ -273,9 +273,11 @@ class StorageMover:
     def _check_room(
         self, doc: VmDoc, c: dict[str, Any], disks: list[DiskMove], follow: list[str]
     ) -> None:
-        """Refuse up front what cannot fit: every new vvol and snapshot, the empty base
-        of the first copy, and what follows, beside the old ones until they go."""
-        need = sum(d.size * (1 + len(d.points)) for d in disks)
+        """Refuse up front what cannot fit: every new vvol (its size) and snapshot (at
+        most the bytes the old one holds: snapshots are charged what is theirs alone),
+        the empty base of the first copy, and what follows, beside the old ones until
+        they go.  The control plane's admission of each step stays the judge."""
+        need = sum(d.size + sum(self._held_at_most(s) for _, s in d.points) for d in disks)
         need += max((d.size for d in disks), default=0)
         need += sum(int(self.client.vvol(v)["size"]) for v in follow)
         if need > int(c["free"]):
@@ -292,6 +294,11 @@ class StorageMover:
                     capacity=ds["capacity"],
                     needed=grow,
                 )
+
+    def _held_at_most(self, snap: str) -> int:
+        v = self.client.vvol(snap)
+        allocated = v.get("allocated")
+        return int(allocated) if isinstance(allocated, int) else int(v["size"])
 
     # -- copying ----------------------------------------------------------------------------
     def _copy_points(self, doc: VmDoc, rec: MoveRec, disk: DiskMove, plan: Plan) -> int:
