@@ -97,6 +97,7 @@ class CephLab:
     # start the lab from a thread that outlives it (the main thread) or set False.
     die_with_parent: bool = True
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    argvs: dict[str, list[str]] = field(default_factory=dict)  # how each daemon was started
 
     # -- paths ----------------------------------------------------------------
 
@@ -157,6 +158,17 @@ class CephLab:
         for name in reversed(list(self.procs)):
             labpids.stop(self._path("pids"), name, self.procs[name], grace)
         self.procs.clear()
+
+    def revive(self) -> list[str]:
+        """Start again each daemon of this lab that died (a session's cluster outlives
+        one crashed manager) and wait until the cluster serves; returns their names."""
+        dead = [name for name, proc in self.procs.items() if proc.poll() is not None]
+        for name in dead:
+            self._spawn(name, self.argvs[name])
+        if dead:
+            with self.admin(timeout=30) as ceph:
+                self.wait_ready(ceph, healthy=False)
+        return dead
 
     def pids(self) -> dict[str, int]:
         """Daemon name -> PID of each daemon still running."""
@@ -284,6 +296,7 @@ class CephLab:
             raise CephError(cluster=self.conf, detail=f"{argv[0]}: {detail} (see {log})", errno=0)
 
     def _spawn(self, name: str, argv: list[str]) -> None:
+        self.argvs[name] = argv
         log = self._path("log", f"{name}.out")
         self.procs[name] = labpids.spawn(
             self._path("pids"), name, argv, log, self.workdir, self.die_with_parent

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -351,6 +352,15 @@ def test_stop_leaves_no_process_and_no_mount(tmp_path: Path) -> None:
         assert sorted(os.listdir(tmp_path / "lab" / "pids")) == sorted(f"{n}.pid" for n in pids)
         block = os.stat(tmp_path / "lab" / "osd" / "block.0")
         assert block.st_size == lab.osd_size and block.st_blocks * 512 < block.st_size // 4
+        # a manager that dies is started again, and the cluster serves again
+        assert lab.revive() == []
+        os.kill(pids["mgr.x"], signal.SIGKILL)
+        lab.procs["mgr.x"].wait(timeout=10)
+        assert lab.revive() == ["mgr.x"]
+        assert lab.pids()["mgr.x"] != pids["mgr.x"]
+        with lab.admin() as ceph:
+            assert ceph.status()["mgrmap"]["available"]
+        pids = lab.pids()
     assert lab.pids() == {}
     assert _processes_under(tmp_path) == {}
     assert not any(os.path.exists(f"/proc/{pid}") for pid in pids.values())
