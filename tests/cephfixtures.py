@@ -43,12 +43,20 @@ def ceph_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephLab]:
         yield lab
 
 
+@pytest.fixture(autouse=True)
+def _ceph_lab_alive(request: pytest.FixtureRequest) -> None:
+    """Before each test on the session's cluster: a daemon of it that died is started
+    again (and said, not hidden), so one crashed manager does not fail every later test."""
+    if "ceph_cluster" not in request.fixturenames:
+        return
+    revived = request.getfixturevalue("ceph_cluster").revive()
+    if revived:
+        warnings.warn(f"Ceph lab daemons {revived} had died and were started again", stacklevel=1)
+
+
 @pytest.fixture
 def ceph_pool(ceph_cluster: CephLab) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:10]}"
-    revived = ceph_cluster.revive()
-    if revived:  # said, not hidden: the session's cluster lost a daemon
-        warnings.warn(f"Ceph lab daemons {revived} had died and were started again", stacklevel=1)
     ceph_cluster.create_pool(name)
     try:
         yield name

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.listing import without_figures
 from tests.patterns import CHUNK, Patterns
 from vvhost import convert
 from vvhost.cephlab import CephLab
@@ -44,7 +45,7 @@ class Env:
         return out
 
     def state(self) -> tuple[list[dict[str, Any]], bool]:
-        return self.client.vvols(), bool(self.client.audit()["ok"])
+        return without_figures(self.client.vvols()), bool(self.client.audit()["ok"])
 
 
 def _serve(root: str) -> Iterator[Env]:
