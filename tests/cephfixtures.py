@@ -6,6 +6,8 @@
   labs of earlier sessions whose pytest process died are stopped by PID.
 - ``ceph_pool``: a new RBD pool (``rbd`` application, ``rbd pool init``) for
   one test, deleted afterwards (about half a second each way).
+- ``array``, ``pool_io``: an RBD array on that pool (the control plane's view),
+  and a second, independent client of the cluster.
 
 The Ceph packages come from ``./run.sh setup``; a missing daemon or binding is
 an error here, not a skip. The only skip: a temporary directory on a
@@ -20,7 +22,7 @@ import os
 import uuid
 import warnings
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -62,3 +64,37 @@ def ceph_pool(ceph_cluster: CephLab) -> Iterator[str]:
         yield name
     finally:
         ceph_cluster.delete_pool(name)
+
+
+@pytest.fixture
+def array(ceph_cluster: CephLab, ceph_pool: str) -> Iterator[Any]:
+    """An RBD array on the test's pool, as the control plane's admin (claimed, closed after).
+    A test module's own ``array`` fixture (a dir array) takes precedence."""
+    from vvhost.arrays.rbdarray import RbdArray
+    from vvhost.arrays.settings import RbdSettings
+
+    settings = RbdSettings(
+        pool=ceph_pool, conf=ceph_cluster.conf, keyring=ceph_cluster.admin_keyring
+    )
+    arr = RbdArray("r1", settings, "array-1")
+    arr.claim()
+    try:
+        yield arr
+    finally:
+        arr.close()
+
+
+@pytest.fixture
+def pool_io(ceph_cluster: CephLab, ceph_pool: str) -> Iterator[Any]:
+    """A second, independent client of the cluster (stands for another host)."""
+    import rados
+
+    client = rados.Rados(
+        conffile=ceph_cluster.conf, rados_id="admin", conf={"keyring": ceph_cluster.admin_keyring}
+    )
+    client.connect(timeout=10)
+    try:
+        with client.open_ioctx(ceph_pool) as io:
+            yield io
+    finally:
+        client.shutdown()

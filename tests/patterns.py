@@ -110,11 +110,13 @@ class Patterns:
         with rados.Rados(conffile=conf, conf={"keyring": keyring}) as cluster:
             with cluster.open_ioctx(pool) as ioctx:
                 ioctx.set_namespace(ns)
-                try:
-                    img = rbd.Image(ioctx, image, snapshot=snap, read_only=not writable)
+                try:  # at its head, then at the snapshot: opening at a snapshot can abort librbd
+                    img = rbd.Image(ioctx, image, read_only=not writable)
                 except rbd.ImageNotFound:
                     raise FileNotFoundError(where) from None
                 with img:
+                    if snap is not None:
+                        img.set_snap(snap)
                     yield _Image(img)
                     if writable:
                         img.flush()

@@ -34,6 +34,7 @@ from typing import Any
 import libvirt
 import pytest
 
+from tests.crashing import crash_during
 from tests.patterns import CHUNK, Patterns
 from tests.vmlab import (
     Lab,
@@ -102,32 +103,7 @@ class Plane:
 
     def crash_during(self, fault: str, *cli_args: str) -> None:
         """Run ``vvhost CLI_ARGS`` against a daemon that stops at ``fault``; kill -9 it there."""
-        mark = os.path.join(self.state, FAULT_MARK)
-        if os.path.exists(mark):
-            os.unlink(mark)
-        server = self.server(fault)
-        cmd = subprocess.Popen(
-            [sys.executable, "-m", "vvhost", "--socket", self.socket, *cli_args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            deadline = time.monotonic() + 60
-            while not os.path.exists(mark):
-                assert cmd.poll() is None, cmd.communicate()
-                assert time.monotonic() < deadline, "fault point never reached"
-                time.sleep(0.05)
-            server.kill()
-            _out, err = cmd.communicate(timeout=30)
-            assert cmd.returncode == 7, err  # the client saw the control plane go away
-            assert err.count(b"\n") == 1 and err.startswith(b"vvhost: error: ")
-        finally:
-            server.kill()
-            if cmd.poll() is None:
-                cmd.kill()
-                cmd.wait()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(mark)
+        crash_during(self.server, self.state, self.socket, fault, *cli_args)
 
 
 @pytest.fixture

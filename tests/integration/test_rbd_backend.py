@@ -16,47 +16,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import rbd
 
-rados = pytest.importorskip("rados")
-rbd = pytest.importorskip("rbd")
-
-from tests.patterns import CHUNK, chunk_bytes  # noqa: E402
-from vvhost.arrays import rbdaudit  # noqa: E402
-from vvhost.arrays.rbdarray import RbdArray  # noqa: E402
-from vvhost.arrays.rbdflatten import MAX_CLONE_DEPTH  # noqa: E402
-from vvhost.arrays.settings import RbdSettings  # noqa: E402
-from vvhost.errors import ArrayOffline, BackendError, DataMissing, InUse, InvalidInput, ReadOnly  # noqa: E402
+from tests.patterns import CHUNK, chunk_bytes
+from vvhost.arrays import rbdaudit
+from vvhost.arrays.rbdarray import RbdArray
+from vvhost.arrays.rbdflatten import MAX_CLONE_DEPTH
+from vvhost.arrays.settings import RbdSettings
+from vvhost.errors import ArrayOffline, BackendError, DataMissing, InUse, InvalidInput, ReadOnly
 
 MiB = 1 << 20
 SIZE = 64 * MiB
 OBJ = 4 * MiB
-
-
-@pytest.fixture
-def array(ceph_cluster: Any, ceph_pool: str) -> Iterator[RbdArray]:
-    settings = RbdSettings(
-        pool=ceph_pool, conf=ceph_cluster.conf, keyring=ceph_cluster.admin_keyring
-    )
-    arr = RbdArray("r1", settings, "array-1")
-    arr.claim()
-    try:
-        yield arr
-    finally:
-        arr.close()
-
-
-@pytest.fixture
-def pool_io(ceph_cluster: Any, ceph_pool: str) -> Iterator[Any]:
-    """A second, independent client of the cluster (stands for another host)."""
-    client = rados.Rados(
-        conffile=ceph_cluster.conf, rados_id="admin", conf={"keyring": ceph_cluster.admin_keyring}
-    )
-    client.connect(timeout=10)
-    try:
-        with client.open_ioctx(ceph_pool) as io:
-            yield io
-    finally:
-        client.shutdown()
 
 
 def put(arr: RbdArray, vvol: str, label: str, offsets: list[int]) -> None:

@@ -14,24 +14,20 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import rbd
 
-rados = pytest.importorskip("rados")
-rbd = pytest.importorskip("rbd")
-
-from tests.patterns import CHUNK, Patterns, chunk_bytes  # noqa: E402
-from vvhost.arrays import rbdaudit  # noqa: E402
-from vvhost.arrays.rbdarray import RbdArray  # noqa: E402
-from vvhost.arrays.settings import RbdSettings  # noqa: E402
-from vvhost.daemon import ServerProcess  # noqa: E402
-from vvhost.faults import FAULT_ENV, FAULT_MARK  # noqa: E402
-from vvhost.service.context import DEFAULT_ARRAY_ENV  # noqa: E402
+from tests.crashing import crash_during
+from tests.patterns import CHUNK, Patterns, chunk_bytes
+from vvhost.arrays import rbdaudit
+from vvhost.arrays.rbdarray import RbdArray
+from vvhost.arrays.settings import RbdSettings
+from vvhost.daemon import ServerProcess
+from vvhost.faults import FAULT_ENV
+from vvhost.service.context import DEFAULT_ARRAY_ENV
 
 MiB = 1 << 20
 SIZE = 64 * MiB
@@ -40,29 +36,6 @@ OFFSETS = [0, 20 * MiB, 40 * MiB]
 
 def _settings(lab: Any, pool: str) -> RbdSettings:
     return RbdSettings(pool=pool, conf=lab.conf, keyring=lab.admin_keyring)
-
-
-@pytest.fixture
-def array(ceph_cluster: Any, ceph_pool: str) -> Iterator[RbdArray]:
-    arr = RbdArray("r1", _settings(ceph_cluster, ceph_pool), "array-1")
-    arr.claim()
-    try:
-        yield arr
-    finally:
-        arr.close()
-
-
-@pytest.fixture
-def pool_io(ceph_cluster: Any, ceph_pool: str) -> Iterator[Any]:
-    client = rados.Rados(
-        conffile=ceph_cluster.conf, rados_id="admin", conf={"keyring": ceph_cluster.admin_keyring}
-    )
-    client.connect(timeout=10)
-    try:
-        with client.open_ioctx(ceph_pool) as io:
-            yield io
-    finally:
-        client.shutdown()
 
 
 def put(arr: RbdArray, vvol: str, label: str) -> None:
@@ -269,24 +242,7 @@ class Plane:
         return ServerProcess(self.state, socket_path=self.socket, env=env).start()
 
     def crash_during(self, fault: str, *cli_args: str) -> None:
-        mark = os.path.join(self.state, FAULT_MARK)
-        if os.path.exists(mark):
-            os.unlink(mark)
-        server = self.server(fault)
-        cmd = subprocess.Popen(
-            [sys.executable, "-m", "vvhost", "--socket", self.socket, *cli_args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            deadline = time.monotonic() + 60
-            while not os.path.exists(mark):
-                assert cmd.poll() is None, cmd.communicate()
-                assert time.monotonic() < deadline, "fault point never reached"
-                time.sleep(0.05)
-        finally:
-            server.kill()
-            cmd.wait(timeout=30)
+        crash_during(self.server, self.state, self.socket, fault, *cli_args)
 
 
 def _wait_spare(pool_io: Any, ns: str, deadline: float = 60) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from vvhost.arrays import rbdnames, rbdranges
+from vvhost.arrays import (
+    rbdindex,
+    rbdnames,
+    rbdranges,
+)
 from vvhost.errors import InvalidInput
-
-rbdindex = pytest.importorskip("vvhost.arrays.rbdindex")
 
 
 def test_names_are_deterministic_and_safe() -> None:
@@ -46,7 +48,8 @@ def test_index_records_round_trip() -> None:
 
 
 def test_a_moved_image_is_renamed_in_every_record() -> None:
-    rbdmove = pytest.importorskip("vvhost.arrays.rbdmove")
+    from vvhost.arrays import rbdmove
+
     new = rbdindex.Image("b", "vv-x", "new")
     head = rbdindex.Entry("image", "a", "vv-x", "old", state="ready")
     snap = rbdindex.Entry("snap", "a", "vv-x", "old", "vs-s", state="ready")
