@@ -1,22 +1,56 @@
-"""Engine, transactions and schema migrations.
+"""Engine, transactions and schema migrations, on SQLite and on PostgreSQL.
 
 SQLite runs in WAL mode and every transaction starts with ``BEGIN IMMEDIATE``
 so concurrent writers queue on the database lock instead of failing on a
-read-to-write upgrade.  Migrations are numbered; ``schema_version`` holds the
-highest one applied, and each runs in its own transaction.
+read-to-write upgrade.  PostgreSQL (``postgresql+psycopg://...``) runs at READ
+COMMITTED with many writers at once: allocators there take row locks
+(``SELECT ... FOR UPDATE``, which SQLite leaves out) or atomic updates
+(``UPDATE ... RETURNING``), and "insert unless there" is :func:`insert_ignore`.
+
+Migrations are numbered; ``schema_version`` holds the highest one applied.  On
+SQLite each runs in its own transaction; on PostgreSQL (transactional DDL) all
+pending ones run in one transaction under an advisory lock, so control planes
+starting together migrate once.  Every dialect difference lives in this module.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    create_engine,
+    event,
+    inspect,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 
 from . import eventschema, schema
 
 Migration = Callable[[Connection], None]
+
+# pg_advisory_xact_lock key that serialises migrations ("vvhost" in ASCII).
+_MIGRATE_LOCK = 0x767668_6F7374
+
+
+def is_postgres(conn: Connection) -> bool:
+    return conn.dialect.name == "postgresql"
+
+
+def insert_ignore(conn: Connection, table: Table, **values: Any) -> bool:
+    """INSERT ``values`` unless a row with the same key (or another unique value)
+    is there; True when this call inserted it.  Race-free on both databases."""
+    dialect = postgresql if is_postgres(conn) else sqlite
+    stmt = dialect.insert(table).values(**values).on_conflict_do_nothing()
+    return bool(conn.execute(stmt).rowcount)
 
 
 def _v1(conn: Connection) -> None:
@@ -85,12 +119,16 @@ def _v8_array_settings(conn: Connection) -> None:
     only ``dir`` filled; vvols keep where their array put them (``locator``)."""
     _add_column(conn, "arrays", "settings", "TEXT")
     _add_column(conn, "vvols", "locator", "TEXT")
-    columns = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(arrays)")}
-    if "path" in columns:
-        conn.exec_driver_sql(
-            "UPDATE arrays SET settings = json_object('path', path) WHERE settings IS NULL"
-        )
-        conn.exec_driver_sql("ALTER TABLE arrays DROP COLUMN path")
+    columns = {c["name"] for c in inspect(conn).get_columns("arrays")}
+    if "path" in columns:  # only catalogs made before version 8 have it
+        rows = conn.execute(text("SELECT id, path FROM arrays WHERE settings IS NULL")).all()
+        for array_id, path in rows:
+            conn.execute(
+                update(schema.arrays)
+                .where(schema.arrays.c.id == array_id)
+                .values(settings=json.dumps({"path": path}))
+            )
+        conn.execute(text("ALTER TABLE arrays DROP COLUMN path"))  # SQLite >= 3.35
 
 
 def _v9_events(conn: Connection) -> None:
@@ -114,7 +152,15 @@ def _v10_space(conn: Connection) -> None:
     _add_column(conn, "vvols", "charge", "BIGINT NOT NULL DEFAULT 0")
     _add_column(conn, "vvols", "held", "BIGINT NOT NULL DEFAULT 0")
     _add_column(conn, "vvols", "space_at", "FLOAT")
-    conn.exec_driver_sql("UPDATE vvols SET charge = size WHERE space_at IS NULL")
+    vv = schema.vvols
+    conn.execute(update(vv).where(vv.c.space_at.is_(None)).values(charge=vv.c.size))
+
+
+def _v11_unique_targets(conn: Connection) -> None:
+    """Two targets of one endpoint never share a tid (a safety net under the
+    allocator's lock on the endpoint row, for many writers on PostgreSQL)."""
+    for index in schema.pe_targets.indexes:
+        index.create(conn, checkfirst=True)
 
 
 MIGRATIONS: list[Migration] = [
@@ -128,6 +174,7 @@ MIGRATIONS: list[Migration] = [
     _v8_array_settings,
     _v9_events,
     _v10_space,
+    _v11_unique_targets,
 ]
 
 
@@ -152,6 +199,12 @@ class Database:
         return int(row[0]) if row else 0
 
     def migrate(self) -> int:
+        if self.engine.dialect.name == "postgresql":
+            with self.tx() as conn:
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATE_LOCK})
+                schema.schema_version.create(conn, checkfirst=True)
+                _apply(conn)
+            return self.version()
         schema.schema_version.create(self.engine, checkfirst=True)
         with self.tx() as conn:
             if conn.execute(select(schema.schema_version.c.version)).first() is None:
@@ -169,9 +222,23 @@ class Database:
         self.engine.dispose()
 
 
+def _apply(conn: Connection) -> None:
+    """Run the pending migrations inside ``conn``'s transaction (PostgreSQL)."""
+    row = conn.execute(select(schema.schema_version.c.version)).first()
+    if row is None:
+        conn.execute(schema.schema_version.insert().values(version=0))
+    current = int(row[0]) if row else 0
+    for number, migration in enumerate(MIGRATIONS, start=1):
+        if number > current:
+            migration(conn)
+            conn.execute(schema.schema_version.update().values(version=number))
+
+
 def _make_engine(url: str) -> Engine:
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
+        # A thread per request in serve: room for the API's worker threads plus
+        # the background ones, each holding at most one connection at a time.
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=30)
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
     @event.listens_for(engine, "connect")

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, delete, func, or_, select, update
 
+from .db import insert_ignore
 from .eventschema import OP_BUCKETS, event_counts, events, findings, op_stats
 from .schema import hosts, journal, op_owners, vvols
 
@@ -60,9 +61,11 @@ def insert(conn: Connection, ev: Event) -> int:
 
 def _bump(conn: Connection, kind: str, severity: str) -> None:
     where = and_(event_counts.c.kind == kind, event_counts.c.severity == severity)
-    done = conn.execute(update(event_counts).where(where).values(count=event_counts.c["count"] + 1))
-    if done.rowcount == 0:
-        conn.execute(event_counts.insert().values(kind=kind, severity=severity, count=1))
+    bump = update(event_counts).where(where).values(count=event_counts.c["count"] + 1)
+    if conn.execute(bump).rowcount == 0 and not insert_ignore(
+        conn, event_counts, kind=kind, severity=severity, count=1
+    ):
+        conn.execute(bump)  # another writer made the row first
 
 
 def query(
@@ -232,27 +235,23 @@ def _tenant_of(conn: Connection, vvol_id: str | None, owner: Any) -> str | None:
 
 def _observe(conn: Connection, op: str, outcome: str, seconds: float) -> None:
     where = and_(op_stats.c.op == op, op_stats.c.outcome == outcome)
-    row = conn.execute(select(op_stats).where(where)).first()
-    buckets = json.loads(row.buckets) if row else [0] * len(OP_BUCKETS)
+    zero = json.dumps([0] * len(OP_BUCKETS))
+    insert_ignore(conn, op_stats, op=op, outcome=outcome, count=0, seconds=0.0, buckets=zero)
+    # the row lock keeps two writers from both adding to the same old buckets
+    row = conn.execute(select(op_stats.c.buckets).where(where).with_for_update()).one()
+    buckets = json.loads(row.buckets)
     for i, bound in enumerate(OP_BUCKETS):
         if seconds <= bound:
             buckets[i] += 1
-    if row is None:
-        conn.execute(
-            op_stats.insert().values(
-                op=op, outcome=outcome, count=1, seconds=seconds, buckets=json.dumps(buckets)
-            )
+    conn.execute(
+        update(op_stats)
+        .where(where)
+        .values(
+            count=op_stats.c["count"] + 1,
+            seconds=op_stats.c.seconds + seconds,
+            buckets=json.dumps(buckets),
         )
-    else:
-        conn.execute(
-            update(op_stats)
-            .where(where)
-            .values(
-                count=op_stats.c["count"] + 1,
-                seconds=op_stats.c.seconds + seconds,
-                buckets=json.dumps(buckets),
-            )
-        )
+    )
 
 
 @dataclass(frozen=True)
@@ -291,7 +290,7 @@ def sync_findings(
     new = [(t, k) for t, k in found.items() if t not in known]
     gone = [(t, k) for t, k in known.items() if t not in found]
     for text, kind in new:
-        conn.execute(findings.insert().values(text=text, kind=kind, first_seen=now, last_seen=now))
+        insert_ignore(conn, findings, text=text, kind=kind, first_seen=now, last_seen=now)
     if found:
         conn.execute(update(findings).where(findings.c.text.in_(list(found))).values(last_seen=now))
     for text, _kind in gone:
