@@ -33,6 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
+from ..errors import InvalidInput
 from . import eventschema, schema
 
 Migration = Callable[[Connection], None]
@@ -234,11 +235,24 @@ def _apply(conn: Connection) -> None:
             conn.execute(schema.schema_version.update().values(version=number))
 
 
+def _refuse_nul(
+    _conn: Connection, _cursor: Any, _stmt: str, params: Any, _ctx: Any, _many: bool
+) -> None:
+    """PostgreSQL text cannot hold NUL; SQLite can.  A NUL in a value (a name or
+    reference from a request) is bad input on PostgreSQL, never a database error."""
+    for group in params if isinstance(params, (list, tuple)) else [params]:
+        values = group.values() if isinstance(group, dict) else group or ()
+        if any(isinstance(v, str) and "\x00" in v for v in values):
+            raise InvalidInput(detail="text with a NUL character cannot be stored or looked up")
+
+
 def _make_engine(url: str) -> Engine:
     if not url.startswith("sqlite"):
         # A thread per request in serve: room for the API's worker threads plus
         # the background ones, each holding at most one connection at a time.
-        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=30)
+        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=30)
+        event.listen(engine, "before_cursor_execute", _refuse_nul)
+        return engine
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
     @event.listens_for(engine, "connect")
