@@ -11,7 +11,9 @@ so it is stopped by its PID), both as the ``postgres`` user when we are root
       pids/postgres.pid      see vvhost.labpids (a crashed run is reaped by PID)
       postgres.log
 
-Tests run without fsync (``durable=False``): a crash loses the lab anyway.
+Tests run without fsync; commits never wait for the WAL flush unless
+``synchronous_commit=True`` (SQLite's WAL with ``synchronous=NORMAL`` does not
+wait either: a power cut may lose the last commits, never corrupt).
 Each test gets its own database (``create_database`` / ``drop_database``).
 """
 
@@ -52,7 +54,8 @@ class PgLab:
     workdir: str = ""  # "" : a new directory under the system temporary directory
     port: int = 0  # 0: a free one
     tcp: bool = False
-    durable: bool = False
+    fsync: bool = False  # tests: off (a crash loses the lab anyway)
+    synchronous_commit: bool = False  # off: like SQLite's WAL + synchronous=NORMAL
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _made_dir: bool = field(default=False, init=False, repr=False)
 
@@ -166,8 +169,10 @@ class PgLab:
             "max_connections": "200",
             "shared_buffers": "64MB",
         }
-        if not self.durable:
-            settings.update(fsync="off", synchronous_commit="off", full_page_writes="off")
+        if not self.fsync:
+            settings.update(fsync="off", full_page_writes="off")
+        if not self.synchronous_commit:
+            settings.update(synchronous_commit="off")
         argv = [f"{BINDIR}/postgres", "-D", self.data, "-p", str(self.port)]
         for key, value in settings.items():
             argv += ["-c", f"{key}={value}"]

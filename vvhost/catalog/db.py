@@ -250,7 +250,9 @@ def _make_engine(url: str) -> Engine:
     if not url.startswith("sqlite"):
         # A thread per request in serve: room for the API's worker threads plus
         # the background ones, each holding at most one connection at a time.
-        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=30)
+        # No pre-ping (a round trip per transaction): a dropped connection fails
+        # one transaction, and SQLAlchemy then replaces every pooled connection.
+        engine = create_engine(url, pool_size=10, max_overflow=30)
         event.listen(engine, "before_cursor_execute", _refuse_nul)
         return engine
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
