@@ -32,8 +32,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
 
-from ..errors import InvalidInput
+from ..errors import CatalogUnreachable, InvalidInput
 from . import eventschema, schema
 
 Migration = Callable[[Connection], None]
@@ -183,11 +185,41 @@ def sqlite_url(path: str) -> str:
     return f"sqlite:///{path}"
 
 
+def catalog_url(url: str) -> str:
+    """``url`` checked: SQLite, or PostgreSQL through psycopg 3 (``postgresql://``
+    and ``postgres://`` mean ``postgresql+psycopg://``)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise InvalidInput(detail=f"not a database URL: {url!r}") from None
+    if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg"):
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    if parsed.drivername == "sqlite":
+        return url
+    raise InvalidInput(
+        detail=f"catalog URL {safe_url(url)}: use sqlite:///FILE or postgresql://USER@HOST/DB"
+    )
+
+
+def safe_url(url: str) -> str:
+    """``url`` with its password hidden, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(unparsable URL)"
+
+
 class Database:
     def __init__(self, url: str) -> None:
-        self.url = url
-        self.engine = _make_engine(url)
-        self.migrate()
+        self.url = catalog_url(url)
+        try:
+            self.engine = _make_engine(self.url)
+            self.migrate()
+        except (OperationalError, InterfaceError) as exc:
+            if hasattr(self, "engine"):
+                self.engine.dispose()
+            detail = str(exc.orig or exc).strip().splitlines()[0]
+            raise CatalogUnreachable(url=safe_url(self.url), detail=detail) from None
 
     @contextmanager
     def tx(self) -> Iterator[Connection]:
