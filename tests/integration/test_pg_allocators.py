@@ -6,6 +6,7 @@ The event counters count every event exactly once."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -19,7 +20,7 @@ from sqlalchemy import create_engine, func, select
 
 from tests.runner import run
 from vvhost.catalog.eventschema import event_counts, events
-from vvhost.catalog.schema import bindings, pe_targets
+from vvhost.catalog.schema import bindings, pe_targets, pes
 from vvhost.client import Client
 from vvhost.daemon import ServerProcess, free_port
 
@@ -135,3 +136,18 @@ def test_concurrent_iscsi_binds_get_distinct_targets_and_luns(pgplane: PgPlane) 
         assert "read 1048576/1048576" in out, out
     report = pgplane.api.audit()
     assert report["ok"], report["problems"]
+
+
+def test_concurrent_endpoint_creates_get_distinct_control_ports(pgplane: PgPlane) -> None:
+    portals = [f"127.0.0.1:{free_port()}" for _ in range(6)]
+    _hammer(pgplane, 6, 1, lambda c, n, _i: c.pe_create(f"iscsi-{n}", "iscsi", portal=portals[n]))
+    engine = create_engine(pgplane.url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(select(pes.c.name, pes.c.config).where(pes.c.protocol == "iscsi"))
+            ports = {name: json.loads(config)["control_port"] for name, config in rows}
+    finally:
+        engine.dispose()
+    assert len(ports) == 7 and len(set(ports.values())) == 7, ports
+    for n in range(6):  # every daemon runs: no two tgtd fought over one control port
+        assert isinstance(pgplane.api.pe(f"iscsi-{n}")["pid"], int)

@@ -15,6 +15,7 @@ starting together migrate once.  Every dialect difference lives in this module.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -46,6 +47,15 @@ _MIGRATE_LOCK = 0x767668_6F7374
 
 def is_postgres(conn: Connection) -> bool:
     return conn.dialect.name == "postgresql"
+
+
+def serialize(conn: Connection, name: str) -> None:
+    """Let one transaction at a time past this point for ``name`` (until it ends):
+    a transaction-scoped advisory lock on PostgreSQL; SQLite's BEGIN IMMEDIATE
+    already lets one writer at a time in."""
+    if is_postgres(conn):
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
 
 
 def insert_ignore(conn: Connection, table: Table, **values: Any) -> bool:
