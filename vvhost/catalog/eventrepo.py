@@ -235,10 +235,13 @@ def _tenant_of(conn: Connection, vvol_id: str | None, owner: Any) -> str | None:
 
 def _observe(conn: Connection, op: str, outcome: str, seconds: float) -> None:
     where = and_(op_stats.c.op == op, op_stats.c.outcome == outcome)
-    zero = json.dumps([0] * len(OP_BUCKETS))
-    insert_ignore(conn, op_stats, op=op, outcome=outcome, count=0, seconds=0.0, buckets=zero)
     # the row lock keeps two writers from both adding to the same old buckets
-    row = conn.execute(select(op_stats.c.buckets).where(where).with_for_update()).one()
+    locked = select(op_stats.c.buckets).where(where).with_for_update()
+    row = conn.execute(locked).first()
+    if row is None:  # the first of its kind (or another writer makes it right now)
+        zero = json.dumps([0] * len(OP_BUCKETS))
+        insert_ignore(conn, op_stats, op=op, outcome=outcome, count=0, seconds=0.0, buckets=zero)
+        row = conn.execute(locked).one()
     buckets = json.loads(row.buckets)
     for i, bound in enumerate(OP_BUCKETS):
         if seconds <= bound:
