@@ -34,12 +34,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 
-from ..errors import CatalogUnreachable, InvalidInput
+from ..errors import CatalogUnreachable, Conflict, InvalidInput
 from . import eventschema, schema
 
 Migration = Callable[[Connection], None]
+
+_RETRYABLE = {"40P01", "40001"}  # deadlock_detected, serialization_failure
 
 # pg_advisory_xact_lock key that serialises migrations ("vvhost" in ASCII).
 _MIGRATE_LOCK = 0x767668_6F7374
@@ -233,8 +235,18 @@ class Database:
 
     @contextmanager
     def tx(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
-            yield conn
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except DBAPIError as exc:
+            # PostgreSQL ends one of two transactions that wait on each other
+            # (deadlock) or that cannot be serialized: the caller may try again.
+            if getattr(exc.orig, "sqlstate", None) in _RETRYABLE:
+                raise Conflict(
+                    detail="the catalog ended this change because another one ran at the "
+                    "same time; try again"
+                ) from None
+            raise
 
     def version(self) -> int:
         with self.engine.connect() as conn:

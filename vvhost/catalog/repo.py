@@ -118,6 +118,13 @@ def insert_container(conn: Connection, c: Container) -> None:
         )
 
 
+def lock_container(conn: Connection, container_id: str) -> None:
+    """Hold the container's row until the transaction ends (PostgreSQL; SQLite's
+    single writer needs nothing): writers that take it first never deadlock on
+    its vvols."""
+    conn.execute(select(containers.c.id).where(containers.c.id == container_id).with_for_update())
+
+
 def get_container(conn: Connection, ref: str) -> Container | None:
     """By id or name; one query (a round trip less on a networked catalog)."""
     q = (
