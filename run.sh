@@ -14,7 +14,7 @@ DEBS=(python3 python3-venv python3-dev gcc util-linux e2fsprogs xfsprogs btrfs-p
       libnbd-bin openssl libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
       parted iproute2
       ceph-mon ceph-osd ceph-mgr ceph-common python3-rbd python3-rados
-      prometheus)
+      prometheus postgresql-15)
 # The librados/librbd bindings (python3-rados, python3-rbd) exist only for
 # Debian's own interpreter, so the virtualenv is built from it and sees its
 # system site-packages.

@@ -17,6 +17,7 @@ setup(
         "qemu.qmp>=0.0.3",
         "libvirt-python>=9.0",
         "prometheus_client>=0.16",
+        "psycopg[binary]>=3.1",
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6"],

@@ -8,6 +8,10 @@
   socket served by a ``vvhost serve`` child process: the contract tests run on both.
 - ``ceph_cluster``, ``ceph_pool``: a private Ceph cluster per session and a
   fresh RBD pool per test (``tests/cephfixtures.py``).
+- ``db_url``: the catalog of ``service`` and ``api``: SQLite, or a database of a
+  private PostgreSQL started once per session (``tests/pgfixtures.py``).  The
+  PostgreSQL variants run in tests/contract only, and only on ext4, to keep
+  the added time small.
 """
 
 from __future__ import annotations
@@ -28,7 +32,25 @@ from vvhost.daemon import ServerProcess
 from vvhost.service import Config, Service
 from vvhost.service.context import DEFAULT_ARRAY_ENV
 
-pytest_plugins = ["tests.cephfixtures"]
+pytest_plugins = ["tests.cephfixtures", "tests.pgfixtures"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """PostgreSQL variants: contract tests on ext4 only (the catalog does not
+    depend on the filesystem or the array under the plane)."""
+    keep, drop = [], []
+    for item in items:
+        params = getattr(item, "callspec", None)
+        params = params.params if params else {}
+        pg = params.get("db_url") == "pg"
+        contract = os.sep + "contract" + os.sep in str(item.path)
+        if pg and (not contract or params.get("plane_dir", "ext4") != "ext4"):
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @pytest.fixture(scope="session")
@@ -83,9 +105,11 @@ def default_array(
 
 
 @pytest.fixture
-def service(plane_dir: str, default_array: dict[str, str] | None) -> Iterator[Service]:
+def service(
+    plane_dir: str, default_array: dict[str, str] | None, db_url: str | None
+) -> Iterator[Service]:
     state = os.path.join(plane_dir, "state")
-    svc = Service(Config(state_dir=state, default_array=default_array))
+    svc = Service(Config(state_dir=state, default_array=default_array, db_url=db_url))
     svc.start()
     try:
         yield svc
@@ -95,11 +119,14 @@ def service(plane_dir: str, default_array: dict[str, str] | None) -> Iterator[Se
 
 @pytest.fixture(params=["in-process", "socket"])
 def api(
-    request: pytest.FixtureRequest, plane_dir: str, default_array: dict[str, str] | None
+    request: pytest.FixtureRequest,
+    plane_dir: str,
+    default_array: dict[str, str] | None,
+    db_url: str | None,
 ) -> Iterator[Client]:
     state = os.path.join(plane_dir, "state")
     if request.param == "in-process":
-        svc = Service(Config(state_dir=state, default_array=default_array))
+        svc = Service(Config(state_dir=state, default_array=default_array, db_url=db_url))
         svc.start()
         client = Client.in_process(create_app(svc))
         try:
@@ -109,7 +136,10 @@ def api(
             svc.close()
         return
     env = {DEFAULT_ARRAY_ENV: json.dumps(default_array)} if default_array else {}
-    server = ServerProcess(state, socket_path=os.path.join(plane_dir, "s.sock"), env=env).start()
+    args = ["--db-url", db_url] if db_url else []
+    server = ServerProcess(
+        state, socket_path=os.path.join(plane_dir, "s.sock"), env=env, args=args
+    ).start()
     client = server.client()
     try:
         yield client

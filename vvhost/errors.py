@@ -289,3 +289,15 @@ class ReserveReached(CapacityExceeded):
 
 
 ERRORS_BY_CODE.update({cls.code: cls for cls in (ReserveReached,)})
+
+
+class CatalogUnreachable(VvhostError):
+    """The catalog database (SQLite file or PostgreSQL server) cannot be opened."""
+
+    code = "catalog-unreachable"
+    status = 503
+    exit_code = 7
+    template = "cannot open the catalog {url}: {detail}"
+
+
+ERRORS_BY_CODE.update({cls.code: cls for cls in (CatalogUnreachable,)})

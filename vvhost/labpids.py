@@ -28,9 +28,16 @@ _PR_SET_PDEATHSIG = 1
 
 
 def spawn(
-    piddir: str, name: str, argv: list[str], log: str, cwd: str, die_with_parent: bool = True
+    piddir: str,
+    name: str,
+    argv: list[str],
+    log: str,
+    cwd: str,
+    die_with_parent: bool = True,
+    user: str | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start ``argv`` (stdout+stderr appended to ``log``) and record it as ``piddir/NAME.pid``."""
+    """Start ``argv`` (stdout+stderr appended to ``log``) and record it as ``piddir/NAME.pid``;
+    with ``user``, as that user (its own group, no supplementary groups)."""
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             argv,
@@ -40,6 +47,9 @@ def spawn(
             start_new_session=True,
             cwd=cwd,
             preexec_fn=_die_with_parent if die_with_parent else None,
+            user=user,
+            group=user,
+            extra_groups=[] if user else None,
         )
     me = os.getpid()
     record = f"{proc.pid}\n{shlex.join(argv)}\n{me} {starttime(me)}\n"
@@ -50,10 +60,13 @@ def spawn(
     return proc
 
 
-def stop(piddir: str, name: str, proc: subprocess.Popen[bytes], grace: float) -> None:
-    """SIGTERM a daemon ``spawn`` started, wait ``grace`` seconds, then SIGKILL; forget it."""
+def stop(
+    piddir: str, name: str, proc: subprocess.Popen[bytes], grace: float, sig: int = signal.SIGTERM
+) -> None:
+    """Signal a daemon ``spawn`` started (SIGTERM), wait ``grace`` seconds, then SIGKILL;
+    forget it."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         try:
             proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -166,9 +167,27 @@ segments = st.one_of(
 ).filter(lambda s: s not in (".", ".."))
 
 
+@pytest.fixture(scope="module", params=["sqlite", "pg"])
+def catalog_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """The fuzzed plane's catalog: SQLite, or a database of the session's PostgreSQL."""
+    if request.param == "sqlite":
+        yield None
+        return
+    lab = request.getfixturevalue("pg_server")
+    name = f"fuzz_{uuid.uuid4().hex[:12]}"
+    url = lab.create_database(name)
+    try:
+        yield url
+    finally:
+        lab.drop_database(name)
+
+
 @pytest.fixture(scope="module")
-def clients(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[TestClient]]:
-    svc = Service(Config(state_dir=os.path.join(str(tmp_path_factory.mktemp("fuzz")), "s")))
+def clients(
+    tmp_path_factory: pytest.TempPathFactory, catalog_url: str | None
+) -> Iterator[list[TestClient]]:
+    state = os.path.join(str(tmp_path_factory.mktemp("fuzz")), "s")
+    svc = Service(Config(state_dir=state, db_url=catalog_url))
     svc.start()
     svc.containers.create("pool", "1G")
     svc.vvols.create("pool", "1M", name="v")

@@ -9,11 +9,12 @@ import time
 
 import pytest
 
+from vvhost.arrays import DirSettings
 from vvhost.catalog import repo, vvolrepo
 from vvhost.catalog.db import MIGRATIONS, Database, sqlite_url
 from vvhost.errors import StaleGeneration
 from vvhost.locks import LockTable
-from vvhost.model import Container, JournalEntry, Vvol
+from vvhost.model import Array, Container, JournalEntry, Vvol
 from vvhost.service.recovery import HANDLERS
 
 
@@ -33,6 +34,10 @@ def _container(db: Database, capacity: int = 100) -> Container:
         created=time.time(),
     )
     with db.tx() as conn:
+        # the array the vvols below name: PostgreSQL checks foreign keys, SQLite does not
+        repo.insert_array(
+            conn, Array("a1", "a1", "dir", DirSettings("/nonexistent"), {}, time.time())
+        )
         repo.insert_container(conn, c)
     return c
 

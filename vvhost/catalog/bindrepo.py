@@ -101,7 +101,15 @@ def target_for(conn: Connection, pe_id: str, owner: str) -> tuple[int, str] | No
     return (row.tid, row.iqn) if row else None
 
 
+def lock_pe(conn: Connection, pe_id: str) -> None:
+    """Hold endpoint ``pe_id``'s row until the transaction ends, so the targets and
+    LUNs of one endpoint are chosen by one writer at a time (PostgreSQL; SQLite's
+    BEGIN IMMEDIATE already serialises every writer and leaves FOR UPDATE out)."""
+    conn.execute(select(pes.c.id).where(pes.c.id == pe_id).with_for_update())
+
+
 def add_target(conn: Connection, pe_id: str, owner: str, iqn: str) -> int:
+    """A new target of ``pe_id`` with the next tid; call under :func:`lock_pe`."""
     top = conn.execute(
         select(func.max(pe_targets.c.tid)).where(pe_targets.c.pe_id == pe_id)
     ).scalar()

@@ -1,22 +1,71 @@
-"""Engine, transactions and schema migrations.
+"""Engine, transactions and schema migrations, on SQLite and on PostgreSQL.
 
 SQLite runs in WAL mode and every transaction starts with ``BEGIN IMMEDIATE``
 so concurrent writers queue on the database lock instead of failing on a
-read-to-write upgrade.  Migrations are numbered; ``schema_version`` holds the
-highest one applied, and each runs in its own transaction.
+read-to-write upgrade.  PostgreSQL (``postgresql+psycopg://...``) runs at READ
+COMMITTED with many writers at once: allocators there take row locks
+(``SELECT ... FOR UPDATE``, which SQLite leaves out) or atomic updates
+(``UPDATE ... RETURNING``), and "insert unless there" is :func:`insert_ignore`.
+
+Migrations are numbered; ``schema_version`` holds the highest one applied.  On
+SQLite each runs in its own transaction; on PostgreSQL (transactional DDL) all
+pending ones run in one transaction under an advisory lock, so control planes
+starting together migrate once.  Every dialect difference lives in this module.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    create_engine,
+    event,
+    inspect,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 
+from ..errors import CatalogUnreachable, Conflict, InvalidInput
 from . import eventschema, schema
 
 Migration = Callable[[Connection], None]
+
+_RETRYABLE = {"40P01", "40001"}  # deadlock_detected, serialization_failure
+
+# pg_advisory_xact_lock key that serialises migrations ("vvhost" in ASCII).
+_MIGRATE_LOCK = 0x767668_6F7374
+
+
+def is_postgres(conn: Connection) -> bool:
+    return conn.dialect.name == "postgresql"
+
+
+def serialize(conn: Connection, name: str) -> None:
+    """Let one transaction at a time past this point for ``name`` (until it ends):
+    a transaction-scoped advisory lock on PostgreSQL; SQLite's BEGIN IMMEDIATE
+    already lets one writer at a time in."""
+    if is_postgres(conn):
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+
+
+def insert_ignore(conn: Connection, table: Table, **values: Any) -> bool:
+    """INSERT ``values`` unless a row with the same key (or another unique value)
+    is there; True when this call inserted it.  Race-free on both databases."""
+    dialect = postgresql if is_postgres(conn) else sqlite
+    stmt = dialect.insert(table).values(**values).on_conflict_do_nothing()
+    return bool(conn.execute(stmt).rowcount)
 
 
 def _v1(conn: Connection) -> None:
@@ -85,12 +134,16 @@ def _v8_array_settings(conn: Connection) -> None:
     only ``dir`` filled; vvols keep where their array put them (``locator``)."""
     _add_column(conn, "arrays", "settings", "TEXT")
     _add_column(conn, "vvols", "locator", "TEXT")
-    columns = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(arrays)")}
-    if "path" in columns:
-        conn.exec_driver_sql(
-            "UPDATE arrays SET settings = json_object('path', path) WHERE settings IS NULL"
-        )
-        conn.exec_driver_sql("ALTER TABLE arrays DROP COLUMN path")
+    columns = {c["name"] for c in inspect(conn).get_columns("arrays")}
+    if "path" in columns:  # only catalogs made before version 8 have it
+        rows = conn.execute(text("SELECT id, path FROM arrays WHERE settings IS NULL")).all()
+        for array_id, path in rows:
+            conn.execute(
+                update(schema.arrays)
+                .where(schema.arrays.c.id == array_id)
+                .values(settings=json.dumps({"path": path}))
+            )
+        conn.execute(text("ALTER TABLE arrays DROP COLUMN path"))  # SQLite >= 3.35
 
 
 def _v9_events(conn: Connection) -> None:
@@ -114,7 +167,15 @@ def _v10_space(conn: Connection) -> None:
     _add_column(conn, "vvols", "charge", "BIGINT NOT NULL DEFAULT 0")
     _add_column(conn, "vvols", "held", "BIGINT NOT NULL DEFAULT 0")
     _add_column(conn, "vvols", "space_at", "FLOAT")
-    conn.exec_driver_sql("UPDATE vvols SET charge = size WHERE space_at IS NULL")
+    vv = schema.vvols
+    conn.execute(update(vv).where(vv.c.space_at.is_(None)).values(charge=vv.c.size))
+
+
+def _v11_unique_targets(conn: Connection) -> None:
+    """Two targets of one endpoint never share a tid (a safety net under the
+    allocator's lock on the endpoint row, for many writers on PostgreSQL)."""
+    for index in schema.pe_targets.indexes:
+        index.create(conn, checkfirst=True)
 
 
 MIGRATIONS: list[Migration] = [
@@ -128,6 +189,7 @@ MIGRATIONS: list[Migration] = [
     _v8_array_settings,
     _v9_events,
     _v10_space,
+    _v11_unique_targets,
 ]
 
 
@@ -135,16 +197,56 @@ def sqlite_url(path: str) -> str:
     return f"sqlite:///{path}"
 
 
+def catalog_url(url: str) -> str:
+    """``url`` checked: SQLite, or PostgreSQL through psycopg 3 (``postgresql://``
+    and ``postgres://`` mean ``postgresql+psycopg://``)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise InvalidInput(detail=f"not a database URL: {url!r}") from None
+    if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg"):
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    if parsed.drivername == "sqlite":
+        return url
+    raise InvalidInput(
+        detail=f"catalog URL {safe_url(url)}: use sqlite:///FILE or postgresql://USER@HOST/DB"
+    )
+
+
+def safe_url(url: str) -> str:
+    """``url`` with its password hidden, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(unparsable URL)"
+
+
 class Database:
     def __init__(self, url: str) -> None:
-        self.url = url
-        self.engine = _make_engine(url)
-        self.migrate()
+        self.url = catalog_url(url)
+        try:
+            self.engine = _make_engine(self.url)
+            self.migrate()
+        except (OperationalError, InterfaceError) as exc:
+            if hasattr(self, "engine"):
+                self.engine.dispose()
+            detail = str(exc.orig or exc).strip().splitlines()[0]
+            raise CatalogUnreachable(url=safe_url(self.url), detail=detail) from None
 
     @contextmanager
     def tx(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
-            yield conn
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except DBAPIError as exc:
+            # PostgreSQL ends one of two transactions that wait on each other
+            # (deadlock) or that cannot be serialized: the caller may try again.
+            if getattr(exc.orig, "sqlstate", None) in _RETRYABLE:
+                raise Conflict(
+                    detail="the catalog ended this change because another one ran at the "
+                    "same time; try again"
+                ) from None
+            raise
 
     def version(self) -> int:
         with self.engine.connect() as conn:
@@ -152,6 +254,12 @@ class Database:
         return int(row[0]) if row else 0
 
     def migrate(self) -> int:
+        if self.engine.dialect.name == "postgresql":
+            with self.tx() as conn:
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATE_LOCK})
+                schema.schema_version.create(conn, checkfirst=True)
+                _apply(conn)
+            return self.version()
         schema.schema_version.create(self.engine, checkfirst=True)
         with self.tx() as conn:
             if conn.execute(select(schema.schema_version.c.version)).first() is None:
@@ -169,9 +277,38 @@ class Database:
         self.engine.dispose()
 
 
+def _apply(conn: Connection) -> None:
+    """Run the pending migrations inside ``conn``'s transaction (PostgreSQL)."""
+    row = conn.execute(select(schema.schema_version.c.version)).first()
+    if row is None:
+        conn.execute(schema.schema_version.insert().values(version=0))
+    current = int(row[0]) if row else 0
+    for number, migration in enumerate(MIGRATIONS, start=1):
+        if number > current:
+            migration(conn)
+            conn.execute(schema.schema_version.update().values(version=number))
+
+
+def _refuse_nul(
+    _conn: Connection, _cursor: Any, _stmt: str, params: Any, _ctx: Any, _many: bool
+) -> None:
+    """PostgreSQL text cannot hold NUL; SQLite can.  A NUL in a value (a name or
+    reference from a request) is bad input on PostgreSQL, never a database error."""
+    for group in params if isinstance(params, (list, tuple)) else [params]:
+        values = group.values() if isinstance(group, dict) else group or ()
+        if any(isinstance(v, str) and "\x00" in v for v in values):
+            raise InvalidInput(detail="text with a NUL character cannot be stored or looked up")
+
+
 def _make_engine(url: str) -> Engine:
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
+        # A thread per request in serve: room for the API's worker threads plus
+        # the background ones, each holding at most one connection at a time.
+        # No pre-ping (a round trip per transaction): a dropped connection fails
+        # one transaction, and SQLAlchemy then replaces every pooled connection.
+        engine = create_engine(url, pool_size=10, max_overflow=30)
+        event.listen(engine, "before_cursor_execute", _refuse_nul)
+        return engine
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
     @event.listens_for(engine, "connect")

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, delete, func, or_, select, update
 
+from .db import insert_ignore
 from .eventschema import OP_BUCKETS, event_counts, events, findings, op_stats
 from .schema import hosts, journal, op_owners, vvols
 
@@ -60,9 +61,11 @@ def insert(conn: Connection, ev: Event) -> int:
 
 def _bump(conn: Connection, kind: str, severity: str) -> None:
     where = and_(event_counts.c.kind == kind, event_counts.c.severity == severity)
-    done = conn.execute(update(event_counts).where(where).values(count=event_counts.c["count"] + 1))
-    if done.rowcount == 0:
-        conn.execute(event_counts.insert().values(kind=kind, severity=severity, count=1))
+    bump = update(event_counts).where(where).values(count=event_counts.c["count"] + 1)
+    if conn.execute(bump).rowcount == 0 and not insert_ignore(
+        conn, event_counts, kind=kind, severity=severity, count=1
+    ):
+        conn.execute(bump)  # another writer made the row first
 
 
 def query(
@@ -155,17 +158,29 @@ def op_ended(conn: Connection, op_id: str, outcome: str, error: str | None = Non
     """Record that journaled operation ``op_id`` ended (call before its journal
     row goes, in the same transaction): an event saying who ran what on which
     vvol, how it ended and how long it took, and the running totals for metrics."""
-    row = conn.execute(select(journal).where(journal.c.id == op_id)).first()
+    # the entry, its owner and its vvol in one query (one round trip on a networked catalog)
+    q = (
+        select(
+            journal,
+            op_owners.c.kind.label("owner_kind"),
+            op_owners.c.subject.label("owner_subject"),
+            vvols.c.name.label("vvol_name"),
+            vvols.c.tenant.label("vvol_tenant"),
+        )
+        .outerjoin(op_owners, op_owners.c.op_id == journal.c.id)
+        .outerjoin(vvols, vvols.c.id == journal.c.vvol_id)
+        .where(journal.c.id == op_id)
+    )
+    row = conn.execute(q).first()
     if row is None:
         return
     seconds = max(0.0, time.time() - float(row.created)) if row.created else 0.0
-    owner = conn.execute(select(op_owners).where(op_owners.c.op_id == op_id)).first()
     # who: recorded for every operation the API starts under one op id (group
     # snapshots and recovery have none: they are nobody's in particular)
-    who = f"{owner.kind}:{owner.subject}" if owner else None
-    tenant = row.tenant or _tenant_of(conn, row.vvol_id, owner)
+    who = f"{row.owner_kind}:{row.owner_subject}" if row.owner_kind else None
+    tenant = row.tenant or row.vvol_tenant or _host_tenant(conn, row.owner_kind, row.owner_subject)
     failed = outcome != "finished"
-    words = f"{row.op} of vvol {_name_of(conn, row.vvol_id)}" if row.vvol_id else row.op
+    words = f"{row.op} of vvol {row.vvol_name or row.vvol_id}" if row.vvol_id else row.op
     message = f"{words} {outcome} after {seconds:.2f}s" + (f" (by {who})" if who else "")
     if error:
         message += f": {error}"
@@ -212,47 +227,36 @@ def note_error(conn: Connection, op_id: str, error: str) -> None:
             return
 
 
-def _name_of(conn: Connection, vvol_id: str) -> str:
-    """A vvol's name for people (its id when it has none or is gone)."""
-    found = conn.execute(select(vvols.c.name).where(vvols.c.id == vvol_id)).first()
-    return str(found[0]) if found is not None and found[0] else vvol_id
-
-
-def _tenant_of(conn: Connection, vvol_id: str | None, owner: Any) -> str | None:
-    if vvol_id:
-        found = conn.execute(select(vvols.c.tenant).where(vvols.c.id == vvol_id)).first()
-        if found is not None and found[0] is not None:
-            return str(found[0])
-    if owner is not None and owner.kind == "host":
-        host = conn.execute(select(hosts.c.tenant).where(hosts.c.name == owner.subject)).first()
-        if host is not None and host[0] is not None:
-            return str(host[0])
-    return None
+def _host_tenant(conn: Connection, kind: str | None, subject: str | None) -> str | None:
+    """The tenant of the host that started an operation (None for admins and others)."""
+    if kind != "host":
+        return None
+    found = conn.execute(select(hosts.c.tenant).where(hosts.c.name == subject)).first()
+    return str(found[0]) if found is not None and found[0] is not None else None
 
 
 def _observe(conn: Connection, op: str, outcome: str, seconds: float) -> None:
     where = and_(op_stats.c.op == op, op_stats.c.outcome == outcome)
-    row = conn.execute(select(op_stats).where(where)).first()
-    buckets = json.loads(row.buckets) if row else [0] * len(OP_BUCKETS)
+    # the row lock keeps two writers from both adding to the same old buckets
+    locked = select(op_stats.c.buckets).where(where).with_for_update()
+    row = conn.execute(locked).first()
+    if row is None:  # the first of its kind (or another writer makes it right now)
+        zero = json.dumps([0] * len(OP_BUCKETS))
+        insert_ignore(conn, op_stats, op=op, outcome=outcome, count=0, seconds=0.0, buckets=zero)
+        row = conn.execute(locked).one()
+    buckets = json.loads(row.buckets)
     for i, bound in enumerate(OP_BUCKETS):
         if seconds <= bound:
             buckets[i] += 1
-    if row is None:
-        conn.execute(
-            op_stats.insert().values(
-                op=op, outcome=outcome, count=1, seconds=seconds, buckets=json.dumps(buckets)
-            )
+    conn.execute(
+        update(op_stats)
+        .where(where)
+        .values(
+            count=op_stats.c["count"] + 1,
+            seconds=op_stats.c.seconds + seconds,
+            buckets=json.dumps(buckets),
         )
-    else:
-        conn.execute(
-            update(op_stats)
-            .where(where)
-            .values(
-                count=op_stats.c["count"] + 1,
-                seconds=op_stats.c.seconds + seconds,
-                buckets=json.dumps(buckets),
-            )
-        )
+    )
 
 
 @dataclass(frozen=True)
@@ -291,7 +295,7 @@ def sync_findings(
     new = [(t, k) for t, k in found.items() if t not in known]
     gone = [(t, k) for t, k in known.items() if t not in found]
     for text, kind in new:
-        conn.execute(findings.insert().values(text=text, kind=kind, first_seen=now, last_seen=now))
+        insert_ignore(conn, findings, text=text, kind=kind, first_seen=now, last_seen=now)
     if found:
         conn.execute(update(findings).where(findings.c.text.in_(list(found))).values(last_seen=now))
     for text, _kind in gone:

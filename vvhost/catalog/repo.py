@@ -73,19 +73,22 @@ def array_users(conn: Connection, array_id: str) -> list[str]:
     return [r[0] for r in conn.execute(q)]
 
 
-def _container(conn: Connection, row: Row[Any]) -> Container:
-    q = (
-        select(container_arrays.c.array_id)
-        .where(container_arrays.c.container_id == row.id)
-        .order_by(container_arrays.c.position)
-    )
+def _container(conn: Connection, row: Row[Any], arrays: list[str] | None = None) -> Container:
+    """The container of ``row``; its arrays are read unless given."""
+    if arrays is None:
+        q = (
+            select(container_arrays.c.array_id)
+            .where(container_arrays.c.container_id == row.id)
+            .order_by(container_arrays.c.position)
+        )
+        arrays = [r[0] for r in conn.execute(q)]
     return Container(
         id=row.id,
         name=row.name,
         capacity=row.capacity,
         provisioned=row.provisioned,
         tenant=row.tenant,
-        arrays=[r[0] for r in conn.execute(q)],
+        arrays=arrays,
         created=row.created,
         overcommit=float(row.overcommit if row.overcommit is not None else 1.0),
         reserve=int(row.reserve or 0),
@@ -115,11 +118,28 @@ def insert_container(conn: Connection, c: Container) -> None:
         )
 
 
+def lock_container(conn: Connection, container_id: str) -> None:
+    """Hold the container's row until the transaction ends (PostgreSQL; SQLite's
+    single writer needs nothing): writers that take it first never deadlock on
+    its vvols."""
+    conn.execute(select(containers.c.id).where(containers.c.id == container_id).with_for_update())
+
+
 def get_container(conn: Connection, ref: str) -> Container | None:
-    row = conn.execute(
-        select(containers).where((containers.c.id == ref) | (containers.c.name == ref))
-    ).first()
-    return _container(conn, row) if row else None
+    """By id or name; one query (a round trip less on a networked catalog)."""
+    q = (
+        select(containers, container_arrays.c.array_id.label("member"))
+        .outerjoin(container_arrays, container_arrays.c.container_id == containers.c.id)
+        .where((containers.c.id == ref) | (containers.c.name == ref))
+        .order_by(containers.c.id, container_arrays.c.position)
+    )
+    rows = conn.execute(q).all()
+    if not rows:
+        return None
+    # an id and another container's name could both match ``ref``: the id wins
+    first = next((r.id for r in rows if r.id == ref), rows[0].id)
+    mine = [r for r in rows if r.id == first]
+    return _container(conn, mine[0], [r.member for r in mine if r.member is not None])
 
 
 def list_containers(conn: Connection) -> list[Container]:

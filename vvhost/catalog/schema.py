@@ -141,6 +141,7 @@ pe_targets = Table(
     Column("owner", String(128), primary_key=True),
     Column("tid", Integer, nullable=False),
     Column("iqn", String(256), nullable=False),
+    Index("ux_pe_targets_tid", "pe_id", "tid", unique=True),  # migration _v11
 )
 
 bindings = Table(

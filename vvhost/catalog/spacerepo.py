@@ -75,11 +75,19 @@ def record(
     at: float | None = None,
 ) -> int:
     """Store a vvol's figures and move its container's ``provisioned`` by the change
-    of its charge; returns that change (0 when the vvol is gone)."""
+    of its charge; returns that change (0 when the vvol is gone).  ``at``: when the
+    figures were read; figures read earlier than the stored ones are dropped (a slow
+    background refresh never overwrites a newer one).  The row stays locked until
+    the transaction ends, so two writers never both move ``provisioned`` by the
+    same change (PostgreSQL; SQLite has one writer anyway)."""
     row = conn.execute(
-        select(vvols.c.container_id, vvols.c.charge).where(vvols.c.id == vvol_id)
+        select(vvols.c.container_id, vvols.c.charge, vvols.c.space_at)
+        .where(vvols.c.id == vvol_id)
+        .with_for_update()
     ).first()
     if row is None:
+        return 0
+    if at is not None and row.space_at is not None and row.space_at > at:
         return 0
     delta = charge - int(row.charge or 0)
     conn.execute(

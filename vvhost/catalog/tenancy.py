@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, delete, select, update
 
 from ..model import Datastore
+from .db import insert_ignore
 from .schema import (
     containers,
     datastore_containers,
@@ -184,20 +185,24 @@ def delete_datastore(conn: Connection, ds_id: str) -> None:
 
 # -- sequences ---------------------------------------------------------------------------
 def next_value(conn: Connection, name: str) -> int:
-    """The next value of counter ``name`` (starts at 1); call inside a write transaction."""
-    row = conn.execute(select(sequences.c.value).where(sequences.c.name == name)).first()
-    if row is None:
-        conn.execute(sequences.insert().values(name=name, value=1))
-        return 1
-    value = int(row[0]) + 1
-    conn.execute(update(sequences).where(sequences.c.name == name).values(value=value))
-    return value
+    """The next value of counter ``name`` (starts at 1).  One atomic UPDATE ...
+    RETURNING, so concurrent writers (PostgreSQL) never get the same value."""
+    bump = (
+        update(sequences)
+        .where(sequences.c.name == name)
+        .values(value=sequences.c.value + 1)
+        .returning(sequences.c.value)
+    )
+    while True:
+        row = conn.execute(bump).first()
+        if row is not None:
+            return int(row[0])
+        if insert_ignore(conn, sequences, name=name, value=1):
+            return 1
+        # another writer made the counter between the two statements: bump it
 
 
 def get_or_init(conn: Connection, name: str, value: int) -> int:
-    """Counter ``name``'s value, set to ``value`` the first time."""
-    row = conn.execute(select(sequences.c.value).where(sequences.c.name == name)).first()
-    if row is None:
-        conn.execute(sequences.insert().values(name=name, value=value))
-        return value
-    return int(row[0])
+    """Counter ``name``'s value, set to ``value`` the first time (the first writer wins)."""
+    insert_ignore(conn, sequences, name=name, value=value)
+    return int(conn.execute(select(sequences.c.value).where(sequences.c.name == name)).scalar_one())

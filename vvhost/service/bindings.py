@@ -213,6 +213,7 @@ class BindingOps:
                 f"(vvhost host add {h.name} --iqn IQN)"
             )
         owner = "*" if shared else h.name
+        bindrepo.lock_pe(conn, pe.id)  # one writer chooses this endpoint's tids and LUNs
         found = bindrepo.target_for(conn, pe.id, owner)
         if found is None:
             iqn = target_name(pe.config["iqn_prefix"], pe.name, None if shared else h.name)

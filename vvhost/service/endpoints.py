@@ -22,6 +22,7 @@ from sqlalchemy import Connection
 
 from ..arrays.sources import DataSource, FileSource
 from ..catalog import bindrepo, repo, vvolrepo
+from ..catalog.db import serialize
 from ..errors import AlreadyExists, InUse, InvalidInput, NotFound, VvhostError
 from ..model import ACTIVE, ATTACHING, Array, Binding, Host, Pe, Vvol
 from ..pe import PROTOCOLS, Attachment, Endpoint, open_endpoint
@@ -374,6 +375,7 @@ class PeOps:
             if portal is not None:
                 raise InvalidInput(detail="an rbd endpoint has no portal: hosts reach Ceph")
         with self.ctx.db.tx() as conn:
+            serialize(conn, "pe-create")  # portals and control ports: one chooser at a time
             if bindrepo.get_pe(conn, name) is not None:
                 raise AlreadyExists(kind="protocol endpoint", ref=name)
             others = bindrepo.list_pes(conn)

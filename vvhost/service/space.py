@@ -131,6 +131,7 @@ class SpaceOps:
         with self.ctx.db.tx() as conn:
             rows = [v for v in (vvolrepo.get(conn, vid) for vid in wanted) if v is not None]
         read: dict[str, list[tuple[Vvol, Figures]]] = {}
+        read_at = time.time()  # figures read before a newer refresh stored its own are dropped
         for v in rows:
             f = self.figures(v)
             if f is not None:
@@ -138,6 +139,7 @@ class SpaceOps:
         done = 0
         for container_id, batch in read.items():
             with self.ctx.db.tx() as conn:
+                repo.lock_container(conn, container_id)  # before any of its vvols' rows
                 c = repo.get_container(conn, container_id)
                 if c is None:
                     continue
@@ -155,6 +157,7 @@ class SpaceOps:
                         unique=f.unique,
                         charge=charge(fresh.size, fresh.relation, f),
                         held=held(fresh.relation, f),
+                        at=read_at,
                     )
                     done += 1
                 c = repo.get_container(conn, container_id) or c
