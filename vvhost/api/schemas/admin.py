@@ -1,0 +1,60 @@
+"""Answers about the server itself: health, operations, the audit and events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .common import Out, Strict
+
+
+class HealthOut(Strict):
+    ok: bool
+    version: str
+    recovered: Any
+    caller: str
+
+
+class OperationOut(Strict):
+    id: str
+    op: str | None = None
+    step: str | None = None
+    done: int
+    total: int
+
+
+class AuditOut(Out):
+    ok: bool
+    problems: list[Any]
+
+
+class AuditFixOut(AuditOut):
+    repairs: list[Any]
+    resolved: list[Any]
+
+
+class EventOut(Out):
+    id: int
+    kind: str
+    message: str
+
+
+class EventsOut(Strict):
+    """Events after the cursor, oldest first, and the cursor to pass next."""
+
+    events: list[EventOut]
+    cursor: int
+
+
+class VmEventOut(Strict):
+    event: int | None = None
+    recorded: bool
+
+
+class HealthItem(Out):
+    status: str
+
+
+class HealthReport(Strict):
+    status: str
+    items: list[HealthItem]
+    time: float
