@@ -6,6 +6,8 @@
 - ``service``: an in-process control plane on ``fs_dir``.
 - ``api``: an API client against that service, in-process and over a real unix
   socket served by a ``vvhost serve`` child process: the contract tests run on both.
+  Every answer it receives is checked against the server's OpenAPI document
+  (``tests/openapicheck.py``).
 - ``ceph_cluster``, ``ceph_pool``: a private Ceph cluster per session and a
   fresh RBD pool per test (``tests/cephfixtures.py``).
 """
@@ -21,6 +23,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.fsfixtures import loop_capability, make_loop_fs
+from tests.openapicheck import Contract, watch
 from tests.patterns import Patterns
 from vvhost.api.app import create_app
 from vvhost.client import Client
@@ -102,6 +105,7 @@ def api(
         svc = Service(Config(state_dir=state, default_array=default_array))
         svc.start()
         client = Client.in_process(create_app(svc))
+        watch(client.http, Contract(client.http.get("/openapi.json").json()))
         try:
             yield client
         finally:
@@ -111,6 +115,7 @@ def api(
     env = {DEFAULT_ARRAY_ENV: json.dumps(default_array)} if default_array else {}
     server = ServerProcess(state, socket_path=os.path.join(plane_dir, "s.sock"), env=env).start()
     client = server.client()
+    watch(client.http, Contract(client.http.get("/openapi.json").json()))
     try:
         yield client
     finally:

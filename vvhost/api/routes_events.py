@@ -78,7 +78,7 @@ TEXT: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get("/metrics", response_model=None, responses=TEXT)
+@router.get("/metrics", response_model=None, response_class=Response, responses=TEXT)
 def metrics(svc: Svc, p: Caller) -> Response:
     svc.authz.admin(p)
     return Response(content=svc.metrics.render(), media_type=CONTENT_TYPE)

@@ -207,7 +207,7 @@ def vvol_bitmap(
     return _view(p, svc.data.bitmap(vid, base_id, chunk, method))
 
 
-@router.get("/vvols/{ref}/data", response_model=None, responses=BYTES)
+@router.get("/vvols/{ref}/data", response_model=None, response_class=Response, responses=BYTES)
 def vvol_read(
     svc: Svc,
     p: Caller,

@@ -39,7 +39,7 @@ class Page(Strict, Generic[T]):
     following page, null on the last one."""
 
     items: list[T]
-    next: str | None = None
+    next: str | None
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -51,6 +51,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (404, "not found (or not visible to the caller)"),
         (409, "conflict: in use, already exists, stale generation, busy"),
         (413, "request body too large"),
+        (422, "stored data is corrupt"),
         (500, "internal error"),
         (502, "a backend or endpoint failed"),
         (503, "unavailable: an array or daemon is offline"),
