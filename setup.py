@@ -19,7 +19,7 @@ setup(
         "prometheus_client>=0.16",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6"],
+        "test": ["pytest>=8", "hypothesis>=6", "jsonschema>=4.18"],
     },
     entry_points={"console_scripts": ["vvhost=vvhost.cli:entry"]},
 )

@@ -5,6 +5,7 @@ and the client refuses an answer off the shared models."""
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +16,7 @@ from starlette.testclient import TestClient
 from tests.openapicheck import Contract, ContractBroken, watch
 from vvhost.api.app import create_app
 from vvhost.client import Client
-from vvhost.errors import InternalError, InvalidInput
+from vvhost.errors import InternalError, InvalidInput, NotFound
 from vvhost.service import Config, Service
 
 ERROR_STATUSES = {"400", "404", "409", "500"}
@@ -181,3 +182,72 @@ def test_the_client_refuses_an_answer_off_the_models() -> None:
         api.health()  # a field the model does not declare
     with pytest.raises(InternalError, match="items.0"):
         api.arrays()  # an array without its fields
+
+
+def test_every_route_answers_as_documented(
+    plane: tuple[Service, Client, Contract], tmp_path: Any
+) -> None:
+    """One pass over the routes the lifecycle tests leave out; the contract check
+    validates each answer (``contract.checked`` records which were seen)."""
+    _svc, api, contract = plane
+    assert api.health()["ok"] is True
+    (array,) = api.arrays()
+    assert api.array(array["id"])["free"] > 0 and api.array_reap(array["id"])["array"]
+    api.container_create("pool", "1G")
+    assert api.container_refresh("pool")["space"]["vvols"] == 0
+    api.datastore_create("ds", "512M", ["pool"])
+    api.tenant_create("t")
+    host = api.host_add("h1", tenant="t")
+    assert host["token"] and api.host_token_rotate("h1")["token"] != host["token"]
+    assert api.host("h1")["bindings"] == 0 and [h["name"] for h in api.hosts()] == ["h1"]
+    made = api.admin_token("ops")
+    assert [t["name"] for t in api.admin_tokens()] == ["ops"] and made["token"]
+    assert api.admin_token_revoke("ops")["admin_tokens_left"] == 0
+    for name in ("f1", "f2"):
+        api.pe_create(name, "file", path=str(tmp_path / name))
+    assert [p["name"] for p in api.pes()] == ["f1", "f2"] and api.pe("f1")["alive"]
+    op = str(uuid.uuid4())
+    disk = api.vvol_create("pool", "4M", name="disk", op_id=op)
+    with pytest.raises(NotFound):  # a finished operation leaves no progress behind
+        api.operation(op)
+    cfg = api.vvol_create(None, "1M", type="config", name="vm1", datastore="ds")
+    handle = api.bind_one(disk["id"], "h1", pe="f1")
+    assert handle["protocol"] == "file" and handle["pe"] == "f1"
+    assert api.rebind(disk["id"], "h1", "f2")["pe"] == "f2"
+    assert [b["pe"] for b in api.bindings(host="h1")] == ["f2"]
+    assert api.datastore_resolve("ds", "h1")["host"] == "h1"
+    (gone,) = api.unbind([disk["id"]], "h1")
+    assert gone["ok"] and api.bindings() == []
+    lease = api.lease_acquire(cfg["id"], "h1", "snapshot", 1234, 30.0)
+    assert lease["token"] and api.lease_show(cfg["id"])["lease"]["op"] == "snapshot"
+    assert api.lease_renew(cfg["id"], lease["token"], 30.0)["epoch"] == lease["epoch"]
+    assert api.lease_release(cfg["id"], lease["token"])["released"] is True
+    assert api.vm_event("h1", "vm1", "resumed", ["vda"])["recorded"] is False
+    assert api.host_nbd_credentials("h1")["host"] == "h1"
+    got = api.events()
+    assert got["events"] and got["cursor"] >= got["events"][-1]["id"]
+    assert api.health_report()["status"] in ("ok", "warning", "critical")
+    assert api.audit()["ok"] and api.audit_fix()["ok"]
+    api.host_remove("h1")
+    api.pe_delete("f2")
+    api.tenant_delete("t")
+    seen = {(m, t) for m, t, _s in contract.checked}
+    for route in (
+        ("GET", "/v1/arrays/{ref}"),
+        ("POST", "/v1/arrays/{ref}/reap"),
+        ("POST", "/v1/hosts/{name}/token"),
+        ("DELETE", "/v1/admin-tokens/{name}"),
+        ("POST", "/v1/vvols/{ref}/rebind"),
+        ("GET", "/v1/bindings"),
+        ("POST", "/v1/vvols/{ref}/lease"),
+        ("PUT", "/v1/vvols/{ref}/lease"),
+        ("DELETE", "/v1/vvols/{ref}/lease"),
+        ("POST", "/v1/hosts/{name}/vm-events"),
+        ("GET", "/v1/hosts/{name}/nbd-credentials"),
+        ("GET", "/v1/events"),
+        ("GET", "/v1/health/report"),
+        ("POST", "/v1/audit/fix"),
+        ("GET", "/v1/ops/{op_id}"),
+        ("DELETE", "/v1/pes/{ref}"),
+    ):
+        assert route in seen, route

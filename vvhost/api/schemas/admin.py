@@ -32,10 +32,15 @@ class AuditFixOut(AuditOut):
     resolved: list[Any]
 
 
-class EventOut(Out):
+class EventOut(Strict):
     id: int
     kind: str
     message: str
+    severity: str
+    subject: str
+    fields: dict[str, Any]
+    tenant: str | None = None
+    time: float
 
 
 class EventsOut(Strict):
@@ -50,8 +55,13 @@ class VmEventOut(Strict):
     recorded: bool
 
 
-class HealthItem(Out):
+class HealthItem(Strict):
+    kind: str
+    name: str
     status: str
+    detail: str
+    advice: str = ""
+    figures: dict[str, Any]
 
 
 class HealthReport(Strict):

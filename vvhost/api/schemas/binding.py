@@ -46,12 +46,17 @@ class LeaseOut(Out):
     """A lease taken or renewed; ``token`` (on taking) renews and releases it."""
 
     vvol: str
+    tenant: str | None = None
     host: str
     op: str
     pid: int
-    epoch: int
+    since: float
+    since_utc: str
+    expires: float
     expires_in: float
+    epoch: int
     token: str | None = None
+    taken_over: dict[str, Any] | None = None
 
 
 class LeaseReleased(Strict):

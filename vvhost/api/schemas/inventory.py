@@ -122,5 +122,11 @@ class TenantOut(Out):
     created: float
 
 
-class NbdCredentials(Out):
-    """PEM texts a host's NBD client presents and checks."""
+class NbdCredentials(Strict):
+    """What a host's NBD client presents and checks (PEM texts)."""
+
+    host: str
+    identity: str
+    ca_cert: str
+    client_cert: str
+    client_key: str
