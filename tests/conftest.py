@@ -6,6 +6,8 @@
 - ``service``: an in-process control plane on ``fs_dir``.
 - ``api``: an API client against that service, in-process and over a real unix
   socket served by a ``vvhost serve`` child process: the contract tests run on both.
+  Every answer it receives is checked against the server's OpenAPI document
+  (``tests/openapicheck.py``).
 - ``ceph_cluster``, ``ceph_pool``: a private Ceph cluster per session and a
   fresh RBD pool per test (``tests/cephfixtures.py``).
 - ``db_url``: the catalog of ``service`` and ``api``: SQLite, or a database of a
@@ -25,6 +27,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.fsfixtures import loop_capability, make_loop_fs
+from tests.openapicheck import Contract, watch
 from tests.patterns import Patterns
 from vvhost.api.app import create_app
 from vvhost.client import Client
@@ -129,6 +132,7 @@ def api(
         svc = Service(Config(state_dir=state, default_array=default_array, db_url=db_url))
         svc.start()
         client = Client.in_process(create_app(svc))
+        watch(client.http, Contract(client.http.get("/openapi.json").json()))
         try:
             yield client
         finally:
@@ -141,6 +145,7 @@ def api(
         state, socket_path=os.path.join(plane_dir, "s.sock"), env=env, args=args
     ).start()
     client = server.client()
+    watch(client.http, Contract(client.http.get("/openapi.json").json()))
     try:
         yield client
     finally:

@@ -5,12 +5,31 @@ ASGI app, so contract tests exercise both."""
 from __future__ import annotations
 
 import ssl
+from functools import lru_cache
 from typing import Any
 
 import httpx
+from pydantic import TypeAdapter, ValidationError
 
+from .api.schemas import admin as a
+from .api.schemas import binding as b
+from .api.schemas import inventory as i
+from .api.schemas import vvols as v
+from .api.schemas.common import Page
 from .errors import InternalError, InvalidInput, Unreachable, from_wire
 
+# What a listing's ``page`` takes: the path of each listing route.
+LISTINGS: dict[str, tuple[str, Any]] = {
+    "arrays": ("/v1/arrays", i.ArrayOut),
+    "containers": ("/v1/containers", i.ContainerOut),
+    "pes": ("/v1/pes", i.PeOut),
+    "hosts": ("/v1/hosts", i.HostOut),
+    "tenants": ("/v1/tenants", i.TenantOut),
+    "admin-tokens": ("/v1/admin-tokens", i.TokenInfo),
+    "vvols": ("/v1/vvols", v.VvolOut),
+    "bindings": ("/v1/bindings", b.HandleOut),
+    "datastores": ("/v1/datastores", v.DatastoreOut),
+}
 DEFAULT_SOCKET = "/run/vvhost/vvhost.sock"
 TIMEOUT = httpx.Timeout(connect=5.0, read=3600.0, write=60.0, pool=60.0)
 
@@ -76,19 +95,77 @@ class Client:
                 detail=f"HTTP {resp.status_code} with a body that is not JSON"
             ) from None
 
+    @staticmethod
+    def _typed(model: Any, payload: Any) -> Any:
+        """``payload`` checked against the route's response model (the one the server
+        declares), as JSON-ready data: an answer off the contract is an error here."""
+        adapter = _adapter(model)
+        try:
+            parsed = adapter.validate_python(payload)
+        except ValidationError as exc:
+            errors = exc.errors()
+            where = ".".join(str(p) for p in errors[0]["loc"]) if errors else ""
+            what = errors[0]["msg"] if errors else "invalid"
+            raise InternalError(
+                detail=f"the server's answer does not match the API ({where or 'body'}: {what})"
+            ) from None
+        return adapter.dump_python(parsed, mode="json", exclude_unset=True)
+
+    def _ask(
+        self,
+        model: Any,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+    ) -> Any:
+        return self._typed(model, self.call(method, path, json=json, params=params))
+
+    def _all(
+        self, path: str, item: Any, params: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """Every item of a listing: follows the ``next`` cursor to the last page."""
+        items: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            got = self._ask(
+                _page_of(item), "GET", path, params={**(params or {}), "cursor": cursor}
+            )
+            items += got["items"]
+            cursor = got.get("next")
+            if not cursor:
+                return items
+
+    def page(
+        self,
+        listing: str,
+        limit: int | None = None,
+        cursor: str | None = None,
+        **filters: str | None,
+    ) -> dict[str, Any]:
+        """One page of a listing (``arrays``, ``vvols``, ... see :data:`LISTINGS`):
+        ``{"items": [...], "next": cursor or None}``; pass ``next`` on for the next page."""
+        if listing not in LISTINGS:
+            raise InvalidInput(detail=f"no listing {listing!r}; one of {sorted(LISTINGS)}")
+        path, item = LISTINGS[listing]
+        params = {**filters, "limit": limit, "cursor": cursor}
+        page: dict[str, Any] = self._ask(_page_of(item), "GET", path, params=params)
+        return page
+
     def _raise(self, resp: httpx.Response) -> None:
         payload = self._json(resp)
         raise from_wire(payload if isinstance(payload, dict) else {}, resp.status_code)
 
     # -- the API, one method per route ----------------------------------------------------
     def health(self) -> dict[str, Any]:
-        return self.call("GET", "/v1/health")
+        return self._ask(a.HealthOut, "GET", "/v1/health")
 
     def audit(self) -> dict[str, Any]:
-        return self.call("GET", "/v1/audit")
+        return self._ask(a.AuditOut, "GET", "/v1/audit")
 
     def audit_fix(self, grace: float | None = None) -> dict[str, Any]:
-        return self.call("POST", "/v1/audit/fix", params={"grace": grace})
+        return self._ask(a.AuditFixOut, "POST", "/v1/audit/fix", params={"grace": grace})
 
     def events(
         self,
@@ -99,15 +176,15 @@ class Client:
     ) -> dict[str, Any]:
         """Events after ``cursor`` (and from time ``since``): {"events": [...], "cursor": N}."""
         params = {"cursor": cursor, "since": since, "limit": limit, "wait": wait}
-        return self.call("GET", "/v1/events", params=params)
+        return self._ask(a.EventsOut, "GET", "/v1/events", params=params)
 
     def vm_event(self, host: str, vm: str, what: str, disks: list[str]) -> dict[str, Any]:
         """Report VM ``vm`` of ``host`` paused for space or running again."""
         body = {"vm": vm, "what": what, "disks": disks}
-        return self.call("POST", f"/v1/hosts/{host}/vm-events", json=body)
+        return self._ask(a.VmEventOut, "POST", f"/v1/hosts/{host}/vm-events", json=body)
 
     def health_report(self, stuck: float | None = None) -> dict[str, Any]:
-        return self.call("GET", "/v1/health/report", params={"stuck": stuck})
+        return self._ask(a.HealthReport, "GET", "/v1/health/report", params={"stuck": stuck})
 
     def metrics(self) -> str:
         """The Prometheus text the server exposes (admins only)."""
@@ -120,28 +197,28 @@ class Client:
         return resp.text
 
     def operation(self, op_id: str) -> dict[str, Any]:
-        return self.call("GET", f"/v1/ops/{op_id}")
+        return self._ask(a.OperationOut, "GET", f"/v1/ops/{op_id}")
 
     def arrays(self) -> list[dict[str, Any]]:
-        return self.call("GET", "/v1/arrays")
+        return self._all("/v1/arrays", i.ArrayOut)
 
     def array_add(self, name: str, backend: str, settings: dict[str, str] | str) -> dict[str, Any]:
         """``settings``: the backend's record; a plain string is a ``dir`` path."""
         record = {"path": settings} if isinstance(settings, str) else settings
         body = {"name": name, "backend": backend, "settings": record}
-        return self.call("POST", "/v1/arrays", json=body)
+        return self._ask(i.ArrayOut, "POST", "/v1/arrays", json=body)
 
     def array(self, ref: str) -> dict[str, Any]:
-        return self.call("GET", f"/v1/arrays/{ref}")
+        return self._ask(i.ArrayDetail, "GET", f"/v1/arrays/{ref}")
 
     def array_reap(self, ref: str) -> dict[str, Any]:
-        return self.call("POST", f"/v1/arrays/{ref}/reap")
+        return self._ask(i.ReapOut, "POST", f"/v1/arrays/{ref}/reap")
 
     def array_delete(self, ref: str) -> None:
         self.call("DELETE", f"/v1/arrays/{ref}")
 
     def containers(self) -> list[dict[str, Any]]:
-        return self.call("GET", "/v1/containers")
+        return self._all("/v1/containers", i.ContainerOut)
 
     def container_create(
         self,
@@ -153,7 +230,8 @@ class Client:
         reserve: str | None = None,
         alerts: str | None = None,
     ) -> dict[str, Any]:
-        return self.call(
+        return self._ask(
+            i.ContainerOut,
             "POST",
             "/v1/containers",
             json={
@@ -181,15 +259,18 @@ class Client:
             "reserve": reserve,
             "alerts": alerts,
         }
-        return self.call(
-            "PATCH", f"/v1/containers/{ref}", json={k: v for k, v in body.items() if v is not None}
+        return self._ask(
+            i.ContainerDetail,
+            "PATCH",
+            f"/v1/containers/{ref}",
+            json={k: v for k, v in body.items() if v is not None},
         )
 
     def container_refresh(self, ref: str) -> dict[str, Any]:
-        return self.call("POST", f"/v1/containers/{ref}/refresh")
+        return self._ask(i.ContainerDetail, "POST", f"/v1/containers/{ref}/refresh")
 
     def container(self, ref: str) -> dict[str, Any]:
-        return self.call("GET", f"/v1/containers/{ref}")
+        return self._ask(i.ContainerDetail, "GET", f"/v1/containers/{ref}")
 
     def container_delete(self, ref: str) -> None:
         self.call("DELETE", f"/v1/containers/{ref}")
@@ -197,9 +278,7 @@ class Client:
     def vvols(
         self, container: str | None = None, datastore: str | None = None
     ) -> list[dict[str, Any]]:
-        return self.call(
-            "GET", "/v1/vvols", params={"container": container, "datastore": datastore}
-        )
+        return self._all("/v1/vvols", v.VvolOut, {"container": container, "datastore": datastore})
 
     def vvol_create(
         self,
@@ -223,10 +302,12 @@ class Client:
             "datastore": datastore,
             "pe": pe,
         }
-        return self.call("POST", "/v1/vvols", json={k: v for k, v in body.items() if v is not None})
+        return self._ask(
+            v.VvolDetail, "POST", "/v1/vvols", json={k: v for k, v in body.items() if v is not None}
+        )
 
     def vvol(self, ref: str) -> dict[str, Any]:
-        return self.call("GET", f"/v1/vvols/{ref}")
+        return self._ask(v.VvolDetail, "GET", f"/v1/vvols/{ref}")
 
     def vvol_delete(self, ref: str, generation: int | None = None, deferred: bool = False) -> None:
         params: dict[str, Any] = {"generation": generation}
@@ -237,34 +318,49 @@ class Client:
     def vvol_extend(
         self, ref: str, size: str | int, generation: int | None = None
     ) -> dict[str, Any]:
-        return self.call(
-            "POST", f"/v1/vvols/{ref}/extend", json={"size": size, "generation": generation}
+        return self._ask(
+            v.VvolDetail,
+            "POST",
+            f"/v1/vvols/{ref}/extend",
+            json={"size": size, "generation": generation},
         )
 
     def vvol_meta(
         self, ref: str, pairs: list[str], generation: int | None = None
     ) -> dict[str, Any]:
-        return self.call(
-            "POST", f"/v1/vvols/{ref}/meta", json={"pairs": pairs, "generation": generation}
+        return self._ask(
+            v.VvolDetail,
+            "POST",
+            f"/v1/vvols/{ref}/meta",
+            json={"pairs": pairs, "generation": generation},
         )
 
     def vvol_snapshot(
         self, ref: str, name: str | None = None, op_id: str | None = None
     ) -> dict[str, Any]:
-        return self.call("POST", f"/v1/vvols/{ref}/snapshot", json={"name": name, "op_id": op_id})
+        return self._ask(
+            v.VvolDetail, "POST", f"/v1/vvols/{ref}/snapshot", json={"name": name, "op_id": op_id}
+        )
 
     def snapshot_prepare(self, vvols: list[str], names: list[str | None]) -> list[dict[str, Any]]:
         """The catalog half of one snapshot per vvol; ``snapshot_cut`` captures the data
         (all at once) and ``snapshot_commit`` makes them ready."""
-        return self.call(
-            "POST", "/v1/snapshot-groups/prepare", json={"vvols": vvols, "names": names}
+        return self._ask(
+            list[v.SnapshotPrepared],
+            "POST",
+            "/v1/snapshot-groups/prepare",
+            json={"vvols": vvols, "names": names},
         )
 
     def snapshot_cut(self, snapshots: list[str]) -> list[dict[str, Any]]:
-        return self.call("POST", "/v1/snapshot-groups/cut", json={"snapshots": snapshots})
+        return self._ask(
+            list[v.SnapshotCut], "POST", "/v1/snapshot-groups/cut", json={"snapshots": snapshots}
+        )
 
     def snapshot_commit(self, snapshots: list[str]) -> list[dict[str, Any]]:
-        return self.call("POST", "/v1/snapshot-groups/commit", json={"snapshots": snapshots})
+        return self._ask(
+            list[v.VvolDetail], "POST", "/v1/snapshot-groups/commit", json={"snapshots": snapshots}
+        )
 
     def snapshot_abort(self, snapshots: list[str]) -> None:
         self.call("POST", "/v1/snapshot-groups/abort", json={"snapshots": snapshots})
@@ -277,7 +373,8 @@ class Client:
         name: str | None = None,
         op_id: str | None = None,
     ) -> dict[str, Any]:
-        return self.call(
+        return self._ask(
+            v.VvolDetail,
             "POST",
             f"/v1/vvols/{ref}/clone",
             json={"linked": linked, "container": container, "name": name, "op_id": op_id},
@@ -286,21 +383,26 @@ class Client:
     def vvol_revert(
         self, ref: str, to: str, generation: int | None = None, op_id: str | None = None
     ) -> dict[str, Any]:
-        return self.call(
+        return self._ask(
+            v.VvolDetail,
             "POST",
             f"/v1/vvols/{ref}/revert",
             json={"to": to, "generation": generation, "op_id": op_id},
         )
 
     def vvol_move(self, ref: str, container: str, op_id: str | None = None) -> dict[str, Any]:
-        return self.call(
-            "POST", f"/v1/vvols/{ref}/move", json={"container": container, "op_id": op_id}
+        return self._ask(
+            v.VvolDetail,
+            "POST",
+            f"/v1/vvols/{ref}/move",
+            json={"container": container, "op_id": op_id},
         )
 
     def vvol_bitmap(
         self, ref: str, base: str | None = None, chunk: str | None = None, method: str | None = None
     ) -> dict[str, Any]:
-        return self.call(
+        return self._ask(
+            v.BitmapOut,
             "GET",
             f"/v1/vvols/{ref}/bitmap",
             params={"base": base, "chunk": chunk, "method": method},
@@ -334,49 +436,54 @@ class Client:
             raise Unreachable(address=self.address, detail=str(exc) or type(exc).__name__) from exc
         if resp.status_code >= 400:
             self._raise(resp)
-        return dict(resp.json())
+        return self._typed(v.WriteOut, self._json(resp))
 
     def vvol_copy_diffs(
         self, ref: str, base: str, to: str, op_id: str | None = None
     ) -> dict[str, Any]:
-        return self.call(
-            "POST", f"/v1/vvols/{ref}/copy-diffs", json={"base": base, "to": to, "op_id": op_id}
+        return self._ask(
+            v.CopyDiffsOut,
+            "POST",
+            f"/v1/vvols/{ref}/copy-diffs",
+            json={"base": base, "to": to, "op_id": op_id},
         )
 
     def hosts(self) -> list[dict[str, Any]]:
-        return self.call("GET", "/v1/hosts")
+        return self._all("/v1/hosts", i.HostOut)
 
     def host_add(
         self, name: str, iqn: str | None = None, tenant: str | None = None
     ) -> dict[str, Any]:
-        return self.call("POST", "/v1/hosts", json={"name": name, "iqn": iqn, "tenant": tenant})
+        return self._ask(
+            i.HostCreated, "POST", "/v1/hosts", json={"name": name, "iqn": iqn, "tenant": tenant}
+        )
 
     def host_token_rotate(self, name: str) -> dict[str, Any]:
-        return self.call("POST", f"/v1/hosts/{name}/token")
+        return self._ask(i.TokenOut, "POST", f"/v1/hosts/{name}/token")
 
     def host_nbd_credentials(self, name: str) -> dict[str, Any]:
-        return self.call("GET", f"/v1/hosts/{name}/nbd-credentials")
+        return self._ask(i.NbdCredentials, "GET", f"/v1/hosts/{name}/nbd-credentials")
 
     def tenants(self) -> list[dict[str, Any]]:
-        return self.call("GET", "/v1/tenants")
+        return self._all("/v1/tenants", i.TenantOut)
 
     def tenant_create(self, name: str) -> dict[str, Any]:
-        return self.call("POST", "/v1/tenants", json={"name": name})
+        return self._ask(i.TenantOut, "POST", "/v1/tenants", json={"name": name})
 
     def tenant_delete(self, name: str) -> None:
         self.call("DELETE", f"/v1/tenants/{name}")
 
     def admin_token(self, name: str = "admin") -> dict[str, Any]:
-        return self.call("POST", "/v1/admin-tokens", json={"name": name})
+        return self._ask(i.TokenOut, "POST", "/v1/admin-tokens", json={"name": name})
 
     def admin_tokens(self) -> list[dict[str, Any]]:
-        return self.call("GET", "/v1/admin-tokens")
+        return self._all("/v1/admin-tokens", i.TokenInfo)
 
     def admin_token_revoke(self, name: str) -> dict[str, Any]:
-        return self.call("DELETE", f"/v1/admin-tokens/{name}")
+        return self._ask(i.TokenRevoked, "DELETE", f"/v1/admin-tokens/{name}")
 
     def datastores(self) -> list[dict[str, Any]]:
-        return self.call("GET", "/v1/datastores")
+        return self._all("/v1/datastores", v.DatastoreOut)
 
     def datastore_create(
         self,
@@ -385,7 +492,8 @@ class Client:
         containers: list[str] | None = None,
         tenant: str | None = None,
     ) -> dict[str, Any]:
-        return self.call(
+        return self._ask(
+            v.DatastoreOut,
             "POST",
             "/v1/datastores",
             json={
@@ -397,25 +505,29 @@ class Client:
         )
 
     def datastore(self, ref: str) -> dict[str, Any]:
-        return self.call("GET", f"/v1/datastores/{ref}")
+        return self._ask(v.DatastoreOut, "GET", f"/v1/datastores/{ref}")
 
     def datastore_extend(self, ref: str, capacity: str | int) -> dict[str, Any]:
-        return self.call("POST", f"/v1/datastores/{ref}/extend", json={"capacity": capacity})
+        return self._ask(
+            v.DatastoreOut, "POST", f"/v1/datastores/{ref}/extend", json={"capacity": capacity}
+        )
 
     def datastore_delete(self, ref: str) -> None:
         self.call("DELETE", f"/v1/datastores/{ref}")
 
     def datastore_resolve(self, ref: str, host: str | None = None) -> dict[str, Any]:
-        return self.call("GET", f"/v1/datastores/{ref}/resolve", params={"host": host})
+        return self._ask(
+            v.DatastoreResolved, "GET", f"/v1/datastores/{ref}/resolve", params={"host": host}
+        )
 
     def host(self, name: str) -> dict[str, Any]:
-        return self.call("GET", f"/v1/hosts/{name}")
+        return self._ask(i.HostDetail, "GET", f"/v1/hosts/{name}")
 
     def host_remove(self, name: str) -> None:
         self.call("DELETE", f"/v1/hosts/{name}")
 
     def pes(self) -> list[dict[str, Any]]:
-        return self.call("GET", "/v1/pes")
+        return self._all("/v1/pes", i.PeOut)
 
     def pe_create(
         self,
@@ -425,7 +537,8 @@ class Client:
         portal: str | None = None,
         path: str | None = None,
     ) -> dict[str, Any]:
-        return self.call(
+        return self._ask(
+            i.PeOut,
             "POST",
             "/v1/pes",
             json={
@@ -438,7 +551,7 @@ class Client:
         )
 
     def pe(self, ref: str) -> dict[str, Any]:
-        return self.call("GET", f"/v1/pes/{ref}")
+        return self._ask(i.PeOut, "GET", f"/v1/pes/{ref}")
 
     def pe_delete(self, ref: str) -> None:
         self.call("DELETE", f"/v1/pes/{ref}")
@@ -446,8 +559,11 @@ class Client:
     def bind(
         self, vvols: list[str], host: str, pe: str | None = None, shared: bool = False
     ) -> list[dict[str, Any]]:
-        return self.call(
-            "POST", "/v1/bind", json={"vvols": vvols, "host": host, "pe": pe, "shared": shared}
+        return self._ask(
+            list[b.BindResult],
+            "POST",
+            "/v1/bind",
+            json={"vvols": vvols, "host": host, "pe": pe, "shared": shared},
         )
 
     def bind_one(
@@ -461,40 +577,63 @@ class Client:
         return handle
 
     def unbind(self, vvols: list[str], host: str, drop_all: bool = False) -> list[dict[str, Any]]:
-        return self.call("POST", "/v1/unbind", json={"vvols": vvols, "host": host, "all": drop_all})
+        return self._ask(
+            list[b.UnbindResult],
+            "POST",
+            "/v1/unbind",
+            json={"vvols": vvols, "host": host, "all": drop_all},
+        )
 
     def rebind(self, vvol: str, host: str, pe: str) -> dict[str, Any]:
-        return self.call("POST", f"/v1/vvols/{vvol}/rebind", json={"host": host, "pe": pe})
+        return self._ask(
+            b.HandleOut, "POST", f"/v1/vvols/{vvol}/rebind", json={"host": host, "pe": pe}
+        )
 
     def bindings(self, host: str | None = None, vvol: str | None = None) -> list[dict[str, Any]]:
-        return self.call("GET", "/v1/bindings", params={"host": host, "vvol": vvol})
+        return self._all("/v1/bindings", b.HandleOut, {"host": host, "vvol": vvol})
 
     def config_put(
         self, vvol: str, document: dict[str, Any], generation: int | None = None
     ) -> dict[str, Any]:
         body = {"document": document, "generation": generation}
-        return self.call("PUT", f"/v1/vvols/{vvol}/config", json=body)
+        return self._ask(v.ConfigStored, "PUT", f"/v1/vvols/{vvol}/config", json=body)
 
     def config_get(self, vvol: str) -> dict[str, Any]:
-        document: dict[str, Any] = self.call("GET", f"/v1/vvols/{vvol}/config")["document"]
+        document: dict[str, Any] = self._ask(v.ConfigOut, "GET", f"/v1/vvols/{vvol}/config")[
+            "document"
+        ]
         return document
 
     def config_read(self, vvol: str) -> dict[str, Any]:
         """The document with the generation it was read at (for a compare-and-set put)."""
-        return self.call("GET", f"/v1/vvols/{vvol}/config")
+        return self._ask(v.ConfigOut, "GET", f"/v1/vvols/{vvol}/config")
 
     # -- per-VM leases (one VM operation at a time) ----------------------------------------
     def lease_acquire(
         self, vvol: str, host: str, op: str, pid: int, ttl: float, dead_epoch: int | None = None
     ) -> dict[str, Any]:
         body = {"host": host, "op": op, "pid": pid, "ttl": ttl, "dead_epoch": dead_epoch}
-        return self.call("POST", f"/v1/vvols/{vvol}/lease", json=body)
+        return self._ask(b.LeaseOut, "POST", f"/v1/vvols/{vvol}/lease", json=body)
 
     def lease_renew(self, vvol: str, token: str, ttl: float) -> dict[str, Any]:
-        return self.call("PUT", f"/v1/vvols/{vvol}/lease", json={"token": token, "ttl": ttl})
+        return self._ask(
+            b.LeaseOut, "PUT", f"/v1/vvols/{vvol}/lease", json={"token": token, "ttl": ttl}
+        )
 
     def lease_release(self, vvol: str, token: str) -> dict[str, Any]:
-        return self.call("DELETE", f"/v1/vvols/{vvol}/lease", params={"token": token})
+        return self._ask(
+            b.LeaseReleased, "DELETE", f"/v1/vvols/{vvol}/lease", params={"token": token}
+        )
 
     def lease_show(self, vvol: str) -> dict[str, Any]:
-        return self.call("GET", f"/v1/vvols/{vvol}/lease")
+        return self._ask(b.LeaseShown, "GET", f"/v1/vvols/{vvol}/lease")
+
+
+@lru_cache(maxsize=256)
+def _adapter(model: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(model)
+
+
+def _page_of(item: Any) -> Any:
+    """The page model of a listing whose items are ``item``."""
+    return Page[item]

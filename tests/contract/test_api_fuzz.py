@@ -2,7 +2,8 @@
 random bodies and path segments, then every body field, query number and path
 reference of every route set to a hostile value (integers past 2**63, digits of
 other scripts, empty and blank references), for an admin over the unix-socket
-app, an admin token and a host token.  No error body carries SQL or a traceback."""
+app, an admin token and a host token.  No error body carries SQL or a traceback,
+and every answer matches the OpenAPI document (tests/openapicheck.py)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
+from tests.openapicheck import Contract, watch
 from vvhost.api.app import bearer, create_app
 from vvhost.service import Config, Service
 
@@ -206,6 +208,9 @@ def clients(
         )
         for t in (token, host_token)
     ]
+    contract = Contract(admin.get("/openapi.json").json())
+    for http in (admin, *remote):
+        watch(http, contract)
     yield [admin, *remote]
     svc.close()
 

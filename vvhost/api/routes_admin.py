@@ -10,40 +10,46 @@ from fastapi import APIRouter, Path
 from .. import __version__
 from . import models as m
 from .deps import Caller, Ref, Svc
+from .paging import BY_CREATION, BY_NAME, Cursor, Limit, page
+from .schemas import admin as a
+from .schemas import inventory as i
+from .schemas.common import ERRORS, Page
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=ERRORS)
 
 
-@router.get("/health", response_model=None)
+@router.get("/health", response_model=a.HealthOut, response_model_exclude_unset=True)
 def health(svc: Svc, p: Caller) -> dict[str, Any]:
     return {"ok": True, "version": __version__, "recovered": svc.recovered, "caller": p.name}
 
 
-@router.get("/ops/{op_id}", response_model=None)
+@router.get("/ops/{op_id}", response_model=a.OperationOut, response_model_exclude_unset=True)
 def operation(svc: Svc, p: Caller, op_id: Annotated[str, Path(max_length=64)]) -> dict[str, Any]:
     return svc.operation(op_id, p)
 
 
-@router.get("/audit", response_model=None)
+@router.get("/audit", response_model=a.AuditOut, response_model_exclude_unset=True)
 def audit(svc: Svc, p: Caller) -> dict[str, Any]:
     svc.authz.admin(p)
     return svc.audit()
 
 
 # -- arrays and containers ------------------------------------------------------------------
-@router.get("/arrays", response_model=None)
-def arrays(svc: Svc, p: Caller) -> list[dict[str, Any]]:
+@router.get("/arrays", response_model=Page[i.ArrayOut], response_model_exclude_unset=True)
+def arrays(svc: Svc, p: Caller, limit: Limit = 1000, cursor: Cursor = None) -> dict[str, Any]:
     svc.authz.admin(p)
-    return [a.to_dict() for a in svc.arrays.listing()]
+    return page([x.to_dict() for x in svc.arrays.listing()], BY_CREATION, limit, cursor)
 
 
-@router.post("/arrays", status_code=201, response_model=None)
+@router.post(
+    "/arrays", status_code=201, response_model=i.ArrayOut, response_model_exclude_unset=True
+)
 def array_add(svc: Svc, p: Caller, body: m.ArrayCreate) -> dict[str, Any]:
     svc.authz.admin(p)
     return svc.arrays.add(body.name, body.backend, dict(body.settings)).to_dict()
 
 
-@router.get("/arrays/{ref}", response_model=None)
+@router.get("/arrays/{ref}", response_model=i.ArrayDetail, response_model_exclude_unset=True)
 def array_show(svc: Svc, p: Caller, ref: Ref) -> dict[str, Any]:
     svc.authz.admin(p)
     return svc.arrays.show(ref)
@@ -55,19 +61,21 @@ def array_delete(svc: Svc, p: Caller, ref: Ref) -> None:
     svc.arrays.delete(ref)
 
 
-@router.post("/arrays/{ref}/reap", response_model=None)
+@router.post("/arrays/{ref}/reap", response_model=i.ReapOut, response_model_exclude_unset=True)
 def array_reap(svc: Svc, p: Caller, ref: Ref) -> dict[str, Any]:
     svc.authz.admin(p)
     return svc.maintenance.reap(ref)
 
 
-@router.get("/containers", response_model=None)
-def containers(svc: Svc, p: Caller) -> list[dict[str, Any]]:
+@router.get("/containers", response_model=Page[i.ContainerOut], response_model_exclude_unset=True)
+def containers(svc: Svc, p: Caller, limit: Limit = 1000, cursor: Cursor = None) -> dict[str, Any]:
     svc.authz.admin(p)
-    return [c.to_dict() for c in svc.containers.listing()]
+    return page([c.to_dict() for c in svc.containers.listing()], BY_CREATION, limit, cursor)
 
 
-@router.post("/containers", status_code=201, response_model=None)
+@router.post(
+    "/containers", status_code=201, response_model=i.ContainerOut, response_model_exclude_unset=True
+)
 def container_create(svc: Svc, p: Caller, body: m.ContainerCreate) -> dict[str, Any]:
     svc.authz.admin(p)
     return svc.containers.create(
@@ -81,13 +89,17 @@ def container_create(svc: Svc, p: Caller, body: m.ContainerCreate) -> dict[str, 
     ).to_dict()
 
 
-@router.patch("/containers/{ref}", response_model=None)
+@router.patch(
+    "/containers/{ref}", response_model=i.ContainerDetail, response_model_exclude_unset=True
+)
 def container_set(svc: Svc, p: Caller, ref: Ref, body: m.ContainerSet) -> dict[str, Any]:
     svc.authz.admin(p)
     return svc.containers.set(ref, body.capacity, body.overcommit, body.reserve, body.alerts)
 
 
-@router.post("/containers/{ref}/refresh", response_model=None)
+@router.post(
+    "/containers/{ref}/refresh", response_model=i.ContainerDetail, response_model_exclude_unset=True
+)
 def container_refresh(svc: Svc, p: Caller, ref: Ref) -> dict[str, Any]:
     """Read every vvol's space figures from the arrays now."""
     svc.authz.admin(p)
@@ -95,7 +107,9 @@ def container_refresh(svc: Svc, p: Caller, ref: Ref) -> dict[str, Any]:
     return svc.containers.show(ref)
 
 
-@router.get("/containers/{ref}", response_model=None)
+@router.get(
+    "/containers/{ref}", response_model=i.ContainerDetail, response_model_exclude_unset=True
+)
 def container_show(svc: Svc, p: Caller, ref: Ref) -> dict[str, Any]:
     svc.authz.admin(p)
     return svc.containers.show(ref)
@@ -108,19 +122,19 @@ def container_delete(svc: Svc, p: Caller, ref: Ref) -> None:
 
 
 # -- protocol endpoints ---------------------------------------------------------------------
-@router.get("/pes", response_model=None)
-def pes(svc: Svc, p: Caller) -> list[dict[str, Any]]:
+@router.get("/pes", response_model=Page[i.PeOut], response_model_exclude_unset=True)
+def pes(svc: Svc, p: Caller, limit: Limit = 1000, cursor: Cursor = None) -> dict[str, Any]:
     svc.authz.admin(p)
-    return svc.pes.listing()
+    return page(svc.pes.listing(), BY_CREATION, limit, cursor)
 
 
-@router.post("/pes", status_code=201, response_model=None)
+@router.post("/pes", status_code=201, response_model=i.PeOut, response_model_exclude_unset=True)
 def pe_create(svc: Svc, p: Caller, body: m.PeCreate) -> dict[str, Any]:
     svc.authz.admin(p)
     return svc.pes.create(body.name, body.protocol, body.array, body.portal, body.path)
 
 
-@router.get("/pes/{ref}", response_model=None)
+@router.get("/pes/{ref}", response_model=i.PeOut, response_model_exclude_unset=True)
 def pe_show(svc: Svc, p: Caller, ref: Ref) -> dict[str, Any]:
     svc.authz.admin(p)
     return svc.pes.show(ref)
@@ -133,19 +147,21 @@ def pe_delete(svc: Svc, p: Caller, ref: Ref) -> None:
 
 
 # -- hosts, tenants, tokens -----------------------------------------------------------------
-@router.get("/hosts", response_model=None)
-def hosts(svc: Svc, p: Caller) -> list[dict[str, Any]]:
+@router.get("/hosts", response_model=Page[i.HostOut], response_model_exclude_unset=True)
+def hosts(svc: Svc, p: Caller, limit: Limit = 1000, cursor: Cursor = None) -> dict[str, Any]:
     svc.authz.admin(p)
-    return svc.hosts.listing()
+    return page(svc.hosts.listing(), BY_NAME, limit, cursor)
 
 
-@router.post("/hosts", status_code=201, response_model=None)
+@router.post(
+    "/hosts", status_code=201, response_model=i.HostCreated, response_model_exclude_unset=True
+)
 def host_add(svc: Svc, p: Caller, body: m.HostAdd) -> dict[str, Any]:
     svc.authz.admin(p)
     return svc.hosts.add(body.name, body.iqn, body.tenant)
 
 
-@router.get("/hosts/{name}", response_model=None)
+@router.get("/hosts/{name}", response_model=i.HostDetail, response_model_exclude_unset=True)
 def host_show(svc: Svc, p: Caller, name: Ref) -> dict[str, Any]:
     svc.authz.host(p, name)
     return svc.hosts.show(name)
@@ -157,19 +173,21 @@ def host_remove(svc: Svc, p: Caller, name: Ref) -> None:
     svc.hosts.remove(name)
 
 
-@router.post("/hosts/{name}/token", response_model=None)
+@router.post("/hosts/{name}/token", response_model=i.TokenOut, response_model_exclude_unset=True)
 def host_token_rotate(svc: Svc, p: Caller, name: Ref) -> dict[str, Any]:
     svc.authz.admin(p)
     return svc.hosts.rotate_token(name)
 
 
-@router.get("/tenants", response_model=None)
-def tenants(svc: Svc, p: Caller) -> list[dict[str, Any]]:
+@router.get("/tenants", response_model=Page[i.TenantOut], response_model_exclude_unset=True)
+def tenants(svc: Svc, p: Caller, limit: Limit = 1000, cursor: Cursor = None) -> dict[str, Any]:
     svc.authz.admin(p)
-    return svc.tenants.listing()
+    return page(svc.tenants.listing(), BY_NAME, limit, cursor)
 
 
-@router.post("/tenants", status_code=201, response_model=None)
+@router.post(
+    "/tenants", status_code=201, response_model=i.TenantOut, response_model_exclude_unset=True
+)
 def tenant_create(svc: Svc, p: Caller, body: m.TenantCreate) -> dict[str, Any]:
     svc.authz.admin(p)
     return svc.tenants.create(body.name)
@@ -181,19 +199,23 @@ def tenant_delete(svc: Svc, p: Caller, name: Ref) -> None:
     svc.tenants.delete(name)
 
 
-@router.post("/admin-tokens", status_code=201, response_model=None)
+@router.post(
+    "/admin-tokens", status_code=201, response_model=i.TokenOut, response_model_exclude_unset=True
+)
 def admin_token(svc: Svc, p: Caller, body: m.TokenCreate) -> dict[str, Any]:
     svc.authz.admin(p)
     return svc.tenants.admin_token(body.name)
 
 
-@router.get("/admin-tokens", response_model=None)
-def admin_tokens(svc: Svc, p: Caller) -> list[dict[str, Any]]:
+@router.get("/admin-tokens", response_model=Page[i.TokenInfo], response_model_exclude_unset=True)
+def admin_tokens(svc: Svc, p: Caller, limit: Limit = 1000, cursor: Cursor = None) -> dict[str, Any]:
     svc.authz.admin(p)
-    return svc.tenants.admin_tokens()
+    return page(svc.tenants.admin_tokens(), BY_NAME, limit, cursor)
 
 
-@router.delete("/admin-tokens/{name}", response_model=None)
+@router.delete(
+    "/admin-tokens/{name}", response_model=i.TokenRevoked, response_model_exclude_unset=True
+)
 def admin_token_revoke(svc: Svc, p: Caller, name: Ref) -> dict[str, Any]:
     svc.authz.admin(p)
     return svc.tenants.revoke_admin_token(name)

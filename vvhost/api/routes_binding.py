@@ -8,30 +8,44 @@ from fastapi import APIRouter
 
 from . import models as m
 from .deps import Caller, OptRef, Ref, Svc
+from .paging import Cursor, Limit, fields, page
+from .schemas import binding as b
+from .schemas.common import ERRORS, Page
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=ERRORS)
 
 
-@router.post("/bind", response_model=None)
+@router.post("/bind", response_model=list[b.BindResult], response_model_exclude_unset=True)
 def bind(svc: Svc, p: Caller, body: m.Bind) -> list[dict[str, Any]]:
     svc.authz.host(p, body.host)
     return svc.bindings.bind(svc.authz.vvols(p, body.vvols), body.host, body.pe, body.shared)
 
 
-@router.post("/unbind", response_model=None)
+@router.post("/unbind", response_model=list[b.UnbindResult], response_model_exclude_unset=True)
 def unbind(svc: Svc, p: Caller, body: m.Unbind) -> list[dict[str, Any]]:
     svc.authz.host(p, body.host)
     return svc.bindings.unbind(svc.authz.vvols(p, body.vvols), body.host, body.all)
 
 
-@router.post("/vvols/{ref}/rebind", response_model=None)
+@router.post("/vvols/{ref}/rebind", response_model=b.HandleOut, response_model_exclude_unset=True)
 def rebind(svc: Svc, p: Caller, ref: Ref, body: m.Rebind) -> dict[str, Any]:
     svc.authz.host(p, body.host)
     return svc.bindings.rebind(svc.authz.vvol(p, ref), body.host, body.pe)
 
 
-@router.get("/bindings", response_model=None)
-def bindings(svc: Svc, p: Caller, host: OptRef = None, vvol: OptRef = None) -> list[dict[str, Any]]:
+@router.get("/bindings", response_model=Page[b.HandleOut], response_model_exclude_unset=True)
+def bindings(
+    svc: Svc,
+    p: Caller,
+    host: OptRef = None,
+    vvol: OptRef = None,
+    limit: Limit = 1000,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
     if not p.is_admin:
         host = p.name
-    return svc.bindings.listing(host, svc.authz.vvol(p, vvol) if vvol else None)
+    rows = svc.bindings.listing(host, svc.authz.vvol(p, vvol) if vvol else None)
+    return page(rows, _binding_key, limit, cursor)
+
+
+_binding_key = fields("vvol", "host")

@@ -22,11 +22,13 @@ from ..service.events import MAX_LIMIT, MAX_WAIT
 from ..service.metrics import CONTENT_TYPE
 from .deps import Caller, Svc
 from .models import Body
+from .schemas import admin as a
+from .schemas.common import ERRORS
 
-router = APIRouter()
+router = APIRouter(responses=ERRORS)
 
 
-@router.get("/v1/events", response_model=None)
+@router.get("/v1/events", response_model=a.EventsOut, response_model_exclude_unset=True)
 def events(
     svc: Svc,
     p: Caller,
@@ -44,13 +46,15 @@ class VmEvent(Body):
     disks: list[str] = Field(default_factory=list, max_length=64)
 
 
-@router.post("/v1/hosts/{name}/vm-events", response_model=None)
+@router.post(
+    "/v1/hosts/{name}/vm-events", response_model=a.VmEventOut, response_model_exclude_unset=True
+)
 def vm_event(svc: Svc, p: Caller, name: str, body: VmEvent) -> dict[str, Any]:
     svc.authz.host(p, name)
     return vmevents.report(svc.ctx, name, body.vm, body.what, body.disks)
 
 
-@router.get("/v1/health/report", response_model=None)
+@router.get("/v1/health/report", response_model=a.HealthReport, response_model_exclude_unset=True)
 def health_report(
     svc: Svc, p: Caller, stuck: Annotated[float, Query(gt=0, le=86400 * 30)] = 600.0
 ) -> dict[str, Any]:
@@ -58,7 +62,7 @@ def health_report(
     return svc.health(stuck)
 
 
-@router.post("/v1/audit/fix", response_model=None)
+@router.post("/v1/audit/fix", response_model=a.AuditFixOut, response_model_exclude_unset=True)
 def audit_fix(
     svc: Svc, p: Caller, grace: Annotated[float | None, Query(ge=0)] = None
 ) -> dict[str, Any]:
@@ -66,7 +70,15 @@ def audit_fix(
     return svc.audit(fix=True, grace=grace)
 
 
-@router.get("/metrics", response_model=None)
+TEXT: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Prometheus text",
+        "content": {CONTENT_TYPE: {"schema": {"type": "string"}}},
+    }
+}
+
+
+@router.get("/metrics", response_model=None, response_class=Response, responses=TEXT)
 def metrics(svc: Svc, p: Caller) -> Response:
     svc.authz.admin(p)
     return Response(content=svc.metrics.render(), media_type=CONTENT_TYPE)

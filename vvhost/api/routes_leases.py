@@ -20,8 +20,10 @@ from ..errors import NotFound
 from ..service.leases import LeaseOps
 from .deps import Caller, Ref, Svc
 from .models import Body
+from .schemas import binding as b
+from .schemas.common import ERRORS
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=ERRORS)
 
 
 class LeaseTake(Body):
@@ -37,20 +39,22 @@ class LeaseRenew(Body):
     ttl: float
 
 
-@router.post("/vvols/{ref}/lease", response_model=None)
+@router.post("/vvols/{ref}/lease", response_model=b.LeaseOut, response_model_exclude_unset=True)
 def lease_acquire(svc: Svc, p: Caller, ref: Ref, body: LeaseTake) -> dict[str, Any]:
     svc.authz.vvol(p, ref)
     svc.authz.host(p, body.host)
     return LeaseOps(svc.ctx).acquire(ref, body.host, body.op, body.pid, body.ttl, body.dead_epoch)
 
 
-@router.put("/vvols/{ref}/lease", response_model=None)
+@router.put("/vvols/{ref}/lease", response_model=b.LeaseOut, response_model_exclude_unset=True)
 def lease_renew(svc: Svc, p: Caller, ref: Ref, body: LeaseRenew) -> dict[str, Any]:
     svc.authz.vvol(p, ref)
     return LeaseOps(svc.ctx).renew(ref, body.token, body.ttl)
 
 
-@router.delete("/vvols/{ref}/lease", response_model=None)
+@router.delete(
+    "/vvols/{ref}/lease", response_model=b.LeaseReleased, response_model_exclude_unset=True
+)
 def lease_release(
     svc: Svc, p: Caller, ref: Ref, token: Annotated[str, Query(max_length=64)]
 ) -> dict[str, Any]:
@@ -61,7 +65,7 @@ def lease_release(
     return LeaseOps(svc.ctx).release(ref, token)
 
 
-@router.get("/vvols/{ref}/lease", response_model=None)
+@router.get("/vvols/{ref}/lease", response_model=b.LeaseShown, response_model_exclude_unset=True)
 def lease_show(svc: Svc, p: Caller, ref: Ref) -> dict[str, Any]:
     svc.authz.vvol(p, ref)
     return LeaseOps(svc.ctx).show(ref)

@@ -15,8 +15,17 @@ from ..service import Service
 from ..service.datastores import ADMIN_VIEW
 from . import models as m
 from .deps import Caller, Generation, OptRef, Ref, Svc
+from .paging import BY_CREATION, Cursor, Limit, page
+from .schemas import vvols as v
+from .schemas.common import ERRORS, Page
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", responses=ERRORS)
+BYTES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the bytes read",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
 
 
 def _pool(svc: Service, p: Principal, container: str | None, datastore: str | None) -> None:
@@ -42,17 +51,25 @@ def _view(p: Principal, out: Any) -> Any:
 
 
 # -- vvols ----------------------------------------------------------------------------------
-@router.get("/vvols", response_model=None)
+@router.get("/vvols", response_model=Page[v.VvolOut], response_model_exclude_unset=True)
 def vvols(
-    svc: Svc, p: Caller, container: OptRef = None, datastore: OptRef = None
-) -> list[dict[str, Any]]:
+    svc: Svc,
+    p: Caller,
+    container: OptRef = None,
+    datastore: OptRef = None,
+    limit: Limit = 1000,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
     if not p.is_admin and p.tenant is None:
-        return []
+        return page([], BY_CREATION, limit, cursor)
     _pool(svc, p, container, datastore)
-    return svc.vvols.listing(container, datastore, None if p.is_admin else p.tenant)
+    rows = svc.vvols.listing(container, datastore, None if p.is_admin else p.tenant)
+    return page(rows, BY_CREATION, limit, cursor)
 
 
-@router.post("/vvols", status_code=201, response_model=None)
+@router.post(
+    "/vvols", status_code=201, response_model=v.VvolDetail, response_model_exclude_unset=True
+)
 def vvol_create(svc: Svc, p: Caller, body: m.VvolCreate) -> dict[str, Any]:
     svc.authz.creator(p, "vvols")
     _pool(svc, p, body.container, body.datastore)
@@ -72,7 +89,7 @@ def vvol_create(svc: Svc, p: Caller, body: m.VvolCreate) -> dict[str, Any]:
     return _view(p, out)
 
 
-@router.get("/vvols/{ref}", response_model=None)
+@router.get("/vvols/{ref}", response_model=v.VvolDetail, response_model_exclude_unset=True)
 def vvol_show(svc: Svc, p: Caller, ref: Ref) -> dict[str, Any]:
     return _view(p, svc.vvols.show(svc.authz.vvol(p, ref)))
 
@@ -85,37 +102,51 @@ def vvol_delete(
     svc.vvols.delete(vid, generation, deferred, op_id=svc.authz.claim_op(p, None))
 
 
-@router.post("/vvols/{ref}/extend", response_model=None)
+@router.post("/vvols/{ref}/extend", response_model=v.VvolDetail, response_model_exclude_unset=True)
 def vvol_extend(svc: Svc, p: Caller, ref: Ref, body: m.Extend) -> dict[str, Any]:
     vid = svc.authz.vvol(p, ref)
     op_id = svc.authz.claim_op(p, None)
     return _view(p, svc.vvols.extend(vid, body.size, body.generation, op_id))
 
 
-@router.post("/vvols/{ref}/meta", response_model=None)
+@router.post("/vvols/{ref}/meta", response_model=v.VvolDetail, response_model_exclude_unset=True)
 def vvol_meta(svc: Svc, p: Caller, ref: Ref, body: m.Meta) -> dict[str, Any]:
     return _view(p, svc.vvols.set_meta(svc.authz.vvol(p, ref), body.pairs, body.generation))
 
 
-@router.post("/vvols/{ref}/snapshot", status_code=201, response_model=None)
+@router.post(
+    "/vvols/{ref}/snapshot",
+    status_code=201,
+    response_model=v.VvolDetail,
+    response_model_exclude_unset=True,
+)
 def vvol_snapshot(svc: Svc, p: Caller, ref: Ref, body: m.Snapshot) -> dict[str, Any]:
     vid = svc.authz.vvol(p, ref)
     op_id = svc.authz.claim_op(p, body.op_id)
     return _view(p, svc.cow.snapshot(vid, body.name, op_id))
 
 
-@router.post("/snapshot-groups/prepare", status_code=201, response_model=None)
+@router.post(
+    "/snapshot-groups/prepare",
+    status_code=201,
+    response_model=list[v.SnapshotPrepared],
+    response_model_exclude_unset=True,
+)
 def snapshot_prepare(svc: Svc, p: Caller, body: m.SnapshotGroup) -> list[dict[str, Any]]:
     refs = svc.authz.vvols(p, list(body.vvols))
     return _view(p, svc.cow.prepare_group(refs, list(body.names)))
 
 
-@router.post("/snapshot-groups/cut", response_model=None)
+@router.post(
+    "/snapshot-groups/cut", response_model=list[v.SnapshotCut], response_model_exclude_unset=True
+)
 def snapshot_cut(svc: Svc, p: Caller, body: m.SnapshotIds) -> list[dict[str, Any]]:
     return _view(p, svc.cow.cut_group(svc.authz.vvols(p, list(body.snapshots))))
 
 
-@router.post("/snapshot-groups/commit", response_model=None)
+@router.post(
+    "/snapshot-groups/commit", response_model=list[v.VvolDetail], response_model_exclude_unset=True
+)
 def snapshot_commit(svc: Svc, p: Caller, body: m.SnapshotIds) -> list[dict[str, Any]]:
     return _view(p, svc.cow.commit_group(svc.authz.vvols(p, list(body.snapshots))))
 
@@ -125,7 +156,12 @@ def snapshot_abort(svc: Svc, p: Caller, body: m.SnapshotIds) -> None:
     svc.cow.abort_group(svc.authz.vvols(p, list(body.snapshots)))
 
 
-@router.post("/vvols/{ref}/clone", status_code=201, response_model=None)
+@router.post(
+    "/vvols/{ref}/clone",
+    status_code=201,
+    response_model=v.VvolDetail,
+    response_model_exclude_unset=True,
+)
 def vvol_clone(svc: Svc, p: Caller, ref: Ref, body: m.Clone) -> dict[str, Any]:
     vid = svc.authz.vvol(p, ref)
     svc.authz.creator(p, "clones")
@@ -142,14 +178,14 @@ def vvol_clone(svc: Svc, p: Caller, ref: Ref, body: m.Clone) -> dict[str, Any]:
     return _view(p, out)
 
 
-@router.post("/vvols/{ref}/revert", response_model=None)
+@router.post("/vvols/{ref}/revert", response_model=v.VvolDetail, response_model_exclude_unset=True)
 def vvol_revert(svc: Svc, p: Caller, ref: Ref, body: m.Revert) -> dict[str, Any]:
     vid, to = svc.authz.vvols(p, [ref, body.to])
     op_id = svc.authz.claim_op(p, body.op_id)
     return _view(p, svc.cow.revert(vid, to, body.generation, op_id))
 
 
-@router.post("/vvols/{ref}/move", response_model=None)
+@router.post("/vvols/{ref}/move", response_model=v.VvolDetail, response_model_exclude_unset=True)
 def vvol_move(svc: Svc, p: Caller, ref: Ref, body: m.Move) -> dict[str, Any]:
     vid = svc.authz.vvol(p, ref)
     _pool(svc, p, body.container, None)
@@ -157,7 +193,7 @@ def vvol_move(svc: Svc, p: Caller, ref: Ref, body: m.Move) -> dict[str, Any]:
     return _view(p, svc.data.move(vid, body.container, op_id))
 
 
-@router.get("/vvols/{ref}/bitmap", response_model=None)
+@router.get("/vvols/{ref}/bitmap", response_model=v.BitmapOut, response_model_exclude_unset=True)
 def vvol_bitmap(
     svc: Svc,
     p: Caller,
@@ -171,7 +207,7 @@ def vvol_bitmap(
     return _view(p, svc.data.bitmap(vid, base_id, chunk, method))
 
 
-@router.get("/vvols/{ref}/data", response_model=None)
+@router.get("/vvols/{ref}/data", response_model=None, response_class=Response, responses=BYTES)
 def vvol_read(
     svc: Svc,
     p: Caller,
@@ -183,7 +219,7 @@ def vvol_read(
     return Response(svc.data.read(vid, offset, length), media_type="application/octet-stream")
 
 
-@router.put("/vvols/{ref}/data", response_model=None)
+@router.put("/vvols/{ref}/data", response_model=v.WriteOut, response_model_exclude_unset=True)
 async def vvol_write(
     svc: Svc,
     p: Caller,
@@ -197,19 +233,21 @@ async def vvol_write(
     return await run_in_threadpool(svc.data.write, vid, offset, body, zero)
 
 
-@router.post("/vvols/{ref}/copy-diffs", response_model=None)
+@router.post(
+    "/vvols/{ref}/copy-diffs", response_model=v.CopyDiffsOut, response_model_exclude_unset=True
+)
 def vvol_copy_diffs(svc: Svc, p: Caller, ref: Ref, body: m.CopyDiffs) -> dict[str, Any]:
     vid, base, to = svc.authz.vvols(p, [ref, body.base, body.to])
     op_id = svc.authz.claim_op(p, body.op_id)
     return _view(p, svc.data.copy_diffs(vid, base, to, op_id))
 
 
-@router.put("/vvols/{ref}/config", response_model=None)
+@router.put("/vvols/{ref}/config", response_model=v.ConfigStored, response_model_exclude_unset=True)
 def vvol_config_put(svc: Svc, p: Caller, ref: Ref, body: m.ConfigDocument) -> dict[str, Any]:
     return svc.configs.put(svc.authz.vvol(p, ref), body.document, body.generation)
 
 
-@router.get("/vvols/{ref}/config", response_model=None)
+@router.get("/vvols/{ref}/config", response_model=v.ConfigOut, response_model_exclude_unset=True)
 def vvol_config_get(svc: Svc, p: Caller, ref: Ref) -> dict[str, Any]:
     return svc.configs.get(svc.authz.vvol(p, ref))
 
@@ -226,25 +264,30 @@ def _viewer(p: Principal) -> Any:
     return ADMIN_VIEW if p.is_admin else p.tenant
 
 
-@router.get("/datastores", response_model=None)
-def datastores(svc: Svc, p: Caller) -> list[dict[str, Any]]:
+@router.get("/datastores", response_model=Page[v.DatastoreOut], response_model_exclude_unset=True)
+def datastores(svc: Svc, p: Caller, limit: Limit = 1000, cursor: Cursor = None) -> dict[str, Any]:
     rows = svc.datastores.listing(viewer=_viewer(p))
-    return [d for d in rows if p.is_admin or d["tenant"] in (None, p.tenant)]
+    mine = [d for d in rows if p.is_admin or d["tenant"] in (None, p.tenant)]
+    return page(mine, BY_CREATION, limit, cursor)
 
 
-@router.post("/datastores", status_code=201, response_model=None)
+@router.post(
+    "/datastores", status_code=201, response_model=v.DatastoreOut, response_model_exclude_unset=True
+)
 def datastore_create(svc: Svc, p: Caller, body: m.DatastoreCreate) -> dict[str, Any]:
     svc.authz.admin(p)
     return svc.datastores.create(body.name, body.capacity, body.containers, body.tenant)
 
 
-@router.get("/datastores/{ref}", response_model=None)
+@router.get("/datastores/{ref}", response_model=v.DatastoreOut, response_model_exclude_unset=True)
 def datastore_show(svc: Svc, p: Caller, ref: Ref) -> dict[str, Any]:
     _visible_datastore(svc, p, ref)
     return svc.datastores.show(ref, viewer=_viewer(p))
 
 
-@router.post("/datastores/{ref}/extend", response_model=None)
+@router.post(
+    "/datastores/{ref}/extend", response_model=v.DatastoreOut, response_model_exclude_unset=True
+)
 def datastore_extend(svc: Svc, p: Caller, ref: Ref, body: m.DatastoreExtend) -> dict[str, Any]:
     svc.authz.admin(p)
     return svc.datastores.extend(ref, body.capacity)
@@ -256,7 +299,11 @@ def datastore_delete(svc: Svc, p: Caller, ref: Ref) -> None:
     svc.datastores.delete(ref)
 
 
-@router.get("/datastores/{ref}/resolve", response_model=None)
+@router.get(
+    "/datastores/{ref}/resolve",
+    response_model=v.DatastoreResolved,
+    response_model_exclude_unset=True,
+)
 def datastore_resolve(svc: Svc, p: Caller, ref: Ref, host: OptRef = None) -> dict[str, Any]:
     name = host or p.name
     svc.authz.host(p, name)

@@ -184,6 +184,7 @@ class VvolOps:
                 "generation": v.generation,
                 "datastore": v.datastore,
                 "tenant": v.tenant,
+                "created": v.created,
                 **_space(v),
             }
             for v in rows
