@@ -136,7 +136,7 @@ def pe_delete(svc: Svc, p: Caller, ref: Ref) -> None:
 @router.get("/hosts", response_model=None)
 def hosts(svc: Svc, p: Caller) -> list[dict[str, Any]]:
     svc.authz.admin(p)
-    return svc.hosts.listing()
+    return svc.fencing.contacts()
 
 
 @router.post("/hosts", status_code=201, response_model=None)

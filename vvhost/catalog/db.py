@@ -117,6 +117,11 @@ def _v10_space(conn: Connection) -> None:
     conn.exec_driver_sql("UPDATE vvols SET charge = size WHERE space_at IS NULL")
 
 
+def _v11_fencing(conn: Connection) -> None:
+    """Hosts can be fenced: cut off from every endpoint and from the API."""
+    _add_column(conn, "hosts", "fenced", "FLOAT")
+
+
 MIGRATIONS: list[Migration] = [
     _v1,
     _v2,
@@ -128,6 +133,7 @@ MIGRATIONS: list[Migration] = [
     _v8_array_settings,
     _v9_events,
     _v10_space,
+    _v11_fencing,
 ]
 
 

@@ -124,6 +124,10 @@ class TenantOps:
             host = bindrepo.get_host(conn, subject)
             if host is None:
                 raise Unauthorized(detail="the token's host is gone")
+            if host.fenced is not None:
+                raise Forbidden(
+                    detail=f"host {host.name} is fenced: an admin must unfence it first"
+                )
             return Principal(kind=HOST, name=host.name, tenant=host.tenant)
 
 
