@@ -67,7 +67,10 @@ class Service:
         self.arrays.reprobe()
         self.recovered = recover(self.ctx)
         self.endpoints.start_all()
-        self.fencing.resume()  # fences a crash interrupted: endpoints cut them now
+        for host in self.fencing.resume():  # fences a crash interrupted: cut them now
+            self.recovered.append(
+                {"op": "fence", "id": "", "vvol": "", "action": f"finished for host {host}"}
+            )
         self.contact_watch.start()
         self.maintenance.start()
         self.reconciler.start()

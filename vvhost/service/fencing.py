@@ -70,7 +70,7 @@ class FenceOps:
                     marked = {"bindings": 0, "leases": []}
                 else:
                     marked = self._mark(conn, host, op)
-            self.ctx.fault(OP, "marked")
+            self.ctx.fault("fence", "marked")
             self._cut(name)
             with self.ctx.db.tx() as conn:
                 host = _host(conn, name)
