@@ -9,7 +9,8 @@ elsewhere without it writing again; and each host's last contact.
            iSCSI  the host's targets are deleted (ACL, LUNs and logged-in sessions)
            NBD    its TLS credentials are forgotten and its per-host daemons stop
                   (unix NBD, file: the fenced bindings' exports are withdrawn)
-           RBD    its Ceph identity is removed on every cluster
+           RBD    its Ceph identity is removed on every cluster and its live
+                  sessions blocklisted (pe/cephfence.py)
       3  the journal entry goes; event host.fenced
     A crash between 1 and 3 leaves the journal entry: the next start of the
     control plane runs 2 and 3 again (``resume``).  Fencing a fenced host only
@@ -71,16 +72,17 @@ class FenceOps:
                 else:
                     marked = self._mark(conn, host, op)
             self.ctx.fault("fence", "marked")
-            self._cut(name)
+            blocked = self._cut(name)
             with self.ctx.db.tx() as conn:
                 host = _host(conn, name)
                 repo.journal_remove(conn, op)
-                self._event(conn, host, "host.fenced", marked)
+                self._event(conn, host, "host.fenced", {**marked, "blocklisted": blocked})
         return {
             "name": name,
             "fenced": host.fenced,
             "bindings": marked["bindings"],
             "leases_released": marked["leases"],
+            "blocklisted": blocked,
         }
 
     def _mark(self, conn: Connection, host: Host, op: str) -> dict[str, Any]:
@@ -96,14 +98,16 @@ class FenceOps:
         self.ctx.journal(conn, op, OP, None, {"host": host.name})
         return {"bindings": cut, "leases": sorted(r.vvol_id for r in held)}
 
-    def _cut(self, name: str) -> None:
-        """Step 2: every endpoint stops serving the host (idempotent)."""
+    def _cut(self, name: str) -> list[str]:
+        """Step 2: every endpoint stops serving the host (idempotent); returns the
+        Ceph client addresses blocklisted."""
         with self.ctx.db.tx() as conn:
             pes = bindrepo.list_pes(conn)
-        self.manager.rbd.revoke(name, True)  # an unreachable cluster fails the fence
+        blocked = self.manager.rbd.fence(name)  # an unreachable cluster fails the fence
         self.nbd.revoke(name, True)
         for pe in pes:
             self.manager.resync(pe)
+        return blocked
 
     def resume(self) -> list[str]:
         """At start, after the endpoints run: finish every fence a crash interrupted."""
