@@ -100,6 +100,7 @@ def test_fenced_host_gets_nothing_until_unfenced(plane: Plane, patterns: Pattern
     assert again["bindings"] == 0 and again["fenced"] is not None
     listed = {h["name"]: h for h in admin.hosts()}
     assert listed["h1"]["state"] == "fenced"
+    assert admin.host("h1")["state"] == "fenced" and admin.host("h1")["bindings"] == 1
 
     # another host may now start the VM; its data is still there
     assert h2.recover_check("h2", [config, disk])["fenced_hosts"] == ["h1"]

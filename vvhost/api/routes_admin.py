@@ -148,7 +148,7 @@ def host_add(svc: Svc, p: Caller, body: m.HostAdd) -> dict[str, Any]:
 @router.get("/hosts/{name}", response_model=None)
 def host_show(svc: Svc, p: Caller, name: Ref) -> dict[str, Any]:
     svc.authz.host(p, name)
-    return svc.hosts.show(name)
+    return {**svc.hosts.show(name), **svc.fencing.contact(name)}
 
 
 @router.delete("/hosts/{name}", status_code=204, response_model=None)

@@ -179,6 +179,13 @@ class FenceOps:
             out.append({**h.to_dict(), "last_contact": last, "state": self._state(h, last, now)})
         return out
 
+    def contact(self, name: str) -> dict[str, Any]:
+        """One host's last contact and state (as in ``contacts``)."""
+        found = [h for h in self.contacts() if h["name"] == name]
+        if not found:
+            raise NotFound(kind="host", ref=name)
+        return {"last_contact": found[0]["last_contact"], "state": found[0]["state"]}
+
     def _state(self, h: Host, last: float | None, now: float) -> str:
         if h.fenced is not None:
             return "fenced"
