@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from tests.tlsfixtures import make_certs
 from vvhost.client import Client
 from vvhost.daemon import ServerProcess, free_port
+from vvhost.guest import GuestImage
 from vvhost.host.config import HostConfig
 from vvhost.host.install import install
 from vvhost.labhost import LibvirtHost
@@ -38,8 +39,14 @@ class NetLab:
     admin: Client  # over the unix socket, from the machine's namespace
     url: str
     ca: str
+    guest: GuestImage | None = None  # the test guest, for tests/vmlab.py's create_vm
     hosts: dict[str, LibvirtHost] = field(default_factory=dict)
     confs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def api(self) -> Client:
+        """The admin's client (the name tests/vmlab.py's helpers use)."""
+        return self.admin
 
     def add_host(self, name: str, tenant: str | None = None, protocol: str = "iscsi") -> str:
         """Register ``name``, start its libvirtd in its own network namespace with the
@@ -72,7 +79,9 @@ class NetLab:
         assert pid is not None
         return ["nsenter", f"--net=/proc/{pid}/ns/net"]
 
-    def vvhost(self, name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    def vvhost(
+        self, name: str, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """``vvhost ARGS`` as host ``name``: in its network namespace, with its config,
         and its token for the commands that take ``--server``."""
         conf = HostConfig.load(self.confs[name])
@@ -83,19 +92,20 @@ class NetLab:
             "VVHOST_TOKEN_FILE": conf.token_file or "",
             "VVHOST_CA": self.ca,
             "VVHOST_SOCKET": "/nonexistent/vvhost.sock",  # only the network leads there
+            **(env or {}),
         }
         return subprocess.run(
             [*self.netns(name), sys.executable, "-m", "vvhost", *args],
             capture_output=True,
             text=True,
             env=env,
-            timeout=120,
+            timeout=300,
             check=False,
         )
 
 
 @contextmanager
-def net_lab(tmp: str) -> Iterator[NetLab]:
+def net_lab(tmp: str, guest: GuestImage | None = None) -> Iterator[NetLab]:
     """A lab network and a control plane listening on its bridge with TLS."""
     net = LabNet().start()
     lab = None
@@ -117,7 +127,13 @@ def net_lab(tmp: str) -> Iterator[NetLab]:
         ).start()
         try:
             lab = NetLab(
-                tmp, net, server, server.client(), f"https://{net.gateway}:{port}", certs.ca
+                guest=guest,
+                tmp=tmp,
+                net=net,
+                server=server,
+                admin=server.client(),
+                url=f"https://{net.gateway}:{port}",
+                ca=certs.ca,
             )
             yield lab
         finally:

@@ -1,6 +1,7 @@
 """Hosts in their own network namespaces reach the control plane only over the lab
 network with TLS and their tokens (tests/netlab.py); once a host is fenced, every
-command it runs is refused with one line, while the other host goes on."""
+command it runs is refused with one line, while the other host goes on; a VM of a
+frozen host comes back on the other one in that topology."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ import json
 import subprocess
 import sys
 
+from tests.integration.test_fencing_vms import fence_and_recover
 from tests.netlab import net_lab
+from tests.patterns import Patterns
+from vvhost.daemon import free_port
+from vvhost.guest import GuestImage
 
 
 def test_fenced_host_on_the_lab_network_gets_nothing(tmp_path: str) -> None:
@@ -49,3 +54,19 @@ def test_fenced_host_on_the_lab_network_gets_nothing(tmp_path: str) -> None:
         lab.admin.host_unfence("kvm1")
         again = lab.vvhost("kvm1", "vvol", "show", vid, "--json")
         assert again.returncode == 0, again.stderr
+
+
+def test_vm_of_a_fenced_host_comes_back_on_the_lab_network(
+    tmp_path: str, guest: GuestImage
+) -> None:
+    """The frozen-VM scenario of test_fencing_vms.py with both hosts in their own
+    namespaces: the hook and every vvhost command go over TLS with the host's
+    token, iSCSI over the lab bridge."""
+    with net_lab(str(tmp_path), guest) as lab:
+        lab.admin.tenant_create("alpha")
+        lab.admin.container_create("pool", "2G")
+        lab.admin.datastore_create("ds", "2G", ["pool"], tenant="alpha")
+        lab.admin.pe_create("iscsi0", "iscsi", portal=f"{lab.net.gateway}:{free_port()}")
+        for name in ("kvm1", "kvm2"):
+            lab.add_host(name, tenant="alpha")
+        fence_and_recover(lab, "iscsi", Patterns())  # type: ignore[arg-type]

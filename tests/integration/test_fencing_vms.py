@@ -114,8 +114,10 @@ def test_fenced_rbd_hosts_late_writes_are_refused(rbdlab: Lab, ceph_cluster: Cep
 
 
 def fence_and_recover(lab: Lab, protocol: str, pat: Patterns) -> list[str]:
-    """The scenario of this module; returns the Ceph addresses the fence blocklisted."""
-    lab.add_host("kvm2", protocol=protocol)
+    """The scenario of this module; returns the Ceph addresses the fence blocklisted.
+    ``lab``: a vmlab Lab (kvm2 is added here) or a tests/netlab.py NetLab with both."""
+    if "kvm2" not in lab.hosts:
+        lab.add_host("kvm2", protocol=protocol)
     log = create_vm(lab, "vm1", protocol, CMDS, disks=DISKS, keep_running=True)
     config = next(v["id"] for v in lab.api.vvols() if v["name"] == "vm1.config")
     out = lab.vvhost("kvm1", "vm", "start", "vm1")
