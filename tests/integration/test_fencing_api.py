@@ -100,6 +100,8 @@ def test_fenced_host_gets_nothing_until_unfenced(plane: Plane, patterns: Pattern
     assert again["bindings"] == 0 and again["fenced"] is not None
     listed = {h["name"]: h for h in admin.hosts()}
     assert listed["h1"]["state"] == "fenced"
+    health = [i for i in admin.health_report()["items"] if i["kind"] == "host"]
+    assert [(i["name"], i["detail"].split(":")[0]) for i in health] == [("h1", "fenced")]
     assert admin.host("h1")["state"] == "fenced" and admin.host("h1")["bindings"] == 1
 
     # another host may now start the VM; its data is still there
@@ -135,6 +137,9 @@ def test_silent_host_is_reported_unreachable_once(plane: Plane) -> None:
         assert time.monotonic() < deadline, "no host.unreachable event"
         time.sleep(0.3)
     assert {h["name"]: h["state"] for h in admin.hosts()}["h1"] == "unreachable"
+    items = [i for i in admin.health_report()["items"] if i["kind"] == "host"]
+    assert [(i["name"], i["status"]) for i in items] == [("h1", "warning")]
+    assert "host fence h1" in items[0]["advice"]
     time.sleep(1.5)  # later rounds do not repeat it
     events = [e for e in admin.events(limit=1000)["events"] if e["kind"] == "host.unreachable"]
     assert len(events) == 1 and events[0]["fields"]["host"] == "h1"

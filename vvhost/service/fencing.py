@@ -187,11 +187,7 @@ class FenceOps:
         return {"last_contact": found[0]["last_contact"], "state": found[0]["state"]}
 
     def _state(self, h: Host, last: float | None, now: float) -> str:
-        if h.fenced is not None:
-            return "fenced"
-        if last is None:
-            return "new"
-        return "unreachable" if now - last > self.ctx.config.unreachable_after else "ok"
+        return host_state(h, last, now, self.ctx.config.unreachable_after)
 
     def watch(self) -> None:
         """The background round (``vvhost serve``)."""
@@ -231,6 +227,15 @@ class FenceOps:
             fields={"host": host.name, **fields},
             tenant=host.tenant,
         )
+
+
+def host_state(h: Host, last: float | None, now: float, after: float) -> str:
+    """fenced; new (never called in); unreachable (silent for more than ``after`` s); ok."""
+    if h.fenced is not None:
+        return "fenced"
+    if last is None:
+        return "new"
+    return "unreachable" if now - last > after else "ok"
 
 
 def _host(conn: Connection, name: str) -> Host:
