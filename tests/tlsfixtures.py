@@ -20,7 +20,8 @@ def _openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True)
 
 
-def make_certs(directory: str) -> Certs:
+def make_certs(directory: str, ips: tuple[str, ...] = ("127.0.0.1",)) -> Certs:
+    """A CA and a server certificate valid for ``ips`` (and localhost)."""
     d = directory
     os.makedirs(d, exist_ok=True)
     ca_key, ca, key, csr, cert = (
@@ -28,7 +29,8 @@ def make_certs(directory: str) -> Certs:
     )
     ext = os.path.join(d, "san.cnf")
     with open(ext, "w", encoding="utf-8") as fh:
-        fh.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        names = ",".join(f"IP:{ip}" for ip in ips)
+        fh.write(f"subjectAltName={names},DNS:localhost\n")
     _openssl(
         "req",
         "-x509",

@@ -65,6 +65,7 @@ _POINTS: tuple[FaultPoint, ...] = tuple(
         ("copy-diffs", "begin"),
         ("bind", "attached"),
         ("rebind", "attached"),
+        ("fence", "marked"),
     )
 ) + tuple(
     FaultPoint(HOST, op, step)

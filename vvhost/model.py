@@ -136,6 +136,7 @@ class Host:
     iqn: str | None
     created: float
     tenant: str | None = None
+    fenced: float | None = None  # when it was fenced (None: it is not)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,6 +164,7 @@ class Pe:
 ATTACHING = "attaching"
 ACTIVE = "active"
 DETACHING = "detaching"
+FENCED = "fenced"  # its host was fenced: nothing presents it; unfence drops it
 
 
 @dataclass(frozen=True)

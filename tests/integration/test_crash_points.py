@@ -277,6 +277,19 @@ def _binding(expected: list[str]) -> CpCheck:
     return check
 
 
+def _fenced(p: Plane, api: Client, patterns: Patterns) -> None:
+    """The fence finished at the restart: h1's target is gone (its LUN no longer
+    serves), its binding fenced; unfence drops the binding, the data is intact."""
+    (b,) = api.bindings(host="h1")
+    assert b["state"] == "fenced"
+    assert {h["name"]: h["state"] for h in api.hosts()}["h1"] == "fenced"
+    refused = subprocess.run(["qemu-img", "info", b["uri"]], capture_output=True, check=False)
+    assert refused.returncode != 0
+    assert api.host_unfence("h1")["bindings_dropped"] == 1
+    assert api.bindings() == []
+    assert patterns.sha(p.ids["path"]) == p.ids["sha_b"]
+
+
 @dataclass(frozen=True)
 class CpScenario:
     args: tuple[str, ...]
@@ -314,6 +327,11 @@ CP: dict[str, CpScenario] = {
     # a LUN made in tgtd but not recorded is removed; an NBD export likewise (rebind)
     "bind:attached": CpScenario(
         ("vvol", "bind", "d", "--host", "h1", "--pe", "iscsi1"), _binding([]), journaled=False
+    ),
+    "fence:marked": CpScenario(
+        ("host", "fence", "h1"),
+        _fenced,
+        before=(("vvol", "bind", "d", "--host", "h1", "--pe", "iscsi1"),),
     ),
     "rebind:attached": CpScenario(
         ("vvol", "rebind", "d", "--host", "h1", "--pe", "nbd2"),

@@ -32,6 +32,7 @@ from . import (
     routes_binding,
     routes_credentials,
     routes_events,
+    routes_fencing,
     routes_leases,
     routes_vvols,
 )
@@ -140,6 +141,7 @@ def create_app(service: Service, authenticate: Authenticate = unix_admin) -> Fas
         routes_credentials,
         routes_leases,
         routes_events,
+        routes_fencing,
     ):
         app.include_router(module.router)
     app.add_middleware(BodyLimit)

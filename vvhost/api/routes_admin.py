@@ -150,7 +150,7 @@ def pe_delete(svc: Svc, p: Caller, ref: Ref) -> None:
 @router.get("/hosts", response_model=Page[i.HostOut], response_model_exclude_unset=True)
 def hosts(svc: Svc, p: Caller, limit: Limit = 1000, cursor: Cursor = None) -> dict[str, Any]:
     svc.authz.admin(p)
-    return page(svc.hosts.listing(), BY_NAME, limit, cursor)
+    return page(svc.fencing.contacts(), BY_NAME, limit, cursor)
 
 
 @router.post(
@@ -164,7 +164,7 @@ def host_add(svc: Svc, p: Caller, body: m.HostAdd) -> dict[str, Any]:
 @router.get("/hosts/{name}", response_model=i.HostDetail, response_model_exclude_unset=True)
 def host_show(svc: Svc, p: Caller, name: Ref) -> dict[str, Any]:
     svc.authz.host(p, name)
-    return svc.hosts.show(name)
+    return {**svc.hosts.show(name), **svc.fencing.contact(name)}
 
 
 @router.delete("/hosts/{name}", status_code=204, response_model=None)

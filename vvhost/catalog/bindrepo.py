@@ -37,14 +37,21 @@ _OF_VVOL_HOST = (
 )
 
 
+def _host(r: Row[Any]) -> Host:
+    return Host(name=r.name, iqn=r.iqn, created=r.created, tenant=r.tenant, fenced=r.fenced)
+
+
 def get_host(conn: Connection, name: str) -> Host | None:
     row = conn.execute(_HOST, {"k_name": name}).first()
-    return Host(name=row.name, iqn=row.iqn, created=row.created, tenant=row.tenant) if row else None
+    return _host(row) if row else None
 
 
 def list_hosts(conn: Connection) -> list[Host]:
-    rows = conn.execute(select(hosts).order_by(hosts.c.name))
-    return [Host(name=r.name, iqn=r.iqn, created=r.created, tenant=r.tenant) for r in rows]
+    return [_host(r) for r in conn.execute(select(hosts).order_by(hosts.c.name))]
+
+
+def set_fenced(conn: Connection, name: str, when: float | None) -> None:
+    conn.execute(update(hosts).where(hosts.c.name == name).values(fenced=when))
 
 
 def delete_host(conn: Connection, name: str) -> None:

@@ -178,6 +178,11 @@ def _v11_unique_targets(conn: Connection) -> None:
         index.create(conn, checkfirst=True)
 
 
+def _v12_fencing(conn: Connection) -> None:
+    """Hosts can be fenced: cut off from every endpoint and from the API."""
+    _add_column(conn, "hosts", "fenced", "FLOAT")
+
+
 MIGRATIONS: list[Migration] = [
     _v1,
     _v2,
@@ -190,6 +195,7 @@ MIGRATIONS: list[Migration] = [
     _v9_events,
     _v10_space,
     _v11_unique_targets,
+    _v12_fencing,
 ]
 
 

@@ -117,6 +117,7 @@ hosts = Table(
     Column("iqn", String(256)),
     Column("created", Float, nullable=False),
     Column("tenant", String(128)),  # migration 3
+    Column("fenced", Float),  # migration _v12_fencing: when it was fenced
 )
 
 pes = Table(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Row, delete, select, update
+from sqlalchemy import Connection, Row, delete, func, select, update
 
 from ..model import Datastore
 from .db import insert_ignore
@@ -91,6 +91,12 @@ def touch_token(conn: Connection, digest: str, now: float, every: float) -> None
 def token_last_used(conn: Connection, digest: str) -> float | None:
     row = conn.execute(select(tokens.c.last_used).where(tokens.c.digest == digest)).first()
     return row[0] if row else None
+
+
+def last_used_by(conn: Connection, kind: str) -> dict[str, float | None]:
+    """subject -> the latest use of any of its tokens (None: never used)."""
+    q = select(tokens.c.subject, func.max(tokens.c.last_used)).where(tokens.c.kind == kind)
+    return {r[0]: r[1] for r in conn.execute(q.group_by(tokens.c.subject))}
 
 
 def delete_tokens(conn: Connection, kind: str, subject: str) -> None:

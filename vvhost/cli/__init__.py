@@ -15,6 +15,7 @@ from .base import cli
 from .binding import binding, host, pe
 from .convert import convert
 from .events import events, health
+from .fencing import host_fence  # noqa: F401  (adds `host fence|unfence`, `vm recover`)
 from .inventory import array, container
 from .nbdcreds import host_nbd_credentials  # noqa: F401  (adds `host nbd-credentials`)
 from .serve import audit, quickstart, serve

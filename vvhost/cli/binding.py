@@ -39,9 +39,13 @@ def host_add(s: Session, name: str, iqn: str | None, tenant: str | None, as_json
 @json_option
 @pass_session
 def host_list(s: Session, as_json: bool) -> None:
-    """List hosts."""
+    """List hosts with their state (ok, new, unreachable, fenced) and last contact."""
     rows = s.client.hosts()
-    output.emit_json(rows) if as_json else output.table(rows, ["name", "iqn"])
+    if as_json:
+        output.emit_json(rows)
+        return
+    shown = [{**r, "last_contact": output.fmt("created", r.get("last_contact"))} for r in rows]
+    output.table(shown, ["name", "iqn", "state", "last_contact"])
 
 
 @host.command("show")

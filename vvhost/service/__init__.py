@@ -14,6 +14,7 @@ from .cow import CowOps
 from .data import DataOps
 from .datastores import DatastoreOps
 from .endpoints import EndpointManager, PeOps
+from .fencing import FenceOps
 from .health import STUCK
 from .health import report as health_report
 from .hosts import HostOps
@@ -21,6 +22,7 @@ from .inventory import ArrayOps, ContainerOps
 from .maintenance import ArrayMaintenance
 from .metrics import Metrics
 from .nbdcreds import NbdCredentials
+from .periodic import Periodic
 from .reconciler import Reconciler
 from .recovery import audit, recover
 from .space import SpaceRefresher
@@ -45,6 +47,10 @@ class Service:
         self.nbd = NbdCredentials(self.ctx, self.endpoints)
         self.hosts = HostOps(self.ctx, self.tenants, self.endpoints, revoke=self.nbd.revoke)
         self.pes = PeOps(self.ctx, self.endpoints)
+        self.fencing = FenceOps(self.ctx, self.endpoints, self.nbd)
+        self.contact_watch = Periodic(
+            "host-contact", max(1.0, config.unreachable_after / 4), self.fencing.watch
+        )
         self.bindings = BindingOps(self.ctx, self.hosts, self.pes, self.endpoints)
         self.maintenance = ArrayMaintenance(self.ctx)
         self.reconciler = Reconciler(self.ctx, self.endpoints, config.reconcile_interval)
@@ -61,6 +67,11 @@ class Service:
         self.arrays.reprobe()
         self.recovered = recover(self.ctx)
         self.endpoints.start_all()
+        for host in self.fencing.resume():  # fences a crash interrupted: cut them now
+            self.recovered.append(
+                {"op": "fence", "id": "", "vvol": "", "action": f"finished for host {host}"}
+            )
+        self.contact_watch.start()
         self.maintenance.start()
         self.reconciler.start()
         if self.refresher.interval > 0:
@@ -100,6 +111,7 @@ class Service:
         """Stop; endpoint daemons stop too unless ``keep_endpoints`` (then a later
         start adopts them and hosts keep their I/O paths meanwhile)."""
         self.reconciler.stop()
+        self.contact_watch.stop()
         self.maintenance.stop()
         self.refresher.stop()
         self.endpoints.stop_all(keep_daemons=keep_endpoints)

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from ..catalog import bindrepo, repo
-from ..errors import Busy, EndpointError, InUse, InvalidInput, NotFound, VvhostError
+from ..errors import Busy, EndpointError, Forbidden, InUse, InvalidInput, NotFound, VvhostError
 from ..model import ACTIVE, ATTACHING, DETACHING, Binding, Host, Pe, Vvol
 from ..pe import Attachment, secondary_id
 from ..pe.iscsi import allocate_lun, target_name
@@ -74,6 +74,8 @@ class BindingOps:
         with self.ctx.locks.hold([f"host:{host}"]):
             with self.ctx.db.tx() as conn:
                 h = self.hosts.get(conn, host)
+                if h.fenced is not None:  # nothing reaches it until it is unfenced
+                    raise Forbidden(detail=f"host {host} is fenced: unfence it first")
                 chosen = self.pes.get(conn, pe) if pe else None
                 every_pe: list[Pe] | None = None
                 for i, ref in enumerate(refs):

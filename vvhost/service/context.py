@@ -54,6 +54,8 @@ class Config:
     events_days: float = 30.0
     # seconds between background refreshes of cached space figures (0: none)
     space_refresh: float = 30.0
+    # a host whose last contact is older than this many seconds is reported unreachable
+    unreachable_after: float = 300.0
 
     @classmethod
     def from_env(cls, state_dir: str, db_url: str | None = None) -> Config:
@@ -67,6 +69,7 @@ class Config:
             events_keep=int(_number("VVHOST_EVENTS_KEEP", 100_000)),
             events_days=_number("VVHOST_EVENTS_DAYS", 30.0),
             space_refresh=float(os.environ.get("VVHOST_SPACE_REFRESH") or 30.0),
+            unreachable_after=_number("VVHOST_UNREACHABLE_AFTER", 300.0),
         )
 
 

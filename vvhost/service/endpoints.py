@@ -103,15 +103,19 @@ def attachment(
 
 def catalog_targets(conn: Connection, pe_id: str) -> dict[int, tuple[str, str | None] | None]:
     """tid -> (target iqn, initiator name or None for a shared target), from the
-    catalog's targets and *current* host rows; None when the target's host is gone
-    or has no initiator name (nobody may use it)."""
+    catalog's targets and *current* host rows; None when the target's host is gone,
+    fenced or has no initiator name (nobody may use it: the target is deleted,
+    logged-in sessions included)."""
     out: dict[int, tuple[str, str | None] | None] = {}
     for tid, (owner, iqn) in bindrepo.targets(conn, pe_id).items():
         if owner == "*":
             out[tid] = (iqn, None)
             continue
         host = bindrepo.get_host(conn, owner)
-        out[tid] = (iqn, host.iqn) if host and host.iqn else None
+        if host is None or not host.iqn or host.fenced is not None:
+            out[tid] = None
+        else:
+            out[tid] = (iqn, host.iqn)
     return out
 
 
@@ -218,6 +222,15 @@ class EndpointManager:
             ep = self.get(pe)
             if row.state == ACTIVE or att.key in ep.present():
                 ep.refresh(att)
+
+    def resync(self, pe: Pe) -> dict[str, int] | None:
+        """Make a running endpoint present exactly the catalog's active bindings and
+        targets now (a host was fenced); None when its daemon is not running (it is
+        reconciled when it starts)."""
+        with self.lock([pe.id]):
+            if not self.get(pe).alive():
+                return None
+            return self._reconcile(pe)
 
     def drop_target(self, pe: Pe, tid: int) -> None:
         """Delete target ``tid`` of an iSCSI endpoint (its host is being removed)."""

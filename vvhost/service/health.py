@@ -6,6 +6,7 @@
                  unless ``container set --alerts`` says otherwise)
     endpoints    daemon running, restarts, last error
     operations   journal entries older than STUCK seconds (stuck)
+    hosts        only those that need attention: unreachable, fenced
     findings     what the reconciler found and still finds
 
 Each item carries a ``status`` (ok, warning, critical) and, when not ok, an
@@ -20,11 +21,13 @@ from typing import Any
 
 from sqlalchemy import select
 
-from ..catalog import bindrepo, repo, spacerepo
+from ..catalog import bindrepo, repo, spacerepo, tenancy
 from ..catalog.eventschema import findings
 from ..errors import VvhostError
+from ..model import HOST
 from .context import Context
 from .endpoints import EndpointManager
+from .fencing import host_state
 
 OK, WARNING, CRITICAL = "ok", "warning", "critical"
 RANK = {OK: 0, WARNING: 1, CRITICAL: 2}
@@ -46,7 +49,7 @@ class Item:
 
 def report(ctx: Context, endpoints: EndpointManager, stuck: float = STUCK) -> dict[str, Any]:
     items = _arrays(ctx) + _containers(ctx) + _endpoints(ctx, endpoints) + _ops(ctx, stuck)
-    items += _findings(ctx)
+    items += _findings(ctx) + _hosts(ctx)
     worst = max((RANK[i.status] for i in items), default=0)
     return {
         "status": next(s for s, r in RANK.items() if r == worst),
@@ -169,3 +172,24 @@ def _size(n: int) -> str:
             return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
         value /= 1024
     return f"{n} B"
+
+
+def _hosts(ctx: Context) -> list[Item]:
+    """Hosts that are silent or fenced (the others are not listed)."""
+    now = time.time()
+    with ctx.db.tx() as conn:
+        hosts = bindrepo.list_hosts(conn)
+        seen = tenancy.last_used_by(conn, HOST)
+    out = []
+    for h in hosts:
+        last = seen.get(h.name)
+        state = host_state(h, last, now, ctx.config.unreachable_after)
+        if state == "unreachable" and last is not None:
+            out.append(Item("host", h.name, WARNING, f"no contact for {round(now - last)} s",
+                            f"check the host; if it hangs, `vvhost host fence {h.name}` "
+                            "before its VMs start elsewhere", {"last_contact": last}))  # fmt: skip
+        elif state == "fenced":
+            out.append(Item("host", h.name, WARNING, "fenced: cut off every endpoint",
+                            f"recover its VMs elsewhere; `vvhost host unfence {h.name}` "
+                            "when it is healthy again", {"fenced": h.fenced}))  # fmt: skip
+    return out

@@ -105,10 +105,6 @@ class HostOps:
             raise NotFound(kind="host", ref=name)
         return host
 
-    def listing(self) -> list[dict[str, Any]]:
-        with self.ctx.db.tx() as conn:
-            return [h.to_dict() for h in bindrepo.list_hosts(conn)]
-
     def show(self, name: str) -> dict[str, Any]:
         with self.ctx.db.tx() as conn:
             host = self.get(conn, name)

@@ -24,7 +24,7 @@ from ..arrays.sources import RbdSource
 from ..catalog import bindrepo, vvolrepo
 from ..errors import VvhostError
 from ..model import ACTIVE, ATTACHING, Pe
-from ..pe import Endpoint, cephaccess
+from ..pe import Endpoint, cephaccess, cephfence
 from ..pe.cephaccess import Cluster, Grants
 from ..pe.rbd import RbdEndpoint
 from .context import Context
@@ -118,6 +118,11 @@ class RbdAccess:
                 cephaccess.drop(cluster, host)
             else:
                 cephaccess.rotate(cluster, host)
+
+    def fence(self, host: str) -> list[str]:
+        """Host fenced: its identity goes on every cluster and its live sessions are
+        blocklisted (open librbd clients are cut). Returns the blocklisted addresses."""
+        return [addr for cluster in self.clusters() for addr in cephfence.cut(cluster, host)]
 
     def audit(self) -> list[str]:
         problems: list[str] = []

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..catalog import bindrepo, repo, vvolrepo
 from ..errors import ArrayOffline
-from ..model import ACTIVE, DEFERRED, FAILED, READY, JournalEntry
+from ..model import ACTIVE, DEFERRED, FAILED, FENCED, READY, JournalEntry
 from .bindings import settle_transient
 from .context import Context
 from .cow import finish_revert, undo_revert
@@ -53,6 +53,8 @@ def recover(ctx: Context) -> list[dict[str, str]]:
     with ctx.db.tx() as conn:
         entries = repo.journal_list(conn)
     for entry in entries:
+        if entry.op not in HANDLERS:  # finished by its own service once endpoints run
+            continue  # (host fencing: fencing.py)
         before, after = HANDLERS[entry.op]
         handler = after if entry.step == "committed" else before
         undoing = handler in ROLLBACKS
@@ -151,14 +153,19 @@ def audit(ctx: Context, endpoints: EndpointManager | None = None) -> dict[str, A
 
 
 def _audit_endpoints(ctx: Context, endpoints: EndpointManager) -> list[str]:
-    """Every active binding is presented by its endpoint, and nothing else is."""
+    """Every active binding is presented by its endpoint, and nothing else is (a
+    fenced host's bindings are not)."""
     problems = []
     with ctx.db.tx() as conn:
         pes = bindrepo.list_pes(conn)
         rows = bindrepo.find_bindings(conn)
         wanted: dict[str, set[str]] = {pe.id: set() for pe in pes}
         for b in rows:
-            if b.state != ACTIVE:
+            if b.state == FENCED:  # kept until unfence; nothing may present it
+                host = bindrepo.get_host(conn, b.host)
+                if host is None or host.fenced is None:
+                    problems.append(f"binding of {b.vvol} for {b.host} is fenced, its host not")
+            elif b.state != ACTIVE:
                 problems.append(f"binding of {b.vvol} for {b.host} is {b.state}")
             elif vvolrepo.get(conn, b.vvol) is None:
                 problems.append(f"binding for {b.host} names a missing vvol {b.vvol}")

@@ -88,6 +88,9 @@ class HostOut(Out):
     iqn: str | None = None
     created: float
     tenant: str | None = None
+    fenced: float | None = None
+    last_contact: float | None = None
+    state: str | None = None
 
 
 class HostDetail(HostOut):
