@@ -462,14 +462,16 @@ class Client:
         return self._ask(i.TokenOut, "POST", f"/v1/hosts/{name}/token")
 
     def host_fence(self, name: str) -> dict[str, Any]:
-        return self.call("POST", f"/v1/hosts/{name}/fence")
+        return self._ask(i.FenceOut, "POST", f"/v1/hosts/{name}/fence")
 
     def host_unfence(self, name: str) -> dict[str, Any]:
-        return self.call("POST", f"/v1/hosts/{name}/unfence")
+        return self._ask(i.UnfenceOut, "POST", f"/v1/hosts/{name}/unfence")
 
     def recover_check(self, host: str, vvols: list[str]) -> dict[str, Any]:
         """May ``host`` start the VM whose vvols these are (nobody unfenced uses them)?"""
-        return self.call("POST", f"/v1/hosts/{host}/recover-check", json={"vvols": vvols})
+        return self._ask(
+            i.RecoverCheckOut, "POST", f"/v1/hosts/{host}/recover-check", json={"vvols": vvols}
+        )
 
     def host_nbd_credentials(self, name: str) -> dict[str, Any]:
         return self._ask(i.NbdCredentials, "GET", f"/v1/hosts/{name}/nbd-credentials")

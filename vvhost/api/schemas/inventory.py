@@ -133,3 +133,27 @@ class NbdCredentials(Strict):
     ca_cert: str
     client_cert: str
     client_key: str
+
+
+class FenceOut(Strict):
+    """What ``host fence`` cut."""
+
+    name: str
+    fenced: float | None
+    bindings: int
+    leases_released: list[str]
+    blocklisted: list[str]
+
+
+class UnfenceOut(Strict):
+    name: str
+    fenced: float | None
+    bindings_dropped: int
+
+
+class RecoverCheckOut(Strict):
+    """The VM may start on ``host``: nobody unfenced uses its vvols."""
+
+    host: str
+    vvols: int
+    fenced_hosts: list[str]
