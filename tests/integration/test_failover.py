@@ -6,6 +6,7 @@ only dead replicas ends in one line and exit code 7."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,12 +14,14 @@ from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 
+import httpx
 import pytest
 
 from tests.patterns import Patterns
 from tests.tlsfixtures import make_certs
 from vvhost.client import Client
 from vvhost.daemon import ServerProcess, free_port
+from vvhost.errors import Unreachable
 from vvhost.host import domainxml as dx
 from vvhost.host.config import HostConfig
 
@@ -167,3 +170,60 @@ def test_cli_and_hook_fail_over_to_the_second_replica(
     assert failed.returncode == 1 and len(failed.stderr.strip().splitlines()) == 1
     assert "cannot reach the control plane at any of" in failed.stderr
     assert second.proc is not None and second.proc.poll() is None
+
+
+def test_a_frozen_replica_a_write_is_not_sent_twice(replicas: Replicas) -> None:
+    """SIGSTOP the first replica: a new connection to it opens (the kernel answers) but
+    its TLS handshake times out, so requests go to the second; a POST already sent to
+    it on an open connection times out and is NOT sent again (the frozen replica holds
+    it and might carry it out when it runs again)."""
+    first, _second = replicas.servers
+    with open(replicas.admin_token, encoding="utf-8") as fh:
+        token = fh.read().strip()
+    short = httpx.Timeout(connect=2.0, read=4.0, write=4.0, pool=2.0)
+    api = Client.connect(replicas.urls, token, replicas.ca, short)
+    only_b = Client.connect(replicas.urls[1:], token, replicas.ca)
+    assert first.proc is not None
+    pid = first.proc.pid
+    try:
+        assert api.health()["ok"] and api.address == replicas.urls[0]  # a live connection
+        os.kill(pid, signal.SIGSTOP)
+        with pytest.raises(Unreachable) as err:
+            api.vvol_create("pool", "1M", name="sent-once")
+        assert "may have been carried out" in str(err.value)
+        assert err.value.exit_code == 7
+        assert not [v for v in only_b.vvols() if v["name"] == "sent-once"]
+        # a read goes on to the second replica (the handshake with the frozen one times out)
+        started = time.monotonic()
+        assert api.health()["ok"] and api.address == replicas.urls[1]
+        assert time.monotonic() - started < 15
+        assert any(t.startswith(replicas.urls[0]) for t in api.conn.tried)
+        # so does a new client's write: nothing of it reached the frozen replica
+        fresh = Client.connect(replicas.urls, token, replicas.ca, short)
+        try:
+            made = fresh.vvol_create("pool", "1M", name="via-second")
+            assert fresh.address == replicas.urls[1]
+        finally:
+            fresh.close()
+        assert only_b.vvol(made["id"])["name"] == "via-second"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # the frozen replica runs again; whatever it makes of the request it had received
+    # (uvicorn drops a request whose client left before its body was read), the vvol
+    # exists at most once: the client never sent it anywhere else
+    only_a = Client.connect(replicas.urls[:1], token, replicas.ca)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert only_a.health()["ok"]
+                break
+            except Unreachable:
+                assert time.monotonic() < deadline, "the replica did not come back"
+                time.sleep(0.5)
+        assert len([v for v in only_a.vvols() if v["name"] == "sent-once"]) <= 1
+        assert [v["name"] for v in only_a.vvols()].count("via-second") == 1
+    finally:
+        only_a.close()
+        api.close()
+        only_b.close()
