@@ -21,7 +21,10 @@ The rules (also in the README, "Several control-plane replicas"):
   checks the state (``vvhost vvol show``, ``vvhost op show``) before trying again.
   A read is also sent on after any other 503 (an array or daemon offline at that
   replica): reads change nothing.
-- Any other answer a server gave (2xx, 4xx, 5xx) is final: it is returned.
+- Any other answer a server gave (2xx, 4xx, 5xx) is final: it is returned.  A
+  write answered with another 503 (``replica-fenced``: the replica lost its lease,
+  possibly after part of the request; an array offline there) is returned too, but
+  the next request starts at the next replica.
 - When every URL failed without a final answer: ``Unreachable`` naming each URL and
   why, in one line (exit code 7); if some replica answered 503, that answer.
 """
@@ -165,7 +168,9 @@ class Failover:
                 self.tried.append(f"{ep.address}: HTTP 503 {_code(resp)}".rstrip())
                 unavailable = resp
                 continue
-            self.current = index
+            # A final answer: this replica is asked first next time, unless it
+            # answered 503 (lost its lease, an array offline there): then the next one.
+            self.current = (index + 1) % count if resp.status_code == 503 else index
             return resp
         if unavailable is not None:
             return unavailable

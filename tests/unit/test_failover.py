@@ -152,6 +152,18 @@ def test_other_503_answers_are_final_for_writes_but_not_for_reads() -> None:
     assert b.seen == ["GET /v1/health"]
 
 
+def test_a_write_answered_503_is_final_but_the_next_request_starts_elsewhere() -> None:
+    fenced = Replica("http://a", answering(503, "replica-fenced", "a lost its lease"))
+    b = Replica("http://b", ok)
+    api = client_of(fenced, b)
+    with pytest.raises(Exception, match="a lost its lease"):
+        api.tenant_create("t1")
+    assert b.seen == []  # it may have done part of it: not sent again
+    assert api.address == "http://b"
+    assert api.tenant_create("t1")["name"] == "t1"
+    assert fenced.seen == ["POST /v1/tenants"] and b.seen == ["POST /v1/tenants"]
+
+
 def test_every_replica_down_is_one_line_naming_each() -> None:
     a = Replica("https://a:8443", raising(httpx.ConnectError))
     b = Replica("https://b:8443", raising(httpx.ConnectTimeout))
