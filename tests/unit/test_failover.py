@@ -306,3 +306,27 @@ def test_cli_with_only_dead_servers_prints_one_line(tmp_path: os.PathLike[str]) 
     )
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert "'nohost:1' is not" in bad.stderr
+
+
+def test_twin_opens_its_own_pools_to_the_same_replicas() -> None:
+    api = Client.connect(["unix:///nonexistent/a.sock", "https://b:8443"], "tok")
+    api.conn.current = 1
+    twin = api.twin()
+    try:
+        assert twin is not api and twin.conn.addresses == ["/nonexistent/a.sock", "https://b:8443"]
+        assert twin.address == "https://b:8443"  # starts where the first one is
+        pairs = zip(twin.conn.endpoints, api.conn.endpoints, strict=True)
+        assert all(t.http is not o.http for t, o in pairs)
+        assert twin.http.headers["authorization"] == "Bearer tok"
+    finally:
+        twin.close()
+        api.close()
+
+
+def test_host_init_writes_several_servers(tmp_path: os.PathLike[str]) -> None:
+    path = os.path.join(tmp_path, "host.conf")
+    argv = [sys.executable, "-m", "vvhost", "host", "init", "kvm1", "--path", path]
+    argv += ["--server", "https://a:8443,https://b:8443", "--server", "https://c:8443"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert HostConfig.load(path).servers == ["https://a:8443", "https://b:8443", "https://c:8443"]
