@@ -21,6 +21,12 @@ The rules (also in the README, "Several control-plane replicas"):
   checks the state (``vvhost vvol show``, ``vvhost op show``) before trying again.
   A read is also sent on after any other 503 (an array or daemon offline at that
   replica): reads change nothing.
+- A connection reset is the one case that looks alike both ways: on a kept-alive
+  connection it may mean the replica died before the request or while running it.
+  httpx drops pooled connections the server has closed before reusing one, so once
+  a dead replica's FIN or RST has arrived the next request opens a new connection,
+  is refused, and goes on; a reset (or "server disconnected") that surfaces after
+  the request was written is treated as "may have been carried out".
 - Any other answer a server gave (2xx, 4xx, 5xx) is final: it is returned.  A
   write answered with another 503 (``replica-fenced``: the replica lost its lease,
   possibly after part of the request; an array offline there) is returned too, but

@@ -120,12 +120,25 @@ def test_cli_and_hook_fail_over_to_the_second_replica(
     meta = dx.VmMeta(datastore=None, config=None, disks={"vda": vid}, pe="files")
     xml = dx.tostring(dx.new_domain("vm1", 64, 1, meta))
 
+    # a client that has a kept-alive connection to the first replica
+    held = Client.connect(replicas.urls, token, replicas.ca)
+    assert held.health()["ok"] and held.address == replicas.urls[0]
+
     # the first replica dies as a crash would
     pid = first.proc.pid if first.proc else 0
     first.kill()
     assert first.proc is not None and first.proc.poll() == -9
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+    # the held client's pool drops the connection the dead replica closed: even a
+    # write is refused by the first URL (never sent) and goes to the second
+    try:
+        made_held = held.vvol_create("pool", "1M", name="held-client")
+        assert held.address == replicas.urls[1]
+        assert [t.split(": ", 1)[0] for t in held.conn.tried] == [replicas.urls[0]]
+    finally:
+        held.close()
 
     # the CLI: a read and a write, the dead replica first in the list
     started = time.monotonic()
@@ -150,6 +163,8 @@ def test_cli_and_hook_fail_over_to_the_second_replica(
     assert released.returncode == 0, released.stderr
     check = replicas.cli("binding", "list", "--host", "h1", "--json")
     assert check.returncode == 0 and vid not in check.stdout, check.stderr
+    listed = replicas.cli("vvol", "show", made_held["id"], "--json")
+    assert listed.returncode == 0 and "held-client" in listed.stdout, listed.stderr
     audit = replicas.cli("audit", "--json")
     assert audit.returncode == 0 and '"ok": true' in audit.stdout, audit.stdout + audit.stderr
 
