@@ -1,0 +1,334 @@
+"""The VM tests in the lab topology of many hosts: a storage node (the control plane
+with its catalog in a private PostgreSQL, the endpoint daemons on the lab bridge,
+an XFS array) and two KVM hosts, each in its own network and mount namespace,
+that reach the control plane only over TCP + TLS with their own tokens and their
+vvols only over the lab network (tests/netlab.py).
+
+One lab serves the whole module (each test leaves it empty): a live migration
+over the bridge (iSCSI on kvm1, NBD over TLS on kvm2, the hooks binding over the
+network on start and on the way in, and the source's release), a VM snapshot
+taken, reverted and checked by the guest, and what one host cannot reach: the
+other host's exports, the control plane's unix socket, the catalog, the TLS
+listener spoken to in plain text."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import sqlalchemy
+
+from tests.integration.test_vm_migrate import (
+    CMDS,
+    COUNTER_OFF,
+    DISKS,
+    appending_serial,
+    check_counting,
+    counters,
+    p2p,
+    protocols,
+    wait_bindings,
+)
+from tests.integration.test_vm_nbd_tls import tls_sources
+from tests.netlab import NetLab, net_lab
+from tests.patterns import Patterns
+from tests.vmlab import (
+    VDA_MIB,
+    MiB,
+    add_go_channel,
+    create_vm,
+    go,
+    log_text,
+    see,
+    vvhost_json,
+    wait_for_end,
+    wait_line,
+    write_all,
+)
+from vvhost.guest import GuestImage, parse_serial, pattern_bytes, read_counter
+
+if TYPE_CHECKING:
+    from vvhost.pglab import PgLab
+
+QEMU_IMG = "/usr/bin/qemu-img"
+
+
+@pytest.fixture(scope="module")
+def topo(
+    tmp_path_factory: pytest.TempPathFactory,
+    guest: GuestImage,
+    pg_server: PgLab,
+    xfs_mount: str,
+) -> Iterator[NetLab]:
+    tmp = str(tmp_path_factory.mktemp("topo"))
+    database = f"t_{uuid.uuid4().hex[:12]}"
+    url = pg_server.create_database(database)
+    array = tempfile.mkdtemp(dir=xfs_mount)
+    try:
+        with net_lab(tmp, guest, db_url=url, hidden=(pg_server.sockdir, array)) as lab:
+            lab.admin.tenant_create("alpha")
+            lab.admin.array_add("a1", "dir", array)
+            lab.admin.container_create("pool", "4G", arrays=["a1"])
+            lab.admin.datastore_create("ds", "4G", ["pool"], tenant="alpha")
+            lab.endpoints()  # iscsi0 and nbd0 (TLS) on the bridge
+            lab.add_host("kvm1", "alpha", "iscsi", migration=True)
+            lab.add_host("kvm2", "alpha", "nbd", migration=True)
+            yield lab
+    finally:
+        shutil.rmtree(array, ignore_errors=True)
+        pg_server.drop_database(database)
+
+
+def empty(lab: NetLab) -> None:
+    """What every test leaves: nothing bound, nothing stored, catalog and arrays agree."""
+    assert lab.admin.bindings() == [] and lab.admin.vvols() == []
+    assert lab.admin.audit()["ok"]
+
+
+def test_the_topology_is_what_it_says(topo: NetLab) -> None:
+    """The catalog is PostgreSQL; the endpoints and the control plane listen on the
+    bridge; a host reaches the control plane over TLS with its own token only."""
+    lab = topo
+    assert lab.db_url is not None
+    engine = sqlalchemy.create_engine(lab.db_url)
+    try:
+        with engine.connect() as conn:
+            names = conn.execute(sqlalchemy.text("SELECT name FROM hosts")).scalars().all()
+    finally:
+        engine.dispose()
+    assert sorted(names) == ["kvm1", "kvm2"]
+    assert not os.path.exists(os.path.join(lab.server.state_dir, "catalog.db"))
+    for pe in lab.admin.pes():
+        assert pe["portal"].startswith(f"{lab.net.gateway}:"), pe
+    shown = lab.vvhost("kvm1", "host", "show", "kvm1", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["state"] == "ok"
+    empty(lab)
+
+
+def test_live_migration_over_the_lab_network(topo: NetLab) -> None:
+    """kvm1 starts the VM (its hook binds over iSCSI), it moves live to kvm2 (kvm2's
+    hook binds over NBD with TLS, kvm1's releases) and back with ``vvhost vm
+    migrate`` run on kvm2; the guest never stops counting and its data stays."""
+    lab = topo
+    kvm1, kvm2 = lab.hosts["kvm1"], lab.hosts["kvm2"]
+    log = create_vm(lab, "mig", "iscsi", CMDS, host="kvm1", disks=DISKS, keep_running=True)  # type: ignore[arg-type]
+    appending_serial(kvm1, "mig")
+    out = lab.vvhost("kvm1", "vm", "start", "mig")
+    assert out.returncode == 0, out.stderr
+    wait_line(log, "counter 20")
+    wait_bindings(lab, {("kvm1", "iscsi0")}, 2)  # type: ignore[arg-type]
+    handles = [b["handle"]["uri"] for b in lab.admin.bindings()]
+    assert all(u.startswith(f"iscsi://{lab.net.gateway}:") for u in handles), handles
+
+    dom = kvm1.connect().lookupByName("mig")
+    at_switch = counters(log)[-1]
+    p2p(dom, kvm2)  # plain libvirt between the namespaces: the hooks do the storage side
+    moved = kvm2.connect().lookupByName("mig")
+    assert moved.isActive() and not dom.isActive()
+    assert protocols(moved.XMLDesc(0)) == {"nbd"}
+    sources = tls_sources(moved.XMLDesc(0))  # TLS, from kvm2's own daemon on the bridge
+    assert len(sources) == 2
+    wait_bindings(lab, {("kvm2", "nbd0")}, 2)  # type: ignore[arg-type]
+    check_counting(lab, "mig", log, at_switch)  # type: ignore[arg-type]
+
+    assert kvm1.tcp_uri is not None
+    at_switch = counters(log)[-1]
+    out = lab.vvhost("kvm2", "vm", "migrate", "mig", "--to", kvm1.tcp_uri,
+                     "--migrate-uri", f"tcp://{kvm1.address}", "--json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert (result["mode"], result["from"], result["to"], result["pe"]) == (
+        "live",
+        "kvm2",
+        "kvm1",
+        "iscsi0",
+    )
+    assert kvm1.connect().lookupByName("mig").isActive()
+    wait_bindings(lab, {("kvm1", "iscsi0")}, 2)  # type: ignore[arg-type]
+    check_counting(lab, "mig", log, at_switch)  # type: ignore[arg-type]
+    assert lab.admin.audit()["ok"]
+
+    out = lab.vvhost("kvm1", "vm", "stop", "mig", "--force")
+    assert out.returncode == 0, out.stderr
+    assert lab.admin.bindings() == []  # the hook released them on the way out
+    vda = lab.admin.vvol("mig.vda")["path"]
+    last = read_counter(vda, COUNTER_OFF)
+    assert last is not None and last >= counters(log)[-1] - 10, (last, counters(log)[-1:])
+    out = lab.vvhost("kvm1", "vm", "delete", "mig")
+    assert out.returncode == 0, out.stderr
+    empty(lab)
+
+
+def test_vm_snapshot_and_revert_over_the_lab_network(topo: NetLab) -> None:
+    """A running guest writes A, s1 is taken (copy-on-write on the XFS array), it
+    writes B; the revert is refused while it runs, then forced: the guest, booted
+    again over the network, sees A and not B, and so does the array."""
+    lab = topo
+    cmds = write_all("A") + ["wait"] + write_all("B")
+    log = create_vm(lab, "snap", "iscsi", cmds, keep_running=True)  # type: ignore[arg-type]
+    channel = add_go_channel(lab, "kvm1", "snap")  # type: ignore[arg-type]
+    out = lab.vvhost("kvm1", "vm", "start", "snap")
+    assert out.returncode == 0, out.stderr
+    wait_line(log, "wait 1")
+    point = vvhost_json(lab, "kvm1", "vm", "snapshot", "snap", "s1")  # type: ignore[arg-type]
+    assert point["running"] and point["mode"] == "cow" and point["stun_ms"] > 0
+    go(channel, log, 1)
+    wait_for_end(log)
+    assert parse_serial(log_text(log)).ok
+    vda = lab.admin.vvol("snap.vda")["path"]
+    with open(vda, "rb") as fh:
+        assert fh.read(VDA_MIB * MiB) == pattern_bytes("B", 0, VDA_MIB)
+
+    refused = lab.vvhost("kvm1", "vm", "revert", "snap", "s1")
+    assert refused.returncode == 4 and "running" in refused.stderr
+    assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
+    out = lab.vvhost("kvm1", "vm", "revert", "snap", "s1", "--force")
+    assert out.returncode == 0, out.stderr
+    with open(vda, "rb") as fh:
+        assert fh.read(VDA_MIB * MiB) == pattern_bytes("A", 0, VDA_MIB)
+    see(lab, "snap", log, "A", "B")  # type: ignore[arg-type]
+    assert lab.admin.bindings() == []
+
+    listing = vvhost_json(lab, "kvm1", "vm", "snapshots", "snap")  # type: ignore[arg-type]
+    assert [p["name"] for p in listing["points"]] == ["s1"] and listing["current"] == "s1"
+    for args in (("snapshot-delete", "snap", "s1"), ("delete", "snap")):
+        out = lab.vvhost("kvm1", "vm", *args)
+        assert out.returncode == 0, out.stderr
+    empty(lab)
+
+
+def qemu_img_read(
+    lab: NetLab, host: str, opts: str, out: str, objects: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """``qemu-img convert`` of a network block device to ``out``, run in ``host``'s
+    namespaces (its own network, its own view of the files)."""
+    extra = [arg for obj in objects for arg in ("--object", obj)]
+    return lab.run_in(host, QEMU_IMG, "convert", *extra, "--image-opts", opts, "-O", "raw", out)
+
+
+def nbd_opts(handle: dict[str, Any], tls: bool = True) -> str:
+    address, _, export = handle["uri"].removeprefix("nbd://").partition("/")
+    host, _, port = address.rpartition(":")
+    opts = f"driver=nbd,server.type=inet,server.host={host},server.port={port},export={export}"
+    return opts + (",tls-creds=tls0" if tls else "")
+
+
+def iscsi_opts(handle: dict[str, Any], initiator: str) -> str:
+    portal, target, lun = handle["uri"].removeprefix("iscsi://").split("/")
+    return (
+        f"driver=iscsi,transport=tcp,portal={portal},target={target},lun={lun},"
+        f"initiator-name={initiator}"
+    )
+
+
+def creds(lab: NetLab, host: str) -> str:
+    return f"tls-creds-x509,id=tls0,endpoint=client,dir={lab.hosts[host].nbd_tls_dir}"
+
+
+def probe(lab: NetLab, host: str, code: str) -> subprocess.CompletedProcess[str]:
+    return lab.run_in(host, sys.executable, "-c", code)
+
+
+def test_a_host_reaches_only_its_own_exports_and_the_tls_api(topo: NetLab) -> None:
+    lab = topo
+    pat = Patterns()
+    vids = {}
+    for name in ("h-nbd", "h-iscsi"):
+        made = lab.vvhost("kvm1", "vvol", "create", "--datastore", "ds", "--size", "4M",
+                          "--name", name, "--json")  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        vids[name] = json.loads(made.stdout)["id"]
+        pat.write(lab.admin.vvol(vids[name])["path"], name, [0, 1 << 20])
+
+    # another host's token cannot bind, nor fetch the NBD certificate, for kvm1
+    stolen = lab.vvhost("kvm2", "vvol", "bind", vids["h-nbd"], "--host", "kvm1", "--pe", "nbd0")
+    assert stolen.returncode != 0 and len(stolen.stderr.strip().splitlines()) == 1, stolen.stderr
+    assert lab.admin.bindings() == []
+    elsewhere = os.path.join(lab.tmp, "stolen-creds")
+    stolen = lab.vvhost("kvm2", "host", "nbd-credentials", "kvm1", "--dir", elsewhere)
+    assert stolen.returncode != 0 and not os.path.exists(os.path.join(elsewhere, "client-key.pem"))
+
+    # kvm1 binds both for itself, each host holds its own NBD certificate
+    handles = {}
+    for name, pe in (("h-nbd", "nbd0"), ("h-iscsi", "iscsi0")):
+        out = lab.vvhost("kvm1", "vvol", "bind", vids[name], "--host", "kvm1", "--pe", pe, "--json")
+        assert out.returncode == 0, out.stderr
+        handles[name] = json.loads(out.stdout)[0]["handle"]
+    for host in ("kvm1", "kvm2"):
+        out = lab.vvhost(host, "host", "nbd-credentials", host,
+                         "--dir", lab.hosts[host].nbd_tls_dir)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+
+    def read_as(host: str, opts: str, objects: tuple[str, ...] = ()) -> bytes | None:
+        target = os.path.join(lab.tmp, f"read-{uuid.uuid4().hex[:8]}.raw")
+        done = qemu_img_read(lab, host, opts, target, objects)
+        if done.returncode != 0:
+            assert not os.path.exists(target) or os.path.getsize(target) == 0
+            return None
+        with open(target, "rb") as fh:
+            data = fh.read()
+        os.unlink(target)
+        return data
+
+    def holds(data: bytes | None, name: str) -> bool:
+        return data is not None and data[: 64 << 10] == pattern_bytes_of(name)
+
+    nbd = handles["h-nbd"]
+    assert holds(read_as("kvm1", nbd_opts(nbd), (creds(lab, "kvm1"),)), "h-nbd")
+    assert read_as("kvm2", nbd_opts(nbd), (creds(lab, "kvm2"),)) is None  # not its certificate
+    assert read_as("kvm2", nbd_opts(nbd, tls=False)) is None  # no plain NBD
+    iscsi = handles["h-iscsi"]
+    assert holds(read_as("kvm1", iscsi_opts(iscsi, "iqn.2026-11.test.netlab:kvm1")), "h-iscsi")
+    assert read_as("kvm2", iscsi_opts(iscsi, "iqn.2026-11.test.netlab:kvm2")) is None
+
+    # the storage node's own doors are not on the lab network, nor in the host's files
+    port = lab.plain_port
+    assert os.path.exists(lab.server.socket)
+    for host in ("kvm1", "kvm2"):
+        cut = probe(lab, host, f"import os, sys; sys.exit(os.path.exists({lab.server.socket!r}))")
+        assert cut.returncode == 0, "the control plane's socket is visible in the host"
+        direct = lab.vvhost(host, "vvol", "list", env={"VVHOST_SOCKET": lab.server.socket,
+                                                        "VVHOST_SERVER": ""})  # fmt: skip
+        assert direct.returncode != 0 and "Traceback" not in direct.stderr, direct
+        loop = probe(
+            lab, host, f"import socket; socket.create_connection(('127.0.0.1', {port}), 2)"
+        )
+        assert loop.returncode != 0
+    pg_socket = [f for f in os.listdir(lab.hidden[1]) if f.startswith(".s.PGSQL.")]
+    assert pg_socket, "no PostgreSQL socket to hide"
+    path = os.path.join(lab.hidden[1], pg_socket[0])
+    code = f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({path!r})"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+    assert probe(lab, "kvm2", code).returncode != 0  # the catalog is the control plane's
+    # plain HTTP to the TLS listener gets no answer; TLS without a token is refused
+    plain = (
+        f"import socket; s = socket.create_connection(({lab.net.gateway!r}, {port}), 5);"
+        "s.sendall(b'GET /v1/health HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'); s.settimeout(5)\n"
+        "try:\n    print(s.recv(100))\nexcept OSError as e:\n    print(repr(e))"
+    )
+    answer = probe(lab, "kvm2", plain)
+    assert answer.returncode == 0 and "HTTP/" not in answer.stdout, answer
+    anonymous = lab.vvhost("kvm2", "vvol", "list", env={"VVHOST_TOKEN_FILE": ""})
+    assert anonymous.returncode != 0 and "Traceback" not in anonymous.stderr
+
+    for name in ("h-nbd", "h-iscsi"):
+        out = lab.vvhost("kvm1", "vvol", "unbind", vids[name], "--host", "kvm1")
+        assert out.returncode == 0, out.stderr
+        pat.check(lab.admin.vvol(vids[name])["path"], name, [0, 1 << 20])
+        assert lab.vvhost("kvm1", "vvol", "delete", vids[name]).returncode == 0
+    empty(lab)
+
+
+def pattern_bytes_of(name: str) -> bytes:
+    from tests.patterns import chunk_bytes
+
+    return chunk_bytes(name, 0)
