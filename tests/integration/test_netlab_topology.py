@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,7 @@ import sqlalchemy
 from tests.integration.test_vm_migrate import (
     CMDS,
     COUNTER_OFF,
+    DATA,
     DISKS,
     appending_serial,
     check_counting,
@@ -44,16 +46,18 @@ from tests.vmlab import (
     VDA_MIB,
     MiB,
     add_go_channel,
+    boot,
     create_vm,
     go,
     log_text,
     see,
+    set_cmdline,
     vvhost_json,
     wait_for_end,
     wait_line,
     write_all,
 )
-from vvhost.guest import GuestImage, parse_serial, pattern_bytes, read_counter
+from vvhost.guest import GuestImage, guest_cmdline, parse_serial, pattern_bytes, read_counter
 
 if TYPE_CHECKING:
     from vvhost.pglab import PgLab
@@ -126,17 +130,15 @@ def test_live_migration_over_the_lab_network(topo: NetLab) -> None:
     assert out.returncode == 0, out.stderr
     wait_line(log, "counter 20")
     wait_bindings(lab, {("kvm1", "iscsi0")}, 2)  # type: ignore[arg-type]
-    handles = [b["handle"]["uri"] for b in lab.admin.bindings()]
-    assert all(u.startswith(f"iscsi://{lab.net.gateway}:") for u in handles), handles
-
     dom = kvm1.connect().lookupByName("mig")
+    assert disk_hosts(dom.XMLDesc(0)) == {("iscsi", lab.net.gateway)}  # over the bridge
     at_switch = counters(log)[-1]
     p2p(dom, kvm2)  # plain libvirt between the namespaces: the hooks do the storage side
     moved = kvm2.connect().lookupByName("mig")
     assert moved.isActive() and not dom.isActive()
     assert protocols(moved.XMLDesc(0)) == {"nbd"}
-    sources = tls_sources(moved.XMLDesc(0))  # TLS, from kvm2's own daemon on the bridge
-    assert len(sources) == 2
+    assert len(tls_sources(moved.XMLDesc(0))) == 2  # TLS, kvm2's own daemon on the bridge
+    assert disk_hosts(moved.XMLDesc(0)) == {("nbd", lab.net.gateway)}
     wait_bindings(lab, {("kvm2", "nbd0")}, 2)  # type: ignore[arg-type]
     check_counting(lab, "mig", log, at_switch)  # type: ignore[arg-type]
 
@@ -163,9 +165,25 @@ def test_live_migration_over_the_lab_network(topo: NetLab) -> None:
     vda = lab.admin.vvol("mig.vda")["path"]
     last = read_counter(vda, COUNTER_OFF)
     assert last is not None and last >= counters(log)[-1] - 10, (last, counters(log)[-1:])
+    # the definition the migration left on kvm1 boots there, over the network
+    verify = DATA.replace("write", "verify")
+    set_cmdline(lab, "kvm1", "mig", guest_cmdline([verify]))  # type: ignore[arg-type]
+    report = parse_serial(boot(lab, "mig", log).split("VVTEST BEGIN")[-1])  # type: ignore[arg-type]
+    assert report.results[verify] == "ok", report
+    assert lab.admin.bindings() == []
     out = lab.vvhost("kvm1", "vm", "delete", "mig")
     assert out.returncode == 0, out.stderr
     empty(lab)
+
+
+def disk_hosts(xml: str) -> set[tuple[str, str]]:
+    """(protocol, server address) of each network disk of a domain XML."""
+    out = set()
+    for src in ET.fromstring(xml).iterfind("devices/disk/source"):
+        host = src.find("host")
+        assert host is not None, ET.tostring(src)
+        out.add((src.get("protocol", ""), host.get("name", "")))
+    return out
 
 
 def test_vm_snapshot_and_revert_over_the_lab_network(topo: NetLab) -> None:

@@ -46,7 +46,7 @@ from typing import Any
 
 import libvirt
 
-from ..errors import AlreadyExists, InvalidInput, NotFound, VvhostError
+from ..errors import AlreadyExists, Forbidden, InvalidInput, NotFound, VvhostError
 from . import domainxml as dx
 from . import handles as hd
 from . import libvirtsecrets
@@ -130,6 +130,8 @@ class Migration:
                 raise self.fail(f"cannot read its hostname: {_one_line(exc)}") from None
         try:
             self.client.host(name)
+        except Forbidden:
+            pass  # a host's token sees only itself; the destination's hook binds as itself
         except NotFound:
             how = "" if self._dest_host else f" (the hostname {self.dest_uri} reports)"
             raise self.fail(
@@ -235,9 +237,16 @@ class Migration:
             raise self.fail("the destination's definition lost its vvhost metadata")
         meta = replace(meta, pe=live.pe)
         try:
-            bound = {b["vvol"]: b for b in self.client.bindings(host=host)}
+            # an admin sees the destination's bindings; a host's token only its own:
+            # then the sources are those the destination's hook gave the live domain
+            mine = self.client.bindings(host=host)
+            bound = {b["vvol"]: b for b in mine if b.get("host") == host}
             dx.set_meta(root, meta)
-            dx.point_sources(root, meta, {v: bound[v] for v in meta.all_vvols()})
+            if all(v in bound for v in meta.all_vvols()):
+                dx.point_sources(root, meta, {v: bound[v] for v in meta.all_vvols()})
+            else:
+                migratable = libvirt.VIR_DOMAIN_XML_MIGRATABLE
+                dx.copy_disk_sources(root, dx.parse(moved.XMLDesc(migratable)), meta)
             self.dest.defineXML(dx.tostring(root))
             record(self.client, meta, root, host)
         except (KeyError, VvhostError, libvirt.libvirtError) as exc:
