@@ -176,6 +176,29 @@ def test_live_migration_over_the_lab_network(topo: NetLab) -> None:
     empty(lab)
 
 
+def test_the_hook_reaches_the_control_plane_only_over_tls(topo: NetLab) -> None:
+    """A host configured for the control plane's unix socket (which it cannot see)
+    fails to start its VM with the hook's one line, and nothing is bound; over TLS
+    with its token the hook binds on start and releases on power-off."""
+    lab = topo
+    log = create_vm(lab, "hooked", "iscsi", ["write:vda:H:0:1"], disks=("8M",))  # type: ignore[arg-type]
+    lab.write_conf("kvm1", "iscsi", server=f"unix://{lab.server.socket}")
+    try:
+        out = lab.vvhost("kvm1", "vm", "start", "hooked")
+        assert out.returncode != 0 and "cannot reach the control plane" in out.stderr, out
+        assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+        assert lab.admin.bindings() == []
+    finally:
+        lab.write_conf("kvm1", "iscsi")
+    report = parse_serial(boot(lab, "hooked", log))  # type: ignore[arg-type]
+    assert report.ok and report.results["write:vda:H:0:1"] == "ok", report
+    assert lab.admin.bindings() == []
+    with open(lab.admin.vvol("hooked.vda")["path"], "rb") as fh:
+        assert fh.read(MiB) == pattern_bytes("H", 0, 1)
+    assert lab.vvhost("kvm1", "vm", "delete", "hooked").returncode == 0
+    empty(lab)
+
+
 def disk_hosts(xml: str) -> set[tuple[str, str]]:
     """(protocol, server address) of each network disk of a domain XML."""
     out = set()
