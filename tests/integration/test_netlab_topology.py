@@ -298,6 +298,15 @@ def test_a_host_reaches_only_its_own_exports_and_the_tls_api(topo: NetLab) -> No
     stolen = lab.vvhost("kvm2", "host", "nbd-credentials", "kvm1", "--dir", elsewhere)
     assert stolen.returncode != 0 and not os.path.exists(os.path.join(elsewhere, "client-key.pem"))
 
+    # a host sees what an array can do, never how it is reached or where its data is
+    seen = lab.vvhost("kvm2", "array", "show", "a1", "--json")
+    assert seen.returncode == 0, seen.stderr
+    view = json.loads(seen.stdout)
+    assert view["capabilities"] and view["settings"] == {}
+    assert not {"path", "where", "fs_id"} & set(view)
+    assert lab.hidden[2] not in seen.stdout  # the array's directory
+    assert lab.vvhost("kvm2", "array", "list").returncode != 0  # the inventory is the admin's
+
     # kvm1 binds both for itself, each host holds its own NBD certificate
     handles = {}
     for name, pe in (("h-nbd", "nbd0"), ("h-iscsi", "iscsi0")):
@@ -348,6 +357,10 @@ def test_a_host_reaches_only_its_own_exports_and_the_tls_api(topo: NetLab) -> No
         direct = lab.vvhost(host, "vvol", "list", env={"VVHOST_SOCKET": lab.server.socket,
                                                         "VVHOST_SERVER": ""})  # fmt: skip
         assert direct.returncode != 0 and "Traceback" not in direct.stderr, direct
+        vvol_file = lab.admin.vvol(vids["h-nbd"])["path"]
+        assert os.path.exists(vvol_file)
+        hidden_file = probe(lab, host, f"import os, sys; sys.exit(os.path.exists({vvol_file!r}))")
+        assert hidden_file.returncode == 0, "a host sees the array's files"
         loop = probe(
             lab, host, f"import socket; socket.create_connection(('127.0.0.1', {port}), 2)"
         )
