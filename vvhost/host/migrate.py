@@ -29,6 +29,12 @@ their numbers), is defined on the destination and undefined at the source.
 
 The destination's vvhost host name is ``--dest-host``, or else the hostname the
 destination libvirtd reports (as ``vvhost host init $(hostname)`` names hosts).
+With a host's token (a host reaching the control plane over TLS) the control
+plane shows this host only itself: the destination's name is not checked here
+(its hook binds with its own token), and the destination's persistent
+definition takes the disk sources its hook gave the live domain.  Offline moves
+and RBD disks (secrets for the destination) bind for the destination: they need
+an admin's token.
 
 Disks that need libvirt secrets (RBD: the host's own Ceph key) get the
 destination host's secrets defined on the destination libvirtd first: its hook
