@@ -35,6 +35,7 @@ from tests.integration.test_vm_migrate import (
     appending_serial,
     check_counting,
     counters,
+    hosts_of_bindings,
     p2p,
     protocols,
     wait_bindings,
@@ -143,6 +144,10 @@ def test_live_migration_over_the_lab_network(topo: NetLab) -> None:
     check_counting(lab, "mig", log, at_switch)  # type: ignore[arg-type]
 
     assert kvm1.tcp_uri is not None
+    wrong = lab.vvhost("kvm2", "vm", "migrate", "mig", "--to", kvm1.tcp_uri, "--dest-host", "kvm9")
+    assert wrong.returncode == 4 and len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr
+    assert "reports the hostname kvm1, not kvm9" in wrong.stderr
+    assert moved.isActive() and hosts_of_bindings(lab) == {("kvm2", "nbd0")}  # type: ignore[arg-type]
     at_switch = counters(log)[-1]
     out = lab.vvhost("kvm2", "vm", "migrate", "mig", "--to", kvm1.tcp_uri,
                      "--migrate-uri", f"tcp://{kvm1.address}", "--json")  # fmt: skip

@@ -128,16 +128,18 @@ class Migration:
 
     def dest_host(self) -> str:
         """The destination's vvhost host name, checked against the control plane."""
-        name = self._dest_host
-        if name is None:
-            try:
-                name = str(self.dest.getHostname())
-            except libvirt.libvirtError as exc:
-                raise self.fail(f"cannot read its hostname: {_one_line(exc)}") from None
+        name = self._dest_host or self._reported()
         try:
             self.client.host(name)
         except Forbidden:
-            pass  # a host's token sees only itself; the destination's hook binds as itself
+            # a host's token sees only itself: the destination is the host it says it is
+            # (its hook binds with its own token)
+            reported = self._reported()
+            if name != reported:
+                raise self.fail(
+                    f"it reports the hostname {reported}, not {name}; with a host's token "
+                    "--dest-host cannot name another"
+                ) from None
         except NotFound:
             how = "" if self._dest_host else f" (the hostname {self.dest_uri} reports)"
             raise self.fail(
@@ -146,6 +148,12 @@ class Migration:
         if name == self.vms.conf.name:
             raise self.fail(f"the destination is this host, {name}")
         return name
+
+    def _reported(self) -> str:
+        try:
+            return str(self.dest.getHostname())
+        except libvirt.libvirtError as exc:
+            raise self.fail(f"cannot read its hostname: {_one_line(exc)}") from None
 
     def _dest_domain(self) -> libvirt.virDomain | None:
         try:
