@@ -24,8 +24,9 @@ from .metrics import Metrics
 from .nbdcreds import NbdCredentials
 from .periodic import Periodic
 from .reconciler import Reconciler
-from .recovery import audit, recover
+from .recovery import audit
 from .space import SpaceRefresher
+from .takeover import Takeover
 from .tenancy import UNIX_ADMIN, Authz, TenantOps
 from .vvols import VvolOps
 
@@ -57,6 +58,7 @@ class Service:
         self.metrics = Metrics(self.ctx, self.endpoints)
         self.space = self.vvols.space
         self.refresher = SpaceRefresher(self.space, config.space_refresh)
+        self.takeover = Takeover(self.ctx, self.endpoints)
         self.recovered: list[dict[str, str]] = []
 
     def start(self) -> None:
@@ -65,12 +67,14 @@ class Service:
         make them present exactly the bindings in the catalog."""
         self.arrays.ensure_default()
         self.arrays.reprobe()
-        self.recovered = recover(self.ctx)
+        # what no live replica owns (all of it with SQLite: one control plane)
+        self.recovered = self.takeover.orphans()
         self.endpoints.start_all()
         for host in self.fencing.resume():  # fences a crash interrupted: cut them now
             self.recovered.append(
                 {"op": "fence", "id": "", "vvol": "", "action": f"finished for host {host}"}
             )
+        self.takeover.start()
         self.contact_watch.start()
         self.maintenance.start()
         self.reconciler.start()
@@ -110,12 +114,14 @@ class Service:
     def close(self, keep_endpoints: bool = False) -> None:
         """Stop; endpoint daemons stop too unless ``keep_endpoints`` (then a later
         start adopts them and hosts keep their I/O paths meanwhile)."""
+        self.takeover.stop()
         self.reconciler.stop()
         self.contact_watch.stop()
         self.maintenance.stop()
         self.refresher.stop()
         self.endpoints.stop_all(keep_daemons=keep_endpoints)
         self.ctx.close_backends()
+        self.ctx.replica.stop()
         self.ctx.db.close()
 
 
