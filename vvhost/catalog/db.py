@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
+    RootTransaction,
     Engine,
     Table,
     create_engine,
@@ -254,13 +255,39 @@ class Database:
             detail = str(exc.orig or exc).strip().splitlines()[0]
             raise CatalogUnreachable(url=safe_url(self.url), detail=detail) from None
 
+    def _begin(self) -> tuple[Connection, RootTransaction]:
+        """A connection in a new transaction that passed the guard.  A pooled
+        connection PostgreSQL ended meanwhile (a replica taking over ends a frozen
+        one's sessions) is thrown away and another taken, once."""
+        for attempt in range(2):
+            conn = self.engine.connect()
+            try:
+                trans = conn.begin()
+                if self.guard is not None:
+                    self.guard(conn)
+                return conn, trans
+            except DBAPIError as exc:
+                conn.close()
+                if attempt or not exc.connection_invalidated:
+                    raise
+            except BaseException:
+                conn.close()
+                raise
+        raise AssertionError("unreachable")
+
     @contextmanager
     def tx(self) -> Iterator[Connection]:
         try:
-            with self.engine.begin() as conn:
-                if self.guard is not None:
-                    self.guard(conn)
+            conn, trans = self._begin()
+            try:
                 yield conn
+            except BaseException:
+                trans.rollback()
+                raise
+            else:
+                trans.commit()
+            finally:
+                conn.close()
         except DBAPIError as exc:
             # PostgreSQL ends one of two transactions that wait on each other
             # (deadlock) or that cannot be serialized: the caller may try again.
