@@ -92,7 +92,8 @@ def test_a_replica_past_its_lease_is_fenced_and_its_operation_taken_over(
     op = a.ctx.new_op()
     with a.ctx.db.tx() as conn:
         a.ctx.journal(conn, op, "clone", None, {"source": v["id"]})
-        owner = conn.execute(text("SELECT owner, owner_epoch FROM journal WHERE id = :i"), {"i": op})
+        mine = text("SELECT owner, owner_epoch FROM journal WHERE id = :i")
+        owner = conn.execute(mine, {"i": op})
         assert tuple(owner.one()) == ("ra", 1)
     _freeze(a)
     time.sleep(1.3)

@@ -23,8 +23,8 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
-    RootTransaction,
     Engine,
+    RootTransaction,
     Table,
     create_engine,
     event,
