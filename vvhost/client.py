@@ -548,6 +548,7 @@ class Client:
         array: str | None = None,
         portal: str | None = None,
         path: str | None = None,
+        node: str | None = None,
     ) -> dict[str, Any]:
         return self._ask(
             i.PeOut,
@@ -559,8 +560,13 @@ class Client:
                 "array": array,
                 "portal": portal,
                 "path": path,
+                "node": node,
             },
         )
+
+    def pe_evacuate(self, ref: str, to: str) -> list[dict[str, Any]]:
+        """Rebind every binding of endpoint ``ref`` to endpoint ``to``."""
+        return self._ask(list[b.BindResult], "POST", f"/v1/pes/{ref}/evacuate", json={"to": to})
 
     def pe(self, ref: str) -> dict[str, Any]:
         return self._ask(i.PeOut, "GET", f"/v1/pes/{ref}")

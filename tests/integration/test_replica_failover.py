@@ -263,3 +263,44 @@ def test_a_frozen_replica_is_fenced_and_cannot_write_when_resumed(
     assert patterns.sha(d["path"]) == sha
     report = rb.audit()
     assert report["ok"], report["problems"]
+
+
+def test_an_endpoint_whose_node_is_gone_is_reported_and_evacuated(
+    replicas: Replicas, rb: Client, patterns: Patterns
+) -> None:
+    """f1 names node-ra (made through ra); once ra is gone, ``pe list`` says so and
+    ``pe evacuate`` moves its bindings to f2 on node-rb."""
+    d = rb.vvol_create("pool", "16M", name="d")
+    patterns.write(d["path"], "A", [0, 6 * CHUNK])
+    sha = patterns.sha(d["path"])
+    f2_dir = os.path.join(replicas.tmp, "pe-dir-2")
+    f2 = rb.pe_create("f2", "file", path=f2_dir)
+    assert f2["node"] == "node-rb" and f2["node_state"] == "live"
+    ra = replicas.server("ra")
+    try:
+        api = ra.client()
+        (bound,) = api.bind(["d"], "h1", pe="f1")
+        api.close()
+        assert patterns.sha(bound["handle"]["path"]) == sha
+        states = {p["name"]: (p["node"], p["node_state"]) for p in rb.pes()}
+        assert states == {"f1": ("node-ra", "live"), "f2": ("node-rb", "live")}
+    finally:
+        ra.kill()
+    deadline = time.monotonic() + LEASE + 10
+    while {p["name"]: p["node_state"] for p in rb.pes()}["f1"] != "node-gone":
+        assert time.monotonic() < deadline, "f1 never reported node-gone"
+        time.sleep(0.2)
+    listed = replicas.cli("rb", "pe", "list")
+    assert listed.returncode == 0 and "node-gone" in listed.stdout
+    moved = replicas.cli("rb", "pe", "evacuate", "f1", "--to", "f2", "--json")
+    assert moved.returncode == 0, moved.stderr
+    (b,) = rb.bindings()
+    assert (b["vvol"], b["host"], b["pe"]) == (d["id"], "h1", "f2")
+    assert b["path"].startswith(f2_dir) and patterns.sha(b["path"]) == sha
+    again = replicas.cli("rb", "pe", "evacuate", "f1", "--to", "f2")
+    assert again.returncode == 0 and again.stdout == ""  # nothing left on f1
+    bad = replicas.cli("rb", "pe", "evacuate", "f1", "--to", "nope")
+    assert bad.returncode == 3 and bad.stderr.count("\n") == 1
+    rb.unbind(["d"], "h1")
+    report = rb.audit()
+    assert report["ok"], report["problems"]

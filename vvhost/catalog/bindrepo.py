@@ -69,6 +69,7 @@ def _pe(row: Row[Any]) -> Pe:
         path=row.path,
         config=json.loads(row.config),
         created=row.created,
+        node=row.node,
     )
 
 
@@ -83,6 +84,7 @@ def insert_pe(conn: Connection, pe: Pe) -> None:
             path=pe.path,
             config=json.dumps(pe.config),
             created=pe.created,
+            node=pe.node,
         )
     )
 

@@ -190,6 +190,7 @@ def _v13_replicas(conn: Connection) -> None:
     _add_column(conn, "journal", "owner", "VARCHAR(64)")
     _add_column(conn, "journal", "owner_epoch", "BIGINT")
     _add_column(conn, "bindings", "owner", "VARCHAR(64)")
+    _add_column(conn, "pes", "node", "VARCHAR(128)")
     schema.metadata.create_all(conn, tables=[schema.replicas], checkfirst=True)
 
 

@@ -133,6 +133,7 @@ pes = Table(
     Column("path", Text),
     Column("config", Text, nullable=False),
     Column("created", Float, nullable=False),
+    Column("node", String(128)),  # migration _v13_replicas: the node whose replica runs it
 )
 
 # One iSCSI target per (PE, host) so the target ACL admits only that host's

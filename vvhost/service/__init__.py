@@ -14,6 +14,7 @@ from .cow import CowOps
 from .data import DataOps
 from .datastores import DatastoreOps
 from .endpoints import EndpointManager, PeOps
+from .evacuate import Evacuation
 from .fencing import FenceOps
 from .health import STUCK
 from .health import report as health_report
@@ -53,6 +54,7 @@ class Service:
             "host-contact", max(1.0, config.unreachable_after / 4), self.fencing.watch
         )
         self.bindings = BindingOps(self.ctx, self.hosts, self.pes, self.endpoints)
+        self.evacuation = Evacuation(self.ctx, self.pes, self.bindings)
         self.maintenance = ArrayMaintenance(self.ctx)
         self.reconciler = Reconciler(self.ctx, self.endpoints, config.reconcile_interval)
         self.metrics = Metrics(self.ctx, self.endpoints)

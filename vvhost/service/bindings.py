@@ -346,8 +346,9 @@ class BindingOps:
             with self.ctx.db.tx() as conn:  # the commit point
                 bindrepo.set_binding(conn, old, state=DETACHING, op=op, owner=self.ctx.replica.id)
                 bindrepo.set_binding(conn, new, state=ACTIVE, op=None)
-            with self.manager.lock([old_plan.pe.id]):
-                self.manager.get(old_plan.pe).detach(old_plan.attachment.key)  # ...then the old
+            if self.manager.owns(old_plan.pe):  # (another node's replica reconciles its own)
+                with self.manager.lock([old_plan.pe.id]):
+                    self.manager.get(old_plan.pe).detach(old_plan.attachment.key)  # ...the old
             with self.ctx.db.tx() as conn:
                 bindrepo.delete_binding(conn, old)
             if old.readonly:

@@ -178,6 +178,8 @@ def _audit_endpoints(ctx: Context, endpoints: EndpointManager) -> list[str]:
             else:
                 wanted.setdefault(b.pe, set()).add(attachment_key(b))
     for pe in pes:
+        if not endpoints.owns(pe):
+            continue  # the replica on its node audits it
         ep = endpoints.get(pe)
         if not ep.alive():
             problems.append(f"endpoint {pe.name} is not running")

@@ -130,6 +130,12 @@ class Replica:
         if self.fenced is not None:
             raise ReplicaFenced(replica=self.id, detail=self.fenced)
 
+    def live_nodes(self, conn: Connection) -> set[str] | None:
+        """Nodes with a replica holding its lease now (None: one control plane, SQLite)."""
+        if not self.active:
+            return None
+        return {r.node for r in replicarepo.listing(conn) if r.state == "live" and r.lease_left > 0}
+
     def _lost(self, why: str) -> None:
         with self._guard:
             if self.fenced is None:
