@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -193,3 +195,16 @@ def test_database_locks_exclude_across_replicas_and_die_with_the_session(pg_url:
     finally:
         one.dispose()
         two.dispose()
+
+
+def test_serve_refuses_a_lease_shorter_than_two_heartbeats(tmp_path: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "vvhost", "--socket", os.path.join(tmp_path, "s.sock"), "serve"]
+        + ["--state-dir", os.path.join(tmp_path, "st"), "--lease", "1", "--heartbeat", "1"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert out.returncode == 2, out
+    assert out.stderr.count("\n") == 1 and "at least twice the heartbeat" in out.stderr
