@@ -538,6 +538,9 @@ class Client:
     def host_remove(self, name: str) -> None:
         self.call("DELETE", f"/v1/hosts/{name}")
 
+    def replicas(self) -> list[dict[str, Any]]:
+        return self._all("/v1/replicas", a.ReplicaOut)
+
     def pes(self) -> list[dict[str, Any]]:
         return self._all("/v1/pes", i.PeOut)
 

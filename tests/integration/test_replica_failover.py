@@ -15,6 +15,7 @@ resumed, its next write is refused in one line and the catalog is intact.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -284,6 +285,9 @@ def test_an_endpoint_whose_node_is_gone_is_reported_and_evacuated(
         assert patterns.sha(bound["handle"]["path"]) == sha
         states = {p["name"]: (p["node"], p["node_state"]) for p in rb.pes()}
         assert states == {"f1": ("node-ra", "live"), "f2": ("node-rb", "live")}
+        listed = json.loads(replicas.cli("rb", "replica", "list", "--json").stdout)
+        seen = {r["id"]: (r["node"], r["state"], r["me"]) for r in listed}
+        assert seen == {"ra": ("node-ra", "live", False), "rb": ("node-rb", "live", True)}
     finally:
         ra.kill()
     deadline = time.monotonic() + LEASE + 10
@@ -292,6 +296,7 @@ def test_an_endpoint_whose_node_is_gone_is_reported_and_evacuated(
         time.sleep(0.2)
     listed = replicas.cli("rb", "pe", "list")
     assert listed.returncode == 0 and "node-gone" in listed.stdout
+    assert [r["id"] for r in rb.replicas()] == ["rb"]  # ra's row went with the takeover
     moved = replicas.cli("rb", "pe", "evacuate", "f1", "--to", "f2", "--json")
     assert moved.returncode == 0, moved.stderr
     (b,) = rb.bindings()

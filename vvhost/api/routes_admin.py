@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path
 from .. import __version__
 from . import models as m
 from .deps import Caller, Ref, Svc
-from .paging import BY_CREATION, BY_NAME, Cursor, Limit, page
+from .paging import BY_CREATION, BY_NAME, Cursor, Limit, fields, page
 from .schemas import admin as a
 from .schemas import binding as bb
 from .schemas import inventory as i
@@ -120,6 +120,14 @@ def container_show(svc: Svc, p: Caller, ref: Ref) -> dict[str, Any]:
 def container_delete(svc: Svc, p: Caller, ref: Ref) -> None:
     svc.authz.admin(p)
     svc.containers.delete(ref)
+
+
+# -- control-plane replicas -----------------------------------------------------------------
+@router.get("/replicas", response_model=Page[a.ReplicaOut], response_model_exclude_unset=True)
+def replicas(svc: Svc, p: Caller, limit: Limit = 1000, cursor: Cursor = None) -> dict[str, Any]:
+    """The replicas sharing this catalog (none with SQLite: one control plane)."""
+    svc.authz.admin(p)
+    return page(svc.takeover.replicas(), fields("started", "id"), limit, cursor)
 
 
 # -- protocol endpoints ---------------------------------------------------------------------

@@ -22,6 +22,7 @@ them from it.
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from typing import Any
 
 from ..catalog import bindrepo, replicarepo
@@ -52,6 +53,14 @@ class Takeover:
 
     def stop(self) -> None:
         self._round.stop()
+
+    def replicas(self) -> list[dict[str, Any]]:
+        """Every replica of the catalog (PostgreSQL; empty with SQLite)."""
+        if not self.ctx.replica.active:
+            return []
+        with self.ctx.db.tx() as conn:
+            rows = replicarepo.listing(conn)
+        return [{**asdict(r), "me": r.id == self.ctx.replica.id} for r in rows]
 
     def orphans(self) -> list[dict[str, str]]:
         """At start: finish or roll back what no live replica owns."""
