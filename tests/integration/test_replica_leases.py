@@ -208,3 +208,27 @@ def test_serve_refuses_a_lease_shorter_than_two_heartbeats(tmp_path: str) -> Non
     )
     assert out.returncode == 2, out
     assert out.stderr.count("\n") == 1 and "at least twice the heartbeat" in out.stderr
+
+
+def test_a_replica_restarted_under_the_same_id_fences_its_earlier_process(
+    tmp_path: str, pg_url: str, two: tuple[Service, Service]
+) -> None:
+    """ra freezes with an operation journaled; a new process of ra waits for the old
+    lease, takes the row over (epoch 2) and rolls the operation back itself."""
+    a, b = two
+    b.takeover.stop()  # leave it to ra's next process
+    op = a.ctx.new_op()
+    with a.ctx.db.tx() as conn:
+        a.ctx.journal(conn, op, "clone", None, {})
+    _freeze(a)
+    start = time.monotonic()
+    again = _service(os.path.join(tmp_path, "a2"), pg_url, "ra")
+    try:
+        assert time.monotonic() - start > 0.3  # it waited for the earlier lease
+        assert again.ctx.replica.epoch == 2 and _replicas(b)["ra"].epoch == 2
+        assert [r["id"] for r in again.recovered] == [op]
+        with pytest.raises(ReplicaFenced):
+            a.containers.create("late", "8M")
+        again.containers.create("pool", "64M")
+    finally:
+        again.close()

@@ -39,16 +39,41 @@ class ReplicaRow:
     state: str
 
 
-def register(conn: Connection, replica: str, node: str, url: str | None, lease: float) -> int:
-    """Add this replica (epoch 1, lease from now); its epoch."""
-    conn.execute(
+def register(
+    conn: Connection, replica: str, node: str, url: str | None, lease: float
+) -> int | float:
+    """Add this replica (epoch 1, lease from now) and return its epoch (an int).
+    A row of the same id left by an earlier process whose lease expired is taken
+    over (epoch + 1: that process is fenced); while its lease runs, the seconds
+    left (a float) are returned instead."""
+    values = {"id": replica, "node": node, "url": url, "lease": lease}
+    row = conn.execute(
         text(
             "INSERT INTO replicas (id, node, url, started, heartbeat, epoch, lease_until, state) "
-            f"VALUES (:id, :node, :url, {NOW}, {NOW}, 1, {NOW} + :lease, 'live')"
+            f"VALUES (:id, :node, :url, {NOW}, {NOW}, 1, {NOW} + :lease, 'live') "
+            "ON CONFLICT (id) DO NOTHING RETURNING epoch"
         ),
-        {"id": replica, "node": node, "url": url, "lease": lease},
-    )
-    return 1
+        values,
+    ).first()
+    if row is not None:
+        return int(row.epoch)
+    old = conn.execute(
+        text(
+            f"SELECT state, lease_until - {NOW} AS left_s FROM replicas WHERE id = :id FOR UPDATE"
+        ),
+        {"id": replica},
+    ).first()
+    if old is not None and old.state == "live" and float(old.left_s) > 0:
+        return float(old.left_s)
+    row = conn.execute(
+        text(
+            f"UPDATE replicas SET node = :node, url = :url, started = {NOW}, heartbeat = {NOW}, "
+            f"epoch = epoch + 1, lease_until = {NOW} + :lease, state = 'live' "
+            "WHERE id = :id RETURNING epoch"
+        ),
+        values,
+    ).first()
+    return int(row.epoch) if row is not None else 0.0
 
 
 def renew(conn: Connection, replica: str, epoch: int, lease: float) -> bool:

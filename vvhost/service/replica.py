@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -82,10 +83,23 @@ class Replica:
         """Join the catalog's replicas (PostgreSQL) and check every transaction from now on."""
         if not db.postgres:
             return
-        with db.tx() as conn:
-            self.epoch = replicarepo.register(
-                conn, self.id, self.node, self.settings.url, self.settings.lease
+        deadline = time.monotonic() + self.settings.lease + 5
+        while True:
+            with db.tx() as conn:
+                got = replicarepo.register(
+                    conn, self.id, self.node, self.settings.url, self.settings.lease
+                )
+            if isinstance(got, int):
+                self.epoch = got
+                break
+            # an earlier process of this id holds the lease (killed a moment ago, or
+            # still running: it is fenced when its lease is taken over)
+            if time.monotonic() > deadline:
+                raise InvalidInput(detail=f"replica {self.id} is running and keeps its lease")
+            log.warning(
+                "replica %s: waiting %.1fs for the lease of its earlier process", self.id, got
             )
+            time.sleep(min(max(got, 0.05), 1.0))
         self._db = db
         db.guard = self.check
         self._beat.start()

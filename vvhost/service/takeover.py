@@ -68,7 +68,8 @@ class Takeover:
             return recover(self.ctx)
         with self.ctx.db.tx() as conn:
             owners = replicarepo.orphan_owners(conn)
-        return self.take(owners, fence=False)
+        # entries in this replica's own name were left by its earlier process
+        return self.take([*owners, self.ctx.replica.id], fence=False)
 
     def tick(self) -> None:
         replica = self.ctx.replica
