@@ -248,8 +248,19 @@ def test_a_frozen_replica_is_fenced_and_cannot_write_when_resumed(
     try:
         assert ra.proc is not None
         ra.proc.send_signal(signal.SIGSTOP)  # frozen mid-clone, holding its locks
+        # the frozen replica's lock on d@s1 is a database lock: rb's clone waits ...
+        waiting: list[dict[str, Any]] = []
+        other = threading.Thread(
+            target=lambda: waiting.append(rb.vvol_clone("d@s1", linked=True, name="c2"))
+        )
+        other.start()
+        time.sleep(0.8)
+        assert other.is_alive() and not waiting
         _seconds, report = _taken_over(rb)  # rb fenced it and rolled the clone back
-        assert set(_vvols(rb)) == {"d", "d@s1"}
+        other.join(30)  # ... until the takeover ended ra's sessions, and the lock with them
+        assert waiting and waiting[0]["state"] == "ready"
+        assert patterns.sha(waiting[0]["path"]) == sha  # d@s1 holds what d held
+        assert set(_vvols(rb)) == {"d", "d@s1", "c2"}
         events = [e for e in rb.events()["events"] if e["kind"] == "replica.taken-over"]
         assert [e["subject"] for e in events] == ["ra"]
         ra.proc.send_signal(signal.SIGCONT)
@@ -260,7 +271,7 @@ def test_a_frozen_replica_is_fenced_and_cannot_write_when_resumed(
     finally:
         ra.kill()
         thread.join(30)
-    assert set(_vvols(rb)) == {"d", "d@s1"}  # nothing of ra's landed
+    assert set(_vvols(rb)) == {"d", "d@s1", "c2"}  # nothing of ra's landed
     assert patterns.sha(d["path"]) == sha
     report = rb.audit()
     assert report["ok"], report["problems"]
