@@ -307,6 +307,9 @@ def test_an_endpoint_whose_node_is_gone_is_reported_and_evacuated(
         time.sleep(0.2)
     listed = replicas.cli("rb", "pe", "list")
     assert listed.returncode == 0 and "node-gone" in listed.stdout
+    items = {i["name"]: i for i in rb.health_report()["items"] if i["kind"] == "endpoint"}
+    assert items["f1"]["status"] == "critical" and "pe evacuate f1" in items["f1"]["advice"]
+    assert items["f2"]["status"] == "ok"
     assert [r["id"] for r in rb.replicas()] == ["rb"]  # ra's row went with the takeover
     moved = replicas.cli("rb", "pe", "evacuate", "f1", "--to", "f2", "--json")
     assert moved.returncode == 0, moved.stderr
