@@ -221,7 +221,10 @@ def container_vvol_count(conn: Connection, container_id: str) -> int:
 # -- journal ---------------------------------------------------------------------------
 
 
-def journal_add(conn: Connection, entry: JournalEntry) -> None:
+def journal_add(
+    conn: Connection, entry: JournalEntry, owner: tuple[str, int] | None = None
+) -> None:
+    """Journal an operation; ``owner`` is (replica, its lease epoch) that runs it."""
     conn.execute(
         journal.insert().values(
             id=entry.id,
@@ -230,6 +233,8 @@ def journal_add(conn: Connection, entry: JournalEntry) -> None:
             step=entry.step,
             args=json.dumps(entry.args),
             created=entry.created,
+            owner=owner[0] if owner else None,
+            owner_epoch=owner[1] if owner else None,
         )
     )
     eventrepo.op_started(conn, entry.id, entry.vvol)

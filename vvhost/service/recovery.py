@@ -8,7 +8,7 @@ without a file, reference counts and provisioned bytes equal to what the rows sa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from ..catalog import bindrepo, repo, vvolrepo
@@ -42,8 +42,10 @@ HANDLERS: dict[str, tuple[Handler, Handler]] = {
 ROLLBACKS: set[Handler] = {undo_new, undo_revert, undo_move}
 
 
-def recover(ctx: Context) -> list[dict[str, str]]:
-    """Finish or undo every interrupted operation; returns what was done.
+def recover(ctx: Context, only: Collection[str] | None = None) -> list[dict[str, str]]:
+    """Finish or undo every interrupted operation (with ``only``: those operation
+    ids, which a replica took over; the caller settles their bindings); returns
+    what was done.
 
     A handler that cannot run never stops the daemon: on an offline array the
     operation stays journaled for the next start (``deferred``); any other
@@ -52,6 +54,8 @@ def recover(ctx: Context) -> list[dict[str, str]]:
     done = []
     with ctx.db.tx() as conn:
         entries = repo.journal_list(conn)
+    if only is not None:
+        entries = [e for e in entries if e.id in set(only)]
     for entry in entries:
         if entry.op not in HANDLERS:  # finished by its own service once endpoints run
             continue  # (host fencing: fencing.py)
@@ -72,6 +76,8 @@ def recover(ctx: Context) -> list[dict[str, str]]:
                 ctx.fail(entry.id, _vvols_of(entry), reason)
             action = f"failed: {exc}"
         done.append({"op": entry.op, "id": entry.id, "vvol": entry.vvol or "", "action": action})
+    if only is not None:
+        return done
     dropped = settle_transient(ctx)
     if dropped:
         done.append(
@@ -172,6 +178,8 @@ def _audit_endpoints(ctx: Context, endpoints: EndpointManager) -> list[str]:
             else:
                 wanted.setdefault(b.pe, set()).add(attachment_key(b))
     for pe in pes:
+        if not endpoints.owns(pe):
+            continue  # the replica on its node audits it
         ep = endpoints.get(pe)
         if not ep.alive():
             problems.append(f"endpoint {pe.name} is not running")
