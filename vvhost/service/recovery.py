@@ -8,11 +8,12 @@ without a file, reference counts and provisioned bytes equal to what the rows sa
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Collection
 from typing import Any
 
 from ..catalog import bindrepo, repo, vvolrepo
-from ..errors import ArrayOffline
+from ..errors import ArrayOffline, Conflict
 from ..model import ACTIVE, DEFERRED, FAILED, FENCED, READY, JournalEntry
 from .bindings import settle_transient
 from .context import Context
@@ -63,7 +64,7 @@ def recover(ctx: Context, only: Collection[str] | None = None) -> list[dict[str,
         handler = after if entry.step == "committed" else before
         undoing = handler in ROLLBACKS
         try:
-            handler(ctx, entry)
+            _run(handler, ctx, entry)
             action = "rolled back" if undoing else "rolled forward"
         except ArrayOffline as exc:
             action = f"deferred: {exc}"
@@ -84,6 +85,20 @@ def recover(ctx: Context, only: Collection[str] | None = None) -> list[dict[str,
             {"op": "bindings", "id": "", "vvol": "", "action": f"dropped {dropped} unfinished"}
         )
     return done
+
+
+def _run(handler: Any, ctx: Context, entry: JournalEntry, attempts: int = 4) -> None:
+    """A handler runs again when the catalog ended one of its transactions for
+    another that ran at the same time (PostgreSQL deadlock or serialization
+    failure): handlers can run again, as after a crash during recovery."""
+    for attempt in range(attempts):
+        try:
+            handler(ctx, entry)
+            return
+        except Conflict:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def _vvols_of(entry: JournalEntry) -> list[str]:
