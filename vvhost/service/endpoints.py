@@ -35,8 +35,10 @@ from ..tools.tgtd_ipc import holder
 from ..units import check_name
 from .context import Context
 from .rbdaccess import RbdAccess
+from .xnode import CrossNode
 
 log = logging.getLogger("vvhost.endpoints")
+DAEMON_PROTOCOLS = ("iscsi", "nbd")  # endpoints whose daemon runs on the PE's node
 _PORTAL = re.compile(r"^(?P<host>[A-Za-z0-9.-]{1,253}|\[[0-9a-fA-F:]+\]):(?P<port>[0-9]{1,5})$")
 
 
@@ -130,6 +132,7 @@ class EndpointManager:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.rbd = RbdAccess(ctx, self.get)  # hosts' Ceph identities (rbd endpoints)
+        self.remote = CrossNode(ctx, self)  # other nodes' endpoints: ask, wait
 
     def get(self, pe: Pe) -> Endpoint:
         with self._guard:
@@ -143,6 +146,15 @@ class EndpointManager:
     def owns(self, pe: Pe) -> bool:
         """This replica runs ``pe``'s daemon: the PE names this node (or none)."""
         return pe.node is None or pe.node == self.ctx.replica.node
+
+    def elsewhere(self, pe: Pe) -> bool:
+        """Changes to what ``pe`` presents must be applied by another node's replica:
+        its daemon runs there (file and rbd endpoints are changed from any node)."""
+        return pe.protocol in DAEMON_PROTOCOLS and not self.owns(pe)
+
+    def presenter(self, pe: Pe) -> Endpoint:
+        """``pe`` as the replica running it sees it (for handles)."""
+        return self.remote.view(pe) if self.elsewhere(pe) else self.get(pe)
 
     def start(self, pe: Pe) -> dict[str, int]:
         with self.lock([pe.id]):
@@ -230,7 +242,15 @@ class EndpointManager:
     def resync(self, pe: Pe) -> dict[str, int] | None:
         """Make a running endpoint present exactly the catalog's active bindings and
         targets now (a host was fenced); None when its daemon is not running (it is
-        reconciled when it starts)."""
+        reconciled when it starts).  Another node's endpoint: its replica does it,
+        and this waits for that (None when no replica runs on that node)."""
+        if self.elsewhere(pe):
+            with self.ctx.db.tx() as conn:
+                live = self.ctx.replica.live_nodes(conn)
+            if live is not None and pe.node not in live:
+                return None
+            self.remote.apply(pe)
+            return {}
         with self.lock([pe.id]):
             if not self.get(pe).alive():
                 return None
@@ -286,6 +306,7 @@ class EndpointManager:
         self.rbd.sync_all()  # a crash between a binding change and its Ceph identity
         self._thread = threading.Thread(target=self._supervise, name="pe-supervisor", daemon=True)
         self._thread.start()
+        self.remote.start()
 
     def _supervise(self) -> None:
         """Restart dead endpoints; one that keeps failing (its control port or portal
@@ -340,6 +361,7 @@ class EndpointManager:
             ep.stop()
 
     def stop_all(self, keep_daemons: bool = False) -> None:
+        self.remote.stop()
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
