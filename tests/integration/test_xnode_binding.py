@@ -189,6 +189,9 @@ def test_an_endpoint_on_a_node_without_a_replica_is_refused_up_front(nodes: Node
 def test_kill_9_of_the_endpoints_replica_while_another_waits(nodes: Nodes) -> None:
     b = nodes.b
     b.vvol_create("pool", "16M", name="d")
+    b.vvol_create("pool", "16M", name="e")
+    e = b.bind_one("e", "h1", pe="nbd1")
+    qemu_io(e["uri"], "write -P 0x4d 0 2M")
     ra = nodes.ra
     assert ra.proc is not None
     os.kill(ra.proc.pid, signal.SIGSTOP)  # it takes no request from now on
@@ -211,16 +214,23 @@ def test_kill_9_of_the_endpoints_replica_while_another_waits(nodes: Nodes) -> No
     assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
     assert "node-gone" in out.stderr and "n1" in out.stderr
     assert took < LEASE + 8
-    assert b.bindings() == []
+    assert [x["vvol"] for x in b.bindings()] == [e["vvol"]]
+    # n1 is gone: an unbind through n1's endpoint is refused, the binding kept
+    out = nodes.cli("rb", "vvol", "unbind", "e", "--host", "h1")
+    assert out.returncode == 4 and out.stderr.count("\n") == 1, out
+    assert "endpoint nbd1 is node-gone" in out.stderr
+    assert [(x["vvol"], x["state"]) for x in b.bindings()] == [(e["vvol"], "active")]
 
     nodes.restart_ra()  # same replica id: it adopts tgtd and reconciles it
     _clean(nodes.a)
     _clean(b)
+    assert presented(e)  # the kept binding is served again, its data intact
+    assert "read 2097152/2097152" in qemu_io(e["uri"], "read -P 0x4d 0 2M").stdout
     h = b.bind_one("d", "h1", pe="iscsi1")  # n1 is back: the bind through rb works
     qemu_io(h["uri"], "write -P 0x21 0 1M")
     assert "read 1048576/1048576" in qemu_io(h["uri"], "read -P 0x21 0 1M").stdout
-    b.unbind(["d"], "h1")
-    assert not presented(h)
+    b.unbind(["d", "e"], "h1")
+    assert not presented(h) and not presented(e)
     _clean(nodes.a)
 
 
