@@ -323,7 +323,7 @@ class BindingOps:
                             bindrepo.set_binding(
                                 conn, b, state=DETACHING, op=op, owner=self.ctx.replica.id
                             )
-                            drops.append((i, b, self.pes.get(conn, b.pe)))
+                            drops.append((i, b, where))
                         else:
                             bindrepo.set_binding(conn, b, refcount=b.refcount - 1)
                             results[i] = {"vvol": ref, "ok": True, "refcount": b.refcount - 1}

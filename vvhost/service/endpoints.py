@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from ..arrays.sources import DataSource, FileSource
-from ..catalog import bindrepo, repo, vvolrepo
+from ..catalog import bindrepo, pesyncrepo, repo, vvolrepo
 from ..catalog.db import serialize
 from ..errors import AlreadyExists, InUse, InvalidInput, NotFound, VvhostError
 from ..model import ACTIVE, ATTACHING, Array, Binding, Host, Pe, Vvol
@@ -535,6 +535,7 @@ class PeOps:
                         f"for host {users[0].host})",
                     )
                 bindrepo.delete_pe(conn, pe.id)
+                pesyncrepo.forget(conn, pe.id)
             self.manager.forget(pe)
         shutil.rmtree(os.path.join(self.ctx.config.state_dir, "pe", pe.name), ignore_errors=True)
 
