@@ -13,6 +13,7 @@ and the restarted replica's audit is clean.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -46,6 +47,11 @@ def presented(handle: dict[str, Any]) -> bool:
         return f"Lun:{handle['lun']} " in out.stdout
     out = run("nbdinfo", "--list", f"nbd+unix:///?socket={handle['socket']}", ok=False).stdout
     return str(handle["export"]) in out
+
+
+def size(handle: dict[str, Any]) -> int:
+    info = run("qemu-img", "info", "--output=json", handle["uri"]).stdout
+    return int(json.loads(info)["virtual-size"])
 
 
 @dataclass
@@ -137,6 +143,14 @@ def test_bind_unbind_rebind_through_another_nodes_replica(nodes: Nodes) -> None:
     assert f["socket"].startswith(os.path.join(nodes.tmp, "ra"))
     assert presented(f)
     qemu_io(f["uri"], "write -P 0x7c 0 4M")
+    assert "read 4194304/4194304" in qemu_io(f["uri"], "read -P 0x7c 0 4M").stdout
+
+    # extend through rb: n1's tgtd and qsd show the new size when rb answers
+    grown = b.vvol_extend("d", "32M")
+    assert grown["size"] == 32 << 20
+    assert size(d) == 32 << 20
+    b.vvol_extend("f", "24M")
+    assert size(f) == 24 << 20
     assert "read 4194304/4194304" in qemu_io(f["uri"], "read -P 0x7c 0 4M").stdout
 
     # both replicas see the same bindings, and ra's audit of its daemons is clean

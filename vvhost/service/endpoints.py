@@ -213,9 +213,20 @@ class EndpointManager:
             rows = bindrepo.find_bindings(conn, vvol=vvol_id)
             pes = {b.pe: bindrepo.get_pe(conn, b.pe) for b in rows}
         failures = []
+        asked: dict[str, str | None] = {}  # another node's PE -> its error, asked once
         for b in rows:
             pe = pes[b.pe]
             if pe is None:
+                continue
+            if self.elsewhere(pe):  # its node's reconcile shows the new size
+                if pe.id not in asked:
+                    try:
+                        self.remote.apply(pe)
+                        asked[pe.id] = None
+                    except VvhostError as exc:
+                        asked[pe.id] = str(exc)
+                if asked[pe.id]:
+                    failures.append(f"endpoint {pe.name} for host {b.host}: {asked[pe.id]}")
                 continue
             try:
                 self._refresh_binding(pe, b)
