@@ -24,7 +24,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 import pytest
+from sqlalchemy.engine import make_url
 
 from tests.runner import run
 from vvhost.client import Client
@@ -266,4 +268,28 @@ def test_a_fence_through_another_nodes_replica_cuts_the_daemons_before_it_answer
     assert not presented(d) and not presented(f)
     assert qemu_io(d["uri"], "read -P 0x3c 0 1M", ok=False).returncode != 0
     assert {x["state"] for x in nodes.a.bindings()} == {"fenced"}
+    _clean(nodes.a)
+
+
+def test_a_lost_listener_session_costs_a_round_not_the_bind(nodes: Nodes) -> None:
+    """The catalog ends n1's LISTEN session: the bind through rb is applied anyway
+    (by the reconnected listener or the fallback round) before rb answers."""
+    b = nodes.b
+    b.vvol_create("pool", "16M", name="d")
+    conninfo = make_url(nodes.url).set(drivername="postgresql").render_as_string(False)
+    with psycopg.connect(conninfo, autocommit=True) as admin:
+        ended = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'vvhost-replica-ra' AND query LIKE 'LISTEN%'"
+        ).fetchall()
+    assert ended == [(True,)]
+    started = time.monotonic()
+    h = b.bind_one("d", "h1", pe="iscsi1")
+    took = time.monotonic() - started
+    print(f"bind after the listener's session ended: {took:.2f} s")
+    assert presented(h) and took < 5
+    qemu_io(h["uri"], "write -P 0x19 0 1M")
+    assert "read 1048576/1048576" in qemu_io(h["uri"], "read -P 0x19 0 1M").stdout
+    b.unbind(["d"], "h1")
+    assert not presented(h)
     _clean(nodes.a)
