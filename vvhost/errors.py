@@ -328,3 +328,20 @@ class ReplicaFenced(VvhostError):
 
 
 ERRORS_BY_CODE.update({cls.code: cls for cls in (ReplicaFenced,)})
+
+
+class NodeGone(VvhostError):
+    """An endpoint's daemon runs on a node where no control-plane replica holds a
+    lease now: nothing can change what it presents (``pe evacuate`` moves its
+    bindings to an endpoint on a live node)."""
+
+    code = "node-gone"
+    status = 409
+    exit_code = 4
+    template = (
+        "endpoint {pe} is node-gone: no control plane replica runs on node {node}; "
+        "{detail} (vvhost pe evacuate {pe} --to OTHER moves its bindings)"
+    )
+
+
+ERRORS_BY_CODE.update({cls.code: cls for cls in (NodeGone,)})

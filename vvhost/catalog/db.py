@@ -194,6 +194,11 @@ def _v13_replicas(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=[schema.replicas], checkfirst=True)
 
 
+def _v16_pe_sync(conn: Connection) -> None:
+    """Replicas on other nodes ask an endpoint's node to apply binding changes."""
+    schema.metadata.create_all(conn, tables=[schema.pe_sync], checkfirst=True)
+
+
 MIGRATIONS: list[Migration] = [
     _v1,
     _v2,
@@ -208,6 +213,7 @@ MIGRATIONS: list[Migration] = [
     _v11_unique_targets,
     _v12_fencing,
     _v13_replicas,
+    _v16_pe_sync,
 ]
 
 

@@ -136,6 +136,19 @@ pes = Table(
     Column("node", String(128)),  # migration _v13_replicas: the node whose replica runs it
 )
 
+# Cross-node endpoint changes (migration _v16_pe_sync): a replica that changed the
+# bindings of another node's endpoint raises ``wanted``; the replica on that node
+# makes the daemon present the catalog, then sets ``applied`` (and ``error``).
+pe_sync = Table(
+    "pe_sync",
+    metadata,
+    Column("pe_id", String(64), primary_key=True),
+    Column("wanted", BigInteger, nullable=False),
+    Column("applied", BigInteger, nullable=False),
+    Column("error", Text),
+    Column("state_dir", Text),  # the owner's state directory (where its sockets are)
+)
+
 # One iSCSI target per (PE, host) so the target ACL admits only that host's
 # initiator; owner "*" is the shared target open to every initiator.
 pe_targets = Table(

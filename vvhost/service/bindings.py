@@ -23,7 +23,16 @@ from typing import Any
 from sqlalchemy import Connection
 
 from ..catalog import bindrepo, repo
-from ..errors import Busy, EndpointError, Forbidden, InUse, InvalidInput, NotFound, VvhostError
+from ..errors import (
+    Busy,
+    EndpointError,
+    Forbidden,
+    InUse,
+    InvalidInput,
+    NodeGone,
+    NotFound,
+    VvhostError,
+)
 from ..model import ACTIVE, ATTACHING, DETACHING, Binding, Host, Pe, Vvol
 from ..pe import Attachment, secondary_id
 from ..pe.iscsi import allocate_lun, target_name
@@ -77,6 +86,8 @@ class BindingOps:
                 if h.fenced is not None:  # nothing reaches it until it is unfenced
                     raise Forbidden(detail=f"host {host} is fenced: unfence it first")
                 chosen = self.pes.get(conn, pe) if pe else None
+                if chosen is not None and self.manager.elsewhere(chosen):
+                    self.manager.remote.check_live(conn, chosen)
                 every_pe: list[Pe] | None = None
                 for i, ref in enumerate(refs):
                     try:
@@ -92,6 +103,8 @@ class BindingOps:
                             if chosen is None and every_pe is None:
                                 every_pe = bindrepo.list_pes(conn)
                             target = chosen or _auto_pe(every_pe or [], v)
+                            if chosen is None and self.manager.elsewhere(target):
+                                self.manager.remote.check_live(conn, target)
                             b = self._allocate(conn, target, v, h, shared, op, 1, luns, hints)
                             bindrepo.insert_binding(conn, b, self.ctx.replica.id)
                         att = attachment(conn, self.ctx, b, v, h, source)
@@ -244,12 +257,47 @@ class BindingOps:
         failed: list[_Plan] = []
         for pe_id in sorted({p.pe.id for p in plans}):
             group = [p for p in plans if p.pe.id == pe_id]
-            with self.manager.lock([pe_id]):
-                errors = self.manager.get(group[0].pe).attach_many([p.attachment for p in group])
+            if self.manager.elsewhere(group[0].pe):
+                errors = self._attach_remote(group[0].pe, group)
+            else:
+                with self.manager.lock([pe_id]):
+                    errors = self.manager.get(group[0].pe).attach_many(
+                        [p.attachment for p in group]
+                    )
             for p in group:
                 if p.attachment.key in errors:
                     results[p.index] = _error(refs[p.index], errors[p.attachment.key])
                     failed.append(p)
+        return failed
+
+    def _attach_remote(self, pe: Pe, group: list[_Plan]) -> dict[str, VvhostError]:
+        """Another node runs ``pe``: the rows become active with a request to that
+        node, which makes its daemon present them; on failure or timeout the rows go
+        and the node is asked again, so its daemon follows the catalog back."""
+        with self.ctx.db.tx() as conn:
+            for p in group:
+                bindrepo.set_binding(conn, p.binding, state=ACTIVE, op=None)
+            generation = self.manager.remote.request(conn, pe)
+        try:
+            self.manager.remote.wait(pe, generation)
+            return {}
+        except VvhostError as exc:
+            with self.ctx.db.tx() as conn:
+                for p in group:
+                    bindrepo.delete_binding(conn, p.binding)
+                self.manager.remote.request(conn, pe)
+            return {p.attachment.key: exc for p in group}
+
+    def _detach_remote(self, drops: list[tuple[int, Binding, Pe]]) -> dict[int, VvhostError]:
+        """Rows of other nodes' endpoints are ``detaching`` (not presented): each
+        node makes its daemon drop them; index -> error for those that failed."""
+        failed: dict[int, VvhostError] = {}
+        for pe_id in sorted({pe.id for _i, _b, pe in drops}):
+            group = [(i, pe) for i, _b, pe in drops if pe.id == pe_id]
+            try:
+                self.manager.remote.apply(group[0][1])
+            except VvhostError as exc:
+                failed.update({i: exc for i, _pe in group})
         return failed
 
     # -- unbind ---------------------------------------------------------------------------
@@ -269,17 +317,27 @@ class BindingOps:
                             raise NotFound(kind="binding", ref=f"{ref} on {host}")
                         b = self._reuse(found[0], None, ref)
                         if drop_all or b.refcount <= 1:
+                            where = self.pes.get(conn, b.pe)
+                            if self.manager.elsewhere(where):
+                                self.manager.remote.check_live(conn, where)
                             bindrepo.set_binding(
                                 conn, b, state=DETACHING, op=op, owner=self.ctx.replica.id
                             )
-                            drops.append((i, b, self.pes.get(conn, b.pe)))
+                            drops.append((i, b, where))
                         else:
                             bindrepo.set_binding(conn, b, refcount=b.refcount - 1)
                             results[i] = {"vvol": ref, "ok": True, "refcount": b.refcount - 1}
                     except VvhostError as exc:
                         results[i] = _error(ref, exc)
             gone = []
+            far = self._detach_remote([d for d in drops if self.manager.elsewhere(d[2])])
             for i, b, pe in drops:
+                if self.manager.elsewhere(pe):
+                    if i in far:
+                        results[i] = _error(refs[i], far[i])
+                    else:
+                        gone.append(b)
+                    continue
                 with self.manager.lock([pe.id]):
                     try:
                         self.manager.get(pe).detach(attachment_key(b))
@@ -293,6 +351,8 @@ class BindingOps:
                         results[i] = {"vvol": refs[i], "ok": True, "refcount": 0}
                     else:
                         bindrepo.set_binding(conn, b, state=ACTIVE, op=None)
+            for pe in {pe.id: pe for i, _b, pe in drops if i in far}.values():
+                self.manager.remote.ask(pe)  # present the restored rows again
             self.manager.release_readonly([b.vvol for b in gone if b.readonly])
             try:
                 self._revoke_rbd(host, [pe for _i, b, pe in drops if b in gone])
@@ -318,6 +378,8 @@ class BindingOps:
                 target = self.pes.get(conn, pe)
                 if target.id == old.pe:
                     return self._handle(old, old_plan.pe, old_plan.attachment)
+                if self.manager.elsewhere(target):
+                    self.manager.remote.check_live(conn, target)
                 new = self._allocate(
                     conn,
                     target,
@@ -329,24 +391,23 @@ class BindingOps:
                 )
                 bindrepo.insert_binding(conn, new, self.ctx.replica.id)
                 att = attachment(conn, self.ctx, new)
-            try:
-                with self.manager.lock([target.id]):
-                    self.manager.get(target).attach(att)  # the new path exists first...
-            except BaseException:
-                with self.manager.lock([target.id]):
-                    # if this fails too, reconciliation at the next start removes it
-                    with contextlib.suppress(VvhostError):
-                        self.manager.get(target).detach(att.key)
-                with self.ctx.db.tx() as conn:
-                    bindrepo.delete_binding(conn, new)
-                if new.readonly:
-                    self.manager.release_readonly([new.vvol])
-                raise
+            if self.manager.elsewhere(target):
+                plan = _Plan(0, new, target, att, new=True)
+                failed = self._attach_remote(target, [plan])
+                if failed:
+                    if new.readonly:
+                        self.manager.release_readonly([new.vvol])
+                    raise failed[att.key]
+            else:
+                self._attach_here(target, new, att)
             self.ctx.fault("rebind", "attached")
             with self.ctx.db.tx() as conn:  # the commit point
                 bindrepo.set_binding(conn, old, state=DETACHING, op=op, owner=self.ctx.replica.id)
                 bindrepo.set_binding(conn, new, state=ACTIVE, op=None)
-            if self.manager.owns(old_plan.pe):  # (another node's replica reconciles its own)
+            if self.manager.elsewhere(old_plan.pe):  # its node drops it (unless gone)
+                with contextlib.suppress(NodeGone):
+                    self.manager.remote.apply(old_plan.pe)
+            elif self.manager.owns(old_plan.pe):  # (a file PE of another node: its own)
                 with self.manager.lock([old_plan.pe.id]):
                     self.manager.get(old_plan.pe).detach(old_plan.attachment.key)  # ...the old
             with self.ctx.db.tx() as conn:
@@ -355,6 +416,23 @@ class BindingOps:
                 self.manager.release_readonly([old.vvol])
             self._revoke_rbd(host, [old_plan.pe, target])
         return self._handle(replace(new, state=ACTIVE, op=None), target, att)
+
+    def _attach_here(self, target: Pe, new: Binding, att: Attachment) -> None:
+        """Rebind's new path through an endpoint this replica runs; on failure the
+        row goes (and the read-only flag, if nothing else presents the data)."""
+        try:
+            with self.manager.lock([target.id]):
+                self.manager.get(target).attach(att)  # the new path exists first...
+        except BaseException:
+            with self.manager.lock([target.id]):
+                # if this fails too, reconciliation at the next start removes it
+                with contextlib.suppress(VvhostError):
+                    self.manager.get(target).detach(att.key)
+            with self.ctx.db.tx() as conn:
+                bindrepo.delete_binding(conn, new)
+            if new.readonly:
+                self.manager.release_readonly([new.vvol])
+            raise
 
     # -- reading --------------------------------------------------------------------------
     def _handle(self, b: Binding, pe: Pe, att: Attachment) -> dict[str, Any]:
@@ -368,7 +446,7 @@ class BindingOps:
             "readonly": b.readonly,
             "shared": b.shared,
             "state": b.state,
-            **self.manager.get(pe).handle(att),
+            **self.manager.presenter(pe).handle(att),
         }
 
     def listing(self, host: str | None = None, vvol: str | None = None) -> list[dict[str, Any]]:

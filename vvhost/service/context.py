@@ -51,6 +51,8 @@ class Config:
     default_array: dict[str, str] | None = None
     # Seconds between two reconciler rounds (0: no background reconciler).
     reconcile_interval: float = 300.0
+    # how long a replica waits for another node's replica to apply a binding change
+    xnode_wait: float = 10.0
     # Event retention: the newest ``events_keep`` events, none older than ``events_days``.
     events_keep: int = 100_000
     events_days: float = 30.0
@@ -70,6 +72,7 @@ class Config:
             oui=os.environ.get("VVHOST_OUI") or DEFAULT_OUI,
             default_array=parse_array_spec(os.environ.get(DEFAULT_ARRAY_ENV)),
             reconcile_interval=_number("VVHOST_RECONCILE_INTERVAL", 300.0),
+            xnode_wait=_number("VVHOST_XNODE_WAIT", 10.0),
             events_keep=int(_number("VVHOST_EVENTS_KEEP", 100_000)),
             events_days=_number("VVHOST_EVENTS_DAYS", 30.0),
             space_refresh=float(os.environ.get("VVHOST_SPACE_REFRESH") or 30.0),

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from ..arrays.sources import DataSource, FileSource
-from ..catalog import bindrepo, repo, vvolrepo
+from ..catalog import bindrepo, pesyncrepo, repo, vvolrepo
 from ..catalog.db import serialize
 from ..errors import AlreadyExists, InUse, InvalidInput, NotFound, VvhostError
 from ..model import ACTIVE, ATTACHING, Array, Binding, Host, Pe, Vvol
@@ -35,8 +35,10 @@ from ..tools.tgtd_ipc import holder
 from ..units import check_name
 from .context import Context
 from .rbdaccess import RbdAccess
+from .xnode import CrossNode
 
 log = logging.getLogger("vvhost.endpoints")
+DAEMON_PROTOCOLS = ("iscsi", "nbd")  # endpoints whose daemon runs on the PE's node
 _PORTAL = re.compile(r"^(?P<host>[A-Za-z0-9.-]{1,253}|\[[0-9a-fA-F:]+\]):(?P<port>[0-9]{1,5})$")
 
 
@@ -130,6 +132,7 @@ class EndpointManager:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.rbd = RbdAccess(ctx, self.get)  # hosts' Ceph identities (rbd endpoints)
+        self.remote = CrossNode(ctx, self)  # other nodes' endpoints: ask, wait
 
     def get(self, pe: Pe) -> Endpoint:
         with self._guard:
@@ -143,6 +146,15 @@ class EndpointManager:
     def owns(self, pe: Pe) -> bool:
         """This replica runs ``pe``'s daemon: the PE names this node (or none)."""
         return pe.node is None or pe.node == self.ctx.replica.node
+
+    def elsewhere(self, pe: Pe) -> bool:
+        """Changes to what ``pe`` presents must be applied by another node's replica:
+        its daemon runs there (file and rbd endpoints are changed from any node)."""
+        return pe.protocol in DAEMON_PROTOCOLS and not self.owns(pe)
+
+    def presenter(self, pe: Pe) -> Endpoint:
+        """``pe`` as the replica running it sees it (for handles)."""
+        return self.remote.view(pe) if self.elsewhere(pe) else self.get(pe)
 
     def start(self, pe: Pe) -> dict[str, int]:
         with self.lock([pe.id]):
@@ -201,9 +213,20 @@ class EndpointManager:
             rows = bindrepo.find_bindings(conn, vvol=vvol_id)
             pes = {b.pe: bindrepo.get_pe(conn, b.pe) for b in rows}
         failures = []
+        asked: dict[str, str | None] = {}  # another node's PE -> its error, asked once
         for b in rows:
             pe = pes[b.pe]
             if pe is None:
+                continue
+            if self.elsewhere(pe):  # its node's reconcile shows the new size
+                if pe.id not in asked:
+                    try:
+                        self.remote.apply(pe)
+                        asked[pe.id] = None
+                    except VvhostError as exc:
+                        asked[pe.id] = str(exc)
+                if asked[pe.id]:
+                    failures.append(f"endpoint {pe.name} for host {b.host}: {asked[pe.id]}")
                 continue
             try:
                 self._refresh_binding(pe, b)
@@ -230,7 +253,15 @@ class EndpointManager:
     def resync(self, pe: Pe) -> dict[str, int] | None:
         """Make a running endpoint present exactly the catalog's active bindings and
         targets now (a host was fenced); None when its daemon is not running (it is
-        reconciled when it starts)."""
+        reconciled when it starts).  Another node's endpoint: its replica does it,
+        and this waits for that (None when no replica runs on that node)."""
+        if self.elsewhere(pe):
+            with self.ctx.db.tx() as conn:
+                live = self.ctx.replica.live_nodes(conn)
+            if live is not None and pe.node not in live:
+                return None
+            self.remote.apply(pe)
+            return {}
         with self.lock([pe.id]):
             if not self.get(pe).alive():
                 return None
@@ -286,6 +317,7 @@ class EndpointManager:
         self.rbd.sync_all()  # a crash between a binding change and its Ceph identity
         self._thread = threading.Thread(target=self._supervise, name="pe-supervisor", daemon=True)
         self._thread.start()
+        self.remote.start()
 
     def _supervise(self) -> None:
         """Restart dead endpoints; one that keeps failing (its control port or portal
@@ -340,6 +372,7 @@ class EndpointManager:
             ep.stop()
 
     def stop_all(self, keep_daemons: bool = False) -> None:
+        self.remote.stop()
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
@@ -513,6 +546,7 @@ class PeOps:
                         f"for host {users[0].host})",
                     )
                 bindrepo.delete_pe(conn, pe.id)
+                pesyncrepo.forget(conn, pe.id)
             self.manager.forget(pe)
         shutil.rmtree(os.path.join(self.ctx.config.state_dir, "pe", pe.name), ignore_errors=True)
 
