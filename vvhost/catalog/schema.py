@@ -90,9 +90,13 @@ vvols = Table(
     Column("charge", BigInteger, nullable=False, server_default="0"),  # in `provisioned`
     Column("held", BigInteger, nullable=False, server_default="0"),  # physical bytes counted
     Column("space_at", Float),  # when the figures were read
-    Index("ix_vvols_container", "container_id"),
     Index("ix_vvols_parent", "parent_id"),
     Index("ix_vvols_name", "name"),
+    # migration _v14_scale_indexes: listings page in (created, id) order, per filter
+    Index("ix_vvols_created", "created", "id"),
+    Index("ix_vvols_container_created", "container_id", "created", "id"),
+    Index("ix_vvols_datastore", "datastore_id", "created", "id"),
+    Index("ix_vvols_tenant", "tenant", "created", "id"),
 )
 
 journal = Table(
@@ -159,7 +163,7 @@ bindings = Table(
     Column("state", String(16), nullable=False),
     Column("op_id", String(64)),
     Column("created", Float, nullable=False),
-    Index("ix_bindings_pe", "pe_id"),
+    Index("ix_bindings_pe_tid", "pe_id", "tid"),  # migration _v14: the LUNs of one target
     Index("ix_bindings_host", "host"),
 )
 
@@ -219,6 +223,7 @@ binding_hints = Table(
     Column("host", String(128), primary_key=True),
     Column("pe_id", String(64), primary_key=True),
     Column("secondary_id", String(256), nullable=False),
+    Index("ix_binding_hints_pe_host", "pe_id", "host"),  # migration _v14_scale_indexes
 )
 
 # -- added by migration _v6_tenancy: who started an operation (its progress answers only them)
