@@ -12,8 +12,10 @@ How a catalog is filled (fast, and through the real code paths):
 - vvols: in-process through the service layer (``Service.vvols.create``, the
   code behind ``POST /v1/vvols``) before ``vvhost serve`` starts, because the
   API has no bulk create and 10,000 single HTTP round trips would make the
-  fill the longest part of the run (4 threads, as concurrent requests would).  Every vvol is a real 1 MiB file of the
-  ``dir`` array, placed in the datastore by its rule;
+  fill the longest part of the run (on PostgreSQL 4 threads, as concurrent
+  requests would; SQLite takes one writer at a time, and waiting writers poll).
+  Every vvol is a real 1 MiB file of the ``dir`` array, placed in the
+  datastore by its rule;
 - hosts, the endpoint and the bindings: through the API once the plane runs,
   the bindings in batches (``POST /v1/bind`` takes up to 1,024 vvols): every
   vvol is bound to one host, round robin, through a ``file`` endpoint (no
@@ -52,7 +54,7 @@ TARGET = "p99 ratio <= 1.5"
 LIMIT = 1.5
 DATASTORE = "ds"
 PE = "file"
-FILLERS = 4  # threads creating vvols in-process
+FILLERS = {False: 1, True: 4}  # threads creating vvols in-process, by "on PostgreSQL"
 MEASURES = ("resolve", "vvol list", "vvol show", "bind", "host list")
 
 
@@ -81,7 +83,7 @@ def _fill_vvols(state: str, db_url: str | None, count: int) -> tuple[list[str], 
             made = svc.vvols.create(None, "1M", name=f"vol-{i:05d}", datastore=DATASTORE)
             return str(made["id"])
 
-        with ThreadPoolExecutor(FILLERS) as pool:
+        with ThreadPoolExecutor(FILLERS[db_url is not None]) as pool:
             ids = list(pool.map(make, range(count)))
         return ids, time.perf_counter() - start
     finally:
@@ -112,8 +114,8 @@ def _plane(
                 check(all(r["ok"] for r in done), f"bind of {len(batch)} vvols to {host} failed")
                 plane.bound.update(dict.fromkeys(batch, host))
         notes.append(
-            f"{name}: {nvols} vvols in {filled:.1f} s (service layer, {FILLERS} threads), "
-            f"{nhosts} hosts and "
+            f"{name}: {nvols} vvols in {filled:.1f} s (service layer, "
+            f"{FILLERS[db_url is not None]} threads), {nhosts} hosts and "
             f"{len(plane.bound)} bindings in {time.perf_counter() - start:.1f} s (API)"
         )
         _check_catalog(plane)
