@@ -45,8 +45,8 @@ from .common import Result, check, private_dir, skipped
 
 SMALL = (100, 2)  # vvols, hosts
 BIG = (10_000, 50)
-RESOLVE_CALLS = 400
-CALLS = 150
+RESOLVE_CALLS = 1000
+CALLS = 300
 WARM = 20
 PAGE = 100
 BIND_BATCH = 1000
