@@ -1,5 +1,6 @@
 """A big catalog: listings paged by the database give every row once, in the
 order the whole listing has; a datastore's totals are counted by the database;
+a refresh of many vvols' space figures stores them in short transactions;
 the indexes of migration ``_v14_scale_indexes`` are made on an older catalog
 and are the ones SQLite's planner uses.  On SQLite and on PostgreSQL."""
 
@@ -11,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, event, inspect, text, update
+from sqlalchemy import Connection, event, inspect, select, text, update
 
 from tests.openapicheck import Contract, watch
 from vvhost.api.app import create_app
@@ -22,6 +23,7 @@ from vvhost.catalog.db import MIGRATIONS, Database, sqlite_url
 from vvhost.client import Client
 from vvhost.model import Array, Binding, Container, Vvol
 from vvhost.service import Config, Service
+from vvhost.service.space import STORE_CHUNK
 
 MiB = 1 << 20
 IN_DS, IN_POOL2, OF_T1 = 700, 300, 120  # vvols in the datastore, in the other pool, t1's
@@ -129,6 +131,24 @@ def test_datastore_totals_are_counted_by_the_database(big: tuple[Service, Client
     assert mine["free"] == shown["free"]  # the room is the datastore's, whoever looks
     nobody = svc.datastores.show("ds", viewer=None)
     assert nobody["vvols"] == 0 and nobody["provisioned"] == 0
+    began: list[float] = []
+
+    def count(_conn: Any) -> None:
+        began.append(time.time())
+
+    start = time.time()
+    event.listen(svc.ctx.db.engine, "begin", count)
+    try:
+        assert svc.space.refresh_container("pool") == IN_DS
+    finally:
+        event.remove(svc.ctx.db.engine, "begin", count)
+    stores = -(-IN_DS // STORE_CHUNK)  # a transaction per chunk: no long write lock
+    assert len(began) == 2 + stores  # and one to list the vvols, one to read them
+    with svc.ctx.db.tx() as conn:
+        read_at = conn.execute(
+            select(schema.vvols.c.space_at).where(schema.vvols.c.datastore_id.is_not(None))
+        ).scalars()
+        assert all(at is not None and at >= start for at in read_at)
     made = client.vvol_create(None, "1M", datastore="ds")["id"]
     client.vvol_snapshot(made)
     counted = client.datastore("ds")["vvols"]
