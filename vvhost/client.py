@@ -4,7 +4,6 @@ ASGI app, so contract tests exercise both."""
 
 from __future__ import annotations
 
-import ssl
 from functools import lru_cache
 from typing import Any
 
@@ -16,7 +15,8 @@ from .api.schemas import binding as b
 from .api.schemas import inventory as i
 from .api.schemas import vvols as v
 from .api.schemas.common import Page
-from .errors import InternalError, InvalidInput, Unreachable, from_wire
+from .errors import InternalError, InvalidInput, from_wire
+from .failover import Endpoint, Failover, split_servers
 
 # What a listing's ``page`` takes: the path of each listing route.
 LISTINGS: dict[str, tuple[str, Any]] = {
@@ -35,30 +35,53 @@ TIMEOUT = httpx.Timeout(connect=5.0, read=3600.0, write=60.0, pool=60.0)
 
 
 class Client:
-    def __init__(self, http: httpx.Client, address: str) -> None:
-        self.http = http
-        self.address = address
+    """The API over one or several control-plane replicas (see :mod:`vvhost.failover`
+    for which failed requests go to the next replica and which never do)."""
+
+    def __init__(self, http: httpx.Client | Failover, address: str = "") -> None:
+        self.conn = http if isinstance(http, Failover) else Failover([Endpoint(address, http)])
+
+    @property
+    def http(self) -> httpx.Client:
+        """The connection pool to the replica that answered last."""
+        return self.conn.endpoint.http
+
+    @property
+    def address(self) -> str:
+        """The replica that answered last (its URL, or the unix socket's path)."""
+        return self.conn.endpoint.address
 
     @classmethod
     def unix(cls, path: str, timeout: httpx.Timeout = TIMEOUT) -> Client:
-        transport = httpx.HTTPTransport(uds=path)
-        return cls(
-            httpx.Client(transport=transport, base_url="http://vvhost", timeout=timeout), path
-        )
+        return cls(Failover([Endpoint.open(f"unix://{path}", None, None, timeout)]))
 
     @classmethod
     def https(
         cls, url: str, token: str, ca: str | None = None, timeout: httpx.Timeout = TIMEOUT
     ) -> Client:
-        """A remote control plane over TLS; ``ca`` verifies its certificate."""
-        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca) if ca else True
-        http = httpx.Client(
-            base_url=url,
-            timeout=timeout,
-            verify=verify,
-            headers={"Authorization": f"Bearer {token}"},
-        )
-        return cls(http, url)
+        """A remote control plane over TLS; ``ca`` verifies its certificate.  ``url``
+        may list several replicas (``https://a:8443,https://b:8443``)."""
+        return cls.connect(split_servers(url), token, ca, timeout)
+
+    @classmethod
+    def connect(
+        cls,
+        servers: list[str],
+        token: str | None = None,
+        ca: str | None = None,
+        timeout: httpx.Timeout = TIMEOUT,
+    ) -> Client:
+        """Replicas in the order given: ``unix:///PATH`` and/or ``https://HOST:PORT``
+        (``token`` and ``ca`` serve every https one)."""
+        return cls(Failover([Endpoint.open(url, token, ca, timeout) for url in servers]))
+
+    def twin(self) -> Client:
+        """A second client of the same replicas (its own connections), starting at
+        the one that answered last; ``self`` when they cannot be opened again."""
+        endpoints = [ep.reopen() for ep in self.conn.endpoints]
+        if not all(endpoints):  # in-process, or a pool the caller made: share it
+            return self
+        return Client(Failover([ep for ep in endpoints if ep], self.conn.current))
 
     @classmethod
     def in_process(cls, app: Any) -> Client:
@@ -67,7 +90,7 @@ class Client:
         return cls(TestClient(app, raise_server_exceptions=False), "in-process")
 
     def close(self) -> None:
-        self.http.close()
+        self.conn.close()
 
     def call(
         self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
@@ -75,10 +98,7 @@ class Client:
         clean = {k: v for k, v in (params or {}).items() if v is not None}
         if "//" in path or path.endswith("/"):  # a name or id the caller left empty
             raise InvalidInput(detail=f"a name or id is empty (in {method} {path})")
-        try:
-            resp = self.http.request(method, path, json=json, params=clean or None)
-        except httpx.TransportError as exc:
-            raise Unreachable(address=self.address, detail=str(exc) or type(exc).__name__) from exc
+        resp = self.conn.send(method, path, json=json, params=clean or None)
         if resp.status_code == 204:
             return None
         payload = self._json(resp)
@@ -188,10 +208,7 @@ class Client:
 
     def metrics(self) -> str:
         """The Prometheus text the server exposes (admins only)."""
-        try:
-            resp = self.http.get("/metrics")
-        except httpx.TransportError as exc:
-            raise Unreachable(address=self.address, detail=str(exc) or type(exc).__name__) from exc
+        resp = self.conn.send("GET", "/metrics")
         if resp.status_code != 200:
             self._raise(resp)
         return resp.text
@@ -412,12 +429,8 @@ class Client:
         """Bytes of a vvol's data, from any machine and on any array."""
         if not ref:
             raise InvalidInput(detail="the vvol name or id is empty")
-        try:
-            resp = self.http.get(
-                f"/v1/vvols/{ref}/data", params={"offset": offset, "length": length}
-            )
-        except httpx.TransportError as exc:
-            raise Unreachable(address=self.address, detail=str(exc) or type(exc).__name__) from exc
+        params = {"offset": offset, "length": length}
+        resp = self.conn.send("GET", f"/v1/vvols/{ref}/data", params=params)
         if resp.status_code >= 400:
             self._raise(resp)
         return resp.content
@@ -425,15 +438,13 @@ class Client:
     def vvol_write(self, ref: str, offset: int, data: bytes, zero: int = 0) -> dict[str, Any]:
         """Write into a writable vvol no host has bound (at most 1 MiB a call), or
         with ``zero`` make that many bytes read as zeros."""
-        try:
-            resp = self.http.put(
-                f"/v1/vvols/{ref}/data",
-                params={"offset": offset, "zero": zero},
-                content=data,
-                headers={"content-type": "application/octet-stream"},
-            )
-        except httpx.TransportError as exc:
-            raise Unreachable(address=self.address, detail=str(exc) or type(exc).__name__) from exc
+        resp = self.conn.send(
+            "PUT",
+            f"/v1/vvols/{ref}/data",
+            params={"offset": offset, "zero": zero},
+            content=data,
+            headers={"content-type": "application/octet-stream"},
+        )
         if resp.status_code >= 400:
             self._raise(resp)
         return self._typed(v.WriteOut, self._json(resp))

@@ -301,3 +301,16 @@ class CatalogUnreachable(VvhostError):
 
 
 ERRORS_BY_CODE.update({cls.code: cls for cls in (CatalogUnreachable,)})
+
+
+class ReplicaUnavailable(VvhostError):
+    """A control-plane replica refuses a request before starting it (shutting down, or
+    no longer holding its lease): a client with several URLs sends it to the next."""
+
+    code = "replica-unavailable"
+    status = 503
+    exit_code = 7
+    template = "replica {replica} does not take requests now: {detail}"
+
+
+ERRORS_BY_CODE.update({cls.code: cls for cls in (ReplicaUnavailable,)})

@@ -49,7 +49,9 @@ With a ``net`` (:class:`vvhost.labnet.LabNet`) the host also gets a network
 namespace of its own, linked to the lab bridge by a veth pair: libvirtd listens
 there on every address, ``address`` is the host's address on the bridge, and
 ``tcp_uri`` and migrate URIs use it; endpoints the host uses must listen on the
-bridge (``net.gateway``).
+bridge (``net.gateway``). ``hidden`` directories of the machine (a control
+plane's socket and state, a database's socket) get an empty tmpfs over them in
+the host's mount namespace: the host, its hook and its QEMUs cannot see them.
 
 In qemu.conf domains run as root with no security driver, no cgroups, no /dev
 namespace and no virtlogd (stdio_handler = "file"), so their qemu processes stay
@@ -160,6 +162,7 @@ class LibvirtHost:
         tcp_port: int | None = None,
         migration_ports: tuple[int, int] | None = None,
         net: LabNet | None = None,
+        hidden: Sequence[str] = (),
     ) -> None:
         if not name or any(c.isspace() or c in "/\"'\\" for c in name):
             raise LabHostError(host=name, detail="a host name is one word")
@@ -169,6 +172,8 @@ class LibvirtHost:
         self.migration_ports = migration_ports
         self.net = net  # with a lab network: its own network namespace, linked to the bridge
         self.address: str | None = None  # on the lab network, once started
+        # directories of the machine this host must not see (an empty tmpfs over each)
+        self.hidden = tuple(os.path.abspath(d) for d in hidden)
         # stable for (name, workdir), different between hosts: migration refuses equal ones
         self.host_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"vvhost-lab:{name}:{self.workdir}"))
         self._reaper: subprocess.Popen[bytes] | None = None
@@ -332,6 +337,8 @@ class LibvirtHost:
         for sub, system in MOUNTS:
             steps.append(f"mkdir -p {shlex.quote(system)}")
             steps.append(f"mount --bind {shlex.quote(self.path(sub))} {shlex.quote(system)}")
+        for hidden in self.hidden:
+            steps.append(f"mount -t tmpfs -o size=64k,mode=0700 vvhidden {shlex.quote(hidden)}")
         steps.append(f"hostname {shlex.quote(self.name)}")
         daemon = [LIBVIRTD, "-f", "/etc/libvirt/libvirtd.conf", "-p", self.pidfile]
         if self.tcp_port is not None:

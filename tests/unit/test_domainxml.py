@@ -78,3 +78,23 @@ def test_every_disk_stops_on_errors_and_passes_discards() -> None:
     dx.set_chain(old, "vda", [NBD, FILE])
     driver = old.find("devices/disk/driver")
     assert driver is not None and has_policy(driver) and driver.get("type") == "qcow2"
+
+
+def test_copy_disk_sources_takes_the_live_domains_chains() -> None:
+    """What a migration with a host's token does: the inactive definition keeps its
+    own kernel line and takes the sources the destination's hook gave the live one."""
+    meta = dx.VmMeta(datastore="naa.6" + "0" * 31, config="cfg", disks={"vda": "v1", "vdb": "v2"})
+    inactive = dx.new_domain("vm1", 256, 1, meta, "/k", "/i", "console=ttyS0 next-boot")
+    live = dx.new_domain("vm1", 256, 1, meta, "/k", "/i", "console=ttyS0")
+    for target in ("vda", "vdb"):
+        dx.set_source(inactive, target, ISCSI)
+    dx.set_chain(live, "vda", [NBD, FILE])  # a qcow2 layer over a raw bottom
+    dx.set_source(live, "vdb", NBD)
+    dx.copy_disk_sources(inactive, live, meta)
+    again = dx.parse(dx.tostring(inactive))
+    assert dx.chain_sources(again, "vda") == dx.chain_sources(live, "vda")
+    assert len(dx.chain_sources(again, "vda") or []) == 2
+    assert dx.same_source(dx.disk_source(again, "vdb"), NBD)
+    assert "next-boot" in dx.tostring(again)
+    with pytest.raises(InvalidInput):
+        dx.copy_disk_sources(again, dx.parse("<domain><devices/></domain>"), meta)

@@ -51,8 +51,13 @@ def array_add(svc: Svc, p: Caller, body: m.ArrayCreate) -> dict[str, Any]:
 
 @router.get("/arrays/{ref}", response_model=i.ArrayDetail, response_model_exclude_unset=True)
 def array_show(svc: Svc, p: Caller, ref: Ref) -> dict[str, Any]:
-    svc.authz.admin(p)
-    return svc.arrays.show(ref)
+    """An admin sees everything; a host (which decides, say, how to snapshot its VMs)
+    sees what the array can do, never how it is reached or where it keeps data."""
+    shown = svc.arrays.show(ref)
+    if p.is_admin:
+        return shown
+    hidden = ("settings", "path", "where", "fs_id")
+    return {**{k: v for k, v in shown.items() if k not in hidden}, "settings": {}}
 
 
 @router.delete("/arrays/{ref}", status_code=204, response_model=None)

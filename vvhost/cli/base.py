@@ -8,6 +8,8 @@ import click
 
 from .. import __version__
 from ..client import DEFAULT_SOCKET, Client
+from ..errors import InvalidInput
+from ..failover import split_servers
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
@@ -18,12 +20,12 @@ class Session:
     def __init__(
         self,
         socket: str,
-        server: str | None = None,
+        server: list[str] | None = None,
         token: str | None = None,
         ca: str | None = None,
     ) -> None:
         self.socket = socket
-        self.server = server
+        self.server = server or []  # replicas, in the order to try them
         self.token = token
         self.ca = ca
         self._client: Client | None = None
@@ -32,9 +34,9 @@ class Session:
     def client(self) -> Client:
         if self._client is None:
             if self.server:
-                if not self.token:
+                if not self.token and not all(u.startswith("unix://") for u in self.server):
                     raise click.UsageError("--server needs a token (--token-file or VVHOST_TOKEN)")
-                self._client = Client.https(self.server, self.token, self.ca)
+                self._client = Client.connect(self.server, self.token, self.ca)
             else:
                 self._client = Client.unix(self.socket)
         return self._client
@@ -55,9 +57,12 @@ class Session:
 )
 @click.option(
     "--server",
+    "servers",
     envvar="VVHOST_SERVER",
-    default=None,
-    help="Remote control plane, https://HOST:PORT (env VVHOST_SERVER).",
+    multiple=True,
+    help="Remote control plane, https://HOST:PORT; several replicas: repeat the option "
+    "or separate them with commas (env VVHOST_SERVER). A request that cannot reach one "
+    "goes to the next (see the README for which requests are never sent twice).",
 )
 @click.option(
     "--token-file",
@@ -75,13 +80,21 @@ class Session:
 )
 @click.pass_context
 def cli(
-    ctx: click.Context, socket: str, server: str | None, token_file: str | None, ca: str | None
+    ctx: click.Context,
+    socket: str,
+    servers: tuple[str, ...],
+    token_file: str | None,
+    ca: str | None,
 ) -> None:
     """vvhost: array-backed per-VM volumes (vvols) for KVM hosts."""
     token = os.environ.get("VVHOST_TOKEN")
     if token_file:
         with open(token_file, encoding="utf-8") as fh:
             token = fh.read().strip()
+    try:
+        server = split_servers(servers)
+    except InvalidInput as exc:
+        raise click.BadParameter(str(exc), param_hint="--server") from None
     session = Session(os.path.abspath(socket), server, token, ca)
     ctx.obj = session
     ctx.call_on_close(session.close)

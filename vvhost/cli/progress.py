@@ -32,7 +32,7 @@ def run_with_progress(
     thread = threading.Thread(target=worker, daemon=True)
     thread.start()
     bar: Any = None
-    poller = Client.unix(client.address) if client.address != "in-process" else client
+    poller = client.twin()
     try:
         while thread.is_alive():
             thread.join(0.2)

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from ..failover import split_servers
 from ..host.config import DEFAULT_PATH, HostConfig
 from ..host.handles import PROTOCOLS
 from ..host.vms import VmManager, VmSpec
@@ -72,9 +73,12 @@ def manager(host_conf: str, uri: str | None) -> Iterator[VmManager]:
 @click.argument("name")
 @click.option(
     "--server",
-    default="unix:///run/vvhost/vvhost.sock",
+    "servers",
+    multiple=True,
+    default=["unix:///run/vvhost/vvhost.sock"],
     show_default=True,
-    help="Control plane: unix:///PATH or https://HOST:PORT.",
+    help="Control plane: unix:///PATH or https://HOST:PORT; several replicas: repeat the "
+    "option or separate them with commas.",
 )
 @click.option("--token-file", default=None)
 @click.option("--ca", default=None)
@@ -86,7 +90,7 @@ def manager(host_conf: str, uri: str | None) -> Iterator[VmManager]:
 @click.option("--path", default=DEFAULT_PATH, show_default=True)
 def host_init(
     name: str,
-    server: str,
+    servers: tuple[str, ...],
     token_file: str | None,
     ca: str | None,
     protocol: str,
@@ -97,7 +101,7 @@ def host_init(
     """Write this host's configuration."""
     HostConfig(
         name=name,
-        server=server,
+        server=", ".join(split_servers(servers)),
         token_file=token_file,
         ca=ca,
         protocol=protocol,

@@ -2,7 +2,9 @@
 
 [host]
 name = kvm1                                  # this host's name in vvhost
-server = unix:///run/vvhost/vvhost.sock      # or https://cp.example:8443
+server = unix:///run/vvhost/vvhost.sock      # or https://cp.example:8443; several
+                                             #   replicas: https://a:8443, https://b:8443
+                                             #   (commas or blanks), tried in order
 token_file = /etc/vvhost/host.token          # for https
 ca = /etc/vvhost/ca.pem                      # for https
 protocol = iscsi                             # preferred endpoint protocol
@@ -23,6 +25,7 @@ import httpx
 
 from ..client import Client
 from ..errors import InvalidInput
+from ..failover import split_servers
 from . import cephsecret, nbdtls
 from .handles import HostAccess
 
@@ -51,6 +54,8 @@ class HostConfig:
         if not parser.has_section("host") or not parser.get("host", "name", fallback=""):
             raise InvalidInput(detail=f"{path} has no [host] name")
         sec = parser["host"]
+        if not split_servers(sec.get("server", cls.server)):
+            raise InvalidInput(detail=f"{path}: [host] server is empty")
         conf = cls(
             name=sec["name"],
             server=sec.get("server", cls.server),
@@ -77,15 +82,22 @@ class HostConfig:
         """Where this host keeps the credentials its bindings need."""
         return HostAccess(client, self.name, self.nbd_tls_dir, self.ceph_dir)
 
+    @property
+    def servers(self) -> list[str]:
+        """The control-plane replicas, in the order to try them."""
+        return split_servers(self.server)
+
     def client(self, timeout: httpx.Timeout | None = None) -> Client:
-        """A client of the control plane this host uses."""
-        if self.server.startswith("unix://"):
-            sock = self.server[len("unix://") :]
-            return Client.unix(sock, timeout) if timeout else Client.unix(sock)
-        if not self.token_file:
-            raise InvalidInput(detail=f"{self.server} needs token_file in the host configuration")
-        with open(self.token_file, encoding="utf-8") as fh:
-            token = fh.read().strip()
+        """A client of the control plane this host uses (failing over between the
+        replicas of ``server``)."""
+        servers = self.servers
+        token: str | None = None
+        remote = [url for url in servers if not url.startswith("unix://")]
+        if remote:
+            if not self.token_file:
+                raise InvalidInput(detail=f"{remote[0]} needs token_file in the host configuration")
+            with open(self.token_file, encoding="utf-8") as fh:
+                token = fh.read().strip()
         if timeout:
-            return Client.https(self.server, token, self.ca, timeout)
-        return Client.https(self.server, token, self.ca)
+            return Client.connect(servers, token, self.ca, timeout)
+        return Client.connect(servers, token, self.ca)

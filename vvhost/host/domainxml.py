@@ -16,6 +16,7 @@ protocol's source looks like is its handle class's business (host/handles/).
 
 from __future__ import annotations
 
+import copy
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any
@@ -238,6 +239,26 @@ def point_sources(root: ET.Element, vm: VmMeta, handles: dict[str, dict[str, Any
     for target, top in vm.disks.items():
         chain = [top] + list(reversed(vm.layers.get(target, [])))
         set_chain(root, target, [handles[v] for v in chain])
+
+
+def copy_disk_sources(root: ET.Element, live: ET.Element, vm: VmMeta) -> None:
+    """Give each disk of ``vm`` in ``root`` the driver and source chain the same disk
+    has in ``live`` (a running domain whose sources were pointed already), and the
+    emulator that opens them."""
+    for target in vm.disks:
+        mine, theirs = _disk(root, target), _disk(live, target)
+        if mine is None or theirs is None:
+            raise InvalidInput(detail=f"the domain has no disk {target}")
+        for old in [e for e in mine if e.tag in _SOURCE_TAGS]:
+            mine.remove(old)
+        for i, new in enumerate(e for e in theirs if e.tag in _SOURCE_TAGS):
+            mine.insert(i, copy.deepcopy(new))
+    emulator, live_emulator = root.find("devices/emulator"), live.find("devices/emulator")
+    if emulator is not None and live_emulator is not None:
+        emulator.text = live_emulator.text
+
+
+_SOURCE_TAGS = ("driver", "source", "backingStore")
 
 
 def check_sources(root: ET.Element, vm: VmMeta, handles: dict[str, dict[str, Any]]) -> str | None:

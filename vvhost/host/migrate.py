@@ -29,6 +29,12 @@ their numbers), is defined on the destination and undefined at the source.
 
 The destination's vvhost host name is ``--dest-host``, or else the hostname the
 destination libvirtd reports (as ``vvhost host init $(hostname)`` names hosts).
+With a host's token (a host reaching the control plane over TLS) the control
+plane shows this host only itself: the destination's name is not checked here
+(its hook binds with its own token), and the destination's persistent
+definition takes the disk sources its hook gave the live domain.  Offline moves
+and RBD disks (secrets for the destination) bind for the destination: they need
+an admin's token.
 
 Disks that need libvirt secrets (RBD: the host's own Ceph key) get the
 destination host's secrets defined on the destination libvirtd first: its hook
@@ -46,7 +52,7 @@ from typing import Any
 
 import libvirt
 
-from ..errors import AlreadyExists, InvalidInput, NotFound, VvhostError
+from ..errors import AlreadyExists, Forbidden, InvalidInput, NotFound, VvhostError
 from . import domainxml as dx
 from . import handles as hd
 from . import libvirtsecrets
@@ -122,14 +128,18 @@ class Migration:
 
     def dest_host(self) -> str:
         """The destination's vvhost host name, checked against the control plane."""
-        name = self._dest_host
-        if name is None:
-            try:
-                name = str(self.dest.getHostname())
-            except libvirt.libvirtError as exc:
-                raise self.fail(f"cannot read its hostname: {_one_line(exc)}") from None
+        name = self._dest_host or self._reported()
         try:
             self.client.host(name)
+        except Forbidden:
+            # a host's token sees only itself: the destination is the host it says it is
+            # (its hook binds with its own token)
+            reported = self._reported()
+            if name != reported:
+                raise self.fail(
+                    f"it reports the hostname {reported}, not {name}; with a host's token "
+                    "--dest-host cannot name another"
+                ) from None
         except NotFound:
             how = "" if self._dest_host else f" (the hostname {self.dest_uri} reports)"
             raise self.fail(
@@ -138,6 +148,12 @@ class Migration:
         if name == self.vms.conf.name:
             raise self.fail(f"the destination is this host, {name}")
         return name
+
+    def _reported(self) -> str:
+        try:
+            return str(self.dest.getHostname())
+        except libvirt.libvirtError as exc:
+            raise self.fail(f"cannot read its hostname: {_one_line(exc)}") from None
 
     def _dest_domain(self) -> libvirt.virDomain | None:
         try:
@@ -235,9 +251,16 @@ class Migration:
             raise self.fail("the destination's definition lost its vvhost metadata")
         meta = replace(meta, pe=live.pe)
         try:
-            bound = {b["vvol"]: b for b in self.client.bindings(host=host)}
+            # an admin sees the destination's bindings; a host's token only its own:
+            # then the sources are those the destination's hook gave the live domain
+            mine = self.client.bindings(host=host)
+            bound = {b["vvol"]: b for b in mine if b.get("host") == host}
             dx.set_meta(root, meta)
-            dx.point_sources(root, meta, {v: bound[v] for v in meta.all_vvols()})
+            if all(v in bound for v in meta.all_vvols()):
+                dx.point_sources(root, meta, {v: bound[v] for v in meta.all_vvols()})
+            else:
+                migratable = libvirt.VIR_DOMAIN_XML_MIGRATABLE
+                dx.copy_disk_sources(root, dx.parse(moved.XMLDesc(migratable)), meta)
             self.dest.defineXML(dx.tostring(root))
             record(self.client, meta, root, host)
         except (KeyError, VvhostError, libvirt.libvirtError) as exc:

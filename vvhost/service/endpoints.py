@@ -243,6 +243,8 @@ class EndpointManager:
         """Clear the immutable flag of each read-only vvol's data that no binding
         through a file endpoint presents any more (held: every file endpoint's lock,
         so no such binding is being made meanwhile)."""
+        if not vvol_ids:  # most binds and unbinds: no transaction, no endpoint lock
+            return
         with self.ctx.db.tx() as conn:
             files = [p.id for p in bindrepo.list_pes(conn) if p.protocol == "file"]
         with self.lock(files), self.ctx.db.tx() as conn:
