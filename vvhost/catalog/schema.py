@@ -95,7 +95,7 @@ vvols = Table(
     # migration _v14_scale_indexes: listings page in (created, id) order, per filter
     Index("ix_vvols_created", "created", "id"),
     Index("ix_vvols_container_created", "container_id", "created", "id"),
-    Index("ix_vvols_datastore", "datastore_id", "created", "id", "charge"),  # sums: index only
+    Index("ix_vvols_datastore", "datastore_id", "created", "id"),
     Index("ix_vvols_tenant", "tenant", "created", "id"),
 )
 
