@@ -54,6 +54,23 @@ BY_CREATION = fields("created", "id")
 BY_NAME = fields("name")
 
 
+def page_of(
+    fetch: Callable[[Any, int], Sequence[Any]],
+    key: Key,
+    like: tuple[Any, ...],
+    limit: int,
+    cursor: str | None,
+) -> dict[str, Any]:
+    """As :func:`page`, the database doing the paging: ``fetch(after, n)`` gives
+    at most ``n`` rows in key order whose key is above ``after`` (None: from the
+    first); ``like`` is a key of the listing's shape, to check a cursor against."""
+    after = decode(cursor, like) if cursor is not None else None
+    rows = fetch(after, limit + 1)
+    items = rows[:limit]
+    more = len(rows) > limit
+    return {"items": list(items), "next": encode(key(items[-1])) if more and items else None}
+
+
 def page(rows: Sequence[Any], key: Key, limit: int, cursor: str | None) -> dict[str, Any]:
     """The rows after ``cursor`` in key order, at most ``limit`` of them."""
     ordered = sorted(rows, key=key)

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 
 from . import models as m
 from .deps import Caller, OptRef, Ref, Svc
-from .paging import Cursor, Limit, fields, page
+from .paging import Cursor, Limit, fields, page_of
 from .schemas import binding as b
 from .schemas.common import ERRORS, Page
 
@@ -44,8 +44,12 @@ def bindings(
 ) -> dict[str, Any]:
     if not p.is_admin:
         host = p.name
-    rows = svc.bindings.listing(host, svc.authz.vvol(p, vvol) if vvol else None)
-    return page(rows, _binding_key, limit, cursor)
+    vid = svc.authz.vvol(p, vvol) if vvol else None
+
+    def fetch(after: Any, n: int) -> list[dict[str, Any]]:
+        return svc.bindings.listing(host, vid, after=after, limit=n)
+
+    return page_of(fetch, _binding_key, ("", ""), limit, cursor)
 
 
 _binding_key = fields("vvol", "host")

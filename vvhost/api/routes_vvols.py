@@ -15,7 +15,7 @@ from ..service import Service
 from ..service.datastores import ADMIN_VIEW
 from . import models as m
 from .deps import Caller, Generation, OptRef, Ref, Svc
-from .paging import BY_CREATION, Cursor, Limit, page
+from .paging import BY_CREATION, Cursor, Limit, page, page_of
 from .schemas import vvols as v
 from .schemas.common import ERRORS, Page
 
@@ -63,8 +63,12 @@ def vvols(
     if not p.is_admin and p.tenant is None:
         return page([], BY_CREATION, limit, cursor)
     _pool(svc, p, container, datastore)
-    rows = svc.vvols.listing(container, datastore, None if p.is_admin else p.tenant)
-    return page(rows, BY_CREATION, limit, cursor)
+    tenant = None if p.is_admin else p.tenant
+
+    def fetch(after: Any, n: int) -> list[dict[str, Any]]:
+        return svc.vvols.listing(container, datastore, tenant, after=after, limit=n)
+
+    return page_of(fetch, BY_CREATION, (0.0, ""), limit, cursor)
 
 
 @router.post(

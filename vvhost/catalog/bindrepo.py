@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, delete, func, select, update
+from sqlalchemy import Connection, Row, bindparam, delete, func, select, tuple_, update
 
 from ..model import ACTIVE, Binding, Host, Pe
 from .schema import binding_hints, bindings, hosts, pe_targets, pes
@@ -189,6 +189,27 @@ def find_bindings(
         q = q.where(bindings.c.host == host)
     if pe:
         q = q.where(bindings.c.pe_id == pe)
+    return [_binding(r) for r in conn.execute(q)]
+
+
+def page_bindings(
+    conn: Connection,
+    *,
+    vvol: str | None = None,
+    host: str | None = None,
+    after: tuple[str, str] | None = None,
+    limit: int,
+) -> list[Binding]:
+    """At most ``limit`` bindings in (vvol, host) order, those after the key
+    ``after``: a page read through the primary key, not the whole table."""
+    order = (bindings.c.vvol_id, bindings.c.host, bindings.c.pe_id)
+    q = select(bindings).order_by(*order).limit(limit)
+    if vvol:
+        q = q.where(bindings.c.vvol_id == vvol)
+    if host:
+        q = q.where(bindings.c.host == host)
+    if after is not None:
+        q = q.where(tuple_(bindings.c.vvol_id, bindings.c.host) > tuple_(*after))
     return [_binding(r) for r in conn.execute(q)]
 
 

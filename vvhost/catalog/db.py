@@ -194,7 +194,34 @@ def _v13_replicas(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=[schema.replicas], checkfirst=True)
 
 
-def _v16_pe_sync(conn: Connection) -> None:
+# Indexes made by _v14_scale_indexes, and the ones they replace (a prefix of theirs).
+_SCALE_INDEXES = {
+    schema.vvols: (
+        "ix_vvols_created",
+        "ix_vvols_container_created",
+        "ix_vvols_datastore",
+        "ix_vvols_tenant",
+    ),
+    schema.bindings: ("ix_bindings_pe_tid",),
+    schema.binding_hints: ("ix_binding_hints_pe_host",),
+}
+_REPLACED_INDEXES = ("ix_vvols_container", "ix_bindings_pe")
+
+
+def _v14_scale_indexes(conn: Connection) -> None:
+    """Indexes for a big catalog: vvol listings page in (created, id) order with
+    or without a container, datastore or tenant filter (and a datastore's totals
+    read only its vvols); an iSCSI target's LUNs and a host's LUN hints are read
+    without scanning every binding of the endpoint."""
+    for table, names in _SCALE_INDEXES.items():
+        for index in table.indexes:
+            if index.name in names:
+                index.create(conn, checkfirst=True)
+    for name in _REPLACED_INDEXES:
+        conn.execute(text(f"DROP INDEX IF EXISTS {name}"))
+
+
+def _v15_pe_sync(conn: Connection) -> None:
     """Replicas on other nodes ask an endpoint's node to apply binding changes."""
     schema.metadata.create_all(conn, tables=[schema.pe_sync], checkfirst=True)
 
@@ -213,7 +240,8 @@ MIGRATIONS: list[Migration] = [
     _v11_unique_targets,
     _v12_fencing,
     _v13_replicas,
-    _v16_pe_sync,
+    _v14_scale_indexes,
+    _v15_pe_sync,
 ]
 
 

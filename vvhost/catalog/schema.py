@@ -90,9 +90,13 @@ vvols = Table(
     Column("charge", BigInteger, nullable=False, server_default="0"),  # in `provisioned`
     Column("held", BigInteger, nullable=False, server_default="0"),  # physical bytes counted
     Column("space_at", Float),  # when the figures were read
-    Index("ix_vvols_container", "container_id"),
     Index("ix_vvols_parent", "parent_id"),
     Index("ix_vvols_name", "name"),
+    # migration _v14_scale_indexes: listings page in (created, id) order, per filter
+    Index("ix_vvols_created", "created", "id"),
+    Index("ix_vvols_container_created", "container_id", "created", "id"),
+    Index("ix_vvols_datastore", "datastore_id", "created", "id"),
+    Index("ix_vvols_tenant", "tenant", "created", "id"),
 )
 
 journal = Table(
@@ -136,7 +140,7 @@ pes = Table(
     Column("node", String(128)),  # migration _v13_replicas: the node whose replica runs it
 )
 
-# Cross-node endpoint changes (migration _v16_pe_sync): a replica that changed the
+# Cross-node endpoint changes (migration _v15_pe_sync): a replica that changed the
 # bindings of another node's endpoint raises ``wanted``; the replica on that node
 # makes the daemon present the catalog, then sets ``applied`` (and ``error``).
 pe_sync = Table(
@@ -176,7 +180,7 @@ bindings = Table(
     Column("op_id", String(64)),
     Column("created", Float, nullable=False),
     Column("owner", String(64)),  # migration _v13_replicas: the replica attaching/detaching it
-    Index("ix_bindings_pe", "pe_id"),
+    Index("ix_bindings_pe_tid", "pe_id", "tid"),  # migration _v14: the LUNs of one target
     Index("ix_bindings_host", "host"),
 )
 
@@ -236,6 +240,7 @@ binding_hints = Table(
     Column("host", String(128), primary_key=True),
     Column("pe_id", String(64), primary_key=True),
     Column("secondary_id", String(256), nullable=False),
+    Index("ix_binding_hints_pe_host", "pe_id", "host"),  # migration _v14_scale_indexes
 )
 
 # -- added by migration _v6_tenancy: who started an operation (its progress answers only them)

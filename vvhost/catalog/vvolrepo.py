@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, delete, func, select, update
+from sqlalchemy import Connection, Row, bindparam, delete, func, select, tuple_, update
 
 from ..errors import StaleGeneration
 from ..model import DEFERRED, Vvol
@@ -83,9 +83,18 @@ def listing(
     datastore_id: str | None = None,
     tenant: str | None = None,
     deferred: bool = False,
+    *,
+    after: tuple[float, str] | None = None,
+    limit: int | None = None,
 ) -> list[Vvol]:
-    """Vvols, oldest first; those deleted with ``--deferred`` only when asked."""
+    """Vvols, oldest first; those deleted with ``--deferred`` only when asked.
+    A page: at most ``limit`` of them, those after the key (created, id) ``after``
+    (the indexes of migration ``_v14_scale_indexes`` serve this order)."""
     q = select(vvols).order_by(vvols.c.created, vvols.c.id)
+    if after is not None:
+        q = q.where(tuple_(vvols.c.created, vvols.c.id) > tuple_(*after))
+    if limit is not None:
+        q = q.limit(limit)
     if not deferred:
         q = q.where(vvols.c.state != DEFERRED)
     if container_id:
@@ -155,3 +164,15 @@ def provisioned_in_datastore(conn: Connection, datastore_id: str) -> int:
             )
         ).scalar_one()
     )
+
+
+def tally(conn: Connection, datastore_id: str, tenant: str | None = None) -> tuple[int, int]:
+    """(how many, their total size) of the datastore's vvols, those deleted with
+    ``--deferred`` left out; only ``tenant``'s when given.  Counted by the database."""
+    q = select(func.count(), func.coalesce(func.sum(vvols.c.size), 0)).where(
+        vvols.c.datastore_id == datastore_id, vvols.c.state != DEFERRED
+    )
+    if tenant is not None:
+        q = q.where(vvols.c.tenant == tenant)
+    count, size = conn.execute(q).one()
+    return int(count), int(size)

@@ -4,9 +4,14 @@ a file named by its secondary id (a symbolic link to the vvol's data).
     PE_DIR/<vvol-id>.<host>   ->  ARRAY/vvols/<vvol-id>.raw
     PE_DIR/anything-else         not ours: never read, changed or removed
 
-    STATE/pe/<name>/entries.json  {"<vvol-id>.<host>": "ARRAY/vvols/<vvol-id>.raw", ...}
-                                  the entries this endpoint made, written before
-                                  each link is made and after each is removed
+    STATE/pe/<name>/entries/<vvol-id>.<host>   ARRAY/vvols/<vvol-id>.raw
+                                  one file per entry this endpoint made, holding
+                                  the data path it links to: written before the
+                                  link is made, removed after it is removed (a
+                                  bind or unbind touches its own entry only, so it
+                                  costs the same however many bindings there are;
+                                  the single entries.json of earlier versions is
+                                  converted on first use)
 
 The endpoint knows its entries from that record, never from a directory
 listing: ``present`` is the recorded entries that are still the links it made,
@@ -39,7 +44,8 @@ from .base import Attachment, attach_each
 from .immutable import ImmutableUnsupported, set_immutable
 
 log = logging.getLogger("vvhost.pe.file")
-RECORD = "entries.json"
+RECORD = "entries.json"  # the record of earlier versions: one JSON object
+ENTRIES = "entries"  # the record: a file per entry
 
 
 class FileEndpoint:
@@ -54,31 +60,71 @@ class FileEndpoint:
         return EndpointError(tool=f"file endpoint {self.name}", detail=detail)
 
     # -- the record -------------------------------------------------------------------------
-    def _record_path(self) -> str:
-        return os.path.join(self.rundir, RECORD)
+    def _record(self) -> str:
+        """The directory of entry files (an earlier single-file record converted first)."""
+        where = os.path.join(self.rundir, ENTRIES)
+        old = os.path.join(self.rundir, RECORD)
+        if os.path.exists(old):
+            try:
+                with open(old, encoding="utf-8") as fh:
+                    data = json.load(fh)
+            except (OSError, ValueError) as exc:
+                raise self._fail(f"cannot read {old}: {exc}") from exc
+            for key, target in data.items():
+                self._put(str(key), str(target), where)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(old)
+        return where
 
-    def _load(self) -> dict[str, str]:
+    def _entry(self, key: str, where: str | None = None) -> str:
+        if not key or "/" in key or key.startswith("."):
+            raise self._fail(f"entry name {key!r} is not a plain file name")
+        return os.path.join(where or self._record(), key)
+
+    def _get(self, key: str) -> str | None:
+        """The data path recorded for entry ``key``, None if there is none."""
+        path = self._entry(key)
         try:
-            with open(self._record_path(), encoding="utf-8") as fh:
-                data = json.load(fh)
+            with open(path, encoding="utf-8") as fh:
+                return fh.read()
         except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            raise self._fail(f"cannot read {self._record_path()}: {exc}") from exc
-        return {str(k): str(v) for k, v in data.items()}
+            return None
+        except OSError as exc:
+            raise self._fail(f"cannot read {path}: {exc.strerror or exc}") from exc
 
-    def _save(self, entries: dict[str, str]) -> None:
-        path = self._record_path()
-        tmp = f"{path}.tmp{os.getpid()}"
+    def _put(self, key: str, target: str, where: str | None = None) -> None:
+        path = self._entry(key, where)
+        tmp = os.path.join(os.path.dirname(path), f".{key}.tmp{os.getpid()}")
         try:
-            os.makedirs(self.rundir, exist_ok=True)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(entries, fh, sort_keys=True)
+                fh.write(target)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
         except OSError as exc:
             raise self._fail(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+    def _drop(self, key: str) -> None:
+        path = self._entry(key)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise self._fail(f"cannot remove {path}: {exc.strerror or exc}") from exc
+
+    def _load(self) -> dict[str, str]:
+        """Every recorded entry: name -> data path."""
+        where = self._record()
+        try:
+            names = sorted(n for n in os.listdir(where) if not n.startswith("."))
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise self._fail(f"cannot read {where}: {exc.strerror or exc}") from exc
+        found = {n: self._get(n) for n in names}
+        return {n: t for n, t in found.items() if t is not None}
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -115,19 +161,16 @@ class FileEndpoint:
     def attach(self, a: Attachment) -> None:
         data = self._data(a)
         link = self._path(a.key)
-        entries = self._load()
-        mine = entries.get(a.key)
+        mine = self._get(a.key)
         if self._is_link_to(link, data):
             if mine != data:  # made before the record was: the very link we want
-                entries[a.key] = data
-                self._save(entries)
+                self._put(a.key, data)
             self._protect(a, data)
             return
         if os.path.lexists(link) and not (mine and self._is_link_to(link, mine)):
             raise self._fail(f"{link} exists and vvhost did not make it: it stays untouched")
         self._protect(a, data)
-        entries[a.key] = data
-        self._save(entries)  # the record first: a crash leaves nothing unrecorded
+        self._put(a.key, data)  # the record first: a crash leaves nothing unrecorded
         tmp = os.path.join(self.directory, f".{a.key}.vvhost-{os.getpid()}")
         try:
             if os.path.islink(tmp):
@@ -167,11 +210,10 @@ class FileEndpoint:
 
     def detach(self, key: str) -> None:
         """Remove the entry ``key`` if it is still the link this endpoint made."""
-        entries = self._load()
-        target = entries.get(key)
+        link = self._path(key)
+        target = self._get(key)
         if target is None:
             return
-        link = self._path(key)
         if self._is_link_to(link, target):
             try:
                 os.unlink(link)
@@ -181,8 +223,7 @@ class FileEndpoint:
                 raise self._fail(f"cannot remove {link}: {exc.strerror or exc}") from exc
         elif os.path.lexists(link):
             log.warning("%s was replaced by someone else: left as it is", link)
-        del entries[key]
-        self._save(entries)
+        self._drop(key)
 
     def present(self) -> set[str]:
         return {k for k, t in self._load().items() if self._is_link_to(self._path(k), t)}

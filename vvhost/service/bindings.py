@@ -449,12 +449,26 @@ class BindingOps:
             **self.manager.presenter(pe).handle(att),
         }
 
-    def listing(self, host: str | None = None, vvol: str | None = None) -> list[dict[str, Any]]:
+    def listing(
+        self,
+        host: str | None = None,
+        vvol: str | None = None,
+        *,
+        after: tuple[str, str] | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Handles of the bindings; with ``limit``, one page of them in (vvol, host)
+        order after the key ``after`` (only that page's handles are worked out)."""
         with self.ctx.db.tx() as conn:
             vid = self.ctx.vvol(conn, vvol).id if vvol else None
+            rows = (
+                bindrepo.find_bindings(conn, host=host, vvol=vid)
+                if limit is None
+                else bindrepo.page_bindings(conn, host=host, vvol=vid, after=after, limit=limit)
+            )
             return [
                 self._handle(b, self.pes.get(conn, b.pe), attachment(conn, self.ctx, b))
-                for b in bindrepo.find_bindings(conn, host=host, vvol=vid)
+                for b in rows
             ]
 
 

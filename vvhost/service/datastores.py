@@ -138,16 +138,20 @@ class DatastoreOps:
         cs = [self.containers.get(conn, cid) for cid in ds.containers]
         names = {a.id: a.name for a in repo.list_arrays(conn)}
         provisioned = vvolrepo.provisioned_in_datastore(conn, ds.id)
-        held = vvolrepo.listing(conn, datastore_id=ds.id)
-        if viewer is not ADMIN_VIEW:
-            held = [v for v in held if viewer is not None and v.tenant == viewer]
+        if viewer is ADMIN_VIEW:
+            count, _ = vvolrepo.tally(conn, ds.id)
+            shown = provisioned
+        elif viewer is None:  # a caller of no tenant owns none of them
+            count, shown = 0, 0
+        else:
+            count, shown = vvolrepo.tally(conn, ds.id, tenant=viewer)
         return {
             **ds.to_dict(),
             "container_names": [c.name for c in cs],
             "arrays": sorted({names[a] for c in cs for a in c.arrays}),
-            "provisioned": provisioned if viewer is ADMIN_VIEW else sum(v.size for v in held),
+            "provisioned": shown,
             "free": ds.capacity - provisioned,
-            "vvols": len(held),
+            "vvols": count,
         }
 
     def show(self, ref: str, viewer: str | None = ADMIN_VIEW) -> dict[str, Any]:

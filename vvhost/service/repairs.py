@@ -81,7 +81,7 @@ def _stale_attachments(ctx: Context, endpoints: EndpointManager) -> list[Repair]
     for pe in pes:
         with endpoints.lock([pe.id]):  # binds and unbinds of this endpoint wait
             with ctx.db.tx() as conn:
-                wanted = {attachment_key(b) for b in bindrepo.find_bindings(conn) if b.pe == pe.id}
+                wanted = {attachment_key(b) for b in bindrepo.find_bindings(conn, pe=pe.id)}
                 ours = set(bindrepo.targets(conn, pe.id))
             ep = endpoints.get(pe)
             if not ep.alive():

@@ -31,6 +31,7 @@ from .context import Context
 from .periodic import Periodic
 
 log = logging.getLogger(__name__)
+STORE_CHUNK = 50  # vvols whose figures one transaction stores
 
 # (container name, level crossed, usage fraction now)
 ThresholdHook = Callable[[str, float, float], None]
@@ -128,7 +129,9 @@ class SpaceOps:
 
     def refresh(self, ids: Iterable[str]) -> int:
         """Read the figures of these vvols from their arrays (outside any transaction),
-        then store them, one transaction per container; returns how many were stored.
+        then store them, one transaction per container and ``STORE_CHUNK`` vvols
+        (a big refresh never holds the catalog's write lock for long: on SQLite
+        every request waits for it); returns how many were stored.
         Vvols that are gone, busy or moved meanwhile are skipped (their operation
         refreshes them when done)."""
         wanted = list(dict.fromkeys(ids))
@@ -141,7 +144,12 @@ class SpaceOps:
             if f is not None:
                 read.setdefault(v.container, []).append((v, f))
         done = 0
-        for container_id, batch in read.items():
+        chunks = [
+            (container_id, batch[at : at + STORE_CHUNK])
+            for container_id, batch in read.items()
+            for at in range(0, len(batch), STORE_CHUNK)
+        ]
+        for container_id, batch in chunks:
             with self.ctx.db.tx() as conn:
                 repo.lock_container(conn, container_id)  # before any of its vvols' rows
                 c = repo.get_container(conn, container_id)

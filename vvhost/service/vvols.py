@@ -162,12 +162,20 @@ class VvolOps:
             return self.describe(conn, self.ctx.vvol(conn, ref))
 
     def listing(
-        self, container: str | None = None, datastore: str | None = None, tenant: str | None = None
+        self,
+        container: str | None = None,
+        datastore: str | None = None,
+        tenant: str | None = None,
+        *,
+        after: tuple[float, str] | None = None,
+        limit: int | None = None,
     ) -> list[dict[str, Any]]:
+        """Vvols oldest first; with ``after`` / ``limit``, one page of them (the
+        database pages: a page costs the same whatever the catalog holds)."""
         with self.ctx.db.tx() as conn:
             cid = self.containers.get(conn, container).id if container else None
             dsid = self.datastores.get(conn, datastore).id if datastore else None
-            rows = vvolrepo.listing(conn, cid, dsid, tenant)
+            rows = vvolrepo.listing(conn, cid, dsid, tenant, after=after, limit=limit)
             names = {c.id: c.name for c in repo.list_containers(conn)}
         return [
             {
