@@ -21,7 +21,7 @@ from tests.patterns import Patterns
 from tests.tlsfixtures import make_certs
 from vvhost.client import Client
 from vvhost.daemon import ServerProcess, free_port
-from vvhost.errors import ReplicaUnavailable, Unreachable
+from vvhost.errors import ReplicaFenced, ReplicaUnavailable, Unreachable
 from vvhost.host import domainxml as dx
 from vvhost.host.config import HostConfig
 
@@ -234,7 +234,7 @@ def test_a_frozen_replica_a_write_is_not_sent_twice(replicas: Replicas) -> None:
         while True:
             try:
                 only_a.health()
-            except ReplicaUnavailable as refused:
+            except (ReplicaUnavailable, ReplicaFenced) as refused:
                 assert "lost its lease" in str(refused)
                 break
             except Unreachable:

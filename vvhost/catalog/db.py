@@ -66,7 +66,10 @@ def insert_ignore(conn: Connection, table: Table, **values: Any) -> bool:
     is there; True when this call inserted it.  Race-free on both databases."""
     dialect = postgresql if is_postgres(conn) else sqlite
     stmt = dialect.insert(table).values(**values).on_conflict_do_nothing()
-    return bool(conn.execute(stmt).rowcount)
+    # RETURNING says whether a row went in: psycopg's rowcount for this statement
+    # is -1 whether it inserted or not
+    key = list(table.primary_key.columns) or list(table.columns)
+    return conn.execute(stmt.returning(key[0])).first() is not None
 
 
 def _v1(conn: Connection) -> None:
