@@ -37,7 +37,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 
 from ..errors import CatalogUnreachable, Conflict, InvalidInput
-from . import eventschema, schema
+from . import chaprepo, eventschema, schema
 
 Migration = Callable[[Connection], None]
 
@@ -183,6 +183,18 @@ def _v12_fencing(conn: Connection) -> None:
     _add_column(conn, "hosts", "fenced", "FLOAT")
 
 
+def _v15_iscsi_chap(conn: Connection) -> None:
+    """Each host gets its own CHAP account for iSCSI targets (chaprepo.py);
+    hosts that exist already get theirs here."""
+    schema.metadata.create_all(conn, tables=[schema.iscsi_chap], checkfirst=True)
+    have = {r.host for r in conn.execute(select(schema.iscsi_chap.c.host))}
+    for row in conn.execute(select(schema.hosts.c.name)).all():
+        if row.name not in have:
+            user, secret = chaprepo.new_account(row.name)
+            values = {"host": row.name, "username": user, "secret": secret}
+            conn.execute(schema.iscsi_chap.insert().values(**values))
+
+
 MIGRATIONS: list[Migration] = [
     _v1,
     _v2,
@@ -196,6 +208,7 @@ MIGRATIONS: list[Migration] = [
     _v10_space,
     _v11_unique_targets,
     _v12_fencing,
+    _v15_iscsi_chap,
 ]
 
 

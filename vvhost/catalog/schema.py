@@ -247,3 +247,13 @@ vm_leases = Table(
     Column("expires", Float, nullable=False),
     Column("epoch", BigInteger, nullable=False),
 )
+
+# -- added by migration _v15_iscsi_chap: each host's CHAP account at iSCSI endpoints --------
+
+iscsi_chap = Table(
+    "iscsi_chap",
+    metadata,
+    Column("host", String(128), primary_key=True),
+    Column("username", String(160), nullable=False),  # new on every rotation (see chaprepo)
+    Column("secret", String(64), nullable=False),
+)

@@ -8,12 +8,14 @@ with it, daemons first, then the catalog:
        endpoint reaches) are removed; an unreachable cluster stops here
     2. every iSCSI target made for it is deleted from its endpoint's tgtd
        (ACL, LUNs, sessions), so its initiator name reaches nothing
-    3. its row, tokens, target rows and LUN hints go in one transaction
+       and its CHAP account with them
+    3. its row, tokens, CHAP account, target rows and LUN hints go in one transaction
     4. its NBD credentials are revoked
 
 Rotating a host's token also rotates its data-path credentials: a new NBD
-certificate identity and a new cephx key for each Ceph identity (same caps),
-so the old ones are refused from then on.
+certificate identity, a new cephx key for each Ceph identity (same caps) and a
+new iSCSI CHAP account (its running targets switch to it at once), so the old
+ones are refused from then on.
 
 A host added later under the same name starts from nothing: new targets whose
 ACL is its own initiator name.
@@ -26,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..catalog import bindrepo, tenancy
+from ..catalog import bindrepo, chaprepo, tenancy
 from ..errors import AlreadyExists, InUse, InvalidInput, NotFound
 from ..model import HOST, Host
 from .context import Context
@@ -81,6 +83,7 @@ class HostOps:
                 raise NotFound(kind="tenant", ref=tenant)
             host = Host(name=name, iqn=iqn, created=time.time(), tenant=tenant)
             bindrepo.insert_host(conn, host)
+            chaprepo.issue(conn, name)
             token = self.tokens.issue(conn, HOST, name)
         return {**host.to_dict(), "token": token}
 
@@ -96,6 +99,12 @@ class HostOps:
             with self.ctx.db.tx() as conn:
                 self.get(conn, name)
                 out = {"name": name, "token": self.tokens.issue(conn, HOST, name)}
+                chaprepo.issue(conn, name)  # and the old CHAP account
+                pes = {pe_id for pe_id, _tid in bindrepo.targets_of(conn, name)}
+                owned = [p for p in (bindrepo.get_pe(conn, i) for i in sorted(pes)) if p]
+            if self.endpoints is not None:  # its targets switch to the new account now
+                for pe in owned:
+                    self.endpoints.resync(pe)
         self.revoke(name, False)  # the old NBD certificate goes with the old token
         return out
 
@@ -129,6 +138,7 @@ class HostOps:
                     self.endpoints.drop_target(pe, tid)
             with self.ctx.db.tx() as conn:
                 bindrepo.delete_host(conn, name)
+                chaprepo.forget(conn, name)
                 bindrepo.delete_targets_of(conn, name)
                 bindrepo.drop_host_hints(conn, name)
                 tenancy.delete_tokens(conn, HOST, name)
