@@ -14,10 +14,11 @@ A host reaches LUN L as ``iscsi://<portal>/<target iqn>/<L>``, logging in with
 its initiator name and its CHAP account (catalog/chaprepo.py): a per-host
 target admits an initiator only when both match.  Accounts are the daemon's;
 each per-host target has exactly its host's account bound, and an account no
-target uses is deleted (``sync_targets``, ``drop_target``).  A new account is
-bound before the old one is unbound, so a target never asks for no CHAP in
-between; a user name stands for one secret (a new secret comes with a new
-name), so an account found in an adopted tgtd is current.  The shared target
+target uses is deleted (``sync_targets``, ``drop_target``).  While a target
+switches accounts (rotation) it admits nobody (``_set_account``), so it never
+admits anybody without CHAP in between.  A user name stands for one secret (a
+new secret comes with a new name), so an account found in an adopted tgtd is
+current.  The shared target
 asks for no CHAP (any host may use it).
 
 A file source becomes a LUN over the file. An RBD source becomes a LUN over a
@@ -204,16 +205,26 @@ class IscsiEndpoint:
 
     def _set_account(self, t: Target, chap: tuple[str, str] | None) -> None:
         """Make ``chap`` the only incoming account of target ``t`` (None: none, which
-        tgtd takes as "no CHAP"; only the shared target has none).  The new account
-        is bound before the old ones are unbound."""
+        tgtd takes as "no CHAP"; only the shared target has none).
+
+        tgt 1.0.85 crashes (SIGSEGV) when an account leaves a target that has two,
+        so a target never gets a second one: to switch, its name ACL is emptied
+        first (the target admits nobody, see ``_set_acl``, which restores it), the
+        old account deleted (which unbinds it), then the new one bound."""
+        user = chap[0] if chap else None
+        stale = [u for u in t.accounts if u != user]
+        if stale and t.initiator_names:
+            for name in t.initiator_names:
+                self.tgtadm.unbind_name(t.tid, name)
+            t.initiator_names = []
+        for old in stale:  # an account is one host's, bound to its one target here
+            self.tgtadm.account_delete(old)
+        t.accounts = [u for u in t.accounts if u == user]
         if chap is not None and chap[0] not in t.accounts:
-            user, secret = chap
-            if user not in self.tgtadm.accounts():
-                self.tgtadm.account_new(user, secret)
-            self.tgtadm.account_bind(t.tid, user)
-        for user in t.accounts:
-            if chap is None or user != chap[0]:
-                self.tgtadm.account_unbind(t.tid, user)
+            if chap[0] not in self.tgtadm.accounts():
+                self.tgtadm.account_new(*chap)
+            self.tgtadm.account_bind(t.tid, chap[0])
+            t.accounts = [chap[0]]
 
     def _prune_accounts(self) -> None:
         """Delete the daemon's CHAP accounts that no target has bound."""

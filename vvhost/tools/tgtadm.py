@@ -38,7 +38,8 @@ CHAP (checked with tgt 1.0.85): accounts are the daemon's (``--mode account``,
 listed by :meth:`Tgtadm.accounts`); a target with an incoming account bound
 admits only initiators that pass CHAP as one of its accounts, *and* its ACL
 still applies. A target with no account asks for no CHAP. Deleting an account
-unbinds it from every target. Passwords go over the control socket only.
+unbinds it from every target; an account *unbind* request makes tgtd 1.0.85
+crash (SIGSEGV), so there is no method for it. Passwords go over the control socket only.
 
 ACL semantics (checked with tgt 1.0.85): a target without any ACL admits nobody;
 an initiator is admitted when its address matches ANY address ACL **or** its name
@@ -206,9 +207,6 @@ class Tgtadm:
     def account_bind(self, tid: int, user: str) -> None:
         """Target ``tid`` asks initiators for CHAP as ``user`` (incoming)."""
         self.ipc.request(MODE_ACCOUNT, OP_BIND, tid=tid, params=f"user={user}")
-
-    def account_unbind(self, tid: int, user: str) -> None:
-        self.ipc.request(MODE_ACCOUNT, OP_UNBIND, tid=tid, params=f"user={user}")
 
     def accounts(self) -> list[str]:
         """The daemon's CHAP users (``--mode account --op show``)."""
