@@ -18,8 +18,7 @@ target uses is deleted (``sync_targets``, ``drop_target``).  While a target
 switches accounts (rotation) it admits nobody (``_set_account``), so it never
 admits anybody without CHAP in between.  A user name stands for one secret (a
 new secret comes with a new name), so an account found in an adopted tgtd is
-current.  The shared target
-asks for no CHAP (any host may use it).
+current.  The shared target asks for no CHAP (any host may use it).
 
 A file source becomes a LUN over the file. An RBD source becomes a LUN over a
 FUSE export of a qemu-storage-daemon that this endpoint runs beside its tgtd
