@@ -211,7 +211,7 @@ def test_endpoint_daemon_death_is_repaired(plane: Plane, pe: str) -> None:
 def test_bindings_survive_control_plane_restart_and_crash(plane: Plane) -> None:
     plane.api.vvol_create("pool", "16M", name="d")
     handles = [plane.api.bind_one("d", "h1", pe="iscsi1"), plane.api.bind_one("d", "h2", pe="nbd1")]
-    qemu_io(handles[0]["uri"], "write -P 0x55 0 1M")
+    qemu_io(authed(handles[0]), "write -P 0x55 0 1M")
     plane.restart()
     for h in handles:
         assert "read 1048576/1048576" in qemu_io(authed(h), "read -P 0x55 0 1M").stdout
