@@ -80,6 +80,11 @@ def blockdev(handle: dict[str, Any]) -> dict[str, Any]:
             "target": handle["target"],
             "lun": handle["lun"],
             "initiator-name": handle["initiator"],
+            **(
+                {"user": handle["chap_user"], "password-secret": "chap0"}
+                if handle.get("chap_user")
+                else {}
+            ),
         }
     if handle["protocol"] == "nbd":
         return {
@@ -106,6 +111,11 @@ class Vm:
             "none",
             "-qmp",
             f"unix:{self.qmp_path},server=on,wait=off",
+            *(  # the CHAP secret the iSCSI node names
+                ["-object", f"secret,id=chap0,data={handle['chap_secret']}"]
+                if handle.get("chap_secret")
+                else []
+            ),
             "-blockdev",
             json.dumps({**blockdev(handle), "node-name": "proto"}),
             "-blockdev",
