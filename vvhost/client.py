@@ -549,6 +549,9 @@ class Client:
     def host_remove(self, name: str) -> None:
         self.call("DELETE", f"/v1/hosts/{name}")
 
+    def replicas(self) -> list[dict[str, Any]]:
+        return self._all("/v1/replicas", a.ReplicaOut)
+
     def pes(self) -> list[dict[str, Any]]:
         return self._all("/v1/pes", i.PeOut)
 
@@ -559,6 +562,7 @@ class Client:
         array: str | None = None,
         portal: str | None = None,
         path: str | None = None,
+        node: str | None = None,
     ) -> dict[str, Any]:
         return self._ask(
             i.PeOut,
@@ -570,8 +574,13 @@ class Client:
                 "array": array,
                 "portal": portal,
                 "path": path,
+                "node": node,
             },
         )
+
+    def pe_evacuate(self, ref: str, to: str) -> list[dict[str, Any]]:
+        """Rebind every binding of endpoint ``ref`` to endpoint ``to``."""
+        return self._ask(list[b.BindResult], "POST", f"/v1/pes/{ref}/evacuate", json={"to": to})
 
     def pe(self, ref: str) -> dict[str, Any]:
         return self._ask(i.PeOut, "GET", f"/v1/pes/{ref}")

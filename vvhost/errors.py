@@ -314,3 +314,17 @@ class ReplicaUnavailable(VvhostError):
 
 
 ERRORS_BY_CODE.update({cls.code: cls for cls in (ReplicaUnavailable,)})
+
+
+class ReplicaFenced(VvhostError):
+    """This control-plane replica lost its lease (it was paused or cut off long
+    enough for another replica to take over its operations): it writes nothing
+    more; clients go to another replica."""
+
+    code = "replica-fenced"
+    status = 503
+    exit_code = 7
+    template = "control plane replica {replica} lost its lease and no longer serves: {detail}"
+
+
+ERRORS_BY_CODE.update({cls.code: cls for cls in (ReplicaFenced,)})

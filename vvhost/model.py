@@ -155,6 +155,7 @@ class Pe:
     path: str | None
     config: dict[str, Any]
     created: float
+    node: str | None = None  # the node whose control-plane replica runs it (None: any)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -99,6 +99,28 @@ class Listen:
         return cls(host.strip("[]"), int(port), cert, key)
 
 
+@dataclass(frozen=True)
+class ReplicaOptions:
+    """``serve --node/--replica/--lease/--heartbeat``: None keeps the default."""
+
+    node: str | None = None
+    replica: str | None = None
+    lease: float | None = None
+    heartbeat: float | None = None
+
+    def apply(self, config: Config, listen: Listen | None) -> Config:
+        r = config.replica
+        r = dataclasses.replace(
+            r,
+            node=self.node or r.node,
+            replica=self.replica or r.replica,
+            lease=r.lease if self.lease is None else self.lease,
+            heartbeat=r.heartbeat if self.heartbeat is None else self.heartbeat,
+            url=f"https://{listen.host}:{listen.port}" if listen else r.url,
+        )
+        return dataclasses.replace(config, replica=r.checked())
+
+
 class _Server(uvicorn.Server):
     """A uvicorn server that leaves signals to :class:`Shutdown`."""
 
@@ -144,13 +166,14 @@ def serve(
     keep_endpoints: bool = False,
     listen: Listen | None = None,
     reconcile_interval: float | None = None,
+    replica: ReplicaOptions | None = None,
 ) -> None:
     """Serve the API on the unix socket (admin) and, with ``listen``, on TCP+TLS
     (bearer tokens) from a second thread; stop both on SIGTERM/SIGINT, then the
     endpoint daemons (unless ``keep_endpoints``), and return."""
     shutdown = Shutdown().install()
+    settings = (replica or ReplicaOptions()).apply(Config.from_env(state_dir, db_url), listen)
     lock = lock_state_dir(state_dir)
-    settings = Config.from_env(state_dir, db_url)
     if reconcile_interval is not None:
         settings = dataclasses.replace(settings, reconcile_interval=reconcile_interval)
     service = Service(settings)

@@ -84,6 +84,7 @@ def test_listing_routes_page_with_a_cursor() -> None:
         "/v1/vvols",
         "/v1/bindings",
         "/v1/datastores",
+        "/v1/replicas",
     }
     for path in paged:
         ref = doc["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]

@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException
 
 from .. import __version__
-from ..errors import Conflict, InternalError, InvalidInput, VvhostError
+from ..errors import Conflict, InternalError, InvalidInput, ReplicaUnavailable, VvhostError
 from ..model import Principal
 from ..service import Service
 from ..service.tenancy import UNIX_ADMIN
@@ -99,6 +99,23 @@ async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> 
     await JSONResponse(status_code=413, content=err.to_dict())(scope, receive, send)
 
 
+class FencedReplica:
+    """A replica that lost its lease refuses every request before it starts it, as
+    ``replica-unavailable``: a client with several URLs sends it to the next one."""
+
+    def __init__(self, app: Any, service: Service | None) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        replica = self.service.ctx.replica if self.service is not None else None
+        if scope["type"] != "http" or replica is None or replica.fenced is None:
+            await self.app(scope, receive, send)
+            return
+        err = ReplicaUnavailable(replica=replica.id, detail=f"it lost its lease ({replica.fenced})")
+        await JSONResponse(status_code=err.status, content=err.to_dict())(scope, receive, send)
+
+
 ERROR_422 = {
     "description": ERRORS[422]["description"],
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}},
@@ -145,6 +162,7 @@ def create_app(service: Service, authenticate: Authenticate = unix_admin) -> Fas
     ):
         app.include_router(module.router)
     app.add_middleware(BodyLimit)
+    app.add_middleware(FencedReplica, service=service)
 
     @app.exception_handler(VvhostError)
     async def _vvhost_error(_req: Request, exc: VvhostError) -> JSONResponse:

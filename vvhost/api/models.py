@@ -115,6 +115,11 @@ class PeCreate(Body):
     array: str | None = Field(default=None, max_length=128)
     portal: str | None = Field(default=None, max_length=300)
     path: str | None = Field(default=None, max_length=4096)
+    node: str | None = Field(default=None, max_length=128)
+
+
+class PeEvacuate(Body):
+    to: str = Field(max_length=128)
 
 
 class Bind(Body):

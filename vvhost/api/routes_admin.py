@@ -10,8 +10,9 @@ from fastapi import APIRouter, Path
 from .. import __version__
 from . import models as m
 from .deps import Caller, Ref, Svc
-from .paging import BY_CREATION, BY_NAME, Cursor, Limit, page
+from .paging import BY_CREATION, BY_NAME, Cursor, Limit, fields, page
 from .schemas import admin as a
+from .schemas import binding as bb
 from .schemas import inventory as i
 from .schemas.common import ERRORS, Page
 
@@ -126,6 +127,14 @@ def container_delete(svc: Svc, p: Caller, ref: Ref) -> None:
     svc.containers.delete(ref)
 
 
+# -- control-plane replicas -----------------------------------------------------------------
+@router.get("/replicas", response_model=Page[a.ReplicaOut], response_model_exclude_unset=True)
+def replicas(svc: Svc, p: Caller, limit: Limit = 1000, cursor: Cursor = None) -> dict[str, Any]:
+    """The replicas sharing this catalog (none with SQLite: one control plane)."""
+    svc.authz.admin(p)
+    return page(svc.takeover.replicas(), fields("started", "id"), limit, cursor)
+
+
 # -- protocol endpoints ---------------------------------------------------------------------
 @router.get("/pes", response_model=Page[i.PeOut], response_model_exclude_unset=True)
 def pes(svc: Svc, p: Caller, limit: Limit = 1000, cursor: Cursor = None) -> dict[str, Any]:
@@ -136,13 +145,22 @@ def pes(svc: Svc, p: Caller, limit: Limit = 1000, cursor: Cursor = None) -> dict
 @router.post("/pes", status_code=201, response_model=i.PeOut, response_model_exclude_unset=True)
 def pe_create(svc: Svc, p: Caller, body: m.PeCreate) -> dict[str, Any]:
     svc.authz.admin(p)
-    return svc.pes.create(body.name, body.protocol, body.array, body.portal, body.path)
+    return svc.pes.create(body.name, body.protocol, body.array, body.portal, body.path, body.node)
 
 
 @router.get("/pes/{ref}", response_model=i.PeOut, response_model_exclude_unset=True)
 def pe_show(svc: Svc, p: Caller, ref: Ref) -> dict[str, Any]:
     svc.authz.admin(p)
     return svc.pes.show(ref)
+
+
+@router.post(
+    "/pes/{ref}/evacuate", response_model=list[bb.BindResult], response_model_exclude_unset=True
+)
+def pe_evacuate(svc: Svc, p: Caller, ref: Ref, body: m.PeEvacuate) -> list[dict[str, Any]]:
+    """Rebind every binding of endpoint ``ref`` to endpoint ``to`` (its node is gone)."""
+    svc.authz.admin(p)
+    return svc.evacuation.run(ref, body.to)
 
 
 @router.delete("/pes/{ref}", status_code=204, response_model=None)

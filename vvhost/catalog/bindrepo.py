@@ -69,6 +69,7 @@ def _pe(row: Row[Any]) -> Pe:
         path=row.path,
         config=json.loads(row.config),
         created=row.created,
+        node=row.node,
     )
 
 
@@ -83,6 +84,7 @@ def insert_pe(conn: Connection, pe: Pe) -> None:
             path=pe.path,
             config=json.dumps(pe.config),
             created=pe.created,
+            node=pe.node,
         )
     )
 
@@ -158,8 +160,10 @@ def _binding(row: Row[Any]) -> Binding:
     )
 
 
-def insert_binding(conn: Connection, b: Binding) -> None:
-    conn.execute(bindings.insert().values(**{_BCOL.get(k, k): v for k, v in asdict(b).items()}))
+def insert_binding(conn: Connection, b: Binding, owner: str | None = None) -> None:
+    """Insert ``b``; ``owner`` is the control-plane replica attaching it."""
+    values = {_BCOL.get(k, k): v for k, v in asdict(b).items()}
+    conn.execute(bindings.insert().values(owner=owner, **values))
 
 
 def get_binding(conn: Connection, vvol_id: str, host: str) -> Binding | None:

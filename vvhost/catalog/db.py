@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
+    RootTransaction,
     Table,
     create_engine,
     event,
@@ -183,6 +184,16 @@ def _v12_fencing(conn: Connection) -> None:
     _add_column(conn, "hosts", "fenced", "FLOAT")
 
 
+def _v13_replicas(conn: Connection) -> None:
+    """Several control planes share one catalog: each registers as a replica with
+    a lease; journaled operations and bindings being changed name their replica."""
+    _add_column(conn, "journal", "owner", "VARCHAR(64)")
+    _add_column(conn, "journal", "owner_epoch", "BIGINT")
+    _add_column(conn, "bindings", "owner", "VARCHAR(64)")
+    _add_column(conn, "pes", "node", "VARCHAR(128)")
+    schema.metadata.create_all(conn, tables=[schema.replicas], checkfirst=True)
+
+
 def _v15_iscsi_chap(conn: Connection) -> None:
     """Each host gets its own CHAP account for iSCSI targets (chaprepo.py);
     hosts that exist already get theirs here."""
@@ -208,6 +219,7 @@ MIGRATIONS: list[Migration] = [
     _v10_space,
     _v11_unique_targets,
     _v12_fencing,
+    _v13_replicas,
     _v15_iscsi_chap,
 ]
 
@@ -240,11 +252,16 @@ def safe_url(url: str) -> str:
         return "(unparsable URL)"
 
 
+# Called at the start of every transaction (PostgreSQL with replicas: the lease check).
+Guard = Callable[[Connection], None]
+
+
 class Database:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, application_name: str | None = None) -> None:
         self.url = catalog_url(url)
+        self.guard: Guard | None = None
         try:
-            self.engine = _make_engine(self.url)
+            self.engine = _make_engine(self.url, application_name)
             self.migrate()
         except (OperationalError, InterfaceError) as exc:
             if hasattr(self, "engine"):
@@ -252,11 +269,39 @@ class Database:
             detail = str(exc.orig or exc).strip().splitlines()[0]
             raise CatalogUnreachable(url=safe_url(self.url), detail=detail) from None
 
+    def _begin(self) -> tuple[Connection, RootTransaction]:
+        """A connection in a new transaction that passed the guard.  A pooled
+        connection PostgreSQL ended meanwhile (a replica taking over ends a frozen
+        one's sessions) is thrown away and another taken, once."""
+        for attempt in range(2):
+            conn = self.engine.connect()
+            try:
+                trans = conn.begin()
+                if self.guard is not None:
+                    self.guard(conn)
+                return conn, trans
+            except DBAPIError as exc:
+                conn.close()
+                if attempt or not exc.connection_invalidated:
+                    raise
+            except BaseException:
+                conn.close()
+                raise
+        raise AssertionError("unreachable")
+
     @contextmanager
     def tx(self) -> Iterator[Connection]:
         try:
-            with self.engine.begin() as conn:
+            conn, trans = self._begin()
+            try:
                 yield conn
+            except BaseException:
+                trans.rollback()
+                raise
+            else:
+                trans.commit()
+            finally:
+                conn.close()
         except DBAPIError as exc:
             # PostgreSQL ends one of two transactions that wait on each other
             # (deadlock) or that cannot be serialized: the caller may try again.
@@ -272,9 +317,13 @@ class Database:
             row = conn.execute(select(schema.schema_version.c.version)).first()
         return int(row[0]) if row else 0
 
+    @property
+    def postgres(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
     def migrate(self) -> int:
         if self.engine.dialect.name == "postgresql":
-            with self.tx() as conn:
+            with self.engine.begin() as conn:
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATE_LOCK})
                 schema.schema_version.create(conn, checkfirst=True)
                 _apply(conn)
@@ -319,13 +368,16 @@ def _refuse_nul(
             raise InvalidInput(detail="text with a NUL character cannot be stored or looked up")
 
 
-def _make_engine(url: str) -> Engine:
+def _make_engine(url: str, application_name: str | None = None) -> Engine:
     if not url.startswith("sqlite"):
         # A thread per request in serve: room for the API's worker threads plus
         # the background ones, each holding at most one connection at a time.
         # No pre-ping (a round trip per transaction): a dropped connection fails
         # one transaction, and SQLAlchemy then replaces every pooled connection.
-        engine = create_engine(url, pool_size=10, max_overflow=30)
+        # ``application_name`` names the replica in pg_stat_activity, so the replica
+        # that takes over from a frozen one can end its sessions (and their locks).
+        args = {"application_name": application_name} if application_name else {}
+        engine = create_engine(url, pool_size=10, max_overflow=30, connect_args=args)
         event.listen(engine, "before_cursor_execute", _refuse_nul)
         return engine
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})

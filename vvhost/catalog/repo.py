@@ -157,6 +157,11 @@ def reserve(conn: Connection, container_id: str, delta: int) -> bool:
     """Atomically add ``delta`` bytes to the container's provisioned total;
     returns False (and changes nothing) when that would exceed its capacity
     times its over-subscription ratio."""
+    return reserve_to(conn, container_id, delta) is not None
+
+
+def reserve_to(conn: Connection, container_id: str, delta: int) -> int | None:
+    """As :func:`reserve`; returns the new provisioned total (None: refused)."""
     stmt = (
         update(containers)
         .where(containers.c.id == container_id)
@@ -166,7 +171,8 @@ def reserve(conn: Connection, container_id: str, delta: int) -> bool:
         stmt = stmt.where(
             containers.c.provisioned + delta <= containers.c.capacity * containers.c.overcommit
         )
-    return bool(conn.execute(stmt).rowcount)
+    row = conn.execute(stmt.returning(containers.c.provisioned)).first()
+    return None if row is None else int(row[0])
 
 
 def adjust_provisioned(conn: Connection, container_id: str, delta: int) -> None:
@@ -221,7 +227,10 @@ def container_vvol_count(conn: Connection, container_id: str) -> int:
 # -- journal ---------------------------------------------------------------------------
 
 
-def journal_add(conn: Connection, entry: JournalEntry) -> None:
+def journal_add(
+    conn: Connection, entry: JournalEntry, owner: tuple[str, int] | None = None
+) -> None:
+    """Journal an operation; ``owner`` is (replica, its lease epoch) that runs it."""
     conn.execute(
         journal.insert().values(
             id=entry.id,
@@ -230,6 +239,8 @@ def journal_add(conn: Connection, entry: JournalEntry) -> None:
             step=entry.step,
             args=json.dumps(entry.args),
             created=entry.created,
+            owner=owner[0] if owner else None,
+            owner_epoch=owner[1] if owner else None,
         )
     )
     eventrepo.op_started(conn, entry.id, entry.vvol)

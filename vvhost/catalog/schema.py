@@ -105,6 +105,8 @@ journal = Table(
     Column("args", Text, nullable=False),
     Column("created", Float, nullable=False),
     Column("tenant", String(128)),  # migration _v9_events: whose operation (its events)
+    Column("owner", String(64)),  # migration _v13_replicas: the replica that runs it
+    Column("owner_epoch", BigInteger),  # ... and that replica's lease epoch then
     UniqueConstraint("id"),
 )
 
@@ -131,6 +133,7 @@ pes = Table(
     Column("path", Text),
     Column("config", Text, nullable=False),
     Column("created", Float, nullable=False),
+    Column("node", String(128)),  # migration _v13_replicas: the node whose replica runs it
 )
 
 # One iSCSI target per (PE, host) so the target ACL admits only that host's
@@ -159,6 +162,7 @@ bindings = Table(
     Column("state", String(16), nullable=False),
     Column("op_id", String(64)),
     Column("created", Float, nullable=False),
+    Column("owner", String(64)),  # migration _v13_replicas: the replica attaching/detaching it
     Index("ix_bindings_pe", "pe_id"),
     Index("ix_bindings_host", "host"),
 )
@@ -246,6 +250,21 @@ vm_leases = Table(
     Column("since", Float, nullable=False),
     Column("expires", Float, nullable=False),
     Column("epoch", BigInteger, nullable=False),
+)
+
+# -- added by migration _v13_replicas: control-plane replicas and their leases --------------
+
+replicas = Table(
+    "replicas",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("node", String(128), nullable=False),
+    Column("url", String(512)),  # where it answers the API, if it said
+    Column("started", Float, nullable=False),
+    Column("heartbeat", Float, nullable=False),  # the catalog's clock, epoch seconds
+    Column("epoch", BigInteger, nullable=False),  # bumped when another replica fences it
+    Column("lease_until", Float, nullable=False),  # its writes are refused after this
+    Column("state", String(16), nullable=False),  # live | fenced
 )
 
 # -- added by migration _v15_iscsi_chap: each host's CHAP account at iSCSI endpoints --------

@@ -18,6 +18,7 @@ from .events import events, health
 from .fencing import host_fence  # noqa: F401  (adds `host fence|unfence`, `vm recover`)
 from .inventory import array, container
 from .nbdcreds import host_nbd_credentials  # noqa: F401  (adds `host nbd-credentials`)
+from .replicas import replica
 from .serve import audit, quickstart, serve
 from .tenancy import datastore, tenant, token
 from .vm import hook, vm
@@ -44,6 +45,7 @@ cli.add_command(audit)
 cli.add_command(convert)
 cli.add_command(events)
 cli.add_command(health)
+cli.add_command(replica)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -84,6 +84,9 @@ def pe() -> None:
     help="HOST:PORT to listen on (iscsi: required; nbd: TCP with TLS, a daemon per host on HOST).",
 )
 @click.option("--path", default=None, help="Directory of a file endpoint.")
+@click.option(
+    "--node", default=None, help="Node whose control plane runs it (default: this replica's)."
+)
 @json_option
 @pass_session
 def pe_create(
@@ -93,6 +96,7 @@ def pe_create(
     array: str | None,
     portal: str | None,
     path: str | None,
+    node: str | None,
     as_json: bool,
 ) -> None:
     """Create a protocol endpoint and start its daemon.
@@ -103,7 +107,7 @@ def pe_create(
     import os
 
     path = os.path.abspath(path) if path else None
-    output.show(s.client.pe_create(name, protocol, array, portal, path), as_json)
+    output.show(s.client.pe_create(name, protocol, array, portal, path, node), as_json)
 
 
 @pe.command("list")
@@ -115,7 +119,9 @@ def pe_list(s: Session, as_json: bool) -> None:
     if as_json:
         output.emit_json(rows)
     else:
-        output.table(rows, ["name", "protocol", "portal", "path", "alive", "bindings"])
+        output.table(
+            rows, ["name", "protocol", "portal", "path", "node_state", "alive", "bindings"]
+        )
 
 
 @pe.command("show")
@@ -125,6 +131,18 @@ def pe_list(s: Session, as_json: bool) -> None:
 def pe_show(s: Session, ref: str, as_json: bool) -> None:
     """Show a protocol endpoint."""
     output.show(s.client.pe(ref), as_json)
+
+
+@pe.command("evacuate")
+@click.argument("ref")
+@click.option("--to", "to", required=True, help="The endpoint (on a live node) to rebind to.")
+@json_option
+@pass_session
+def pe_evacuate(s: Session, ref: str, to: str, as_json: bool) -> None:
+    """Rebind every binding of an endpoint (whose node is gone) to another endpoint;
+    exits with the class of the first failure, if any."""
+    results = s.client.pe_evacuate(ref, to)
+    _report(results, as_json, lambda r: f"{r['vvol']}\t{r['handle']['host']}\t{r['handle']['uri']}")
 
 
 @pe.command("delete")

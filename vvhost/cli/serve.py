@@ -49,6 +49,32 @@ from .base import Session, json_option, pass_session
     default=None,
     help="Seconds between background audits (default 300; 0: none).",
 )
+@click.option(
+    "--node",
+    envvar="VVHOST_NODE",
+    default=None,
+    help="The node this replica runs on (default: the host name).",
+)
+@click.option(
+    "--replica",
+    envvar="VVHOST_REPLICA",
+    default=None,
+    help="This replica's id (default: NODE-<random>, new at every start).",
+)
+@click.option(
+    "--lease",
+    envvar="VVHOST_LEASE",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds a replica's lease lasts (default 3; PostgreSQL catalog).",
+)
+@click.option(
+    "--heartbeat",
+    envvar="VVHOST_HEARTBEAT",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds between lease renewals (default 1).",
+)
 @pass_session
 def serve(
     s: Session,
@@ -60,11 +86,19 @@ def serve(
     tls_cert: str | None,
     tls_key: str | None,
     reconcile_interval: float | None,
+    node: str | None,
+    replica: str | None,
+    lease: float | None,
+    heartbeat: float | None,
 ) -> None:
-    """Run the control plane on the unix socket (--socket), and on TCP+TLS (--listen)."""
+    """Run the control plane on the unix socket (--socket), and on TCP+TLS (--listen).
+
+    Several replicas (each its own --state-dir, on one or several nodes) may share
+    one PostgreSQL catalog (--db-url): they all answer the API, and when one dies
+    another finishes its operations once its lease expires."""
     import os
 
-    from ..server import Listen
+    from ..server import Listen, ReplicaOptions
     from ..server import serve as run
 
     tcp = Listen.parse(listen, tls_cert, tls_key) if listen else None
@@ -76,6 +110,7 @@ def serve(
         keep_endpoints,
         tcp,
         reconcile_interval,
+        ReplicaOptions(node, replica, lease, heartbeat),
     )
 
 

@@ -14,6 +14,7 @@ from .cow import CowOps
 from .data import DataOps
 from .datastores import DatastoreOps
 from .endpoints import EndpointManager, PeOps
+from .evacuate import Evacuation
 from .fencing import FenceOps
 from .health import STUCK
 from .health import report as health_report
@@ -24,8 +25,9 @@ from .metrics import Metrics
 from .nbdcreds import NbdCredentials
 from .periodic import Periodic
 from .reconciler import Reconciler
-from .recovery import audit, recover
+from .recovery import audit
 from .space import SpaceRefresher
+from .takeover import Takeover
 from .tenancy import UNIX_ADMIN, Authz, TenantOps
 from .vvols import VvolOps
 
@@ -52,11 +54,13 @@ class Service:
             "host-contact", max(1.0, config.unreachable_after / 4), self.fencing.watch
         )
         self.bindings = BindingOps(self.ctx, self.hosts, self.pes, self.endpoints)
+        self.evacuation = Evacuation(self.ctx, self.pes, self.bindings)
         self.maintenance = ArrayMaintenance(self.ctx)
         self.reconciler = Reconciler(self.ctx, self.endpoints, config.reconcile_interval)
         self.metrics = Metrics(self.ctx, self.endpoints)
         self.space = self.vvols.space
         self.refresher = SpaceRefresher(self.space, config.space_refresh)
+        self.takeover = Takeover(self.ctx, self.endpoints)
         self.recovered: list[dict[str, str]] = []
 
     def start(self) -> None:
@@ -65,12 +69,14 @@ class Service:
         make them present exactly the bindings in the catalog."""
         self.arrays.ensure_default()
         self.arrays.reprobe()
-        self.recovered = recover(self.ctx)
+        # what no live replica owns (all of it with SQLite: one control plane)
+        self.recovered = self.takeover.orphans()
         self.endpoints.start_all()
         for host in self.fencing.resume():  # fences a crash interrupted: cut them now
             self.recovered.append(
                 {"op": "fence", "id": "", "vvol": "", "action": f"finished for host {host}"}
             )
+        self.takeover.start()
         self.contact_watch.start()
         self.maintenance.start()
         self.reconciler.start()
@@ -110,12 +116,14 @@ class Service:
     def close(self, keep_endpoints: bool = False) -> None:
         """Stop; endpoint daemons stop too unless ``keep_endpoints`` (then a later
         start adopts them and hosts keep their I/O paths meanwhile)."""
+        self.takeover.stop()
         self.reconciler.stop()
         self.contact_watch.stop()
         self.maintenance.stop()
         self.refresher.stop()
         self.endpoints.stop_all(keep_daemons=keep_endpoints)
         self.ctx.close_backends()
+        self.ctx.replica.stop()
         self.ctx.db.close()
 
 

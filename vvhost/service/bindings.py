@@ -93,7 +93,7 @@ class BindingOps:
                                 every_pe = bindrepo.list_pes(conn)
                             target = chosen or _auto_pe(every_pe or [], v)
                             b = self._allocate(conn, target, v, h, shared, op, 1, luns, hints)
-                            bindrepo.insert_binding(conn, b)
+                            bindrepo.insert_binding(conn, b, self.ctx.replica.id)
                         att = attachment(conn, self.ctx, b, v, h, source)
                         plans.append(_Plan(i, b, target, att, new=not existing))
                     except VvhostError as exc:
@@ -269,7 +269,9 @@ class BindingOps:
                             raise NotFound(kind="binding", ref=f"{ref} on {host}")
                         b = self._reuse(found[0], None, ref)
                         if drop_all or b.refcount <= 1:
-                            bindrepo.set_binding(conn, b, state=DETACHING, op=op)
+                            bindrepo.set_binding(
+                                conn, b, state=DETACHING, op=op, owner=self.ctx.replica.id
+                            )
                             drops.append((i, b, self.pes.get(conn, b.pe)))
                         else:
                             bindrepo.set_binding(conn, b, refcount=b.refcount - 1)
@@ -325,7 +327,7 @@ class BindingOps:
                     op,
                     refcount=old.refcount,
                 )
-                bindrepo.insert_binding(conn, new)
+                bindrepo.insert_binding(conn, new, self.ctx.replica.id)
                 att = attachment(conn, self.ctx, new)
             try:
                 with self.manager.lock([target.id]):
@@ -342,10 +344,11 @@ class BindingOps:
                 raise
             self.ctx.fault("rebind", "attached")
             with self.ctx.db.tx() as conn:  # the commit point
-                bindrepo.set_binding(conn, old, state=DETACHING, op=op)
+                bindrepo.set_binding(conn, old, state=DETACHING, op=op, owner=self.ctx.replica.id)
                 bindrepo.set_binding(conn, new, state=ACTIVE, op=None)
-            with self.manager.lock([old_plan.pe.id]):
-                self.manager.get(old_plan.pe).detach(old_plan.attachment.key)  # ...then the old
+            if self.manager.owns(old_plan.pe):  # (another node's replica reconciles its own)
+                with self.manager.lock([old_plan.pe.id]):
+                    self.manager.get(old_plan.pe).detach(old_plan.attachment.key)  # ...the old
             with self.ctx.db.tx() as conn:
                 bindrepo.delete_binding(conn, old)
             if old.readonly:

@@ -19,6 +19,7 @@ from ..arrays import ArrayBackend, open_backend
 from ..arrays.sources import DataSource, file_path
 from ..catalog import eventrepo, repo, vvolrepo
 from ..catalog.db import Database, sqlite_url
+from ..catalog.dblocks import DbLockTable
 from ..errors import (
     ArrayOffline,
     BackendError,
@@ -35,6 +36,7 @@ from ..locks import LockTable
 from ..model import FAILED, READY, Array, JournalEntry, Vvol
 from ..naa import DEFAULT_OUI
 from .events import EventLog, Retention
+from .replica import Replica, ReplicaSettings, application_name
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ class Config:
     space_refresh: float = 30.0
     # a host whose last contact is older than this many seconds is reported unreachable
     unreachable_after: float = 300.0
+    # this control plane as a replica (node, id, lease), see replica.py
+    replica: ReplicaSettings = ReplicaSettings()
 
     @classmethod
     def from_env(cls, state_dir: str, db_url: str | None = None) -> Config:
@@ -70,6 +74,12 @@ class Config:
             events_days=_number("VVHOST_EVENTS_DAYS", 30.0),
             space_refresh=float(os.environ.get("VVHOST_SPACE_REFRESH") or 30.0),
             unreachable_after=_number("VVHOST_UNREACHABLE_AFTER", 300.0),
+            replica=ReplicaSettings(
+                node=os.environ.get("VVHOST_NODE") or "",
+                replica=os.environ.get("VVHOST_REPLICA") or "",
+                lease=_number("VVHOST_LEASE", 3.0),
+                heartbeat=_number("VVHOST_HEARTBEAT", 1.0),
+            ),
         )
 
 
@@ -129,10 +139,17 @@ class Context:
     def __init__(self, config: Config) -> None:
         self.config = config
         os.makedirs(config.state_dir, exist_ok=True)
+        self.replica = Replica(config.replica.checked())
         self.db = Database(
-            config.db_url or sqlite_url(os.path.join(config.state_dir, "catalog.db"))
+            config.db_url or sqlite_url(os.path.join(config.state_dir, "catalog.db")),
+            application_name=application_name(self.replica.id),
         )
-        self.locks = LockTable()
+        # one process per SQLite catalog: its locks live in memory; replicas sharing
+        # a PostgreSQL catalog lock in the database
+        self.locks: LockTable | DbLockTable = (
+            DbLockTable(self.db.engine) if self.db.postgres else LockTable()
+        )
+        self.replica.register(self.db)
         self.events = EventLog(self.db, Retention(config.events_keep, config.events_days))
         self.progress = Progress()
         self._backends: dict[str, ArrayBackend] = {}
@@ -277,6 +294,7 @@ class Context:
             JournalEntry(
                 id=op_id, op=op, vvol=vvol_id, step="begin", args=args, created=time.time()
             ),
+            owner=(self.replica.id, self.replica.epoch),
         )
 
     def step(self, op_id: str, op: str, step: str, *, record: bool = True) -> None:

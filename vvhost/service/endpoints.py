@@ -142,6 +142,10 @@ class EndpointManager:
     def lock(self, pe_ids: list[str]) -> Any:
         return self.ctx.locks.hold([f"pe:{p}" for p in pe_ids])
 
+    def owns(self, pe: Pe) -> bool:
+        """This replica runs ``pe``'s daemon: the PE names this node (or none)."""
+        return pe.node is None or pe.node == self.ctx.replica.node
+
     def start(self, pe: Pe) -> dict[str, int]:
         with self.lock([pe.id]):
             try:
@@ -272,7 +276,7 @@ class EndpointManager:
 
     def start_all(self) -> None:
         with self.ctx.db.tx() as conn:
-            pes = bindrepo.list_pes(conn)
+            pes = [p for p in bindrepo.list_pes(conn) if self.owns(p)]
         for pe in pes:
             try:
                 self.start(pe)
@@ -292,7 +296,7 @@ class EndpointManager:
         failures: dict[str, tuple[int, float]] = {}  # PE name -> (failures, next try)
         while not self._stop.wait(self.interval):
             with self.ctx.db.tx() as conn:
-                pes = bindrepo.list_pes(conn)
+                pes = [p for p in bindrepo.list_pes(conn) if self.owns(p)]
             for pe in pes:
                 count, retry_at = failures.get(pe.name, (0, 0.0))
                 if time.monotonic() < retry_at:
@@ -370,8 +374,13 @@ class PeOps:
         array: str | None = None,
         portal: str | None = None,
         path: str | None = None,
+        node: str | None = None,
     ) -> dict[str, Any]:
+        """A new endpoint on ``node`` (default: this replica's); the replica on
+        that node runs its daemon."""
         check_name(name, what="protocol endpoint name")
+        if node is not None:
+            check_name(node, what="node name")
         if protocol not in PROTOCOLS:
             raise InvalidInput(detail=f"protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
         if portal is not None:
@@ -424,8 +433,11 @@ class PeOps:
                 path=path,
                 config=config,
                 created=time.time(),
+                node=node or self.ctx.replica.node,
             )
             bindrepo.insert_pe(conn, pe)
+        if not self.manager.owns(pe):
+            return self.show(pe.id)  # the replica on its node starts it (supervisor round)
         try:
             self.manager.start(pe)
         except BaseException:
@@ -473,6 +485,13 @@ class PeOps:
             pe = self.get(conn, ref)
             count = len(bindrepo.find_bindings(conn, pe=pe.id))
         out = pe.to_dict()
+        with self.ctx.db.tx() as conn:
+            live = self.ctx.replica.live_nodes(conn)
+        gone = live is not None and pe.node is not None and pe.node not in live
+        out["node_state"] = "node-gone" if gone else "live"
+        if not self.manager.owns(pe):  # another node's replica runs its daemon
+            out.update(bindings=count, alive=out["node_state"] == "live", restarts=0, pid=None)
+            return out
         ep = self.manager.get(pe)
         out.update(bindings=count, alive=ep.alive(), restarts=self.manager.restarts.get(pe.name, 0))
         out["error"] = self.manager.errors.get(pe.name)

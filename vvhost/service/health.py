@@ -4,7 +4,8 @@
     containers   the fuller of provisioned / (capacity x overcommit) and held / capacity
                  (warning at its first alert level, critical at its last: 80 %, 90 %
                  unless ``container set --alerts`` says otherwise)
-    endpoints    daemon running, restarts, last error
+    endpoints    daemon running, restarts, last error (another node's: that node has
+                 a live control-plane replica)
     operations   journal entries older than STUCK seconds (stuck)
     hosts        only those that need attention: unreachable, fenced
     findings     what the reconciler found and still finds
@@ -112,8 +113,18 @@ def _containers(ctx: Context) -> list[Item]:
 def _endpoints(ctx: Context, endpoints: EndpointManager) -> list[Item]:
     with ctx.db.tx() as conn:
         pes = bindrepo.list_pes(conn)
+        live = ctx.replica.live_nodes(conn)
     out = []
     for pe in pes:
+        if not endpoints.owns(pe):  # another node's replica runs it
+            placed: dict[str, Any] = {"node": pe.node, "protocol": pe.protocol}
+            if live is not None and pe.node not in live:
+                detail = f"its node {pe.node} has no live control-plane replica"
+                advice = f"start a replica there, or `vvhost pe evacuate {pe.name} --to OTHER`"
+                out.append(Item("endpoint", pe.name, CRITICAL, detail, advice, placed))
+            else:
+                out.append(Item("endpoint", pe.name, OK, f"run by node {pe.node}", "", placed))
+            continue
         alive = endpoints.get(pe).alive()
         restarts = endpoints.restarts.get(pe.name, 0)
         error = endpoints.errors.get(pe.name)

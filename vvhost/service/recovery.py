@@ -8,11 +8,12 @@ without a file, reference counts and provisioned bytes equal to what the rows sa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Collection
 from typing import Any
 
 from ..catalog import bindrepo, repo, vvolrepo
-from ..errors import ArrayOffline
+from ..errors import ArrayOffline, Conflict
 from ..model import ACTIVE, DEFERRED, FAILED, FENCED, READY, JournalEntry
 from .bindings import settle_transient
 from .context import Context
@@ -42,8 +43,10 @@ HANDLERS: dict[str, tuple[Handler, Handler]] = {
 ROLLBACKS: set[Handler] = {undo_new, undo_revert, undo_move}
 
 
-def recover(ctx: Context) -> list[dict[str, str]]:
-    """Finish or undo every interrupted operation; returns what was done.
+def recover(ctx: Context, only: Collection[str] | None = None) -> list[dict[str, str]]:
+    """Finish or undo every interrupted operation (with ``only``: those operation
+    ids, which a replica took over; the caller settles their bindings); returns
+    what was done.
 
     A handler that cannot run never stops the daemon: on an offline array the
     operation stays journaled for the next start (``deferred``); any other
@@ -52,6 +55,8 @@ def recover(ctx: Context) -> list[dict[str, str]]:
     done = []
     with ctx.db.tx() as conn:
         entries = repo.journal_list(conn)
+    if only is not None:
+        entries = [e for e in entries if e.id in set(only)]
     for entry in entries:
         if entry.op not in HANDLERS:  # finished by its own service once endpoints run
             continue  # (host fencing: fencing.py)
@@ -59,7 +64,7 @@ def recover(ctx: Context) -> list[dict[str, str]]:
         handler = after if entry.step == "committed" else before
         undoing = handler in ROLLBACKS
         try:
-            handler(ctx, entry)
+            _run(handler, ctx, entry)
             action = "rolled back" if undoing else "rolled forward"
         except ArrayOffline as exc:
             action = f"deferred: {exc}"
@@ -72,12 +77,28 @@ def recover(ctx: Context) -> list[dict[str, str]]:
                 ctx.fail(entry.id, _vvols_of(entry), reason)
             action = f"failed: {exc}"
         done.append({"op": entry.op, "id": entry.id, "vvol": entry.vvol or "", "action": action})
+    if only is not None:
+        return done
     dropped = settle_transient(ctx)
     if dropped:
         done.append(
             {"op": "bindings", "id": "", "vvol": "", "action": f"dropped {dropped} unfinished"}
         )
     return done
+
+
+def _run(handler: Any, ctx: Context, entry: JournalEntry, attempts: int = 4) -> None:
+    """A handler runs again when the catalog ended one of its transactions for
+    another that ran at the same time (PostgreSQL deadlock or serialization
+    failure): handlers can run again, as after a crash during recovery."""
+    for attempt in range(attempts):
+        try:
+            handler(ctx, entry)
+            return
+        except Conflict:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def _vvols_of(entry: JournalEntry) -> list[str]:
@@ -172,6 +193,8 @@ def _audit_endpoints(ctx: Context, endpoints: EndpointManager) -> list[str]:
             else:
                 wanted.setdefault(b.pe, set()).add(attachment_key(b))
     for pe in pes:
+        if not endpoints.owns(pe):
+            continue  # the replica on its node audits it
         ep = endpoints.get(pe)
         if not ep.alive():
             problems.append(f"endpoint {pe.name} is not running")

@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 from sqlalchemy import Connection
 
@@ -61,17 +62,22 @@ class SpaceOps:
     ) -> None:
         """Charge ``logical`` bytes to the container's provisioned total and make sure
         ``physical`` more fit (above the reserve when ``keep_reserve``); raises and
-        changes nothing otherwise.  The caller records the vvol rows in the same
-        transaction."""
-        c = repo.get_container(conn, c.id) or c
-        before = self.usage(conn, c) if physical or logical else None
-        if not repo.reserve(conn, c.id, logical):
+        changes nothing otherwise.  ``c`` was read in this transaction; the caller
+        records the vvol rows in it too."""
+        sums = self.usage(conn, c) if physical or logical or keep_reserve else None
+        provisioned = repo.reserve_to(conn, c.id, logical)
+        if provisioned is None:
             fresh = repo.get_container(conn, c.id) or c
             raise CapacityExceeded(
                 container=c.name, free=fresh.free, capacity=fresh.limit, needed=logical
             )
+        if sums is None:
+            return
+        # the sums were read in this transaction; the provisioned total is the one
+        # this update left (others' reservations included)
+        before = replace(sums, provisioned=provisioned - logical)
         if physical or keep_reserve:
-            left = c.capacity - spacerepo.used(conn, c.id) - physical
+            left = c.capacity - sums.used - physical
             if keep_reserve and left < c.reserve:
                 raise ReserveReached(
                     container=c.name,
@@ -88,10 +94,8 @@ class SpaceOps:
                     capacity=c.capacity,
                     needed=physical,
                 )
-        if before is not None:
-            fresh = repo.get_container(conn, c.id) or c
-            after = spacerepo.usage(conn, fresh)
-            self._report(conn, fresh, before.fraction, _with(after, physical).fraction)
+        after = replace(sums, provisioned=provisioned, used=sums.used + physical)
+        self._report(conn, c, before.fraction, after.fraction)
 
     def usage(self, conn: Connection, c: Container) -> Usage:
         return spacerepo.usage(conn, c)
@@ -227,11 +231,6 @@ class SpaceOps:
                 tenant=c.tenant,
             )
             self.on_threshold(c.name, level, after)
-
-
-def _with(u: Usage, physical: int) -> Usage:
-    """Usage counting a new vvol's estimated physical bytes (not yet in its row)."""
-    return Usage(**{**u.__dict__, "used": u.used + physical})
 
 
 class SpaceRefresher:

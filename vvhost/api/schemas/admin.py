@@ -14,6 +14,20 @@ class HealthOut(Strict):
     caller: str
 
 
+class ReplicaOut(Out):
+    """A control-plane replica sharing the catalog (PostgreSQL)."""
+
+    id: str
+    node: str
+    url: str | None = None
+    started: float
+    heartbeat: float
+    epoch: int
+    lease_left: float  # seconds; negative once expired
+    state: str  # live | fenced
+    me: bool  # the replica that answered
+
+
 class OperationOut(Strict):
     id: str
     op: str | None = None

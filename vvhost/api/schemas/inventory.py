@@ -81,6 +81,8 @@ class PeOut(Out):
     restarts: int
     error: str | None = None
     pid: int | None = None
+    node: str | None = None  # the node whose replica runs it
+    node_state: str | None = None  # live | node-gone (no live replica on that node)
 
 
 class HostOut(Out):

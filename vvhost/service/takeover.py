@@ -1,0 +1,127 @@
+"""Finishing what a dead replica left: its journaled operations and bindings.
+
+Every replica looks every HEARTBEAT s for replicas whose lease expired:
+
+    1. end the dead replica's catalog sessions (a frozen one keeps transactions
+       and advisory locks open; a killed one has none left)
+    2. one transaction: lock its row, still expired? -> epoch + 1, state fenced
+       (no transaction of it passes the lease check any more), then claim its
+       journal entries (owner = this replica) and drop the bindings it was
+       attaching or detaching
+    3. finish or roll back each claimed operation with the crash-recovery
+       handlers (recovery.recover: the same code a restart runs)
+    4. make every running endpoint present exactly the catalog's bindings
+    5. its row goes once no journal entry names it
+
+At start, a replica claims in the same way what no live replica owns (entries
+of replicas fenced earlier, or made before replicas existed).  A replica that
+dies while taking over leaves the entries in its own name: the next one claims
+them from it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from typing import Any
+
+from ..catalog import bindrepo, replicarepo
+from .context import Context
+from .endpoints import EndpointManager
+from .periodic import Periodic
+from .recovery import recover
+from .replica import application_name
+
+log = logging.getLogger(__name__)
+
+
+class Takeover:
+    def __init__(self, ctx: Context, endpoints: EndpointManager) -> None:
+        self.ctx = ctx
+        self.endpoints = endpoints
+        self.taken: list[dict[str, Any]] = []  # the takeovers this replica did
+        self._running = False  # endpoints started: resync them after a takeover
+        self._round = Periodic(
+            "replica-takeover", ctx.replica.settings.heartbeat, self.tick, join=60.0
+        )
+
+    def start(self) -> None:
+        """Look for dead replicas from now on (endpoints run by then)."""
+        self._running = True
+        if self.ctx.replica.active:
+            self._round.start()
+
+    def stop(self) -> None:
+        self._round.stop()
+
+    def replicas(self) -> list[dict[str, Any]]:
+        """Every replica of the catalog (PostgreSQL; empty with SQLite)."""
+        if not self.ctx.replica.active:
+            return []
+        with self.ctx.db.tx() as conn:
+            rows = replicarepo.listing(conn)
+        return [{**asdict(r), "me": r.id == self.ctx.replica.id} for r in rows]
+
+    def orphans(self) -> list[dict[str, str]]:
+        """At start: finish or roll back what no live replica owns."""
+        if not self.ctx.replica.active:
+            return recover(self.ctx)
+        with self.ctx.db.tx() as conn:
+            owners = replicarepo.orphan_owners(conn)
+        # entries in this replica's own name were left by its earlier process
+        return self.take([*owners, self.ctx.replica.id], fence=False)
+
+    def tick(self) -> None:
+        replica = self.ctx.replica
+        if not replica.active or replica.fenced is not None:
+            return
+        with self.ctx.db.tx() as conn:
+            dead = replicarepo.expired(conn, replica.id)
+        for other in dead:
+            done = self.take([other], fence=True)
+            self.taken.append({"replica": other, "recovered": done})
+
+    def take(self, owners: list[str], fence: bool) -> list[dict[str, str]]:
+        """Claim and recover the operations of ``owners`` (fenced first when ``fence``)."""
+        me = self.ctx.replica
+        if fence:
+            with self.ctx.db.engine.begin() as conn:
+                for other in owners:
+                    replicarepo.end_sessions(conn, application_name(other))
+        with self.ctx.db.tx() as conn:
+            if fence:
+                owners = [o for o in owners if replicarepo.fence(conn, o)]
+            ops = replicarepo.claim_journal(conn, me.id, me.epoch, owners)
+            dropped = replicarepo.drop_transient(conn, owners)
+        done = recover(self.ctx, only=ops) if ops else []
+        if dropped:
+            done.append(
+                {"op": "bindings", "id": "", "vvol": "", "action": f"dropped {dropped} unfinished"}
+            )
+        if done and self._running:
+            self._resync()
+        with self.ctx.db.tx() as conn:
+            for other in owners:
+                if other:
+                    replicarepo.forget(conn, other)
+        for other in owners:
+            if other and fence:
+                log.warning("replica %s took over from %s: %s", me.id, other, done)
+                self.ctx.events.emit(
+                    "replica.taken-over",
+                    f"replica {me.id} took over from replica {other}: "
+                    f"{len(ops)} operations, {dropped} bindings",
+                    severity="warning",
+                    subject=other,
+                    fields={"by": me.id, "operations": len(ops), "bindings": dropped},
+                )
+        return done
+
+    def _resync(self) -> None:
+        with self.ctx.db.tx() as conn:
+            pes = bindrepo.list_pes(conn)
+        for pe in pes:
+            try:
+                self.endpoints.resync(pe)
+            except Exception:  # noqa: BLE001 - the reconciler tries again later
+                log.warning("endpoint %s not resynced after a takeover", pe.name, exc_info=True)
