@@ -4,7 +4,7 @@ real tgtd and real initiators (libiscsi's iscsi-inq/iscsi-ls, qemu-img):
 - a host's target admits its initiator name with its CHAP account only: not
   without CHAP, not with a wrong secret, not with another host's account;
 - the secret is in the host's own handles only (not in host listings, events,
-  the audit or another host's handles);
+  the audit or another host's handles; over TLS, a host's token reads only its own);
 - token-rotate switches the target to a new account at once (the old one fails);
 - an account removed behind vvhost's back is reported by ``audit`` and restored
   by the endpoint's reconciliation;
@@ -24,7 +24,9 @@ import pytest
 from tests.iscsiauth import authed, image_opts, portal_url
 from tests.patterns import Patterns
 from tests.runner import run
+from tests.tenancylab import tls_lab
 from vvhost.daemon import ServerProcess, free_port
+from vvhost.errors import VvhostError
 from vvhost.tools.tgtadm import Tgtadm
 
 IQN_1 = "iqn.2026-11.test.vvhost:chap1"
@@ -188,3 +190,34 @@ def test_fence_and_remove_take_the_account_out_of_tgtd(cp: ChapPlane) -> None:
     assert h2["chap_user"] not in cp.control().accounts()
     assert sorted(cp.control().accounts()) == [again["chap_user"]]
     assert cp.api.audit()["ok"], cp.api.audit()
+
+
+def test_a_host_token_sees_only_its_own_chap_secret(tmp_path: str, patterns: Patterns) -> None:
+    with tls_lab(tmp_path, patterns) as lab:
+        lab.admin.pe_create("iscsi1", "iscsi", portal=f"127.0.0.1:{free_port()}")
+        a, b = lab.as_host("ha"), lab.as_host("hb")
+        try:
+            ha = a.bind_one("va", "ha", pe="iscsi1")
+            hb = b.bind_one("vb", "hb", pe="iscsi1")
+            assert ha["chap_secret"] and hb["chap_secret"] and ha["chap_user"] != hb["chap_user"]
+            assert [h["chap_secret"] for h in a.bindings()] == [ha["chap_secret"]]
+            # everything hb may read: its own bindings (asking for ha's gives its own)
+            seen = [b.bindings(), b.bindings(host="ha"), b.host("hb")]
+            for call in (lambda: b.host("ha"), b.hosts, lambda: b.events(limit=1000)):
+                try:
+                    seen.append(call())
+                except VvhostError as exc:  # refused to a host: nothing shown
+                    seen.append(exc.message)
+            shown = json.dumps(seen)
+            assert ha["chap_secret"] not in shown and ha["chap_user"] not in shown
+            assert hb["chap_secret"] in shown  # its own, in its own handles
+            # ha's handle works for ha's initiator; hb's account does not open it
+            assert inq("iqn.2026-11.test:ha", ha).returncode == 0
+            assert inq("iqn.2026-11.test:hb", ha).returncode != 0
+            stolen = {"user": hb["chap_user"], "secret": hb["chap_secret"]}
+            assert inq("iqn.2026-11.test:ha", ha, **stolen).returncode != 0
+            a.unbind(["va"], "ha")
+            b.unbind(["vb"], "hb")
+        finally:
+            a.close()
+            b.close()
