@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.iscsiauth import authed, portal_url
 from tests.patterns import Patterns
 from tests.runner import run
 from vvhost.client import Client
@@ -89,8 +90,7 @@ def _gone(handle: dict[str, object], tmp: str) -> bool:
     """Is the handle's LUN / export / file really gone from the endpoint?"""
     proto = handle["protocol"]
     if proto == "iscsi":
-        portal = handle["portal"]
-        out = run("iscsi-ls", "-i", QEMU_IQN, "-s", f"iscsi://{portal}").stdout
+        out = run("iscsi-ls", "-i", QEMU_IQN, "-s", portal_url(handle)).stdout
         return f"Lun:{handle['lun']} " not in out
     if proto == "nbd":
         out = run("nbdinfo", "--list", f"nbd+unix:///?socket={handle['socket']}", ok=False).stdout
@@ -103,14 +103,14 @@ def test_bind_write_read_unbind(plane: Plane, patterns: Patterns, pe: str) -> No
     v = plane.api.vvol_create("pool", "64M", name="d")
     handle = plane.api.bind_one("d", "h1", pe=pe)
     assert handle["protocol"] == plane.api.pe(pe)["protocol"] and handle["refcount"] == 1
-    info = run("qemu-img", "info", "--output=json", handle["uri"]).stdout
+    info = run("qemu-img", "info", "--output=json", authed(handle)).stdout
     assert '"virtual-size": 67108864' in info
-    qemu_io(handle["uri"], "write -P 0x5a 1M 2M")
+    qemu_io(authed(handle), "write -P 0x5a 1M 2M")
     patterns_ok = run("qemu-io", "-f", "raw", "-c", "read -P 0x5a 1M 2M", v["path"]).stdout
     assert "read 2097152/2097152" in patterns_ok  # the array file holds what went in
     # a second binding, for another host, through another endpoint, sees the same data
     other = plane.api.bind_one("d", "h2", pe="nbd2")
-    assert "read 2097152/2097152" in qemu_io(other["uri"], "read -P 0x5a 1M 2M").stdout
+    assert "read 2097152/2097152" in qemu_io(authed(other), "read -P 0x5a 1M 2M").stdout
     assert plane.api.audit()["ok"], plane.api.audit()
     plane.api.unbind(["d"], "h1")
     plane.api.unbind(["d"], "h2")
@@ -124,19 +124,19 @@ def test_iscsi_identity_and_acl(plane: Plane) -> None:
     h = plane.api.bind_one("d", "h1", pe="iscsi1")
     serial = v["id"].replace("-", "")
     assert h["serial"] == serial
-    vpd80 = run("iscsi-inq", "-i", QEMU_IQN, "-e", "1", "-c", "128", h["uri"]).stdout
+    vpd80 = run("iscsi-inq", "-i", QEMU_IQN, "-e", "1", "-c", "128", authed(h)).stdout
     assert serial in vpd80
-    vpd83 = run("iscsi-inq", "-i", QEMU_IQN, "-e", "1", "-c", "131", h["uri"]).stdout
+    vpd83 = run("iscsi-inq", "-i", QEMU_IQN, "-e", "1", "-c", "131", authed(h)).stdout
     assert v["id"] in vpd83
-    seen = run("iscsi-ls", "-i", QEMU_IQN, "-s", f"iscsi://{h['portal']}").stdout
+    seen = run("iscsi-ls", "-i", QEMU_IQN, "-s", portal_url(h)).stdout
     assert h["target"] in seen and "Lun:1" in seen
-    other = run("iscsi-ls", "-i", OTHER_IQN, "-s", f"iscsi://{h['portal']}", ok=False).stdout
+    other = run("iscsi-ls", "-i", OTHER_IQN, "-s", portal_url(h), ok=False).stdout
     assert h["target"] not in other  # h2's initiator cannot even see h1's target
-    denied = run("iscsi-inq", "-i", OTHER_IQN, h["uri"], ok=False)
+    denied = run("iscsi-inq", "-i", OTHER_IQN, authed(h), ok=False)
     assert denied.returncode != 0
     shared = plane.api.bind_one(v["id"], "h2", pe="iscsi1", shared=True)
     assert "shared" in shared["target"]
-    assert run("iscsi-inq", "-i", OTHER_IQN, "-e", "1", "-c", "128", shared["uri"]).returncode == 0
+    assert run("iscsi-inq", "-i", OTHER_IQN, "-e", "1", "-c", "128", authed(shared)).returncode == 0
 
 
 def test_refcount_readonly_snapshots_and_guards(plane: Plane) -> None:
@@ -157,7 +157,7 @@ def test_refcount_readonly_snapshots_and_guards(plane: Plane) -> None:
         plane.api.vvol_revert("d", snap["id"])
     ro = plane.api.bind_one(snap["id"], "h1", pe="iscsi1")
     assert ro["readonly"]
-    assert qemu_io(ro["uri"], "write -P 1 0 64k", ok=False).returncode != 0
+    assert qemu_io(authed(ro), "write -P 1 0 64k", ok=False).returncode != 0
     assert plane.api.unbind(["d"], "h1")[0]["refcount"] == 1
     assert not _gone(first, plane.tmp)
     plane.api.unbind(["d", snap["id"]], "h1", drop_all=True)
@@ -174,13 +174,13 @@ def test_refcount_readonly_snapshots_and_guards(plane: Plane) -> None:
 def test_rebind_new_path_before_old_goes(plane: Plane) -> None:
     plane.api.vvol_create("pool", "16M", name="d")
     old = plane.api.bind_one("d", "h1", pe="iscsi1")
-    qemu_io(old["uri"], "write -P 0x33 0 1M")
+    qemu_io(authed(old), "write -P 0x33 0 1M")
     new = plane.api.rebind("d", "h1", "nbd1")
     assert new["protocol"] == "nbd" and new["refcount"] == 1
-    assert "read 1048576/1048576" in qemu_io(new["uri"], "read -P 0x33 0 1M").stdout
+    assert "read 1048576/1048576" in qemu_io(authed(new), "read -P 0x33 0 1M").stdout
     assert _gone(old, plane.tmp)
     newer = plane.api.rebind("d", "h1", "file1")
-    assert "read 1048576/1048576" in qemu_io(newer["uri"], "read -P 0x33 0 1M").stdout
+    assert "read 1048576/1048576" in qemu_io(authed(newer), "read -P 0x33 0 1M").stdout
     assert _gone(new, plane.tmp)
     assert [b["pe"] for b in plane.api.bindings(host="h1")] == ["file1"]
     assert plane.api.audit()["ok"]
@@ -200,26 +200,26 @@ def _wait_restored(plane: Plane, pe: str, old_pid: int) -> None:
 def test_endpoint_daemon_death_is_repaired(plane: Plane, pe: str) -> None:
     plane.api.vvol_create("pool", "16M", name="d")
     h = plane.api.bind_one("d", "h1", pe=pe)
-    qemu_io(h["uri"], "write -P 0x44 0 1M")
+    qemu_io(authed(h), "write -P 0x44 0 1M")
     pid = plane.pid(pe)
     os.kill(pid, 9)
     _wait_restored(plane, pe, pid)
     assert plane.api.pe(pe)["restarts"] >= 1
-    assert "read 1048576/1048576" in qemu_io(h["uri"], "read -P 0x44 0 1M").stdout
+    assert "read 1048576/1048576" in qemu_io(authed(h), "read -P 0x44 0 1M").stdout
 
 
 def test_bindings_survive_control_plane_restart_and_crash(plane: Plane) -> None:
     plane.api.vvol_create("pool", "16M", name="d")
     handles = [plane.api.bind_one("d", "h1", pe="iscsi1"), plane.api.bind_one("d", "h2", pe="nbd1")]
-    qemu_io(handles[0]["uri"], "write -P 0x55 0 1M")
+    qemu_io(authed(handles[0]), "write -P 0x55 0 1M")
     plane.restart()
     for h in handles:
-        assert "read 1048576/1048576" in qemu_io(h["uri"], "read -P 0x55 0 1M").stdout
+        assert "read 1048576/1048576" in qemu_io(authed(h), "read -P 0x55 0 1M").stdout
     pids = (plane.pid("iscsi1"), plane.pid("nbd1"))
     plane.restart(crash=True)  # kill -9: the data path stays up and is adopted
     assert (plane.pid("iscsi1"), plane.pid("nbd1")) == pids
     for h in handles:
-        assert "read 1048576/1048576" in qemu_io(h["uri"], "read -P 0x55 0 1M").stdout
+        assert "read 1048576/1048576" in qemu_io(authed(h), "read -P 0x55 0 1M").stdout
     assert len(plane.api.bindings()) == 2 and plane.api.audit()["ok"]
 
 

@@ -35,6 +35,7 @@ import libvirt
 import pytest
 
 from tests.crashing import crash_during
+from tests.iscsiauth import authed
 from tests.patterns import CHUNK, Patterns
 from tests.vmlab import (
     Lab,
@@ -283,7 +284,7 @@ def _fenced(p: Plane, api: Client, patterns: Patterns) -> None:
     (b,) = api.bindings(host="h1")
     assert b["state"] == "fenced"
     assert {h["name"]: h["state"] for h in api.hosts()}["h1"] == "fenced"
-    refused = subprocess.run(["qemu-img", "info", b["uri"]], capture_output=True, check=False)
+    refused = subprocess.run(["qemu-img", "info", authed(b)], capture_output=True, check=False)
     assert refused.returncode != 0
     assert api.host_unfence("h1")["bindings_dropped"] == 1
     assert api.bindings() == []

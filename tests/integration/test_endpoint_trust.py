@@ -20,9 +20,11 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
+from tests.iscsiauth import authed, image_opts, portal_url
 from tests.patterns import Patterns
 from tests.runner import run
 from vvhost.client import Client
@@ -245,12 +247,13 @@ def iscsi_plane(plane: Plane) -> Plane:
     return plane
 
 
-def _inq(iqn: str, uri: str) -> subprocess.CompletedProcess[str]:
-    return run("iscsi-inq", "-i", iqn, "-e", "1", "-c", "128", uri, ok=False)
+def _inq(iqn: str, handle: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """iscsi-inq as ``iqn`` with the CHAP account of ``handle``."""
+    return run("iscsi-inq", "-i", iqn, "-e", "1", "-c", "128", authed(handle), ok=False)
 
 
-def _targets_seen(iqn: str, portal: str) -> str:
-    return run("iscsi-ls", "-i", iqn, "-s", f"iscsi://{portal}", ok=False).stdout
+def _targets_seen(iqn: str, handle: dict[str, Any]) -> str:
+    return run("iscsi-ls", "-i", iqn, "-s", portal_url(handle), ok=False).stdout
 
 
 def test_removed_host_keeps_no_iscsi_access(iscsi_plane: Plane, patterns: Patterns) -> None:
@@ -259,34 +262,29 @@ def test_removed_host_keeps_no_iscsi_access(iscsi_plane: Plane, patterns: Patter
     assert plane.cli("host", "add", "kvmy", "--iqn", OLD_IQN).returncode == 0
     plane.api.vvol_create("pool", "16M", name="old")
     h = plane.api.bind_one("old", "kvmy", pe="iscsi1")
-    assert _inq(OLD_IQN, h["uri"]).returncode == 0
+    assert _inq(OLD_IQN, h).returncode == 0
     plane.api.unbind(["old"], "kvmy")
     assert plane.cli("host", "remove", "kvmy").returncode == 0
-    assert h["target"] not in _targets_seen(OLD_IQN, h["portal"])  # the target went too
+    assert h["target"] not in _targets_seen(OLD_IQN, h)  # the target went too
     added = plane.cli("host", "add", "kvmy", "--tenant", "other", "--iqn", NEW_IQN)
     assert added.returncode == 0, added.stderr
     new = plane.api.vvol_create("pool", "16M", name="new")
     patterns.write(new["path"], "new", [0, MiB])
     h2 = plane.api.bind_one("new", "kvmy", pe="iscsi1")
-    assert _inq(OLD_IQN, h2["uri"]).returncode != 0  # the old initiator is refused
-    assert h2["target"] not in _targets_seen(OLD_IQN, h2["portal"])
-    assert _inq(NEW_IQN, h2["uri"]).returncode == 0  # the new one is admitted
-    read = run(
-        "qemu-img",
-        "info",
-        "--output=json",
-        "--image-opts",
-        f"driver=raw,file.driver=iscsi,file.transport=tcp,file.portal={h2['portal']},"
-        f"file.target={h2['target']},file.lun={h2['lun']},file.initiator-name={NEW_IQN}",
-    )
+    assert _inq(OLD_IQN, h2).returncode != 0  # the old initiator is refused
+    assert h2["target"] not in _targets_seen(OLD_IQN, h2)
+    assert _inq(NEW_IQN, h2).returncode == 0  # the new one is admitted
+    read = run("qemu-img", "info", "--output=json", *image_opts(h2, NEW_IQN))
     assert '"virtual-size": 16777216' in read.stdout
-    # a token rotation changes nothing on the data path: still the new initiator only
+    # a token rotation gives the host a new CHAP account: the old one is refused
     assert plane.cli("host", "token-rotate", "kvmy").returncode == 0
-    assert _inq(OLD_IQN, h2["uri"]).returncode != 0 and _inq(NEW_IQN, h2["uri"]).returncode == 0
+    assert _inq(NEW_IQN, h2).returncode != 0
+    (h2,) = plane.api.bindings(host="kvmy")
+    assert _inq(OLD_IQN, h2).returncode != 0 and _inq(NEW_IQN, h2).returncode == 0
     assert plane.api.audit()["ok"], plane.api.audit()
     # a host with bindings cannot be removed; its access stays as it was
     plane.refused(4, "host", "remove", "kvmy")
-    assert _inq(NEW_IQN, h2["uri"]).returncode == 0
+    assert _inq(NEW_IQN, h2).returncode == 0
 
 
 def test_host_names_differing_in_case_get_separate_targets(iscsi_plane: Plane) -> None:
@@ -298,12 +296,8 @@ def test_host_names_differing_in_case_get_separate_targets(iscsi_plane: Plane) -
     lower = plane.api.bind_one("a", "kvmy", pe="iscsi1")
     upper = plane.api.bind_one("b", "KVMY", pe="iscsi1")
     assert lower["target"].lower() != upper["target"].lower()
-    assert (
-        _inq(OLD_IQN, lower["uri"]).returncode == 0 and _inq(NEW_IQN, lower["uri"]).returncode != 0
-    )
-    assert (
-        _inq(NEW_IQN, upper["uri"]).returncode == 0 and _inq(OLD_IQN, upper["uri"]).returncode != 0
-    )
+    assert _inq(OLD_IQN, lower).returncode == 0 and _inq(NEW_IQN, lower).returncode != 0
+    assert _inq(NEW_IQN, upper).returncode == 0 and _inq(OLD_IQN, upper).returncode != 0
 
 
 def test_audit_reports_and_restart_repairs_a_foreign_acl(iscsi_plane: Plane) -> None:
@@ -318,14 +312,14 @@ def test_audit_reports_and_restart_repairs_a_foreign_acl(iscsi_plane: Plane) -> 
     with pytest.raises(EndpointError, match="^tgtd: this access control rule already exists$"):
         plane.control(port).bind_name(tid, OLD_IQN)  # status 12
     plane.control(port).bind_name(tid, NEW_IQN)  # someone widens the ACL behind vvhost's back
-    assert _inq(NEW_IQN, h["uri"]).returncode == 0
+    assert _inq(NEW_IQN, h).returncode == 0
     report = plane.api.audit()
     assert not report["ok"] and any(NEW_IQN in p for p in report["problems"]), report
     audit = plane.cli("audit", "--json")
     assert NEW_IQN in audit.stdout
     plane.restart()  # reconciliation rewrites the ACL from the host row
     assert plane.api.audit()["ok"], plane.api.audit()
-    assert _inq(NEW_IQN, h["uri"]).returncode != 0 and _inq(OLD_IQN, h["uri"]).returncode == 0
+    assert _inq(NEW_IQN, h).returncode != 0 and _inq(OLD_IQN, h).returncode == 0
 
 
 # -- tgtd: never drive a daemon vvhost did not start ----------------------------------------
@@ -394,7 +388,7 @@ def test_foreign_tgtd_on_the_control_port_is_never_driven(
         assert [(t.iqn, [lun.path for lun in t.luns], t.initiator_names) for t in targets] == [
             ("iqn.2026-11.test.foreign:disk", [scratch], ["iqn.2026-11.test.foreign:client"])
         ]
-        out = _targets_seen(QEMU_IQN, foreign_portal)
+        out = _targets_seen(QEMU_IQN, {"portal": foreign_portal})
         assert "vvhost" not in out  # nothing of vvhost's is exposed through it
         # a new endpoint picks a control port nobody holds
         plane.api.pe_create("iscsi2", "iscsi", portal=f"127.0.0.1:{free_port()}")

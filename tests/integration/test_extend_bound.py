@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.iscsiauth import authed, portal_url
 from tests.runner import run
 from vvhost.client import Client
 from vvhost.daemon import ServerProcess, free_port
@@ -79,6 +80,11 @@ def blockdev(handle: dict[str, Any]) -> dict[str, Any]:
             "target": handle["target"],
             "lun": handle["lun"],
             "initiator-name": handle["initiator"],
+            **(
+                {"user": handle["chap_user"], "password-secret": "chap0"}
+                if handle.get("chap_user")
+                else {}
+            ),
         }
     if handle["protocol"] == "nbd":
         return {
@@ -105,6 +111,11 @@ class Vm:
             "none",
             "-qmp",
             f"unix:{self.qmp_path},server=on,wait=off",
+            *(  # the CHAP secret the iSCSI node names
+                ["-object", f"secret,id=chap0,data={handle['chap_secret']}"]
+                if handle.get("chap_secret")
+                else []
+            ),
             "-blockdev",
             json.dumps({**blockdev(handle), "node-name": "proto"}),
             "-blockdev",
@@ -179,14 +190,14 @@ def fresh_size(handle: dict[str, Any]) -> int:
     """The size a client connecting now is told (iSCSI logs in as h1's initiator)."""
     if handle["protocol"] == "file":
         return os.path.getsize(handle["path"])
-    info = run("qemu-img", "info", "--output=json", handle["uri"]).stdout
+    info = run("qemu-img", "info", "--output=json", authed(handle)).stdout
     return int(json.loads(info)["virtual-size"])
 
 
 def gone(handle: dict[str, Any]) -> bool:
     """Is the handle's LUN / export / file really gone from its endpoint?"""
     if handle["protocol"] == "iscsi":
-        out = run("iscsi-ls", "-i", QEMU_IQN, "-s", f"iscsi://{handle['portal']}").stdout
+        out = run("iscsi-ls", "-i", QEMU_IQN, "-s", portal_url(handle)).stdout
         return f"Lun:{handle['lun']} " not in out
     if handle["protocol"] == "nbd":
         out = run("nbdinfo", "--list", f"nbd+unix:///?socket={handle['socket']}", ok=False).stdout
@@ -246,7 +257,7 @@ def test_open_disk_grows_through_the_same_connection(plane: Plane, vms: list[Vm]
     if pe == "iscsi1":  # same target and LUN, same identity
         assert (binding["target"], binding["lun"]) == (handle["target"], handle["lun"])
         assert binding["serial"] == handle["serial"]
-        vpd80 = run("iscsi-inq", "-i", QEMU_IQN, "-e", "1", "-c", "128", handle["uri"]).stdout
+        vpd80 = run("iscsi-inq", "-i", QEMU_IQN, "-e", "1", "-c", "128", authed(handle)).stdout
         assert v["id"].replace("-", "") in vpd80
     vm.stop()
     vms.remove(vm)

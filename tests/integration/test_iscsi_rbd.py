@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.iscsiauth import authed, image_opts
 from tests.patterns import CHUNK, Patterns, chunk_bytes
 from tests.runner import run
 from vvhost.daemon import ServerProcess, free_port
@@ -114,26 +115,18 @@ def vid(p: Plane, name: str) -> str:
     return str(p.js("vvol", "show", name)["id"])
 
 
-def image_opts(handle: dict[str, Any], initiator: str) -> str:
-    portal, target, lun = handle["portal"], handle["target"], handle["lun"]
-    return (
-        f"driver=raw,file.driver=iscsi,file.transport=tcp,file.portal={portal},"
-        f"file.target={target},file.lun={lun},file.initiator-name={initiator}"
-    )
-
-
 def qemu_io(handle: dict[str, Any], command: str, ok: bool = True) -> Any:
-    return run("qemu-io", "-f", "raw", "-c", command, handle["uri"], ok=ok)
+    return run("qemu-io", "-f", "raw", "-c", command, authed(handle), ok=ok)
 
 
 def read_over_iscsi(p: Plane, handle: dict[str, Any], name: str) -> str:
     out = os.path.join(p.tmp, f"{name}.raw")
-    run("qemu-img", "convert", "-f", "raw", "-O", "raw", handle["uri"], out)
+    run("qemu-img", "convert", "-f", "raw", "-O", "raw", authed(handle), out)
     return out
 
 
 def lun_size(handle: dict[str, Any]) -> int:
-    info = json.loads(run("qemu-img", "info", "--output=json", handle["uri"]).stdout)
+    info = json.loads(run("qemu-img", "info", "--output=json", authed(handle)).stdout)
     return int(info["virtual-size"])
 
 
@@ -157,9 +150,9 @@ def test_iscsi_serves_an_rbd_vvol_in_a_namespace(plane: Plane) -> None:
     assert p.direct_files() == [True]
 
     # another host's initiator cannot reach the LUN; the bound host's can
-    ok = run("qemu-img", "info", "--image-opts", image_opts(handle, HA_IQN))
+    ok = run("qemu-img", "info", *image_opts(handle, HA_IQN))
     assert "8 MiB" in ok.stdout
-    refused = run("qemu-img", "info", "--image-opts", image_opts(handle, HB_IQN), ok=False)
+    refused = run("qemu-img", "info", *image_opts(handle, HB_IQN), ok=False)
     assert refused.returncode != 0
     assert p.patterns.read(va, 0, CHUNK) == chunk_bytes("a1", 0)
 

@@ -268,12 +268,19 @@ def nbd_opts(handle: dict[str, Any], tls: bool = True) -> str:
     return opts + (",tls-creds=tls0" if tls else "")
 
 
-def iscsi_opts(handle: dict[str, Any], initiator: str) -> str:
+def iscsi_opts(handle: dict[str, Any], initiator: str, chap: bool = True) -> str:
+    """QEMU iscsi options as ``initiator``, with the handle's CHAP account (its
+    secret in object ``chap0``, see ``chap_object``) unless ``chap`` is False."""
     portal, target, lun = handle["uri"].removeprefix("iscsi://").split("/")
-    return (
+    opts = (
         f"driver=iscsi,transport=tcp,portal={portal},target={target},lun={lun},"
         f"initiator-name={initiator}"
     )
+    return opts + (f",user={handle['chap_user']},password-secret=chap0" if chap else "")
+
+
+def chap_object(handle: dict[str, Any]) -> str:
+    return f"secret,id=chap0,data={handle['chap_secret']}"
 
 
 def creds(lab: NetLab, host: str) -> str:
@@ -349,9 +356,13 @@ def test_a_host_reaches_only_its_own_exports_and_the_tls_api(topo: NetLab) -> No
     plain_nbd = read_as("kvm2", nbd_opts(nbd, tls=False))
     assert refused(plain_nbd, "TLS negotiation required"), plain_nbd
     iscsi = handles["h-iscsi"]
-    assert holds(read_as("kvm1", iscsi_opts(iscsi, "iqn.2026-11.test.netlab:kvm1")), "h-iscsi")
-    other = read_as("kvm2", iscsi_opts(iscsi, "iqn.2026-11.test.netlab:kvm2"))
+    chap = (chap_object(iscsi),)
+    kvm1_iqn, kvm2_iqn = "iqn.2026-11.test.netlab:kvm1", "iqn.2026-11.test.netlab:kvm2"
+    assert holds(read_as("kvm1", iscsi_opts(iscsi, kvm1_iqn), chap), "h-iscsi")
+    other = read_as("kvm2", iscsi_opts(iscsi, kvm2_iqn), chap)
     assert refused(other, "Failed to log in to target"), other  # the ACL names kvm1 only
+    claimed = read_as("kvm2", iscsi_opts(iscsi, kvm1_iqn, chap=False))
+    assert refused(claimed, "Failed to log in to target"), claimed  # kvm1's name, no CHAP
 
     # the storage node's own doors are not on the lab network, nor in the host's files
     port = lab.plain_port

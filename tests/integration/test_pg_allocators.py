@@ -13,11 +13,11 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy import create_engine, func, select
 
+from tests.iscsiauth import image_opts
 from tests.runner import run
 from vvhost.catalog.eventschema import event_counts, events
 from vvhost.catalog.schema import bindings, pe_targets, pes
@@ -86,15 +86,10 @@ def test_datastore_ids_never_repeat_under_concurrent_creates(pgplane: PgPlane) -
     assert set(made) <= listed
 
 
-def _qemu_io(uri: str, initiator: str, command: str) -> str:
-    """qemu-io on an iSCSI LUN, logged in as ``initiator`` (the host's own name)."""
-    parts = urlsplit(uri)
-    target, lun = parts.path.strip("/").rsplit("/", 1)
-    opts = (
-        f"driver=raw,file.driver=iscsi,file.transport=tcp,file.portal={parts.netloc},"
-        f"file.target={target},file.lun={lun},file.initiator-name={initiator}"
-    )
-    return run("qemu-io", "--image-opts", "-c", command, opts).stdout
+def _qemu_io(handle: dict[str, Any], initiator: str, command: str) -> str:
+    """qemu-io on an iSCSI LUN, logged in as ``initiator`` (the host's own name)
+    with the host's CHAP account."""
+    return run("qemu-io", *image_opts(handle, initiator), "-c", command).stdout
 
 
 def test_concurrent_iscsi_binds_get_distinct_targets_and_luns(pgplane: PgPlane) -> None:
@@ -129,10 +124,10 @@ def test_concurrent_iscsi_binds_get_distinct_targets_and_luns(pgplane: PgPlane) 
     assert int(counted) == int(stored)  # every event counted once
 
     for n, (_vid, host, handle) in enumerate(made):
-        out = _qemu_io(str(handle["uri"]), HOSTS[host], f"write -P {n + 1} 0 1M")
+        out = _qemu_io(handle, HOSTS[host], f"write -P {n + 1} 0 1M")
         assert "wrote 1048576/1048576" in out
     for n, (_vid, host, handle) in enumerate(made):
-        out = _qemu_io(str(handle["uri"]), HOSTS[host], f"read -P {n + 1} 0 1M")
+        out = _qemu_io(handle, HOSTS[host], f"read -P {n + 1} 0 1M")
         assert "read 1048576/1048576" in out, out
     report = pgplane.api.audit()
     assert report["ok"], report["problems"]

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.iscsiauth import authed
 from tests.patterns import CHUNK, Patterns, chunk_bytes
 from tests.runner import run
 from vvhost.arrays.settings import RbdSettings
@@ -402,14 +403,14 @@ def test_nbd_serves_an_rbd_image_in_a_namespace(lab: Lab) -> None:
     lab.svc.pes.create("nbd1", "nbd")
     handle = lab.bind("va", "ha", "nbd1")
     out = os.path.join(lab.tmp, "n1.raw")
-    run("qemu-img", "convert", "-f", "raw", "-O", "raw", handle["uri"], out)
+    run("qemu-img", "convert", "-f", "raw", "-O", "raw", authed(handle), out)
     check_file(out, "n1")
-    run("qemu-io", "-f", "raw", "-c", f"write -P 0x3c {2 * MiB} {CHUNK}", handle["uri"])
+    run("qemu-io", "-f", "raw", "-c", f"write -P 0x3c {2 * MiB} {CHUNK}", authed(handle))
     with lab.image("va") as img:
         assert img.read(2 * MiB, CHUNK) == b"\x3c" * CHUNK
     # the vvol grows: the export shows the size the catalog has (nothing stats the image)
     assert lab.svc.vvols.extend(lab.vvols["va"], SIZE * 2)["size"] == SIZE * 2
-    info = json.loads(run("qemu-img", "info", "--output=json", handle["uri"]).stdout)
+    info = json.loads(run("qemu-img", "info", "--output=json", authed(handle)).stdout)
     assert info["virtual-size"] == SIZE * 2
     lab.svc.bindings.unbind([lab.vvols["va"]], "ha")
     with lab.svc.ctx.db.tx() as conn:
@@ -430,7 +431,7 @@ def test_rebind_between_nbd_and_rbd_moves_the_access(lab: Lab) -> None:
     back = lab.svc.bindings.rebind(lab.vvols["va"], "ha", "nbd1")
     assert back["protocol"] == "nbd" and ceph_key(lab, "ha") == moved["key"]
     assert ceph_caps(lab, "ha") == {}  # kept, but reaching nothing
-    run("qemu-img", "convert", "-f", "raw", "-O", "raw", back["uri"], out)
+    run("qemu-img", "convert", "-f", "raw", "-O", "raw", authed(back), out)
     check_file(out, "m1")
 
 
@@ -471,7 +472,8 @@ def test_iscsi_serves_an_rbd_image_in_the_default_namespace(lab: Lab) -> None:
         ep.drop_target(1)
     lab.write("va", "i2")
     out = os.path.join(lab.tmp, "i2.raw")
-    run("qemu-img", "convert", "-f", "raw", "-O", "raw", lab.bind("va", "ha", "iscsi1")["uri"], out)
+    bound = lab.bind("va", "ha", "iscsi1")
+    run("qemu-img", "convert", "-f", "raw", "-O", "raw", authed(bound), out)
     check_file(out, "i2")
 
 

@@ -34,6 +34,7 @@ from tests.integration.test_rbd_endpoint import (  # noqa: F401 - the fixture
     open_as,
     read_all,
 )
+from tests.iscsiauth import authed
 from tests.patterns import CHUNK, Patterns, chunk_bytes
 from tests.runner import run
 from vvhost.arrays.rbdarray import RbdArray
@@ -139,7 +140,7 @@ def test_delete_names_the_endpoint_whose_daemon_holds_the_image(
         lab.svc.vvols.delete(lab.vvols["va"])
     assert "open by endpoint pe1 (client.admin at " in str(err.value), str(err.value)
     out = os.path.join(lab.tmp, "e1.raw")  # still served, still whole
-    run("qemu-img", "convert", "-f", "raw", "-O", "raw", handle["uri"], out)
+    run("qemu-img", "convert", "-f", "raw", "-O", "raw", authed(handle), out)
     Patterns().check(out, "e1", OFFSETS)
     lab.svc.endpoints.get(pe).detach(attachment_key(b))
     lab.svc.vvols.delete(lab.vvols["va"])

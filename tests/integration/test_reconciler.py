@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.iscsiauth import authed
 from tests.patterns import CHUNK, Patterns
 from tests.runner import run
 from vvhost.client import Client
@@ -137,7 +138,7 @@ def test_findings_become_events_once_and_fix_spares_foreign_things(
         assert Patterns.sha(os.path.join(vdir, name)) == sha
     assert os.path.exists(stale_file)  # the LUN went, never its file
     # the bound vvol still serves its data over iSCSI
-    got = run("qemu-img", "compare", "-f", "raw", "-F", "raw", path, handle["uri"]).returncode
+    got = run("qemu-img", "compare", "-f", "raw", "-F", "raw", path, authed(handle)).returncode
     assert got == 0
     patterns.check(path, "A", [0, CHUNK])
     fixed = {e["message"] for e in kinds(api, "audit.fixed")}

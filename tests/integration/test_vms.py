@@ -8,14 +8,44 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import subprocess
 import time
+import xml.etree.ElementTree as ET
 
 import libvirt
 import pytest
 
 from tests.vmlab import Lab, MiB, boot, create_vm, set_cmdline, wait_for_end, wait_off
 from vvhost.guest import guest_cmdline, parse_serial, pattern_bytes
+from vvhost.host import iscsisecret
+
+
+def chap_disks_use_the_hosts_account(lab: Lab, host: str, vm: str) -> None:
+    """Every iSCSI disk of ``vm`` names ``host``'s CHAP user and a libvirt secret
+    holding its secret; the secret itself is not in the domain's XML."""
+    conn = libvirt.open(lab.hosts[host].uri)
+    try:
+        xml = conn.lookupByName(vm).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        sources = ET.fromstring(xml).findall("devices/disk/source[@protocol='iscsi']")
+        assert sources, xml
+        for src in sources:
+            auth = src.find("auth")
+            assert auth is not None and auth.get("username", "").startswith(f"{host}."), xml
+            ref = auth.find("secret")
+            assert ref is not None and ref.get("type") == "iscsi", xml
+            secret = conn.secretLookupByUUIDString(ref.get("uuid"))
+            assert secret.usageType() == libvirt.VIR_SECRET_USAGE_TYPE_ISCSI
+            with pytest.raises(libvirt.libvirtError, match="private"):
+                secret.value()  # libvirt never hands it out again
+            # the host's copy for QEMU objects: readable by root only, not in the XML
+            directory = iscsisecret.secret_dir(os.path.join(lab.tmp, host, "ceph"))
+            path = os.path.join(directory, f"{auth.get('username')}.secret")
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+            with open(path, encoding="ascii") as fh:
+                assert len(value := fh.read()) >= 24 and value not in xml
+    finally:
+        conn.close()
 
 
 @pytest.mark.parametrize("protocol", ["iscsi", "nbd", "file"])
@@ -27,6 +57,8 @@ def test_vm_boots_from_vvols_and_keeps_its_data(lab: Lab, protocol: str) -> None
     assert report.ok and report.results["write:vda:A:1:4"] == "ok", report
     assert lab.api.bindings(host="kvm1") == [], "release left bindings"
     assert lab.api.audit()["ok"], lab.api.audit()
+    if protocol == "iscsi":  # the disks log in with kvm1's CHAP account
+        chap_disks_use_the_hosts_account(lab, "kvm1", "vm1")
     # the data is in the vvols themselves
     disks = {
         d["target"]: d["vvol"]

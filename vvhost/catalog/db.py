@@ -38,7 +38,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 
 from ..errors import CatalogUnreachable, Conflict, InvalidInput
-from . import eventschema, schema
+from . import chaprepo, eventschema, schema
 
 Migration = Callable[[Connection], None]
 
@@ -229,6 +229,18 @@ def _v15_pe_sync(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=[schema.pe_sync], checkfirst=True)
 
 
+def _v16_iscsi_chap(conn: Connection) -> None:
+    """Each host gets its own CHAP account for iSCSI targets (chaprepo.py);
+    hosts that exist already get theirs here."""
+    schema.metadata.create_all(conn, tables=[schema.iscsi_chap], checkfirst=True)
+    have = {r.host for r in conn.execute(select(schema.iscsi_chap.c.host))}
+    for row in conn.execute(select(schema.hosts.c.name)).all():
+        if row.name not in have:
+            user, secret = chaprepo.new_account(row.name)
+            values = {"host": row.name, "username": user, "secret": secret}
+            conn.execute(schema.iscsi_chap.insert().values(**values))
+
+
 MIGRATIONS: list[Migration] = [
     _v1,
     _v2,
@@ -245,6 +257,7 @@ MIGRATIONS: list[Migration] = [
     _v13_replicas,
     _v14_scale_indexes,
     _v15_pe_sync,
+    _v16_iscsi_chap,
 ]
 
 

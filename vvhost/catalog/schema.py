@@ -284,3 +284,13 @@ replicas = Table(
     Column("lease_until", Float, nullable=False),  # its writes are refused after this
     Column("state", String(16), nullable=False),  # live | fenced
 )
+
+# -- added by migration _v16_iscsi_chap: each host's CHAP account at iSCSI endpoints --------
+
+iscsi_chap = Table(
+    "iscsi_chap",
+    metadata,
+    Column("host", String(128), primary_key=True),
+    Column("username", String(160), nullable=False),  # new on every rotation (see chaprepo)
+    Column("secret", String(64), nullable=False),
+)

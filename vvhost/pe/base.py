@@ -18,7 +18,7 @@ old one (after a crash between growing the data and refreshing).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..arrays.sources import DataSource
@@ -38,6 +38,8 @@ class Attachment:
     initiator: str | None = None  # iSCSI initiator name allowed in (None: see ``shared``)
     shared: bool = False  # iSCSI: the target is open to all initiators; else only ``initiator``
     host: str | None = None  # the host the binding is for (NBD over TLS: whose daemon)
+    # iSCSI: the host's CHAP account (user, secret) its target asks for (None: no CHAP)
+    chap: tuple[str, str] | None = field(default=None, repr=False)
 
 
 class Endpoint(Protocol):

@@ -2,6 +2,7 @@
 
     tgtd -f -C <control port> --iscsi portal=<portal>
       target tid=1  iqn.<prefix>:<pe>.<host-a>   ACL: host-a's initiator name
+                                                  CHAP: host-a's account (user, secret)
         LUN 1  -> ARRAY/vvols/<vvol>.raw   serial = vvol id (hex), SCSI id = vvol id
         LUN 2  -> /proc/<qsd>/root/RUNDIR/fuse/f<hash>.raw   (O_DIRECT)
                     = FUSE export of qemu-storage-daemon's rbd node POOL/NS/IMAGE[@SNAP]
@@ -9,7 +10,15 @@
       target tid=2  iqn.<prefix>:<pe>.<host-b>   ACL: host-b's initiator name
       target tid=N  iqn.<prefix>:<pe>.shared     ACL: ALL (bindings that ask for shared access)
 
-A host reaches LUN L as ``iscsi://<portal>/<target iqn>/<L>``.
+A host reaches LUN L as ``iscsi://<portal>/<target iqn>/<L>``, logging in with
+its initiator name and its CHAP account (catalog/chaprepo.py): a per-host
+target admits an initiator only when both match.  Accounts are the daemon's;
+each per-host target has exactly its host's account bound, and an account no
+target uses is deleted (``sync_targets``, ``drop_target``).  While a target
+switches accounts (rotation) it admits nobody (``_set_account``), so it never
+admits anybody without CHAP in between.  A user name stands for one secret (a
+new secret comes with a new name), so an account found in an adopted tgtd is
+current.  The shared target asks for no CHAP (any host may use it).
 
 A file source becomes a LUN over the file. An RBD source becomes a LUN over a
 FUSE export of a qemu-storage-daemon that this endpoint runs beside its tgtd
@@ -97,6 +106,15 @@ def serial_for(vvol_id: str) -> str:
     return vvol_id.replace("-", "")
 
 
+# a target as the catalog wants it: (target iqn, initiator name or None for the
+# shared target, the host's CHAP account (user, secret) or None)
+WantedTarget = tuple[str, str | None, tuple[str, str] | None]
+
+
+def _single(users: list[str]) -> str | None:
+    return users[0] if len(users) == 1 else None
+
+
 def acl_for(initiator: str | None, shared: bool) -> tuple[list[str], list[str]]:
     """(names, addresses) a target must admit: everybody for a shared target (see
     the ACL semantics in tools/tgtadm.py), else its host's initiator name only
@@ -121,7 +139,8 @@ class IscsiEndpoint:
             ready=self.tgtadm.ping,
         )
         self.fuse = FuseExports(name, rundir, peer_pid=lambda: self.daemon.pid)
-        self._acls: dict[int, tuple[list[str], list[str]]] = {}  # tid -> (names, addresses)
+        # tid -> (names, addresses, CHAP user) as last set
+        self._acls: dict[int, tuple[list[str], list[str], str | None]] = {}
 
     def start(self) -> None:
         os.makedirs(self.daemon.rundir, exist_ok=True)
@@ -141,7 +160,10 @@ class IscsiEndpoint:
                 detail=f"portal {self.portal} is held by another process: the tgtd vvhost "
                 f"started (pid {pid}) does not listen there",
             )
-        self._acls = {t.tid: (t.initiator_names, t.initiator_addresses) for t in self.tgtadm.show()}
+        self._acls = {
+            t.tid: (t.initiator_names, t.initiator_addresses, _single(t.accounts))
+            for t in self.tgtadm.show()
+        }
         if self.fuse.wanted():  # RBD sources were served: adopt or replace their daemon
             self.fuse.start()
 
@@ -158,7 +180,8 @@ class IscsiEndpoint:
     def _ensure_target(self, a: Attachment) -> None:
         assert a.tid is not None and a.target_iqn is not None
         wanted = acl_for(a.initiator, a.shared)
-        if self._acls.get(a.tid) == wanted:
+        chap = None if a.shared else a.chap
+        if self._acls.get(a.tid) == (*wanted, chap[0] if chap else None):
             return
         shown = {t.tid: t for t in self.tgtadm.show()}
         if a.tid not in shown:
@@ -168,7 +191,46 @@ class IscsiEndpoint:
             self.tgtadm.target_delete(a.tid)
             self.tgtadm.target_new(a.tid, a.target_iqn)
             shown[a.tid] = Target(a.tid, a.target_iqn)
-        self._set_acl(shown[a.tid], wanted)
+        self._set_access(shown[a.tid], wanted, chap)
+        self._prune_accounts()
+
+    def _set_access(
+        self, t: Target, wanted: tuple[list[str], list[str]], chap: tuple[str, str] | None
+    ) -> None:
+        """Target ``t``'s CHAP account first, then its ACL (see ``_set_acl``)."""
+        self._set_account(t, chap)
+        self._set_acl(t, wanted)
+        self._acls[t.tid] = (*wanted, chap[0] if chap else None)
+
+    def _set_account(self, t: Target, chap: tuple[str, str] | None) -> None:
+        """Make ``chap`` the only incoming account of target ``t`` (None: none, which
+        tgtd takes as "no CHAP"; only the shared target has none).
+
+        tgt 1.0.85 crashes (SIGSEGV) when an account leaves a target that has two,
+        so a target never gets a second one: to switch, its name ACL is emptied
+        first (the target admits nobody, see ``_set_acl``, which restores it), the
+        old account deleted (which unbinds it), then the new one bound."""
+        user = chap[0] if chap else None
+        stale = [u for u in t.accounts if u != user]
+        if stale and t.initiator_names:
+            for name in t.initiator_names:
+                self.tgtadm.unbind_name(t.tid, name)
+            t.initiator_names = []
+        for old in stale:  # an account is one host's, bound to its one target here
+            self.tgtadm.account_delete(old)
+        t.accounts = [u for u in t.accounts if u == user]
+        if chap is not None and chap[0] not in t.accounts:
+            if chap[0] not in self.tgtadm.accounts():
+                self.tgtadm.account_new(*chap)
+            self.tgtadm.account_bind(t.tid, chap[0])
+            t.accounts = [chap[0]]
+
+    def _prune_accounts(self) -> None:
+        """Delete the daemon's CHAP accounts that no target has bound."""
+        used = {u for t in self.tgtadm.show() for u in t.accounts}
+        for user in self.tgtadm.accounts():
+            if user not in used:
+                self.tgtadm.account_delete(user)
 
     def _set_acl(self, t: Target, wanted: tuple[list[str], list[str]]) -> None:
         """Make target ``t`` admit exactly ``wanted`` (names, addresses). Stale entries
@@ -186,27 +248,37 @@ class IscsiEndpoint:
         for addr in addresses:
             if addr not in t.initiator_addresses:
                 self.tgtadm.bind_address(t.tid, addr)
-        self._acls[t.tid] = wanted
 
-    def sync_targets(self, wanted: dict[int, tuple[str, str | None] | None]) -> None:
-        """Make the daemon's targets those of the catalog: tid -> (iqn, initiator)
-        (initiator None: open to all); a target absent from ``wanted`` or mapped to
-        None (its host is gone) is deleted, LUNs and sessions included."""
+    def sync_targets(self, wanted: dict[int, WantedTarget | None]) -> None:
+        """Make the daemon's targets those of the catalog: tid -> (iqn, initiator,
+        CHAP account) (initiator None: the shared target, open to all); a target
+        absent from ``wanted`` or mapped to None (its host is gone or fenced) is
+        deleted, LUNs and sessions included, and so is every account no target
+        keeps."""
         for t in self.tgtadm.show():
             want = wanted.get(t.tid)
             if want is None or want[0] != t.iqn:
-                self.drop_target(t.tid)
+                self.drop_target(t.tid, prune=False)
             else:
-                self._set_acl(t, acl_for(want[1], want[1] is None))
+                shared = want[1] is None
+                self._set_access(t, acl_for(want[1], shared), None if shared else want[2])
+        self._prune_accounts()
 
-    def drop_target(self, tid: int) -> None:
-        """Delete target ``tid`` with its LUNs and ACL, logged-in sessions included."""
+    def drop_target(self, tid: int, prune: bool = True) -> None:
+        """Delete target ``tid`` with its LUNs, ACL and (``prune``) its CHAP account,
+        logged-in sessions included."""
         try:
             self.tgtadm.target_delete(tid)
         except EndpointError:
             if any(t.tid == tid for t in self.tgtadm.show()):
                 raise
         self._acls.pop(tid, None)
+        if prune:
+            self._prune_accounts()
+
+    def chap_users(self) -> dict[int, list[str]]:
+        """tid -> the incoming CHAP users bound to it, as tgtd has them."""
+        return {t.tid: t.accounts for t in self.tgtadm.show()}
 
     def acls(self) -> dict[int, tuple[str, list[str], list[str]]]:
         """tid -> (target iqn, initiator names, initiator addresses) as tgtd has them."""
@@ -340,4 +412,5 @@ class IscsiEndpoint:
             "lun": int(a.secondary_id),
             "initiator": a.initiator,
             "serial": serial_for(a.vvol),
+            **({"chap_user": a.chap[0], "chap_secret": a.chap[1]} if a.chap else {}),
         }

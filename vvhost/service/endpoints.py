@@ -21,14 +21,14 @@ from typing import Any
 from sqlalchemy import Connection
 
 from ..arrays.sources import DataSource, FileSource
-from ..catalog import bindrepo, pesyncrepo, repo, vvolrepo
+from ..catalog import bindrepo, chaprepo, pesyncrepo, repo, vvolrepo
 from ..catalog.db import serialize
 from ..errors import AlreadyExists, InUse, InvalidInput, NotFound, VvhostError
 from ..model import ACTIVE, ATTACHING, Array, Binding, Host, Pe, Vvol
 from ..pe import PROTOCOLS, Attachment, Endpoint, open_endpoint
 from ..pe.filepe import FileEndpoint
 from ..pe.immutable import clear_immutable, is_immutable
-from ..pe.iscsi import DEFAULT_IQN_PREFIX, IscsiEndpoint
+from ..pe.iscsi import DEFAULT_IQN_PREFIX, IscsiEndpoint, WantedTarget
 from ..pe.paths import entries, overlaps
 from ..tools import EndpointError
 from ..tools.tgtd_ipc import holder
@@ -82,12 +82,13 @@ def attachment(
     v = v or vvolrepo.get(conn, b.vvol)
     if v is None:
         raise NotFound(kind="vvol", ref=b.vvol)
-    target_iqn = initiator = owner = None
+    target_iqn = initiator = owner = chap = None
     if b.tid is not None:
         owner, target_iqn = bindrepo.targets(conn, b.pe)[b.tid]
         if owner != "*":
             host = host or bindrepo.get_host(conn, owner)
             initiator = host.iqn if host else None
+            chap = chaprepo.get(conn, owner)
     return Attachment(
         key=attachment_key(b),
         secondary_id=b.secondary_id,
@@ -100,24 +101,25 @@ def attachment(
         initiator=initiator,
         shared=owner == "*",
         host=b.host,
+        chap=chap,
     )
 
 
-def catalog_targets(conn: Connection, pe_id: str) -> dict[int, tuple[str, str | None] | None]:
-    """tid -> (target iqn, initiator name or None for a shared target), from the
-    catalog's targets and *current* host rows; None when the target's host is gone,
-    fenced or has no initiator name (nobody may use it: the target is deleted,
-    logged-in sessions included)."""
-    out: dict[int, tuple[str, str | None] | None] = {}
+def catalog_targets(conn: Connection, pe_id: str) -> dict[int, WantedTarget | None]:
+    """tid -> (target iqn, initiator name or None for a shared target, the host's
+    CHAP account), from the catalog's targets and *current* host rows; None when
+    the target's host is gone, fenced or has no initiator name (nobody may use it:
+    the target is deleted, logged-in sessions included)."""
+    out: dict[int, WantedTarget | None] = {}
     for tid, (owner, iqn) in bindrepo.targets(conn, pe_id).items():
         if owner == "*":
-            out[tid] = (iqn, None)
+            out[tid] = (iqn, None, None)
             continue
         host = bindrepo.get_host(conn, owner)
         if host is None or not host.iqn or host.fenced is not None:
             out[tid] = None
         else:
-            out[tid] = (iqn, host.iqn)
+            out[tid] = (iqn, host.iqn, chaprepo.get(conn, owner))
     return out
 
 

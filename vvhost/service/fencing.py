@@ -6,7 +6,8 @@ elsewhere without it writing again; and each host's last contact.
          host -> state "fenced", the VM leases it holds released, journal
          entry ("fence", args {"host": NAME})                    crash point fence:marked
       2  at every endpoint, idempotently:
-           iSCSI  the host's targets are deleted (ACL, LUNs and logged-in sessions)
+           iSCSI  the host's targets are deleted (ACL, CHAP account, LUNs and
+                  logged-in sessions)
            NBD    its TLS credentials are forgotten and its per-host daemons stop
                   (unix NBD, file: the fenced bindings' exports are withdrawn)
            RBD    its Ceph identity is removed on every cluster and its live
@@ -18,7 +19,8 @@ elsewhere without it writing again; and each host's last contact.
 
     host unfence NAME   (explicit; nothing comes back by itself)
       the host's fenced bindings are dropped (its VMs were recovered elsewhere or
-      must be started again), hosts.fenced = NULL, new NBD credentials; its token
+      must be started again), hosts.fenced = NULL, new NBD credentials and a new
+      iSCSI CHAP account; its token
       works again and its next binds grant access as for any host; event
       host.unfenced
 
@@ -39,7 +41,7 @@ from typing import Any
 
 from sqlalchemy import Connection, delete
 
-from ..catalog import bindrepo, repo, tenancy
+from ..catalog import bindrepo, chaprepo, repo, tenancy
 from ..catalog.schema import vm_leases
 from ..errors import Conflict, InvalidInput, NotFound, VvhostError
 from ..model import ACTIVE, ATTACHING, FENCED, HOST, Host
@@ -138,6 +140,7 @@ class FenceOps:
                 for b in dropped:
                     bindrepo.delete_binding(conn, b)
                 bindrepo.set_fenced(conn, name, None)
+                chaprepo.issue(conn, name)  # a new CHAP account for its next targets
                 self._event(conn, host, "host.unfenced", {"bindings": len(dropped)})
         self.nbd.revoke(name, False)  # new credentials; the old ones stay refused
         self._silent.discard(name)

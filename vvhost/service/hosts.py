@@ -8,12 +8,14 @@ with it, daemons first, then the catalog:
        endpoint reaches) are removed; an unreachable cluster stops here
     2. every iSCSI target made for it is deleted from its endpoint's tgtd
        (ACL, LUNs, sessions), so its initiator name reaches nothing
-    3. its row, tokens, target rows and LUN hints go in one transaction
+       and its CHAP account with them
+    3. its row, tokens, CHAP account, target rows and LUN hints go in one transaction
     4. its NBD credentials are revoked
 
 Rotating a host's token also rotates its data-path credentials: a new NBD
-certificate identity and a new cephx key for each Ceph identity (same caps),
-so the old ones are refused from then on.
+certificate identity, a new cephx key for each Ceph identity (same caps) and a
+new iSCSI CHAP account (its running targets switch to it at once), so the old
+ones are refused from then on.
 
 A host added later under the same name starts from nothing: new targets whose
 ACL is its own initiator name.
@@ -21,17 +23,20 @@ ACL is its own initiator name.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable
 from typing import Any
 
-from ..catalog import bindrepo, tenancy
-from ..errors import AlreadyExists, InUse, InvalidInput, NotFound
+from ..catalog import bindrepo, chaprepo, tenancy
+from ..errors import AlreadyExists, EndpointError, InUse, InvalidInput, NotFound
 from ..model import HOST, Host
 from .context import Context
 from .endpoints import EndpointManager
 from .tenancy import TenantOps
+
+log = logging.getLogger("vvhost.hosts")
 
 _HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}")
 _IQN = re.compile(
@@ -81,6 +86,7 @@ class HostOps:
                 raise NotFound(kind="tenant", ref=tenant)
             host = Host(name=name, iqn=iqn, created=time.time(), tenant=tenant)
             bindrepo.insert_host(conn, host)
+            chaprepo.issue(conn, name)
             token = self.tokens.issue(conn, HOST, name)
         return {**host.to_dict(), "token": token}
 
@@ -96,6 +102,17 @@ class HostOps:
             with self.ctx.db.tx() as conn:
                 self.get(conn, name)
                 out = {"name": name, "token": self.tokens.issue(conn, HOST, name)}
+                chaprepo.issue(conn, name)  # a new CHAP account goes with the new token
+                pes = {pe_id for pe_id, _tid in bindrepo.targets_of(conn, name)}
+                owned = [p for p in (bindrepo.get_pe(conn, i) for i in sorted(pes)) if p]
+            if self.endpoints is not None:  # its targets switch to the new account now
+                for pe in owned:
+                    try:
+                        self.endpoints.resync(pe)
+                    except EndpointError as exc:  # audit reports it; a restart repairs it
+                        log.error(
+                            "endpoint %s keeps host %s's old CHAP account: %s", pe.name, name, exc
+                        )
         self.revoke(name, False)  # the old NBD certificate goes with the old token
         return out
 
@@ -129,6 +146,7 @@ class HostOps:
                     self.endpoints.drop_target(pe, tid)
             with self.ctx.db.tx() as conn:
                 bindrepo.delete_host(conn, name)
+                chaprepo.forget(conn, name)
                 bindrepo.delete_targets_of(conn, name)
                 bindrepo.drop_host_hints(conn, name)
                 tenancy.delete_tokens(conn, HOST, name)

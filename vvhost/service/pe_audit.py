@@ -3,7 +3,8 @@
     for each running iSCSI endpoint, for each target tgtd has:
       catalog row (pe_targets) ──> owner "*"   : ACL must be exactly ALL
                                    owner HOST  : ACL must be exactly HOST's current
-                                                 initiator name (host row exists)
+                                                 initiator name (host row exists),
+                                                 and its CHAP user exactly HOST's account
       no catalog row, or its host is gone      : a problem (nobody should reach it)
 
     for each cluster an rbd endpoint reaches:
@@ -39,6 +40,7 @@ def _audit_iscsi(ctx: Context, endpoints: EndpointManager) -> list[str]:
             continue  # "not running" is reported with the bindings
         try:
             shown = ep.acls()
+            users = ep.chap_users()
         except EndpointError as exc:
             problems.append(f"endpoint {pe.name}: cannot read its targets: {exc.message}")
             continue
@@ -56,6 +58,13 @@ def _audit_iscsi(ctx: Context, endpoints: EndpointManager) -> list[str]:
                     f"endpoint {pe.name} target {tid} ({iqn}) admits "
                     f"{_describe(names, addresses)}, its host row says "
                     f"{_describe(*expected)}"
+                )
+            chap = [want[2][0]] if want[2] else []
+            if users.get(tid, []) != chap:
+                problems.append(
+                    f"endpoint {pe.name} target {tid} ({iqn}) asks for CHAP as "
+                    f"{', '.join(users.get(tid, [])) or 'nobody'}, its host's account is "
+                    f"{chap[0] if chap else 'none'}"
                 )
     return problems
 

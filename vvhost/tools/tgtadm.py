@@ -4,7 +4,7 @@
 (4-space indentation levels)::
 
     Target 1: iqn.2024-01.org.example:vm1           -> Target.tid, Target.iqn
-        System information: / I_T nexus information: / Account information:   (skipped)
+        System information: / I_T nexus information:   (skipped)
         LUN information:
             LUN: 0                                  controller, left out of Target.luns
             ...
@@ -14,6 +14,8 @@
                 Size: 68 MB, Block size: 512        -> Lun.size_mb  (see tgt_megabytes)
                 Readonly: Yes                       -> Lun.readonly
                 Backing store path: /srv/a.img      -> Lun.path     ("None" -> None)
+        Account information:
+            host-a.1f2e3d4c                         -> Target.accounts (incoming CHAP users)
         ACL information:
             192.168.0.0/24                          address ACLs come first,
             ALL                                     ("ALL", an address or a network)
@@ -32,6 +34,13 @@ A LUN's size is read from its backing file when the file is opened; tgtd has no
 request that re-reads it, but it reopens the file when the LU's ``path`` is set
 again, which it allows only while the LU is offline: see :meth:`Tgtadm.lun_reopen`.
 
+CHAP (checked with tgt 1.0.85): accounts are the daemon's (``--mode account``,
+listed by :meth:`Tgtadm.accounts`); a target with an incoming account bound
+admits only initiators that pass CHAP as one of its accounts, *and* its ACL
+still applies. A target with no account asks for no CHAP. Deleting an account
+unbinds it from every target; an account *unbind* request makes tgtd 1.0.85
+crash (SIGSEGV), so there is no method for it. Passwords go over the control socket only.
+
 ACL semantics (checked with tgt 1.0.85): a target without any ACL admits nobody;
 an initiator is admitted when its address matches ANY address ACL **or** its name
 matches ANY name ACL. So a name-only target must have no address ACL at all:
@@ -48,6 +57,7 @@ from dataclasses import dataclass, field
 
 from . import EndpointError
 from .tgtd_ipc import (
+    MODE_ACCOUNT,
     MODE_DEVICE,
     MODE_SYSTEM,
     MODE_TARGET,
@@ -110,6 +120,7 @@ class Target:
     luns: list[Lun] = field(default_factory=list)
     initiator_names: list[str] = field(default_factory=list)
     initiator_addresses: list[str] = field(default_factory=list)
+    accounts: list[str] = field(default_factory=list)  # incoming CHAP users bound
 
 
 def _check_value(what: str, value: str, limit: int) -> str:
@@ -181,6 +192,26 @@ class Tgtadm:
 
     def unbind_address(self, tid: int, address: str) -> None:
         self.ipc.request(MODE_TARGET, OP_UNBIND, tid=tid, params=f"initiator-address={address}")
+
+    # --- CHAP accounts -------------------------------------------------------
+
+    def account_new(self, user: str, password: str) -> None:
+        _check_value("CHAP user", user, 255)
+        _check_value("CHAP secret", password, 255)
+        self.ipc.request(MODE_ACCOUNT, OP_NEW, params=f"user={user},password={password}")
+
+    def account_delete(self, user: str) -> None:
+        """Delete the account (tgtd unbinds it from every target first)."""
+        self.ipc.request(MODE_ACCOUNT, OP_DELETE, params=f"user={user}")
+
+    def account_bind(self, tid: int, user: str) -> None:
+        """Target ``tid`` asks initiators for CHAP as ``user`` (incoming)."""
+        self.ipc.request(MODE_ACCOUNT, OP_BIND, tid=tid, params=f"user={user}")
+
+    def accounts(self) -> list[str]:
+        """The daemon's CHAP users (``--mode account --op show``)."""
+        text = self.ipc.request(MODE_ACCOUNT, OP_SHOW)
+        return [line.strip() for line in text.splitlines()[1:] if line.strip()]
 
     # --- logical units -------------------------------------------------------
 
@@ -303,6 +334,9 @@ def parse_show(text: str) -> list[Target]:
             section, lun = body.rstrip(":"), None
         elif section == "ACL information" and depth == 2:
             acl.append(body.strip())
+        elif section == "Account information" and depth == 2:
+            if not body.endswith(" (outgoing)"):
+                target.accounts.append(body.strip())
         elif section == "LUN information" and depth == 2:
             m = re.fullmatch(r"LUN: (\d+)", body.strip())
             lun = None

@@ -36,6 +36,7 @@ REPLY = struct.Struct("<II")
 NO_LUN = (1 << 64) - 1
 
 MODE_SYSTEM, MODE_TARGET, MODE_DEVICE = 0, 1, 2
+MODE_ACCOUNT = 7  # CHAP accounts: user=U,password=P (new), user=U (delete, bind, unbind)
 OP_NEW, OP_DELETE, OP_SHOW, OP_BIND, OP_UNBIND, OP_UPDATE = 0, 1, 2, 3, 4, 5
 
 # tgt's ``enum tgtadm_errno`` (usr/tgtadm_error.h, unchanged since 1.0.30), in order.

@@ -1,13 +1,18 @@
 """``iscsi`` bindings: a LUN of the endpoint's per-host target (tgtd).
 
 handle   {"protocol": "iscsi", "uri": "iscsi://PORTAL/IQN/LUN", "portal": "H:P",
-          "target": IQN, "lun": N, "initiator": HOST-IQN}
+          "target": IQN, "lun": N, "initiator": HOST-IQN,
+          "chap_user": USER, "chap_secret": SECRET}     (per-host targets: CHAP)
 libvirt  <disk type='network'><source protocol='iscsi' name='IQN/LUN'>
-           <host name=H port=P/><initiator><iqn name=HOST-IQN/></initiator></source>
+           <host name=H port=P/><initiator><iqn name=HOST-IQN/></initiator>
+           <auth username=USER><secret type='iscsi' uuid=U/></auth></source>
+           (U: host/iscsisecret.py; defined before the domain starts)
 QEMU     {"driver": "iscsi", "transport": "tcp", "portal", "target", "lun",
-          "initiator-name"}
+          "initiator-name", "user", "password-secret": "vviscsi-USER"}
+          + --object secret,id=vviscsi-USER,file=ISCSI_DIR/USER.secret
 qemu-img --image-opts driver=raw,file.driver=iscsi,...,file.initiator-name=HOST-IQN
-         (the ACL admits only the host's initiator name), else the URI
+         (the target admits only the host's initiator name with its CHAP
+         account), else the URI
 """
 
 from __future__ import annotations
@@ -15,11 +20,25 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from .base import Handle, split_hostport
+from ...errors import InvalidInput
+from .. import iscsisecret
+from .base import Handle, HostAccess, ImageObject, LibvirtSecret, esc, split_hostport
 
 
 class IscsiHandle(Handle):
     protocol = "iscsi"
+    uses_secrets = True  # when the target asks for CHAP
+
+    @property
+    def chap_user(self) -> str | None:
+        value = self.raw.get("chap_user")
+        return iscsisecret.check_user(str(value)) if value else None
+
+    def _chap_secret(self) -> str:
+        value = self.raw.get("chap_secret")
+        if not value or not isinstance(value, str):
+            raise InvalidInput(detail=f"iscsi binding {self.raw.get('uri')} has no CHAP secret")
+        return value
 
     @property
     def initiator(self) -> str | None:
@@ -46,7 +65,15 @@ class IscsiHandle(Handle):
         if self.initiator:
             ini = ET.SubElement(src, "initiator")
             ET.SubElement(ini, "iqn").set("name", self.initiator)
+        user = self.chap_user
+        if user:
+            auth = ET.SubElement(src, "auth", username=user)
+            ET.SubElement(auth, "secret", type="iscsi", uuid=iscsisecret.secret_uuid(user))
         return src
+
+    def secrets(self) -> list[LibvirtSecret]:
+        user = self.chap_user
+        return [iscsisecret.IscsiSecret(user, self._chap_secret())] if user else []
 
     def node(self) -> dict[str, Any]:
         node: dict[str, Any] = {
@@ -58,13 +85,45 @@ class IscsiHandle(Handle):
         }
         if self.initiator:
             node["initiator-name"] = self.initiator
+        user = self.chap_user
+        if user:
+            node["user"] = user
+            node["password-secret"] = iscsisecret.object_id(user)
         return node
 
+    def objects(self) -> list[ImageObject]:
+        user = self.chap_user
+        if not user:
+            return []
+        path = self.raw.get("chap_file")
+        if not path:
+            raise InvalidInput(
+                detail=f"the CHAP secret of iscsi binding {self.raw.get('uri')} is not on "
+                "this host (the binding was not prepared)"
+            )
+        oid = iscsisecret.object_id(user)
+        return [ImageObject(oid, f"secret,id={oid},file={esc(path)}")]
+
     def image_opts(self) -> str | None:
-        if not self.initiator:
+        if not self.initiator and not self.chap_user:
             return None
-        return (
-            f"driver=raw,file.driver=iscsi,file.transport=tcp,file.portal={self.raw['portal']},"
-            f"file.target={self.raw['target']},file.lun={self.raw['lun']},"
-            f"file.initiator-name={self.initiator}"
-        )
+        opts = [
+            "driver=raw",
+            "file.driver=iscsi",
+            "file.transport=tcp",
+            f"file.portal={self.raw['portal']}",
+            f"file.target={self.raw['target']}",
+            f"file.lun={self.raw['lun']}",
+        ]
+        node = self.node()
+        for name in ("initiator-name", "user", "password-secret"):
+            if name in node:
+                opts.append(f"file.{name}={esc(node[name])}")
+        return ",".join(opts)
+
+    # -- this host --------------------------------------------------------------------------
+    def prepare(self, access: HostAccess) -> None:
+        user = self.chap_user
+        if user:
+            directory = iscsisecret.secret_dir(access.ceph_dir)
+            self.raw["chap_file"] = iscsisecret.write_secret(directory, user, self._chap_secret())
