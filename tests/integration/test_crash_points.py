@@ -207,7 +207,7 @@ def _extended(p: Plane, api: Client, patterns: Patterns) -> None:
     assert d["state"] == "ready" and d["size"] == 64 * MiB
     patterns.check(p.ids["path"], "A", [0])
     patterns.check(p.ids["path"], "B", [5 * CHUNK, 9 * CHUNK])
-    handles = {b["pe"]: b["uri"] for b in api.bindings(vvol="d")}
+    handles = {b["pe"]: authed(b) for b in api.bindings(vvol="d")}  # h1: its CHAP account
     assert set(handles) == {"iscsi1", "nbd1"}, handles
     assert {pe: served_size(uri) for pe, uri in handles.items()} == {
         "iscsi1": 64 * MiB,

@@ -332,6 +332,7 @@ class RedoSnapshots:
     def _format(self, doc: VmDoc, vvol: str, vsize: int, keep_bound: bool) -> None:
         handle = self.client.bind_one(vvol, self.host, pe=doc.pe)
         try:
+            hd.prepare([handle], self.vms.access)  # its CHAP account or Ceph key, here
             with tempfile.TemporaryDirectory(prefix="vvredo") as tmp:
                 image = os.path.join(tmp, "layer.qcow2")
                 qemuimg.create(image, vsize, "qcow2", {"cluster_size": str(CLUSTER)})
