@@ -22,11 +22,10 @@ def test_replica_list(api: Client, db_url: str | None) -> None:
     assert 0 < me["lease_left"] <= 3.0 and me["heartbeat"] >= me["started"]
 
 
+@pytest.mark.dir_arrays  # file endpoints serve the data of dir arrays only
 def test_endpoints_name_their_node_and_evacuate(
-    api: Client, tmp_path: str, patterns: Patterns, default_array: dict[str, str] | None
+    api: Client, tmp_path: str, patterns: Patterns
 ) -> None:
-    if default_array is not None:
-        pytest.skip("file endpoints serve the data of dir arrays only")
     f1 = api.pe_create("f1", "file", path=os.path.join(tmp_path, "f1"))
     f2 = api.pe_create("f2", "file", path=os.path.join(tmp_path, "f2"))
     assert f1["node"] and f1["node"] == f2["node"] and f1["node_state"] == "live"
