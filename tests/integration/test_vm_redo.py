@@ -57,8 +57,16 @@ def dump(lab: Lab, chain: list[str], out: str, pe: str) -> None:
         node: dict[str, Any] = {"driver": "raw", "file": blockdev(handles[chain[0]])}
         for vid in chain[1:]:
             node = {"driver": "qcow2", "file": blockdev(handles[vid]), "backing": node}
+        # iSCSI layers log in with kvm1's CHAP account (a secret object per account)
+        secrets = {
+            f"vviscsi-{h['chap_user']}": h["chap_secret"]
+            for h in handles.values()
+            if h.get("chap_user")
+        }
+        objects = [a for k, v in secrets.items() for a in ("--object", f"secret,id={k},data={v}")]
         subprocess.run(
-            ["qemu-img", "convert", "-O", "raw", "json:" + json.dumps(node), out], check=True
+            ["qemu-img", "convert", *objects, "-O", "raw", "json:" + json.dumps(node), out],
+            check=True,
         )
     finally:
         lab.api.unbind(chain, "kvm1")

@@ -28,6 +28,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
+from tests.iscsiauth import authed, portal_url
 from tests.runner import run
 from vvhost.client import Client
 from vvhost.daemon import ServerProcess, free_port
@@ -45,14 +46,14 @@ def presented(handle: dict[str, Any]) -> bool:
     """Does the endpoint daemon present the handle's LUN / export now?"""
     if handle["protocol"] == "iscsi":
         # (with no target left for the initiator, iscsi-ls fails: nothing presented)
-        out = run("iscsi-ls", "-i", QEMU_IQN, "-s", f"iscsi://{handle['portal']}", ok=False)
+        out = run("iscsi-ls", "-i", QEMU_IQN, "-s", portal_url(handle), ok=False)
         return f"Lun:{handle['lun']} " in out.stdout
     out = run("nbdinfo", "--list", f"nbd+unix:///?socket={handle['socket']}", ok=False).stdout
     return str(handle["export"]) in out
 
 
 def size(handle: dict[str, Any]) -> int:
-    info = run("qemu-img", "info", "--output=json", handle["uri"]).stdout
+    info = run("qemu-img", "info", "--output=json", authed(handle)).stdout
     return int(json.loads(info)["virtual-size"])
 
 
@@ -136,16 +137,16 @@ def test_bind_unbind_rebind_through_another_nodes_replica(nodes: Nodes) -> None:
     d, e = (r["handle"] for r in bound)
     assert presented(d) and presented(e)
     print(f"cross-node batch bind answered in {took:.2f} s")
-    qemu_io(d["uri"], "write -P 0x5a 1M 2M")
-    qemu_io(e["uri"], "write -P 0x6b 0 1M")
-    assert "read 2097152/2097152" in qemu_io(d["uri"], "read -P 0x5a 1M 2M").stdout
+    qemu_io(authed(d), "write -P 0x5a 1M 2M")
+    qemu_io(authed(e), "write -P 0x6b 0 1M")
+    assert "read 2097152/2097152" in qemu_io(authed(d), "read -P 0x5a 1M 2M").stdout
 
     # NBD: the handle rb gives names the socket in n1's state directory
     f = b.bind_one("f", "h1", pe="nbd1")
     assert f["socket"].startswith(os.path.join(nodes.tmp, "ra"))
     assert presented(f)
-    qemu_io(f["uri"], "write -P 0x7c 0 4M")
-    assert "read 4194304/4194304" in qemu_io(f["uri"], "read -P 0x7c 0 4M").stdout
+    qemu_io(authed(f), "write -P 0x7c 0 4M")
+    assert "read 4194304/4194304" in qemu_io(authed(f), "read -P 0x7c 0 4M").stdout
 
     # extend through rb: n1's tgtd and qsd show the new size when rb answers
     grown = b.vvol_extend("d", "32M")
@@ -153,7 +154,7 @@ def test_bind_unbind_rebind_through_another_nodes_replica(nodes: Nodes) -> None:
     assert size(d) == 32 << 20
     b.vvol_extend("f", "24M")
     assert size(f) == 24 << 20
-    assert "read 4194304/4194304" in qemu_io(f["uri"], "read -P 0x7c 0 4M").stdout
+    assert "read 4194304/4194304" in qemu_io(authed(f), "read -P 0x7c 0 4M").stdout
 
     # both replicas see the same bindings, and ra's audit of its daemons is clean
     assert sorted(x["vvol"] for x in nodes.a.bindings()) == sorted(x["vvol"] for x in b.bindings())
@@ -164,7 +165,7 @@ def test_bind_unbind_rebind_through_another_nodes_replica(nodes: Nodes) -> None:
     moved = b.rebind("e", "h1", "nbd1")
     assert moved["protocol"] == "nbd" and presented(moved)
     assert not presented(e)
-    assert "read 1048576/1048576" in qemu_io(moved["uri"], "read -P 0x6b 0 1M").stdout
+    assert "read 1048576/1048576" in qemu_io(authed(moved), "read -P 0x6b 0 1M").stdout
 
     # unbind through rb: LUN and exports are gone from the daemons when it answers
     out = b.unbind(["d", "e", "f"], "h1")
@@ -175,7 +176,7 @@ def test_bind_unbind_rebind_through_another_nodes_replica(nodes: Nodes) -> None:
 
     # the data stayed: bound again (through ra this time) it reads back
     again = nodes.a.bind_one("d", "h1", pe="iscsi1")
-    assert "read 2097152/2097152" in qemu_io(again["uri"], "read -P 0x5a 1M 2M").stdout
+    assert "read 2097152/2097152" in qemu_io(authed(again), "read -P 0x5a 1M 2M").stdout
     nodes.a.unbind(["d"], "h1")
 
 
@@ -207,7 +208,7 @@ def test_kill_9_of_the_endpoints_replica_while_another_waits(nodes: Nodes) -> No
     b.vvol_create("pool", "16M", name="d")
     b.vvol_create("pool", "16M", name="e")
     e = b.bind_one("e", "h1", pe="nbd1")
-    qemu_io(e["uri"], "write -P 0x4d 0 2M")
+    qemu_io(authed(e), "write -P 0x4d 0 2M")
     ra = nodes.ra
     assert ra.proc is not None
     os.kill(ra.proc.pid, signal.SIGSTOP)  # it takes no request from now on
@@ -241,10 +242,10 @@ def test_kill_9_of_the_endpoints_replica_while_another_waits(nodes: Nodes) -> No
     _clean(nodes.a)
     _clean(b)
     assert presented(e)  # the kept binding is served again, its data intact
-    assert "read 2097152/2097152" in qemu_io(e["uri"], "read -P 0x4d 0 2M").stdout
+    assert "read 2097152/2097152" in qemu_io(authed(e), "read -P 0x4d 0 2M").stdout
     h = b.bind_one("d", "h1", pe="iscsi1")  # n1 is back: the bind through rb works
-    qemu_io(h["uri"], "write -P 0x21 0 1M")
-    assert "read 1048576/1048576" in qemu_io(h["uri"], "read -P 0x21 0 1M").stdout
+    qemu_io(authed(h), "write -P 0x21 0 1M")
+    assert "read 1048576/1048576" in qemu_io(authed(h), "read -P 0x21 0 1M").stdout
     b.unbind(["d", "e"], "h1")
     assert not presented(h) and not presented(e)
     _clean(nodes.a)
@@ -258,7 +259,7 @@ def test_a_fence_through_another_nodes_replica_cuts_the_daemons_before_it_answer
         b.vvol_create("pool", "16M", name=name)
     d = b.bind_one("d", "h1", pe="iscsi1")
     f = b.bind_one("f", "h1", pe="nbd1")
-    qemu_io(d["uri"], "write -P 0x3c 0 1M")
+    qemu_io(authed(d), "write -P 0x3c 0 1M")
     assert presented(d) and presented(f)
     fenced = b.host_fence("h1")
     assert fenced["bindings"] == 2
@@ -266,7 +267,7 @@ def test_a_fence_through_another_nodes_replica_cuts_the_daemons_before_it_answer
     # no export for h1
     assert nodes.a.pe("iscsi1")["alive"] and nodes.a.pe("nbd1")["alive"]
     assert not presented(d) and not presented(f)
-    assert qemu_io(d["uri"], "read -P 0x3c 0 1M", ok=False).returncode != 0
+    assert qemu_io(authed(d), "read -P 0x3c 0 1M", ok=False).returncode != 0
     assert {x["state"] for x in nodes.a.bindings()} == {"fenced"}
     _clean(nodes.a)
 
@@ -288,8 +289,8 @@ def test_a_lost_listener_session_costs_a_round_not_the_bind(nodes: Nodes) -> Non
     took = time.monotonic() - started
     print(f"bind after the listener's session ended: {took:.2f} s")
     assert presented(h) and took < 5
-    qemu_io(h["uri"], "write -P 0x19 0 1M")
-    assert "read 1048576/1048576" in qemu_io(h["uri"], "read -P 0x19 0 1M").stdout
+    qemu_io(authed(h), "write -P 0x19 0 1M")
+    assert "read 1048576/1048576" in qemu_io(authed(h), "read -P 0x19 0 1M").stdout
     b.unbind(["d"], "h1")
     assert not presented(h)
     _clean(nodes.a)
