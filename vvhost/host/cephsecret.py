@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import libvirt
 
 from ..errors import InvalidInput
-from . import libvirtsecrets
+from . import libvirtsecrets, secretfile
 
 DEFAULT_DIR = "/etc/vvhost/ceph"
 _NAMESPACE = uuid.UUID("6c1f4d0e-2b8a-5b7e-9a53-7a8d1c0e6f21")
@@ -92,27 +92,7 @@ def key_path(directory: str, user: str) -> str:
 def write_key(directory: str, user: str, key: str) -> str:
     """Keep ``key`` in ``directory/USER.key`` (0600, directory 0700); returns the path."""
     key_bytes(key)  # refuse garbage before it reaches a file QEMU reads
-    path = key_path(directory, user)
-    try:
-        with open(path, encoding="ascii") as fh:
-            if fh.read().strip() == key:
-                return path
-    except (OSError, UnicodeDecodeError):
-        pass
-    try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        os.chmod(directory, 0o700)
-        tmp = f"{path}.tmp{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with open(fd, "w", encoding="ascii") as fh:
-            fh.write(key)  # no newline: QEMU decodes the whole file as base64
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise InvalidInput(
-            detail=f"cannot write the Ceph key into {directory}: {exc.strerror or exc}"
-        ) from None
-    return path
+    return secretfile.keep(key_path(directory, user), key, "the Ceph key")
 
 
 def drop_key(directory: str, user: str) -> None:

@@ -24,6 +24,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 from ..errors import InvalidInput
+from . import secretfile
 
 _NAMESPACE = uuid.UUID("0b5e7a52-8d2c-5f0e-b1d4-3c6a9e7f2a10")
 _USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,254}")
@@ -76,22 +77,4 @@ def secret_dir(ceph_dir: str) -> str:
 def write_secret(directory: str, user: str, secret: str) -> str:
     """Keep ``secret`` in ``directory/USER.secret`` (0600, directory 0700)."""
     path = os.path.join(directory, f"{check_user(user)}.secret")
-    try:
-        with open(path, encoding="ascii") as fh:
-            if fh.read() == secret:
-                return path
-    except (OSError, UnicodeDecodeError):
-        pass
-    try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        os.chmod(directory, 0o700)
-        tmp = f"{path}.tmp{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with open(fd, "w", encoding="ascii") as fh:
-            fh.write(secret)  # no newline: QEMU reads the whole file
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise InvalidInput(
-            detail=f"cannot write the iSCSI CHAP secret into {directory}: {exc.strerror or exc}"
-        ) from None
-    return path
+    return secretfile.keep(path, secret, "the iSCSI CHAP secret")
