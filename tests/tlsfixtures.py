@@ -87,7 +87,9 @@ class TlsPlane:
     ca: str
 
 
-def start_tls_plane(tmp_path: str, private_tgtd: bool = True) -> TlsPlane:
+def start_tls_plane(
+    tmp_path: str, private_tgtd: bool = True, env: dict[str, str] | None = None
+) -> TlsPlane:
     """Start a control plane under TMP_PATH/state listening on 127.0.0.1 with TLS;
     the caller stops ``server``."""
     certs = make_certs(os.path.join(tmp_path, "api-tls"))
@@ -97,5 +99,6 @@ def start_tls_plane(tmp_path: str, private_tgtd: bool = True) -> TlsPlane:
         os.path.join(tmp_path, "s.sock"),
         private_tgtd=private_tgtd,
         args=["--listen", f"127.0.0.1:{port}", "--tls-cert", certs.cert, "--tls-key", certs.key],
+        env=env,
     ).start()
     return TlsPlane(server, f"https://127.0.0.1:{port}", certs.ca)

@@ -16,9 +16,9 @@ import pytest
 
 from tests.patterns import Patterns
 from tests.runner import run
-from tests.tlsfixtures import make_certs
+from tests.tlsfixtures import start_tls_plane
 from vvhost.client import Client
-from vvhost.daemon import ServerProcess, free_port
+from vvhost.daemon import ServerProcess
 from vvhost.errors import Conflict, Forbidden, InvalidInput
 
 MiB = 1 << 20
@@ -38,15 +38,8 @@ class Plane:
 
 @pytest.fixture
 def plane(tmp_path: str) -> Iterator[Plane]:
-    certs = make_certs(os.path.join(tmp_path, "api-tls"))
-    port = free_port()
-    server = ServerProcess(
-        os.path.join(tmp_path, "state"),
-        os.path.join(tmp_path, "s.sock"),
-        private_tgtd=True,
-        args=["--listen", f"127.0.0.1:{port}", "--tls-cert", certs.cert, "--tls-key", certs.key],
-        env={"VVHOST_UNREACHABLE_AFTER": "2"},
-    ).start()
+    tls = start_tls_plane(tmp_path, env={"VVHOST_UNREACHABLE_AFTER": "2"})
+    server = tls.server
     admin = server.client()
     try:
         admin.tenant_create("alpha")
@@ -55,7 +48,7 @@ def plane(tmp_path: str) -> Iterator[Plane]:
         }
         admin.container_create("pool", "1G")
         admin.pe_create("files", "file", path=os.path.join(tmp_path, "nfs"))
-        yield Plane(server, admin, f"https://127.0.0.1:{port}", certs.ca, tokens)
+        yield Plane(server, admin, tls.url, tls.ca, tokens)
     finally:
         admin.close()
         server.stop()
