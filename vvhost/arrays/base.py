@@ -80,6 +80,21 @@ class VolumeIO(Protocol):
     def flush(self) -> None: ...
 
 
+class ClientWatch(Protocol):
+    """Who hears about the storage clients an array's backend opens (the control
+    plane records them, so a replica taking over can cut a frozen one's off).
+    Either call may raise (e.g. ``ReplicaFenced``): the backend then stops."""
+
+    def connected(self, array_id: str, addr: str) -> None:
+        """A client is up, before any I/O goes through it; raising refuses it."""
+
+    def closed(self, array_id: str, addr: str) -> None:
+        """The backend shut that client down itself."""
+
+    def cut_off(self, array_id: str, addr: str) -> None:
+        """The storage refused that client for good (RBD: it was blocklisted)."""
+
+
 class ArrayBackend(Protocol):
     name: str
     kind: str  # the backend's key in the table (``dir``, ``rbd``)
@@ -110,6 +125,10 @@ class ArrayBackend(Protocol):
 
     def close(self) -> None:
         """Let go of connections (the control plane stops or forgets the array)."""
+
+    def fence_clients(self, addrs: Sequence[str]) -> None:
+        """Make the storage refuse every request of these clients from now on (what
+        ``ClientWatch.connected`` reported); arrays without clients have none."""
 
     # -- volumes ----------------------------------------------------------------------
     def exists(self, vvol_id: str) -> bool: ...

@@ -433,6 +433,9 @@ class DirArray:
     def close(self) -> None:
         pass  # nothing held open
 
+    def fence_clients(self, addrs: Sequence[str]) -> None:
+        pass  # files have no clients: a fenced control plane stops at the catalog
+
     def free_bytes(self) -> int:
         self._ensure()
         st = os.statvfs(self.vdir)

@@ -33,6 +33,7 @@ from . import (
     rbdcopy,
     rbdcut,
     rbddiff,
+    rbdfence,
     rbdindex,
     rbdio,
     rbdmove,
@@ -41,7 +42,7 @@ from . import (
     rbdwatchers,
     volio,
 )
-from .base import ArrayBackend, Changed, Opener, Progress, Space, VolumeIO
+from .base import ArrayBackend, Changed, ClientWatch, Opener, Progress, Space, VolumeIO
 from .rbdafter import Aftercare
 from .rbdconn import Cluster
 from .rbdflatten import MAX_CLONE_DEPTH, Flattener, depth
@@ -58,11 +59,17 @@ MARKER_FRESH = 0.25  # seconds a marker read that found this array's id stands
 class RbdArray:
     kind = "rbd"
 
-    def __init__(self, name: str, settings: RbdSettings, array_id: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        settings: RbdSettings,
+        array_id: str | None = None,
+        clients: ClientWatch | None = None,
+    ) -> None:
         self.name = name
         self.settings = settings
         self.array_id = array_id
-        self.cluster = Cluster(name, settings)
+        self.cluster = Cluster(name, settings, array_id, clients)
         self.index = Index(self.cluster)
         self.images = Images(self.cluster)
         self.held = rbdcut.Held(self.images)
@@ -133,6 +140,10 @@ class RbdArray:
     def free_bytes(self) -> int:
         self._ready()
         return self.cluster.free_bytes()
+
+    def fence_clients(self, addrs: Sequence[str]) -> None:
+        """Blocklist these clients of the cluster (another process's, never this one's)."""
+        rbdfence.blocklist(self.cluster, addrs)
 
     def close(self) -> None:
         idle = self.after.close()

@@ -9,42 +9,86 @@
 librados handles are thread-safe; an I/O context is not shared between threads
 here (``set_namespace`` changes it), so every call opens its own.  Errors of the
 bindings become ``ArrayOffline`` (no cluster, no pool) or ``BackendError``.
+
+The control plane hears about each connection (``ClientWatch``), off the I/O path:
+
+    handle()  connect ─▶ clients.connected(array_id, IP:PORT/NONCE) ─▶ used
+                              └ raises (a fenced replica): shut down, nothing sent
+    ioctx()   a call fails with EBLOCKLISTED (the cluster cut this client off):
+              the handle is dropped (the next call connects anew: a new nonce,
+              recorded again) ─▶ clients.cut_off(...) may raise instead (fenced)
+    close()   shutdown ─▶ clients.closed(...)
+
+A dropped handle is shut down only at ``close``: calls may still be using it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import rados
+import rbd
 
 from ..errors import ArrayOffline, BackendError, InUse
+from ..tools.ceph import entity_addr
 from . import rbdnames
+from .base import ClientWatch
 from .settings import RbdSettings
+
+log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10  # seconds until an unreachable cluster counts as offline
 MON_OP_TIMEOUT = 10
 OSD_OP_TIMEOUT = 60
 DEFAULT_CONF = "/etc/ceph/ceph.conf"
+_BLOCKLISTED = (errno.ESHUTDOWN, -errno.ESHUTDOWN)  # EBLOCKLISTED, either sign
 STATS_WAIT = 10  # seconds to wait for the space figures of a cluster that just started
 
 
 class Cluster:
-    def __init__(self, array: str, settings: RbdSettings) -> None:
+    def __init__(
+        self,
+        array: str,
+        settings: RbdSettings,
+        array_id: str | None = None,
+        clients: ClientWatch | None = None,
+    ) -> None:
         self.array = array
         self.settings = settings
+        self.array_id = array_id
+        self.clients = clients if array_id is not None else None
         self._lock = threading.Lock()
         self._rados: Any = None
+        self._addrs: dict[int, str] = {}  # id of each handle (current and dead) -> its address
+        self._dead: list[Any] = []  # handles the cluster cut off, shut down at close
 
     def handle(self) -> Any:
         with self._lock:
             if self._rados is None:
-                self._rados = self._connect()
+                handle = self._connect()
+                addr = entity_addr(str(handle.get_addrs()))
+                if self.clients is not None and self.array_id is not None:
+                    try:
+                        self.clients.connected(self.array_id, addr)
+                    except BaseException:
+                        with contextlib.suppress(Exception):
+                            handle.shutdown()
+                        raise
+                self._rados = handle
+                self._addrs[id(handle)] = addr
             return self._rados
+
+    def address(self) -> str | None:
+        """This process's client address on the cluster (None: not connected)."""
+        with self._lock:
+            return None if self._rados is None else self._addrs.get(id(self._rados))
 
     def _connect(self) -> Any:
         conf = {
@@ -87,8 +131,24 @@ class Cluster:
         try:
             io.set_namespace(namespace)
             yield io
+        except BaseException as exc:
+            if blocklisted(exc):
+                self._cut_off(handle)
+            raise
         finally:
             io.close()
+
+    def _cut_off(self, handle: Any) -> None:
+        """The cluster blocklisted ``handle``: never use it again (a later call
+        connects anew), and tell the control plane, which may raise instead."""
+        with self._lock:
+            addr = self._addrs.get(id(handle))
+            if self._rados is handle:
+                self._rados = None
+                self._dead.append(handle)
+                log.warning("array %s: the cluster blocklisted client %s", self.array, addr)
+        if self.clients is not None and self.array_id is not None and addr is not None:
+            self.clients.cut_off(self.array_id, addr)
 
     def marker(self) -> str | None:
         with self.ioctx() as io:
@@ -134,11 +194,18 @@ class Cluster:
 
     def mon(self, prefix: str, **args: Any) -> Any:
         """A monitor command's JSON answer."""
-        cmd = json.dumps({"prefix": prefix, "format": "json", **args})
-        ret, out, err = self.handle().mon_command(cmd, b"", timeout=MON_OP_TIMEOUT)
+        return json.loads(self.command({"prefix": prefix, "format": "json", **args}))
+
+    def command(self, cmd: dict[str, Any]) -> bytes:
+        """Send one monitor command (``{"prefix": ..., args}``); its raw answer."""
+        try:
+            ret, out, err = self.handle().mon_command(json.dumps(cmd), b"", timeout=MON_OP_TIMEOUT)
+        except rados.Error as exc:
+            raise BackendError(array=self.array, detail=f"ceph {cmd['prefix']}: {exc}") from None
         if ret != 0:
-            raise BackendError(array=self.array, detail=f"ceph {prefix}: {err or ret}")
-        return json.loads(out)
+            detail = err or errno.errorcode.get(-ret, str(ret))
+            raise BackendError(array=self.array, detail=f"ceph {cmd['prefix']}: {detail}")
+        return bytes(out)
 
     def free_bytes(self) -> int:
         """What the pool can still take (``ceph df`` max_avail)."""
@@ -159,9 +226,32 @@ class Cluster:
     def close(self) -> None:
         with self._lock:
             handle, self._rados = self._rados, None
-        if handle is not None:
-            with contextlib.suppress(Exception):
-                handle.shutdown()
+            addr = self._addrs.get(id(handle)) if handle is not None else None
+            dead, self._dead = self._dead, []
+            self._addrs = {}
+        for old in [*dead, handle]:
+            if old is not None:
+                with contextlib.suppress(Exception):
+                    old.shutdown()
+        if handle is not None and addr is not None and self.clients is not None:
+            try:
+                self.clients.closed(self.array_id or "", addr)
+            except Exception as exc:  # noqa: BLE001 - a stale record is only blocklisted later
+                log.info("array %s: client %s not forgotten: %s", self.array, addr, exc)
+
+
+def blocklisted(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it was raised from) says the cluster blocklisted
+    this client: EBLOCKLISTED, which is ESHUTDOWN."""
+    seen: BaseException | None = exc
+    for _depth in range(8):
+        if seen is None:
+            return False
+        code = getattr(seen, "errno", None)
+        if isinstance(seen, (rados.Error, rbd.Error)) and code in _BLOCKLISTED:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _text(exc: BaseException) -> str:

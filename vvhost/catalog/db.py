@@ -241,6 +241,12 @@ def _v16_iscsi_chap(conn: Connection) -> None:
             conn.execute(schema.iscsi_chap.insert().values(**values))
 
 
+def _v17_replica_clients(conn: Connection) -> None:
+    """Each replica records the Ceph clients it opens for rbd arrays, so the
+    replica that takes over from it can blocklist them (clientrepo.py)."""
+    schema.metadata.create_all(conn, tables=[schema.replica_clients], checkfirst=True)
+
+
 MIGRATIONS: list[Migration] = [
     _v1,
     _v2,
@@ -258,6 +264,7 @@ MIGRATIONS: list[Migration] = [
     _v14_scale_indexes,
     _v15_pe_sync,
     _v16_iscsi_chap,
+    _v17_replica_clients,
 ]
 
 

@@ -52,15 +52,20 @@ class DbLockTable:
             return
         with self.local.hold(ordered):
             conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            failed = False
             try:
                 for key in ordered:
                     conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": lock_key(key)})
                 yield
+            except BaseException:
+                failed = True
+                raise
             finally:
                 try:
                     conn.execute(text("SELECT pg_advisory_unlock_all()"))
                 except BaseException:
                     conn.invalidate()  # never back to the pool holding locks
-                    raise
+                    if not failed:  # a session ended under a failed body: its error tells
+                        raise
                 finally:
                     conn.close()

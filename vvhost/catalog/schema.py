@@ -294,3 +294,15 @@ iscsi_chap = Table(
     Column("username", String(160), nullable=False),  # new on every rotation (see chaprepo)
     Column("secret", String(64), nullable=False),
 )
+
+# -- added by migration _v17_replica_clients: the Ceph clients each replica opened ----------
+
+replica_clients = Table(
+    "replica_clients",
+    metadata,
+    Column("replica", String(64), primary_key=True),
+    Column("array_id", String(64), primary_key=True),
+    Column("addr", String(128), primary_key=True),  # IP:PORT/NONCE, what a blocklist takes
+    Column("epoch", BigInteger, nullable=False),  # the replica's epoch when it connected
+    Column("since", Float, nullable=False),  # the catalog's clock, epoch seconds
+)

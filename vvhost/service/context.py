@@ -37,6 +37,7 @@ from ..model import FAILED, READY, Array, JournalEntry, Vvol
 from ..naa import DEFAULT_OUI
 from .events import EventLog, Retention
 from .replica import Replica, ReplicaSettings, application_name
+from .storagefence import ClientLog
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,8 @@ class Context:
             DbLockTable(self.db.engine) if self.db.postgres else LockTable()
         )
         self.replica.register(self.db)
+        # the Ceph clients array backends open, recorded for fencing (storagefence.py)
+        self.clients = ClientLog(self.db, self.replica)
         self.events = EventLog(self.db, Retention(config.events_keep, config.events_days))
         self.progress = Progress()
         self._backends: dict[str, ArrayBackend] = {}
@@ -168,7 +171,7 @@ class Context:
                     array = repo.get_array(conn, array_id)
                 if array is None:
                     raise NotFound(kind="array", ref=array_id)
-                self._backends[array_id] = open_backend(array)
+                self._backends[array_id] = open_backend(array, self.clients)
                 self._specs[array_id] = (array.settings, array.fs_id)
             return self._backends[array_id]
 
@@ -182,7 +185,7 @@ class Context:
             old = self._backends.get(array.id)
             if opened is None and old is not None and self._specs.get(array.id) == spec:
                 return
-            self._backends[array.id] = opened or open_backend(array)
+            self._backends[array.id] = opened or open_backend(array, self.clients)
             self._specs[array.id] = spec
         if old is not None and old is not opened:
             old.close()

@@ -23,7 +23,7 @@ from sqlalchemy import Connection
 from ..arrays.sources import DataSource, FileSource
 from ..catalog import bindrepo, chaprepo, pesyncrepo, repo, vvolrepo
 from ..catalog.db import serialize
-from ..errors import AlreadyExists, InUse, InvalidInput, NotFound, VvhostError
+from ..errors import AlreadyExists, InUse, InvalidInput, NotFound, ReplicaFenced, VvhostError
 from ..model import ACTIVE, ATTACHING, Array, Binding, Host, Pe, Vvol
 from ..pe import PROTOCOLS, Attachment, Endpoint, open_endpoint
 from ..pe.filepe import FileEndpoint
@@ -327,8 +327,15 @@ class EndpointManager:
         reason kept for ``pe show``."""
         failures: dict[str, tuple[int, float]] = {}  # PE name -> (failures, next try)
         while not self._stop.wait(self.interval):
-            with self.ctx.db.tx() as conn:
-                pes = [p for p in bindrepo.list_pes(conn) if self.owns(p)]
+            try:
+                with self.ctx.db.tx() as conn:
+                    pes = [p for p in bindrepo.list_pes(conn) if self.owns(p)]
+            except ReplicaFenced as exc:  # this process serves no more: nothing to supervise
+                log.warning("endpoint supervisor stops: %s", exc.message)
+                return
+            except VvhostError as exc:  # the catalog out of reach: the next round tries again
+                log.warning("endpoint supervisor: %s", exc.message)
+                continue
             for pe in pes:
                 count, retry_at = failures.get(pe.name, (0, 0.0))
                 if time.monotonic() < retry_at:

@@ -94,7 +94,7 @@ class ArrayOps:
             created=time.time(),
             fs_id=fs_id,
         )
-        opened = open_backend(arr)
+        opened = open_backend(arr, self.ctx.clients)
         try:
             opened.claim()
             arr = replace(arr, capabilities=opened.probe())

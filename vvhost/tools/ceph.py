@@ -40,7 +40,7 @@ import rados
 
 from ..errors import CephDenied, CephError, CephUnreachable, NotFound
 
-__all__ = ["Ceph", "CephClient", "keyring_text", "rbd_caps"]
+__all__ = ["Ceph", "CephClient", "entity_addr", "keyring_text", "rbd_caps"]
 
 _UNREACHABLE = {errno.ETIMEDOUT, errno.ENOTCONN, errno.ECONNREFUSED, errno.ESHUTDOWN}
 _DENIED = {errno.EACCES, errno.EPERM}
@@ -338,6 +338,11 @@ class Ceph:
                 cluster=self.client.label(), detail=f"{doing}: {text}", errno=code
             )
         return self._failed(code, f"{doing}: {text}")
+
+
+def entity_addr(addr: str) -> str:
+    """One client's address as a blocklist shows it, from what librados reports."""
+    return _one_addr(addr)
 
 
 def _one_addr(addr: str) -> str:

@@ -1,0 +1,197 @@
+"""A fenced replica can no longer write to a Ceph array (private PostgreSQL and Ceph).
+
+Two control planes (``Service``, in process) share one catalog and one rbd
+array.  Replica ra copies the diffs of a vvol into another and stops after its
+first block (the copy's progress callback waits, and ra's heartbeat and
+background rounds stop, as under SIGSTOP).  Replica rb fences ra, blocklists
+ra's recorded librados client and finishes the copy; a newer writer then
+writes the vvol.  When ra goes on, Ceph refuses its late writes: the data is
+what came after the takeover, ra's copy ends with ``replica-fenced`` and ra
+stays up.  ra started again under the same id connects anew and works.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.patterns import Patterns, chunk_bytes
+from vvhost.catalog import clientrepo, repo
+from vvhost.cephlab import CephLab
+from vvhost.errors import ReplicaFenced
+from vvhost.service import Config, Service
+from vvhost.service.replica import ReplicaSettings
+from vvhost.service.tenancy import UNIX_ADMIN
+
+LEASE = ReplicaSettings(lease=1.0, heartbeat=0.25)
+MiB = 1 << 20
+OFFSETS = [0, 4 * MiB, 8 * MiB, 12 * MiB]  # one chunk in each 4 MiB block of the copy
+
+
+class Replicas:
+    """Replicas on one catalog and rbd array, each closed once (at the latest after the test)."""
+
+    def __init__(self, root: str, url: str, spec: dict[str, str]) -> None:
+        self.root, self.url, self.spec = root, url, spec
+        self.running: list[Service] = []
+
+    def start(self, state: str, name: str) -> Service:
+        config = dataclasses.replace(
+            Config.from_env(os.path.join(self.root, state), self.url),
+            default_array=self.spec,
+            reconcile_interval=0,
+            space_refresh=0,
+            replica=dataclasses.replace(LEASE, node=name, replica=name),
+        )
+        svc = Service(config)
+        self.running.append(svc)
+        svc.start()
+        return svc
+
+    def stop(self, svc: Service) -> None:
+        self.running.remove(svc)
+        svc.close()
+
+
+@pytest.fixture
+def replicas(
+    tmp_path: str, pg_url: str, ceph_cluster: CephLab, ceph_pool: str
+) -> Iterator[Replicas]:
+    spec = {
+        "backend": "rbd",
+        "pool": ceph_pool,
+        "conf": ceph_cluster.conf,
+        "keyring": ceph_cluster.admin_keyring,
+    }
+    lab = Replicas(str(tmp_path), pg_url, spec)
+    try:
+        yield lab
+    finally:
+        for svc in reversed(lab.running):
+            svc.close()
+
+
+def _freeze(svc: Service) -> None:
+    """Stop what would touch the catalog on its own (its heartbeat above all)."""
+    svc.ctx.replica._beat.stop()
+    for thread in (svc.takeover, svc.reconciler, svc.contact_watch, svc.maintenance):
+        thread.stop()
+
+
+def _clients(svc: Service, replica: str) -> list[clientrepo.Client]:
+    with svc.ctx.db.tx() as conn:
+        return clientrepo.of(conn, replica)
+
+
+def _pausing(svc: Service, reached: threading.Event, go_on: threading.Event) -> None:
+    """The first progress report of ``svc``'s copies waits until ``go_on``."""
+    real = svc.ctx.progress.callback
+
+    def callback(op_id: str) -> Any:
+        report = real(op_id)
+
+        def step(done: int, total: int) -> None:
+            report(done, total)
+            if not reached.is_set():
+                reached.set()
+                go_on.wait(60)
+
+        return step
+
+    svc.ctx.progress.callback = callback  # type: ignore[method-assign]
+
+
+def test_a_fenced_replica_can_no_longer_write_to_the_rbd_array(
+    replicas: Replicas, ceph_cluster: CephLab
+) -> None:
+    began = time.monotonic()
+    a = replicas.start("a", "ra")
+    b = replicas.start("b", "rb")
+    patterns = Patterns()
+    patterns.ceph = (ceph_cluster.conf, ceph_cluster.admin_keyring)
+    a.containers.create("pool", "1G")
+    src = a.vvols.create("pool", "16M", name="src")
+    a.cow.snapshot("src", name="base")
+    patterns.write(src, "S", OFFSETS)
+    dst = a.vvols.create("pool", "16M", name="dst")
+
+    # ra's client on the array is in the catalog, once (recorded when it connected)
+    (array,) = a.arrays.listing()
+    mine = _clients(b, "ra")
+    assert [c.array_id for c in mine] == [array.id]
+    old_addr = mine[0].addr
+    assert old_addr == a.ctx.backend(array.id).cluster.address()  # type: ignore[attr-defined]
+    assert [c.addr for c in _clients(a, "rb")] == [
+        b.ctx.backend(array.id).cluster.address()  # type: ignore[attr-defined]
+    ]
+
+    # ra copies the diffs into dst and stops after the first block of four
+    reached, go_on = threading.Event(), threading.Event()
+    _pausing(a, reached, go_on)
+    outcome: dict[str, Any] = {}
+
+    def copy() -> None:
+        try:
+            outcome["answer"] = a.data.copy_diffs("src", "base", "dst")
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=copy)
+    thread.start()
+    try:
+        assert reached.wait(30), "ra's copy never reported progress"
+        _freeze(a)
+
+        # rb takes over: ra fenced, its client blocklisted, the copy finished by rb
+        deadline = time.monotonic() + 20
+        while not any(t["replica"] == "ra" for t in b.takeover.taken):
+            assert time.monotonic() < deadline, "rb did not take over from ra"
+            time.sleep(0.1)
+        patterns.check(dst, "S", OFFSETS)
+        with ceph_cluster.admin() as ceph:
+            assert old_addr in ceph.blocklist_ls()
+        assert _clients(b, "ra") == []  # blocklisted: the rows went
+        events = b.ctx.events.read(UNIX_ADMIN)["events"]
+        taken = [e for e in events if e["kind"] == "replica.taken-over"]
+        assert len(taken) == 1 and taken[0]["subject"] == "ra"
+        assert taken[0]["fields"]["blocklisted"] == [old_addr]
+        assert taken[0]["fields"]["not_blocklisted"] == []
+        assert "1 ceph clients blocklisted" in taken[0]["message"]
+
+        # a newer writer, after the takeover
+        for off in OFFSETS:
+            b.data.write("dst", off, chunk_bytes("N", off))
+    finally:
+        go_on.set()  # ra goes on with its copy
+        thread.join(60)
+    assert not thread.is_alive()
+
+    # Ceph refused ra's late writes: dst holds what came after the takeover
+    patterns.check(dst, "N", OFFSETS)
+    error = outcome.get("error")
+    assert isinstance(error, ReplicaFenced), outcome
+    assert "ra lost its lease" in str(error) and "\n" not in str(error)
+    with pytest.raises(ReplicaFenced):
+        a.vvols.create("pool", "8M", name="late")
+    with b.ctx.db.tx() as conn:
+        assert repo.journal_list(conn) == []
+    assert {v["name"] for v in b.vvols.listing()} == {"src", "base", "dst"}
+    assert b.vvols.show("dst")["state"] == "ready"
+    report = b.audit()
+    assert report["ok"], report["problems"]
+    replicas.stop(a)  # the fenced process stops cleanly
+
+    # ra again, under the same id: a new client (new nonce), recorded, and it writes
+    again = replicas.start("a2", "ra")
+    again.data.write("dst", OFFSETS[1], chunk_bytes("R", OFFSETS[1]))
+    assert again.data.read("dst", OFFSETS[1], 4096) == chunk_bytes("R", OFFSETS[1])[:4096]
+    fresh = [c.addr for c in _clients(b, "ra")]
+    assert len(fresh) == 1 and fresh[0] != old_addr
+    patterns.check(dst, "N", [OFFSETS[0], *OFFSETS[2:]])
+    print(f"scenario took {time.monotonic() - began:.1f}s")
