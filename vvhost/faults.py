@@ -10,7 +10,9 @@ them all and report how many they cover:
     host            "vm-snapshot"    "cut"             the vvhost CLI (kills itself)
 
 Control plane: ``VVHOST_FAULT_AT=op:step`` makes ``vvhost serve`` write the
-step into STATE/fault-reached and wait there to be killed.  Host side:
+step into STATE/fault-reached and wait there to be killed (with
+``VVHOST_FAULT_SIGNAL=STOP`` it stops itself there instead, as a frozen process
+would, and goes on after SIGCONT).  Host side:
 ``VVHOST_HOST_FAULT_AT=op:step`` makes the vvhost command kill itself there.
 Naming a step that is not declared is a programming error (``UnknownFaultPoint``).
 """
@@ -23,6 +25,7 @@ import time
 from dataclasses import dataclass
 
 FAULT_ENV = "VVHOST_FAULT_AT"
+FAULT_SIGNAL_ENV = "VVHOST_FAULT_SIGNAL"
 HOST_FAULT_ENV = "VVHOST_HOST_FAULT_AT"
 HOST_FAULT_SIGNAL_ENV = "VVHOST_HOST_FAULT_SIGNAL"
 FAULT_MARK = "fault-reached"
@@ -63,6 +66,7 @@ _POINTS: tuple[FaultPoint, ...] = tuple(
         ("move", "copied"),
         ("relocate", "relocated"),
         ("copy-diffs", "begin"),
+        ("copy-diffs", "copying"),
         ("bind", "attached"),
         ("rebind", "attached"),
         ("fence", "marked"),
@@ -102,6 +106,9 @@ def control_plane_fault(fault_at: str | None, state_dir: str, op: str, step: str
         return
     with open(os.path.join(state_dir, FAULT_MARK), "w", encoding="utf-8") as fh:
         fh.write(f"{op}:{step}\n")
+    if os.environ.get(FAULT_SIGNAL_ENV) == "STOP":
+        os.kill(os.getpid(), signal.SIGSTOP)  # frozen until SIGCONT, then on from here
+        return
     while True:  # wait here to be killed
         time.sleep(3600)
 

@@ -325,6 +325,9 @@ CP: dict[str, CpScenario] = {
     "copy-diffs:begin": CpScenario(
         ("vvol", "copy-diffs", "d", "--base", "d@s1", "--to", "e"), _copied_or_not
     ),
+    "copy-diffs:copying": CpScenario(
+        ("vvol", "copy-diffs", "d", "--base", "d@s1", "--to", "e"), _copied_or_not
+    ),
     # a LUN made in tgtd but not recorded is removed; an NBD export likewise (rebind)
     "bind:attached": CpScenario(
         ("vvol", "bind", "d", "--host", "h1", "--pe", "iscsi1"), _binding([]), journaled=False

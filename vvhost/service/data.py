@@ -9,7 +9,7 @@ from typing import Any
 
 from .. import bitmap
 from ..arrays import ArrayBackend, volio
-from ..arrays.base import Changed
+from ..arrays.base import Changed, Progress
 from ..arrays.sources import FileSource
 from ..catalog import repo, vvolrepo
 from ..errors import (
@@ -295,6 +295,20 @@ def _check_window(v: Vvol, offset: int, length: int) -> None:
         raise InvalidInput(detail=f"at most {MAX_WINDOW} bytes at a time, not {length}")
 
 
+def _copying(ctx: Context, op_id: str) -> Progress:
+    """The copy's progress report; the first one is a crash point (a block written)."""
+    report = ctx.progress.callback(op_id)
+    first = [True]
+
+    def step(done: int, total: int) -> None:
+        report(done, total)
+        if first[0]:
+            first[0] = False
+            ctx.fault("copy-diffs", "copying")
+
+    return step
+
+
 def finish_copy_diffs(ctx: Context, entry: JournalEntry) -> dict[str, Any]:
     """Copy what changed; idempotent, so recovery simply runs it again.
 
@@ -312,7 +326,7 @@ def finish_copy_diffs(ctx: Context, entry: JournalEntry) -> dict[str, Any]:
             diff = _to_copy(ctx, src, base)
             with ctx.backend(src.array).open(src.id) as io:
                 copied = ctx.backend(dst.array).write_ranges(
-                    io, dst.id, diff.ranges, ctx.progress.callback(entry.id)
+                    io, dst.id, diff.ranges, _copying(ctx, entry.id)
                 )
         except ArrayOffline:
             raise

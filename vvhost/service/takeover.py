@@ -101,8 +101,9 @@ class Takeover:
                     replicarepo.end_sessions(conn, application_name(other))
             with self.ctx.db.tx() as conn:
                 owners = [o for o in owners if replicarepo.fence(conn, o)]
-        # fenced (or gone) in the catalog: no client of theirs gets recorded any more
-        cuts = self._cut([o for o in owners if o], announce=not fence)
+        # fenced (or gone) in the catalog: no client of theirs gets recorded any more;
+        # at start, every client left stale (a cluster out of reach before) is cut too
+        cuts = self._cut([o for o in owners if o] if fence else None, announce=not fence)
         with self.ctx.db.tx() as conn:
             ops = replicarepo.claim_journal(conn, me.id, me.epoch, owners)
             dropped = replicarepo.drop_transient(conn, owners)
@@ -155,7 +156,7 @@ class Takeover:
             if announce and done.blocklisted:
                 self.ctx.events.emit(
                     "replica.clients-blocklisted",
-                    f"replica {self.ctx.replica.id}: clients of an earlier process of replica "
+                    f"replica {self.ctx.replica.id} cut off stale clients of replica "
                     f"{replica}: {done.note()}",
                     severity="warning",
                     subject=replica,
