@@ -48,8 +48,8 @@ CONNECT_TIMEOUT = 10  # seconds until an unreachable cluster counts as offline
 MON_OP_TIMEOUT = 10
 OSD_OP_TIMEOUT = 60
 DEFAULT_CONF = "/etc/ceph/ceph.conf"
-_BLOCKLISTED = (errno.ESHUTDOWN, -errno.ESHUTDOWN)  # EBLOCKLISTED, either sign
 STATS_WAIT = 10  # seconds to wait for the space figures of a cluster that just started
+_BLOCKLISTED = (errno.ESHUTDOWN, -errno.ESHUTDOWN)  # EBLOCKLISTED, either sign
 
 
 class Cluster:

@@ -18,6 +18,7 @@ PostgreSQL (only PostgreSQL has replicas, so only there are rows recorded).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, and_, delete, not_, or_, select
 
@@ -69,15 +70,18 @@ def stale(conn: Connection, replicas: list[str] | None = None) -> list[Client]:
     query = select(_CLIENTS).where(not_(live.exists()))
     if replicas is not None:
         query = query.where(c.replica.in_(replicas))
-    rows = conn.execute(query.order_by(c.since, c.addr))
-    return [Client(r.replica, r.array_id, r.addr, int(r.epoch), float(r.since)) for r in rows]
+    return [_client(r) for r in conn.execute(query.order_by(c.since, c.addr))]
 
 
 def of(conn: Connection, replica: str) -> list[Client]:
     """Every recorded client of ``replica``."""
     c = _CLIENTS.c
     rows = conn.execute(select(_CLIENTS).where(c.replica == replica).order_by(c.since, c.addr))
-    return [Client(r.replica, r.array_id, r.addr, int(r.epoch), float(r.since)) for r in rows]
+    return [_client(r) for r in rows]
+
+
+def _client(row: Any) -> Client:
+    return Client(row.replica, row.array_id, row.addr, int(row.epoch), float(row.since))
 
 
 def remove(conn: Connection, clients: list[Client]) -> None:
