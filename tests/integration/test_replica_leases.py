@@ -71,19 +71,20 @@ def test_replicas_register_and_renew(two: tuple[Service, Service]) -> None:
     a, b = two
     rows = _replicas(a)
     assert set(rows) == {"ra", "rb"}
-    assert rows["ra"].node == "ra" and rows["ra"].epoch == 1 and rows["ra"].state == "live"
+    assert rows["ra"].node == "ra" and rows["ra"].state == "live"
+    assert rows["ra"].epoch == a.ctx.replica.epoch != rows["rb"].epoch == b.ctx.replica.epoch
     first = rows["ra"].heartbeat
     time.sleep(1.5)  # longer than the lease: the heartbeat keeps it
     again = _replicas(b)["ra"]
     assert again.heartbeat > first and again.lease_left > 0 and again.state == "live"
     b.takeover.tick()  # nothing expired: nobody fenced
-    assert _replicas(a)["ra"].epoch == 1
+    assert _replicas(a)["ra"].epoch == a.ctx.replica.epoch
     a.containers.create("pool", "64M")  # both still write
     b.containers.create("pool2", "64M")
 
 
 def test_a_replica_past_its_lease_is_fenced_and_its_operation_taken_over(
-    two: tuple[Service, Service], patterns: Patterns
+    tmp_path: str, pg_url: str, two: tuple[Service, Service], patterns: Patterns
 ) -> None:
     a, b = two
     a.containers.create("pool", "64M")
@@ -96,7 +97,7 @@ def test_a_replica_past_its_lease_is_fenced_and_its_operation_taken_over(
         a.ctx.journal(conn, op, "clone", None, {"source": v["id"]})
         mine = text("SELECT owner, owner_epoch FROM journal WHERE id = :i")
         owner = conn.execute(mine, {"i": op})
-        assert tuple(owner.one()) == ("ra", 1)
+        assert tuple(owner.one()) == ("ra", a.ctx.replica.epoch)
     _freeze(a)
     time.sleep(1.3)
     b.takeover.tick()
@@ -105,9 +106,17 @@ def test_a_replica_past_its_lease_is_fenced_and_its_operation_taken_over(
     assert "ra" not in _replicas(b)  # its row went once its operations were done
     with b.ctx.db.tx() as conn:
         assert repo.journal_list(conn) == []
-    # ra resumes: every transaction is refused, nothing it tries lands
-    with pytest.raises(ReplicaFenced, match="ra lost its lease"):
-        a.vvols.create("pool", "8M", name="late")
+    # a new process registers as ra before the frozen one wakes: it never gets the
+    # frozen one's epoch back, though the row that held it is gone
+    again = _service(os.path.join(tmp_path, "a2"), pg_url, "ra")
+    try:
+        assert again.ctx.replica.epoch > a.ctx.replica.epoch
+        # ra resumes: every transaction is refused, nothing it tries lands
+        with pytest.raises(ReplicaFenced, match="ra lost its lease"):
+            a.vvols.create("pool", "8M", name="late")
+        again.containers.create("pool2", "64M")
+    finally:
+        again.close()
     a.ctx.replica.beat()  # a heartbeat cannot bring it back
     with pytest.raises(ReplicaFenced):
         a.containers.create("late", "8M")
@@ -214,7 +223,7 @@ def test_a_replica_restarted_under_the_same_id_fences_its_earlier_process(
     tmp_path: str, pg_url: str, two: tuple[Service, Service]
 ) -> None:
     """ra freezes with an operation journaled; a new process of ra waits for the old
-    lease, takes the row over (epoch 2) and rolls the operation back itself."""
+    lease, takes the row over (a new epoch) and rolls the operation back itself."""
     a, b = two
     b.takeover.stop()  # leave it to ra's next process
     op = a.ctx.new_op()
@@ -225,7 +234,8 @@ def test_a_replica_restarted_under_the_same_id_fences_its_earlier_process(
     again = _service(os.path.join(tmp_path, "a2"), pg_url, "ra")
     try:
         assert time.monotonic() - start > 0.3  # it waited for the earlier lease
-        assert again.ctx.replica.epoch == 2 and _replicas(b)["ra"].epoch == 2
+        assert again.ctx.replica.epoch > a.ctx.replica.epoch
+        assert _replicas(b)["ra"].epoch == again.ctx.replica.epoch
         assert [r["id"] for r in again.recovered] == [op]
         with pytest.raises(ReplicaFenced):
             a.containers.create("late", "8M")

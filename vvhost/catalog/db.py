@@ -247,6 +247,20 @@ def _v17_replica_clients(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=[schema.replica_clients], checkfirst=True)
 
 
+def _v18_replica_epochs(conn: Connection) -> None:
+    """Epochs come from one sequence (PostgreSQL): a replica id registered again
+    after its row went never gets an epoch an earlier, frozen process still holds."""
+    if not is_postgres(conn):
+        return
+    conn.execute(text(f"CREATE SEQUENCE IF NOT EXISTS {schema.EPOCH_SEQUENCE}"))
+    conn.execute(
+        text(
+            f"SELECT setval('{schema.EPOCH_SEQUENCE}', "
+            "greatest((SELECT max(epoch) FROM replicas), 1))"
+        )
+    )
+
+
 MIGRATIONS: list[Migration] = [
     _v1,
     _v2,
@@ -265,6 +279,7 @@ MIGRATIONS: list[Migration] = [
     _v15_pe_sync,
     _v16_iscsi_chap,
     _v17_replica_clients,
+    _v18_replica_epochs,
 ]
 
 

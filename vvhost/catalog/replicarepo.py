@@ -10,10 +10,13 @@ clocks never matter.  Row locks carry the fencing:
 
     every transaction of a replica   SELECT ... FOR KEY SHARE of its own row
     heartbeat                        UPDATE (no key change: never waits on the above)
-    takeover                         SELECT ... FOR UPDATE, then epoch + 1, state fenced
+    takeover                         SELECT ... FOR UPDATE, then a new epoch, state fenced
 
 so a takeover waits until every transaction that passed the check has ended,
 and no transaction of the fenced replica passes the check afterwards.
+
+Epochs come from one sequence, so none is ever given twice: a replica id that
+registers again after its row went cannot meet its earlier, frozen process's epoch.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, text
 
 from ..model import ATTACHING, DETACHING
+from .schema import EPOCH_SEQUENCE
 
 NOW = "extract(epoch from clock_timestamp())::float8"
+NEXT_EPOCH = f"nextval('{EPOCH_SEQUENCE}')"
 
 
 @dataclass(frozen=True)
@@ -42,15 +47,15 @@ class ReplicaRow:
 def register(
     conn: Connection, replica: str, node: str, url: str | None, lease: float
 ) -> int | float:
-    """Add this replica (epoch 1, lease from now) and return its epoch (an int).
+    """Add this replica (a new epoch, lease from now) and return its epoch (an int).
     A row of the same id left by an earlier process whose lease expired is taken
-    over (epoch + 1: that process is fenced); while its lease runs, the seconds
+    over (a new epoch: that process is fenced); while its lease runs, the seconds
     left (a float) are returned instead."""
     values = {"id": replica, "node": node, "url": url, "lease": lease}
     row = conn.execute(
         text(
             "INSERT INTO replicas (id, node, url, started, heartbeat, epoch, lease_until, state) "
-            f"VALUES (:id, :node, :url, {NOW}, {NOW}, 1, {NOW} + :lease, 'live') "
+            f"VALUES (:id, :node, :url, {NOW}, {NOW}, {NEXT_EPOCH}, {NOW} + :lease, 'live') "
             "ON CONFLICT (id) DO NOTHING RETURNING epoch"
         ),
         values,
@@ -68,7 +73,7 @@ def register(
     row = conn.execute(
         text(
             f"UPDATE replicas SET node = :node, url = :url, started = {NOW}, heartbeat = {NOW}, "
-            f"epoch = epoch + 1, lease_until = {NOW} + :lease, state = 'live' "
+            f"epoch = {NEXT_EPOCH}, lease_until = {NOW} + :lease, state = 'live' "
             "WHERE id = :id RETURNING epoch"
         ),
         values,
@@ -165,7 +170,7 @@ def fence(conn: Connection, replica: str) -> bool:
         if float(row.left_s) >= 0:
             return False
         conn.execute(
-            text("UPDATE replicas SET epoch = epoch + 1, state = 'fenced' WHERE id = :id"),
+            text(f"UPDATE replicas SET epoch = {NEXT_EPOCH}, state = 'fenced' WHERE id = :id"),
             {"id": replica},
         )
     return True

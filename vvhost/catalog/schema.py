@@ -306,3 +306,6 @@ replica_clients = Table(
     Column("epoch", BigInteger, nullable=False),  # the replica's epoch when it connected
     Column("since", Float, nullable=False),  # the catalog's clock, epoch seconds
 )
+
+# epochs of replicas (PostgreSQL): never reused, even for a replica id registered again
+EPOCH_SEQUENCE = "replica_epochs"
