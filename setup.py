@@ -20,7 +20,7 @@ setup(
         "psycopg[binary]>=3.1",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6", "jsonschema>=4.18"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6", "jsonschema>=4.18"],
     },
     entry_points={"console_scripts": ["vvhost=vvhost.cli:entry"]},
 )

@@ -41,7 +41,7 @@ pytest_plugins = ["tests.cephfixtures", "tests.pgfixtures"]
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """PostgreSQL variants: contract tests on ext4 only (the catalog does not
     depend on the filesystem or the array under the plane), and so are the
-    variants through a real server's unix socket; tests marked
+    variants through a real server's unix socket (over SQLite only); tests marked
     ``dir_arrays`` (file endpoints serve dir arrays only) not on the rbd plane."""
     keep, drop = [], []
     for item in items:
@@ -51,8 +51,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         contract = os.sep + "contract" + os.sep in str(item.path)
         ext4 = params.get("plane_dir", "ext4") == "ext4"
         pg_elsewhere = pg and (not contract or not ext4)
-        # the unix-socket transport is the same whatever the plane's array: tested on ext4
-        socket_elsewhere = params.get("api") == "socket" and not ext4
+        # the unix-socket transport is the same whatever the plane's array and catalog:
+        # tested on ext4 over SQLite
+        socket_elsewhere = params.get("api") == "socket" and (not ext4 or pg)
         dir_only = item.get_closest_marker("dir_arrays") is not None
         if pg_elsewhere or socket_elsewhere or (dir_only and params.get("plane_dir") == "rbd"):
             drop.append(item)
