@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 
@@ -81,6 +82,22 @@ def _on_xfs(request: pytest.FixtureRequest) -> Iterator[str]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[str]:
+    """A directory with a short path (under /tmp), for what puts unix sockets deep
+    inside it: a test's own directory can be longer than a socket path may be when
+    several workers run the tests. Removed afterwards unless something is still
+    mounted below it (that is then the test's failure to report, not to erase)."""
+    path = tempfile.mkdtemp(prefix="vvt", dir="/tmp")
+    try:
+        yield path
+    finally:
+        with open("/proc/self/mounts") as fh:
+            mounted = any(line.split()[1].startswith(path + "/") for line in fh)
+        if not mounted:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(params=["ext4", "xfs"])

@@ -184,8 +184,9 @@ class LibvirtHost:
         # (reaper, namespace fd) of daemons replaced by restart_daemon(): their domains
         # keep running in that namespace until stop()
         self._earlier: list[tuple[subprocess.Popen[bytes], int]] = []
-        if len(os.fsencode(self.socket_path)) > SUN_PATH_MAX:
-            raise LabHostError(host=name, detail=f"socket path too long: {self.socket_path}")
+        longest = self.path("run", "libvirt-admin-sock")  # libvirtd's longest socket name
+        if len(os.fsencode(longest)) > SUN_PATH_MAX:
+            raise LabHostError(host=name, detail=f"socket path too long: {longest}")
 
     def __repr__(self) -> str:
         return f"LibvirtHost({self.name!r}, {self.workdir!r}, pid={self.pid})"

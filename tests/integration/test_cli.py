@@ -160,8 +160,8 @@ def _mounts_of(state: str) -> list[str]:
         return [line for line in fh if state in line]
 
 
-def test_quickstart_runs_clean(tmp_path: str) -> None:
-    state = os.path.join(tmp_path, "qs")
+def test_quickstart_runs_clean(short_tmp: str) -> None:
+    state = os.path.join(short_tmp, "qs")
     out = subprocess.run(
         [sys.executable, "-m", "vvhost", "quickstart", "--state-dir", state],
         capture_output=True,
@@ -203,11 +203,11 @@ def test_quickstart_runs_clean(tmp_path: str) -> None:
     assert done.returncode == 0 and not os.path.exists(state)
 
 
-def test_quickstart_cleanup_unmounts_what_a_killed_run_left(tmp_path: str) -> None:
+def test_quickstart_cleanup_unmounts_what_a_killed_run_left(short_tmp: str) -> None:
     """A quickstart killed -9 with its XFS mounted: --cleanup unmounts and detaches."""
     if loop_capability("xfs"):
         pytest.skip(f"no XFS loop mount here: {loop_capability('xfs')}")
-    state = os.path.join(tmp_path, "qs")
+    state = os.path.join(short_tmp, "qs")
     mnt = LoopFs(state, "xfs", "512M").__enter__()  # what the killed run left mounted
     try:
         assert _mounts_of(state) and _loops_of(state)
@@ -224,12 +224,12 @@ def test_quickstart_cleanup_unmounts_what_a_killed_run_left(tmp_path: str) -> No
         release(state)
 
 
-def test_quickstart_interrupted_leaves_nothing_mounted(tmp_path: str) -> None:
+def test_quickstart_interrupted_leaves_nothing_mounted(short_tmp: str) -> None:
     """Ctrl-C in the middle of the tour: the host, the control plane and its endpoint
     daemons stop, the XFS image is unmounted and its loop device detached."""
     if loop_capability("xfs"):
         pytest.skip(f"no XFS loop mount here: {loop_capability('xfs')}")
-    state = os.path.join(tmp_path, "qs")
+    state = os.path.join(short_tmp, "qs")
     proc = subprocess.Popen(
         [sys.executable, "-m", "vvhost", "quickstart", "--state-dir", state],
         stdout=subprocess.PIPE,
