@@ -245,16 +245,18 @@ class Plane:
         crash_during(self.server, self.state, self.socket, fault, *cli_args)
 
 
-def _spares(pool_io: Any, ns: str) -> int:
-    return sum(".p-" in n for n in names(pool_io, ns))
+def _spares(pool_io: Any, ns: str) -> set[str]:
+    return {n for n in names(pool_io, ns) if ".p-" in n}
 
 
-def _wait_spare(pool_io: Any, ns: str, had: int = 0, deadline: float = 60) -> None:
-    """Wait until the pool holds more spare clones than ``had`` (one is made after
-    the answer); the test's own librbd client then opens nothing the server is
-    still changing."""
+def _wait_spare(
+    pool_io: Any, ns: str, had: frozenset[str] = frozenset(), deadline: float = 60
+) -> None:
+    """Wait until the pool holds a spare clone not in ``had`` (one is made after the
+    answer, named after its operation); the test's own librbd client then opens
+    nothing the server is still changing."""
     end = time.monotonic() + deadline
-    while _spares(pool_io, ns) <= had:
+    while not _spares(pool_io, ns) - had:
         assert time.monotonic() < end, "no spare was made after the revert"
         time.sleep(0.1)
 
@@ -293,7 +295,7 @@ def test_kill_during_a_revert_that_takes_a_spare(
         assert d["state"] == "ready"
         patterns.check(d, "C" if point == "revert:staged" else "A", offsets)
         patterns.check(api.vvol("d@s1"), "A", offsets)
-        had = _spares(pool_io, ns)
+        had = frozenset(_spares(pool_io, ns))
         api.vvol_revert("d", "d@s1")  # and it still works
         _wait_spare(pool_io, ns, had)
         patterns.check(api.vvol("d"), "A", offsets)
