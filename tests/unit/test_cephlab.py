@@ -13,7 +13,7 @@ import pytest
 from vvhost import labpids
 from vvhost.cephlab import _not_ready, new_key
 from vvhost.errors import ERRORS_BY_CODE, CephDenied, CephUnreachable, from_wire
-from vvhost.tools.ceph import _one_addr, rbd_caps
+from vvhost.tools.ceph import entity_addr, rbd_caps
 
 
 def test_new_key_has_the_cephx_layout() -> None:
@@ -40,7 +40,7 @@ def test_rbd_caps_name_every_namespace() -> None:
     ],
 )
 def test_blocklist_takes_one_entity_address(given: str, want: str) -> None:
-    assert _one_addr(given) == want
+    assert entity_addr(given) == want
 
 
 def _status(health: str = "HEALTH_OK", clean: int = 9, total: int = 9) -> dict[str, object]:

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from ..tools.ceph import entity_addr
+from ..tools.ceph import blocklist_add_args
 from .rbdconn import Cluster
 
 log = logging.getLogger(__name__)
@@ -34,12 +34,7 @@ def blocklist_command(addr: str, expire: float = EXPIRE) -> dict[str, Any]:
     """The monitor command that blocklists the client at ``addr`` for ``expire`` s."""
     if expire <= 0:
         raise ValueError(f"a blocklist entry must expire after a positive time, not {expire}")
-    return {
-        "prefix": "osd blocklist",
-        "blocklistop": "add",
-        "addr": entity_addr(addr),
-        "expire": float(expire),
-    }
+    return {"prefix": "osd blocklist", **blocklist_add_args(addr, expire)}
 
 
 def blocklist(cluster: Cluster, addrs: Sequence[str], expire: float = EXPIRE) -> None:

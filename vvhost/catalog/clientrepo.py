@@ -24,6 +24,7 @@ from sqlalchemy import Connection, and_, delete, not_, or_, select
 
 from . import schema
 from .db import insert_ignore, is_postgres
+from .replicarepo import NOW
 
 _CLIENTS = schema.replica_clients
 _REPLICAS = schema.replicas
@@ -41,9 +42,7 @@ class Client:
 def _now(conn: Connection) -> float:
     """The catalog's clock (seconds since the epoch), as replicarepo uses it."""
     sql = (
-        "SELECT extract(epoch from clock_timestamp())::float8"
-        if is_postgres(conn)
-        else "SELECT (julianday('now') - 2440587.5) * 86400.0"
+        f"SELECT {NOW}" if is_postgres(conn) else "SELECT (julianday('now') - 2440587.5) * 86400.0"
     )
     return float(conn.exec_driver_sql(sql).scalar_one())
 

@@ -4,7 +4,7 @@ Every replica looks every HEARTBEAT s for replicas whose lease expired:
 
     1. end the dead replica's catalog sessions (a frozen one keeps transactions
        and advisory locks open; a killed one has none left); lock its row, still
-       expired? -> epoch + 1, state fenced (no transaction of it passes the
+       expired? -> a new epoch, state fenced (no transaction of it passes the
        lease check any more); then blocklist the Ceph clients it recorded
        (storagefence.py), so it cannot write to an rbd array either
     2. one transaction: claim its journal entries (owner = this replica) and

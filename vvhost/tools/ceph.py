@@ -40,7 +40,7 @@ import rados
 
 from ..errors import CephDenied, CephError, CephUnreachable, NotFound
 
-__all__ = ["Ceph", "CephClient", "entity_addr", "keyring_text", "rbd_caps"]
+__all__ = ["Ceph", "CephClient", "blocklist_add_args", "entity_addr", "keyring_text", "rbd_caps"]
 
 _UNREACHABLE = {errno.ETIMEDOUT, errno.ENOTCONN, errno.ECONNREFUSED, errno.ESHUTDOWN}
 _DENIED = {errno.EACCES, errno.EPERM}
@@ -276,13 +276,10 @@ class Ceph:
 
     def blocklist_add(self, addr: str, expire: float | None = None) -> None:
         """Fence the client at ``addr`` (``IP:PORT/NONCE`` or an address vector)."""
-        args: dict[str, Any] = {"blocklistop": "add", "addr": _one_addr(addr)}
-        if expire is not None:
-            args["expire"] = float(expire)
-        self.command("osd blocklist", **args)
+        self.command("osd blocklist", **blocklist_add_args(addr, expire))
 
     def blocklist_rm(self, addr: str) -> None:
-        self.command("osd blocklist", blocklistop="rm", addr=_one_addr(addr))
+        self.command("osd blocklist", blocklistop="rm", addr=entity_addr(addr))
 
     def blocklist_ls(self) -> list[str]:
         """Fenced addresses (``IP:PORT/NONCE``); the reply is a list of clients, then of ranges."""
@@ -340,13 +337,17 @@ class Ceph:
         return self._failed(code, f"{doing}: {text}")
 
 
+def blocklist_add_args(addr: str, expire: float | None = None) -> dict[str, Any]:
+    """The arguments of ``osd blocklist`` that fence the client at ``addr``."""
+    args: dict[str, Any] = {"blocklistop": "add", "addr": entity_addr(addr)}
+    if expire is not None:
+        args["expire"] = float(expire)
+    return args
+
+
 def entity_addr(addr: str) -> str:
-    """One client's address as a blocklist shows it, from what librados reports."""
-    return _one_addr(addr)
-
-
-def _one_addr(addr: str) -> str:
-    """``[v2:1.2.3.4:5/6,v1:...]`` -> ``1.2.3.4:5/6`` (blocklist takes one entity address)."""
+    """``[v2:1.2.3.4:5/6,v1:...]`` -> ``1.2.3.4:5/6``: one client's address as a
+    blocklist takes and shows it, from what librados reports."""
     addr = addr.strip()
     if addr.startswith("["):
         first = addr.strip("[]").split(",")[0]
