@@ -5,7 +5,9 @@
   directory; stopped by PID at the end of the session. Before starting it,
   labs of earlier sessions whose pytest process died are stopped by PID.
 - ``ceph_pool``: a new RBD pool (``rbd`` application, ``rbd pool init``) for
-  one test, deleted afterwards (about half a second each way).
+  one test, deleted afterwards (about half a second each way), and with it every host
+  Ceph identity (``client.vvhost-*``): those outlive a pool, and a later test on
+  the cluster (another module on the same worker) starts without them.
 - ``array``, ``pool_io``: an RBD array on that pool (the control plane's view),
   and a second, independent client of the cluster.
 
@@ -64,6 +66,10 @@ def ceph_pool(ceph_cluster: CephLab) -> Iterator[str]:
         yield name
     finally:
         ceph_cluster.delete_pool(name)
+        with ceph_cluster.admin() as admin:
+            for entity in admin.auth_ls():
+                if entity.startswith("client.vvhost-"):
+                    admin.auth_rm(entity)
 
 
 @pytest.fixture

@@ -71,7 +71,10 @@ class Qmp:
         return self._loop.run_until_complete(asyncio.wait_for(what, timeout))
 
     def connect(self, retry_for: float = 5.0) -> None:
-        """Connect and negotiate, retrying for ``retry_for`` s while the socket is not up."""
+        """Connect and negotiate, retrying for ``retry_for`` s while the socket is not
+        up, refuses connections, or accepted one but sent no greeting (a daemon that
+        made its socket and is still starting queues the connection; each attempt
+        waits ``timeout`` s for the greeting, then hangs up and tries again)."""
         deadline = time.monotonic() + retry_for
         with self._lock:
             while True:

@@ -44,6 +44,7 @@ from . import EndpointError
 from .qmp import Qmp
 
 NODE_NAME_MAX = 31
+STARTUP_WAIT = 30.0  # s a just started daemon may take to greet on its QMP socket
 
 
 def node_name_for(key: str) -> str:
@@ -73,10 +74,12 @@ class StorageDaemonApi:
         self.qmp = qmp
 
     @classmethod
-    def connect(cls, qmp_path: str) -> StorageDaemonApi:
-        """Typed calls over the daemon's QMP socket at ``qmp_path``."""
+    def connect(cls, qmp_path: str, wait: float = STARTUP_WAIT) -> StorageDaemonApi:
+        """Typed calls over the daemon's QMP socket at ``qmp_path``, waiting up to
+        ``wait`` s for a daemon that is still starting (on a loaded host the
+        greeting can take seconds after the socket appears)."""
         qmp = Qmp(qmp_path)
-        qmp.connect()
+        qmp.connect(retry_for=wait)
         return cls(qmp)
 
     # --- NBD server ----------------------------------------------------------
