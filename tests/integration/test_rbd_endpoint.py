@@ -128,11 +128,7 @@ def lab(ceph_cluster: CephLab, ceph_pool: str, tmp_path: str) -> Iterator[Lab]:
     finally:
         for b in svc.bindings.listing():
             svc.bindings.unbind([b["vvol"]], b["host"], drop_all=True)
-        with ceph_cluster.admin() as ceph:
-            for name in ceph.auth_ls():
-                if cephaccess.host_of(name) is not None:
-                    ceph.auth_rm(name)
-        svc.close()
+        svc.close()  # the hosts' Ceph identities go with the pool (ceph_pool)
 
 
 # -- reading and writing through a handle, as a host would ------------------------------------
