@@ -1,10 +1,15 @@
 """The control plane's small x509 CA for NBD over TLS, made with the openssl CLI.
 
-    STATE/nbd-tls/                      0700, only the control plane reads it
-      ca-key.pem  ca-cert.pem           the CA (EC P-256), made on first use
-      hosts/<host>/                     one host's client credentials
-        client-key.pem client-cert.pem  subject O=vvhost,OU=<16 hex>,CN=<host>
-        identity                        "O=vvhost,OU=<16 hex>,CN=<host>"
+Kept in the catalog (a :class:`CaStore`: ``nbdtlsrepo.py``), so every node
+signs with the same CA and hands out the same credentials::
+
+    catalog  nbd_ca     the CA (EC P-256), made by the first node that needs it
+             nbd_creds  each host's client key and certificate, and its identity:
+                        subject O=vvhost,OU=<16 hex>,CN=<host>
+    STATE/nbd-tls/                      0700: the CA's files for openssl
+      ca-key.pem  ca-cert.pem           (a node's files from before the catalog kept
+                                        the CA: offered as the CA, with the hosts/
+                                        credentials beside them, if none is kept yet)
     STATE/pe/<endpoint>/tls/            one endpoint's server credentials (server_dir)
       ca-cert.pem server-cert.pem server-key.pem     subjectAltName = the portal host
 
@@ -26,6 +31,7 @@ import subprocess
 import tempfile
 import threading
 from dataclasses import dataclass
+from typing import Protocol
 
 from .errors import EndpointError
 
@@ -34,7 +40,6 @@ CERT_DAYS = "825"
 _EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
 _SERVER_EXT = "extendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n"
 _CLIENT_EXT = "extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature,keyEncipherment\n"
-_LOCK = threading.RLock()  # one issuer at a time in this process
 
 
 @dataclass(frozen=True)
@@ -84,17 +89,53 @@ def _san(address: str) -> str:
         return f"DNS:{address}"
 
 
-class NbdCa:
-    """The CA under ``STATE/nbd-tls`` (see the module docstring)."""
+class CaStore(Protocol):
+    """Where the CA and hosts' credentials are kept (the catalog: nbdtlsrepo.py);
+    credentials are (identity, certificate PEM, key PEM)."""
 
-    def __init__(self, state_dir: str) -> None:
+    def load_ca(self) -> tuple[str, str] | None: ...
+    def offer_ca(self, cert: str, key: str) -> tuple[str, str]: ...
+    def load(self, host: str) -> tuple[str, str, str] | None: ...
+    def save(
+        self, host: str, issued: tuple[str, str, str], replace: bool
+    ) -> tuple[str, str, str]: ...
+    def forget(self, host: str) -> None: ...
+
+
+class NbdCa:
+    """The CA kept in ``store``, with its files under ``STATE/nbd-tls`` for openssl
+    (see the module docstring)."""
+
+    def __init__(self, state_dir: str, store: CaStore) -> None:
         self.root = os.path.join(state_dir, "nbd-tls")
         self.ca_key = os.path.join(self.root, "ca-key.pem")
         self.ca_cert = os.path.join(self.root, "ca-cert.pem")
+        self.store = store
+        self._cert: str | None = None  # the CA certificate, once its files are in place
+        self._lock = threading.RLock()  # one issuer at a time in this process
 
-    def _ensure_ca(self) -> None:
-        if os.path.exists(self.ca_cert):
-            return
+    # -- the CA ---------------------------------------------------------------------------
+    def _ensure_ca(self) -> str:
+        """The CA certificate; its key and certificate files are the store's."""
+        with self._lock:
+            if self._cert is None:
+                stands = self.store.load_ca()
+                if stands is None:
+                    local = self._local_ca()
+                    stands = self.store.offer_ca(*(local or self._new_ca()))
+                    if local is not None and stands == local:
+                        self._take_over_local_hosts()  # this node's CA is everyone's now
+                self._write_ca(*stands)
+                self._cert = stands[0]
+            return self._cert
+
+    def _local_ca(self) -> tuple[str, str] | None:
+        """The CA files of a node from before the catalog kept the CA."""
+        if os.path.exists(self.ca_cert) and os.path.exists(self.ca_key):
+            return _read(self.ca_cert), _read(self.ca_key)
+        return None
+
+    def _new_ca(self) -> tuple[str, str]:
         _private(self.root)
         with tempfile.TemporaryDirectory(dir=self.root) as tmp:
             key, cert = os.path.join(tmp, "k"), os.path.join(tmp, "c")
@@ -102,12 +143,33 @@ class NbdCa:
                 "CA", "req", "-x509", *_EC, "-keyout", key, "-out", cert,
                 "-days", CA_DAYS, "-subj", "/O=vvhost/CN=vvhost NBD CA",
             )  # fmt: skip
-            os.chmod(key, 0o600)
-            os.replace(key, self.ca_key)
-            os.replace(cert, self.ca_cert)
+            return _read(cert), _read(key)
 
-    def _sign(self, outdir: str, prefix: str, subject: str, ext: str) -> None:
-        """``outdir/<prefix>-key.pem`` and ``<prefix>-cert.pem`` for ``subject``."""
+    def _write_ca(self, cert: str, key: str) -> None:
+        _private(self.root)
+        if self._local_ca() != (cert, key):
+            _write(self.ca_key, key, 0o600)
+            _write(self.ca_cert, cert)
+
+    def _take_over_local_hosts(self) -> None:
+        """Move the hosts' credentials this node issued before into the store."""
+        hosts = os.path.join(self.root, "hosts")
+        for host in sorted(os.listdir(hosts)) if os.path.isdir(hosts) else []:
+            d = os.path.join(hosts, host)
+            try:
+                issued = tuple(
+                    _read(os.path.join(d, n)).strip()
+                    if n == "identity"
+                    else _read(os.path.join(d, n))
+                    for n in ("identity", "client-cert.pem", "client-key.pem")
+                )
+            except OSError:
+                continue  # half made: the host gets new credentials when it needs them
+            self.store.save(host, issued, replace=False)  # type: ignore[arg-type]
+        shutil.rmtree(hosts, ignore_errors=True)
+
+    def _sign(self, subject: str, ext: str) -> tuple[str, str]:
+        """A new key and a certificate for ``subject`` signed by the CA: (key, cert) PEM."""
         self._ensure_ca()
         with tempfile.TemporaryDirectory(dir=self.root) as tmp:
             key, csr, cert, extfile = (os.path.join(tmp, n) for n in ("k", "r", "c", "e"))
@@ -118,64 +180,59 @@ class NbdCa:
                 "-set_serial", str(int(secrets.token_hex(8), 16)), "-out", cert,
                 "-days", CERT_DAYS, "-extfile", extfile,
             )  # fmt: skip
-            os.chmod(key, 0o600)
-            os.replace(key, os.path.join(outdir, f"{prefix}-key.pem"))
-            os.replace(cert, os.path.join(outdir, f"{prefix}-cert.pem"))
+            return _read(key), _read(cert)
 
     # -- hosts ----------------------------------------------------------------------------
-    def _host_dir(self, host: str) -> str:
-        return os.path.join(self.root, "hosts", host)
+    def current(self, host: str) -> str | None:
+        """The host's current identity; None when it has no credentials."""
+        got = self.store.load(host)
+        return got[0] if got else None
 
     def identity(self, host: str) -> str:
         """The host's current identity, issuing its first credentials if it has none."""
-        path = os.path.join(self._host_dir(host), "identity")
-        with _LOCK:
-            if not os.path.exists(path):
-                self.issue(host)
-            return _read(path).strip()
+        return self.current(host) or self._issue(host, replace=False)
 
     def issue(self, host: str) -> str:
         """New client credentials for ``host`` (the old ones are no longer its identity)."""
-        d = self._host_dir(host)
+        return self._issue(host, replace=True)
+
+    def _issue(self, host: str, replace: bool) -> str:
         ou = secrets.token_hex(8)
         identity = f"O=vvhost,OU={ou},CN={host}"
-        with _LOCK:
-            _private(self.root, os.path.dirname(d), d)
-            self._sign(d, "client", f"/O=vvhost/OU={ou}/CN={host}", _CLIENT_EXT)
-            _write(os.path.join(d, "identity"), identity + "\n")
-        return identity
+        with self._lock:
+            key, cert = self._sign(f"/O=vvhost/OU={ou}/CN={host}", _CLIENT_EXT)
+        return self.store.save(host, (identity, cert, key), replace)[0]
 
     def credentials(self, host: str) -> ClientCreds:
-        with _LOCK:
-            return self._credentials(host)
-
-    def _credentials(self, host: str) -> ClientCreds:
-        identity = self.identity(host)
-        d = self._host_dir(host)
+        ca_cert = self._ensure_ca()
+        self.identity(host)
+        got = self.store.load(host)
+        if got is None:  # removed meanwhile
+            raise EndpointError(tool="nbd-tls", detail=f"host {host} has no credentials")
+        identity, cert, key = got
         return ClientCreds(
-            host=host,
-            identity=identity,
-            ca_cert=_read(self.ca_cert),
-            client_cert=_read(os.path.join(d, "client-cert.pem")),
-            client_key=_read(os.path.join(d, "client-key.pem")),
+            host=host, identity=identity, ca_cert=ca_cert, client_cert=cert, client_key=key
         )
 
     def forget(self, host: str) -> None:
-        shutil.rmtree(self._host_dir(host), ignore_errors=True)
+        self.store.forget(host)
 
     # -- servers --------------------------------------------------------------------------
     def server_dir(self, d: str, address: str) -> str:
         """Fill directory ``d`` for ``tls-creds-x509,endpoint=server``: the CA and a
-        server certificate for ``address`` (made once)."""
-        with _LOCK:
-            return self._server_dir(d, address)
-
-    def _server_dir(self, d: str, address: str) -> str:
-        if not os.path.exists(os.path.join(d, "server-cert.pem")):
-            _private(d)
-            ext = f"subjectAltName={_san(address)}\n{_SERVER_EXT}"
-            self._sign(d, "server", f"/O=vvhost/CN={address.strip('[]')}", ext)
-        if not os.path.exists(os.path.join(d, "ca-cert.pem")):
-            self._ensure_ca()
-            shutil.copyfile(self.ca_cert, os.path.join(d, "ca-cert.pem"))
-        return d
+        server certificate for ``address`` (made once, and again if the CA changed:
+        a node whose own CA was not the one kept)."""
+        with self._lock:
+            ca_cert = self._ensure_ca()
+            ca_path = os.path.join(d, "ca-cert.pem")
+            current = os.path.exists(os.path.join(d, "server-cert.pem")) and (
+                os.path.exists(ca_path) and _read(ca_path) == ca_cert
+            )
+            if not current:
+                _private(d)
+                ext = f"subjectAltName={_san(address)}\n{_SERVER_EXT}"
+                key, cert = self._sign(f"/O=vvhost/CN={address.strip('[]')}", ext)
+                _write(os.path.join(d, "server-key.pem"), key, 0o600)
+                _write(os.path.join(d, "server-cert.pem"), cert)
+                _write(ca_path, ca_cert)
+            return d

@@ -32,6 +32,8 @@ from tests.iscsiauth import authed, portal_url
 from tests.runner import run
 from vvhost.client import Client
 from vvhost.daemon import ServerProcess, free_port
+from vvhost.host import nbdtls
+from vvhost.host.vms import raw_source
 
 QEMU_IQN = "iqn.2008-11.org.linux-kvm"  # what qemu-img/qemu-io log in as
 LEASE = 3.0
@@ -293,4 +295,56 @@ def test_a_lost_listener_session_costs_a_round_not_the_bind(nodes: Nodes) -> Non
     assert "read 1048576/1048576" in qemu_io(authed(h), "read -P 0x19 0 1M").stdout
     b.unbind(["d"], "h1")
     assert not presented(h)
+    _clean(nodes.a)
+
+
+def _tls_io(handle: dict[str, Any], certs: str, command: str) -> subprocess.CompletedProcess[str]:
+    """qemu-io at a TCP NBD handle with the client credentials in ``certs``."""
+    return run("qemu-io", *raw_source({**handle, "tls": {**handle["tls"], "dir": certs}}),
+               "-c", command, ok=False)  # fmt: skip
+
+
+def _creds_dir(nodes: Nodes, api: Client, host: str, name: str) -> str:
+    d = os.path.join(nodes.tmp, name)
+    nbdtls.fetch(api, host, d)
+    return d
+
+
+def test_nbd_over_tls_is_one_ca_and_one_identity_through_every_node(nodes: Nodes) -> None:
+    """A TCP NBD endpoint on n1, driven through rb (n2): the credentials rb hands
+    out are the ones n1's daemon lets in; a rotation through rb refuses the old
+    certificate at n1 before rb answers; a removal through rb stops n1's daemon.
+    Hostile: another host's certificate, the certificate from before the rotation."""
+    a, b = nodes.a, nodes.b
+    a.pe_create("nbdt", "nbd", portal=f"127.0.0.1:{free_port()}")
+    b.host_add("h2")
+    b.vvol_create("pool", "16M", name="t")
+    h = b.bind_one("t", "h1", pe="nbdt")
+    assert b.host_nbd_credentials("h1") == a.host_nbd_credentials("h1")
+    assert h["tls"]["identity"] == a.host_nbd_credentials("h1")["identity"]
+    assert [x["tls"] for x in a.bindings(host="h1")] == [h["tls"]]  # same handle on n1
+    old = _creds_dir(nodes, b, "h1", "h1-old")
+    out = _tls_io(h, old, "write -P 0x6e 0 2M")
+    assert out.returncode == 0, out.stdout + out.stderr
+    foreign = _creds_dir(nodes, a, "h2", "h2")
+    assert _tls_io(h, foreign, "read 0 64k").returncode != 0  # h2's certificate: refused
+
+    b.host_token_rotate("h1")  # through n2: n1's daemon lets in only the new identity now
+    assert _tls_io(h, old, "read 0 64k").returncode != 0
+    [again] = b.bindings(host="h1")
+    assert again["tls"]["identity"] != h["tls"]["identity"]
+    new = _creds_dir(nodes, b, "h1", "h1-new")
+    out = _tls_io(again, new, "read -P 0x6e 0 2M")
+    assert out.returncode == 0 and "read 2097152/2097152" in out.stdout, out.stdout + out.stderr
+
+    pid_file = os.path.join(nodes.tmp, "ra", "pe", "nbdt", "hosts", "h1", "pid")
+    with open(pid_file) as fh:
+        pid = int(fh.read())
+    b.unbind(["t"], "h1")
+    b.host_remove("h1")  # through n2: n1 stops h1's daemon
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{pid}")
+    assert "h1" not in a.pe("nbdt").get("daemons", {})
     _clean(nodes.a)

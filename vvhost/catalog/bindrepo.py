@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, bindparam, delete, func, select, tuple_, update
 
 from ..model import ACTIVE, Binding, Host, Pe
-from .schema import binding_hints, bindings, hosts, pe_targets, pes
+from .schema import binding_hints, bindings, hosts, nbd_ports, pe_targets, pes
 
 _BCOL = {"vvol": "vvol_id", "pe": "pe_id", "op": "op_id"}
 
@@ -100,6 +100,7 @@ def list_pes(conn: Connection) -> list[Pe]:
 
 def delete_pe(conn: Connection, pe_id: str) -> None:
     conn.execute(delete(pe_targets).where(pe_targets.c.pe_id == pe_id))
+    conn.execute(delete(nbd_ports).where(nbd_ports.c.pe_id == pe_id))
     conn.execute(delete(pes).where(pes.c.id == pe_id))
 
 

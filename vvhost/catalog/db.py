@@ -261,6 +261,14 @@ def _v18_replica_epochs(conn: Connection) -> None:
     )
 
 
+def _v19_nbd_tls(conn: Connection) -> None:
+    """The NBD-over-TLS CA, hosts' client credentials and their daemons' ports live
+    in the catalog, so every node issues, checks and hands out the same ones (a
+    node's files from before are taken over when it first needs the CA)."""
+    tables = [schema.nbd_ca, schema.nbd_creds, schema.nbd_ports]
+    schema.metadata.create_all(conn, tables=tables, checkfirst=True)
+
+
 MIGRATIONS: list[Migration] = [
     _v1,
     _v2,
@@ -280,6 +288,7 @@ MIGRATIONS: list[Migration] = [
     _v16_iscsi_chap,
     _v17_replica_clients,
     _v18_replica_epochs,
+    _v19_nbd_tls,
 ]
 
 

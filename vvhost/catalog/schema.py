@@ -309,3 +309,30 @@ replica_clients = Table(
 
 # epochs of replicas (PostgreSQL): never reused, even for a replica id registered again
 EPOCH_SEQUENCE = "replica_epochs"
+
+# -- added by migration _v19_nbd_tls: NBD over TLS shared by every node ---------------------
+
+nbd_ca = Table(  # the one CA of the whole control plane (row id 1)
+    "nbd_ca",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("cert", Text, nullable=False),
+    Column("key", Text, nullable=False),
+)
+
+nbd_creds = Table(  # each host's current client credentials (nbdtlsrepo)
+    "nbd_creds",
+    metadata,
+    Column("host", String(128), primary_key=True),
+    Column("identity", String(256), nullable=False),  # the certificate's DN, as QEMU compares
+    Column("cert", Text, nullable=False),
+    Column("key", Text, nullable=False),
+)
+
+nbd_ports = Table(  # the port of each host's daemon at a TCP NBD endpoint
+    "nbd_ports",
+    metadata,
+    Column("pe_id", String(64), primary_key=True),
+    Column("host", String(128), primary_key=True),
+    Column("port", Integer, nullable=False),
+)

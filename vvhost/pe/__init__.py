@@ -8,43 +8,46 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..model import Pe
 from .base import Attachment, Endpoint
 
+if TYPE_CHECKING:
+    from .nbdtls import TlsShared
 
-def _iscsi(pe: Pe, state_dir: str, rundir: str) -> Endpoint:
+
+def _iscsi(pe: Pe, rundir: str, tls: TlsShared) -> Endpoint:
     from .iscsi import IscsiEndpoint
 
     assert pe.portal is not None
     return IscsiEndpoint(pe.name, pe.portal, int(pe.config["control_port"]), rundir)
 
 
-def _nbd(pe: Pe, state_dir: str, rundir: str) -> Endpoint:
+def _nbd(pe: Pe, rundir: str, tls: TlsShared) -> Endpoint:
     if pe.portal:  # TCP: NBD over TLS, a daemon per host
-        from ..certs import NbdCa
         from .nbdtls import NbdTlsEndpoint
 
-        return NbdTlsEndpoint(pe.name, rundir, pe.portal, NbdCa(state_dir))
+        return NbdTlsEndpoint(pe.id, pe.name, rundir, pe.portal, tls)
     from .nbd import NbdEndpoint
 
     return NbdEndpoint(pe.name, rundir, pe.portal)
 
 
-def _file(pe: Pe, state_dir: str, rundir: str) -> Endpoint:
+def _file(pe: Pe, rundir: str, tls: TlsShared) -> Endpoint:
     from .filepe import FileEndpoint
 
     assert pe.path is not None
     return FileEndpoint(pe.name, pe.path, rundir)
 
 
-def _rbd(pe: Pe, state_dir: str, rundir: str) -> Endpoint:
+def _rbd(pe: Pe, rundir: str, tls: TlsShared) -> Endpoint:
     from .rbd import RbdEndpoint
 
     return RbdEndpoint(pe.name, rundir)
 
 
-OPENERS: dict[str, Callable[[Pe, str, str], Endpoint]] = {
+OPENERS: dict[str, Callable[[Pe, str, TlsShared], Endpoint]] = {
     "iscsi": _iscsi,
     "nbd": _nbd,
     "file": _file,
@@ -61,10 +64,11 @@ def secondary_id(protocol: str, vvol_id: str, host: str) -> str:
     return f"{vvol_id}.{host}"
 
 
-def open_endpoint(pe: Pe, state_dir: str) -> Endpoint:
-    """The runtime object for a PE; its daemon's files live in STATE/pe/<name>/."""
+def open_endpoint(pe: Pe, state_dir: str, tls: TlsShared) -> Endpoint:
+    """The runtime object for a PE; its daemon's files live in STATE/pe/<name>/
+    (a TCP NBD endpoint uses the control plane's CA and port book, ``tls``)."""
     rundir = os.path.join(state_dir, "pe", pe.name)
-    return OPENERS[pe.protocol](pe, state_dir, rundir)
+    return OPENERS[pe.protocol](pe, rundir, tls)
 
 
 __all__ = ["PROTOCOLS", "Attachment", "Endpoint", "open_endpoint", "secondary_id"]

@@ -5,10 +5,11 @@ server; so each host that binds through the endpoint gets a daemon of its own,
 on its own port, that lets in that host's client certificate and nothing else::
 
     PE portal ADDR:PORT  (ADDR is where the daemons listen; PORT is not served)
+    catalog nbd_ports          (PE, host) -> port: chosen once by the endpoint's node,
+                               kept across restarts, read by every node for handles
     STATE/pe/<name>/
       tls/                     ca-cert.pem server-cert.pem server-key.pem (SAN = ADDR)
       hosts/<host>/            one daemon (an NbdEndpoint), its pid, cmdline, qmp.sock
-        port                   "41234": chosen once, kept across restarts
             qemu-storage-daemon
               tls-creds-x509 vvtls  (endpoint=server, verify-peer=on)
               authz-simple vvauthz  identity = the host's DN (NbdCa.identity)
@@ -19,7 +20,10 @@ A client without a certificate of the CA cannot even list the exports; a
 certificate of another host (same CA) fails the authorization. Rotating a
 host's credentials changes the DN its daemons let in (``authorize``), so its
 old certificate is refused from then on while open connections stay; removing
-the host stops its daemons (``drop_host``).
+the host stops its daemons (``drop_host``). The CA and the hosts' identities
+are the catalog's (``certs.py``), so a rotation through any node reaches the
+daemons of every node: each endpoint's node brings its daemons in line with the
+catalog when it reconciles the endpoint (``sync_hosts``).
 
 A host learns from the binding handle that the export needs TLS (``tls``:
 type and identity) and fetches its credentials from the control plane.
@@ -33,7 +37,8 @@ import shutil
 import socket
 import threading
 from collections import defaultdict
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from ..arrays.sources import DataSource
 from ..certs import NbdCa
@@ -51,16 +56,35 @@ def host_of_key(key: str) -> str | None:
     return host if dot and host else None
 
 
+class PortStore(Protocol):
+    """Where each host's daemon port is recorded (the catalog: nbdtlsrepo.py)."""
+
+    def port(self, pe_id: str, host: str) -> int | None: ...
+    def claim_port(self, pe_id: str, host: str, port: int) -> int: ...
+    def drop_port(self, pe_id: str, host: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class TlsShared:
+    """What every TCP NBD endpoint of a control plane shares: its CA and the port book."""
+
+    ca: NbdCa
+    ports: PortStore
+
+
 class NbdTlsEndpoint:
     protocol = "nbd"
 
-    def __init__(self, name: str, rundir: str, portal: str, ca: NbdCa) -> None:
+    def __init__(self, pe_id: str, name: str, rundir: str, portal: str, tls: TlsShared) -> None:
+        self.pe_id = pe_id
         self.name = name
         self.rundir = rundir
         self.portal = portal
         self.address = portal.rpartition(":")[0]
-        self.ca = ca
+        self.ca = tls.ca
+        self.ports = tls.ports
         self._daemons: dict[str, NbdEndpoint] = {}
+        self._authorized: dict[str, str] = {}  # host -> the identity its daemon lets in
         self._lock = threading.RLock()
 
     # -- per-host daemons -------------------------------------------------------------------
@@ -68,20 +92,25 @@ class NbdTlsEndpoint:
         return os.path.join(self.rundir, "hosts")
 
     def port(self, host: str) -> int:
-        """The port of ``host``'s daemon: the recorded one, else a free one (recorded)."""
-        path = os.path.join(self._hosts_dir(), host, "port")
+        """The port of ``host``'s daemon: the recorded one, else one chosen now (the
+        one a daemon of before the catalog kept ports used, or a free one)."""
+        got = self.ports.port(self.pe_id, host)
+        if got is not None:
+            return got
+        legacy = os.path.join(self._hosts_dir(), host, "port")
         try:
-            with open(path, encoding="ascii") as fh:
-                return int(fh.read().strip())
+            with open(legacy, encoding="ascii") as fh:
+                chosen = int(fh.read().strip())
         except (OSError, ValueError):
-            pass
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with socket.create_server((self.address.strip("[]"), 0)) as probe:
-            port = int(probe.getsockname()[1])
-        with open(path + ".tmp", "w", encoding="ascii") as fh:
-            fh.write(f"{port}\n")
-        os.replace(path + ".tmp", path)
-        return port
+            with socket.create_server((self.address.strip("[]"), 0)) as probe:
+                chosen = int(probe.getsockname()[1])
+        return self.ports.claim_port(self.pe_id, host, chosen)
+
+    def _identity(self, host: str) -> str:
+        """The identity ``host``'s daemon is to let in now (remembered as let in)."""
+        identity = self.ca.identity(host)
+        self._authorized[host] = identity
+        return identity
 
     def _daemon(self, host: str) -> NbdEndpoint:
         with self._lock:
@@ -89,7 +118,7 @@ class NbdTlsEndpoint:
             if d is None:
                 tls = ServerTls(
                     creds_dir=self.ca.server_dir(os.path.join(self.rundir, "tls"), self.address),
-                    identity=lambda: self.ca.identity(host),
+                    identity=lambda: self._identity(host),
                 )
                 portal = f"{self.address}:{self.port(host)}"
                 rundir = os.path.join(self._hosts_dir(), host)
@@ -212,11 +241,25 @@ class NbdTlsEndpoint:
         if d is None or not d.alive():
             return  # it takes the current identity when it starts
         try:
-            d.authorize(self.ca.identity(host))
+            d.authorize(self._identity(host))
         except EndpointError as exc:  # fail closed: the supervisor restarts it with the new one
             log.error("endpoint %s: re-authorizing host %s failed, stopping its daemon: %s",
                       self.name, host, exc)  # fmt: skip
             d.stop()
+
+    def sync_hosts(self, identities: dict[str, str]) -> None:
+        """Bring the daemons in line with ``identities`` (host -> current identity, for
+        every host that may reach the endpoint): a daemon of a host left out stops, one
+        that lets in an older identity switches (a rotation made through another node)."""
+        with self._lock:
+            for host in self._known_hosts():
+                want = identities.get(host)
+                if want is None:
+                    log.warning("endpoint %s: host %s may no longer reach it; stopping its "
+                                "daemon", self.name, host)  # fmt: skip
+                    self.drop_host(host)
+                elif self._authorized.get(host) != want:
+                    self.authorize(host)
 
     def drop_host(self, host: str) -> None:
         """Stop ``host``'s daemon and forget its port (the host is gone)."""
@@ -224,7 +267,9 @@ class NbdTlsEndpoint:
             d = self._daemons.pop(host, None) or self._daemon_if_known(host)
             if d is not None:
                 d.stop()
+            self._authorized.pop(host, None)
             shutil.rmtree(os.path.join(self._hosts_dir(), host), ignore_errors=True)
+            self.ports.drop_port(self.pe_id, host)
 
     def _daemon_if_known(self, host: str) -> NbdEndpoint | None:
         if host not in self._known_hosts():

@@ -376,21 +376,22 @@ class BindingOps:
                     0, old, self.pes.get(conn, old.pe), attachment(conn, self.ctx, old), new=False
                 )
                 target = self.pes.get(conn, pe)
-                if target.id == old.pe:
-                    return self._handle(old, old_plan.pe, old_plan.attachment)
-                if self.manager.elsewhere(target):
-                    self.manager.remote.check_live(conn, target)
-                new = self._allocate(
-                    conn,
-                    target,
-                    v,
-                    self.hosts.get(conn, host),
-                    old.shared,
-                    op,
-                    refcount=old.refcount,
-                )
-                bindrepo.insert_binding(conn, new, self.ctx.replica.id)
-                att = attachment(conn, self.ctx, new)
+                if target.id != old.pe:
+                    if self.manager.elsewhere(target):
+                        self.manager.remote.check_live(conn, target)
+                    new = self._allocate(
+                        conn,
+                        target,
+                        v,
+                        self.hosts.get(conn, host),
+                        old.shared,
+                        op,
+                        refcount=old.refcount,
+                    )
+                    bindrepo.insert_binding(conn, new, self.ctx.replica.id)
+                    att = attachment(conn, self.ctx, new)
+            if target.id == old.pe:  # bound there already (its handle read outside the tx)
+                return self._handle(old, old_plan.pe, old_plan.attachment)
             if self.manager.elsewhere(target):
                 plan = _Plan(0, new, target, att, new=True)
                 failed = self._attach_remote(target, [plan])
@@ -466,10 +467,10 @@ class BindingOps:
                 if limit is None
                 else bindrepo.page_bindings(conn, host=host, vvol=vid, after=after, limit=limit)
             )
-            return [
-                self._handle(b, self.pes.get(conn, b.pe), attachment(conn, self.ctx, b))
-                for b in rows
-            ]
+            found = [(b, self.pes.get(conn, b.pe), attachment(conn, self.ctx, b)) for b in rows]
+        # handles after the transaction: a TCP NBD endpoint reads its ports and its
+        # hosts' identities from the catalog
+        return [self._handle(b, pe, att) for b, pe, att in found]
 
 
 @dataclass(frozen=True, eq=False)

@@ -21,14 +21,17 @@ from typing import Any
 from sqlalchemy import Connection
 
 from ..arrays.sources import DataSource, FileSource
-from ..catalog import bindrepo, chaprepo, pesyncrepo, repo, vvolrepo
+from ..catalog import bindrepo, chaprepo, nbdtlsrepo, pesyncrepo, repo, vvolrepo
 from ..catalog.db import serialize
+from ..catalog.nbdtlsrepo import CatalogTlsStore
+from ..certs import NbdCa
 from ..errors import AlreadyExists, InUse, InvalidInput, NotFound, ReplicaFenced, VvhostError
 from ..model import ACTIVE, ATTACHING, Array, Binding, Host, Pe, Vvol
 from ..pe import PROTOCOLS, Attachment, Endpoint, open_endpoint
 from ..pe.filepe import FileEndpoint
 from ..pe.immutable import clear_immutable, is_immutable
 from ..pe.iscsi import DEFAULT_IQN_PREFIX, IscsiEndpoint, WantedTarget
+from ..pe.nbdtls import NbdTlsEndpoint, TlsShared
 from ..pe.paths import entries, overlaps
 from ..tools import EndpointError
 from ..tools.tgtd_ipc import holder
@@ -133,13 +136,15 @@ class EndpointManager:
         self.errors: dict[str, str] = {}  # PE name -> why its daemon did not start
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        store = CatalogTlsStore(ctx.db)  # NBD over TLS: one CA and port book, all nodes
+        self.tls = TlsShared(NbdCa(ctx.config.state_dir, store), store)
         self.rbd = RbdAccess(ctx, self.get)  # hosts' Ceph identities (rbd endpoints)
         self.remote = CrossNode(ctx, self)  # other nodes' endpoints: ask, wait
 
     def get(self, pe: Pe) -> Endpoint:
         with self._guard:
             if pe.id not in self._eps:
-                self._eps[pe.id] = open_endpoint(pe, self.ctx.config.state_dir)
+                self._eps[pe.id] = open_endpoint(pe, self.ctx.config.state_dir, self.tls)
             return self._eps[pe.id]
 
     def lock(self, pe_ids: list[str]) -> Any:
@@ -170,13 +175,15 @@ class EndpointManager:
 
     def _reconcile(self, pe: Pe) -> dict[str, int]:
         """Make the daemon present exactly the active bindings of the catalog (and,
-        for iSCSI, exactly the catalog's targets, each with its host's ACL)."""
+        for iSCSI, exactly the catalog's targets, each with its host's ACL; for NBD
+        over TLS, daemons that let in exactly each host's current identity)."""
         ep = self.get(pe)
         wanted: dict[str, Attachment] = {}
         unknown: set[str] = set()  # bindings whose data source cannot be told now
         with self.ctx.db.tx() as conn:
             if isinstance(ep, IscsiEndpoint):
                 ep.sync_targets(catalog_targets(conn, pe.id))
+            reachers = nbdtlsrepo.identities(conn) if isinstance(ep, NbdTlsEndpoint) else {}
             for b in bindrepo.find_bindings(conn, pe=pe.id):
                 if b.state != ACTIVE:
                     continue
@@ -187,6 +194,8 @@ class EndpointManager:
                     unknown.add(attachment_key(b))
                     continue
                 wanted[a.key] = a
+        if isinstance(ep, NbdTlsEndpoint):
+            ep.sync_hosts(reachers)
         present = ep.present()
         for key in sorted(wanted.keys() - present):
             ep.attach(wanted[key])

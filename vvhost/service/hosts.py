@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..catalog import bindrepo, chaprepo, tenancy
+from ..catalog import bindrepo, chaprepo, nbdtlsrepo, tenancy
 from ..errors import AlreadyExists, EndpointError, InUse, InvalidInput, NotFound
 from ..model import HOST, Host
 from .context import Context
@@ -87,6 +87,7 @@ class HostOps:
             host = Host(name=name, iqn=iqn, created=time.time(), tenant=tenant)
             bindrepo.insert_host(conn, host)
             chaprepo.issue(conn, name)
+            nbdtlsrepo.forget_host(conn, name)  # nothing of an earlier host of that name
             token = self.tokens.issue(conn, HOST, name)
         return {**host.to_dict(), "token": token}
 
@@ -147,6 +148,7 @@ class HostOps:
             with self.ctx.db.tx() as conn:
                 bindrepo.delete_host(conn, name)
                 chaprepo.forget(conn, name)
+                nbdtlsrepo.forget_host(conn, name)
                 bindrepo.delete_targets_of(conn, name)
                 bindrepo.drop_host_hints(conn, name)
                 tenancy.delete_tokens(conn, HOST, name)

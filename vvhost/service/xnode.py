@@ -115,7 +115,7 @@ class CrossNode:
         with self._guard:
             key = (pe.id, state_dir)
             if key not in self._views:
-                self._views[key] = open_endpoint(pe, state_dir)
+                self._views[key] = open_endpoint(pe, state_dir, self.manager.tls)
             return self._views[key]
 
     # -- owner ----------------------------------------------------------------------------
