@@ -157,15 +157,12 @@ class NbdCa:
         for host in sorted(os.listdir(hosts)) if os.path.isdir(hosts) else []:
             d = os.path.join(hosts, host)
             try:
-                issued = tuple(
-                    _read(os.path.join(d, n)).strip()
-                    if n == "identity"
-                    else _read(os.path.join(d, n))
-                    for n in ("identity", "client-cert.pem", "client-key.pem")
-                )
+                identity = _read(os.path.join(d, "identity")).strip()
+                cert = _read(os.path.join(d, "client-cert.pem"))
+                key = _read(os.path.join(d, "client-key.pem"))
             except OSError:
                 continue  # half made: the host gets new credentials when it needs them
-            self.store.save(host, issued, replace=False)  # type: ignore[arg-type]
+            self.store.save(host, (identity, cert, key), replace=False)
         shutil.rmtree(hosts, ignore_errors=True)
 
     def _sign(self, subject: str, ext: str) -> tuple[str, str]:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 import libvirt
 import pytest
 
+from tests.runner import wait_for
 from vvhost.daemon import free_port
 from vvhost.labhost import LibvirtHost
 
@@ -108,15 +109,6 @@ class Procs:
 def qemu_pid(host: LibvirtHost, domain: str) -> int:
     with open(host.path("run", "qemu", f"{domain}.pid"), encoding="ascii") as fh:
         return int(fh.read().strip())
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def install_hook(path: str, log: str, extra: str = "") -> None:

@@ -29,7 +29,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.iscsiauth import authed, portal_url
-from tests.runner import run
+from tests.runner import run, wait_for
 from vvhost.client import Client
 from vvhost.daemon import ServerProcess, free_port
 from vvhost.host import nbdtls
@@ -347,4 +347,55 @@ def test_nbd_over_tls_is_one_ca_and_one_identity_through_every_node(nodes: Nodes
         time.sleep(0.1)
     assert not os.path.exists(f"/proc/{pid}")
     assert "h1" not in a.pe("nbdt").get("daemons", {})
+    _clean(nodes.a)
+
+
+def _running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rpartition(b")")[2].split()[0] not in (b"Z", b"X")
+    except OSError:
+        return False
+
+
+def _pid_in(rundir: str) -> int:
+    with open(os.path.join(rundir, "pid")) as fh:
+        return int(fh.read())
+
+
+def test_an_endpoint_deleted_through_another_node_stops_there(nodes: Nodes) -> None:
+    """nbd1 deleted through rb: n1's qemu-storage-daemon stops within a supervisor
+    round and its run directory goes. iscsi1 deleted through rb while ra is down
+    (kill -9; its tgtd runs on): ra's restart stops that tgtd. Hostile: a run
+    directory whose pid names a process that is not the daemon it recorded (a
+    reused PID) loses the directory, and the process is not signalled."""
+    pe_dir = os.path.join(nodes.tmp, "ra", "pe")
+    qsd, tgtd = _pid_in(os.path.join(pe_dir, "nbd1")), _pid_in(os.path.join(pe_dir, "iscsi1"))
+    nodes.b.pe_delete("nbd1")
+    nbd1_dir = os.path.join(pe_dir, "nbd1")
+    assert wait_for(lambda: not _running(qsd) and not os.path.exists(nbd1_dir), 15)
+    assert _running(tgtd) and nodes.a.pe("iscsi1")["alive"]  # the other endpoint runs on
+
+    stranger = subprocess.Popen(["sleep", "300"])
+    try:
+        nodes.ra.kill()
+        planted = os.path.join(pe_dir, "gone")  # as a deleted endpoint's directory
+        os.makedirs(planted)
+        with open(os.path.join(planted, "pid"), "w") as fh:
+            fh.write(f"{stranger.pid}\n")
+        with open(os.path.join(planted, "cmdline"), "wb") as fh:
+            fh.write(b"qemu-storage-daemon\0--chardev\0socket\0")
+        nodes.b.pe_delete("iscsi1")
+        assert nodes.b.pes() == []
+        time.sleep(1.5)
+        assert _running(tgtd)  # nobody on n1 to stop it
+        nodes.restart_ra()  # same replica id: it stops what no endpoint row names any more
+        assert wait_for(lambda: not _running(tgtd), 15)
+        assert not os.path.exists(os.path.join(pe_dir, "iscsi1"))
+        assert not os.path.exists(planted)
+        assert stranger.poll() is None  # a process it did not start: not signalled
+    finally:
+        stranger.kill()
+        stranger.wait()
     _clean(nodes.a)

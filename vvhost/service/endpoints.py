@@ -33,6 +33,7 @@ from ..pe.immutable import clear_immutable, is_immutable
 from ..pe.iscsi import DEFAULT_IQN_PREFIX, IscsiEndpoint, WantedTarget
 from ..pe.nbdtls import NbdTlsEndpoint, TlsShared
 from ..pe.paths import entries, overlaps
+from ..pe.proc import stop_pidfile
 from ..tools import EndpointError
 from ..tools.tgtd_ipc import holder
 from ..units import check_name
@@ -314,9 +315,54 @@ class EndpointManager:
                 except OSError as exc:
                     log.error("cannot clear the immutable flag of %s: %s", path, exc)
 
+    # -- endpoints deleted through another node's replica ------------------------------------
+    def _held(self) -> tuple[dict[str, Endpoint], set[str]]:
+        """This replica's endpoint objects and the run directories under STATE/pe,
+        taken *before* the catalog is read: an endpoint object or run directory only
+        exists once its row was committed, so one whose row that later read lacks
+        was deleted."""
+        with self._guard:
+            held = dict(self._eps)
+        try:
+            dirs = set(os.listdir(self._pe_root()))
+        except FileNotFoundError:
+            dirs = set()
+        return held, dirs
+
+    def _pe_root(self) -> str:
+        return os.path.join(self.ctx.config.state_dir, "pe")
+
+    def _reap(self, held: dict[str, Endpoint], dirs: set[str], every: list[Pe]) -> None:
+        """Stop the daemons of endpoints whose rows are gone (a delete made through
+        another node's replica, also while this one was down) and remove their run
+        directories; only daemons recorded in those directories are signalled."""
+        ids = {p.id for p in every}
+        for pe_id, ep in held.items():
+            if pe_id in ids:
+                continue
+            with self.lock([pe_id]):
+                with self._guard:
+                    if self._eps.get(pe_id) is not ep:
+                        continue  # forgotten meanwhile: deleted through this replica
+                    del self._eps[pe_id]
+                log.warning("protocol endpoint %s was deleted elsewhere; stopping it", pe_id)
+                try:
+                    ep.stop()
+                except EndpointError as exc:
+                    log.error("stopping deleted endpoint %s failed: %s", pe_id, exc)
+        for name in sorted(dirs - {p.name for p in every}):
+            rundir = os.path.join(self._pe_root(), name)
+            for d, _sub, files in os.walk(rundir):
+                if "pid" in files and stop_pidfile(d, timeout=1.0):
+                    log.warning("stopped a daemon of deleted endpoint %s (%s)", name, d)
+            shutil.rmtree(rundir, ignore_errors=True)
+
     def start_all(self) -> None:
+        held, dirs = self._held()
         with self.ctx.db.tx() as conn:
-            pes = [p for p in bindrepo.list_pes(conn) if self.owns(p)]
+            every = bindrepo.list_pes(conn)
+        self._reap(held, dirs, every)
+        pes = [p for p in every if self.owns(p)]
         for pe in pes:
             try:
                 self.start(pe)
@@ -336,16 +382,18 @@ class EndpointManager:
         reason kept for ``pe show``."""
         failures: dict[str, tuple[int, float]] = {}  # PE name -> (failures, next try)
         while not self._stop.wait(self.interval):
+            held, dirs = self._held()
             try:
                 with self.ctx.db.tx() as conn:
-                    pes = [p for p in bindrepo.list_pes(conn) if self.owns(p)]
+                    every = bindrepo.list_pes(conn)
             except ReplicaFenced as exc:  # this process serves no more: nothing to supervise
                 log.warning("endpoint supervisor stops: %s", exc.message)
                 return
             except VvhostError as exc:  # the catalog out of reach: the next round tries again
                 log.warning("endpoint supervisor: %s", exc.message)
                 continue
-            for pe in pes:
+            self._reap(held, dirs, every)
+            for pe in (p for p in every if self.owns(p)):
                 count, retry_at = failures.get(pe.name, (0, 0.0))
                 if time.monotonic() < retry_at:
                     continue
