@@ -1,5 +1,5 @@
-"""Running a command from a test: output captured as text, one minute at most; and
-waiting for a condition."""
+"""Running a command from a test: output captured as text, one minute at most;
+waiting for a condition; whether a process runs."""
 
 from __future__ import annotations
 
@@ -26,3 +26,12 @@ def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+def pid_running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (an exited daemon its parent has not reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rpartition(b")")[2].split()[0] not in (b"Z", b"X")
+    except OSError:
+        return False

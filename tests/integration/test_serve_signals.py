@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.patterns import CHUNK, Patterns
+from tests.runner import pid_running
 from vvhost.daemon import ServerProcess, free_port
 
 QEMU_IQN = "iqn.2008-11.org.linux-kvm"
@@ -30,14 +31,6 @@ class Served:
 
     def server(self, *args: str) -> ServerProcess:
         return ServerProcess(self.state, self.socket, private_tgtd=True, args=list(args)).start()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.fixture
@@ -69,7 +62,7 @@ def _endpoint_pids(server: ServerProcess) -> dict[str, int]:
         pids = {pe: api.pe(pe)["pid"] for pe in ("iscsi1", "nbd1")}
     finally:
         api.close()
-    assert all(isinstance(p, int) and _alive(p) for p in pids.values()), pids
+    assert all(isinstance(p, int) and pid_running(p) for p in pids.values()), pids
     return pids
 
 
@@ -94,7 +87,7 @@ def test_signal_stops_listeners_then_endpoints(
     assert server.signal(sig) == 0, server.log_tail()
     assert "Traceback" not in server.log_tail(200)
     assert not os.path.exists(served.socket)
-    assert not any(_alive(p) for p in pids.values()), pids
+    assert not any(pid_running(p) for p in pids.values()), pids
     again = served.server()
     try:
         _catalog_intact(again, served, patterns)
@@ -111,7 +104,7 @@ def test_keep_endpoints_leaves_daemons_for_the_next_start(
     pids = _endpoint_pids(server)
     assert server.signal(sig) == 0, server.log_tail()
     assert not os.path.exists(served.socket)
-    assert all(_alive(p) for p in pids.values()), pids  # the data path stays up
+    assert all(pid_running(p) for p in pids.values()), pids  # the data path stays up
     again = served.server()
     try:
         assert _endpoint_pids(again) == pids  # adopted, not restarted
@@ -119,4 +112,4 @@ def test_keep_endpoints_leaves_daemons_for_the_next_start(
     finally:
         assert again.signal(signal.SIGTERM) == 0
         again.stop_endpoint_daemons()
-    assert not any(_alive(p) for p in pids.values()), pids
+    assert not any(pid_running(p) for p in pids.values()), pids

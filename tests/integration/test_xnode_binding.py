@@ -29,7 +29,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.iscsiauth import authed, portal_url
-from tests.runner import run, wait_for
+from tests.runner import pid_running, run, wait_for
 from vvhost.client import Client
 from vvhost.daemon import ServerProcess, free_port
 from vvhost.host import nbdtls
@@ -350,15 +350,6 @@ def test_nbd_over_tls_is_one_ca_and_one_identity_through_every_node(nodes: Nodes
     _clean(nodes.a)
 
 
-def _running(pid: int) -> bool:
-    """``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rpartition(b")")[2].split()[0] not in (b"Z", b"X")
-    except OSError:
-        return False
-
-
 def _pid_in(rundir: str) -> int:
     with open(os.path.join(rundir, "pid")) as fh:
         return int(fh.read())
@@ -374,8 +365,8 @@ def test_an_endpoint_deleted_through_another_node_stops_there(nodes: Nodes) -> N
     qsd, tgtd = _pid_in(os.path.join(pe_dir, "nbd1")), _pid_in(os.path.join(pe_dir, "iscsi1"))
     nodes.b.pe_delete("nbd1")
     nbd1_dir = os.path.join(pe_dir, "nbd1")
-    assert wait_for(lambda: not _running(qsd) and not os.path.exists(nbd1_dir), 15)
-    assert _running(tgtd) and nodes.a.pe("iscsi1")["alive"]  # the other endpoint runs on
+    assert wait_for(lambda: not pid_running(qsd) and not os.path.exists(nbd1_dir), 15)
+    assert pid_running(tgtd) and nodes.a.pe("iscsi1")["alive"]  # the other endpoint runs on
 
     stranger = subprocess.Popen(["sleep", "300"])
     try:
@@ -389,9 +380,9 @@ def test_an_endpoint_deleted_through_another_node_stops_there(nodes: Nodes) -> N
         nodes.b.pe_delete("iscsi1")
         assert nodes.b.pes() == []
         time.sleep(1.5)
-        assert _running(tgtd)  # nobody on n1 to stop it
+        assert pid_running(tgtd)  # nobody on n1 to stop it
         nodes.restart_ra()  # same replica id: it stops what no endpoint row names any more
-        assert wait_for(lambda: not _running(tgtd), 15)
+        assert wait_for(lambda: not pid_running(tgtd), 15)
         assert not os.path.exists(os.path.join(pe_dir, "iscsi1"))
         assert not os.path.exists(planted)
         assert stranger.poll() is None  # a process it did not start: not signalled
